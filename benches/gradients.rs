@@ -1,0 +1,90 @@
+//! One loss-gradient evaluation of each model: EX-RM, IM-RM full (log-softmax over V) and IM-RM
+//! sparse (cancelled form), at the default size and at V = 32768, D = 256, N = 2000.
+//! `cargo bench --bench gradients`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use rmflow::config::{Config, GradientPath};
+use rmflow::reward::{loss_and_gradient, ExplicitRm, ImplicitRm, MarginModel};
+use rmflow::synthetic::Setup;
+use std::hint::black_box;
+
+fn sized(v: usize, d: usize, n: usize) -> Config {
+    let mut c = Config::embedded_default();
+    c.setup.dim = d;
+    c.setup.filler_tokens = v - 32;
+    c.setup.train_pairs = n;
+    c.setup.eval_pairs = 10;
+    c
+}
+
+fn gradients(c: &mut Criterion) {
+    let mut group = c.benchmark_group("gradient");
+    group.sample_size(10);
+    for (label, config) in [
+        ("V1024_D32_N200", Config::embedded_default()),
+        ("V32768_D256_N2000", sized(32768, 256, 2000)),
+    ] {
+        let setup = Setup::generate(&config);
+        let u0: Vec<f64> = setup.unembedding_init.iter().copied().collect();
+        let models: [(&str, Box<dyn MarginModel>, Vec<f64>); 3] = [
+            (
+                "exrm",
+                Box::new(ExplicitRm::new(&setup.train)),
+                setup.head_init.to_vec(),
+            ),
+            (
+                "imrm_full",
+                Box::new(ImplicitRm::new(
+                    &setup.train,
+                    setup.unembedding_init.view(),
+                    1.0,
+                    GradientPath::Full,
+                )),
+                u0.clone(),
+            ),
+            (
+                "imrm_sparse",
+                Box::new(ImplicitRm::new(
+                    &setup.train,
+                    setup.unembedding_init.view(),
+                    1.0,
+                    GradientPath::Sparse,
+                )),
+                u0,
+            ),
+        ];
+        for (name, model, theta) in &models {
+            let mut grad = vec![0.0; theta.len()];
+            group.bench_with_input(BenchmarkId::new(*name, label), theta, |b, theta| {
+                b.iter(|| loss_and_gradient(model.as_ref(), black_box(theta), &mut grad))
+            });
+        }
+    }
+    group.finish();
+}
+
+fn pipeline(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pipeline");
+    group.sample_size(10);
+    for t_max in [1e8, 1e100] {
+        let mut config = Config::embedded_default();
+        config.train.t_max = t_max;
+        group.bench_function(format!("simulate_default_t{t_max:e}"), |b| {
+            b.iter(|| rmflow::simulation::simulate(black_box(&config), &mut |_| {}).unwrap())
+        });
+    }
+    let config = Config::embedded_default();
+    group.bench_function("verify_default", |b| {
+        b.iter(|| {
+            rmflow::verify::verify_setup(
+                black_box(&config),
+                &rmflow::verify::VerifyOptions::default(),
+            )
+            .unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, gradients, pipeline);
+criterion_main!(benches);

@@ -1,0 +1,323 @@
+//! The on-disk layout of a run (documented in `experiments/README.md`), written atomically:
+//! everything goes to a temporary sibling folder that is renamed onto `--out` only when complete.
+
+use crate::observables::Observation;
+use crate::simulation::{ModelRun, Simulation};
+use crate::synthetic::PairSet;
+use anyhow::{bail, Context, Result};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+use ndarray_npy::WriteNpyExt;
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Crate version written next to every result.
+pub const RMFLOW_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A folder under construction; renamed onto its destination by [`AtomicDir::commit`], removed
+/// if dropped before that (an error leaves no partial output).
+pub struct AtomicDir {
+    temp: PathBuf,
+    dest: PathBuf,
+    force: bool,
+    committed: bool,
+}
+
+impl AtomicDir {
+    /// Starts `dest`; fails if it exists and `force` is false.
+    pub fn create(dest: &Path, force: bool) -> Result<AtomicDir> {
+        if dest.exists() && !force {
+            bail!(
+                "output folder {} already exists (pass --force to replace it)",
+                dest.display()
+            );
+        }
+        let name = dest
+            .file_name()
+            .with_context(|| format!("output path {} has no folder name", dest.display()))?;
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        fs::create_dir_all(&parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+        let temp = parent.join(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        if temp.exists() {
+            fs::remove_dir_all(&temp)
+                .with_context(|| format!("cannot clear stale {}", temp.display()))?;
+        }
+        fs::create_dir(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
+        Ok(AtomicDir {
+            temp,
+            dest: dest.to_path_buf(),
+            force,
+            committed: false,
+        })
+    }
+
+    /// Path of `rel` inside the folder, its parent folders created.
+    pub fn path(&self, rel: &str) -> Result<PathBuf> {
+        let p = self.temp.join(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        Ok(p)
+    }
+
+    pub fn write_text(&self, rel: &str, text: &str) -> Result<()> {
+        let p = self.path(rel)?;
+        fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
+    }
+
+    pub fn write_json(&self, rel: &str, value: &Value) -> Result<()> {
+        self.write_text(rel, &(serde_json::to_string_pretty(value)? + "\n"))
+    }
+
+    /// `.npy` of any array `ndarray-npy` can write (f64 and i64 here).
+    pub fn write_npy<T: WriteNpyExt>(&self, rel: &str, array: &T) -> Result<()> {
+        let p = self.path(rel)?;
+        let f = fs::File::create(&p).with_context(|| format!("cannot create {}", p.display()))?;
+        let mut w = BufWriter::new(f);
+        array
+            .write_npy(&mut w)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+        w.flush()
+            .with_context(|| format!("cannot write {}", p.display()))
+    }
+
+    /// Renames the finished folder onto its destination.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        if self.dest.exists() {
+            if !self.force {
+                bail!(
+                    "output folder {} appeared while writing (pass --force to replace it)",
+                    self.dest.display()
+                );
+            }
+            fs::remove_dir_all(&self.dest)
+                .with_context(|| format!("cannot replace {}", self.dest.display()))?;
+        }
+        fs::rename(&self.temp, &self.dest).with_context(|| {
+            format!(
+                "cannot move {} to {}",
+                self.temp.display(),
+                self.dest.display()
+            )
+        })?;
+        self.committed = true;
+        Ok(self.dest.clone())
+    }
+}
+
+impl Drop for AtomicDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.temp);
+        }
+    }
+}
+
+/// Token indices as `i64` for numpy.
+pub fn token_array(tokens: &[usize]) -> Array1<i64> {
+    tokens.iter().map(|&t| t as i64).collect()
+}
+
+/// `DIR/<folder>/{prompt,chosen,rejected}_hidden.npy`, `{chosen,rejected}_token.npy`.
+pub fn write_pairs(dir: &AtomicDir, folder: &str, pairs: &PairSet) -> Result<()> {
+    dir.write_npy(&format!("{folder}/prompt_hidden.npy"), &pairs.prompt_hidden)?;
+    dir.write_npy(&format!("{folder}/chosen_hidden.npy"), &pairs.chosen_hidden)?;
+    dir.write_npy(
+        &format!("{folder}/rejected_hidden.npy"),
+        &pairs.rejected_hidden,
+    )?;
+    dir.write_npy(
+        &format!("{folder}/chosen_token.npy"),
+        &token_array(&pairs.chosen_token),
+    )?;
+    dir.write_npy(
+        &format!("{folder}/rejected_token.npy"),
+        &token_array(&pairs.rejected_token),
+    )
+}
+
+/// Shortest round-trip scientific notation (`1e100`, `6.931471805599453e-1`); `nan` for none.
+fn num(x: f64) -> String {
+    if x.is_nan() {
+        "nan".to_string()
+    } else {
+        format!("{x:e}")
+    }
+}
+
+/// The trajectory CSV: one row per model and observation time (columns in `experiments/README.md`).
+pub fn trajectory_csv(rows: &[&Observation]) -> String {
+    let mut out = String::from("model,t,step,loss,param_distance,unseen_row_drift");
+    if let Some(first) = rows.first() {
+        for s in &first.splits {
+            let n = &s.split;
+            write!(out, ",{n}_strict_accuracy,{n}_tie_aware_accuracy,{n}_ties,{n}_mean_margin,{n}_min_margin,{n}_max_abs_margin").unwrap();
+        }
+    }
+    out.push_str(
+        ",cosine_to_max_margin,direction_gap,residual_norm,orthogonal_norm,projected_rate\n",
+    );
+    for o in rows {
+        write!(
+            out,
+            "{},{},{},{},{},{}",
+            o.model,
+            num(o.t),
+            o.step,
+            num(o.loss),
+            num(o.param_distance),
+            num(o.unseen_row_drift.unwrap_or(f64::NAN))
+        )
+        .unwrap();
+        for s in &o.splits {
+            write!(
+                out,
+                ",{},{},{},{},{},{}",
+                num(s.strict_accuracy),
+                num(s.tie_aware_accuracy),
+                s.ties,
+                num(s.mean_margin),
+                num(s.min_margin),
+                num(s.max_abs_margin)
+            )
+            .unwrap();
+        }
+        let c = o.convergence;
+        let f = |g: fn(&crate::observables::Convergence) -> f64| {
+            num(c.as_ref().map(g).unwrap_or(f64::NAN))
+        };
+        writeln!(
+            out,
+            ",{},{},{},{},{}",
+            f(|c| c.cosine),
+            f(|c| c.direction_gap),
+            f(|c| c.residual_norm),
+            f(|c| c.orthogonal_norm),
+            f(|c| c.projected_rate)
+        )
+        .unwrap();
+    }
+    out
+}
+
+/// Summary of one trained model: final observables, step counts, max-margin certificate.
+pub fn model_summary(run: &ModelRun) -> Value {
+    let max_margin = match &run.max_margin {
+        Ok(m) => json!({
+            "separable": true,
+            "norm": m.solution.norm,
+            "geometric_margin": 1.0 / m.solution.norm,
+            "support_size": m.solution.support.len(),
+            "support": m.solution.support,
+            "certificate": m.solution.certificate,
+            "certificate_holds": m.solution.certificate.holds(),
+            "certificate_tolerance": crate::max_margin::CERTIFICATE_TOLERANCE,
+            "accuracy": m.accuracy,
+        }),
+        Err(e) => json!({ "separable": false, "error": e }),
+    };
+    json!({
+        "steps": run.steps,
+        "ode": run.ode,
+        "final": run.trajectory.last(),
+        "max_margin": max_margin,
+    })
+}
+
+/// Writes the whole simulation layout to `out` (see `experiments/README.md`).
+pub fn write_simulation(sim: &Simulation, out: &Path, force: bool) -> Result<PathBuf> {
+    let dir = AtomicDir::create(out, force)?;
+    let setup = &sim.setup;
+    let (v, d) = (setup.vocab_size(), setup.dim());
+    dir.write_text(
+        "config.toml",
+        &format!(
+            "# rmflow {RMFLOW_VERSION}: resolved config of this run\n{}",
+            sim.config.to_toml()
+        ),
+    )?;
+    dir.write_json("setup.json", &setup_json(sim))?;
+    for split in setup.splits() {
+        let folder = if split.name == "train" {
+            "train".to_string()
+        } else {
+            format!("eval_{}", split.name)
+        };
+        write_pairs(&dir, &folder, split)?;
+    }
+    dir.write_npy("init/unembedding.npy", &setup.unembedding_init)?;
+    dir.write_npy("init/head.npy", &setup.head_init)?;
+    dir.write_npy(
+        "final/unembedding.npy",
+        &ArrayView2::from_shape((v, d), &sim.implicit.final_params)?,
+    )?;
+    dir.write_npy(
+        "final/head.npy",
+        &ArrayView1::from(&sim.explicit.final_params),
+    )?;
+    if let Ok(m) = &sim.explicit.max_margin {
+        dir.write_npy("final/max_margin_head.npy", &ArrayView1::from(&m.params))?;
+    }
+    if let Ok(m) = &sim.implicit.max_margin {
+        dir.write_npy(
+            "final/max_margin_unembedding_delta.npy",
+            &Array2::from_shape_vec((v, d), m.params.clone())?,
+        )?;
+    }
+    dir.write_json(
+        "summary.json",
+        &json!({
+            "rmflow_version": RMFLOW_VERSION,
+            "seed": sim.config.seed,
+            "t_max": sim.config.train.t_max,
+            "optimizer": sim.config.train.optimizer.name(),
+            "tie_tolerance": sim.config.eval.tie_tolerance,
+            "exrm": model_summary(&sim.explicit),
+            "imrm": model_summary(&sim.implicit),
+        }),
+    )?;
+    let rows: Vec<&Observation> = sim
+        .explicit
+        .trajectory
+        .iter()
+        .chain(&sim.implicit.trajectory)
+        .collect();
+    dir.write_text("trajectory.csv", &trajectory_csv(&rows))?;
+    dir.commit()
+}
+
+/// `setup.json`: sizes, seed, splits, token sets and version.
+pub fn setup_json(sim: &Simulation) -> Value {
+    let s = &sim.setup;
+    json!({
+        "rmflow_version": RMFLOW_VERSION,
+        "seed": sim.config.seed,
+        "vocab_size": s.vocab_size(),
+        "dim": s.dim(),
+        "beta": s.config.beta,
+        "response_length": 1,
+        "optimizer": sim.config.train.optimizer.name(),
+        "imrm_gradient": sim.config.train.imrm_gradient,
+        "tie_tolerance": sim.config.eval.tie_tolerance,
+        "splits": s.splits().map(|p| json!({"name": p.name, "size": p.len()})).collect::<Vec<_>>(),
+        "seen_tokens": s.seen_tokens,
+        "tokens": {
+            "good_seen": s.vocab.good_seen,
+            "good_unseen": s.vocab.good_unseen,
+            "bad_seen": s.vocab.bad_seen,
+            "bad_unseen": s.vocab.bad_unseen,
+            "filler": [s.vocab.good_seen.len() + s.vocab.good_unseen.len() + s.vocab.bad_seen.len() + s.vocab.bad_unseen.len(), s.vocab_size()],
+        },
+    })
+}

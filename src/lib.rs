@@ -1,0 +1,15 @@
+//! rmflow: learning dynamics of implicit (DPO-style) vs explicit reward models.
+//!
+//! The mathematics is in `MATH.md` (shared); each module names the sections it implements.
+
+pub mod config;
+pub mod export;
+pub mod max_margin;
+pub mod numerics;
+pub mod observables;
+pub mod ode;
+pub mod reward;
+pub mod simulation;
+pub mod synthetic;
+pub mod training;
+pub mod verify;

@@ -1,0 +1,213 @@
+//! `rmflow` command line: a thin caller of the library.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use rmflow::config::{Config, GradientPath, Optimizer};
+use rmflow::observables::Observation;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "rmflow",
+    version,
+    about = "Learning dynamics of implicit (DPO-style) vs explicit reward models (Razin et al., arXiv 2507.07981)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train both reward models on a synthetic setup and export everything (layout: experiments/README.md).
+    Simulate {
+        /// TOML config (default: the embedded experiments/theorem2.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output folder, written atomically.
+        #[arg(long)]
+        out: PathBuf,
+        /// Override train.optimizer.
+        #[arg(long, value_enum)]
+        optimizer: Option<Optimizer>,
+        /// Override train.t_max (flow time; discrete optimizers run t_max/lr steps).
+        #[arg(long)]
+        t_max: Option<f64>,
+        /// Override the seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Override train.imrm_gradient.
+        #[arg(long, value_parser = parse_path)]
+        imrm_gradient: Option<GradientPath>,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Verify Theorem 2 numerically, claim by claim; exits non-zero if any claim fails.
+    Verify {
+        /// TOML config (default: the embedded experiments/theorem2.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Random setups drawn around the config (seed, α, κ, sizes), checked in parallel.
+        #[arg(long, default_value_t = 20)]
+        trials: usize,
+        /// Also write the full report (every claim of every trial) as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Self-test of the checker: verify a deliberately broken variant (must FAIL).
+        #[arg(long, value_enum, hide = true)]
+        inject_fault: Option<rmflow::verify::Fault>,
+    },
+    /// Print the embedded default config (experiments/theorem2.toml).
+    DefaultConfig,
+}
+
+fn parse_path(s: &str) -> Result<GradientPath, String> {
+    match s {
+        "full" => Ok(GradientPath::Full),
+        "sparse" => Ok(GradientPath::Sparse),
+        _ => Err(format!("expected `full` or `sparse`, got `{s}`")),
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    Ok(match path {
+        Some(p) => Config::from_file(p)?,
+        None => Config::embedded_default(),
+    })
+}
+
+fn progress_bar(len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} observations  {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+fn print_accuracy_table(rows: &[&Observation], tau: f64) {
+    println!(
+        "accuracy at t = {:e} (strict / tie-aware, tie tolerance τ = {tau:e}):",
+        rows[0].t
+    );
+    print!("{:<8}", "model");
+    for s in &rows[0].splits {
+        print!("{:>20}", s.split);
+    }
+    println!();
+    for o in rows {
+        print!("{:<8}", o.model);
+        for s in &o.splits {
+            print!(
+                "{:>20}",
+                format!("{:.3} / {:.3}", s.strict_accuracy, s.tie_aware_accuracy)
+            );
+        }
+        println!();
+    }
+}
+
+fn simulate(config: Config, out: &Path, force: bool) -> Result<()> {
+    let n_obs = rmflow::training::observation_times(&config.train).len() as u64;
+    let bar = progress_bar(2 * n_obs);
+    let sim = rmflow::simulation::simulate(&config, &mut |o| {
+        bar.set_message(format!("{} t = {:.2e}", o.model, o.t));
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    let written = rmflow::export::write_simulation(&sim, out, force)?;
+    let finals: Vec<&Observation> = sim
+        .runs()
+        .iter()
+        .map(|r| r.trajectory.last().expect("observed"))
+        .collect();
+    print_accuracy_table(&finals, config.eval.tie_tolerance);
+    if let Some(d) = finals[1].unseen_row_drift {
+        println!("IM-RM unseen-row drift max_z‖U_z(t) − U_z(0)‖ at t_max: {d:e}");
+    }
+    println!("wrote {}", written.display());
+    Ok(())
+}
+
+/// Writes `text` to `path` through a temporary sibling and a rename.
+fn write_file_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Simulate {
+            config,
+            out,
+            optimizer,
+            t_max,
+            seed,
+            imrm_gradient,
+            force,
+        } => {
+            let mut cfg = load_config(config.as_deref())?;
+            if let Some(o) = optimizer {
+                cfg.train.optimizer = o;
+            }
+            if let Some(t) = t_max {
+                cfg.train.t_max = t;
+            }
+            if let Some(s) = seed {
+                cfg.seed = s;
+            }
+            if let Some(p) = imrm_gradient {
+                cfg.train.imrm_gradient = p;
+            }
+            cfg.validate().context("after command-line overrides")?;
+            simulate(cfg, &out, force)
+        }
+        Command::Verify {
+            config,
+            trials,
+            json,
+            inject_fault,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            let opts = rmflow::verify::VerifyOptions {
+                fault: inject_fault,
+                ..Default::default()
+            };
+            let bar = progress_bar(trials as u64);
+            bar.set_message("random setups verified");
+            let t0 = std::time::Instant::now();
+            let report = rmflow::verify::verify(&cfg, trials, &opts, &|| bar.inc(1))?;
+            bar.finish_and_clear();
+            print!("{}", rmflow::verify::render(&report));
+            eprintln!("verified in {:.2} s", t0.elapsed().as_secs_f64());
+            if let Some(path) = json {
+                write_file_atomically(&path, &(serde_json::to_string_pretty(&report)? + "\n"))?;
+            }
+            if !report.passed() {
+                anyhow::bail!("Theorem 2 verification failed (see the FAIL rows above)");
+            }
+            Ok(())
+        }
+        Command::DefaultConfig => {
+            print!("{}", rmflow::config::DEFAULT_CONFIG_TOML);
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! One run end to end: setup → max-margin separators → both reward models trained → trajectory.
+
+use crate::config::{Config, GradientPath};
+use crate::max_margin::{
+    implicit_dual_prediction, max_margin_head, max_margin_unembedding_delta, MaxMarginSolution,
+};
+use crate::observables::{convergence, split_metrics, Observation, SplitMetrics};
+use crate::ode::OdeStats;
+use crate::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel};
+use crate::synthetic::Setup;
+use crate::training::train;
+use anyhow::Result;
+use ndarray::Array1;
+
+/// Which reward model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum ModelKind {
+    /// EX-RM `r_u = ⟨u, h_{x,y}⟩`, parameters `u ∈ R^D`.
+    Explicit,
+    /// IM-RM `r_U = β ln(π_U/π_ref)`, parameters `U ∈ R^{V×D}`.
+    Implicit,
+}
+
+impl ModelKind {
+    /// Short name used in files (`exrm`, `imrm`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ModelKind::Explicit => "exrm",
+            ModelKind::Implicit => "imrm",
+        }
+    }
+
+    /// Name used in messages (`EX-RM`, `IM-RM`).
+    pub fn label(self) -> &'static str {
+        match self {
+            ModelKind::Explicit => "EX-RM",
+            ModelKind::Implicit => "IM-RM",
+        }
+    }
+}
+
+/// The max-margin separator of one model, or why there is none.
+#[derive(Debug, Clone)]
+pub struct MaxMarginResult {
+    /// `u*` (EX-RM) or `ΔU*` flattened (IM-RM).
+    pub params: Vec<f64>,
+    pub solution: MaxMarginSolution,
+    /// The separator's own accuracy on every split (tie tolerance as configured).
+    pub accuracy: Vec<SplitMetrics>,
+}
+
+/// A trained model with its trajectory.
+#[derive(Debug, Clone)]
+pub struct ModelRun {
+    pub kind: ModelKind,
+    pub initial: Vec<f64>,
+    pub final_params: Vec<f64>,
+    pub trajectory: Vec<Observation>,
+    pub steps: u64,
+    pub ode: Option<OdeStats>,
+    pub max_margin: std::result::Result<MaxMarginResult, String>,
+}
+
+/// A whole simulation: config, setup and both models.
+#[derive(Debug, Clone)]
+pub struct Simulation {
+    pub config: Config,
+    pub setup: Setup,
+    pub explicit: ModelRun,
+    pub implicit: ModelRun,
+}
+
+/// Measures a model on every split at parameters `θ` (IM-RM margins always through the faithful
+/// full-vocabulary log-softmax, whatever gradient path trains it).
+pub struct Observer {
+    kind: ModelKind,
+    split_models: Vec<(String, Box<dyn MarginModel>)>,
+    theta0: Vec<f64>,
+    unseen_rows: Vec<usize>,
+    dim: usize,
+    reference: Option<Vec<f64>>,
+    tie_tolerance: f64,
+}
+
+impl Observer {
+    pub fn new(
+        kind: ModelKind,
+        setup: &Setup,
+        theta0: Vec<f64>,
+        reference: Option<Vec<f64>>,
+        tie_tolerance: f64,
+    ) -> Observer {
+        let split_models: Vec<(String, Box<dyn MarginModel>)> = setup
+            .splits()
+            .map(|p| {
+                let m: Box<dyn MarginModel> = match kind {
+                    ModelKind::Explicit => Box::new(ExplicitRm::new(p)),
+                    ModelKind::Implicit => Box::new(ImplicitRm::new(
+                        p,
+                        setup.unembedding_init.view(),
+                        setup.config.beta,
+                        GradientPath::Full,
+                    )),
+                };
+                (p.name.clone(), m)
+            })
+            .collect();
+        Observer {
+            kind,
+            split_models,
+            theta0,
+            unseen_rows: if kind == ModelKind::Implicit {
+                setup.unseen_tokens()
+            } else {
+                vec![]
+            },
+            dim: setup.dim(),
+            reference,
+            tie_tolerance,
+        }
+    }
+
+    /// Margins of every split (`train` first) at `θ`.
+    pub fn split_margins(&self, theta: &[f64]) -> Vec<(String, Vec<f64>)> {
+        self.split_models
+            .iter()
+            .map(|(name, m)| {
+                let mut out = vec![0.0; m.n_pairs()];
+                m.margins(theta, &mut out);
+                (name.clone(), out)
+            })
+            .collect()
+    }
+
+    /// All observables at `(t, step, θ)`.
+    pub fn observe(&self, t: f64, step: u64, theta: &[f64]) -> Observation {
+        let margins = self.split_margins(theta);
+        let loss = mean_loss(&margins[0].1);
+        let splits = margins
+            .iter()
+            .map(|(n, m)| split_metrics(n, m, self.tie_tolerance))
+            .collect();
+        let delta: Vec<f64> = theta.iter().zip(&self.theta0).map(|(a, b)| a - b).collect();
+        let unseen_row_drift = (self.kind == ModelKind::Implicit).then(|| {
+            self.unseen_rows
+                .iter()
+                .map(|&z| crate::numerics::norm(&delta[z * self.dim..(z + 1) * self.dim]))
+                .fold(0.0, f64::max)
+        });
+        let convergence = self.reference.as_ref().map(|r| match self.kind {
+            ModelKind::Explicit => convergence(theta, r, t),
+            ModelKind::Implicit => convergence(&delta, r, t),
+        });
+        Observation {
+            model: self.kind.name(),
+            t,
+            step,
+            loss,
+            splits,
+            param_distance: crate::numerics::norm(&delta),
+            unseen_row_drift,
+            convergence,
+        }
+    }
+}
+
+/// Max-margin separator of `kind` on the training pairs, with its accuracy on every split.
+pub fn max_margin_for(
+    kind: ModelKind,
+    setup: &Setup,
+    tie_tolerance: f64,
+) -> std::result::Result<MaxMarginResult, String> {
+    let beta = setup.config.beta;
+    match kind {
+        ModelKind::Explicit => {
+            let (u, solution) =
+                max_margin_head(&setup.train.hidden_differences()).map_err(|e| e.to_string())?;
+            let accuracy = setup
+                .splits()
+                .map(|p| {
+                    split_metrics(
+                        &p.name,
+                        p.hidden_differences()
+                            .dot(&u)
+                            .as_slice()
+                            .expect("contiguous"),
+                        tie_tolerance,
+                    )
+                })
+                .collect();
+            Ok(MaxMarginResult {
+                params: u.to_vec(),
+                solution,
+                accuracy,
+            })
+        }
+        ModelKind::Implicit => {
+            let (delta, solution) =
+                max_margin_unembedding_delta(&setup.train, beta, setup.vocab_size())
+                    .map_err(|e| e.to_string())?;
+            let accuracy = setup
+                .splits()
+                .map(|p| {
+                    split_metrics(
+                        &p.name,
+                        &implicit_dual_prediction(&setup.train, &solution.dual, beta, p),
+                        tie_tolerance,
+                    )
+                })
+                .collect();
+            Ok(MaxMarginResult {
+                params: delta.into_raw_vec_and_offset().0,
+                solution,
+                accuracy,
+            })
+        }
+    }
+}
+
+/// Trains one model on `setup` with `config.train`, calling `progress` after each observation.
+/// `max_margin` is the separator of `kind` on `setup` ([`max_margin_for`]), reused across runs.
+pub fn run_model(
+    kind: ModelKind,
+    config: &Config,
+    setup: &Setup,
+    max_margin: std::result::Result<MaxMarginResult, String>,
+    progress: &mut dyn FnMut(&Observation),
+) -> Result<ModelRun> {
+    let tau = config.eval.tie_tolerance;
+    let (objective, initial): (Box<dyn MarginModel>, Vec<f64>) = match kind {
+        ModelKind::Explicit => (
+            Box::new(ExplicitRm::new(&setup.train)),
+            setup.head_init.to_vec(),
+        ),
+        ModelKind::Implicit => (
+            Box::new(ImplicitRm::new(
+                &setup.train,
+                setup.unembedding_init.view(),
+                setup.config.beta,
+                config.train.imrm_gradient,
+            )),
+            setup.unembedding_init.iter().copied().collect(),
+        ),
+    };
+    let observer = Observer::new(
+        kind,
+        setup,
+        initial.clone(),
+        max_margin.as_ref().ok().map(|m| m.params.clone()),
+        tau,
+    );
+    let mut trajectory = Vec::new();
+    let outcome = train(
+        objective.as_ref(),
+        &initial,
+        &config.train,
+        kind.label(),
+        &mut |t, step, theta| {
+            let obs = observer.observe(t, step, theta);
+            progress(&obs);
+            trajectory.push(obs);
+            Ok(())
+        },
+    )?;
+    Ok(ModelRun {
+        kind,
+        initial,
+        final_params: outcome.theta,
+        trajectory,
+        steps: outcome.steps,
+        ode: outcome.ode,
+        max_margin,
+    })
+}
+
+/// Generates the setup from `config` and trains both models.
+pub fn simulate(config: &Config, progress: &mut dyn FnMut(&Observation)) -> Result<Simulation> {
+    config.validate()?;
+    let setup = Setup::generate(config);
+    let tau = config.eval.tie_tolerance;
+    let explicit = run_model(
+        ModelKind::Explicit,
+        config,
+        &setup,
+        max_margin_for(ModelKind::Explicit, &setup, tau),
+        progress,
+    )?;
+    let implicit = run_model(
+        ModelKind::Implicit,
+        config,
+        &setup,
+        max_margin_for(ModelKind::Implicit, &setup, tau),
+        progress,
+    )?;
+    Ok(Simulation {
+        config: config.clone(),
+        setup,
+        explicit,
+        implicit,
+    })
+}
+
+impl Simulation {
+    pub fn runs(&self) -> [&ModelRun; 2] {
+        [&self.explicit, &self.implicit]
+    }
+
+    /// `U(t_max)` as [V, D].
+    pub fn final_unembedding(&self) -> ndarray::Array2<f64> {
+        ndarray::Array2::from_shape_vec(
+            (self.setup.vocab_size(), self.setup.dim()),
+            self.implicit.final_params.clone(),
+        )
+        .expect("V×D")
+    }
+
+    /// `u(t_max)`.
+    pub fn final_head(&self) -> Array1<f64> {
+        Array1::from(self.explicit.final_params.clone())
+    }
+}

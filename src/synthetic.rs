@@ -1,0 +1,290 @@
+//! The synthetic language model of MATH.md §5 (single-token responses, K = 1).
+//!
+//! Tokens `e_y = α s_y μ + g_y`; prompts `h_x = κ ν_c + N(0, I/D)`; response representation
+//! `h_{x,y} = tanh(A h_x + B e_y)`; unembedding `U(0)` and head `u(0)`; train / eval splits.
+
+use crate::config::{Config, SetupConfig, UnembeddingInit};
+use ndarray::{Array1, Array2, ArrayView1, Axis};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+/// Latent label `s_y` of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenLabel {
+    Good,
+    Bad,
+    Filler,
+}
+
+impl TokenLabel {
+    /// `s_y ∈ {+1, −1, 0}`.
+    pub fn sign(self) -> f64 {
+        match self {
+            TokenLabel::Good => 1.0,
+            TokenLabel::Bad => -1.0,
+            TokenLabel::Filler => 0.0,
+        }
+    }
+}
+
+/// Vocabulary layout: `[good seen | good unseen | bad seen | bad unseen | filler]`.
+#[derive(Debug, Clone)]
+pub struct Vocabulary {
+    pub labels: Vec<TokenLabel>,
+    pub good_seen: Vec<usize>,
+    pub good_unseen: Vec<usize>,
+    pub bad_seen: Vec<usize>,
+    pub bad_unseen: Vec<usize>,
+}
+
+impl Vocabulary {
+    fn new(s: &SetupConfig) -> Vocabulary {
+        let mut next = 0usize;
+        let mut take = |n: usize| {
+            let r: Vec<usize> = (next..next + n).collect();
+            next += n;
+            r
+        };
+        let good_seen = take(s.good_seen);
+        let good_unseen = take(s.good_unseen);
+        let bad_seen = take(s.bad_seen);
+        let bad_unseen = take(s.bad_unseen);
+        let v = next + s.filler_tokens;
+        let mut labels = vec![TokenLabel::Filler; v];
+        for &t in good_seen.iter().chain(&good_unseen) {
+            labels[t] = TokenLabel::Good;
+        }
+        for &t in bad_seen.iter().chain(&bad_unseen) {
+            labels[t] = TokenLabel::Bad;
+        }
+        Vocabulary {
+            labels,
+            good_seen,
+            good_unseen,
+            bad_seen,
+            bad_unseen,
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.labels.len()
+    }
+}
+
+/// The fixed random recurrent map `s_k = tanh(A s_{k−1} + B e_{y_k})` (MATH.md §5).
+#[derive(Debug, Clone)]
+pub struct RecurrentMap {
+    pub a: Array2<f64>,
+    pub b: Array2<f64>,
+}
+
+impl RecurrentMap {
+    /// One step: `tanh(A state + B embedding)`.
+    pub fn step(&self, state: ArrayView1<f64>, embedding: ArrayView1<f64>) -> Array1<f64> {
+        (self.a.dot(&state) + self.b.dot(&embedding)).mapv(f64::tanh)
+    }
+}
+
+/// Preference pairs `(x_i, y_i⁺, y_i⁻)` with their hidden representations.
+#[derive(Debug, Clone)]
+pub struct PairSet {
+    /// Split name (`train`, `seen`, `unseen`, `domain`).
+    pub name: String,
+    /// `h_x`, [n, D].
+    pub prompt_hidden: Array2<f64>,
+    /// `h_{x,y⁺}`, [n, D].
+    pub chosen_hidden: Array2<f64>,
+    /// `h_{x,y⁻}`, [n, D].
+    pub rejected_hidden: Array2<f64>,
+    /// `y⁺`, [n].
+    pub chosen_token: Vec<usize>,
+    /// `y⁻`, [n].
+    pub rejected_token: Vec<usize>,
+}
+
+impl PairSet {
+    pub fn len(&self) -> usize {
+        self.chosen_token.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chosen_token.is_empty()
+    }
+
+    /// EX-RM features `z_i = h_{x_i,y_i⁺} − h_{x_i,y_i⁻}` (MATH.md §2), [n, D].
+    pub fn hidden_differences(&self) -> Array2<f64> {
+        &self.chosen_hidden - &self.rejected_hidden
+    }
+}
+
+/// A complete synthetic setup: vocabulary, embeddings, initial parameters and the splits.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub config: SetupConfig,
+    pub seed: u64,
+    pub vocab: Vocabulary,
+    /// Quality direction `μ` (unit).
+    pub quality_direction: Array1<f64>,
+    /// Prompt-cluster directions `ν_0` (training) and `ν_1` (domain shift), unit.
+    pub cluster_directions: [Array1<f64>; 2],
+    /// Input embeddings `e_y`, [V, D].
+    pub embeddings: Array2<f64>,
+    pub recurrent: RecurrentMap,
+    /// `U(0)`, [V, D]; also the reference model `π_ref = π_{U(0)}`.
+    pub unembedding_init: Array2<f64>,
+    /// `u(0)`, [D].
+    pub head_init: Array1<f64>,
+    pub train: PairSet,
+    /// Evaluation splits, in the order `seen`, `unseen`, `domain`.
+    pub evals: Vec<PairSet>,
+    /// `T`: tokens occurring in some training response, sorted.
+    pub seen_tokens: Vec<usize>,
+}
+
+fn gaussian_vector(rng: &mut ChaCha8Rng, d: usize, std: f64) -> Array1<f64> {
+    Array1::from_shape_fn(d, |_| std * rng.sample::<f64, _>(StandardNormal))
+}
+
+fn unit_vector(rng: &mut ChaCha8Rng, d: usize) -> Array1<f64> {
+    loop {
+        let v = gaussian_vector(rng, d, 1.0);
+        let n = v.dot(&v).sqrt();
+        if n > 1e-12 {
+            return v / n;
+        }
+    }
+}
+
+fn gaussian_matrix(rng: &mut ChaCha8Rng, rows: usize, cols: usize, std: f64) -> Array2<f64> {
+    Array2::from_shape_fn((rows, cols), |_| std * rng.sample::<f64, _>(StandardNormal))
+}
+
+impl Setup {
+    /// Draws the whole setup from `config.seed` (ChaCha8, fixed draw order).
+    pub fn generate(config: &Config) -> Setup {
+        let s = config.setup.clone();
+        let d = s.dim;
+        let noise = 1.0 / (d as f64).sqrt();
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let vocab = Vocabulary::new(&s);
+        let v = vocab.size();
+
+        let quality_direction = unit_vector(&mut rng, d);
+        let cluster_directions = [unit_vector(&mut rng, d), unit_vector(&mut rng, d)];
+        let mut embeddings = gaussian_matrix(&mut rng, v, d, noise);
+        for (y, mut row) in embeddings.axis_iter_mut(Axis(0)).enumerate() {
+            row.scaled_add(s.alpha * vocab.labels[y].sign(), &quality_direction);
+        }
+        let recurrent = RecurrentMap {
+            a: gaussian_matrix(&mut rng, d, d, s.recurrent_gain * noise),
+            b: gaussian_matrix(&mut rng, d, d, s.input_gain * noise),
+        };
+        let unembedding_init = match s.unembedding_init {
+            UnembeddingInit::Tied => &embeddings * s.unembedding_scale,
+            UnembeddingInit::Independent => {
+                gaussian_matrix(&mut rng, v, d, s.unembedding_scale * noise)
+            }
+        };
+        let head_init = gaussian_vector(&mut rng, d, s.head_scale * noise);
+
+        let mut draw = |name: &str, n: usize, cluster: usize, good: &[usize], bad: &[usize]| {
+            let mut prompt_hidden = Array2::zeros((n, d));
+            let mut chosen_hidden = Array2::zeros((n, d));
+            let mut rejected_hidden = Array2::zeros((n, d));
+            let mut chosen_token = Vec::with_capacity(n);
+            let mut rejected_token = Vec::with_capacity(n);
+            for i in 0..n {
+                let h =
+                    &cluster_directions[cluster] * s.kappa + gaussian_vector(&mut rng, d, noise);
+                let yp = good[rng.random_range(0..good.len())];
+                let ym = bad[rng.random_range(0..bad.len())];
+                chosen_hidden
+                    .row_mut(i)
+                    .assign(&recurrent.step(h.view(), embeddings.row(yp)));
+                rejected_hidden
+                    .row_mut(i)
+                    .assign(&recurrent.step(h.view(), embeddings.row(ym)));
+                prompt_hidden.row_mut(i).assign(&h);
+                chosen_token.push(yp);
+                rejected_token.push(ym);
+            }
+            PairSet {
+                name: name.to_string(),
+                prompt_hidden,
+                chosen_hidden,
+                rejected_hidden,
+                chosen_token,
+                rejected_token,
+            }
+        };
+
+        let train = draw("train", s.train_pairs, 0, &vocab.good_seen, &vocab.bad_seen);
+        let mut seen_tokens: Vec<usize> = train
+            .chosen_token
+            .iter()
+            .chain(&train.rejected_token)
+            .copied()
+            .collect();
+        seen_tokens.sort_unstable();
+        seen_tokens.dedup();
+        let seen_good: Vec<usize> = vocab
+            .good_seen
+            .iter()
+            .copied()
+            .filter(|t| seen_tokens.binary_search(t).is_ok())
+            .collect();
+        let seen_bad: Vec<usize> = vocab
+            .bad_seen
+            .iter()
+            .copied()
+            .filter(|t| seen_tokens.binary_search(t).is_ok())
+            .collect();
+        let evals = vec![
+            draw("seen", s.eval_pairs, 0, &seen_good, &seen_bad),
+            draw(
+                "unseen",
+                s.eval_pairs,
+                0,
+                &vocab.good_unseen,
+                &vocab.bad_unseen,
+            ),
+            draw("domain", s.eval_pairs, 1, &seen_good, &seen_bad),
+        ];
+        Setup {
+            config: s,
+            seed: config.seed,
+            vocab,
+            quality_direction,
+            cluster_directions,
+            embeddings,
+            recurrent,
+            unembedding_init,
+            head_init,
+            train,
+            evals,
+            seen_tokens,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab.size()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.config.dim
+    }
+
+    /// Training split followed by the evaluation splits.
+    pub fn splits(&self) -> impl Iterator<Item = &PairSet> {
+        std::iter::once(&self.train).chain(self.evals.iter())
+    }
+
+    /// Tokens in no training response (`z ∉ T`), sorted.
+    pub fn unseen_tokens(&self) -> Vec<usize> {
+        (0..self.vocab_size())
+            .filter(|t| self.seen_tokens.binary_search(t).is_err())
+            .collect()
+    }
+}

@@ -1,0 +1,181 @@
+//! The command line as a user meets it: bad input, determinism of the export, verify's verdicts.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn rmflow(args: &[&str], threads: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rmflow"));
+    cmd.args(args);
+    if let Some(t) = threads {
+        cmd.env("RAYON_NUM_THREADS", t);
+    }
+    cmd.output().expect("rmflow runs")
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rmflow-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn bad_configs_name_the_field_and_leave_no_output() {
+    let dir = temp("bad");
+    let cases = [
+        ("[setup]\ndim = 0\n", "setup.dim"),
+        ("[setup]\nbeta = -1.0\n", "setup.beta"),
+        ("[setup]\nalpha = nan\n", "setup.alpha"),
+        ("[train]\nt_max = 0.0\n", "train.t_max"),
+        (
+            "[train]\noptimizer = \"gd\"\nt_max = 1e100\n",
+            "train.t_max",
+        ),
+        ("[setup]\ndimension = 3\n", "dimension"),
+        ("[train]\noptimizer = \"sgd\"\n", "optimizer"),
+        ("[eval]\ntie_tolerance = -1.0\n", "eval.tie_tolerance"),
+        ("seed = \"x\"\n", "seed"),
+    ];
+    for (i, (text, field)) in cases.iter().enumerate() {
+        let cfg = dir.join(format!("c{i}.toml"));
+        std::fs::write(&cfg, text).unwrap();
+        let out = dir.join(format!("out{i}"));
+        let o = rmflow(
+            &[
+                "simulate",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(!o.status.success(), "config {text:?} was accepted");
+        assert!(
+            stderr(&o).contains(field),
+            "error for {text:?} does not name `{field}`: {}",
+            stderr(&o)
+        );
+        assert!(!out.exists(), "a failed run left {}", out.display());
+    }
+    let o = rmflow(
+        &[
+            "simulate",
+            "--config",
+            "/no/such/file.toml",
+            "--out",
+            dir.join("x").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/no/such/file.toml"));
+    assert!(std::fs::read_dir(&dir).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp-")));
+}
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn same_seed_gives_byte_identical_outputs_whatever_the_thread_count() {
+    let dir = temp("det");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    for (out, threads) in [(&a, "1"), (&b, "2")] {
+        let o = rmflow(
+            &[
+                "simulate",
+                "--out",
+                out.to_str().unwrap(),
+                "--t-max",
+                "1e12",
+                "--imrm-gradient",
+                "full",
+            ],
+            Some(threads),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let (fa, fb) = (files(&a), files(&b));
+    let names: Vec<&str> = fa.iter().map(|(n, _)| n.as_str()).collect();
+    for expected in [
+        "config.toml",
+        "setup.json",
+        "summary.json",
+        "trajectory.csv",
+        "train/prompt_hidden.npy",
+        "eval_unseen/chosen_token.npy",
+        "init/unembedding.npy",
+        "final/unembedding.npy",
+        "final/head.npy",
+        "final/max_margin_head.npy",
+        "final/max_margin_unembedding_delta.npy",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "missing {expected}; have {names:?}"
+        );
+    }
+    assert_eq!(fa.len(), fb.len());
+    for ((na, da), (nb, db)) in fa.iter().zip(&fb) {
+        assert_eq!(na, nb);
+        assert!(da == db, "{na} differs between 1 and 2 threads");
+    }
+    // An existing output folder is refused without --force.
+    let o = rmflow(
+        &["simulate", "--out", a.to_str().unwrap(), "--t-max", "10"],
+        None,
+    );
+    assert!(!o.status.success() && stderr(&o).contains("--force"));
+}
+
+#[test]
+fn verify_passes_on_the_default_and_fails_on_a_broken_variant() {
+    let ok = rmflow(&["verify", "--trials", "0"], None);
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "verify failed on the default:\n{text}\n{}",
+        stderr(&ok)
+    );
+    assert!(text.contains("ALL CLAIMS HOLD") && !text.contains("FAIL "));
+
+    let bad = rmflow(
+        &["verify", "--trials", "0", "--inject-fault", "adamw-as-gd"],
+        None,
+    );
+    let text = String::from_utf8_lossy(&bad.stdout);
+    assert!(
+        !bad.status.success(),
+        "verify accepted AdamW as gradient descent:\n{text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("2a.gd.drift"))
+        .expect("2a.gd.drift row");
+    assert!(row.contains("FAIL"), "{row}");
+}

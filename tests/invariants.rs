@@ -1,0 +1,117 @@
+//! Invariants of the training dynamics (MATH.md §2, §4): monotone loss along the flow, the EX-RM
+//! moving only within span{z_i}, and Theorem 2(a)'s frozen unseen rows under flow, GD and Adam.
+
+mod common;
+
+use proptest::prelude::*;
+use rmflow::config::{Config, GradientPath, Optimizer};
+use rmflow::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel};
+use rmflow::synthetic::Setup;
+use rmflow::training::train;
+
+fn trajectory(model: &dyn MarginModel, theta0: &[f64], config: &Config) -> Vec<(f64, Vec<f64>)> {
+    let mut out = Vec::new();
+    train(model, theta0, &config.train, "test", &mut |t, _, th| {
+        out.push((t, th.to_vec()));
+        Ok(())
+    })
+    .expect("training succeeds");
+    out
+}
+
+fn loss(model: &dyn MarginModel, theta: &[f64]) -> f64 {
+    let mut m = vec![0.0; model.n_pairs()];
+    model.margins(theta, &mut m);
+    mean_loss(&m)
+}
+
+/// Orthonormal basis of span{rows of z} by modified Gram–Schmidt (rank tolerance 1e-10).
+fn row_space_basis(z: &ndarray::Array2<f64>) -> Vec<Vec<f64>> {
+    let mut basis: Vec<Vec<f64>> = Vec::new();
+    for row in z.rows() {
+        let mut v = row.to_vec();
+        for _ in 0..2 {
+            for b in &basis {
+                let c: f64 = v.iter().zip(b).map(|(x, y)| x * y).sum();
+                v.iter_mut().zip(b).for_each(|(x, y)| *x -= c * y);
+            }
+        }
+        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if n > 1e-10 {
+            basis.push(v.into_iter().map(|x| x / n).collect());
+        }
+    }
+    basis
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// dL/dt = −‖∇L‖² ≤ 0: between observations the loss may not rise by more than rounding
+    /// (1e-12 relative).
+    #[test]
+    fn loss_never_increases_along_the_flow(config in common::small_config()) {
+        let mut config = config;
+        config.train.t_max = 1e6;
+        let setup = Setup::generate(&config);
+        let ex = ExplicitRm::new(&setup.train);
+        let im = ImplicitRm::new(&setup.train, setup.unembedding_init.view(), config.setup.beta, GradientPath::Full);
+        let u0: Vec<f64> = setup.unembedding_init.iter().copied().collect();
+        for (model, theta0) in [(&ex as &dyn MarginModel, setup.head_init.to_vec()), (&im as &dyn MarginModel, u0)] {
+            let traj = trajectory(model, &theta0, &config);
+            let losses: Vec<f64> = traj.iter().map(|(_, th)| loss(model, th)).collect();
+            for w in losses.windows(2) {
+                prop_assert!(w[1] <= w[0] * (1.0 + 1e-12), "loss rose from {} to {}", w[0], w[1]);
+            }
+        }
+    }
+
+    /// u(t) − u(0) = Σ_i c_i z_i: its component orthogonal to span{z_i} stays at rounding level.
+    #[test]
+    fn head_moves_only_within_the_span_of_the_features(config in common::small_config()) {
+        let mut config = config;
+        config.train.t_max = 1e8;
+        config.setup.head_scale = 1.0;
+        let setup = Setup::generate(&config);
+        let model = ExplicitRm::new(&setup.train);
+        let u0 = setup.head_init.to_vec();
+        let basis = row_space_basis(&model.features);
+        for (t, u) in trajectory(&model, &u0, &config) {
+            let mut delta: Vec<f64> = u.iter().zip(&u0).map(|(a, b)| a - b).collect();
+            let size = delta.iter().map(|x| x * x).sum::<f64>().sqrt();
+            for b in &basis {
+                let c: f64 = delta.iter().zip(b).map(|(x, y)| x * y).sum();
+                delta.iter_mut().zip(b).for_each(|(x, y)| *x -= c * y);
+            }
+            let off = delta.iter().map(|x| x * x).sum::<f64>().sqrt();
+            prop_assert!(off <= 1e-10 * (1.0 + size), "t = {t:e}: ‖(I − P)(u − u0)‖ = {off:e}, ‖u − u0‖ = {size:e}");
+        }
+    }
+
+    /// Theorem 2(a): the rows of tokens absent from training never move — bit for bit — under
+    /// gradient flow, GD and Adam on the faithful full-softmax path; AdamW's decay moves them.
+    #[test]
+    fn unseen_rows_are_bit_identical_except_under_adamw(config in common::small_config()) {
+        let setup = Setup::generate(&config);
+        let d = config.setup.dim;
+        let u0: Vec<f64> = setup.unembedding_init.iter().copied().collect();
+        let unseen = setup.unseen_tokens();
+        let moved = |theta: &[f64]| unseen.iter().any(|&z| (0..d).any(|j| theta[z * d + j].to_bits() != u0[z * d + j].to_bits()));
+        let model = ImplicitRm::new(&setup.train, setup.unembedding_init.view(), config.setup.beta, GradientPath::Full);
+        for (optimizer, t_max, lr) in [(Optimizer::Flow, 1e12, 1.0), (Optimizer::Gd, 50.0, 0.5), (Optimizer::Adam, 0.5, 0.01), (Optimizer::Adamw, 0.5, 0.01)] {
+            let mut c = config.clone();
+            c.train.optimizer = optimizer;
+            c.train.t_max = t_max;
+            c.train.lr = lr;
+            c.train.weight_decay = 0.1;
+            let traj = trajectory(&model, &u0, &c);
+            let any_moved = traj.iter().any(|(_, th)| moved(th));
+            if optimizer == Optimizer::Adamw {
+                let nonzero_unseen = unseen.iter().any(|&z| (0..d).any(|j| u0[z * d + j] != 0.0));
+                prop_assert_eq!(any_moved, nonzero_unseen, "AdamW must shrink every non-zero unseen row");
+            } else {
+                prop_assert!(!any_moved, "{:?} moved an unseen row", optimizer);
+            }
+        }
+    }
+}

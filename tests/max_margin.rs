@@ -1,0 +1,95 @@
+//! Max-margin QPs (MATH.md §4): certificates on random separable sets, primal/dual agreement,
+//! non-separable input, and the IM-RM dual's exact zero on unseen pairs.
+
+mod common;
+
+use ndarray::Array2;
+use proptest::prelude::*;
+use rmflow::max_margin::{
+    explicit_kernel, implicit_dual_prediction, max_margin_dual, max_margin_head,
+    max_margin_unembedding_delta, MaxMarginError,
+};
+use rmflow::synthetic::Setup;
+
+/// Points `z_i` with `⟨w, z_i⟩ ≥ gap` for a random direction `w`: separable by construction.
+fn separable_set() -> impl Strategy<Value = Array2<f64>> {
+    (2usize..8, 2usize..30, any::<u64>(), 0.05f64..1.0).prop_map(|(d, n, seed, gap)| {
+        let mut state = seed | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        };
+        let w: Vec<f64> = (0..d).map(|_| next()).collect();
+        let wn = w.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let mut z = Array2::zeros((n, d));
+        for i in 0..n {
+            let mut row: Vec<f64> = (0..d).map(|_| next()).collect();
+            let m: f64 = row.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() / wn;
+            let shift = gap + m.abs() - m;
+            row.iter_mut()
+                .zip(&w)
+                .for_each(|(r, b)| *r += shift * b / wn);
+            z.row_mut(i).assign(&ndarray::Array1::from(row));
+        }
+        z
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn certificates_hold_on_separable_sets(z in separable_set()) {
+        let (u, sol) = max_margin_head(&z).expect("separable by construction");
+        prop_assert!(sol.certificate.holds(), "{:?}", sol.certificate);
+        prop_assert!(!sol.support.is_empty());
+        // Primal and dual agree: the dual with K_EX = Z Zᵀ gives the same α-norm and margin.
+        let dual = max_margin_dual(&explicit_kernel(&z), "test").expect("separable");
+        prop_assert!(dual.certificate.holds(), "{:?}", dual.certificate);
+        prop_assert!((dual.norm - sol.norm).abs() <= 1e-6 * sol.norm, "dual ‖w‖ {} vs primal {}", dual.norm, sol.norm);
+        let w_dual = z.t().dot(&ndarray::Array1::from(dual.dual.clone()));
+        let diff = (&w_dual - &u).mapv(f64::abs).fold(0.0f64, |a, &b| a.max(b));
+        prop_assert!(diff <= 1e-5 * (1.0 + sol.norm), "dual-built u differs from primal u by {diff:e}");
+    }
+}
+
+#[test]
+fn non_separable_data_is_reported_not_panicked() {
+    // z and −z cannot both have positive margin.
+    let z = ndarray::array![[1.0, 0.5], [-1.0, -0.5], [0.2, 0.1]];
+    match max_margin_head(&z) {
+        Err(MaxMarginError::NotSeparable { .. }) => {}
+        other => panic!("expected NotSeparable, got {other:?}"),
+    }
+    match max_margin_dual(&explicit_kernel(&z), "test space") {
+        Err(e @ MaxMarginError::NotSeparable { .. }) => assert!(e
+            .to_string()
+            .contains("not linearly separable in the test space")),
+        other => panic!("expected NotSeparable, got {other:?}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The IM-RM max-margin model predicts exactly 0 on every unseen pair (zero token overlap),
+    /// and ΔU* has non-zero rows only for training tokens.
+    #[test]
+    fn implicit_max_margin_ignores_unseen_tokens(config in common::small_config()) {
+        let mut config = config;
+        config.setup.kappa = config.setup.kappa.max(0.5);
+        let setup = Setup::generate(&config);
+        if let Ok((delta, sol)) = max_margin_unembedding_delta(&setup.train, config.setup.beta, setup.vocab_size()) {
+            let unseen = setup.evals.iter().find(|p| p.name == "unseen").unwrap();
+            for f in implicit_dual_prediction(&setup.train, &sol.dual, config.setup.beta, unseen) {
+                prop_assert_eq!(f, 0.0);
+            }
+            for z in setup.unseen_tokens() {
+                prop_assert!(delta.row(z).iter().all(|&v| v == 0.0));
+            }
+            prop_assert!(sol.certificate.holds(), "{:?}", sol.certificate);
+        }
+    }
+}
