@@ -54,8 +54,13 @@ pub struct SetupConfig {
     pub beta: f64,
     /// Number of training preference pairs `N`.
     pub train_pairs: usize,
-    /// Pairs in each evaluation split (`seen`, `unseen`, `domain`).
+    /// Pairs in each evaluation split (`seen`, `unseen`, `domain`, `overlapP`).
     pub eval_pairs: usize,
+    /// Response length `K` (tokens per response); `K = 1` is Theorem 2's setting.
+    pub response_length: usize,
+    /// Extra evaluation splits `overlapP`: responses with a fraction `f` of their `K` tokens
+    /// (rounded, random positions) from the seen set, the rest unseen, same labels.
+    pub eval_overlap: Vec<f64>,
 }
 
 /// How `U(0)` is drawn.
@@ -159,6 +164,8 @@ impl Default for SetupConfig {
             beta: 1.0,
             train_pairs: 200,
             eval_pairs: 100,
+            response_length: 1,
+            eval_overlap: Vec::new(),
         }
     }
 }

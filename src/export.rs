@@ -5,7 +5,7 @@ use crate::observables::Observation;
 use crate::simulation::{ModelRun, Simulation};
 use crate::synthetic::PairSet;
 use anyhow::{bail, Context, Result};
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
+use ndarray::{Array2, ArrayView1, ArrayView2};
 use ndarray_npy::WriteNpyExt;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -124,12 +124,18 @@ impl Drop for AtomicDir {
     }
 }
 
-/// Token indices as `i64` for numpy.
-pub fn token_array(tokens: &[usize]) -> Array1<i64> {
-    tokens.iter().map(|&t| t as i64).collect()
+/// Token indices as `i64` for numpy: [n] when `K = 1`, else [n, K].
+fn write_tokens(dir: &AtomicDir, rel: &str, tokens: &ndarray::Array2<usize>) -> Result<()> {
+    let t = tokens.mapv(|v| v as i64);
+    if t.ncols() == 1 {
+        dir.write_npy(rel, &t.column(0).to_owned())
+    } else {
+        dir.write_npy(rel, &t)
+    }
 }
 
-/// `DIR/<folder>/{prompt,chosen,rejected}_hidden.npy`, `{chosen,rejected}_token.npy`.
+/// `DIR/<folder>/{prompt,chosen,rejected}_hidden.npy`, `{chosen,rejected}_token.npy` and, for
+/// `K > 1`, `{chosen,rejected}_prefix_hidden.npy` [n, K, D].
 pub fn write_pairs(dir: &AtomicDir, folder: &str, pairs: &PairSet) -> Result<()> {
     dir.write_npy(&format!("{folder}/prompt_hidden.npy"), &pairs.prompt_hidden)?;
     dir.write_npy(&format!("{folder}/chosen_hidden.npy"), &pairs.chosen_hidden)?;
@@ -137,14 +143,27 @@ pub fn write_pairs(dir: &AtomicDir, folder: &str, pairs: &PairSet) -> Result<()>
         &format!("{folder}/rejected_hidden.npy"),
         &pairs.rejected_hidden,
     )?;
-    dir.write_npy(
+    write_tokens(
+        dir,
         &format!("{folder}/chosen_token.npy"),
-        &token_array(&pairs.chosen_token),
+        &pairs.chosen_tokens,
     )?;
-    dir.write_npy(
+    write_tokens(
+        dir,
         &format!("{folder}/rejected_token.npy"),
-        &token_array(&pairs.rejected_token),
-    )
+        &pairs.rejected_tokens,
+    )?;
+    if pairs.response_length() > 1 {
+        dir.write_npy(
+            &format!("{folder}/chosen_prefix_hidden.npy"),
+            &pairs.chosen_prefix_hidden,
+        )?;
+        dir.write_npy(
+            &format!("{folder}/rejected_prefix_hidden.npy"),
+            &pairs.rejected_prefix_hidden,
+        )?;
+    }
+    Ok(())
 }
 
 /// Shortest round-trip scientific notation (`1e100`, `6.931471805599453e-1`); `nan` for none.
@@ -306,7 +325,7 @@ pub fn setup_json(sim: &Simulation) -> Value {
         "vocab_size": s.vocab_size(),
         "dim": s.dim(),
         "beta": s.config.beta,
-        "response_length": 1,
+        "response_length": s.config.response_length,
         "optimizer": sim.config.train.optimizer.name(),
         "imrm_gradient": sim.config.train.imrm_gradient,
         "tie_tolerance": sim.config.eval.tie_tolerance,

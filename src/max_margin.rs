@@ -264,10 +264,7 @@ pub fn token_overlap(a: (usize, usize), b: (usize, usize)) -> f64 {
 pub fn implicit_kernel(a: &PairSet, b: &PairSet, beta: f64) -> Array2<f64> {
     let prompt = a.prompt_hidden.dot(&b.prompt_hidden.t());
     Array2::from_shape_fn((a.len(), b.len()), |(i, j)| {
-        let overlap = token_overlap(
-            (a.chosen_token[i], a.rejected_token[i]),
-            (b.chosen_token[j], b.rejected_token[j]),
-        );
+        let overlap = token_overlap(a.token_pair(i), b.token_pair(j));
         beta * beta * overlap * prompt[[i, j]]
     })
 }
@@ -279,6 +276,15 @@ pub fn max_margin_unembedding_delta(
     beta: f64,
     vocab_size: usize,
 ) -> Result<(Array2<f64>, MaxMarginSolution), MaxMarginError> {
+    if train.response_length() != 1 {
+        return Err(MaxMarginError::Setup {
+            space: "unembedding feature space of the IM-RM",
+            message: format!(
+                "responses have K = {} tokens: the IM-RM is linear in ΔU only for K = 1 (the prefixes of y⁺ and y⁻ differ, so the normalisers do not cancel)",
+                train.response_length()
+            ),
+        });
+    }
     let solution = max_margin_dual(
         &implicit_kernel(train, train, beta),
         "unembedding feature space of the IM-RM",
@@ -288,10 +294,10 @@ pub fn max_margin_unembedding_delta(
         if a != 0.0 {
             let h = train.prompt_hidden.row(i);
             delta
-                .row_mut(train.chosen_token[i])
+                .row_mut(train.token_pair(i).0)
                 .scaled_add(a * beta, &h);
             delta
-                .row_mut(train.rejected_token[i])
+                .row_mut(train.token_pair(i).1)
                 .scaled_add(-a * beta, &h);
         }
     }

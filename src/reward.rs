@@ -85,86 +85,163 @@ impl MarginModel for ExplicitRm {
     }
 }
 
-/// Examples per block of the full-vocabulary path: bounds the `[block, V]` logits buffer.
+/// Pairs per block of the full-vocabulary path: bounds the `[rows, V]` logits buffer.
 const FULL_PATH_BLOCK: usize = 64;
 
-/// IM-RM `r_U(x,y) = β[ln π_U(y|x) − ln π_ref(y|x)]`, `π_U = softmax(U h_x)`, `π_ref = π_{U(0)}`
-/// (MATH.md §1). `θ = U ∈ R^{V×D}` flattened row-major.
+/// One softmax of the IM-RM: the tokens predicted from one prefix state. At the first position
+/// both responses share the state `h_x` (one row predicts `y⁺_1` and `y⁻_1`, so the `π` terms of
+/// the two responses meet in one vector); later positions have one row per response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub pair: usize,
+    /// Index `k` (0-based) of the predicted token in its response(s).
+    pub index: usize,
+    /// Token of `y⁺` predicted here, if any.
+    pub plus: Option<usize>,
+    /// Token of `y⁻` predicted here, if any.
+    pub minus: Option<usize>,
+}
+
+/// IM-RM `r_U(x,y) = β Σ_k [ln π_U(y_k|h_{x,y<k}) − ln π_ref(y_k|h_{x,y<k})]`,
+/// `π_U(·|h) = softmax(U h)`, `π_ref = π_{U(0)}` (MATH.md §1). `θ = U ∈ R^{V×D}` flattened
+/// row-major. For `K = 1` this is `β[ln π_U(y|x) − ln π_ref(y|x)]`.
 #[derive(Debug, Clone)]
 pub struct ImplicitRm {
     pub beta: f64,
     pub vocab_size: usize,
     pub path: GradientPath,
-    /// `h_{x_i}`, [N, D].
-    pub prompt_hidden: Array2<f64>,
-    pub chosen_token: Vec<usize>,
-    pub rejected_token: Vec<usize>,
-    /// `ln π_ref(y_i⁺|x_i)` and `ln π_ref(y_i⁻|x_i)` from the full log-softmax of `U(0) h_{x_i}`.
+    /// Prefix states, one row per [`Position`], rows of a pair contiguous, [R, D].
+    pub states: Array2<f64>,
+    pub positions: Vec<Position>,
+    /// Rows of pair `i` are `pair_rows[i]..pair_rows[i + 1]`.
+    pair_rows: Vec<usize>,
+    /// Per row: `ln π_ref` of its `y⁺` and `y⁻` tokens (0 where absent).
     ref_logprob: Vec<(f64, f64)>,
-    /// `⟨U(0)_{y_i⁺} − U(0)_{y_i⁻}, h_{x_i}⟩`: the reference term of the cancelled form.
+    /// `K = 1` only: `⟨U(0)_{y_i⁺} − U(0)_{y_i⁻}, h_{x_i}⟩`, the reference term of the cancelled form.
     ref_logit_gap: Vec<f64>,
 }
 
 impl ImplicitRm {
+    /// `path = Sparse` requires single-token responses (checked by config validation; here it
+    /// falls back to no cancelled-form reference and panics only on misuse in code).
     pub fn new(
         pairs: &PairSet,
         unembedding_init: ArrayView2<f64>,
         beta: f64,
         path: GradientPath,
     ) -> ImplicitRm {
+        let (n, k_len, d) = (
+            pairs.len(),
+            pairs.response_length(),
+            pairs.prompt_hidden.ncols(),
+        );
+        assert!(
+            path == GradientPath::Full || k_len == 1,
+            "the sparse IM-RM gradient needs K = 1"
+        );
+        let rows = n * (2 * k_len - 1);
+        let mut states = Array2::zeros((rows, d));
+        let mut positions = Vec::with_capacity(rows);
+        let mut pair_rows = Vec::with_capacity(n + 1);
+        for i in 0..n {
+            pair_rows.push(positions.len());
+            states
+                .row_mut(positions.len())
+                .assign(&pairs.prompt_hidden.row(i));
+            positions.push(Position {
+                pair: i,
+                index: 0,
+                plus: Some(pairs.chosen_tokens[[i, 0]]),
+                minus: Some(pairs.rejected_tokens[[i, 0]]),
+            });
+            for k in 1..k_len {
+                states
+                    .row_mut(positions.len())
+                    .assign(&pairs.chosen_prefix_hidden.slice(s![i, k, ..]));
+                positions.push(Position {
+                    pair: i,
+                    index: k,
+                    plus: Some(pairs.chosen_tokens[[i, k]]),
+                    minus: None,
+                });
+            }
+            for k in 1..k_len {
+                states
+                    .row_mut(positions.len())
+                    .assign(&pairs.rejected_prefix_hidden.slice(s![i, k, ..]));
+                positions.push(Position {
+                    pair: i,
+                    index: k,
+                    plus: None,
+                    minus: Some(pairs.rejected_tokens[[i, k]]),
+                });
+            }
+        }
+        pair_rows.push(positions.len());
         let mut model = ImplicitRm {
             beta,
             vocab_size: unembedding_init.nrows(),
             path,
-            prompt_hidden: pairs.prompt_hidden.clone(),
-            chosen_token: pairs.chosen_token.clone(),
-            rejected_token: pairs.rejected_token.clone(),
+            states,
+            positions,
+            pair_rows,
             ref_logprob: vec![],
             ref_logit_gap: vec![],
         };
         let u0 = unembedding_init.as_standard_layout();
         let u0s = u0.as_slice().expect("standard layout");
-        model.ref_logprob = model.chosen_rejected_logprobs(u0s);
-        model.ref_logit_gap = model.logit_gaps(u0s);
+        model.ref_logprob = model.position_logprobs(u0s);
+        if k_len == 1 {
+            model.ref_logit_gap = model.logit_gaps(u0s);
+        }
         model
     }
 
     fn dim(&self) -> usize {
-        self.prompt_hidden.ncols()
+        self.states.ncols()
     }
 
     fn unembedding<'a>(&self, theta: &'a [f64]) -> ArrayView2<'a, f64> {
         ArrayView2::from_shape((self.vocab_size, self.dim()), theta).expect("θ has V×D entries")
     }
 
-    /// Logits `U h_{x_i}` for the examples of one block, [b, V].
-    fn block_logits(&self, u: &ArrayView2<f64>, i0: usize) -> Array2<f64> {
-        let i1 = (i0 + FULL_PATH_BLOCK).min(self.n_pairs());
-        self.prompt_hidden.slice(s![i0..i1, ..]).dot(&u.t())
+    /// Blocks of whole pairs: `(first pair, end pair)`.
+    fn blocks(&self) -> Vec<(usize, usize)> {
+        let n = self.n_pairs();
+        (0..n)
+            .step_by(FULL_PATH_BLOCK)
+            .map(|i0| (i0, (i0 + FULL_PATH_BLOCK).min(n)))
+            .collect()
     }
 
-    fn block_starts(&self) -> Vec<usize> {
-        (0..self.n_pairs()).step_by(FULL_PATH_BLOCK).collect()
+    /// Logits `U h` for the rows of pairs `i0..i1`, [rows, V].
+    fn block_logits(&self, u: &ArrayView2<f64>, (i0, i1): (usize, usize)) -> Array2<f64> {
+        self.states
+            .slice(s![self.pair_rows[i0]..self.pair_rows[i1], ..])
+            .dot(&u.t())
     }
 
-    /// `(ln π_U(y_i⁺|x_i), ln π_U(y_i⁻|x_i))`, each `logit − logsumexp` over the full vocabulary.
-    /// Blocks of examples run in parallel; the result does not depend on the thread count.
-    pub fn chosen_rejected_logprobs(&self, theta: &[f64]) -> Vec<(f64, f64)> {
+    /// Per row: `(ln π_U(y⁺_k|·), ln π_U(y⁻_k|·))`, each `logit − logsumexp` over the whole
+    /// vocabulary (0 where the row predicts no such token). Blocks run in parallel; results do not
+    /// depend on the thread count.
+    pub fn position_logprobs(&self, theta: &[f64]) -> Vec<(f64, f64)> {
         let u = self.unembedding(theta);
         let blocks: Vec<Vec<(f64, f64)>> = self
-            .block_starts()
+            .blocks()
             .par_iter()
-            .map(|&i0| {
-                let logits = self.block_logits(&u, i0);
+            .map(|&b| {
+                let r0 = self.pair_rows[b.0];
+                let logits = self.block_logits(&u, b);
                 logits
                     .rows()
                     .into_iter()
                     .enumerate()
                     .map(|(r, row)| {
                         let lse = logsumexp(row.as_slice().expect("contiguous row"));
+                        let p = &self.positions[r0 + r];
                         (
-                            row[self.chosen_token[i0 + r]] - lse,
-                            row[self.rejected_token[i0 + r]] - lse,
+                            p.plus.map_or(0.0, |y| row[y] - lse),
+                            p.minus.map_or(0.0, |y| row[y] - lse),
                         )
                     })
                     .collect()
@@ -173,28 +250,57 @@ impl ImplicitRm {
         blocks.concat()
     }
 
-    /// `⟨U_{y_i⁺} − U_{y_i⁻}, h_{x_i}⟩` (rows of seen tokens only).
+    /// Margins from per-row log-probabilities: `Σ_k β(ln π − ln π_ref)` for `y⁺` minus the same
+    /// for `y⁻`, summed position by position.
+    fn margins_from(
+        &self,
+        logprobs: &[(f64, f64)],
+        row0: usize,
+        pairs: (usize, usize),
+        margins: &mut [f64],
+    ) {
+        for i in pairs.0..pairs.1 {
+            let (mut rp, mut rm) = (0.0, 0.0);
+            for r in self.pair_rows[i]..self.pair_rows[i + 1] {
+                let (lp, lq) = logprobs[r - row0];
+                let (rfp, rfq) = self.ref_logprob[r];
+                let p = &self.positions[r];
+                if p.plus.is_some() {
+                    rp += self.beta * (lp - rfp);
+                }
+                if p.minus.is_some() {
+                    rm += self.beta * (lq - rfq);
+                }
+            }
+            margins[i - pairs.0] = rp - rm;
+        }
+    }
+
+    /// `K = 1`: `⟨U_{y_i⁺} − U_{y_i⁻}, h_{x_i}⟩` (rows of seen tokens only).
     fn logit_gaps(&self, theta: &[f64]) -> Vec<f64> {
         let d = self.dim();
-        (0..self.n_pairs())
-            .map(|i| {
-                let h = self.prompt_hidden.row(i);
-                let (p, q) = (self.chosen_token[i] * d, self.rejected_token[i] * d);
-                (0..d).map(|j| (theta[p + j] - theta[q + j]) * h[j]).sum()
+        self.positions
+            .iter()
+            .enumerate()
+            .map(|(r, p)| {
+                let h = self.states.row(r);
+                let (a, b) = (
+                    p.plus.expect("K = 1 row") * d,
+                    p.minus.expect("K = 1 row") * d,
+                );
+                (0..d).map(|j| (theta[a + j] - theta[b + j]) * h[j]).sum()
             })
             .collect()
     }
 
-    /// Faithful margins `r_U(x,y⁺) − r_U(x,y⁻)`, each reward `β(ln π_U − ln π_ref)` from the full
+    /// Faithful margins `r_U(x,y⁺) − r_U(x,y⁻)`, every log-probability from the full
     /// log-softmax, as a language model computes it.
     pub fn faithful_margins(&self, theta: &[f64], margins: &mut [f64]) {
-        for (i, (lp, lq)) in self.chosen_rejected_logprobs(theta).into_iter().enumerate() {
-            let (rp, rq) = self.ref_logprob[i];
-            margins[i] = self.beta * (lp - rp) - self.beta * (lq - rq);
-        }
+        let lp = self.position_logprobs(theta);
+        self.margins_from(&lp, 0, (0, self.n_pairs()), margins);
     }
 
-    /// Cancelled-form margins `β[⟨U_{y⁺} − U_{y⁻}, h_x⟩ − ⟨U(0)_{y⁺} − U(0)_{y⁻}, h_x⟩]`.
+    /// `K = 1` cancelled-form margins `β[⟨U_{y⁺} − U_{y⁻}, h_x⟩ − ⟨U(0)_{y⁺} − U(0)_{y⁻}, h_x⟩]`.
     pub fn cancelled_margins(&self, theta: &[f64], margins: &mut [f64]) {
         for (i, g) in self.logit_gaps(theta).into_iter().enumerate() {
             margins[i] = self.beta * (g - self.ref_logit_gap[i]);
@@ -208,7 +314,7 @@ impl MarginModel for ImplicitRm {
     }
 
     fn n_pairs(&self) -> usize {
-        self.chosen_token.len()
+        self.pair_rows.len() - 1
     }
 
     fn margins(&self, theta: &[f64], margins: &mut [f64]) {
@@ -218,9 +324,10 @@ impl MarginModel for ImplicitRm {
         }
     }
 
-    /// Full: `Σ_i w_i β[(e_{y⁺} − π_i) − (e_{y⁻} − π_i)] h_{x_i}ᵀ` with the V-vectors formed
-    /// explicitly (the `π_i` terms cancel in floating point, not by assumption).
-    /// Sparse: `Σ_i w_i β (e_{y⁺} − e_{y⁻}) h_{x_i}ᵀ`, writing only rows of seen tokens.
+    /// Full: `Σ_i w_i β Σ_rows [(e_{y⁺} − π) − (e_{y⁻} − π)] hᵀ` (absent tokens' terms omitted)
+    /// with the V-vectors formed explicitly: at a shared first position the `π` terms cancel in
+    /// floating point, not by assumption. Sparse (`K = 1`): `Σ_i w_i β (e_{y⁺} − e_{y⁻}) h_{x_i}ᵀ`,
+    /// writing only rows of seen tokens.
     fn margins_and_pullback(
         &self,
         theta: &[f64],
@@ -233,28 +340,44 @@ impl MarginModel for ImplicitRm {
             GradientPath::Full => {
                 let u = self.unembedding(theta);
                 let blocks: Vec<(Vec<f64>, Array2<f64>)> = self
-                    .block_starts()
+                    .blocks()
                     .par_iter()
-                    .map(|&i0| {
-                        let mut coeff = self.block_logits(&u, i0);
-                        let mut block_margins = Vec::with_capacity(coeff.nrows());
+                    .map(|&b| {
+                        let r0 = self.pair_rows[b.0];
+                        let mut coeff = self.block_logits(&u, b);
+                        let mut logprobs = Vec::with_capacity(coeff.nrows());
                         for (r, mut row) in coeff.rows_mut().into_iter().enumerate() {
-                            let i = i0 + r;
-                            let (yp, ym) = (self.chosen_token[i], self.rejected_token[i]);
-                            let (lp, lq) = (row[yp], row[ym]);
-                            let row = row.as_slice_mut().expect("contiguous row");
-                            let lse = softmax_in_place(row);
-                            let (rp, rq) = self.ref_logprob[i];
-                            let m = self.beta * (lp - lse - rp) - self.beta * (lq - lse - rq);
-                            block_margins.push(m);
-                            let scale = weight(m) * self.beta;
-                            for (v, p) in row.iter_mut().enumerate() {
-                                let plus = if v == yp { 1.0 } else { 0.0 } - *p;
-                                let minus = if v == ym { 1.0 } else { 0.0 } - *p;
-                                *p = scale * (plus - minus);
+                            let p = &self.positions[r0 + r];
+                            let (lp, lq) = (
+                                p.plus.map_or(0.0, |y| row[y]),
+                                p.minus.map_or(0.0, |y| row[y]),
+                            );
+                            let lse = softmax_in_place(row.as_slice_mut().expect("contiguous row"));
+                            logprobs.push((lp - lse, lq - lse));
+                        }
+                        let mut block_margins = vec![0.0; b.1 - b.0];
+                        self.margins_from(&logprobs, r0, b, &mut block_margins);
+                        for (r, mut row) in coeff.rows_mut().into_iter().enumerate() {
+                            let p = &self.positions[r0 + r];
+                            let scale = weight(block_margins[p.pair - b.0]) * self.beta;
+                            let (yp, ym) =
+                                (p.plus.unwrap_or(usize::MAX), p.minus.unwrap_or(usize::MAX));
+                            let (has_p, has_m) = (p.plus.is_some(), p.minus.is_some());
+                            for (v, q) in row.iter_mut().enumerate() {
+                                let plus = if has_p {
+                                    (if v == yp { 1.0 } else { 0.0 }) - *q
+                                } else {
+                                    0.0
+                                };
+                                let minus = if has_m {
+                                    (if v == ym { 1.0 } else { 0.0 }) - *q
+                                } else {
+                                    0.0
+                                };
+                                *q = scale * (plus - minus);
                             }
                         }
-                        let h = self.prompt_hidden.slice(s![i0..i0 + coeff.nrows(), ..]);
+                        let h = self.states.slice(s![r0..self.pair_rows[b.1], ..]);
                         (block_margins, coeff.t().dot(&h))
                     })
                     .collect();
@@ -275,11 +398,15 @@ impl MarginModel for ImplicitRm {
                 grad.fill(0.0);
                 for (i, &m) in margins.iter().enumerate() {
                     let c = weight(m) * self.beta;
-                    let h = self.prompt_hidden.row(i);
-                    let (p, q) = (self.chosen_token[i] * d, self.rejected_token[i] * d);
+                    let h = self.states.row(i);
+                    let p = &self.positions[i];
+                    let (a, b) = (
+                        p.plus.expect("K = 1 row") * d,
+                        p.minus.expect("K = 1 row") * d,
+                    );
                     for j in 0..d {
-                        grad[p + j] += c * h[j];
-                        grad[q + j] -= c * h[j];
+                        grad[a + j] += c * h[j];
+                        grad[b + j] -= c * h[j];
                     }
                 }
             }

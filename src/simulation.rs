@@ -12,6 +12,9 @@ use crate::training::train;
 use anyhow::Result;
 use ndarray::Array1;
 
+/// Longest flow horizon accepted on data certified not separable (stiff beyond it).
+pub const NON_SEPARABLE_FLOW_LIMIT: f64 = 1e6;
+
 /// Which reward model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum ModelKind {
@@ -227,6 +230,19 @@ pub fn run_model(
     progress: &mut dyn FnMut(&Observation),
 ) -> Result<ModelRun> {
     let tau = config.eval.tie_tolerance;
+    if let Err(reason) = &max_margin {
+        if config.train.optimizer == crate::config::Optimizer::Flow
+            && config.train.t_max > NON_SEPARABLE_FLOW_LIMIT
+            && reason.contains("not linearly separable")
+        {
+            anyhow::bail!(
+                "{}: {reason}. The loss then has a finite minimiser and the log-time gradient flow turns stiff; \
+                 refusing train.t_max = {:e} > {NON_SEPARABLE_FLOW_LIMIT:e} for the flow (lower train.t_max or use a discrete optimizer)",
+                kind.label(),
+                config.train.t_max
+            );
+        }
+    }
     let (objective, initial): (Box<dyn MarginModel>, Vec<f64>) = match kind {
         ModelKind::Explicit => (
             Box::new(ExplicitRm::new(&setup.train)),

@@ -1,10 +1,11 @@
-//! The synthetic language model of MATH.md §5 (single-token responses, K = 1).
+//! The synthetic language model of MATH.md §5, for responses of `K ≥ 1` tokens.
 //!
-//! Tokens `e_y = α s_y μ + g_y`; prompts `h_x = κ ν_c + N(0, I/D)`; response representation
-//! `h_{x,y} = tanh(A h_x + B e_y)`; unembedding `U(0)` and head `u(0)`; train / eval splits.
+//! Tokens `e_y = α s_y μ + g_y`; prompts `h_x = κ ν_c + N(0, I/D)`; the fixed recurrent map
+//! `s_0 = h_x`, `s_k = tanh(A s_{k−1} + B e_{y_k})`, with `h_{x,y<k} = s_{k−1}` and `h_{x,y} = s_K`
+//! (for one token, `h_{x,y} = tanh(A h_x + B e_y)`); unembedding `U(0)`, head `u(0)`; splits.
 
 use crate::config::{Config, SetupConfig, UnembeddingInit};
-use ndarray::{Array1, Array2, ArrayView1, Axis};
+use ndarray::{s, Array1, Array2, Array3, ArrayView1, Axis};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -87,35 +88,82 @@ impl RecurrentMap {
     }
 }
 
-/// Preference pairs `(x_i, y_i⁺, y_i⁻)` with their hidden representations.
+/// Preference pairs `(x_i, y_i⁺, y_i⁻)` with their hidden representations; responses have `K`
+/// tokens (`K = 1` is Theorem 2's setting).
 #[derive(Debug, Clone)]
 pub struct PairSet {
-    /// Split name (`train`, `seen`, `unseen`, `domain`).
+    /// Split name (`train`, `seen`, `unseen`, `domain`, `overlapP`).
     pub name: String,
     /// `h_x`, [n, D].
     pub prompt_hidden: Array2<f64>,
-    /// `h_{x,y⁺}`, [n, D].
+    /// `h_{x,y⁺} = s_K(y⁺)`, [n, D].
     pub chosen_hidden: Array2<f64>,
     /// `h_{x,y⁻}`, [n, D].
     pub rejected_hidden: Array2<f64>,
-    /// `y⁺`, [n].
-    pub chosen_token: Vec<usize>,
-    /// `y⁻`, [n].
-    pub rejected_token: Vec<usize>,
+    /// `y⁺_k`, [n, K].
+    pub chosen_tokens: Array2<usize>,
+    /// `y⁻_k`, [n, K].
+    pub rejected_tokens: Array2<usize>,
+    /// `h_{x,y⁺<k} = s_{k−1}(y⁺)` for `k = 1..K` (`s_0 = h_x`), [n, K, D].
+    pub chosen_prefix_hidden: Array3<f64>,
+    /// `h_{x,y⁻<k}`, [n, K, D].
+    pub rejected_prefix_hidden: Array3<f64>,
 }
 
 impl PairSet {
     pub fn len(&self) -> usize {
-        self.chosen_token.len()
+        self.chosen_tokens.nrows()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.chosen_token.is_empty()
+        self.len() == 0
+    }
+
+    /// Response length `K`.
+    pub fn response_length(&self) -> usize {
+        self.chosen_tokens.ncols()
+    }
+
+    /// `(y_i⁺, y_i⁻)` of a single-token set (`K = 1`; the first tokens otherwise).
+    pub fn token_pair(&self, i: usize) -> (usize, usize) {
+        (self.chosen_tokens[[i, 0]], self.rejected_tokens[[i, 0]])
     }
 
     /// EX-RM features `z_i = h_{x_i,y_i⁺} − h_{x_i,y_i⁻}` (MATH.md §2), [n, D].
     pub fn hidden_differences(&self) -> Array2<f64> {
         &self.chosen_hidden - &self.rejected_hidden
+    }
+
+    /// Every token of every response, sorted and deduplicated.
+    pub fn tokens(&self) -> Vec<usize> {
+        let mut t: Vec<usize> = self
+            .chosen_tokens
+            .iter()
+            .chain(self.rejected_tokens.iter())
+            .copied()
+            .collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+}
+
+/// Where the tokens of one response come from: position `k` draws from `seen` if it is one of
+/// `n_seen` positions chosen at random, else from `unseen`.
+struct TokenPools<'a> {
+    seen: &'a [usize],
+    unseen: &'a [usize],
+    n_seen: usize,
+}
+
+impl<'a> TokenPools<'a> {
+    /// Every position from `tokens`.
+    fn all(tokens: &'a [usize], k: usize) -> TokenPools<'a> {
+        TokenPools {
+            seen: tokens,
+            unseen: tokens,
+            n_seen: k,
+        }
     }
 }
 
@@ -137,10 +185,34 @@ pub struct Setup {
     /// `u(0)`, [D].
     pub head_init: Array1<f64>,
     pub train: PairSet,
-    /// Evaluation splits, in the order `seen`, `unseen`, `domain`.
+    /// Evaluation splits: `seen`, `unseen`, `domain`, then one `overlapP` per `setup.eval_overlap`.
     pub evals: Vec<PairSet>,
-    /// `T`: tokens occurring in some training response, sorted.
+    /// `T`: tokens occurring in some training response (any position), sorted.
     pub seen_tokens: Vec<usize>,
+}
+
+/// Name of the evaluation split whose responses take a fraction `f` of their tokens from the seen
+/// set: `overlap0`, `overlap25`, …, `overlap100`.
+pub fn overlap_split_name(f: f64) -> String {
+    format!("overlap{}", (f * 100.0).round() as i64)
+}
+
+/// `k` flags with `n_seen` of them true, at positions drawn uniformly (no draw when all or none).
+fn choose_positions(rng: &mut ChaCha8Rng, k: usize, n_seen: usize) -> Vec<bool> {
+    let mut flags = vec![false; k];
+    if n_seen >= k {
+        return vec![true; k];
+    }
+    if n_seen == 0 {
+        return flags;
+    }
+    let mut idx: Vec<usize> = (0..k).collect();
+    for j in 0..n_seen {
+        let r = rng.random_range(j..k);
+        idx.swap(j, r);
+        flags[idx[j]] = true;
+    }
+    flags
 }
 
 fn gaussian_vector(rng: &mut ChaCha8Rng, d: usize, std: f64) -> Array1<f64> {
@@ -189,46 +261,75 @@ impl Setup {
         };
         let head_init = gaussian_vector(&mut rng, d, s.head_scale * noise);
 
-        let mut draw = |name: &str, n: usize, cluster: usize, good: &[usize], bad: &[usize]| {
+        let k_len = s.response_length;
+        let mut draw = |name: &str, n: usize, cluster: usize, good: TokenPools, bad: TokenPools| {
             let mut prompt_hidden = Array2::zeros((n, d));
             let mut chosen_hidden = Array2::zeros((n, d));
             let mut rejected_hidden = Array2::zeros((n, d));
-            let mut chosen_token = Vec::with_capacity(n);
-            let mut rejected_token = Vec::with_capacity(n);
+            let mut chosen_tokens = Array2::zeros((n, k_len));
+            let mut rejected_tokens = Array2::zeros((n, k_len));
+            let mut chosen_prefix_hidden = Array3::zeros((n, k_len, d));
+            let mut rejected_prefix_hidden = Array3::zeros((n, k_len, d));
             for i in 0..n {
                 let h =
                     &cluster_directions[cluster] * s.kappa + gaussian_vector(&mut rng, d, noise);
-                let yp = good[rng.random_range(0..good.len())];
-                let ym = bad[rng.random_range(0..bad.len())];
-                chosen_hidden
-                    .row_mut(i)
-                    .assign(&recurrent.step(h.view(), embeddings.row(yp)));
-                rejected_hidden
-                    .row_mut(i)
-                    .assign(&recurrent.step(h.view(), embeddings.row(ym)));
+                let respond = |pools: &TokenPools,
+                               tokens: &mut ndarray::ArrayViewMut1<usize>,
+                               rng: &mut ChaCha8Rng| {
+                    let from_seen = choose_positions(rng, k_len, pools.n_seen);
+                    for k in 0..k_len {
+                        let pool = if from_seen[k] {
+                            pools.seen
+                        } else {
+                            pools.unseen
+                        };
+                        tokens[k] = pool[rng.random_range(0..pool.len())];
+                    }
+                };
+                respond(&good, &mut chosen_tokens.row_mut(i), &mut rng);
+                respond(&bad, &mut rejected_tokens.row_mut(i), &mut rng);
+                for (tokens, prefixes, last) in [
+                    (
+                        chosen_tokens.row(i),
+                        &mut chosen_prefix_hidden,
+                        &mut chosen_hidden,
+                    ),
+                    (
+                        rejected_tokens.row(i),
+                        &mut rejected_prefix_hidden,
+                        &mut rejected_hidden,
+                    ),
+                ] {
+                    let mut state = h.clone();
+                    for (k, &y) in tokens.iter().enumerate() {
+                        prefixes.slice_mut(s![i, k, ..]).assign(&state);
+                        state = recurrent.step(state.view(), embeddings.row(y));
+                    }
+                    last.row_mut(i).assign(&state);
+                }
                 prompt_hidden.row_mut(i).assign(&h);
-                chosen_token.push(yp);
-                rejected_token.push(ym);
             }
             PairSet {
                 name: name.to_string(),
                 prompt_hidden,
                 chosen_hidden,
                 rejected_hidden,
-                chosen_token,
-                rejected_token,
+                chosen_tokens,
+                rejected_tokens,
+                chosen_prefix_hidden,
+                rejected_prefix_hidden,
             }
         };
 
-        let train = draw("train", s.train_pairs, 0, &vocab.good_seen, &vocab.bad_seen);
-        let mut seen_tokens: Vec<usize> = train
-            .chosen_token
-            .iter()
-            .chain(&train.rejected_token)
-            .copied()
-            .collect();
-        seen_tokens.sort_unstable();
-        seen_tokens.dedup();
+        let all = |seen| TokenPools::all(seen, k_len);
+        let train = draw(
+            "train",
+            s.train_pairs,
+            0,
+            all(&vocab.good_seen),
+            all(&vocab.bad_seen),
+        );
+        let seen_tokens = train.tokens();
         let seen_good: Vec<usize> = vocab
             .good_seen
             .iter()
@@ -241,17 +342,31 @@ impl Setup {
             .copied()
             .filter(|t| seen_tokens.binary_search(t).is_ok())
             .collect();
-        let evals = vec![
-            draw("seen", s.eval_pairs, 0, &seen_good, &seen_bad),
+        let mut evals = vec![
+            draw("seen", s.eval_pairs, 0, all(&seen_good), all(&seen_bad)),
             draw(
                 "unseen",
                 s.eval_pairs,
                 0,
-                &vocab.good_unseen,
-                &vocab.bad_unseen,
+                all(&vocab.good_unseen),
+                all(&vocab.bad_unseen),
             ),
-            draw("domain", s.eval_pairs, 1, &seen_good, &seen_bad),
+            draw("domain", s.eval_pairs, 1, all(&seen_good), all(&seen_bad)),
         ];
+        for &f in &s.eval_overlap {
+            let n_seen = (f * k_len as f64).round() as usize;
+            let good = TokenPools {
+                seen: &seen_good,
+                unseen: &vocab.good_unseen,
+                n_seen,
+            };
+            let bad = TokenPools {
+                seen: &seen_bad,
+                unseen: &vocab.bad_unseen,
+                n_seen,
+            };
+            evals.push(draw(&overlap_split_name(f), s.eval_pairs, 0, good, bad));
+        }
         Setup {
             config: s,
             seed: config.seed,

@@ -94,6 +94,7 @@ fn gradient_flow(
         atol: cfg.atol,
         max_steps: cfg.max_steps,
         fixed_step: None,
+        min_step: 1e-10,
     };
     let mut margins = vec![0.0; model.n_pairs()];
     let mut theta = theta0.to_vec();
@@ -140,6 +141,11 @@ fn gradient_flow(
                 .max_steps
                 .saturating_sub(stats.accepted_steps + stats.rejected_steps)
                 .max(1),
+            // In log-time a separable problem settles to steps of a constant size (the default:
+            // ~0.4; ill-conditioned ones smaller); steps that keep shrinking mean the flow relaxes
+            // to a finite minimiser on a time scale ≪ t (stiffness). 1e-8 is the backstop;
+            // `simulation::run_model` refuses certified non-separable long flows up front.
+            min_step: 1e-8,
             ..opts
         };
         let start = theta.clone();
@@ -161,7 +167,15 @@ fn gradient_flow(
                 };
                 observe(t, steps_before + st.accepted_steps, th)
             },
-        )?;
+        )
+        .map_err(|e| {
+            e.context(format!(
+                "{label}: gradient flow in log-time stopped before t_max = {:e}. If the training pairs are not \
+                 linearly separable for this model, the loss has a finite minimiser and the log-time flow turns stiff: \
+                 use a smaller train.t_max or a discrete optimizer",
+                cfg.t_max
+            ))
+        })?;
         total.accepted_steps += stats.accepted_steps;
         total.rejected_steps += stats.rejected_steps;
         total.rhs_evaluations += stats.rhs_evaluations;
