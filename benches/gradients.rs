@@ -86,5 +86,42 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gradients, pipeline);
+/// All ρ_{k,l} for 100 evaluation × 200 training pairs, K = 8, V = 1000, D = 64 (one softmax per
+/// prefix, inner products through the expanded formula), plus the velocity decomposition.
+fn rho(c: &mut Criterion) {
+    let mut config = Config::embedded_default();
+    config.setup.dim = 64;
+    config.setup.filler_tokens = 1000 - 32;
+    config.setup.response_length = 8;
+    config.setup.train_pairs = 200;
+    config.setup.eval_pairs = 100;
+    config.train.imrm_gradient = GradientPath::Full;
+    let setup = Setup::generate(&config);
+    let train = rmflow::dynamics::ResponsePrefixes::new(&setup.train);
+    let eval = rmflow::dynamics::ResponsePrefixes::new(&setup.evals[0]);
+    let u = setup.unembedding_init.view();
+    let mut group = c.benchmark_group("rho");
+    group.sample_size(10);
+    group.bench_function("token_overlap_K8_V1000_D64_100x200", |b| {
+        b.iter(|| rmflow::dynamics::token_overlap(black_box(u), &eval, &train))
+    });
+    let c_im = vec![1.0 / 200.0; 200];
+    let c_ex = c_im.clone();
+    group.bench_function("split_dynamics_K8_V1000_D64_100x200", |b| {
+        b.iter(|| {
+            rmflow::dynamics::split_dynamics(
+                black_box(u),
+                &setup.evals[0],
+                &setup.train,
+                &train,
+                &c_im,
+                &c_ex,
+                1.0,
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, gradients, pipeline, rho);
 criterion_main!(benches);

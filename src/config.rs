@@ -18,6 +18,16 @@ pub struct Config {
     pub setup: SetupConfig,
     pub train: TrainConfig,
     pub eval: EvalConfig,
+    pub dynamics: DynamicsConfig,
+}
+
+/// `rmflow dynamics` settings (MATH.md §3).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DynamicsConfig {
+    /// Times at which the full `ρ` tensors and velocity contributions are written (the nearest
+    /// observation time is used); empty means `[0, 1, t_max]`.
+    pub snapshot_times: Vec<f64>,
 }
 
 /// Synthetic language model of MATH.md §5 (single-token responses).
@@ -427,6 +437,14 @@ impl Config {
                 "train.t_max",
                 "divided by train.lr must not exceed train.max_steps for a discrete optimizer",
                 format!("{steps:e} steps"),
+            )?;
+        }
+        for &t in &self.dynamics.snapshot_times {
+            check(
+                t.is_finite() && t >= 0.0,
+                "dynamics.snapshot_times",
+                "entries must be finite and ≥ 0",
+                t,
             )?;
         }
         let e = &self.eval;

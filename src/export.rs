@@ -257,6 +257,12 @@ pub fn model_summary(run: &ModelRun) -> Value {
 /// Writes the whole simulation layout to `out` (see `experiments/README.md`).
 pub fn write_simulation(sim: &Simulation, out: &Path, force: bool) -> Result<PathBuf> {
     let dir = AtomicDir::create(out, force)?;
+    write_simulation_into(&dir, sim)?;
+    dir.commit()
+}
+
+/// The simulation layout inside an open [`AtomicDir`] (callers add files, then commit).
+pub fn write_simulation_into(dir: &AtomicDir, sim: &Simulation) -> Result<()> {
     let setup = &sim.setup;
     let (v, d) = (setup.vocab_size(), setup.dim());
     dir.write_text(
@@ -273,7 +279,7 @@ pub fn write_simulation(sim: &Simulation, out: &Path, force: bool) -> Result<Pat
         } else {
             format!("eval_{}", split.name)
         };
-        write_pairs(&dir, &folder, split)?;
+        write_pairs(dir, &folder, split)?;
     }
     dir.write_npy("init/unembedding.npy", &setup.unembedding_init)?;
     dir.write_npy("init/head.npy", &setup.head_init)?;
@@ -312,8 +318,7 @@ pub fn write_simulation(sim: &Simulation, out: &Path, force: bool) -> Result<Pat
         .iter()
         .chain(&sim.implicit.trajectory)
         .collect();
-    dir.write_text("trajectory.csv", &trajectory_csv(&rows))?;
-    dir.commit()
+    dir.write_text("trajectory.csv", &trajectory_csv(&rows))
 }
 
 /// `setup.json`: sizes, seed, splits, token sets and version.
@@ -339,4 +344,87 @@ pub fn setup_json(sim: &Simulation) -> Value {
             "filler": [s.vocab.good_seen.len() + s.vocab.good_unseen.len() + s.vocab.bad_seen.len() + s.vocab.bad_unseen.len(), s.vocab_size()],
         },
     })
+}
+
+/// `dynamics.csv`: one row per observation time and evaluation split (columns in
+/// `experiments/README.md`).
+pub fn dynamics_csv(run: &crate::dynamics::DynamicsRun) -> String {
+    let mut out = String::from("t,split");
+    for p in ["rho_same", "rho_diff"] {
+        write!(out, ",{p}_count,{p}_mean,{p}_std,{p}_min,{p}_max").unwrap();
+    }
+    out.push_str(",imrm_identity_share,imrm_reward_identity_share,imrm_margin_velocity_mean_abs,imrm_identity_velocity_mean_abs,exrm_margin_velocity_mean_abs\n");
+    for (t, summaries) in &run.tracked {
+        for s in summaries {
+            write!(out, "{},{}", num(*t), s.split).unwrap();
+            for st in [s.rho_same, s.rho_diff] {
+                write!(
+                    out,
+                    ",{},{},{},{},{}",
+                    st.count,
+                    num(st.mean),
+                    num(st.std),
+                    num(st.min),
+                    num(st.max)
+                )
+                .unwrap();
+            }
+            writeln!(
+                out,
+                ",{},{},{},{},{}",
+                num(s.imrm_identity_share),
+                num(s.imrm_reward_identity_share),
+                num(s.imrm_margin_velocity_mean_abs),
+                num(s.imrm_identity_velocity_mean_abs),
+                num(s.exrm_margin_velocity_mean_abs)
+            )
+            .unwrap();
+        }
+    }
+    out
+}
+
+/// The simulation layout plus `dynamics.csv` and `dynamics/t<index>/…` snapshots.
+pub fn write_dynamics(
+    run: &crate::dynamics::DynamicsRun,
+    out: &Path,
+    force: bool,
+) -> Result<PathBuf> {
+    let dir = AtomicDir::create(out, force)?;
+    write_simulation_into(&dir, &run.simulation)?;
+    dir.write_text("dynamics.csv", &dynamics_csv(run))?;
+    let setup = &run.simulation.setup;
+    let (nt, kt) = (setup.train.len(), setup.train.response_length());
+    let mut index = Vec::new();
+    for snap in &run.snapshots {
+        let folder = format!("dynamics/t{}", snap.index);
+        for (sd, eval) in snap.splits.iter().zip(&setup.evals) {
+            let (ne, ke) = (eval.len(), eval.response_length());
+            let name = &eval.name;
+            dir.write_npy(
+                &format!("{folder}/rho_{name}.npy"),
+                &crate::dynamics::rho_tensor(&sd.rho, ne, ke, nt, kt),
+            )?;
+            let per_response = |a: &Array2<f64>| {
+                a.to_owned()
+                    .into_shape_with_order((ne, 2, nt))
+                    .expect("rows (pair, side)")
+            };
+            dir.write_npy(
+                &format!("{folder}/velocity_imrm_{name}.npy"),
+                &per_response(&sd.velocity.imrm_response),
+            )?;
+            dir.write_npy(
+                &format!("{folder}/velocity_imrm_identity_{name}.npy"),
+                &per_response(&sd.velocity.imrm_response_identity),
+            )?;
+            dir.write_npy(
+                &format!("{folder}/velocity_exrm_{name}.npy"),
+                &per_response(&sd.velocity.exrm_response),
+            )?;
+        }
+        index.push(json!({"index": snap.index, "t": snap.t, "folder": folder}));
+    }
+    dir.write_json("dynamics/snapshots.json", &json!({ "snapshots": index, "splits": setup.evals.iter().map(|e| &e.name).collect::<Vec<_>>() }))?;
+    dir.commit()
 }

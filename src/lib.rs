@@ -3,6 +3,7 @@
 //! The mathematics is in `MATH.md` (shared); each module names the sections it implements.
 
 pub mod config;
+pub mod dynamics;
 pub mod export;
 pub mod max_margin;
 pub mod numerics;
@@ -10,6 +11,7 @@ pub mod observables;
 pub mod ode;
 pub mod reward;
 pub mod simulation;
+pub mod sweep;
 pub mod synthetic;
 pub mod training;
 pub mod verify;

@@ -250,6 +250,31 @@ impl ImplicitRm {
         blocks.concat()
     }
 
+    /// Rewards `(r_U(x_i, y_i⁺), r_U(x_i, y_i⁻))` of every pair, each `Σ_k β(ln π_U − ln π_ref)`
+    /// through the full log-softmax.
+    pub fn rewards(&self, theta: &[f64]) -> Vec<(f64, f64)> {
+        let lp = self.position_logprobs(theta);
+        (0..self.n_pairs())
+            .map(|i| {
+                let (mut rp, mut rm) = (0.0, 0.0);
+                let rows = self.pair_rows[i]..self.pair_rows[i + 1];
+                for ((p, l), rf) in self.positions[rows.clone()]
+                    .iter()
+                    .zip(&lp[rows.clone()])
+                    .zip(&self.ref_logprob[rows])
+                {
+                    if p.plus.is_some() {
+                        rp += self.beta * (l.0 - rf.0);
+                    }
+                    if p.minus.is_some() {
+                        rm += self.beta * (l.1 - rf.1);
+                    }
+                }
+                (rp, rm)
+            })
+            .collect()
+    }
+
     /// Margins from per-row log-probabilities: `Σ_k β(ln π − ln π_ref)` for `y⁺` minus the same
     /// for `y⁻`, summed position by position.
     fn margins_from(

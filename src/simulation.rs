@@ -229,6 +229,20 @@ pub fn run_model(
     max_margin: std::result::Result<MaxMarginResult, String>,
     progress: &mut dyn FnMut(&Observation),
 ) -> Result<ModelRun> {
+    run_model_with(kind, config, setup, max_margin, &mut |o, _| {
+        progress(o);
+        Ok(())
+    })
+}
+
+/// [`run_model`] with a hook that also sees the parameters `θ(t)` at every observation.
+pub fn run_model_with(
+    kind: ModelKind,
+    config: &Config,
+    setup: &Setup,
+    max_margin: std::result::Result<MaxMarginResult, String>,
+    hook: &mut dyn FnMut(&Observation, &[f64]) -> Result<()>,
+) -> Result<ModelRun> {
     let tau = config.eval.tie_tolerance;
     if let Err(reason) = &max_margin {
         if config.train.optimizer == crate::config::Optimizer::Flow
@@ -273,7 +287,7 @@ pub fn run_model(
         kind.label(),
         &mut |t, step, theta| {
             let obs = observer.observe(t, step, theta);
-            progress(&obs);
+            hook(&obs, theta)?;
             trajectory.push(obs);
             Ok(())
         },

@@ -45,6 +45,8 @@ pub enum Bound {
     AtLeast(f64),
     /// Exactly this value (no tolerance).
     Exactly(f64),
+    /// Within `[lo, hi]`.
+    Between(f64, f64),
     /// Reported only.
     Report,
 }
@@ -55,6 +57,7 @@ impl Bound {
             Bound::AtMost(b) => x <= b,
             Bound::AtLeast(b) => x >= b,
             Bound::Exactly(b) => x == b,
+            Bound::Between(lo, hi) => x >= lo && x <= hi,
             Bound::Report => true,
         }
     }
@@ -64,6 +67,7 @@ impl Bound {
             Bound::AtMost(b) => format!("≤ {b:.0e}"),
             Bound::AtLeast(b) => format!("≥ {b:.0e}"),
             Bound::Exactly(b) => format!("= {b} exactly"),
+            Bound::Between(lo, hi) => format!("in [{lo}, {hi}]"),
             Bound::Report => "(reported)".to_string(),
         }
     }
@@ -71,6 +75,14 @@ impl Bound {
     /// Which of two measurements is worse under this bound.
     fn worse(self, a: f64, b: f64) -> f64 {
         match self {
+            Bound::Between(lo, hi) => {
+                let mid = 0.5 * (lo + hi);
+                if (a - mid).abs() >= (b - mid).abs() {
+                    a
+                } else {
+                    b
+                }
+            }
             Bound::AtLeast(_) => a.min(b),
             Bound::Exactly(v) => {
                 if (a - v).abs() >= (b - v).abs() {
@@ -586,6 +598,7 @@ pub fn verify_setup(config: &Config, opts: &VerifyOptions) -> Result<Vec<Claim>>
             "IM-RM features not separable",
         )),
     }
+    claims.extend(claims_dynamics(config, &setup)?);
     for (id, what, mm) in [("qp.exrm", "EX-RM", &mm_ex), ("qp.imrm", "IM-RM", &mm_im)] {
         match mm {
             Ok(MaxMarginResult { solution, .. }) => claims.push(Claim::judged(
@@ -598,6 +611,31 @@ pub fn verify_setup(config: &Config, opts: &VerifyOptions) -> Result<Vec<Claim>>
         }
     }
     Ok(claims)
+}
+
+/// Time at which the learning-dynamics checks are made.
+pub const DYNAMICS_CHECK_TIME: f64 = 10.0;
+
+/// MATH.md §3 rows: ρ identity and bound, velocities against the flow and a GD step.
+fn claims_dynamics(config: &Config, setup: &Setup) -> Result<Vec<Claim>> {
+    let c = crate::dynamics::dynamics_checks(config, setup, DYNAMICS_CHECK_TIME)?;
+    let t = c.t;
+    let mut out = vec![
+        Claim::judged("3.rho_identity", "max |ρ expanded − ρ from explicit V-vectors| (seen split block)", c.rho_identity_error, Bound::AtMost(1e-12)),
+        Claim::judged("3.rho_bound", &format!("max |ρ_{{k,l}}| over seen and unseen splits at t = {t}"), c.rho_max_abs, Bound::AtMost(2.0)),
+        Claim::judged("3.velocity_flow_imrm", &format!("IM-RM dm/dt formula vs central difference along the flow at t = {t} (relative)"), c.imrm_velocity_vs_flow, Bound::AtMost(1e-6)),
+        Claim::judged("3.velocity_flow_exrm", &format!("EX-RM dm/dt formula vs central difference along the flow at t = {t} (relative)"), c.exrm_velocity_vs_flow, Bound::AtMost(1e-6)),
+        Claim::judged("3.gd_first_order", "IM-RM GD step: err(η)/err(η/2) of the first-order reward prediction, η = 1e-2 (O(η²) ⇒ 4)", c.gd_error_ratio, Bound::Between(3.5, 4.5)),
+    ];
+    if c.unseen_velocity_gap.is_nan() {
+        out.push(Claim::skipped(
+            "3.unseen_equal_velocity",
+            "K > 1: unseen responses do not share velocities",
+        ));
+    } else {
+        out.push(Claim::judged("3.unseen_equal_velocity", "IM-RM reward velocities of the two unseen responses of each unseen pair: max gap / max |v|", c.unseen_velocity_gap, Bound::AtMost(1e-12)));
+    }
+    Ok(out)
 }
 
 /// A configuration drawn around `base` for trial `k`: seed, α, κ, sizes varied (deterministic in k).

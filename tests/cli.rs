@@ -179,3 +179,110 @@ fn verify_passes_on_the_default_and_fails_on_a_broken_variant() {
         .expect("2a.gd.drift row");
     assert!(row.contains("FAIL"), "{row}");
 }
+
+/// The `.npy` header's shape tuple, e.g. `(4, 2, 2, 6, 2, 2)`.
+fn npy_shape(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = String::from_utf8_lossy(&bytes[10..bytes.len().min(200)]).into_owned();
+    let start = header.find("'shape': (").expect("shape in header") + 10;
+    let end = header[start..].find(')').unwrap() + start;
+    format!("({})", header[start..end].trim_end_matches(','))
+}
+
+#[test]
+fn dynamics_writes_rho_tensors_with_documented_shapes() {
+    let dir = temp("dyn");
+    let cfg = dir.join("k2.toml");
+    std::fs::write(
+        &cfg,
+        "[setup]\ndim = 6\nfiller_tokens = 20\ntrain_pairs = 6\neval_pairs = 4\nresponse_length = 2\neval_overlap = [0.5]\n[train]\nt_max = 100.0\nimrm_gradient = \"full\"\n[dynamics]\nsnapshot_times = [100.0]\n",
+    )
+    .unwrap();
+    let out = dir.join("run");
+    let o = rmflow(
+        &[
+            "dynamics",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("dynamics/snapshots.json")).unwrap())
+            .unwrap();
+    let folder = snaps["snapshots"][0]["folder"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for split in ["seen", "unseen", "domain", "overlap50"] {
+        assert_eq!(
+            npy_shape(&out.join(format!("{folder}/rho_{split}.npy"))),
+            "(4, 2, 2, 6, 2, 2)"
+        );
+        assert_eq!(
+            npy_shape(&out.join(format!("{folder}/velocity_imrm_{split}.npy"))),
+            "(4, 2, 6)"
+        );
+    }
+    assert_eq!(npy_shape(&out.join("train/chosen_token.npy")), "(6, 2)");
+    assert_eq!(
+        npy_shape(&out.join("train/chosen_prefix_hidden.npy")),
+        "(6, 2, 6)"
+    );
+    let csv = std::fs::read_to_string(out.join("dynamics.csv")).unwrap();
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .starts_with("t,split,rho_same_count"));
+    assert!(csv.lines().count() > 4 * 3);
+}
+
+#[test]
+fn sweep_rejects_bad_files_and_writes_a_table() {
+    let dir = temp("sweep");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[sweep]\nparameter = \"alpha\"\nvalues = [1.0]\nseeds = 1\n",
+    )
+    .unwrap();
+    let o = rmflow(
+        &[
+            "sweep",
+            "--config",
+            bad.to_str().unwrap(),
+            "--out",
+            dir.join("t.csv").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains("sweep.seeds"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.join("t.csv").exists());
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "[sweep]\nparameter = \"alpha\"\nvalues = [0.0, 3.0]\nseeds = 2\n[base.setup]\ndim = 8\nfiller_tokens = 10\ntrain_pairs = 20\neval_pairs = 10\n[base.train]\nt_max = 1e4\n").unwrap();
+    let o = rmflow(
+        &[
+            "sweep",
+            "--config",
+            good.to_str().unwrap(),
+            "--out",
+            dir.join("t.csv").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let csv = std::fs::read_to_string(dir.join("t.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 2);
+    assert!(
+        csv.contains("\n3,imrm,2,0.5,0,"),
+        "IM-RM unseen accuracy must be exactly ½ with zero spread:\n{csv}"
+    );
+}

@@ -43,3 +43,12 @@ pub fn small_config() -> impl Strategy<Value = Config> {
             },
         )
 }
+
+/// [`small_config`] with responses of 1 to 3 tokens and an overlap split.
+pub fn small_sequence_config() -> impl Strategy<Value = Config> {
+    (small_config(), 1usize..4, 0.0f64..=1.0).prop_map(|(mut c, k, f)| {
+        c.setup.response_length = k;
+        c.setup.eval_overlap = vec![f];
+        c
+    })
+}

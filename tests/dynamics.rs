@@ -1,0 +1,126 @@
+//! Learning dynamics (MATH.md §3, §5 with K ≥ 1): the recurrent map, ρ, velocities.
+
+mod common;
+
+use ndarray::Array1;
+use proptest::prelude::*;
+use rmflow::config::GradientPath;
+use rmflow::dynamics::{dynamics_checks, token_overlap, token_overlap_explicit, ResponsePrefixes};
+use rmflow::reward::{loss_and_gradient, ImplicitRm, MarginModel};
+use rmflow::synthetic::Setup;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// `s_0 = h_x`, `s_k = tanh(A s_{k−1} + B e_{y_k})`, `h_{x,y} = s_K`; for K = 1 this is
+    /// `tanh(A h_x + B e_y)` exactly (same expression, same bits).
+    #[test]
+    fn responses_follow_the_recurrent_map(config in common::small_sequence_config()) {
+        let setup = Setup::generate(&config);
+        let (a, b, e) = (&setup.recurrent.a, &setup.recurrent.b, &setup.embeddings);
+        for p in setup.splits() {
+            prop_assert_eq!(p.response_length(), config.setup.response_length);
+            for i in 0..p.len() {
+                for (tokens, prefixes, last) in [(&p.chosen_tokens, &p.chosen_prefix_hidden, &p.chosen_hidden), (&p.rejected_tokens, &p.rejected_prefix_hidden, &p.rejected_hidden)] {
+                    let mut s: Array1<f64> = p.prompt_hidden.row(i).to_owned();
+                    for k in 0..p.response_length() {
+                        prop_assert_eq!(prefixes.slice(ndarray::s![i, k, ..]), s.view());
+                        s = (a.dot(&s) + b.dot(&e.row(tokens[[i, k]]))).mapv(f64::tanh);
+                    }
+                    prop_assert_eq!(last.row(i), s.view());
+                }
+            }
+        }
+        if config.setup.response_length == 1 {
+            let p = &setup.train;
+            let direct = (p.prompt_hidden.dot(&a.t()) + e.select(ndarray::Axis(0), p.chosen_tokens.column(0).as_slice().unwrap()).dot(&b.t())).mapv(f64::tanh);
+            let diff = (&direct - &p.chosen_hidden).mapv(f64::abs).fold(0.0f64, |m, &x| m.max(x));
+            prop_assert!(diff <= 1e-15, "K = 1 differs from tanh(A h + B e) by {diff:e}");
+        }
+    }
+
+    /// The overlap split takes round(f·K) tokens of each response from the seen set.
+    #[test]
+    fn overlap_splits_have_the_requested_token_overlap(config in common::small_sequence_config()) {
+        let setup = Setup::generate(&config);
+        let f = config.setup.eval_overlap[0];
+        let k = config.setup.response_length;
+        let want = (f * k as f64).round() as usize;
+        let split = setup.evals.iter().find(|p| p.name == rmflow::synthetic::overlap_split_name(f)).unwrap();
+        for tokens in [&split.chosen_tokens, &split.rejected_tokens] {
+            for row in tokens.rows() {
+                let seen = row.iter().filter(|t| setup.seen_tokens.binary_search(t).is_ok()).count();
+                prop_assert_eq!(seen, want);
+            }
+        }
+    }
+
+    /// The expanded ρ equals ⟨e_y − π, e_ȳ − π̄⟩ from explicit V-vectors (1e-12: V·ε bound), and
+    /// |ρ| ≤ 2.
+    #[test]
+    fn rho_expanded_formula_matches_definition(config in common::small_sequence_config()) {
+        let setup = Setup::generate(&config);
+        let (v, d) = (setup.vocab_size(), setup.dim());
+        let u: Vec<f64> = setup.unembedding_init.iter().enumerate().map(|(i, x)| x + 0.5 * ((i % 7) as f64 - 3.0)).collect();
+        let u = ndarray::ArrayView2::from_shape((v, d), &u).unwrap();
+        let ep = ResponsePrefixes::new(&setup.evals[1]);
+        let tp = ResponsePrefixes::new(&setup.train);
+        let rho = token_overlap(u, &ep, &tp);
+        for r in 0..ep.tokens.len() {
+            for c in 0..tp.tokens.len() {
+                let x = token_overlap_explicit(u, ep.states.row(r), ep.tokens[r], tp.states.row(c), tp.tokens[c]);
+                prop_assert!((x - rho[[r, c]]).abs() <= 1e-12, "ρ {} vs explicit {x}", rho[[r, c]]);
+                prop_assert!(rho[[r, c]].abs() <= 2.0);
+            }
+        }
+    }
+
+    /// Multi-token IM-RM gradient (full path) against central finite differences.
+    #[test]
+    fn sequence_imrm_gradient_matches_finite_differences(config in common::small_sequence_config()) {
+        let setup = Setup::generate(&config);
+        let model = ImplicitRm::new(&setup.train, setup.unembedding_init.view(), config.setup.beta, GradientPath::Full);
+        let theta: Vec<f64> = setup.unembedding_init.iter().enumerate().map(|(i, x)| x + 0.2 * ((i % 5) as f64 - 2.0)).collect();
+        let mut g = vec![0.0; theta.len()];
+        loss_and_gradient(&model, &theta, &mut g);
+        let loss = |th: &[f64]| {
+            let mut m = vec![0.0; model.n_pairs()];
+            model.margins(th, &mut m);
+            rmflow::reward::mean_loss(&m)
+        };
+        let h = 1e-5;
+        let mut t = theta.clone();
+        for j in 0..theta.len() {
+            t[j] = theta[j] + h;
+            let lp = loss(&t);
+            t[j] = theta[j] - h;
+            let lm = loss(&t);
+            t[j] = theta[j];
+            let fd = (lp - lm) / (2.0 * h);
+            prop_assert!((fd - g[j]).abs() <= 1e-7 * (1.0 + g[j].abs()), "coordinate {j}: fd {fd} vs {}", g[j]);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// Velocity formulas against the integrated flow and a GD step; unseen single-token
+    /// responses of one prompt share their velocity (MATH.md §3).
+    #[test]
+    fn velocities_match_the_flow(config in common::small_sequence_config()) {
+        let setup = Setup::generate(&config);
+        let c = dynamics_checks(&config, &setup, 3.0).unwrap();
+        prop_assert!(c.rho_identity_error <= 1e-12, "{c:?}");
+        prop_assert!(c.rho_max_abs <= 2.0, "{c:?}");
+        prop_assert!(c.imrm_velocity_vs_flow <= 1e-6, "{c:?}");
+        prop_assert!(c.exrm_velocity_vs_flow <= 1e-6, "{c:?}");
+        if config.setup.response_length == 1 {
+            prop_assert!(c.unseen_velocity_gap <= 1e-12, "{c:?}");
+        }
+        // O(η²): halving η divides the error by ~4, once the error is above rounding (1e-13).
+        if c.gd_error > 1e-13 {
+            prop_assert!((3.5..=4.5).contains(&c.gd_error_ratio), "{c:?}");
+        }
+    }
+}
