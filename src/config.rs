@@ -68,6 +68,9 @@ pub struct SetupConfig {
     pub eval_pairs: usize,
     /// Response length `K` (tokens per response); `K = 1` is Theorem 2's setting.
     pub response_length: usize,
+    /// `⟨ν_1, ν_0⟩` of the domain cluster's direction with the training cluster's; absent: both
+    /// drawn independently (near-orthogonal, random sign).
+    pub domain_alignment: Option<f64>,
     /// Extra evaluation splits `overlapP`: responses with a fraction `f` of their `K` tokens
     /// (rounded, random positions) from the seen set, the rest unseen, same labels.
     pub eval_overlap: Vec<f64>,
@@ -175,6 +178,7 @@ impl Default for SetupConfig {
             train_pairs: 200,
             eval_pairs: 100,
             response_length: 1,
+            domain_alignment: None,
             eval_overlap: Vec::new(),
         }
     }

@@ -5,10 +5,12 @@
 pub mod config;
 pub mod dynamics;
 pub mod export;
+pub mod figures;
 pub mod max_margin;
 pub mod numerics;
 pub mod observables;
 pub mod ode;
+pub mod plotting;
 pub mod reward;
 pub mod simulation;
 pub mod sweep;

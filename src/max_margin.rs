@@ -26,7 +26,8 @@ pub struct Certificate {
     pub min_margin: f64,
     /// `min_i α_i` (dual feasibility: ≥ −tol).
     pub min_dual: f64,
-    /// `max_i α_i |⟨w, φ_i⟩ − 1|`.
+    /// `max_i α_i |⟨w, φ_i⟩ − 1| / max(1, max_i α_i)`: relative to the dual scale, which grows
+    /// like `1/β²` (IM-RM) or `1/‖z‖²`, so the check is invariant to rescaling the features.
     pub complementary_slackness: f64,
     /// `|½‖w‖² − (Σα − ½‖Σ α_i φ_i‖²)| / max(1, ½‖w‖²)`.
     pub duality_gap: f64,
@@ -179,7 +180,8 @@ pub fn max_margin_head(
             .iter()
             .zip(&margins)
             .map(|(a, m)| (a * (m - 1.0)).abs())
-            .fold(0.0, f64::max),
+            .fold(0.0, f64::max)
+            / alpha.iter().copied().fold(1.0, f64::max),
         duality_gap: (primal - dual_obj).abs() / primal.max(1.0),
         stationarity: (&u - &combo).dot(&(&u - &combo)).sqrt() / u.dot(&u).sqrt().max(1.0),
     };
@@ -236,7 +238,8 @@ pub fn max_margin_dual(
             .iter()
             .zip(&ka)
             .map(|(a, m)| (a * (m - 1.0)).abs())
-            .fold(0.0, f64::max),
+            .fold(0.0, f64::max)
+            / alpha.iter().copied().fold(1.0, f64::max),
         duality_gap: (0.5 * quad - (sum - 0.5 * quad)).abs() / (0.5 * quad).max(1.0),
         stationarity: 0.0,
     };

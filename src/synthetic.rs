@@ -244,7 +244,16 @@ impl Setup {
         let v = vocab.size();
 
         let quality_direction = unit_vector(&mut rng, d);
-        let cluster_directions = [unit_vector(&mut rng, d), unit_vector(&mut rng, d)];
+        let mut cluster_directions = [unit_vector(&mut rng, d), unit_vector(&mut rng, d)];
+        if let Some(a) = s.domain_alignment {
+            // ν_1 = a ν_0 + √(1 − a²) ν_⊥, with ν_⊥ the unit part of the drawn ν_1 orthogonal to ν_0.
+            let (n0, n1) = (&cluster_directions[0], &cluster_directions[1]);
+            let perp = n1 - &(n0 * n0.dot(n1));
+            let norm = perp.dot(&perp).sqrt();
+            if norm > 1e-12 {
+                cluster_directions[1] = n0 * a + &perp * ((1.0 - a * a).max(0.0).sqrt() / norm);
+            }
+        }
         let mut embeddings = gaussian_matrix(&mut rng, v, d, noise);
         for (y, mut row) in embeddings.axis_iter_mut(Axis(0)).enumerate() {
             row.scaled_add(s.alpha * vocab.labels[y].sign(), &quality_direction);

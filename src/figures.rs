@@ -1,0 +1,852 @@
+//! The data and layout of every figure in `figures/` (one function per figure; the examples,
+//! tests and any other caller use the same code). Each returns the figure and the CSV of what it
+//! draws; [`write`] renders `NAME.png`, `NAME.svg` and writes `NAME.csv`.
+
+use crate::config::{Config, GradientPath, Optimizer};
+use crate::observables::Observation;
+use crate::plotting::{render, write_atomically, Figure, Legend, Panel, PanelContent, Series};
+use crate::simulation::{max_margin_for, run_model, run_model_with, simulate, ModelKind};
+use crate::sweep::{run_sweep, SweepFile, SweepParameter, SweepRow, SweepSpec};
+use crate::synthetic::Setup;
+use anyhow::Result;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// A figure and the data it draws.
+pub struct FigureData {
+    pub figure: Figure,
+    /// CSV with a header row.
+    pub csv: String,
+}
+
+/// Writes `dir/NAME.png`, `dir/NAME.svg` and `dir/NAME.csv`.
+pub fn write(data: &FigureData, dir: &Path, name: &str) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    render(&data.figure, &dir.join(name))?;
+    write_atomically(&dir.join(format!("{name}.csv")), &data.csv)
+}
+
+const SPLITS: [&str; 4] = ["train", "seen", "unseen", "domain"];
+
+fn caption(config: &Config, source: &str, extra: &str) -> String {
+    let s = &config.setup;
+    format!(
+        "{source}: V = {}, D = {}, N = {}, K = {}, α = {}, κ = {}, β = {}, seed {}{extra} · rmflow {}",
+        config.vocab_size(),
+        s.dim,
+        s.train_pairs,
+        s.response_length,
+        s.alpha,
+        s.kappa,
+        s.beta,
+        config.seed,
+        crate::export::RMFLOW_VERSION
+    )
+}
+
+fn split_series(
+    traj: &[Observation],
+    split: &str,
+    color: usize,
+    f: impl Fn(&crate::observables::SplitMetrics) -> f64,
+) -> Series {
+    Series {
+        name: split.to_string(),
+        points: traj
+            .iter()
+            .filter(|o| o.t > 0.0)
+            .map(|o| {
+                (
+                    o.t,
+                    f(o.splits.iter().find(|s| s.split == split).expect("split")),
+                )
+            })
+            .collect(),
+        color,
+        ..Default::default()
+    }
+}
+
+/// Figure 1: tie-aware accuracy vs t for both models on every split (MATH.md §4).
+pub fn theorem2_accuracy(config: &Config) -> Result<FigureData> {
+    let sim = simulate(config, &mut |_| {})?;
+    let tau = config.eval.tie_tolerance;
+    let mut csv = String::from("model,t,split,strict_accuracy,tie_aware_accuracy\n");
+    let mut panels = Vec::new();
+    for run in sim.runs() {
+        for o in &run.trajectory {
+            for s in &o.splits {
+                writeln!(
+                    csv,
+                    "{},{:e},{},{},{}",
+                    o.model, o.t, s.split, s.strict_accuracy, s.tie_aware_accuracy
+                )?;
+            }
+        }
+        let series = SPLITS
+            .iter()
+            .enumerate()
+            .map(|(i, sp)| Series {
+                width: [8, 6, 4, 2][i],
+                ..split_series(&run.trajectory, sp, i + 1, |m| m.tie_aware_accuracy)
+            })
+            .collect();
+        let mut p = Panel::lines(
+            &format!("{} (gradient flow)", run.kind.label()),
+            "time t",
+            "tie-aware accuracy",
+            true,
+            false,
+            series,
+        );
+        p.y_range = Some((0.0, 1.05));
+        p.notes = vec![format!(
+            "ties: |margin| ≤ τ = {tau:.0e} count ½; coinciding curves drawn nested"
+        )];
+        panels.push(p);
+    }
+    Ok(FigureData {
+        figure: Figure {
+            panels,
+            columns: 2,
+            caption: caption(config, "experiments/theorem2.toml", ", 1 run"),
+            panel_size: (560, 400),
+        },
+        csv,
+    })
+}
+
+/// Figure 2: convergence in direction to the max-margin separators, with 1/ln t and 1/ln² t references.
+pub fn max_margin_convergence(config: &Config) -> Result<FigureData> {
+    let sim = simulate(config, &mut |_| {})?;
+    let mut csv = String::from("model,t,direction_gap,residual_norm,projected_rate\n");
+    let mut gap_series = Vec::new();
+    let mut res_series = Vec::new();
+    for (i, run) in sim.runs().iter().enumerate() {
+        let conv: Vec<(f64, crate::observables::Convergence)> = run
+            .trajectory
+            .iter()
+            .filter_map(|o| o.convergence.map(|c| (o.t, c)))
+            .collect();
+        for (t, c) in &conv {
+            writeln!(
+                csv,
+                "{},{:e},{:e},{:e},{:e}",
+                run.kind.name(),
+                t,
+                c.direction_gap,
+                c.residual_norm,
+                c.projected_rate
+            )?;
+        }
+        let theta = if run.kind == ModelKind::Explicit {
+            "u"
+        } else {
+            "ΔU"
+        };
+        gap_series.push(Series {
+            name: format!("{}: 1 − cos({theta}(t), {theta}*)", run.kind.label()),
+            points: conv
+                .iter()
+                .filter(|(t, _)| *t > 1.0)
+                .map(|(t, c)| (*t, c.direction_gap))
+                .collect(),
+            color: 1 + 4 * i,
+            ..Default::default()
+        });
+        res_series.push(Series {
+            name: format!("{}: ‖{theta}(t) − {theta}* ln t‖", run.kind.label()),
+            points: conv
+                .iter()
+                .filter(|(t, _)| *t > 1.0)
+                .map(|(t, c)| (*t, c.residual_norm))
+                .collect(),
+            color: 1 + 4 * i,
+            ..Default::default()
+        });
+        if i == 0 {
+            // References through the EX-RM's value at t = 1e10.
+            if let Some((t0, c0)) = conv.iter().find(|(t, _)| *t >= 1e10) {
+                let ts: Vec<f64> = conv.iter().map(|(t, _)| *t).filter(|t| *t >= 1e3).collect();
+                let l0 = t0.ln();
+                gap_series.push(Series {
+                    name: "∝ 1/ln t".into(),
+                    points: ts
+                        .iter()
+                        .map(|t| (*t, c0.direction_gap * l0 / t.ln()))
+                        .collect(),
+                    color: 0,
+                    dashed: true,
+                    ..Default::default()
+                });
+                gap_series.push(Series {
+                    name: "∝ 1/ln² t".into(),
+                    points: ts
+                        .iter()
+                        .map(|t| (*t, c0.direction_gap * (l0 / t.ln()).powi(2)))
+                        .collect(),
+                    color: 6,
+                    dashed: true,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    let mut direction = Panel::lines(
+        "Direction: 1 − cos to the max-margin separator",
+        "time t",
+        "1 − cos",
+        true,
+        true,
+        gap_series,
+    );
+    direction.legend = Legend::UpperRight;
+    let panels = vec![
+        direction,
+        Panel::lines(
+            "Residual from the max-margin ray",
+            "time t",
+            "‖θ(t) − θ* ln t‖",
+            true,
+            false,
+            res_series,
+        ),
+    ];
+    Ok(FigureData {
+        figure: Figure {
+            panels,
+            columns: 2,
+            caption: caption(
+                config,
+                "experiments/theorem2.toml",
+                ", 1 run, flow to t = 1e100",
+            ),
+            panel_size: (560, 400),
+        },
+        csv,
+    })
+}
+
+/// Figure 3: |margin| on unseen pairs vs t: EX-RM growing like ln t, IM-RM at rounding level.
+pub fn unseen_margins(config: &Config) -> Result<FigureData> {
+    let sim = simulate(config, &mut |_| {})?;
+    let mut csv =
+        String::from("model,t,unseen_max_abs_margin,unseen_mean_margin,unseen_min_margin\n");
+    let mut series = Vec::new();
+    for (i, run) in sim.runs().iter().enumerate() {
+        let pts: Vec<(f64, f64, f64, f64)> = run
+            .trajectory
+            .iter()
+            .map(|o| {
+                let s = o
+                    .splits
+                    .iter()
+                    .find(|s| s.split == "unseen")
+                    .expect("unseen");
+                (o.t, s.max_abs_margin, s.mean_margin, s.min_margin)
+            })
+            .collect();
+        for (t, a, m, lo) in &pts {
+            writeln!(csv, "{},{:e},{:e},{:e},{:e}", run.kind.name(), t, a, m, lo)?;
+        }
+        series.push(Series {
+            name: format!("{}: max |margin|", run.kind.label()),
+            points: pts.iter().map(|p| (p.0, p.1)).collect(),
+            color: 1 + 4 * i,
+            ..Default::default()
+        });
+        if run.kind == ModelKind::Explicit {
+            series.push(Series {
+                name: "EX-RM: min margin".into(),
+                points: pts.iter().map(|p| (p.0, p.3)).collect(),
+                color: 1,
+                dashed: true,
+                ..Default::default()
+            });
+        }
+    }
+    let ts: Vec<f64> = sim
+        .explicit
+        .trajectory
+        .iter()
+        .map(|o| o.t)
+        .filter(|t| *t > 0.0)
+        .collect();
+    series.push(Series {
+        name: "tie tolerance τ".into(),
+        points: vec![
+            (ts[0], config.eval.tie_tolerance),
+            (*ts.last().expect("observed"), config.eval.tie_tolerance),
+        ],
+        color: 0,
+        dashed: true,
+        width: 1,
+        ..Default::default()
+    });
+    let mut p = Panel::lines(
+        "Margins on pairs of unseen tokens",
+        "time t",
+        "|margin| (log scale)",
+        true,
+        true,
+        series,
+    );
+    p.legend = Legend::MiddleRight;
+    p.notes = vec![format!(
+        "IM-RM: rounding of the log-normalisers only; tie tolerance τ = {:.0e}",
+        config.eval.tie_tolerance
+    )];
+    Ok(FigureData {
+        figure: Figure {
+            panels: vec![p],
+            columns: 1,
+            caption: caption(config, "experiments/theorem2.toml", ", 1 run"),
+            panel_size: (820, 460),
+        },
+        csv,
+    })
+}
+
+/// Figure 7: IM-RM unseen-row drift and unseen accuracy under flow, GD, Adam and AdamW.
+pub fn optimizers(config: &Config) -> Result<FigureData> {
+    let setup = Setup::generate(config);
+    let mm = max_margin_for(ModelKind::Implicit, &setup, config.eval.tie_tolerance);
+    let runs: [(Optimizer, f64, f64); 4] = [
+        (Optimizer::Flow, 1e3, 1.0),
+        (Optimizer::Gd, 1e3, 0.5),
+        (Optimizer::Adam, 20.0, 1e-2),
+        (Optimizer::Adamw, 20.0, 1e-2),
+    ];
+    let mut csv = String::from("optimizer,t,step,unseen_row_drift,unseen_tie_aware_accuracy,unseen_strict_accuracy,train_tie_aware_accuracy\n");
+    let (mut drift, mut acc) = (Vec::new(), Vec::new());
+    for (i, (opt, t_max, lr)) in runs.into_iter().enumerate() {
+        let mut c = config.clone();
+        c.train.optimizer = opt;
+        c.train.t_max = t_max;
+        c.train.lr = lr;
+        c.train.imrm_gradient = GradientPath::Full;
+        c.train.observations_per_decade = 8;
+        let run = run_model(ModelKind::Implicit, &c, &setup, mm.clone(), &mut |_| {})?;
+        let label = match opt {
+            Optimizer::Flow => "flow".to_string(),
+            Optimizer::Gd => format!("GD η = {lr}"),
+            Optimizer::Adam => format!("Adam lr = {lr}"),
+            Optimizer::Adamw => format!("AdamW lr = {lr}, wd = {}", c.train.weight_decay),
+        };
+        let unseen = |o: &Observation| {
+            o.splits
+                .iter()
+                .find(|s| s.split == "unseen")
+                .expect("unseen")
+                .clone()
+        };
+        for o in &run.trajectory {
+            let u = unseen(o);
+            let tr = &o.splits[0];
+            writeln!(
+                csv,
+                "{},{:e},{},{:e},{},{},{}",
+                opt.name(),
+                o.t,
+                o.step,
+                o.unseen_row_drift.unwrap_or(f64::NAN),
+                u.tie_aware_accuracy,
+                u.strict_accuracy,
+                tr.tie_aware_accuracy
+            )?;
+        }
+        let pts = |f: &dyn Fn(&Observation) -> f64| {
+            run.trajectory
+                .iter()
+                .filter(|o| o.t > 0.0)
+                .map(|o| (o.t, f(o)))
+                .collect::<Vec<_>>()
+        };
+        drift.push(Series {
+            name: label.clone(),
+            points: pts(&|o| o.unseen_row_drift.unwrap_or(f64::NAN)),
+            color: i + 1,
+            dashed: i == 2,
+            markers: i == 1,
+            ..Default::default()
+        });
+        acc.push(Series {
+            name: label,
+            points: pts(&|o| unseen(o).tie_aware_accuracy),
+            color: i + 1,
+            dashed: i == 2,
+            markers: i == 1,
+            ..Default::default()
+        });
+    }
+    let mut a = Panel::lines(
+        "Unseen-row drift max_z∉T ‖U_z(t) − U_z(0)‖",
+        "time t (steps × lr)",
+        "drift",
+        true,
+        false,
+        drift,
+    );
+    a.notes = vec!["flow, GD, Adam: exactly 0 (bit-identical rows)".into()];
+    a.legend = Legend::UpperRight;
+    let mut b = Panel::lines(
+        "IM-RM tie-aware accuracy on unseen tokens",
+        "time t (steps × lr)",
+        "tie-aware accuracy",
+        true,
+        false,
+        acc,
+    );
+    b.y_range = Some((-0.05, 1.05));
+    b.legend = Legend::UpperRight;
+    Ok(FigureData {
+        figure: Figure {
+            panels: vec![a, b],
+            columns: 2,
+            caption: caption(
+                config,
+                "experiments/theorem2.toml",
+                ", full-softmax gradient, 1 run per optimizer",
+            ),
+            panel_size: (560, 400),
+        },
+        csv,
+    })
+}
+
+/// Figure 9: IM-RM training accuracy reaches 1 while the probability of the preferred response stays small.
+pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
+    let mut config = config.clone();
+    config.train.t_max = 1e4;
+    config.train.first_observation = 1e-3;
+    config.train.observations_per_decade = 8;
+    let config = &config;
+    let setup = Setup::generate(config);
+    let im = crate::reward::ImplicitRm::new(
+        &setup.train,
+        setup.unembedding_init.view(),
+        config.setup.beta,
+        GradientPath::Full,
+    );
+    let mut rows: Vec<(f64, f64, f64, f64, f64)> = Vec::new();
+    let mm = max_margin_for(ModelKind::Implicit, &setup, config.eval.tie_tolerance);
+    run_model_with(ModelKind::Implicit, config, &setup, mm, &mut |o, theta| {
+        let lp = im.position_logprobs(theta);
+        let n = lp.len() as f64;
+        let mean_p = lp.iter().map(|(a, _)| a.exp()).sum::<f64>() / n;
+        let max_p = lp.iter().map(|(a, _)| a.exp()).fold(0.0, f64::max);
+        let mean_q = lp.iter().map(|(_, b)| b.exp()).sum::<f64>() / n;
+        rows.push((o.t, o.splits[0].strict_accuracy, mean_p, max_p, mean_q));
+        Ok(())
+    })?;
+    let mut csv =
+        String::from("t,train_strict_accuracy,mean_pi_chosen,max_pi_chosen,mean_pi_rejected\n");
+    for r in &rows {
+        writeln!(csv, "{:e},{},{:e},{:e},{:e}", r.0, r.1, r.2, r.3, r.4)?;
+    }
+    let pts = |f: fn(&(f64, f64, f64, f64, f64)) -> f64| {
+        rows.iter()
+            .filter(|r| r.0 > 0.0)
+            .map(|r| (r.0, f(r)))
+            .collect::<Vec<_>>()
+    };
+    let first_perfect = rows.iter().find(|r| r.1 == 1.0).map(|r| (r.0, r.2, r.3));
+    let mut a = Panel::lines(
+        "IM-RM training accuracy (strict)",
+        "time t",
+        "accuracy",
+        true,
+        false,
+        vec![Series {
+            name: "train accuracy".into(),
+            points: pts(|r| r.1),
+            color: 5,
+            ..Default::default()
+        }],
+    );
+    a.y_range = Some((0.0, 1.05));
+    let mut b = Panel::lines(
+        "Probability of the responses under π_U",
+        "time t",
+        "π(y|x) (log scale)",
+        true,
+        true,
+        vec![
+            Series {
+                name: "mean π(y⁺|x)".into(),
+                points: pts(|r| r.2),
+                color: 3,
+                ..Default::default()
+            },
+            Series {
+                name: "max π(y⁺|x)".into(),
+                points: pts(|r| r.3),
+                color: 3,
+                dashed: true,
+                ..Default::default()
+            },
+            Series {
+                name: "mean π(y⁻|x)".into(),
+                points: pts(|r| r.4),
+                color: 4,
+                ..Default::default()
+            },
+        ],
+    );
+    if let Some((t, mp, xp)) = first_perfect {
+        a.notes = vec![format!("accuracy 1 first at t = {t:.2e}")];
+        b.notes = vec![format!("then: mean π(y⁺|x) = {mp:.2e}, max {xp:.2e}")];
+    }
+    Ok(FigureData {
+        figure: Figure {
+            panels: vec![a, b],
+            columns: 2,
+            caption: caption(
+                config,
+                "experiments/theorem2.toml",
+                ", full-softmax IM-RM, 1 run",
+            ),
+            panel_size: (560, 400),
+        },
+        csv,
+    })
+}
+
+fn sweep_panel(title: &str, x_label: &str, rows: &[SweepRow], y_label: &str) -> Panel {
+    let series = ["exrm", "imrm"]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let r: Vec<&SweepRow> = rows.iter().filter(|r| r.model == *m).collect();
+            Series {
+                name: if *m == "exrm" {
+                    "EX-RM".into()
+                } else {
+                    "IM-RM".into()
+                },
+                points: r.iter().map(|r| (r.value, r.tie_aware_mean)).collect(),
+                band: Some(
+                    r.iter()
+                        .map(|r| {
+                            (
+                                r.value,
+                                r.tie_aware_mean - r.tie_aware_ci95,
+                                r.tie_aware_mean + r.tie_aware_ci95,
+                            )
+                        })
+                        .collect(),
+                ),
+                color: 1 + 4 * i,
+                markers: true,
+                ..Default::default()
+            }
+        })
+        .collect();
+    let mut p = Panel::lines(title, x_label, y_label, false, false, series);
+    p.y_range = Some((-0.05, 1.05));
+    p.notes = vec!["mean over seeds, band: 95 % Student-t interval".into()];
+    p
+}
+
+/// Figure 5: unseen-token accuracy vs semantic strength α (mean ± 95 % interval over seeds).
+pub fn semantic_sweep(base: &Config, alphas: &[f64], seeds: usize) -> Result<FigureData> {
+    let file = SweepFile {
+        sweep: SweepSpec {
+            parameter: SweepParameter::Alpha,
+            values: alphas.to_vec(),
+            seeds,
+        },
+        base: base.clone(),
+    };
+    let rows = run_sweep(&file, &|| {})?;
+    let p = sweep_panel(
+        "Accuracy on unseen tokens vs semantic strength",
+        "semantic strength α",
+        &rows,
+        "tie-aware accuracy (unseen split)",
+    );
+    Ok(FigureData {
+        figure: Figure {
+            panels: vec![p],
+            columns: 1,
+            caption: caption(
+                base,
+                "experiments/theorem2.toml",
+                &format!(
+                    ", {seeds} seeds per α, flow to t = {:.0e}",
+                    base.train.t_max
+                ),
+            ),
+            panel_size: (760, 440),
+        },
+        csv: crate::sweep::sweep_csv(&rows),
+    })
+}
+
+/// Figure 8: accuracy vs token overlap between evaluation and training responses (K tokens).
+pub fn overlap_sweep(file: &SweepFile) -> Result<FigureData> {
+    let rows = run_sweep(file, &|| {})?;
+    let p = sweep_panel(
+        &format!(
+            "Accuracy vs token overlap (K = {} tokens per response)",
+            file.base.setup.response_length
+        ),
+        "fraction of each evaluation response's tokens seen in training",
+        &rows,
+        "tie-aware accuracy",
+    );
+    Ok(FigureData {
+        figure: Figure {
+            panels: vec![p],
+            columns: 1,
+            caption: caption(
+                &file.base,
+                "experiments/overlap_sweep.toml",
+                &format!(
+                    ", {} seeds, flow to t = {:.0e}",
+                    file.sweep.seeds, file.base.train.t_max
+                ),
+            ),
+            panel_size: (760, 440),
+        },
+        csv: crate::sweep::sweep_csv(&rows),
+    })
+}
+
+/// Figure 4: `ρ(y_j⁺; y_i⁺)` (evaluation × training pairs, chosen responses) on the seen and unseen
+/// splits at three times, and the token-identity share of the IM-RM velocities over time.
+pub fn rho_heatmap(config: &Config) -> Result<FigureData> {
+    let mut config = config.clone();
+    config.train.t_max = 1e8;
+    config.dynamics.snapshot_times = vec![0.0, 1.0, 1e8];
+    let run = crate::dynamics::run(&config, &mut |_| {})?;
+    let setup = &run.simulation.setup;
+    let (ne, nt) = (
+        40.min(config.setup.eval_pairs),
+        60.min(config.setup.train_pairs),
+    );
+    let mut csv = String::from("t,split,eval_pair,train_pair,rho_chosen_chosen\n");
+    let mut panels = Vec::new();
+    for split in ["seen", "unseen"] {
+        for snap in &run.snapshots {
+            let si = setup
+                .evals
+                .iter()
+                .position(|e| e.name == split)
+                .expect("split");
+            let sd = &snap.splits[si];
+            let ep = crate::dynamics::ResponsePrefixes::new(&setup.evals[si]);
+            let tp = crate::dynamics::ResponsePrefixes::new(&setup.train);
+            let m = ndarray::Array2::from_shape_fn((ne, nt), |(j, i)| {
+                sd.rho[[ep.row(j, 0, 0), tp.row(i, 0, 0)]]
+            });
+            for ((j, i), v) in m.indexed_iter() {
+                writeln!(csv, "{:e},{split},{j},{i},{v:e}", snap.t)?;
+            }
+            let (lo, hi) = m
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                    (a.min(v), b.max(v))
+                });
+            panels.push(Panel {
+                title: format!("ρ(y⁺_j; y⁺_i), {split}, t = {:.0e}", snap.t),
+                x_label: "training pair i".into(),
+                y_label: "eval pair j".into(),
+                x_log: false,
+                y_log: false,
+                y_range: None,
+                content: PanelContent::Heatmap {
+                    matrix: m,
+                    limit: 1.0,
+                },
+                notes: vec![format!("range [{lo:.3}, {hi:.3}]; colour ±1")],
+                legend: Legend::LowerRight,
+            });
+        }
+    }
+    let share = |f: fn(&crate::dynamics::DynamicsSummary) -> f64, split: &str| -> Vec<(f64, f64)> {
+        run.tracked
+            .iter()
+            .filter(|(t, _)| *t > 0.0)
+            .filter_map(|(t, ss)| ss.iter().find(|s| s.split == split).map(|s| (*t, f(s))))
+            .collect()
+    };
+    let mut lines = Vec::new();
+    for (i, split) in ["seen", "unseen", "domain"].into_iter().enumerate() {
+        lines.push(Series {
+            name: format!("{split}: rewards (solid)"),
+            points: share(|s| s.imrm_reward_identity_share, split),
+            color: i + 1,
+            ..Default::default()
+        });
+        lines.push(Series {
+            name: format!("{split}: margins (dashed)"),
+            points: share(|s| s.imrm_identity_share, split),
+            color: i + 1,
+            dashed: true,
+            ..Default::default()
+        });
+    }
+    let mut p = Panel::lines(
+        "IM-RM velocity share from token identity",
+        "time t",
+        "share",
+        true,
+        false,
+        lines,
+    );
+    p.y_range = Some((-0.05, 1.6));
+    p.legend = Legend::UpperLeft;
+    panels.push(p);
+    Ok(FigureData {
+        figure: Figure { panels, columns: 4, caption: caption(&config, "experiments/theorem2.toml", &format!(", 1 run; heatmaps: first {ne} eval × {nt} training pairs (blue −1, white 0, red +1)")), panel_size: (400, 330) },
+        csv,
+    })
+}
+
+/// `(value, model, split, mean tie-aware accuracy, 95 % half-width)`.
+type ShiftRow = (f64, &'static str, &'static str, f64, f64);
+
+/// Accuracy on the `seen` (in-distribution), `unseen` (token shift) and `domain` splits for both
+/// models as `set(config, value)` varies, mean ± 95 % interval over `seeds`.
+fn shift_sweep(
+    base: &Config,
+    values: &[f64],
+    seeds: usize,
+    set: fn(&mut Config, f64),
+) -> Result<Vec<ShiftRow>> {
+    use rayon::prelude::*;
+    let runs: Vec<Vec<[[f64; 3]; 2]>> = (0..seeds)
+        .into_par_iter()
+        .map(|s| -> Result<Vec<[[f64; 3]; 2]>> {
+            values
+                .iter()
+                .map(|&v| {
+                    let mut c = base.clone();
+                    c.seed = base.seed.wrapping_add(s as u64);
+                    set(&mut c, v);
+                    let sim = simulate(&c, &mut |_| {})?;
+                    let acc = |r: &crate::simulation::ModelRun| {
+                        let o = r.trajectory.last().expect("observed");
+                        let get = |n: &str| {
+                            o.splits
+                                .iter()
+                                .find(|m| m.split == n)
+                                .expect("split")
+                                .tie_aware_accuracy
+                        };
+                        [get("seen"), get("unseen"), get("domain")]
+                    };
+                    Ok([acc(&sim.explicit), acc(&sim.implicit)])
+                })
+                .collect()
+        })
+        .collect::<Result<_>>()?;
+    let mut out = Vec::new();
+    for (vi, &v) in values.iter().enumerate() {
+        for (mi, model) in ["exrm", "imrm"].into_iter().enumerate() {
+            for (si, split) in ["seen", "unseen", "domain"].into_iter().enumerate() {
+                let xs: Vec<f64> = runs.iter().map(|r| r[vi][mi][si]).collect();
+                let (m, ci) = crate::sweep::mean_ci95(&xs);
+                out.push((v, model, split, m, ci));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Figure 6: in-distribution, token-level shift and domain shift for both models, as the
+/// representation geometry varies: the prompt's weight in `h_{x,y}` (recurrent gain) and the
+/// common component `κ` shared across prompt clusters.
+pub fn domain_vs_token_shift(base: &Config, seeds: usize) -> Result<FigureData> {
+    let mut base = base.clone();
+    base.train.t_max = 1e4;
+    base.train.observations_per_decade = 1;
+    let gains = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0];
+    let kappas = [0.0, 0.5, 1.0, 2.0, 4.0];
+    let by_gain = shift_sweep(&base, &gains, seeds, |c, v| c.setup.recurrent_gain = v)?;
+    let by_kappa = shift_sweep(&base, &kappas, seeds, |c, v| c.setup.kappa = v)?;
+    let alignments = [-0.5, 0.0, 0.25, 0.5, 0.75, 0.9, 1.0];
+    let by_alignment = shift_sweep(&base, &alignments, seeds, |c, v| {
+        c.setup.domain_alignment = Some(v)
+    })?;
+    let mut csv = String::from("parameter,value,model,split,tie_aware_mean,tie_aware_ci95\n");
+    for (name, rows) in [
+        ("recurrent_gain", &by_gain),
+        ("kappa", &by_kappa),
+        ("domain_alignment", &by_alignment),
+    ] {
+        for r in rows.iter() {
+            writeln!(csv, "{name},{},{},{},{},{}", r.0, r.1, r.2, r.3, r.4)?;
+        }
+    }
+    let panel =
+        |title: &str, x: &str, rows: &[(f64, &str, &str, f64, f64)], log: bool, legend: Legend| {
+            let mut series = Vec::new();
+            for (mi, model) in ["exrm", "imrm"].into_iter().enumerate() {
+                for (si, split) in ["seen", "unseen", "domain"].into_iter().enumerate() {
+                    let r: Vec<_> = rows
+                        .iter()
+                        .filter(|r| r.1 == model && r.2 == split)
+                        .collect();
+                    series.push(Series {
+                        name: format!(
+                            "{} {}",
+                            if mi == 0 { "EX-RM" } else { "IM-RM (dashed)" },
+                            match split {
+                                "seen" => "in-distribution",
+                                "unseen" => "token shift",
+                                _ => "domain shift",
+                            }
+                        ),
+                        points: r.iter().map(|r| (r.0, r.3)).collect(),
+                        band: Some(r.iter().map(|r| (r.0, r.3 - r.4, r.3 + r.4)).collect()),
+                        color: [1, 3, 5][si],
+                        dashed: mi == 1,
+                        markers: true,
+                        ..Default::default()
+                    });
+                }
+            }
+            let mut p = Panel::lines(title, x, "tie-aware accuracy", log, false, series);
+            p.y_range = Some((-0.05, 1.05));
+            p.legend = legend;
+            p
+        };
+    let panels = vec![
+        panel(
+            "vs the prompt's weight in h_{x,y} (recurrent gain)",
+            "recurrent gain (A ~ N(0, gain²/D))",
+            &by_gain,
+            true,
+            Legend::LowerLeft,
+        ),
+        panel(
+            "vs the shared prompt component κ",
+            "κ in h_x = κ ν_c + N(0, I/D)",
+            &by_kappa,
+            false,
+            Legend::LowerRight,
+        ),
+        panel(
+            "vs the domain cluster's alignment",
+            "⟨ν_1, ν_0⟩ (domain vs training cluster)",
+            &by_alignment,
+            false,
+            Legend::LowerRight,
+        ),
+    ];
+    Ok(FigureData {
+        figure: Figure {
+            panels,
+            columns: 3,
+            caption: caption(
+                &base,
+                "experiments/theorem2.toml",
+                &format!(", {seeds} seeds per point, flow to t = 1e4; solid EX-RM, dashed IM-RM"),
+            ),
+            panel_size: (520, 440),
+        },
+        csv,
+    })
+}
