@@ -26,6 +26,18 @@ pub fn write(data: &FigureData, dir: &Path, name: &str) -> Result<()> {
     write_atomically(&dir.join(format!("{name}.csv")), &data.csv)
 }
 
+/// What every `examples/NAME.rs` does: build the figure, write it to `figures/`, report the time.
+pub fn run_example(name: &str, make: impl FnOnce() -> Result<FigureData>) -> Result<()> {
+    let start = std::time::Instant::now();
+    let data = make()?;
+    write(&data, Path::new("figures"), name)?;
+    eprintln!(
+        "figures/{name}.{{png,svg,csv}} in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 const SPLITS: [&str; 4] = ["train", "seen", "unseen", "domain"];
 
 fn caption(config: &Config, source: &str, extra: &str) -> String {

@@ -6,7 +6,7 @@ use crate::max_margin::{
 };
 use crate::observables::{convergence, split_metrics, Observation, SplitMetrics};
 use crate::ode::OdeStats;
-use crate::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel};
+use crate::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel, SeenRowsImplicitRm};
 use crate::synthetic::Setup;
 use crate::training::train;
 use anyhow::Result;
@@ -257,21 +257,45 @@ pub fn run_model_with(
             );
         }
     }
-    let (objective, initial): (Box<dyn MarginModel>, Vec<f64>) = match kind {
-        ModelKind::Explicit => (
-            Box::new(ExplicitRm::new(&setup.train)),
-            setup.head_init.to_vec(),
-        ),
-        ModelKind::Implicit => (
+    // The sparse IM-RM path trains only the rows of seen tokens (flow, GD, Adam); AdamW's decay
+    // moves every row, so it keeps the full state.
+    let reduced = (kind == ModelKind::Implicit
+        && config.train.imrm_gradient == GradientPath::Sparse
+        && config.train.optimizer != crate::config::Optimizer::Adamw
+        && setup.train.response_length() == 1)
+        .then(|| {
+            SeenRowsImplicitRm::new(
+                &setup.train,
+                setup.unembedding_init.view(),
+                setup.config.beta,
+            )
+        });
+    let initial: Vec<f64> = match kind {
+        ModelKind::Explicit => setup.head_init.to_vec(),
+        ModelKind::Implicit => setup.unembedding_init.iter().copied().collect(),
+    };
+    let (objective, start): (Box<dyn MarginModel>, Vec<f64>) = match (kind, &reduced) {
+        (ModelKind::Explicit, _) => (Box::new(ExplicitRm::new(&setup.train)), initial.clone()),
+        (ModelKind::Implicit, Some(r)) => (Box::new(r.clone()), r.initial()),
+        (ModelKind::Implicit, None) => (
             Box::new(ImplicitRm::new(
                 &setup.train,
                 setup.unembedding_init.view(),
                 setup.config.beta,
                 config.train.imrm_gradient,
             )),
-            setup.unembedding_init.iter().copied().collect(),
+            initial.clone(),
         ),
     };
+    fn full<'a>(
+        reduced: &Option<SeenRowsImplicitRm>,
+        theta: &'a [f64],
+    ) -> std::borrow::Cow<'a, [f64]> {
+        match reduced {
+            Some(r) => std::borrow::Cow::Owned(r.embed(theta)),
+            None => std::borrow::Cow::Borrowed(theta),
+        }
+    }
     let observer = Observer::new(
         kind,
         setup,
@@ -282,20 +306,22 @@ pub fn run_model_with(
     let mut trajectory = Vec::new();
     let outcome = train(
         objective.as_ref(),
-        &initial,
+        &start,
         &config.train,
         kind.label(),
         &mut |t, step, theta| {
-            let obs = observer.observe(t, step, theta);
-            hook(&obs, theta)?;
+            let theta = full(&reduced, theta);
+            let obs = observer.observe(t, step, &theta);
+            hook(&obs, &theta)?;
             trajectory.push(obs);
             Ok(())
         },
     )?;
+    let final_params = full(&reduced, &outcome.theta).into_owned();
     Ok(ModelRun {
         kind,
         initial,
-        final_params: outcome.theta,
+        final_params,
         trajectory,
         steps: outcome.steps,
         ode: outcome.ode,

@@ -91,3 +91,30 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The reduced IM-RM state (rows of T only) has the margins and gradient rows of the full
+    /// sparse path exactly, and embeds back into U(0) elsewhere.
+    #[test]
+    fn reduced_seen_rows_state_matches_the_sparse_path(config in common::small_config()) {
+        let setup = Setup::generate(&config);
+        let d = config.setup.dim;
+        let full = ImplicitRm::new(&setup.train, setup.unembedding_init.view(), config.setup.beta, GradientPath::Sparse);
+        let reduced = rmflow::reward::SeenRowsImplicitRm::new(&setup.train, setup.unembedding_init.view(), config.setup.beta);
+        let theta_t = perturbed(&reduced.initial(), config.seed);
+        let u = reduced.embed(&theta_t);
+        let (mut gf, mut gr) = (vec![0.0; u.len()], vec![0.0; theta_t.len()]);
+        let lf = loss_and_gradient(&full, &u, &mut gf);
+        let lr = loss_and_gradient(&reduced, &theta_t, &mut gr);
+        prop_assert_eq!(lf, lr);
+        for (r, &t) in reduced.rows.iter().enumerate() {
+            prop_assert_eq!(&gf[t * d..(t + 1) * d], &gr[r * d..(r + 1) * d]);
+        }
+        let u0: Vec<f64> = setup.unembedding_init.iter().copied().collect();
+        for z in setup.unseen_tokens() {
+            prop_assert_eq!(&u[z * d..(z + 1) * d], &u0[z * d..(z + 1) * d]);
+        }
+    }
+}
