@@ -458,37 +458,52 @@ pub fn verify_setup(config: &Config, opts: &VerifyOptions) -> Result<Vec<Claim>>
     );
 
     // The main runs and the IM-RM variants on the two cores.
-    let (main, variants) = rayon::join(
-        || -> Result<(ModelRun, ModelRun)> {
-            let q = &mut |_: &Observation| {};
-            let ex = run_model(ModelKind::Explicit, config, &setup, mm_ex.clone(), q)?;
-            let im = run_model(ModelKind::Implicit, config, &setup, mm_im.clone(), q)?;
-            Ok((ex, im))
-        },
+    // Every run is an independent job (results collected in a fixed order, so the report does
+    // not depend on the thread count); the dynamics checks run beside them.
+    enum Job<'a> {
+        Main(ModelKind),
+        Variant(&'a Config),
+    }
+    let jobs = [
+        Job::Variant(&faithful),
+        Job::Variant(&gd),
+        Job::Variant(&adam),
+        Job::Variant(&adamw),
+        Job::Main(ModelKind::Implicit),
+        Job::Main(ModelKind::Explicit),
+        Job::Variant(&cancelled),
+    ];
+    let (runs, dynamics) = rayon::join(
         || -> Result<Vec<ModelRun>> {
-            let runs = [&faithful, &cancelled, &gd, &adam, &adamw];
-            runs.iter()
-                .map(|c| {
-                    run_model(
+            jobs.par_iter()
+                .map(|job| match job {
+                    Job::Main(kind) => {
+                        let mm = if *kind == ModelKind::Explicit {
+                            mm_ex.clone()
+                        } else {
+                            mm_im.clone()
+                        };
+                        run_model(*kind, config, &setup, mm, &mut |_: &Observation| {})
+                    }
+                    Job::Variant(c) => run_model(
                         ModelKind::Implicit,
                         c,
                         &setup,
                         mm_im.clone(),
                         &mut |_: &Observation| {},
-                    )
+                    ),
                 })
                 .collect()
         },
+        || claims_dynamics(config, &setup),
     );
-    let (ex, im) = main?;
-    let variants = variants?;
-    let (full_run, sparse_run, gd_run, adam_run, adamw_run) = (
-        &variants[0],
-        &variants[1],
-        &variants[2],
-        &variants[3],
-        &variants[4],
-    );
+    let mut runs = runs?.into_iter();
+    let dynamics_claims = dynamics?;
+    let mut next = || runs.next().expect("one run per job");
+    let (full_run, gd_run, adam_run, adamw_run, im, ex, sparse_run) =
+        (next(), next(), next(), next(), next(), next(), next());
+    let (full_run, gd_run, adam_run, adamw_run, sparse_run) =
+        (&full_run, &gd_run, &adam_run, &adamw_run, &sparse_run);
 
     let mut claims = Vec::new();
     let path = match config.train.imrm_gradient {
@@ -598,7 +613,7 @@ pub fn verify_setup(config: &Config, opts: &VerifyOptions) -> Result<Vec<Claim>>
             "IM-RM features not separable",
         )),
     }
-    claims.extend(claims_dynamics(config, &setup)?);
+    claims.extend(dynamics_claims);
     for (id, what, mm) in [("qp.exrm", "EX-RM", &mm_ex), ("qp.imrm", "IM-RM", &mm_im)] {
         match mm {
             Ok(MaxMarginResult { solution, .. }) => claims.push(Claim::judged(
