@@ -117,8 +117,9 @@ pub struct ImplicitRm {
     pair_rows: Vec<usize>,
     /// Per row: `ln π_ref` of its `y⁺` and `y⁻` tokens (0 where absent).
     ref_logprob: Vec<(f64, f64)>,
-    /// `K = 1` only: `⟨U(0)_{y_i⁺} − U(0)_{y_i⁻}, h_{x_i}⟩`, the reference term of the cancelled form.
-    ref_logit_gap: Vec<f64>,
+    /// `K = 1` only: the cancelled form on the rows of the training tokens (the sparse path
+    /// gathers those rows of `θ`, and scatters the gradient back).
+    cancelled: Option<SeenRowsImplicitRm>,
 }
 
 impl ImplicitRm {
@@ -186,14 +187,11 @@ impl ImplicitRm {
             positions,
             pair_rows,
             ref_logprob: vec![],
-            ref_logit_gap: vec![],
+            cancelled: (k_len == 1).then(|| SeenRowsImplicitRm::new(pairs, unembedding_init, beta)),
         };
         let u0 = unembedding_init.as_standard_layout();
         let u0s = u0.as_slice().expect("standard layout");
         model.ref_logprob = model.position_logprobs(u0s);
-        if k_len == 1 {
-            model.ref_logit_gap = model.logit_gaps(u0s);
-        }
         model
     }
 
@@ -301,23 +299,6 @@ impl ImplicitRm {
         }
     }
 
-    /// `K = 1`: `⟨U_{y_i⁺} − U_{y_i⁻}, h_{x_i}⟩` (rows of seen tokens only).
-    fn logit_gaps(&self, theta: &[f64]) -> Vec<f64> {
-        let d = self.dim();
-        self.positions
-            .iter()
-            .enumerate()
-            .map(|(r, p)| {
-                let h = self.states.row(r);
-                let (a, b) = (
-                    p.plus.expect("K = 1 row") * d,
-                    p.minus.expect("K = 1 row") * d,
-                );
-                (0..d).map(|j| (theta[a + j] - theta[b + j]) * h[j]).sum()
-            })
-            .collect()
-    }
-
     /// Faithful margins `r_U(x,y⁺) − r_U(x,y⁻)`, every log-probability from the full
     /// log-softmax, as a language model computes it.
     pub fn faithful_margins(&self, theta: &[f64], margins: &mut [f64]) {
@@ -327,9 +308,11 @@ impl ImplicitRm {
 
     /// `K = 1` cancelled-form margins `β[⟨U_{y⁺} − U_{y⁻}, h_x⟩ − ⟨U(0)_{y⁺} − U(0)_{y⁻}, h_x⟩]`.
     pub fn cancelled_margins(&self, theta: &[f64], margins: &mut [f64]) {
-        for (i, g) in self.logit_gaps(theta).into_iter().enumerate() {
-            margins[i] = self.beta * (g - self.ref_logit_gap[i]);
-        }
+        let c = self
+            .cancelled
+            .as_ref()
+            .expect("the cancelled form needs K = 1");
+        c.margins(&c.gather(theta), margins);
     }
 }
 
@@ -419,20 +402,15 @@ impl MarginModel for ImplicitRm {
                 }
             }
             GradientPath::Sparse => {
-                self.cancelled_margins(theta, margins);
+                let c = self
+                    .cancelled
+                    .as_ref()
+                    .expect("the sparse IM-RM gradient needs K = 1");
+                let mut g = vec![0.0; c.n_params()];
+                c.margins_and_pullback(&c.gather(theta), weight, margins, &mut g);
                 grad.fill(0.0);
-                for (i, &m) in margins.iter().enumerate() {
-                    let c = weight(m) * self.beta;
-                    let h = self.states.row(i);
-                    let p = &self.positions[i];
-                    let (a, b) = (
-                        p.plus.expect("K = 1 row") * d,
-                        p.minus.expect("K = 1 row") * d,
-                    );
-                    for j in 0..d {
-                        grad[a + j] += c * h[j];
-                        grad[b + j] -= c * h[j];
-                    }
+                for (r, &t) in c.rows.iter().enumerate() {
+                    grad[t * d..(t + 1) * d].copy_from_slice(&g[r * d..(r + 1) * d]);
                 }
             }
         }
@@ -501,10 +479,15 @@ impl SeenRowsImplicitRm {
 
     /// `θ_T(0) = U(0)_T`.
     pub fn initial(&self) -> Vec<f64> {
+        self.gather(&self.unembedding_init)
+    }
+
+    /// The rows of `T` of a full `U` (flattened `[V, D]`).
+    pub fn gather(&self, u: &[f64]) -> Vec<f64> {
         let d = self.dim();
         self.rows
             .iter()
-            .flat_map(|&t| self.unembedding_init[t * d..(t + 1) * d].iter().copied())
+            .flat_map(|&t| u[t * d..(t + 1) * d].iter().copied())
             .collect()
     }
 
