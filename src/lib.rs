@@ -6,6 +6,8 @@ pub mod config;
 pub mod dynamics;
 pub mod export;
 pub mod figures;
+#[cfg(feature = "lm")]
+pub mod lm;
 pub mod max_margin;
 pub mod numerics;
 pub mod observables;

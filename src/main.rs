@@ -87,6 +87,26 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Real-model mode (MATH.md §6, feature `lm`): Theorem 2's setting on a pretrained BERT's
+    /// frozen representations (head-only training), exported in simulate's layout.
+    #[cfg(feature = "lm")]
+    Lm {
+        /// Model folder with config.json, model.safetensors, tokenizer.json (scripts/fetch-model.sh).
+        #[arg(long)]
+        model: PathBuf,
+        /// Real-model config (experiments/persona.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Output folder, written atomically.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the transformer runs: cpu, or cuda (needs --features cuda).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the embedded default config (experiments/theorem2.toml).
     DefaultConfig,
 }
@@ -295,6 +315,61 @@ fn run(cli: Cli) -> Result<()> {
                 out.display(),
                 out.with_extension("toml").display()
             );
+            Ok(())
+        }
+        #[cfg(feature = "lm")]
+        Command::Lm {
+            model,
+            config,
+            out,
+            device,
+            force,
+        } => {
+            let device = match device.as_str() {
+                "cpu" => candle_core::Device::Cpu,
+                "cuda" => candle_core::Device::new_cuda(0).context("--device cuda: no CUDA device (build with --features cuda on a machine with a GPU)")?,
+                other => anyhow::bail!("--device must be cpu or cuda, got {other:?}"),
+            };
+            let file = rmflow::lm::LmFile::from_file(&config)?;
+            let t0 = std::time::Instant::now();
+            let enc = rmflow::lm::Encoder::load(&model, device)?;
+            let t1 = std::time::Instant::now();
+            let (setup, answers) = rmflow::lm::build_setup(&file, &enc)?;
+            let t2 = std::time::Instant::now();
+            let sim = rmflow::lm::run_head_only(&file, setup)?;
+            let t3 = std::time::Instant::now();
+            let dir = rmflow::export::AtomicDir::create(&out, force)?;
+            rmflow::export::write_simulation_into(&dir, &sim)?;
+            let sequences = 3
+                * (sim.setup.train.len() + sim.setup.evals.iter().map(|e| e.len()).sum::<usize>());
+            let tokens =
+                rmflow::lm::LAST_EXTRACTION_TOKENS.load(std::sync::atomic::Ordering::Relaxed);
+            dir.write_json(
+                "lm.json",
+                &serde_json::json!({
+                    "model": model.display().to_string(),
+                    "answer_tokens": answers,
+                    "sequences_encoded": sequences,
+                    "tokens_encoded": tokens,
+                    "seconds": {"load": (t1 - t0).as_secs_f64(), "extract": (t2 - t1).as_secs_f64(), "train_head_only": (t3 - t2).as_secs_f64()},
+                }),
+            )?;
+            let written = dir.commit()?;
+            println!("answer tokens (word → id): {:?}", answers);
+            println!(
+                "load {:.1} s, extraction {:.1} s for {sequences} sequences, {tokens} tokens ({:.0} tokens/s), head-only training {:.1} s",
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
+                tokens as f64 / (t2 - t1).as_secs_f64(),
+                (t3 - t2).as_secs_f64()
+            );
+            let finals: Vec<&Observation> = sim
+                .runs()
+                .iter()
+                .map(|r| r.trajectory.last().expect("observed"))
+                .collect();
+            print_accuracy_table(&finals, sim.config.eval.tie_tolerance);
+            println!("wrote {}", written.display());
             Ok(())
         }
         Command::DefaultConfig => {

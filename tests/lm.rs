@@ -1,0 +1,116 @@
+//! Real-model mode on all-MiniLM-L6-v2 (feature `lm`; needs `scripts/fetch-model.sh` first).
+#![cfg(feature = "lm")]
+
+use std::path::Path;
+use std::process::Command;
+
+const MODEL: &str = "models/all-MiniLM-L6-v2";
+
+fn model_dir() -> &'static Path {
+    let p = Path::new(MODEL);
+    assert!(
+        p.join("model.safetensors").is_file(),
+        "{MODEL} is missing: run scripts/fetch-model.sh first"
+    );
+    p
+}
+
+/// Theorem 2 on real representations (body frozen, head-only): the IM-RM ties on every unseen
+/// answer pair (tie-aware accuracy exactly ½, unseen rows untouched), the EX-RM does not.
+#[test]
+fn head_only_real_model_reproduces_theorem2() {
+    let out = std::env::temp_dir().join(format!("rmflow-lm-{}", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_rmflow"))
+        .args([
+            "lm",
+            "--model",
+            model_dir().to_str().unwrap(),
+            "--config",
+            "experiments/persona.toml",
+            "--out",
+            out.to_str().unwrap(),
+            "--force",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    let split = |model: &str, name: &str| -> serde_json::Value {
+        summary[model]["final"]["splits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["split"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        split("imrm", "unseen")["tie_aware_accuracy"]
+            .as_f64()
+            .unwrap(),
+        0.5
+    );
+    assert_eq!(
+        summary["imrm"]["final"]["unseen_row_drift"]
+            .as_f64()
+            .unwrap(),
+        0.0
+    );
+    assert!(
+        split("exrm", "unseen")["tie_aware_accuracy"]
+            .as_f64()
+            .unwrap()
+            > 0.5
+    );
+    assert_eq!(
+        split("imrm", "train")["strict_accuracy"].as_f64().unwrap(),
+        1.0
+    );
+    let setup: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("setup.json")).unwrap()).unwrap();
+    assert_eq!(setup["vocab_size"], 30522);
+    assert_eq!(setup["dim"], 384);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn bad_answer_words_and_missing_models_are_named() {
+    let dir = std::env::temp_dir().join(format!("rmflow-lm-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string("experiments/persona.toml")
+        .unwrap()
+        .replace(
+            r#"unseen_rejected = ["nope", "hardly"]"#,
+            r#"unseen_rejected = ["nope", "unhelpfulness"]"#,
+        );
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let run = |model: &str, config: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_rmflow"))
+            .args([
+                "lm",
+                "--model",
+                model,
+                "--config",
+                config.to_str().unwrap(),
+                "--out",
+                dir.join("out").to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = run(model_dir().to_str().unwrap(), &cfg);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("\"unhelpfulness\" is not a single token"),
+        "{err}"
+    );
+    let o = run("/no/such/model", Path::new("experiments/persona.toml"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("missing config.json"),
+        "{err}"
+    );
+    assert!(!dir.join("out").exists());
+}
