@@ -97,13 +97,14 @@ fn rho(c: &mut Criterion) {
     config.setup.eval_pairs = 100;
     config.train.imrm_gradient = GradientPath::Full;
     let setup = Setup::generate(&config);
-    let train = rmflow::dynamics::ResponsePrefixes::new(&setup.train);
+    let side = rmflow::dynamics::TrainingSide::new(&setup.train);
+    let train = &side.prefixes;
     let eval = rmflow::dynamics::ResponsePrefixes::new(&setup.evals[0]);
     let u = setup.unembedding_init.view();
     let mut group = c.benchmark_group("rho");
     group.sample_size(10);
     group.bench_function("token_overlap_K8_V1000_D64_100x200", |b| {
-        b.iter(|| rmflow::dynamics::token_overlap(black_box(u), &eval, &train))
+        b.iter(|| rmflow::dynamics::token_overlap(black_box(u), &eval, train))
     });
     let c_im = vec![1.0 / 200.0; 200];
     let c_ex = c_im.clone();
@@ -112,8 +113,8 @@ fn rho(c: &mut Criterion) {
             rmflow::dynamics::split_dynamics(
                 black_box(u),
                 &setup.evals[0],
-                &setup.train,
-                &train,
+                &eval,
+                &side,
                 &c_im,
                 &c_ex,
                 1.0,

@@ -280,22 +280,39 @@ pub struct SplitDynamics {
     pub summary: DynamicsSummary,
 }
 
-/// `ρ` and velocities on `eval` given the IM-RM state `U` with its flow weights `c_im`, and the
+/// What the decomposition needs of the training set, computed once per run: its response
+/// prefixes and the EX-RM features `z_i`.
+#[derive(Debug, Clone)]
+pub struct TrainingSide {
+    pub prefixes: ResponsePrefixes,
+    pub features: Array2<f64>,
+}
+
+impl TrainingSide {
+    pub fn new(train: &PairSet) -> TrainingSide {
+        TrainingSide {
+            prefixes: ResponsePrefixes::new(train),
+            features: train.hidden_differences(),
+        }
+    }
+}
+
+/// `ρ` and velocities on `eval` (with its prefixes `ep`) given the IM-RM state `U` with its flow weights `c_im`, and the
 /// EX-RM flow weights `c_ex` (both from the training margins at the same time).
 pub fn split_dynamics(
     u: ArrayView2<f64>,
     eval: &PairSet,
-    train: &PairSet,
-    train_prefixes: &ResponsePrefixes,
+    ep: &ResponsePrefixes,
+    train: &TrainingSide,
     c_im: &[f64],
     c_ex: &[f64],
     beta: f64,
 ) -> SplitDynamics {
-    let ep = ResponsePrefixes::new(eval);
-    let rho = token_overlap(u, &ep, train_prefixes);
+    let train_prefixes = &train.prefixes;
+    let rho = token_overlap(u, ep, train_prefixes);
     let (imrm_response, imrm_response_identity) =
-        imrm_velocity(&rho, &ep, train_prefixes, c_im, beta);
-    let exrm_response = exrm_velocity(eval, &train.hidden_differences(), c_ex);
+        imrm_velocity(&rho, ep, train_prefixes, c_im, beta);
+    let exrm_response = exrm_velocity(eval, &train.features, c_ex);
     let (mut same, mut diff) = (Vec::new(), Vec::new());
     for ((r, c), &v) in rho.indexed_iter() {
         if ep.tokens[r] == train_prefixes.tokens[c] {
@@ -432,7 +449,9 @@ pub fn run(
         beta,
         crate::config::GradientPath::Full,
     );
-    let train_prefixes = ResponsePrefixes::new(&setup.train);
+    let train_side = TrainingSide::new(&setup.train);
+    let eval_prefixes: Vec<ResponsePrefixes> =
+        setup.evals.iter().map(ResponsePrefixes::new).collect();
     let (v, d) = (setup.vocab_size(), setup.dim());
     let mut tracked = Vec::new();
     let mut snapshots = Vec::new();
@@ -450,17 +469,8 @@ pub fn run(
             let splits: Vec<SplitDynamics> = setup
                 .evals
                 .iter()
-                .map(|e| {
-                    split_dynamics(
-                        u,
-                        e,
-                        &setup.train,
-                        &train_prefixes,
-                        &c_im,
-                        &c_ex_at[index],
-                        beta,
-                    )
-                })
+                .zip(&eval_prefixes)
+                .map(|(e, ep)| split_dynamics(u, e, ep, &train_side, &c_im, &c_ex_at[index], beta))
                 .collect();
             tracked.push((o.t, splits.iter().map(|s| s.summary.clone()).collect()));
             if snap.contains(&index) {
@@ -550,7 +560,8 @@ pub fn dynamics_checks(
     let u = ArrayView2::from_shape((v, d), theta_im.as_slice())?;
     let c_im = flow_weights(&margins(&im, &theta_im));
     let c_ex = flow_weights(&margins(&ex, &theta_ex));
-    let train_prefixes = ResponsePrefixes::new(&setup.train);
+    let train_side = TrainingSide::new(&setup.train);
+    let train_prefixes = &train_side.prefixes;
     let seen = setup
         .evals
         .iter()
@@ -561,11 +572,19 @@ pub fn dynamics_checks(
         .iter()
         .find(|e| e.name == "unseen")
         .expect("unseen split");
-    let dyn_seen = split_dynamics(u, seen, &setup.train, &train_prefixes, &c_im, &c_ex, beta);
-    let dyn_unseen = split_dynamics(u, unseen, &setup.train, &train_prefixes, &c_im, &c_ex, beta);
+    let ep = ResponsePrefixes::new(seen);
+    let dyn_seen = split_dynamics(u, seen, &ep, &train_side, &c_im, &c_ex, beta);
+    let dyn_unseen = split_dynamics(
+        u,
+        unseen,
+        &ResponsePrefixes::new(unseen),
+        &train_side,
+        &c_im,
+        &c_ex,
+        beta,
+    );
 
     // ρ: expanded vs explicit on a block, and the bound.
-    let ep = ResponsePrefixes::new(seen);
     let mut rho_identity_error = 0.0f64;
     for r in 0..ep.tokens.len().min(24) {
         for c in 0..train_prefixes.tokens.len().min(48) {

@@ -124,6 +124,14 @@ impl Drop for AtomicDir {
     }
 }
 
+/// Writes `text` to `path` through a temporary sibling and a rename (no partial file on error).
+pub fn write_text_atomically(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+}
+
 /// Token indices as `i64` for numpy: [n] when `K = 1`, else [n, K].
 fn write_tokens(dir: &AtomicDir, rel: &str, tokens: &ndarray::Array2<usize>) -> Result<()> {
     let t = tokens.mapv(|v| v as i64);

@@ -4,7 +4,7 @@
 
 use crate::config::{Config, GradientPath, Optimizer};
 use crate::observables::Observation;
-use crate::plotting::{render, write_atomically, Figure, Legend, Panel, PanelContent, Series};
+use crate::plotting::{render, Figure, Legend, Panel, PanelContent, Series};
 use crate::simulation::{max_margin_for, run_model, run_model_with, simulate, ModelKind};
 use crate::sweep::{run_sweep, SweepFile, SweepParameter, SweepRow, SweepSpec};
 use crate::synthetic::Setup;
@@ -23,7 +23,7 @@ pub struct FigureData {
 pub fn write(data: &FigureData, dir: &Path, name: &str) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     render(&data.figure, &dir.join(name))?;
-    write_atomically(&dir.join(format!("{name}.csv")), &data.csv)
+    crate::export::write_text_atomically(&dir.join(format!("{name}.csv")), &data.csv)
 }
 
 /// What every `examples/NAME.rs` does: build the figure, write it to `figures/`, report the time.

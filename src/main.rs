@@ -181,14 +181,6 @@ fn simulate(config: Config, out: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// Writes `text` to `path` through a temporary sibling and a rename.
-fn write_file_atomically(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
-}
-
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Simulate {
@@ -235,7 +227,10 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", rmflow::verify::render(&report));
             eprintln!("verified in {:.2} s", t0.elapsed().as_secs_f64());
             if let Some(path) = json {
-                write_file_atomically(&path, &(serde_json::to_string_pretty(&report)? + "\n"))?;
+                rmflow::export::write_text_atomically(
+                    &path,
+                    &(serde_json::to_string_pretty(&report)? + "\n"),
+                )?;
             }
             if !report.passed() {
                 anyhow::bail!("Theorem 2 verification failed (see the FAIL rows above)");
@@ -308,8 +303,8 @@ fn run(cli: Cli) -> Result<()> {
                 config.display(),
                 toml::to_string(&file)?
             );
-            write_file_atomically(&out.with_extension("toml"), &meta)?;
-            write_file_atomically(&out, &rmflow::sweep::sweep_csv(&rows))?;
+            rmflow::export::write_text_atomically(&out.with_extension("toml"), &meta)?;
+            rmflow::export::write_text_atomically(&out, &rmflow::sweep::sweep_csv(&rows))?;
             println!(
                 "wrote {} and {}",
                 out.display(),

@@ -399,11 +399,3 @@ pub fn render(fig: &Figure, stem: &Path) -> Result<(PathBuf, PathBuf)> {
     }
     result.map(|_| (png, svg))
 }
-
-/// Writes `text` to `path` through a temporary sibling and a rename.
-pub fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp-write");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
-}
