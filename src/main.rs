@@ -87,11 +87,13 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Real-model mode (MATH.md §6, feature `lm`): Theorem 2's setting on a pretrained BERT's
-    /// frozen representations (head-only training), exported in simulate's layout.
+    /// Real-model mode (MATH.md §6, feature `lm`): Theorem 2's setting on a pretrained
+    /// transformer's frozen representations (head-only, exported in simulate's layout), and with
+    /// `--mode full` full fine-tuning of the whole model for both reward types (in `full/`).
     #[cfg(feature = "lm")]
     Lm {
-        /// Model folder with config.json, model.safetensors, tokenizer.json (scripts/fetch-model.sh).
+        /// Hugging Face folder with config.json (model_type bert, llama or gpt2), *.safetensors and
+        /// tokenizer.json (all-MiniLM-L6-v2: scripts/fetch-model.sh).
         #[arg(long)]
         model: PathBuf,
         /// Real-model config (experiments/persona.toml).
@@ -103,6 +105,10 @@ enum Command {
         /// Where the transformer runs: cpu, or cuda (needs --features cuda).
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// head: body frozen, head/unembedding trained by the engine's flow (Theorem 2);
+        /// full: also fine-tune the whole model with AdamW (`[finetune]`), both written.
+        #[arg(long, default_value = "head", value_parser = ["head", "full"])]
+        mode: String,
         /// Replace --out if it exists.
         #[arg(long)]
         force: bool,
@@ -318,6 +324,7 @@ fn run(cli: Cli) -> Result<()> {
             config,
             out,
             device,
+            mode,
             force,
         } => {
             let device = match device.as_str() {
@@ -326,46 +333,7 @@ fn run(cli: Cli) -> Result<()> {
                 other => anyhow::bail!("--device must be cpu or cuda, got {other:?}"),
             };
             let file = rmflow::lm::LmFile::from_file(&config)?;
-            let t0 = std::time::Instant::now();
-            let enc = rmflow::lm::Encoder::load(&model, device)?;
-            let t1 = std::time::Instant::now();
-            let (setup, answers) = rmflow::lm::build_setup(&file, &enc)?;
-            let t2 = std::time::Instant::now();
-            let sim = rmflow::lm::run_head_only(&file, setup)?;
-            let t3 = std::time::Instant::now();
-            let dir = rmflow::export::AtomicDir::create(&out, force)?;
-            rmflow::export::write_simulation_into(&dir, &sim)?;
-            let sequences = 3
-                * (sim.setup.train.len() + sim.setup.evals.iter().map(|e| e.len()).sum::<usize>());
-            let tokens =
-                rmflow::lm::LAST_EXTRACTION_TOKENS.load(std::sync::atomic::Ordering::Relaxed);
-            dir.write_json(
-                "lm.json",
-                &serde_json::json!({
-                    "model": model.display().to_string(),
-                    "answer_tokens": answers,
-                    "sequences_encoded": sequences,
-                    "tokens_encoded": tokens,
-                    "seconds": {"load": (t1 - t0).as_secs_f64(), "extract": (t2 - t1).as_secs_f64(), "train_head_only": (t3 - t2).as_secs_f64()},
-                }),
-            )?;
-            let written = dir.commit()?;
-            println!("answer tokens (word → id): {:?}", answers);
-            println!(
-                "load {:.1} s, extraction {:.1} s for {sequences} sequences, {tokens} tokens ({:.0} tokens/s), head-only training {:.1} s",
-                (t1 - t0).as_secs_f64(),
-                (t2 - t1).as_secs_f64(),
-                tokens as f64 / (t2 - t1).as_secs_f64(),
-                (t3 - t2).as_secs_f64()
-            );
-            let finals: Vec<&Observation> = sim
-                .runs()
-                .iter()
-                .map(|r| r.trajectory.last().expect("observed"))
-                .collect();
-            print_accuracy_table(&finals, sim.config.eval.tie_tolerance);
-            println!("wrote {}", written.display());
-            Ok(())
+            run_lm(&model, &file, &config, &out, device, &mode, force)
         }
         Command::DefaultConfig => {
             print!("{}", rmflow::config::DEFAULT_CONFIG_TOML);
@@ -382,4 +350,114 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+#[cfg(feature = "lm")]
+fn run_lm(
+    model: &std::path::Path,
+    file: &rmflow::lm::LmFile,
+    config: &std::path::Path,
+    out: &std::path::Path,
+    device: candle_core::Device,
+    mode: &str,
+    force: bool,
+) -> Result<()> {
+    use rmflow::lm::finetune::{finetune, FullRun};
+    use rmflow::simulation::ModelKind;
+    let dir = rmflow::export::AtomicDir::create(out, force)?;
+    let t0 = std::time::Instant::now();
+    let lm = rmflow::lm::LanguageModel::load(model, &device, rmflow::lm::Forward::Reference)?;
+    let arch = lm.arch;
+    let t1 = std::time::Instant::now();
+    let problem = rmflow::lm::build_setup(file, &lm)?;
+    let t2 = std::time::Instant::now();
+    let (answers, sequences) = (problem.answers, problem.sequences);
+    let sim = rmflow::lm::run_head_only(file, problem.setup)?;
+    let t3 = std::time::Instant::now();
+    drop(lm);
+    rmflow::export::write_simulation_into(&dir, &sim)?;
+    let sequences_encoded = 3 * sequences.iter().map(|q| q.len()).sum::<usize>();
+    let tokens = rmflow::lm::LAST_EXTRACTION_TOKENS.load(std::sync::atomic::Ordering::Relaxed);
+    println!("answer tokens (word → id): {answers:?}");
+    println!(
+        "load {:.1} s, extraction {:.1} s for {sequences_encoded} sequences, {tokens} tokens ({:.0} tokens/s), head-only training {:.1} s",
+        (t1 - t0).as_secs_f64(),
+        (t2 - t1).as_secs_f64(),
+        tokens as f64 / (t2 - t1).as_secs_f64(),
+        (t3 - t2).as_secs_f64()
+    );
+    let finals: Vec<&Observation> = sim
+        .runs()
+        .iter()
+        .map(|r| r.trajectory.last().expect("observed"))
+        .collect();
+    println!("head-only (body frozen, Theorem 2):");
+    print_accuracy_table(&finals, sim.config.eval.tie_tolerance);
+    let mut full: Vec<FullRun> = Vec::new();
+    if mode == "full" {
+        for kind in [ModelKind::Explicit, ModelKind::Implicit] {
+            let bar = progress_bar(file.finetune.steps as u64);
+            bar.set_message(format!("full fine-tuning {}", kind.label()));
+            let run = finetune(
+                kind,
+                model,
+                &device,
+                &sequences,
+                &file.finetune,
+                file.lm.beta,
+                file.lm.batch_size,
+                file.seed,
+                file.eval.tie_tolerance,
+                &mut |r| {
+                    bar.set_message(format!(
+                        "full fine-tuning {}: loss {:.4}",
+                        kind.label(),
+                        r.loss
+                    ));
+                    bar.inc(1);
+                },
+            )?;
+            bar.finish_and_clear();
+            rmflow::lm::export::write_full_run(&dir, &run)?;
+            full.push(run);
+        }
+        println!(
+            "full fine-tuning ({} AdamW steps, lr {}):",
+            file.finetune.steps, file.finetune.lr
+        );
+        println!("{}", rmflow::lm::export::full_table(&full));
+    }
+    let text = std::fs::read_to_string(config)?;
+    dir.write_text(
+        "lm_config.toml",
+        &format!(
+            "# rmflow {} real-model config ({})\n{}",
+            rmflow::export::RMFLOW_VERSION,
+            config.display(),
+            text
+        ),
+    )?;
+    dir.write_json(
+        "lm.json",
+        &serde_json::json!({
+            "rmflow_version": rmflow::export::RMFLOW_VERSION,
+            "model": model.display().to_string(),
+            "architecture": arch,
+            "device": format!("{device:?}"),
+            "mode": mode,
+            "answer_tokens": answers,
+            "sequences_encoded": sequences_encoded,
+            "tokens_encoded": tokens,
+            "seconds": {
+                "load": (t1 - t0).as_secs_f64(),
+                "extract": (t2 - t1).as_secs_f64(),
+                "train_head_only": (t3 - t2).as_secs_f64(),
+                "full_finetune": full.iter().map(|r| (r.kind.name(), r.seconds)).collect::<std::collections::BTreeMap<_, _>>(),
+            },
+            "full": full.iter().map(rmflow::lm::export::full_summary).collect::<Vec<_>>(),
+        }),
+    )?;
+    let written = dir.commit()?;
+    println!("wrote {}", written.display());
+    Ok(())
 }

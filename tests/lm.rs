@@ -114,3 +114,73 @@ fn bad_answer_words_and_missing_models_are_named() {
     );
     assert!(!dir.join("out").exists());
 }
+
+/// candle-transformers' BERT and the differentiable re-implementation used for full fine-tuning
+/// give the same hidden states on the real checkpoint (f32; bound 1e-4 relative to max |h|).
+#[test]
+fn differentiable_bert_matches_candle_transformers_on_minilm() {
+    use rmflow::lm::{Device, Forward, LanguageModel};
+    let a = LanguageModel::load(model_dir(), &Device::Cpu, Forward::Reference).unwrap();
+    let b = LanguageModel::load(model_dir(), &Device::Cpu, Forward::Differentiable).unwrap();
+    let mut seqs = Vec::new();
+    let mut pos = Vec::new();
+    for s in [
+        "Is the following statement something you would say? \"I like to help.\" Answer:",
+        "Would you agree with this: \"Being kind to strangers matters to me, even when it costs me time.\" Reply:",
+    ] {
+        let (ids, p) = a.prompt_ids(s).unwrap();
+        let (with, q) = a.with_answer(&ids, p, a.answer_token("certainly").unwrap());
+        seqs.extend([ids, with]);
+        pos.extend([p, q]);
+    }
+    let (ha, hb) = (
+        a.hidden_at(&seqs, &pos, 4).unwrap(),
+        b.hidden_at(&seqs, &pos, 4).unwrap(),
+    );
+    let gap = (&ha - &hb).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let scale = ha.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    eprintln!("max |Δh| = {gap:e} (max |h| = {scale:.3})");
+    assert!(gap <= 1e-4 * scale, "max |Δh| = {gap:e}");
+}
+
+/// Full fine-tuning of the real model (2 AdamW steps on 8 pairs): every parameter tensor gets a
+/// gradient (none cut off by a fused kernel), the unseen answer rows of `U` stay put.
+#[test]
+fn full_fine_tuning_of_minilm_trains_every_parameter() {
+    let dir = std::env::temp_dir().join(format!("rmflow-lm-full-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = std::fs::read_to_string("experiments/persona.toml")
+        .unwrap()
+        .replace("[eval]", "[finetune]\nsteps = 2\nbatch_pairs = 8\n\n[eval]");
+    let cfg = dir.join("full.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let out = dir.join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_rmflow"))
+        .args(["lm", "--mode", "full", "--model"])
+        .arg(model_dir())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for m in ["exrm", "imrm"] {
+        let s: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(out.join(format!("full/{m}/summary.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s["steps"], 2);
+        assert_eq!(
+            s["unchanged_parameters"].as_array().unwrap().len(),
+            0,
+            "{m}: {}",
+            s["unchanged_parameters"]
+        );
+    }
+    let im: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("full/imrm/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(im["unseen_row_drift"], 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

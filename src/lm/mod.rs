@@ -1,5 +1,6 @@
 //! Real-model mode (MATH.md §6), behind the `lm` feature: Theorem 2's setting on the frozen
-//! representations of a pretrained BERT-family model (candle), trained with the engine's own flows.
+//! representations of a pretrained transformer (BERT, Llama, GPT-2 via candle), trained with the
+//! engine's own flows (head-only), and full fine-tuning of the whole model ([`finetune`]).
 //!
 //! The response token fills a `[MASK]` slot after the prompt and a response prefix. IM-RM:
 //! `π(y|x) = softmax(E h_mask(x))_y` with the word-embedding matrix `E` as the (tied, trainable)
@@ -11,16 +12,21 @@ use crate::config::{Config, SetupConfig, UnembeddingInit};
 use crate::simulation::{max_margin_for, run_model, ModelKind, Simulation};
 use crate::synthetic::{PairSet, RecurrentMap, Setup, TokenLabel, Vocabulary};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use ndarray::{Array1, Array2, Array3};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tokenizers::Tokenizer;
+
+pub mod export;
+pub mod finetune;
+pub mod model;
+pub mod nets;
+pub mod tiny;
+
+pub use candle_core::Device;
+pub use model::{Architecture, Forward, LanguageModel};
 
 /// `[lm]` table of a real-model config (`experiments/persona.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +65,9 @@ pub struct LmFile {
     pub train: crate::config::TrainConfig,
     #[serde(default)]
     pub eval: crate::config::EvalConfig,
+    /// Full fine-tuning (`rmflow lm --mode full`).
+    #[serde(default)]
+    pub finetune: finetune::FinetuneSpec,
 }
 
 impl LmFile {
@@ -77,6 +86,17 @@ impl LmFile {
         if s.group_size == 0 || s.batch_size == 0 || s.prefixes.is_empty() {
             bail!("invalid real-model config {}: `lm.group_size`, `lm.batch_size` must be ≥ 1 and `lm.prefixes` non-empty", path.display());
         }
+        let ft = &f.finetune;
+        let ok = ft.lr > 0.0 && ft.lr.is_finite() && ft.weight_decay >= 0.0 && ft.steps > 0;
+        if !ok {
+            bail!("invalid real-model config {}: `finetune.lr` must be > 0, `finetune.weight_decay` ≥ 0 and `finetune.steps` ≥ 1", path.display());
+        }
+        if !(s.beta > 0.0 && s.beta.is_finite()) {
+            bail!(
+                "invalid real-model config {}: field `lm.beta` must be > 0",
+                path.display()
+            );
+        }
         for (field, words) in [
             ("lm.train_chosen", &s.train_chosen),
             ("lm.train_rejected", &s.train_rejected),
@@ -94,158 +114,9 @@ impl LmFile {
     }
 }
 
-/// A loaded encoder: BERT body, word embeddings `E` [V, D] and tokenizer.
-pub struct Encoder {
-    pub model: BertModel,
-    pub word_embeddings: Array2<f64>,
-    pub tokenizer: Tokenizer,
-    pub mask_id: u32,
-    pub device: Device,
-}
-
-impl Encoder {
-    /// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`.
-    pub fn load(dir: &Path, device: Device) -> Result<Encoder> {
-        let file = |name: &str| -> Result<PathBuf> {
-            let p = dir.join(name);
-            if !p.is_file() {
-                bail!(
-                    "model folder {}: missing {name} (fetch it with scripts/fetch-model.sh)",
-                    dir.display()
-                );
-            }
-            Ok(p)
-        };
-        let (cfg_path, weights, tok_path) = (
-            file("config.json")?,
-            file("model.safetensors")?,
-            file("tokenizer.json")?,
-        );
-        let config: BertConfig = serde_json::from_str(&std::fs::read_to_string(&cfg_path)?)
-            .with_context(|| format!("{}: not a BERT config", cfg_path.display()))?;
-        // SAFETY: the file is memory-mapped read-only for the lifetime of the loaded tensors.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
-            .with_context(|| format!("cannot load {}", weights.display()))?;
-        let model = BertModel::load(vb.clone(), &config).with_context(|| {
-            format!(
-                "{}: weights do not match a BERT model of {}",
-                weights.display(),
-                cfg_path.display()
-            )
-        })?;
-        let e = [
-            "embeddings.word_embeddings.weight",
-            "bert.embeddings.word_embeddings.weight",
-        ]
-        .iter()
-        .find_map(|n| vb.get((config.vocab_size, config.hidden_size), n).ok())
-        .with_context(|| {
-            format!(
-                "{}: no word-embedding matrix [{}, {}]",
-                weights.display(),
-                config.vocab_size,
-                config.hidden_size
-            )
-        })?;
-        let e: Vec<f32> = e.flatten_all()?.to_vec1()?;
-        let word_embeddings = Array2::from_shape_vec(
-            (config.vocab_size, config.hidden_size),
-            e.into_iter().map(f64::from).collect(),
-        )?;
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
-        // Sentence-transformers ship fixed-length padding; sequences are padded per batch here.
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
-        let mask_id = tokenizer
-            .token_to_id("[MASK]")
-            .with_context(|| format!("{}: no [MASK] token", tok_path.display()))?;
-        if tokenizer.get_vocab_size(true) != config.vocab_size {
-            bail!(
-                "{} has {} tokens but {} declares vocab_size = {}: tokenizer and weights do not match",
-                tok_path.display(),
-                tokenizer.get_vocab_size(true),
-                cfg_path.display(),
-                config.vocab_size
-            );
-        }
-        Ok(Encoder {
-            model,
-            word_embeddings,
-            tokenizer,
-            mask_id,
-            device,
-        })
-    }
-
-    /// The single token id of `word`, or an error naming it.
-    pub fn single_token(&self, word: &str) -> Result<u32> {
-        let enc = self
-            .tokenizer
-            .encode(word, false)
-            .map_err(|e| anyhow::anyhow!("tokenizing {word:?}: {e}"))?;
-        match enc.get_ids() {
-            [id] => Ok(*id),
-            ids => bail!(
-                "answer word {word:?} is not a single token (it splits into {:?})",
-                enc.get_tokens().iter().zip(ids).collect::<Vec<_>>()
-            ),
-        }
-    }
-
-    /// Final hidden states at position `pos[i]` of each id sequence, in batches of `batch`.
-    pub fn hidden_at(&self, seqs: &[Vec<u32>], pos: &[usize], batch: usize) -> Result<Array2<f64>> {
-        let d = self.word_embeddings.ncols();
-        let mut out = Array2::zeros((seqs.len(), d));
-        LAST_EXTRACTION_TOKENS.fetch_add(
-            seqs.iter().map(Vec::len).sum(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        for (b, chunk) in seqs.chunks(batch).enumerate() {
-            let len = chunk.iter().map(Vec::len).max().unwrap_or(1);
-            let mut ids = vec![0u32; chunk.len() * len];
-            let mut mask = vec![0u32; chunk.len() * len];
-            for (r, s) in chunk.iter().enumerate() {
-                ids[r * len..r * len + s.len()].copy_from_slice(s);
-                mask[r * len..r * len + s.len()]
-                    .iter_mut()
-                    .for_each(|m| *m = 1);
-            }
-            let ids = Tensor::from_vec(ids, (chunk.len(), len), &self.device)?;
-            let mask = Tensor::from_vec(mask, (chunk.len(), len), &self.device)?;
-            let types = ids.zeros_like()?;
-            let h = self.model.forward(&ids, &types, Some(&mask))?; // [B, L, D]
-            let h: Vec<Vec<Vec<f32>>> = h.to_dtype(DType::F32)?.to_vec3()?;
-            for (r, row) in h.iter().enumerate() {
-                let i = b * batch + r;
-                out.row_mut(i).assign(&Array1::from_iter(
-                    row[pos[i]].iter().map(|&v| f64::from(v)),
-                ));
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// Non-padding tokens encoded by the last extraction (reported as tokens/s by `rmflow lm`).
+/// Non-padding tokens encoded by extractions so far (reported as tokens/s by `rmflow lm`).
 pub static LAST_EXTRACTION_TOKENS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
-
-/// Token ids of `text` with `[CLS] … [SEP]`, and the index of the `[MASK]` slot.
-fn encode_with_mask(enc: &Encoder, text: &str) -> Result<(Vec<u32>, usize)> {
-    let e = enc
-        .tokenizer
-        .encode(text, true)
-        .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
-    let ids = e.get_ids().to_vec();
-    let pos = ids
-        .iter()
-        .position(|&t| t == enc.mask_id)
-        .with_context(|| format!("no [MASK] slot in {text:?}"))?;
-    Ok((ids, pos))
-}
 
 fn read_statements(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
@@ -271,13 +142,48 @@ pub struct AnswerTokens {
     pub unseen_rejected: Vec<(String, u32)>,
 }
 
-/// Builds the synthetic-free [`Setup`] of Theorem 2 on the encoder's representations.
-pub fn build_setup(file: &LmFile, enc: &Encoder) -> Result<(Setup, AnswerTokens)> {
+/// One split's token sequences: per pair the prompt (with the position `π(·|x)` is read at)
+/// and the two responses `prompt + y±` (with the position of `y±`).
+#[derive(Debug, Clone)]
+pub struct SplitSequences {
+    pub name: String,
+    pub prompts: Vec<Vec<u32>>,
+    pub prompt_pos: Vec<usize>,
+    pub chosen: Vec<Vec<u32>>,
+    pub chosen_pos: Vec<usize>,
+    pub rejected: Vec<Vec<u32>>,
+    pub rejected_pos: Vec<usize>,
+    pub chosen_token: Vec<u32>,
+    pub rejected_token: Vec<u32>,
+}
+
+impl SplitSequences {
+    pub fn len(&self) -> usize {
+        self.prompts.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.prompts.is_empty()
+    }
+}
+
+/// Theorem 2's problem on a real model: the engine's [`Setup`] (representations extracted once)
+/// and the token sequences behind it (train first, then the eval splits, in `setup`'s order).
+pub struct RealProblem {
+    pub setup: Setup,
+    pub answers: AnswerTokens,
+    pub sequences: Vec<SplitSequences>,
+}
+
+/// The pairs of every split as token sequences (seeded draw of prefixes and answers).
+pub fn split_sequences(
+    file: &LmFile,
+    lm: &LanguageModel,
+) -> Result<(AnswerTokens, Vec<SplitSequences>)> {
     let s = &file.lm;
     let ids = |words: &[String]| -> Result<Vec<(String, u32)>> {
         words
             .iter()
-            .map(|w| Ok((w.clone(), enc.single_token(w)?)))
+            .map(|w| Ok((w.clone(), lm.answer_token(w)?)))
             .collect()
     };
     let answers = AnswerTokens {
@@ -289,6 +195,14 @@ pub fn build_setup(file: &LmFile, enc: &Encoder) -> Result<(Setup, AnswerTokens)
     let statements = read_statements(&s.statements)?;
     let mut rng = ChaCha8Rng::seed_from_u64(file.seed);
     let groups = statements.len().div_ceil(s.group_size);
+    if groups < 2 {
+        bail!(
+            "statements file {} has {} statements: with lm.group_size = {} that is {groups} group, need ≥ 2 for a train/eval split",
+            s.statements.display(),
+            statements.len(),
+            s.group_size
+        );
+    }
     let mut order: Vec<usize> = (0..groups).collect();
     order.shuffle(&mut rng);
     let n_train = ((groups as f64 * s.train_fraction).round() as usize).clamp(1, groups - 1);
@@ -299,64 +213,54 @@ pub fn build_setup(file: &LmFile, enc: &Encoder) -> Result<(Setup, AnswerTokens)
     };
     let (train_statements, eval_statements) =
         (members(&order[..n_train]), members(&order[n_train..]));
-
     let make = |name: &str,
                 stmts: &[&String],
                 question: &str,
                 good: &[(String, u32)],
                 bad: &[(String, u32)],
                 rng: &mut ChaCha8Rng|
-     -> Result<PairSet> {
-        let (mut seqs, mut pos, mut chosen, mut rejected) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+     -> Result<SplitSequences> {
+        let mut out = SplitSequences {
+            name: name.to_string(),
+            prompts: vec![],
+            prompt_pos: vec![],
+            chosen: vec![],
+            chosen_pos: vec![],
+            rejected: vec![],
+            rejected_pos: vec![],
+            chosen_token: vec![],
+            rejected_token: vec![],
+        };
         for st in stmts {
             let prefix = &s.prefixes[rng.random_range(0..s.prefixes.len())];
-            let text = format!("{} {prefix} [MASK]", question.replace("{statement}", st));
-            let (masked, p) = encode_with_mask(enc, &text)?;
+            let (prompt, p) =
+                lm.prompt_ids(&format!("{} {prefix}", question.replace("{statement}", st)))?;
             let (yp, ym) = (
                 good[rng.random_range(0..good.len())].1,
                 bad[rng.random_range(0..bad.len())].1,
             );
-            for y in [None, Some(yp), Some(ym)] {
-                let mut q = masked.clone();
-                if let Some(y) = y {
-                    q[p] = y;
-                }
-                seqs.push(q);
-                pos.push(p);
-            }
-            chosen.push(yp as usize);
-            rejected.push(ym as usize);
+            let (c, cp) = lm.with_answer(&prompt, p, yp);
+            let (r, rp) = lm.with_answer(&prompt, p, ym);
+            out.prompts.push(prompt);
+            out.prompt_pos.push(p);
+            out.chosen.push(c);
+            out.chosen_pos.push(cp);
+            out.rejected.push(r);
+            out.rejected_pos.push(rp);
+            out.chosen_token.push(yp);
+            out.rejected_token.push(ym);
         }
-        let h = enc.hidden_at(&seqs, &pos, s.batch_size)?;
-        let n = stmts.len();
-        let pick = |k: usize| Array2::from_shape_fn((n, h.ncols()), |(i, j)| h[[3 * i + k, j]]);
-        let prompt_hidden = pick(0);
-        let d = prompt_hidden.ncols();
-        Ok(PairSet {
-            name: name.to_string(),
-            chosen_prefix_hidden: Array3::from_shape_fn((n, 1, d), |(i, _, j)| {
-                prompt_hidden[[i, j]]
-            }),
-            rejected_prefix_hidden: Array3::from_shape_fn((n, 1, d), |(i, _, j)| {
-                prompt_hidden[[i, j]]
-            }),
-            prompt_hidden,
-            chosen_hidden: pick(1),
-            rejected_hidden: pick(2),
-            chosen_tokens: Array2::from_shape_vec((n, 1), chosen)?,
-            rejected_tokens: Array2::from_shape_vec((n, 1), rejected)?,
-        })
+        Ok(out)
     };
-    let train = make(
-        "train",
-        &train_statements,
-        &s.question,
-        &answers.train_chosen,
-        &answers.train_rejected,
-        &mut rng,
-    )?;
-    let evals = vec![
+    let seqs = vec![
+        make(
+            "train",
+            &train_statements,
+            &s.question,
+            &answers.train_chosen,
+            &answers.train_rejected,
+            &mut rng,
+        )?,
         make(
             "seen",
             &eval_statements,
@@ -382,7 +286,41 @@ pub fn build_setup(file: &LmFile, enc: &Encoder) -> Result<(Setup, AnswerTokens)
             &mut rng,
         )?,
     ];
-    let (v, d) = enc.word_embeddings.dim();
+    Ok((answers, seqs))
+}
+
+/// Hidden representations of one split's sequences: `h_x` at the prompt's read position,
+/// `h_{x,y±}` at the answer's position (MATH.md §6).
+pub fn extract_pairs(lm: &LanguageModel, seq: &SplitSequences, batch: usize) -> Result<PairSet> {
+    let prompt_hidden = lm.hidden_at(&seq.prompts, &seq.prompt_pos, batch)?;
+    let chosen_hidden = lm.hidden_at(&seq.chosen, &seq.chosen_pos, batch)?;
+    let rejected_hidden = lm.hidden_at(&seq.rejected, &seq.rejected_pos, batch)?;
+    let (n, d) = prompt_hidden.dim();
+    let prefix = Array3::from_shape_fn((n, 1, d), |(i, _, j)| prompt_hidden[[i, j]]);
+    let tokens = |t: &[u32]| Array2::from_shape_fn((n, 1), |(i, _)| t[i] as usize);
+    Ok(PairSet {
+        name: seq.name.clone(),
+        chosen_prefix_hidden: prefix.clone(),
+        rejected_prefix_hidden: prefix,
+        prompt_hidden,
+        chosen_hidden,
+        rejected_hidden,
+        chosen_tokens: tokens(&seq.chosen_token),
+        rejected_tokens: tokens(&seq.rejected_token),
+    })
+}
+
+/// Builds Theorem 2's [`Setup`] on the model's representations (body frozen).
+pub fn build_setup(file: &LmFile, lm: &LanguageModel) -> Result<RealProblem> {
+    let (answers, sequences) = split_sequences(file, lm)?;
+    let mut sets = sequences
+        .iter()
+        .map(|q| extract_pairs(lm, q, file.lm.batch_size))
+        .collect::<Result<Vec<_>>>()?;
+    let train = sets.remove(0);
+    let evals = sets;
+    let unembedding = lm.unembedding_f64()?;
+    let (v, d) = unembedding.dim();
     let mut labels = vec![TokenLabel::Filler; v];
     let tok = |a: &[(String, u32)]| a.iter().map(|x| x.1 as usize).collect::<Vec<_>>();
     for &t in tok(&answers.train_chosen)
@@ -404,20 +342,20 @@ pub fn build_setup(file: &LmFile, enc: &Encoder) -> Result<(Setup, AnswerTokens)
         bad_seen: tok(&answers.train_rejected),
         bad_unseen: tok(&answers.unseen_rejected),
     };
+    let answer_count = vocab.good_seen.len()
+        + vocab.good_unseen.len()
+        + vocab.bad_seen.len()
+        + vocab.bad_unseen.len();
     let config = SetupConfig {
         dim: d,
         good_seen: vocab.good_seen.len(),
         good_unseen: vocab.good_unseen.len(),
         bad_seen: vocab.bad_seen.len(),
         bad_unseen: vocab.bad_unseen.len(),
-        filler_tokens: v
-            - vocab.good_seen.len()
-            - vocab.good_unseen.len()
-            - vocab.bad_seen.len()
-            - vocab.bad_unseen.len(),
+        filler_tokens: v.saturating_sub(answer_count),
         unembedding_init: UnembeddingInit::Tied,
         head_scale: 0.0,
-        beta: s.beta,
+        beta: file.lm.beta,
         train_pairs: train.len(),
         eval_pairs: evals[0].len(),
         ..SetupConfig::default()
@@ -431,18 +369,22 @@ pub fn build_setup(file: &LmFile, enc: &Encoder) -> Result<(Setup, AnswerTokens)
         // The synthetic-only fields are not used by real-model runs.
         quality_direction: zero.clone(),
         cluster_directions: [zero.clone(), zero],
-        embeddings: enc.word_embeddings.clone(),
+        embeddings: unembedding.clone(),
         recurrent: RecurrentMap {
             a: Array2::zeros((d, d)),
             b: Array2::zeros((d, d)),
         },
-        unembedding_init: enc.word_embeddings.clone(),
+        unembedding_init: unembedding,
         head_init: Array1::zeros(d),
         train,
         evals,
         seen_tokens,
     };
-    Ok((setup, answers))
+    Ok(RealProblem {
+        setup,
+        answers,
+        sequences,
+    })
 }
 
 /// Head-only training (body frozen): both reward models on the extracted representations.

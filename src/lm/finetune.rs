@@ -1,0 +1,374 @@
+//! Full fine-tuning (MATH.md §6, beyond Theorem 2): every parameter of the transformer, the
+//! unembedding `U` included, trained by AdamW on the same preference loss
+//! `L = mean softplus(−m)` (MATH.md §2) with candle autograd through [`super::nets`].
+//!
+//! EX-RM: `m = u·(h_{x,y⁺} − h_{x,y⁻})`, head `u(0) = 0`. IM-RM: `m = β[(ln π(y⁺|x) − ln π(y⁻|x)) −
+//! (ln π_ref(y⁺|x) − ln π_ref(y⁻|x))]` with `ln π = log_softmax(U h_x)` over the full vocabulary
+//! and `π_ref` the initial model. The representations move, so Theorem 2 no longer applies:
+//! with single-token answers the normaliser still cancels and the unseen rows of `U` get no
+//! gradient, but `m = β[(U_{y⁺}−U_{y⁻})·h_x(T) − (U_{y⁺}−U_{y⁻})(0)·h_x(0)]` changes with `h_x`.
+
+use super::{extract_pairs, Forward, LanguageModel, SplitSequences};
+use crate::observables::{split_metrics, SplitMetrics};
+use crate::simulation::ModelKind;
+use crate::synthetic::PairSet;
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use ndarray::{Array1, Array2};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// `[finetune]` table of a real-model config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneSpec {
+    /// AdamW steps.
+    pub steps: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay (AdamW); it shrinks every row of `U`, unseen ones included.
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Training pairs per step, drawn without replacement per epoch (0 = all pairs every step).
+    pub batch_pairs: usize,
+}
+
+impl Default for FinetuneSpec {
+    fn default() -> Self {
+        FinetuneSpec {
+            steps: 30,
+            lr: 2e-5,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            batch_pairs: 0,
+        }
+    }
+}
+
+/// One optimizer step: loss and strict accuracy of the batch before the update.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub step: usize,
+    pub loss: f64,
+    pub batch_strict_accuracy: f64,
+}
+
+/// How far a split's representations moved: `mean ‖h(T) − h(0)‖ / mean ‖h(0)‖`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepresentationShift {
+    pub split: String,
+    /// `h_x` (what the IM-RM reads).
+    pub prompt: f64,
+    /// `h_{x,y±}` (what the EX-RM reads).
+    pub response: f64,
+}
+
+/// A fully fine-tuned reward model, evaluated on re-extracted representations.
+pub struct FullRun {
+    pub kind: ModelKind,
+    pub history: Vec<StepRecord>,
+    /// Final margins' metrics per split (train first), strict and tie-aware.
+    pub splits: Vec<SplitMetrics>,
+    /// IM-RM: `max ‖U_z(T) − U_z(0)‖` over the unseen answer tokens `z`.
+    pub unseen_row_drift: Option<f64>,
+    pub shift: Vec<RepresentationShift>,
+    /// `‖θ(T) − θ(0)‖ / ‖θ(0)‖` over all transformer parameters.
+    pub relative_parameter_change: f64,
+    /// Final representations per split.
+    pub pairs: Vec<PairSet>,
+    /// EX-RM head `u(T)`.
+    pub head: Option<Array1<f64>>,
+    /// IM-RM answer tokens and their rows of `U(0)` and `U(T)`.
+    pub answer_rows: Option<(Vec<u32>, Array2<f64>, Array2<f64>)>,
+    pub parameters: usize,
+    /// Parameter tensors left bit-identical by training (a tensor cut off from the loss's
+    /// gradient shows up here; empty for a healthy run of ≥ 2 steps).
+    pub unchanged_parameters: Vec<String>,
+    pub seconds: f64,
+}
+
+fn flat(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .into_iter()
+        .map(f64::from)
+        .collect())
+}
+
+/// `softplus(−m)`, stable: `relu(−m) + ln(1 + e^{−|m|})`.
+fn softplus_neg(m: &Tensor) -> candle_core::Result<Tensor> {
+    m.neg()?.relu()? + (m.abs()?.neg()?.exp()? + 1.0)?.log()?
+}
+
+fn rows(u: &Tensor, ids: &[u32], device: &Device) -> Result<Tensor> {
+    Ok(u.index_select(&Tensor::new(ids, device)?, 0)?)
+}
+
+fn pick<T: Clone>(v: &[T], idx: &[usize]) -> Vec<T> {
+    idx.iter().map(|&i| v[i].clone()).collect()
+}
+
+/// `β[(ln π(y⁺|x) − ln π(y⁻|x))]` from `log_softmax(U h_x)` over the full vocabulary, [b].
+fn implicit_log_ratio(
+    lm: &LanguageModel,
+    seq: &SplitSequences,
+    idx: &[usize],
+    beta: f64,
+) -> Result<Tensor> {
+    let h = lm.hidden_states(&pick(&seq.prompts, idx), &pick(&seq.prompt_pos, idx))?;
+    let lp = candle_nn::ops::log_softmax(&h.matmul(&lm.unembedding().t()?)?, 1)?;
+    let ids =
+        |t: &[u32]| -> Result<Tensor> { Ok(Tensor::new(pick(t, idx), &lm.device)?.unsqueeze(1)?) };
+    let c = lp.gather(&ids(&seq.chosen_token)?, 1)?.squeeze(1)?;
+    let r = lp.gather(&ids(&seq.rejected_token)?, 1)?.squeeze(1)?;
+    Ok(((c - r)? * beta)?)
+}
+
+/// `u·(h_{x,y⁺} − h_{x,y⁻})`, [b] (one forward over both responses).
+fn explicit_margin(
+    lm: &LanguageModel,
+    seq: &SplitSequences,
+    idx: &[usize],
+    head: &Tensor,
+) -> Result<Tensor> {
+    let mut seqs = pick(&seq.chosen, idx);
+    seqs.extend(pick(&seq.rejected, idx));
+    let mut pos = pick(&seq.chosen_pos, idx);
+    pos.extend(pick(&seq.rejected_pos, idx));
+    let h = lm.hidden_states(&seqs, &pos)?;
+    let b = idx.len();
+    let diff = (h.narrow(0, 0, b)? - h.narrow(0, b, b)?)?;
+    Ok(diff.matmul(&head.unsqueeze(1)?)?.squeeze(1)?)
+}
+
+fn mean_norm_ratio(now: &Array2<f64>, then: &Array2<f64>) -> f64 {
+    let norm = |a: ndarray::ArrayView1<f64>| a.dot(&a).sqrt();
+    let moved: f64 = now
+        .outer_iter()
+        .zip(then.outer_iter())
+        .map(|(a, b)| norm((&a - &b).view()))
+        .sum();
+    let base: f64 = then.outer_iter().map(norm).sum();
+    moved / base.max(f64::MIN_POSITIVE)
+}
+
+/// Fine-tunes a fresh copy of the model in `model_dir` as `kind` on `sequences[0]` and evaluates
+/// every split. `on_step` sees each step's record (progress bars).
+#[allow(clippy::too_many_arguments)]
+pub fn finetune(
+    kind: ModelKind,
+    model_dir: &Path,
+    device: &Device,
+    sequences: &[SplitSequences],
+    spec: &FinetuneSpec,
+    beta: f64,
+    batch_size: usize,
+    seed: u64,
+    tie_tolerance: f64,
+    on_step: &mut dyn FnMut(&StepRecord),
+) -> Result<FullRun> {
+    let start = std::time::Instant::now();
+    let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
+    let train = &sequences[0];
+    let n = train.len();
+    let initial: Vec<PairSet> = sequences
+        .iter()
+        .map(|q| extract_pairs(&lm, q, batch_size))
+        .collect::<Result<_>>()?;
+    let params = match kind {
+        ModelKind::Explicit => lm.body_parameters(),
+        ModelKind::Implicit => lm.parameters(),
+    };
+    let theta0: Vec<Tensor> = params
+        .iter()
+        .map(|(_, v)| v.as_tensor().copy())
+        .collect::<candle_core::Result<_>>()?;
+    let u0 = lm.unembedding().copy()?;
+    let head = Var::zeros(lm.dim, DType::F32, device)?;
+    let mut vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
+    if kind == ModelKind::Explicit {
+        vars.push(head.clone());
+    }
+    let parameters = vars.iter().map(|v| v.elem_count()).sum();
+    // Reference log-ratios ln π_ref(y⁺|x) − ln π_ref(y⁻|x) of the training pairs (constants).
+    let all: Vec<usize> = (0..n).collect();
+    let reference = match kind {
+        ModelKind::Implicit => Some(
+            all.chunks(batch_size)
+                .map(|c| implicit_log_ratio(&lm, train, c, beta).map(|t| t.detach()))
+                .collect::<Result<Vec<_>>>()
+                .and_then(|p| Ok(Tensor::cat(&p, 0)?))?,
+        ),
+        ModelKind::Explicit => None,
+    };
+    let mut opt = AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: spec.lr,
+            beta1: spec.beta1,
+            beta2: spec.beta2,
+            eps: spec.eps,
+            weight_decay: spec.weight_decay,
+        },
+    )?;
+    let per_step = if spec.batch_pairs == 0 {
+        n
+    } else {
+        spec.batch_pairs.min(n)
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f17e);
+    let mut order: Vec<usize> = Vec::new();
+    let mut history = Vec::with_capacity(spec.steps);
+    for step in 0..spec.steps {
+        if order.len() < per_step {
+            let mut epoch = all.clone();
+            if per_step < n {
+                epoch.shuffle(&mut rng);
+            }
+            order.extend(epoch);
+        }
+        let idx: Vec<usize> = order.drain(..per_step).collect();
+        let m = match (&reference, kind) {
+            (Some(r), ModelKind::Implicit) => {
+                let r = r.index_select(
+                    &Tensor::new(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), device)?,
+                    0,
+                )?;
+                (implicit_log_ratio(&lm, train, &idx, beta)? - r)?
+            }
+            _ => explicit_margin(&lm, train, &idx, &head)?,
+        };
+        let loss = softplus_neg(&m)?.mean_all()?;
+        let value = f64::from(loss.to_scalar::<f32>()?);
+        if !value.is_finite() {
+            bail!(
+                "{}: full fine-tuning loss is {value} at step {step} (lower finetune.lr?)",
+                kind.name()
+            );
+        }
+        let margins = flat(&m)?;
+        let record = StepRecord {
+            step,
+            loss: value,
+            batch_strict_accuracy: margins.iter().filter(|&&x| x > 0.0).count() as f64
+                / margins.len() as f64,
+        };
+        on_step(&record);
+        history.push(record);
+        opt.backward_step(&loss)?;
+    }
+    // Evaluation on representations re-extracted from the fine-tuned body (f64 margins).
+    let pairs: Vec<PairSet> = sequences
+        .iter()
+        .map(|q| extract_pairs(&lm, q, batch_size))
+        .collect::<Result<_>>()?;
+    let u_final = lm.unembedding();
+    let head_f64 = Array1::from(flat(head.as_tensor())?);
+    let mut splits = Vec::new();
+    for (now, then) in pairs.iter().zip(&initial) {
+        let margins: Vec<f64> = match kind {
+            ModelKind::Explicit => (&now.chosen_hidden - &now.rejected_hidden)
+                .dot(&head_f64)
+                .to_vec(),
+            ModelKind::Implicit => {
+                let tokens =
+                    |t: &Array2<usize>| t.column(0).iter().map(|&x| x as u32).collect::<Vec<_>>();
+                let (c, r) = (tokens(&now.chosen_tokens), tokens(&now.rejected_tokens));
+                let diff = |u: &Tensor| -> Result<Array2<f64>> {
+                    super::model::to_array2(&(rows(u, &c, device)? - rows(u, &r, device)?)?)
+                };
+                let (d_now, d_then) = (diff(u_final)?, diff(&u0)?);
+                (0..now.len())
+                    .map(|i| {
+                        beta * (d_now.row(i).dot(&now.prompt_hidden.row(i))
+                            - d_then.row(i).dot(&then.prompt_hidden.row(i)))
+                    })
+                    .collect()
+            }
+        };
+        splits.push(split_metrics(&now.name, &margins, tie_tolerance));
+    }
+    let shift = pairs
+        .iter()
+        .zip(&initial)
+        .map(|(now, then)| {
+            let both = |p: &PairSet| {
+                ndarray::concatenate![ndarray::Axis(0), p.chosen_hidden, p.rejected_hidden]
+            };
+            RepresentationShift {
+                split: now.name.clone(),
+                prompt: mean_norm_ratio(&now.prompt_hidden, &then.prompt_hidden),
+                response: mean_norm_ratio(&both(now), &both(then)),
+            }
+        })
+        .collect();
+    let (mut moved, mut base, mut unchanged_parameters) = (0.0, 0.0, Vec::new());
+    for ((name, v), t0) in params.iter().zip(&theta0) {
+        let m = f64::from((v.as_tensor() - t0)?.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        if m == 0.0 {
+            unchanged_parameters.push(name.clone());
+        }
+        moved += m;
+        base += f64::from(t0.sqr()?.sum_all()?.to_scalar::<f32>()?);
+    }
+    let (unseen_row_drift, answer_rows) = match kind {
+        ModelKind::Implicit => {
+            let unseen: Vec<u32> = sequences
+                .iter()
+                .find(|q| q.name == "unseen")
+                .map(|q| {
+                    let mut t: Vec<u32> = q
+                        .chosen_token
+                        .iter()
+                        .chain(&q.rejected_token)
+                        .copied()
+                        .collect();
+                    t.sort_unstable();
+                    t.dedup();
+                    t
+                })
+                .unwrap_or_default();
+            let drift = if unseen.is_empty() {
+                0.0
+            } else {
+                let d = (rows(u_final, &unseen, device)? - rows(&u0, &unseen, device)?)?;
+                flat(&d.sqr()?.sum(1)?.sqrt()?)?
+                    .into_iter()
+                    .fold(0.0, f64::max)
+            };
+            let mut answers: Vec<u32> = sequences
+                .iter()
+                .flat_map(|q| q.chosen_token.iter().chain(&q.rejected_token).copied())
+                .collect();
+            answers.sort_unstable();
+            answers.dedup();
+            let a0 = super::model::to_array2(&rows(&u0, &answers, device)?)?;
+            let a1 = super::model::to_array2(&rows(u_final, &answers, device)?)?;
+            (Some(drift), Some((answers, a0, a1)))
+        }
+        ModelKind::Explicit => (None, None),
+    };
+    Ok(FullRun {
+        kind,
+        history,
+        splits,
+        unseen_row_drift,
+        shift,
+        relative_parameter_change: (moved / base).sqrt(),
+        pairs,
+        head: (kind == ModelKind::Explicit).then_some(head_f64),
+        answer_rows,
+        parameters,
+        unchanged_parameters,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,491 @@
+//! A pretrained transformer as the reward models' backbone (MATH.md §6): loading a local Hugging
+//! Face folder (config.json, *.safetensors, tokenizer.json) into trainable candle variables, and
+//! the final hidden state `h` at a chosen position of each sequence.
+//!
+//! Families: BERT (masked: the answer fills a `[MASK]` slot), Llama and GPT-2 (causal: `π(y|x)`
+//! is read at the last prompt position, the EX-RM at the position of `y`).
+
+use super::nets::{self, BertShape, Gpt2, Gpt2Config};
+use anyhow::{bail, Context, Result};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::llama::{Cache, Llama, LlamaConfig};
+use ndarray::Array2;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokenizers::Tokenizer;
+
+/// The transformer family, from `model_type` in config.json.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Bert,
+    Llama,
+    Gpt2,
+}
+
+impl Architecture {
+    pub fn is_causal(self) -> bool {
+        !matches!(self, Architecture::Bert)
+    }
+}
+
+/// Which forward runs the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// candle-transformers' own models (fused kernels, no backward): extraction, head-only runs.
+    Reference,
+    /// [`nets`]: the same networks from differentiable ops, for full fine-tuning.
+    Differentiable,
+}
+
+enum Network {
+    Bert(BertModel),
+    /// Loaded with an identity read-out in place of `lm_head`, so its last-position output is `h`.
+    Llama(Llama, candle_transformers::models::llama::Config),
+    DiffBert(nets::Bert),
+    DiffLlama(nets::Llama),
+    Gpt2(Gpt2),
+}
+
+/// Name under which the Llama read-out (`[I_D; 0]`, not a parameter) replaces `lm_head.weight`.
+const LLAMA_READOUT: &str = "lm_head.weight";
+/// Name under which the true Llama `lm_head.weight` is requested as the IM-RM unembedding.
+const LLAMA_UNEMBEDDING_ALIAS: &str = "rmflow.unembedding";
+
+/// Tensors of the checkpoint's safetensors files as candle variables, created on first request
+/// (shape-checked against the config) and shared by every request of the same name (tied weights).
+struct CheckpointVars {
+    files: MmapedSafetensors,
+    names: std::collections::HashSet<String>,
+    source: String,
+    /// Requested name → constant tensor (not a parameter).
+    constants: HashMap<String, Tensor>,
+    /// Requested name → name in the file.
+    aliases: HashMap<String, String>,
+    vars: Arc<Mutex<BTreeMap<String, Var>>>,
+}
+
+impl CheckpointVars {
+    /// The stored name of `name`: as is, or under a wrapper prefix (`bert.`, `transformer.`, `model.`).
+    fn stored_name(&self, name: &str) -> Option<String> {
+        let name = self.aliases.get(name).map(String::as_str).unwrap_or(name);
+        ["", "bert.", "transformer.", "model."]
+            .iter()
+            .map(|p| format!("{p}{name}"))
+            .find(|n| self.names.contains(n))
+    }
+}
+
+impl SimpleBackend for CheckpointVars {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if let Some(t) = self.constants.get(name) {
+            return Ok(t.clone());
+        }
+        let mut vars = self.vars.lock().expect("variable map poisoned");
+        if let Some(v) = vars.get(name) {
+            return Ok(v.as_tensor().clone());
+        }
+        let stored = self.stored_name(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{}: no tensor `{name}` (the architecture in config.json needs it)",
+                self.source
+            ))
+        })?;
+        let t = self.files.load(&stored, dev)?;
+        if t.shape() != &s {
+            candle_core::bail!(
+                "{}: tensor `{stored}` has shape {:?} but config.json implies {:?}",
+                self.source,
+                t.dims(),
+                s.dims()
+            );
+        }
+        let v = Var::from_tensor(&t.to_dtype(dtype)?)?;
+        vars.insert(name.to_string(), v.clone());
+        Ok(v.as_tensor().clone())
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let stored = self
+            .stored_name(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("{}: no `{name}`", self.source)))?;
+        self.files.load(&stored, dev)?.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.constants.contains_key(name) || self.stored_name(name).is_some()
+    }
+}
+
+/// A loaded backbone: network, tokenizer and the unembedding `U(0)` of the IM-RM.
+pub struct LanguageModel {
+    pub arch: Architecture,
+    network: Network,
+    pub tokenizer: Tokenizer,
+    pub device: Device,
+    pub dir: PathBuf,
+    /// Hidden size `D`.
+    pub dim: usize,
+    /// Vocabulary size `V`.
+    pub vocab_size: usize,
+    /// `[MASK]` id (BERT only).
+    pub mask_id: Option<u32>,
+    /// IM-RM unembedding `U` [V, D]: BERT word embeddings, GPT-2 `wte`, Llama `lm_head`
+    /// (`embed_tokens` when tied). A variable of the network: full fine-tuning trains it.
+    unembedding: Tensor,
+    vars: Arc<Mutex<BTreeMap<String, Var>>>,
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
+}
+
+impl LanguageModel {
+    /// Loads `config.json`, every `*.safetensors` and `tokenizer.json` from `dir` (f32 on `device`).
+    pub fn load(dir: &Path, device: &Device, forward: Forward) -> Result<LanguageModel> {
+        let file = |name: &str| -> Result<PathBuf> {
+            let p = dir.join(name);
+            if !p.is_file() {
+                bail!(
+                    "model folder {}: missing {name} (the BERT model comes from scripts/fetch-model.sh)",
+                    dir.display()
+                );
+            }
+            Ok(p)
+        };
+        let (cfg_path, tok_path) = (file("config.json")?, file("tokenizer.json")?);
+        let mut weights: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot list model folder {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        weights.sort();
+        if weights.is_empty() {
+            bail!(
+                "model folder {}: missing model.safetensors (no *.safetensors file)",
+                dir.display()
+            );
+        }
+        let source = if weights.len() == 1 {
+            weights[0].display().to_string()
+        } else {
+            format!("{} ({} safetensors files)", dir.display(), weights.len())
+        };
+        // SAFETY: the files are memory-mapped read-only; tensors are copied into variables.
+        let files = unsafe { MmapedSafetensors::multi(&weights) }
+            .with_context(|| format!("{source}: not a safetensors file"))?;
+        let names = files.tensors().into_iter().map(|(n, _)| n).collect();
+        let raw = read_json(&cfg_path)?;
+        let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
+        let arch = match model_type {
+            "bert" => Architecture::Bert,
+            "llama" => Architecture::Llama,
+            "gpt2" => Architecture::Gpt2,
+            other => bail!(
+                "{}: model_type {other:?} is not supported (expected \"bert\", \"llama\" or \"gpt2\")",
+                cfg_path.display()
+            ),
+        };
+        let parse_err = |e: serde_json::Error| {
+            anyhow::anyhow!("{}: not a {model_type} config: {e}", cfg_path.display())
+        };
+        let vars = Arc::new(Mutex::new(BTreeMap::new()));
+        let mut backend = CheckpointVars {
+            files,
+            names,
+            source: source.clone(),
+            constants: HashMap::new(),
+            aliases: HashMap::new(),
+            vars: vars.clone(),
+        };
+        let mismatch = |e: candle_core::Error| {
+            anyhow::anyhow!("{source}: weights do not match {}: {e}", cfg_path.display())
+        };
+        let (dim, vocab_size, unembedding_name) = match arch {
+            Architecture::Bert => {
+                let c: BertConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                (
+                    c.hidden_size,
+                    c.vocab_size,
+                    "embeddings.word_embeddings.weight",
+                )
+            }
+            Architecture::Llama => {
+                let c: LlamaConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                let (d, v) = (c.hidden_size, c.vocab_size);
+                if v < d {
+                    bail!(
+                        "{}: vocab_size {v} < hidden_size {d}: the hidden-state read-out needs V ≥ D",
+                        cfg_path.display()
+                    );
+                }
+                let readout = Tensor::eye(d, DType::F32, device)?.pad_with_zeros(0, 0, v - d)?;
+                backend.constants.insert(LLAMA_READOUT.into(), readout);
+                if c.tie_word_embeddings == Some(true) {
+                    (d, v, "model.embed_tokens.weight")
+                } else {
+                    backend
+                        .aliases
+                        .insert(LLAMA_UNEMBEDDING_ALIAS.into(), "lm_head.weight".into());
+                    (d, v, LLAMA_UNEMBEDDING_ALIAS)
+                }
+            }
+            Architecture::Gpt2 => {
+                let c: Gpt2Config = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                (c.n_embd, c.vocab_size, "wte.weight")
+            }
+        };
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        let network = match (arch, forward) {
+            (Architecture::Bert, _) => {
+                let shape: BertShape = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                let diff = nets::Bert::load(vb.clone(), &shape).map_err(mismatch)?;
+                if forward == Forward::Reference {
+                    let c: BertConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                    Network::Bert(BertModel::load(vb.clone(), &c).map_err(mismatch)?)
+                } else {
+                    Network::DiffBert(diff)
+                }
+            }
+            (Architecture::Llama, _) => {
+                let c: LlamaConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                let mut c = c.into_config(false);
+                // Loading the differentiable twin first checks every tensor (candle's
+                // `Llama::load` panics on a missing one).
+                let diff = nets::Llama::load(vb.clone(), &c).map_err(mismatch)?;
+                if forward == Forward::Reference {
+                    // The read-out replaces lm_head; the true unembedding is requested separately.
+                    c.tie_word_embeddings = false;
+                    Network::Llama(Llama::load(vb.clone(), &c).map_err(mismatch)?, c)
+                } else {
+                    Network::DiffLlama(diff)
+                }
+            }
+            (Architecture::Gpt2, _) => {
+                let c: Gpt2Config = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                Network::Gpt2(Gpt2::load(vb.clone(), &c).map_err(mismatch)?)
+            }
+        };
+        let unembedding = vb
+            .get((vocab_size, dim), unembedding_name)
+            .map_err(mismatch)?;
+        let mut tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+        // Sentence-transformers ship fixed-length padding; sequences are padded per batch here.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+        if tokenizer.get_vocab_size(true) > vocab_size {
+            bail!(
+                "{} has {} tokens but {} declares vocab_size = {vocab_size}: tokenizer and weights do not match",
+                tok_path.display(),
+                tokenizer.get_vocab_size(true),
+                cfg_path.display(),
+            );
+        }
+        let mask_id = match arch {
+            Architecture::Bert => Some(
+                tokenizer
+                    .token_to_id("[MASK]")
+                    .with_context(|| format!("{}: no [MASK] token", tok_path.display()))?,
+            ),
+            _ => None,
+        };
+        Ok(LanguageModel {
+            arch,
+            network,
+            tokenizer,
+            device: device.clone(),
+            dir: dir.to_path_buf(),
+            dim,
+            vocab_size,
+            mask_id,
+            unembedding,
+            vars,
+        })
+    }
+}
+
+impl LanguageModel {
+    /// The IM-RM unembedding `U` [V, D] (a variable of the network).
+    pub fn unembedding(&self) -> &Tensor {
+        &self.unembedding
+    }
+
+    /// `U` as f64.
+    pub fn unembedding_f64(&self) -> Result<Array2<f64>> {
+        to_array2(&self.unembedding)
+    }
+
+    /// Every parameter of the network (the unembedding included), in name order.
+    pub fn parameters(&self) -> Vec<(String, Var)> {
+        let vars = self.vars.lock().expect("variable map poisoned");
+        vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
+    }
+
+    /// The parameters that compute `h` (all but an untied Llama `lm_head`): what the EX-RM trains
+    /// besides its head.
+    pub fn body_parameters(&self) -> Vec<(String, Var)> {
+        let mut p = self.parameters();
+        p.retain(|(n, _)| n != LLAMA_UNEMBEDDING_ALIAS);
+        p
+    }
+
+    /// The single token id of `word` (after a space for the causal families' BPE vocabularies),
+    /// or an error naming the word.
+    pub fn answer_token(&self, word: &str) -> Result<u32> {
+        let text = if self.arch.is_causal() {
+            format!(" {word}")
+        } else {
+            word.to_string()
+        };
+        let enc = self
+            .tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| anyhow::anyhow!("tokenizing {word:?}: {e}"))?;
+        match enc.get_ids() {
+            [id] => Ok(*id),
+            ids => bail!(
+                "answer word {word:?} is not a single token of {} (it splits into {:?})",
+                self.dir.join("tokenizer.json").display(),
+                enc.get_tokens().iter().zip(ids).collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    /// The token ids of `prompt` (prompt and response prefix) ready for an answer, and the
+    /// position where the answer's reward is read:
+    /// BERT `[CLS] prompt [MASK] [SEP]` with the `[MASK]` index; causal `prompt` with its last index
+    /// (the answer is appended after it, and read one position later).
+    pub fn prompt_ids(&self, prompt: &str) -> Result<(Vec<u32>, usize)> {
+        let text = match self.mask_id {
+            Some(_) => format!("{prompt} [MASK]"),
+            None => prompt.to_string(),
+        };
+        let e = self
+            .tokenizer
+            .encode(text.as_str(), true)
+            .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+        let ids = e.get_ids().to_vec();
+        if ids.is_empty() {
+            bail!("prompt {text:?} encodes to no tokens");
+        }
+        let pos = match self.mask_id {
+            Some(m) => ids
+                .iter()
+                .position(|&t| t == m)
+                .with_context(|| format!("no [MASK] slot in {text:?}"))?,
+            None => ids.len() - 1,
+        };
+        Ok((ids, pos))
+    }
+
+    /// The sequence `prompt + y` and the position of `y` in it.
+    pub fn with_answer(&self, prompt: &[u32], pos: usize, y: u32) -> (Vec<u32>, usize) {
+        match self.mask_id {
+            Some(_) => {
+                let mut s = prompt.to_vec();
+                s[pos] = y;
+                (s, pos)
+            }
+            None => {
+                let mut s = prompt.to_vec();
+                s.push(y);
+                (s, pos + 1)
+            }
+        }
+    }
+
+    /// Final hidden states `h` [n, D] at `pos[i]` of each sequence, in one batch (differentiable
+    /// under [`Forward::Differentiable`]). Right-padded; padding is masked (BERT) or never looked
+    /// at (causal).
+    pub fn hidden_states(&self, seqs: &[Vec<u32>], pos: &[usize]) -> Result<Tensor> {
+        let n = seqs.len();
+        if let Network::Llama(model, config) = &self.network {
+            // candle's Llama returns the last position only: batch sequences of equal length.
+            let mut cache = Cache::new(false, DType::F32, config, &self.device)?;
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by_key(|&i| (seqs[i].len(), i));
+            let mut parts = Vec::new();
+            for group in order.chunk_by(|&a, &b| seqs[a].len() == seqs[b].len()) {
+                let len = seqs[group[0]].len();
+                for &i in group {
+                    if pos[i] + 1 != len {
+                        bail!("causal read-out must be at the last position");
+                    }
+                }
+                let ids: Vec<u32> = group.iter().flat_map(|&i| seqs[i].clone()).collect();
+                let ids = Tensor::from_vec(ids, (group.len(), len), &self.device)?;
+                parts.push(model.forward(&ids, 0, &mut cache)?.narrow(1, 0, self.dim)?);
+            }
+            let sorted = Tensor::cat(&parts, 0)?;
+            let mut inverse = vec![0u32; n];
+            for (k, &i) in order.iter().enumerate() {
+                inverse[i] = k as u32;
+            }
+            return Ok(sorted.index_select(&Tensor::new(inverse, &self.device)?, 0)?);
+        }
+        let len = seqs.iter().map(Vec::len).max().unwrap_or(1);
+        let (mut ids, mut mask) = (vec![0u32; n * len], vec![0u32; n * len]);
+        for (r, s) in seqs.iter().enumerate() {
+            ids[r * len..r * len + s.len()].copy_from_slice(s);
+            mask[r * len..r * len + s.len()].fill(1);
+        }
+        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
+        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+        let h = match &self.network {
+            Network::Bert(m) => m.forward(&ids, &ids.zeros_like()?, Some(&mask))?,
+            Network::DiffBert(m) => m.forward(&ids, &mask)?,
+            Network::DiffLlama(m) => m.forward(&ids)?,
+            Network::Gpt2(m) => m.forward(&ids)?,
+            Network::Llama(..) => unreachable!("handled above"),
+        };
+        let index: Vec<u32> = pos
+            .iter()
+            .enumerate()
+            .map(|(r, &p)| (r * len + p) as u32)
+            .collect();
+        Ok(h.reshape((n * len, self.dim))?
+            .index_select(&Tensor::new(index, &self.device)?, 0)?)
+    }
+
+    /// [`hidden_states`](Self::hidden_states) in batches of `batch`, detached, as f64 [n, D].
+    pub fn hidden_at(&self, seqs: &[Vec<u32>], pos: &[usize], batch: usize) -> Result<Array2<f64>> {
+        let mut out = Array2::zeros((seqs.len(), self.dim));
+        super::LAST_EXTRACTION_TOKENS.fetch_add(
+            seqs.iter().map(Vec::len).sum(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        for (b, (s, p)) in seqs.chunks(batch).zip(pos.chunks(batch)).enumerate() {
+            let h = to_array2(&self.hidden_states(s, p)?.detach())?;
+            out.slice_mut(ndarray::s![b * batch..b * batch + s.len(), ..])
+                .assign(&h);
+        }
+        Ok(out)
+    }
+}
+
+/// A 2-D f32 tensor as an f64 array.
+pub fn to_array2(t: &Tensor) -> Result<Array2<f64>> {
+    let (r, c) = t.dims2()?;
+    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(Array2::from_shape_vec(
+        (r, c),
+        v.into_iter().map(f64::from).collect(),
+    )?)
+}

@@ -1,0 +1,424 @@
+//! Differentiable forwards of the three families for full fine-tuning (MATH.md §6).
+//!
+//! candle-nn 0.11's fused `layer_norm`, `rms_norm`, `softmax_last_dim` and `rope` record no
+//! backward op (candle issues #2168, #3011): the models of candle-transformers run forward
+//! correctly but a loss's gradient stops at their first norm, so a "full" fine-tuning of them
+//! would silently train only what sits after the last one. These re-implementations use only
+//! differentiable ops (`layer_norm_slow`, `rms_norm_slow`, `softmax`, `rope_slow`), read the same
+//! Hugging Face weight names, and are checked against candle-transformers' forward in
+//! `tests/lm.rs` and `tests/lm_tiny.rs`. GPT-2 is not in candle-transformers 0.11.1, so [`Gpt2`]
+//! serves both modes.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use serde::Deserialize;
+
+fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    let w = vb.get((o, i), "weight")?;
+    let b = if bias { Some(vb.get(o, "bias")?) } else { None };
+    Ok(Linear::new(w, b))
+}
+
+fn embedding(n: usize, d: usize, vb: VarBuilder) -> Result<Embedding> {
+    Ok(Embedding::new(vb.get((n, d), "weight")?, d))
+}
+
+/// `LayerNorm` with weight and bias, differentiable (`layer_norm_slow`).
+struct Norm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    eps: f32,
+}
+
+impl Norm {
+    fn layer(d: usize, eps: f64, vb: VarBuilder) -> Result<Norm> {
+        Ok(Norm {
+            weight: vb.get(d, "weight")?,
+            bias: Some(vb.get(d, "bias")?),
+            eps: eps as f32,
+        })
+    }
+    fn rms(d: usize, eps: f64, vb: VarBuilder) -> Result<Norm> {
+        Ok(Norm {
+            weight: vb.get(d, "weight")?,
+            bias: None,
+            eps: eps as f32,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) => candle_nn::ops::layer_norm_slow(x, &self.weight, b, self.eps),
+            None => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps),
+        }
+    }
+}
+
+/// Additive causal mask [L, L]: 0 on and below the diagonal, −∞ above.
+fn causal_mask(l: usize, device: &Device) -> Result<Tensor> {
+    let m: Vec<f32> = (0..l * l)
+        .map(|k| {
+            if k % l > k / l {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_vec(m, (l, l), device)
+}
+
+/// `[B, L, H·hd] → [B, H, L, hd]`.
+fn heads(x: &Tensor, h: usize) -> Result<Tensor> {
+    let (b, l, d) = x.dims3()?;
+    x.reshape((b, l, h, d / h))?.transpose(1, 2)?.contiguous()
+}
+
+/// `softmax(q kᵀ/√hd + mask) v`, heads merged back to `[B, L, H·hd]`.
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (b, h, l, hd) = q.dims4()?;
+    let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
+    let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+    att.matmul(&v.contiguous()?)?
+        .transpose(1, 2)?
+        .reshape((b, l, h * hd))
+}
+
+// ---------------------------------------------------------------- BERT
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BertShape {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "two")]
+    pub type_vocab_size: usize,
+    #[serde(default = "bert_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "gelu")]
+    pub hidden_act: String,
+}
+fn two() -> usize {
+    2
+}
+fn bert_eps() -> f64 {
+    1e-12
+}
+fn gelu() -> String {
+    "gelu".into()
+}
+
+struct BertLayer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    attn_out: Linear,
+    attn_norm: Norm,
+    up: Linear,
+    down: Linear,
+    out_norm: Norm,
+}
+
+/// BERT encoder (`BertModel` without pooler), final hidden states `[B, L, D]`.
+pub struct Bert {
+    words: Embedding,
+    positions: Embedding,
+    types: Embedding,
+    norm: Norm,
+    layers: Vec<BertLayer>,
+    heads: usize,
+    act: String,
+}
+
+impl Bert {
+    pub fn load(vb: VarBuilder, c: &BertShape) -> Result<Bert> {
+        let (d, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
+        let e = vb.pp("embeddings");
+        let layers = (0..c.num_hidden_layers)
+            .map(|n| {
+                let l = vb.pp(format!("encoder.layer.{n}"));
+                let a = l.pp("attention");
+                Ok(BertLayer {
+                    q: linear(d, d, true, a.pp("self.query"))?,
+                    k: linear(d, d, true, a.pp("self.key"))?,
+                    v: linear(d, d, true, a.pp("self.value"))?,
+                    attn_out: linear(d, d, true, a.pp("output.dense"))?,
+                    attn_norm: Norm::layer(d, eps, a.pp("output.LayerNorm"))?,
+                    up: linear(d, i, true, l.pp("intermediate.dense"))?,
+                    down: linear(i, d, true, l.pp("output.dense"))?,
+                    out_norm: Norm::layer(d, eps, l.pp("output.LayerNorm"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Bert {
+            words: embedding(c.vocab_size, d, e.pp("word_embeddings"))?,
+            positions: embedding(c.max_position_embeddings, d, e.pp("position_embeddings"))?,
+            types: embedding(c.type_vocab_size, d, e.pp("token_type_embeddings"))?,
+            norm: Norm::layer(d, eps, e.pp("LayerNorm"))?,
+            layers,
+            heads: c.num_attention_heads,
+            act: c.hidden_act.clone(),
+        })
+    }
+
+    /// `ids`, `mask` [B, L] (u32, mask 1 on real tokens); token types 0.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (_, l) = ids.dims2()?;
+        let pos = Tensor::arange(0u32, l as u32, ids.device())?;
+        let x = self
+            .words
+            .forward(ids)?
+            .broadcast_add(&self.positions.forward(&pos)?)?
+            .broadcast_add(&self.types.forward(&ids.zeros_like()?)?)?;
+        let mut x = self.norm.forward(&x)?;
+        // Additive key mask [B, 1, 1, L]: 0 on tokens, f32::MIN on padding (as Hugging Face).
+        let mask = ((mask.to_dtype(DType::F32)? - 1.0)? * f64::from(-f32::MIN))?
+            .unsqueeze(1)?
+            .unsqueeze(1)?;
+        for layer in &self.layers {
+            let ctx = attention(
+                &heads(&layer.q.forward(&x)?, self.heads)?,
+                &heads(&layer.k.forward(&x)?, self.heads)?,
+                &heads(&layer.v.forward(&x)?, self.heads)?,
+                &mask,
+            )?;
+            let x1 = layer
+                .attn_norm
+                .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
+            let u = layer.up.forward(&x1)?;
+            let u = match self.act.as_str() {
+                "gelu" => u.gelu_erf()?,
+                "relu" => u.relu()?,
+                _ => u.gelu()?,
+            };
+            x = layer.out_norm.forward(&(layer.down.forward(&u)? + &x1)?)?;
+        }
+        Ok(x)
+    }
+}
+
+// ---------------------------------------------------------------- Llama
+
+struct LlamaLayer {
+    norm1: Norm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    norm2: Norm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// Llama decoder (Hugging Face `LlamaModel` names), final normed hidden states `[B, L, D]`.
+pub struct Llama {
+    embed: Embedding,
+    layers: Vec<LlamaLayer>,
+    norm: Norm,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    /// Rotary inverse frequencies (with Llama-3 scaling when configured).
+    inv_freq: Vec<f32>,
+}
+
+impl Llama {
+    pub fn load(vb: VarBuilder, c: &candle_transformers::models::llama::Config) -> Result<Llama> {
+        let (d, i, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps);
+        let hd = d / c.num_attention_heads;
+        let kv = c.num_key_value_heads * hd;
+        let layers = (0..c.num_hidden_layers)
+            .map(|n| {
+                let l = vb.pp(format!("model.layers.{n}"));
+                Ok(LlamaLayer {
+                    norm1: Norm::rms(d, eps, l.pp("input_layernorm"))?,
+                    q: linear(d, d, false, l.pp("self_attn.q_proj"))?,
+                    k: linear(d, kv, false, l.pp("self_attn.k_proj"))?,
+                    v: linear(d, kv, false, l.pp("self_attn.v_proj"))?,
+                    o: linear(d, d, false, l.pp("self_attn.o_proj"))?,
+                    norm2: Norm::rms(d, eps, l.pp("post_attention_layernorm"))?,
+                    gate: linear(d, i, false, l.pp("mlp.gate_proj"))?,
+                    up: linear(d, i, false, l.pp("mlp.up_proj"))?,
+                    down: linear(i, d, false, l.pp("mlp.down_proj"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let base: Vec<f32> = (0..hd)
+            .step_by(2)
+            .map(|k| 1.0 / c.rope_theta.powf(k as f32 / hd as f32))
+            .collect();
+        let inv_freq = match &c.rope_scaling {
+            Some(s)
+                if !matches!(
+                    s.rope_type,
+                    candle_transformers::models::llama::Llama3RopeType::Default
+                ) =>
+            {
+                let orig = s.original_max_position_embeddings as f32;
+                let (low, high) = (orig / s.low_freq_factor, orig / s.high_freq_factor);
+                base.iter()
+                    .map(|&f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        if wavelen < high {
+                            f
+                        } else if wavelen > low {
+                            f / s.factor
+                        } else {
+                            let smooth = (orig / wavelen - s.low_freq_factor)
+                                / (s.high_freq_factor - s.low_freq_factor);
+                            (1.0 - smooth) * f / s.factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+            _ => base,
+        };
+        Ok(Llama {
+            embed: embedding(c.vocab_size, d, vb.pp("model.embed_tokens"))?,
+            layers,
+            norm: Norm::rms(d, eps, vb.pp("model.norm"))?,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: hd,
+            inv_freq,
+        })
+    }
+
+    /// `ids` [B, L]; right padding needs no mask (causal attention never looks ahead).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let dev = ids.device();
+        let theta = Tensor::arange(0u32, l as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((l, 1))?
+            .matmul(&Tensor::new(self.inv_freq.as_slice(), dev)?.reshape((1, ()))?)?;
+        let (cos, sin) = (theta.cos()?, theta.sin()?);
+        let mask = causal_mask(l, dev)?;
+        let rep = self.heads / self.kv_heads;
+        let mut x = self.embed.forward(ids)?;
+        for layer in &self.layers {
+            let h = layer.norm1.forward(&x)?;
+            let q = heads(&layer.q.forward(&h)?, self.heads)?;
+            let k = heads(&layer.k.forward(&h)?, self.kv_heads)?;
+            let v = heads(&layer.v.forward(&h)?, self.kv_heads)?;
+            let q = candle_nn::rotary_emb::rope_slow(&q, &cos, &sin)?;
+            let k = candle_nn::rotary_emb::rope_slow(&k, &cos, &sin)?;
+            let (k, v) = (
+                candle_transformers::utils::repeat_kv(k, rep)?,
+                candle_transformers::utils::repeat_kv(v, rep)?,
+            );
+            let ctx = attention(&q, &k, &v, &mask)?;
+            debug_assert_eq!(ctx.dims3()?, (b, l, self.heads * self.head_dim));
+            x = (layer.o.forward(&ctx)? + x)?;
+            let h = layer.norm2.forward(&x)?;
+            let m = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+            x = (layer.down.forward(&m)? + x)?;
+        }
+        self.norm.forward(&x)
+    }
+}
+
+// ---------------------------------------------------------------- GPT-2
+
+/// GPT-2 config.json fields used here.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    #[serde(default = "gpt2_eps")]
+    pub layer_norm_epsilon: f64,
+}
+fn gpt2_eps() -> f64 {
+    1e-5
+}
+
+/// Hugging Face `Conv1D`: `y = x W + b` with `W` stored `[in, out]`.
+struct Conv1D {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv1D {
+    fn load(i: usize, o: usize, vb: VarBuilder) -> Result<Conv1D> {
+        Ok(Conv1D {
+            weight: vb.get((i, o), "weight")?,
+            bias: vb.get(o, "bias")?,
+        })
+    }
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_matmul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+struct Gpt2Block {
+    ln_1: Norm,
+    c_attn: Conv1D,
+    attn_proj: Conv1D,
+    ln_2: Norm,
+    c_fc: Conv1D,
+    mlp_proj: Conv1D,
+}
+
+/// GPT-2 (`GPT2Model` weight names; `transformer.` prefix accepted), final `ln_f` states `[B, L, D]`.
+pub struct Gpt2 {
+    wte: Embedding,
+    wpe: Embedding,
+    blocks: Vec<Gpt2Block>,
+    ln_f: Norm,
+    heads: usize,
+}
+
+impl Gpt2 {
+    pub fn load(vb: VarBuilder, c: &Gpt2Config) -> Result<Gpt2> {
+        let (d, eps) = (c.n_embd, c.layer_norm_epsilon);
+        let blocks = (0..c.n_layer)
+            .map(|n| {
+                let b = vb.pp(format!("h.{n}"));
+                Ok(Gpt2Block {
+                    ln_1: Norm::layer(d, eps, b.pp("ln_1"))?,
+                    c_attn: Conv1D::load(d, 3 * d, b.pp("attn.c_attn"))?,
+                    attn_proj: Conv1D::load(d, d, b.pp("attn.c_proj"))?,
+                    ln_2: Norm::layer(d, eps, b.pp("ln_2"))?,
+                    c_fc: Conv1D::load(d, 4 * d, b.pp("mlp.c_fc"))?,
+                    mlp_proj: Conv1D::load(4 * d, d, b.pp("mlp.c_proj"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Gpt2 {
+            wte: embedding(c.vocab_size, d, vb.pp("wte"))?,
+            wpe: embedding(c.n_positions, d, vb.pp("wpe"))?,
+            blocks,
+            ln_f: Norm::layer(d, eps, vb.pp("ln_f"))?,
+            heads: c.n_head,
+        })
+    }
+
+    /// `ids` [B, L]; right padding needs no mask (causal attention never looks ahead).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (_, l) = ids.dims2()?;
+        let dev = ids.device();
+        let pos = Tensor::arange(0u32, l as u32, dev)?;
+        let mut x = self
+            .wte
+            .forward(ids)?
+            .broadcast_add(&self.wpe.forward(&pos)?)?;
+        let mask = causal_mask(l, dev)?;
+        for b in &self.blocks {
+            let qkv = b.c_attn.forward(&b.ln_1.forward(&x)?)?;
+            let d = qkv.dim(2)? / 3;
+            let part = |k: usize| heads(&qkv.narrow(2, k * d, d)?, self.heads);
+            let ctx = attention(&part(0)?, &part(1)?, &part(2)?, &mask)?;
+            x = (b.attn_proj.forward(&ctx)? + x)?;
+            // GPT-2's "gelu_new" is the tanh approximation.
+            let m = b.c_fc.forward(&b.ln_2.forward(&x)?)?.gelu()?;
+            x = (b.mlp_proj.forward(&m)? + x)?;
+        }
+        self.ln_f.forward(&x)
+    }
+}

@@ -1,0 +1,231 @@
+//! Tiny randomly initialised checkpoints (config.json, model.safetensors, tokenizer.json) of each
+//! family, so the loading, extraction and fine-tuning paths run with no download (tests, smoke
+//! runs). The weights are exactly the tensors the family's loader requests, drawn N(0, 0.02²)
+//! (norm weights 1, biases 0) from a seeded ChaCha8 stream; the tokenizer is a lower-casing
+//! word-level vocabulary of the given texts.
+
+use super::model::Architecture;
+use super::nets;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Sizes of a tiny checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct TinySpec {
+    pub arch: Architecture,
+    pub dim: usize,
+    pub layers: usize,
+    pub heads: usize,
+    /// Llama only: key/value heads (grouped-query attention when < `heads`).
+    pub kv_heads: usize,
+    /// Llama only: `lm_head` tied to `embed_tokens`.
+    pub tied: bool,
+    pub seed: u64,
+}
+
+/// Records every requested tensor, drawn on first request.
+struct RandomWeights {
+    rng: Mutex<ChaCha8Rng>,
+    drawn: Mutex<BTreeMap<String, Tensor>>,
+}
+
+impl SimpleBackend for RandomWeights {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut drawn = self.drawn.lock().expect("poisoned");
+        if let Some(t) = drawn.get(name) {
+            return Ok(t.clone());
+        }
+        let n = s.elem_count();
+        let values: Vec<f32> = if s.rank() == 1 && name.ends_with("weight") {
+            vec![1.0; n]
+        } else if name.ends_with("bias") {
+            vec![0.0; n]
+        } else {
+            let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
+            let mut rng = self.rng.lock().expect("poisoned");
+            (0..n).map(|_| normal.sample(&mut *rng)).collect()
+        };
+        let t = Tensor::from_vec(values, s, dev)?.to_dtype(dtype)?;
+        drawn.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("tiny checkpoint: no unchecked access to `{name}`")
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.drawn.lock().expect("poisoned").contains_key(name)
+    }
+}
+
+/// Writes a tiny checkpoint of `spec.arch` into `dir` whose vocabulary holds every word of `texts`.
+pub fn write_tiny_checkpoint(dir: &Path, spec: TinySpec, texts: &[String]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut specials = vec!["[PAD]", "[UNK]"];
+    if spec.arch == Architecture::Bert {
+        specials.extend(["[CLS]", "[SEP]", "[MASK]"]);
+    }
+    let mut words = BTreeSet::new();
+    for t in texts {
+        // Same split as the `Whitespace` pre-tokenizer below: \w+ and runs of punctuation.
+        let lower = t.to_lowercase();
+        let mut cur = String::new();
+        let mut kind = 0u8;
+        for ch in lower.chars() {
+            let k = if ch.is_whitespace() {
+                0
+            } else if ch.is_alphanumeric() || ch == '_' {
+                1
+            } else {
+                2
+            };
+            if k != kind && !cur.is_empty() {
+                words.insert(std::mem::take(&mut cur));
+            }
+            if k != 0 {
+                cur.push(ch);
+            }
+            kind = k;
+        }
+        if !cur.is_empty() {
+            words.insert(cur);
+        }
+    }
+    words.remove("[mask]");
+    words.remove("mask");
+    let mut vocab: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+    vocab.extend(
+        words
+            .into_iter()
+            .filter(|w| !specials.contains(&w.as_str())),
+    );
+    // BERT needs the word pieces of "[MASK]" only as the special token itself.
+    let v = vocab.len().max(spec.dim);
+    while vocab.len() < v {
+        vocab.push(format!("[unused{}]", vocab.len()));
+    }
+    let id = |s: &str| vocab.iter().position(|w| w == s).expect("special token") as u32;
+    let added: Vec<_> = specials
+        .iter()
+        .map(|s| json!({"id": id(s), "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let post = if spec.arch == Architecture::Bert {
+        json!({
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [id("[CLS]")], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [id("[SEP]")], "tokens": ["[SEP]"]}
+            }
+        })
+    } else {
+        serde_json::Value::Null
+    };
+    let tokenizer = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Lowercase"},
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": post,
+        "decoder": null,
+        "model": {
+            "type": "WordLevel",
+            "vocab": vocab.iter().enumerate().map(|(i, w)| (w.clone(), i)).collect::<BTreeMap<_, _>>(),
+            "unk_token": "[UNK]"
+        }
+    });
+    let (d, l, h) = (spec.dim, spec.layers, spec.heads);
+    let config = match spec.arch {
+        Architecture::Bert => json!({
+            "model_type": "bert", "vocab_size": v, "hidden_size": d, "num_hidden_layers": l,
+            "num_attention_heads": h, "intermediate_size": 4 * d, "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+            "max_position_embeddings": 128, "type_vocab_size": 2, "initializer_range": 0.02,
+            "layer_norm_eps": 1e-12, "pad_token_id": 0, "position_embedding_type": "absolute",
+            "use_cache": true, "classifier_dropout": null
+        }),
+        Architecture::Llama => json!({
+            "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": v,
+            "hidden_size": d, "intermediate_size": 3 * d, "num_hidden_layers": l,
+            "num_attention_heads": h, "num_key_value_heads": spec.kv_heads,
+            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 128,
+            "tie_word_embeddings": spec.tied, "bos_token_id": null, "eos_token_id": null
+        }),
+        Architecture::Gpt2 => json!({
+            "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": v,
+            "n_positions": 128, "n_embd": d, "n_layer": l, "n_head": h,
+            "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new"
+        }),
+    };
+    let backend = std::sync::Arc::new(RandomWeights {
+        rng: Mutex::new(ChaCha8Rng::seed_from_u64(spec.seed)),
+        drawn: Mutex::new(BTreeMap::new()),
+    });
+    struct Shared(std::sync::Arc<RandomWeights>);
+    impl SimpleBackend for Shared {
+        fn get(
+            &self,
+            s: Shape,
+            n: &str,
+            h: candle_nn::Init,
+            t: DType,
+            d: &Device,
+        ) -> candle_core::Result<Tensor> {
+            self.0.get(s, n, h, t, d)
+        }
+        fn get_unchecked(&self, n: &str, t: DType, d: &Device) -> candle_core::Result<Tensor> {
+            self.0.get_unchecked(n, t, d)
+        }
+        fn contains_tensor(&self, n: &str) -> bool {
+            self.0.contains_tensor(n)
+        }
+    }
+    let vb = VarBuilder::from_backend(Box::new(Shared(backend.clone())), DType::F32, Device::Cpu);
+    let parse = |c: &serde_json::Value| c.clone();
+    match spec.arch {
+        Architecture::Bert => {
+            nets::Bert::load(vb, &serde_json::from_value(parse(&config))?)?;
+        }
+        Architecture::Llama => {
+            let c: candle_transformers::models::llama::LlamaConfig =
+                serde_json::from_value(parse(&config))?;
+            nets::Llama::load(vb.clone(), &c.into_config(false))?;
+            if !spec.tied {
+                vb.get((v, d), "lm_head.weight")?;
+            }
+        }
+        Architecture::Gpt2 => {
+            nets::Gpt2::load(vb, &serde_json::from_value(parse(&config))?)?;
+        }
+    }
+    let tensors = backend.drawn.lock().expect("poisoned").clone();
+    let tensors: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_string_pretty(&tokenizer)?,
+    )?;
+    Ok(())
+}

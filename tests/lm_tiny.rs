@@ -1,0 +1,294 @@
+//! Real-model mode on tiny randomly initialised checkpoints of every family (feature `lm`, no
+//! download): loading, head-only Theorem 2, full fine-tuning, and the differentiable forwards
+//! against candle-transformers'.
+#![cfg(feature = "lm")]
+
+use rmflow::lm::tiny::{write_tiny_checkpoint, TinySpec};
+use rmflow::lm::{Architecture, Device, Forward, LanguageModel};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const STATEMENTS: &str = "\
+I enjoy helping people with their problems.
+Helping others makes me happy.
+I like to help when someone needs it.
+I try to be kind to strangers.
+Being kind to people I do not know matters to me.
+I am friendly to people I meet.
+I forgive people who apologise.
+When someone says sorry I let it go.
+I do not hold grudges.
+I listen when friends talk about their day.
+I pay attention to what my friends tell me.
+I like hearing about the lives of others.
+I share my food with others.
+I give part of what I have to people around me.
+I am happy to share.
+I thank people for small favours.
+I say thank you often.
+I show gratitude to others.
+I avoid arguments when I can.
+I prefer to settle disagreements calmly.
+I do not like fighting with people.
+I compliment people on their work.
+I tell others when they did well.
+I praise good work.
+";
+
+fn temp(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("rmflow-tiny-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+const QUESTION: &str = "Is the following statement something you would say? \"{statement}\"";
+const DOMAIN: &str = "Would you agree with this: \"{statement}\"";
+
+/// A statements file and config in `dir`, fine-tuning `steps` steps on batches of 4 pairs.
+fn write_problem(dir: &Path, steps: usize) -> PathBuf {
+    let statements = dir.join("statements.txt");
+    std::fs::write(&statements, STATEMENTS).unwrap();
+    let config = dir.join("tiny.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"seed = 3
+[lm]
+statements = {statements:?}
+group_size = 3
+train_fraction = 0.75
+question = '{QUESTION}'
+domain_question = '{DOMAIN}'
+prefixes = ["Answer:", "My answer is"]
+train_chosen = ["yes", "sure"]
+train_rejected = ["no", "never"]
+unseen_chosen = ["certainly", "absolutely"]
+unseen_rejected = ["nope", "hardly"]
+beta = 1.0
+batch_size = 8
+[finetune]
+steps = {steps}
+lr = 1e-3
+batch_pairs = 4
+[train]
+optimizer = "flow"
+t_max = 1e4
+observations_per_decade = 1
+imrm_gradient = "sparse"
+"#
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn texts() -> Vec<String> {
+    let mut t: Vec<String> = STATEMENTS.lines().map(String::from).collect();
+    t.extend([QUESTION, DOMAIN, "Answer: My answer is"].map(String::from));
+    t.extend(
+        "yes sure no never certainly absolutely nope hardly"
+            .split(' ')
+            .map(String::from),
+    );
+    t
+}
+
+fn specs() -> Vec<(&'static str, TinySpec)> {
+    let base = TinySpec {
+        arch: Architecture::Bert,
+        dim: 32,
+        layers: 2,
+        heads: 4,
+        kv_heads: 4,
+        tied: false,
+        seed: 11,
+    };
+    vec![
+        ("bert", base),
+        (
+            "llama-gqa",
+            TinySpec {
+                arch: Architecture::Llama,
+                kv_heads: 2,
+                ..base
+            },
+        ),
+        (
+            "llama-tied",
+            TinySpec {
+                arch: Architecture::Llama,
+                tied: true,
+                ..base
+            },
+        ),
+        (
+            "gpt2",
+            TinySpec {
+                arch: Architecture::Gpt2,
+                ..base
+            },
+        ),
+    ]
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn split<'a>(splits: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    splits
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["split"] == name)
+        .unwrap()
+}
+
+fn run_lm(model: &Path, config: &Path, out: &Path, threads: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rmflow"))
+        .args(["lm", "--mode", "full", "--force", "--model"])
+        .arg(model)
+        .arg("--config")
+        .arg(config)
+        .arg("--out")
+        .arg(out)
+        .env("RAYON_NUM_THREADS", threads)
+        .output()
+        .unwrap()
+}
+
+/// Every family: head-only IM-RM ties on every unseen pair with its unseen rows untouched;
+/// full fine-tuning trains every parameter tensor, and leaves the unseen answer rows exactly
+/// where they were (no gradient reaches them, no weight decay) while the margins move.
+#[test]
+fn tiny_models_run_head_only_and_full_fine_tuning() {
+    let dir = temp("run");
+    let config = write_problem(&dir, 3);
+    for (name, spec) in specs() {
+        let model = dir.join(name);
+        write_tiny_checkpoint(&model, spec, &texts()).unwrap();
+        let out = dir.join(format!("out-{name}"));
+        let o = run_lm(&model, &config, &out, "2");
+        assert!(
+            o.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let summary = json(&out.join("summary.json"));
+        let im = &summary["imrm"]["final"];
+        assert_eq!(
+            split(&im["splits"], "unseen")["tie_aware_accuracy"],
+            0.5,
+            "{name}"
+        );
+        assert_eq!(im["unseen_row_drift"], 0.0, "{name}");
+        for model_name in ["exrm", "imrm"] {
+            let full = json(&out.join(format!("full/{model_name}/summary.json")));
+            assert_eq!(full["steps"], 3, "{name} {model_name}");
+            assert_eq!(
+                full["unchanged_parameters"].as_array().unwrap().len(),
+                0,
+                "{name} {model_name}: parameters cut off from the gradient: {}",
+                full["unchanged_parameters"]
+            );
+            assert!(full["relative_parameter_change"].as_f64().unwrap() > 0.0);
+            assert!(out
+                .join(format!("full/{model_name}/eval_unseen/prompt_hidden.npy"))
+                .is_file());
+        }
+        let im_full = json(&out.join("full/imrm/summary.json"));
+        assert_eq!(im_full["unseen_row_drift"], 0.0, "{name}");
+        let lm = json(&out.join("lm.json"));
+        assert_eq!(
+            lm["architecture"],
+            format!("{:?}", spec.arch).to_lowercase()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Same seed ⇒ bit-identical full fine-tuning with 1 or 2 threads.
+#[test]
+fn full_fine_tuning_is_reproducible_across_thread_counts() {
+    let dir = temp("repro");
+    let config = write_problem(&dir, 2);
+    let (_, spec) = specs().remove(1);
+    let model = dir.join("llama");
+    write_tiny_checkpoint(&model, spec, &texts()).unwrap();
+    let read = |threads: &str| {
+        let out = dir.join(format!("out-{threads}"));
+        let o = run_lm(&model, &config, &out, threads);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ["exrm", "imrm"].map(|m| {
+            let mut s = json(&out.join(format!("full/{m}/summary.json")));
+            s.as_object_mut().unwrap().remove("seconds");
+            (
+                s,
+                std::fs::read(out.join(format!("full/{m}/eval_unseen/prompt_hidden.npy"))).unwrap(),
+            )
+        })
+    };
+    assert_eq!(read("1"), read("2"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The differentiable re-implementations compute what candle-transformers computes.
+#[test]
+fn differentiable_forwards_match_candle_transformers() {
+    let dir = temp("forward");
+    for (name, spec) in specs() {
+        if spec.arch == Architecture::Gpt2 {
+            continue; // not in candle-transformers: one implementation serves both modes
+        }
+        let model = dir.join(name);
+        write_tiny_checkpoint(&model, spec, &texts()).unwrap();
+        let reference = LanguageModel::load(&model, &Device::Cpu, Forward::Reference).unwrap();
+        let diff = LanguageModel::load(&model, &Device::Cpu, Forward::Differentiable).unwrap();
+        let mut seqs = Vec::new();
+        let mut pos = Vec::new();
+        for s in STATEMENTS.lines().take(6) {
+            let (ids, p) = reference.prompt_ids(&format!("{s} Answer:")).unwrap();
+            let yes = reference.answer_token("yes").unwrap();
+            let (with, q) = reference.with_answer(&ids, p, yes);
+            seqs.extend([ids, with]);
+            pos.extend([p, q]);
+        }
+        let a = reference.hidden_at(&seqs, &pos, 4).unwrap();
+        let b = diff.hidden_at(&seqs, &pos, 4).unwrap();
+        let gap = (&a - &b).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let scale = a.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        eprintln!("{name}: max |Δh| = {gap:e} (max |h| = {scale:.3})");
+        assert!(gap <= 1e-4 * scale.max(1.0), "{name}: max |Δh| = {gap:e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A checkpoint whose config asks for more layers than the weights hold: an error naming the
+/// missing tensor and the file, not a panic.
+#[test]
+fn missing_tensor_is_named() {
+    let dir = temp("bad");
+    for (name, spec) in specs() {
+        let model = dir.join(name);
+        write_tiny_checkpoint(&model, spec, &texts()).unwrap();
+        let cfg_path = model.join("config.json");
+        let mut cfg = json(&cfg_path);
+        let key = if spec.arch == Architecture::Gpt2 {
+            "n_layer"
+        } else {
+            "num_hidden_layers"
+        };
+        cfg[key] = serde_json::json!(spec.layers + 1);
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let err = LanguageModel::load(&model, &Device::Cpu, Forward::Reference)
+            .err()
+            .unwrap_or_else(|| panic!("{name}: loaded a checkpoint with a missing layer"));
+        let msg = format!("{err:#}");
+        assert!(
+            msg.contains("model.safetensors") && msg.contains(&format!("{}", spec.layers)),
+            "{name}: {msg}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
