@@ -333,7 +333,7 @@ fn run(cli: Cli) -> Result<()> {
                 other => anyhow::bail!("--device must be cpu or cuda, got {other:?}"),
             };
             let file = rmflow::lm::LmFile::from_file(&config)?;
-            run_lm(&model, &file, &config, &out, device, &mode, force)
+            run_lm(&model, &file, &out, device, &mode, force)
         }
         Command::DefaultConfig => {
             print!("{}", rmflow::config::DEFAULT_CONFIG_TOML);
@@ -356,108 +356,71 @@ fn main() -> ExitCode {
 fn run_lm(
     model: &std::path::Path,
     file: &rmflow::lm::LmFile,
-    config: &std::path::Path,
     out: &std::path::Path,
     device: candle_core::Device,
     mode: &str,
     force: bool,
 ) -> Result<()> {
-    use rmflow::lm::finetune::{finetune, FullRun};
     use rmflow::simulation::ModelKind;
+    let mode = if mode == "full" {
+        rmflow::lm::Mode::Full
+    } else {
+        rmflow::lm::Mode::Head
+    };
     let dir = rmflow::export::AtomicDir::create(out, force)?;
-    let t0 = std::time::Instant::now();
-    let lm = rmflow::lm::LanguageModel::load(model, &device, rmflow::lm::Forward::Reference)?;
-    let arch = lm.arch;
-    let t1 = std::time::Instant::now();
-    let problem = rmflow::lm::build_setup(file, &lm)?;
-    let t2 = std::time::Instant::now();
-    let (answers, sequences) = (problem.answers, problem.sequences);
-    let sim = rmflow::lm::run_head_only(file, problem.setup)?;
-    let t3 = std::time::Instant::now();
-    drop(lm);
-    rmflow::export::write_simulation_into(&dir, &sim)?;
-    let sequences_encoded = 3 * sequences.iter().map(|q| q.len()).sum::<usize>();
-    let tokens = rmflow::lm::LAST_EXTRACTION_TOKENS.load(std::sync::atomic::Ordering::Relaxed);
-    println!("answer tokens (word → id): {answers:?}");
+    let mut bar: Option<(ModelKind, ProgressBar)> = None;
+    let run = rmflow::lm::run_experiment(model, file, &device, mode, &mut |kind, r| {
+        if bar.as_ref().map(|b| b.0) != Some(kind) {
+            if let Some((_, b)) = bar.take() {
+                b.finish_and_clear();
+            }
+            bar = Some((kind, progress_bar(file.finetune.steps as u64)));
+        }
+        let b = &bar.as_ref().expect("set above").1;
+        b.set_message(format!(
+            "full fine-tuning {}: loss {:.4}",
+            kind.label(),
+            r.loss
+        ));
+        b.inc(1);
+    })?;
+    if let Some((_, b)) = bar {
+        b.finish_and_clear();
+    }
+    rmflow::lm::export::write_run(&dir, &run)?;
+    let written = dir.commit()?;
+    let t = &run.timing;
+    println!("answer tokens (word → id): {:?}", run.answers);
     println!(
-        "load {:.1} s, extraction {:.1} s for {sequences_encoded} sequences, {tokens} tokens ({:.0} tokens/s), head-only training {:.1} s",
-        (t1 - t0).as_secs_f64(),
-        (t2 - t1).as_secs_f64(),
-        tokens as f64 / (t2 - t1).as_secs_f64(),
-        (t3 - t2).as_secs_f64()
+        "load {:.1} s, extraction {:.1} s for {} sequences, {} tokens ({:.0} tokens/s), head-only training {:.1} s",
+        t.load,
+        t.extract,
+        run.sequences_encoded,
+        run.tokens_encoded,
+        run.tokens_encoded as f64 / t.extract,
+        t.train_head_only
     );
-    let finals: Vec<&Observation> = sim
+    let finals: Vec<&Observation> = run
+        .sim
         .runs()
         .iter()
         .map(|r| r.trajectory.last().expect("observed"))
         .collect();
     println!("head-only (body frozen, Theorem 2):");
-    print_accuracy_table(&finals, sim.config.eval.tie_tolerance);
-    let mut full: Vec<FullRun> = Vec::new();
-    if mode == "full" {
-        for kind in [ModelKind::Explicit, ModelKind::Implicit] {
-            let bar = progress_bar(file.finetune.steps as u64);
-            bar.set_message(format!("full fine-tuning {}", kind.label()));
-            let run = finetune(
-                kind,
-                model,
-                &device,
-                &sequences,
-                &file.finetune,
-                file.lm.beta,
-                file.lm.batch_size,
-                file.seed,
-                file.eval.tie_tolerance,
-                &mut |r| {
-                    bar.set_message(format!(
-                        "full fine-tuning {}: loss {:.4}",
-                        kind.label(),
-                        r.loss
-                    ));
-                    bar.inc(1);
-                },
-            )?;
-            bar.finish_and_clear();
-            rmflow::lm::export::write_full_run(&dir, &run)?;
-            full.push(run);
-        }
+    print_accuracy_table(&finals, run.sim.config.eval.tie_tolerance);
+    if !run.full.is_empty() {
         println!(
-            "full fine-tuning ({} AdamW steps, lr {}):",
-            file.finetune.steps, file.finetune.lr
+            "full fine-tuning ({} AdamW steps, lr {:e}; {}):",
+            file.finetune.steps,
+            file.finetune.lr,
+            t.full_finetune
+                .iter()
+                .map(|(m, s)| format!("{m} {s:.1} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        println!("{}", rmflow::lm::export::full_table(&full));
+        print!("{}", rmflow::lm::export::full_table(&run.full));
     }
-    let text = std::fs::read_to_string(config)?;
-    dir.write_text(
-        "lm_config.toml",
-        &format!(
-            "# rmflow {} real-model config ({})\n{}",
-            rmflow::export::RMFLOW_VERSION,
-            config.display(),
-            text
-        ),
-    )?;
-    dir.write_json(
-        "lm.json",
-        &serde_json::json!({
-            "rmflow_version": rmflow::export::RMFLOW_VERSION,
-            "model": model.display().to_string(),
-            "architecture": arch,
-            "device": format!("{device:?}"),
-            "mode": mode,
-            "answer_tokens": answers,
-            "sequences_encoded": sequences_encoded,
-            "tokens_encoded": tokens,
-            "seconds": {
-                "load": (t1 - t0).as_secs_f64(),
-                "extract": (t2 - t1).as_secs_f64(),
-                "train_head_only": (t3 - t2).as_secs_f64(),
-                "full_finetune": full.iter().map(|r| (r.kind.name(), r.seconds)).collect::<std::collections::BTreeMap<_, _>>(),
-            },
-            "full": full.iter().map(rmflow::lm::export::full_summary).collect::<Vec<_>>(),
-        }),
-    )?;
-    let written = dir.commit()?;
     println!("wrote {}", written.display());
     Ok(())
 }

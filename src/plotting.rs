@@ -55,6 +55,25 @@ pub enum PanelContent {
         matrix: Array2<f64>,
         limit: f64,
     },
+    /// Grouped bars: one group per category, one bar per [`Bars`] series; an optional dashed
+    /// horizontal reference line (e.g. chance).
+    Bars {
+        categories: Vec<String>,
+        bars: Vec<Bars>,
+        reference: Option<f64>,
+    },
+}
+
+/// One bar per category; `marks` (same length, optional) are drawn as black ticks on the bars.
+#[derive(Debug, Clone, Default)]
+pub struct Bars {
+    pub name: String,
+    pub values: Vec<f64>,
+    pub marks: Option<Vec<f64>>,
+    /// Index into [`PALETTE`].
+    pub color: usize,
+    /// Lighter fill with a full-colour outline (e.g. the head-only variant).
+    pub light: bool,
 }
 
 /// One panel of a figure.
@@ -288,6 +307,135 @@ fn draw_lines<DB: DrawingBackend>(
     Ok(())
 }
 
+fn draw_bars<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    p: &Panel,
+    categories: &[String],
+    bars: &[Bars],
+    reference: Option<f64>,
+) -> Result<()> {
+    let n = categories.len() as f64;
+    let (y0, y1) = match p.y_range {
+        Some(r) => r,
+        None => {
+            let hi = bars
+                .iter()
+                .flat_map(|b| b.values.iter().copied())
+                .fold(0.0f64, f64::max);
+            (0.0, 1.05 * hi.max(f64::MIN_POSITIVE))
+        }
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, (FAMILY, 17))
+        .margin(8)
+        .x_label_area_size(42)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0f64..n, y0..y1)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .x_desc(&p.x_label)
+        .y_desc(&p.y_label)
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 14))
+        .y_labels(7)
+        .y_label_formatter(&|v| tick(*v, false, y1 - y0))
+        .light_line_style(RGBColor(235, 235, 235))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()
+        .map_err(err)?;
+    let g = bars.len().max(1) as f64;
+    let width = 0.8 / g;
+    for (j, b) in bars.iter().enumerate() {
+        let color = PALETTE[b.color % PALETTE.len()];
+        let fill = if b.light {
+            color.mix(0.35)
+        } else {
+            color.mix(1.0)
+        };
+        let rects: Vec<_> = b
+            .values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(k, &v)| {
+                let x = k as f64 + 0.1 + j as f64 * width;
+                [(x, y0), (x + width * 0.92, v)]
+            })
+            .collect();
+        chart
+            .draw_series(rects.iter().map(|r| Rectangle::new(*r, fill.filled())))
+            .map_err(err)?
+            .label(&b.name)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], fill.filled()));
+        chart
+            .draw_series(
+                rects
+                    .iter()
+                    .map(|r| Rectangle::new(*r, ShapeStyle::from(color).stroke_width(1))),
+            )
+            .map_err(err)?;
+        if let Some(marks) = &b.marks {
+            chart
+                .draw_series(marks.iter().enumerate().filter(|(_, m)| m.is_finite()).map(
+                    |(k, &m)| {
+                        let x = k as f64 + 0.1 + j as f64 * width;
+                        PathElement::new(
+                            vec![(x, m), (x + width * 0.92, m)],
+                            ShapeStyle::from(BLACK).stroke_width(3),
+                        )
+                    },
+                ))
+                .map_err(err)?;
+        }
+    }
+    if let Some(r) = reference {
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(0.0, r), (n, r)],
+                6,
+                4,
+                ShapeStyle::from(RGBColor(90, 90, 90)).stroke_width(1),
+            ))
+            .map_err(err)?;
+    }
+    let base = area.get_base_pixel();
+    for (k, c) in categories.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(k as f64 + 0.5, y0));
+        area.draw(&Text::new(
+            c.clone(),
+            (px - base.0 - 4 * c.chars().count() as i32, py - base.1 + 6),
+            (FAMILY, 14).into_font(),
+        ))
+        .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(match p.legend {
+            Legend::LowerRight => SeriesLabelPosition::LowerRight,
+            Legend::UpperRight => SeriesLabelPosition::UpperRight,
+            Legend::MiddleRight => SeriesLabelPosition::MiddleRight,
+            Legend::LowerLeft => SeriesLabelPosition::LowerLeft,
+            Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
+        })
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .label_font((FAMILY, 12))
+        .draw()
+        .map_err(err)?;
+    for (i, note) in p.notes.iter().enumerate() {
+        area.draw(&Text::new(
+            note.clone(),
+            (74, 34 + 15 * i as i32),
+            (FAMILY, 12).into_font().color(&RGBColor(60, 60, 60)),
+        ))
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
 /// Blue (−limit) – white (0) – red (+limit).
 fn diverging(v: f64, limit: f64) -> RGBColor {
     let t = (v / limit).clamp(-1.0, 1.0);
@@ -364,6 +512,11 @@ fn draw_figure<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, fig: &Figure) -
         match &p.content {
             PanelContent::Lines(s) => draw_lines(a, p, s)?,
             PanelContent::Heatmap { matrix, limit } => draw_heatmap(a, p, matrix, *limit)?,
+            PanelContent::Bars {
+                categories,
+                bars,
+                reference,
+            } => draw_bars(a, p, categories, bars, *reference)?,
         }
     }
     let _ = w;

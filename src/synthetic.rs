@@ -167,12 +167,9 @@ impl<'a> TokenPools<'a> {
     }
 }
 
-/// A complete synthetic setup: vocabulary, embeddings, initial parameters and the splits.
+/// The parts of the synthetic language model of MATH.md §5 that generate the representations.
 #[derive(Debug, Clone)]
-pub struct Setup {
-    pub config: SetupConfig,
-    pub seed: u64,
-    pub vocab: Vocabulary,
+pub struct SyntheticLm {
     /// Quality direction `μ` (unit).
     pub quality_direction: Array1<f64>,
     /// Prompt-cluster directions `ν_0` (training) and `ν_1` (domain shift), unit.
@@ -180,6 +177,18 @@ pub struct Setup {
     /// Input embeddings `e_y`, [V, D].
     pub embeddings: Array2<f64>,
     pub recurrent: RecurrentMap,
+}
+
+/// A reward-learning problem: vocabulary, initial parameters and the splits' representations
+/// (drawn by [`Setup::generate`], or extracted from a real model by `lm::build_setup`).
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub config: SetupConfig,
+    pub seed: u64,
+    pub vocab: Vocabulary,
+    /// The synthetic language model that drew the representations (MATH.md §5); `None` when they
+    /// come from a real transformer (MATH.md §6).
+    pub generator: Option<SyntheticLm>,
     /// `U(0)`, [V, D]; also the reference model `π_ref = π_{U(0)}`.
     pub unembedding_init: Array2<f64>,
     /// `u(0)`, [D].
@@ -380,10 +389,12 @@ impl Setup {
             config: s,
             seed: config.seed,
             vocab,
-            quality_direction,
-            cluster_directions,
-            embeddings,
-            recurrent,
+            generator: Some(SyntheticLm {
+                quality_direction,
+                cluster_directions,
+                embeddings,
+                recurrent,
+            }),
             unembedding_init,
             head_init,
             train,

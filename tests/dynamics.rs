@@ -17,7 +17,8 @@ proptest! {
     #[test]
     fn responses_follow_the_recurrent_map(config in common::small_sequence_config()) {
         let setup = Setup::generate(&config);
-        let (a, b, e) = (&setup.recurrent.a, &setup.recurrent.b, &setup.embeddings);
+        let lm = setup.generator.as_ref().expect("synthetic setup");
+        let (a, b, e) = (&lm.recurrent.a, &lm.recurrent.b, &lm.embeddings);
         for p in setup.splits() {
             prop_assert_eq!(p.response_length(), config.setup.response_length);
             for i in 0..p.len() {

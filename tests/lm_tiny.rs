@@ -292,3 +292,30 @@ fn missing_tensor_is_named() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `real_model` figure renders from a full-mode run (tiny GPT-2 here) and its CSV holds every
+/// bar and checkpoint.
+#[test]
+fn real_model_figure_renders_from_a_full_run() {
+    let dir = temp("figure");
+    let config = write_problem(&dir, 2);
+    let (_, spec) = specs().remove(3);
+    let model = dir.join("gpt2");
+    write_tiny_checkpoint(&model, spec, &texts()).unwrap();
+    let file = rmflow::lm::LmFile::from_file(&config).unwrap();
+    let run = rmflow::lm::run_experiment(
+        &model,
+        &file,
+        &Device::Cpu,
+        rmflow::lm::Mode::Full,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    let data = rmflow::figures::real_model(&run).unwrap();
+    rmflow::figures::write(&data, &dir, "real_model").unwrap();
+    assert!(dir.join("real_model.png").is_file() && dir.join("real_model.svg").is_file());
+    let lines: Vec<&str> = data.csv.lines().collect();
+    // 2 models × 4 splits head-only, 2 models × 2 checkpoints × 4 splits full.
+    assert_eq!(lines.len(), 1 + 8 + 16, "{}", data.csv);
+    let _ = std::fs::remove_dir_all(&dir);
+}

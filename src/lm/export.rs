@@ -2,6 +2,7 @@
 //! run's simulate layout (experiments/README.md, "Real-model output").
 
 use super::finetune::FullRun;
+use super::RealModelRun;
 use crate::export::{write_pairs, AtomicDir};
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -19,6 +20,7 @@ pub fn write_full_run(dir: &AtomicDir, run: &FullRun) -> Result<()> {
         ));
     }
     dir.write_text(&format!("{root}/history.csv"), &csv)?;
+    dir.write_text(&format!("{root}/checkpoints.csv"), &checkpoints_csv(run))?;
     for p in &run.pairs {
         let folder = if p.name == "train" {
             format!("{root}/train")
@@ -48,7 +50,9 @@ pub fn full_summary(run: &FullRun) -> Value {
         "first_loss": run.history.first().map(|r| r.loss),
         "final_loss": run.history.last().map(|r| r.loss),
         "splits": run.splits,
+        "checkpoints": run.checkpoints,
         "unseen_row_drift": run.unseen_row_drift,
+        "answer_direction_cosine": run.answer_direction_cosine,
         "representation_shift": run.shift,
         "relative_parameter_change": run.relative_parameter_change,
         "unchanged_parameters": run.unchanged_parameters,
@@ -87,4 +91,80 @@ pub fn full_table(runs: &[FullRun]) -> String {
         }
     }
     out
+}
+
+/// `step,<split>_strict_accuracy,<split>_tie_aware_accuracy,…` per evaluation.
+pub fn checkpoints_csv(run: &FullRun) -> String {
+    let mut out = String::from("step");
+    if let Some(c) = run.checkpoints.first() {
+        for s in &c.splits {
+            out.push_str(&format!(
+                ",{0}_strict_accuracy,{0}_tie_aware_accuracy,{0}_mean_margin",
+                s.split
+            ));
+        }
+    }
+    out.push('\n');
+    for c in &run.checkpoints {
+        out.push_str(&c.step.to_string());
+        for s in &c.splits {
+            out.push_str(&format!(
+                ",{:e},{:e},{:e}",
+                s.strict_accuracy, s.tie_aware_accuracy, s.mean_margin
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The whole output of `rmflow lm` into `dir`: simulate's layout for the head-only run,
+/// `full/<model>/` for each fully fine-tuned model, `lm_config.toml` and `lm.json`.
+pub fn write_run(dir: &AtomicDir, run: &RealModelRun) -> Result<()> {
+    crate::export::write_simulation_into(dir, &run.sim)?;
+    dir.write_text(
+        "config.toml",
+        &format!(
+            "# rmflow {}: engine config of the head-only run on {}'s representations.\n\
+             # [setup] holds the problem's sizes (dim, token counts, pairs, beta); its synthetic-LM\n\
+             # fields (alpha, kappa, recurrent_gain, ...) were not used. The real-model config is lm_config.toml.\n{}",
+            crate::export::RMFLOW_VERSION,
+            run.model.display(),
+            run.sim.config.to_toml()
+        ),
+    )?;
+    for f in &run.full {
+        write_full_run(dir, f)?;
+    }
+    dir.write_text(
+        "lm_config.toml",
+        &format!(
+            "# rmflow {}: resolved real-model config of this run\n{}",
+            crate::export::RMFLOW_VERSION,
+            toml::to_string(&run.file)?
+        ),
+    )?;
+    dir.write_json("lm.json", &lm_json(run))
+}
+
+/// `lm.json`: model, architecture, device, mode, answer tokens, sizes, times, full summaries.
+pub fn lm_json(run: &RealModelRun) -> Value {
+    json!({
+        "rmflow_version": crate::export::RMFLOW_VERSION,
+        "model": run.model.display().to_string(),
+        "architecture": run.arch,
+        "device": run.device,
+        "mode": run.mode,
+        "seed": run.file.seed,
+        "answer_tokens": run.answers,
+        "sequences_encoded": run.sequences_encoded,
+        "tokens_encoded": run.tokens_encoded,
+        "seconds": {
+            "load": run.timing.load,
+            "extract": run.timing.extract,
+            "train_head_only": run.timing.train_head_only,
+            "full_finetune": run.timing.full_finetune.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        },
+        "full": run.full.iter().map(full_summary).collect::<Vec<_>>(),
+    })
 }

@@ -37,6 +37,10 @@ pub struct FinetuneSpec {
     pub eps: f64,
     /// Training pairs per step, drawn without replacement per epoch (0 = all pairs every step).
     pub batch_pairs: usize,
+    /// Evaluate every split every this many steps (0 = only after the last step).
+    pub eval_every: usize,
+    /// Further steps after which to evaluate (e.g. the first few).
+    pub eval_at: Vec<usize>,
 }
 
 impl Default for FinetuneSpec {
@@ -49,6 +53,8 @@ impl Default for FinetuneSpec {
             beta2: 0.999,
             eps: 1e-8,
             batch_pairs: 0,
+            eval_every: 0,
+            eval_at: vec![],
         }
     }
 }
@@ -59,6 +65,13 @@ pub struct StepRecord {
     pub step: usize,
     pub loss: f64,
     pub batch_strict_accuracy: f64,
+}
+
+/// Accuracy of every split after `step` updates (representations re-extracted).
+#[derive(Debug, Clone, Serialize)]
+pub struct Checkpoint {
+    pub step: usize,
+    pub splits: Vec<SplitMetrics>,
 }
 
 /// How far a split's representations moved: `mean ‖h(T) − h(0)‖ / mean ‖h(0)‖`.
@@ -75,10 +88,15 @@ pub struct RepresentationShift {
 pub struct FullRun {
     pub kind: ModelKind,
     pub history: Vec<StepRecord>,
+    /// Evaluations at step 0, every `eval_every` steps and after the last step.
+    pub checkpoints: Vec<Checkpoint>,
     /// Final margins' metrics per split (train first), strict and tie-aware.
     pub splits: Vec<SplitMetrics>,
     /// IM-RM: `max ‖U_z(T) − U_z(0)‖` over the unseen answer tokens `z`.
     pub unseen_row_drift: Option<f64>,
+    /// `cos(mean (U_{y⁺} − U_{y⁻})(0) over train pairs, same over unseen pairs)`: how much a
+    /// move of `h_x` that separates the seen answers also separates the unseen ones.
+    pub answer_direction_cosine: Option<f64>,
     pub shift: Vec<RepresentationShift>,
     /// `‖θ(T) − θ(0)‖ / ‖θ(0)‖` over all transformer parameters.
     pub relative_parameter_change: f64,
@@ -161,6 +179,59 @@ fn mean_norm_ratio(now: &Array2<f64>, then: &Array2<f64>) -> f64 {
     moved / base.max(f64::MIN_POSITIVE)
 }
 
+struct EvalContext<'a> {
+    kind: ModelKind,
+    sequences: &'a [SplitSequences],
+    initial: &'a [PairSet],
+    u0: &'a Tensor,
+    beta: f64,
+    batch_size: usize,
+    tie_tolerance: f64,
+}
+
+/// Re-extracts every split's representations from the current body and scores them (f64):
+/// EX-RM `u·(h⁺ − h⁻)`, IM-RM `β[(U_{y⁺}−U_{y⁻})·h_x − (U_{y⁺}−U_{y⁻})(0)·h_x(0)]` (the
+/// log-normalisers cancel within a pair).
+fn evaluate(
+    ctx: &EvalContext,
+    lm: &LanguageModel,
+    head: &Var,
+) -> Result<(Vec<PairSet>, Vec<SplitMetrics>)> {
+    let device = &lm.device;
+    let pairs: Vec<PairSet> = ctx
+        .sequences
+        .iter()
+        .map(|q| extract_pairs(lm, q, ctx.batch_size))
+        .collect::<Result<_>>()?;
+    let head = Array1::from(flat(head.as_tensor())?);
+    let mut splits = Vec::new();
+    for (now, then) in pairs.iter().zip(ctx.initial) {
+        let margins: Vec<f64> = match ctx.kind {
+            ModelKind::Explicit => (&now.chosen_hidden - &now.rejected_hidden)
+                .dot(&head)
+                .to_vec(),
+            ModelKind::Implicit => {
+                let tokens =
+                    |t: &Array2<usize>| t.column(0).iter().map(|&x| x as u32).collect::<Vec<_>>();
+                let (c, r) = (tokens(&now.chosen_tokens), tokens(&now.rejected_tokens));
+                let diff = |u: &Tensor| -> Result<Array2<f64>> {
+                    super::model::to_array2(&(rows(u, &c, device)? - rows(u, &r, device)?)?)
+                };
+                let (d_now, d_then) = (diff(lm.unembedding())?, diff(ctx.u0)?);
+                (0..now.len())
+                    .map(|i| {
+                        ctx.beta
+                            * (d_now.row(i).dot(&now.prompt_hidden.row(i))
+                                - d_then.row(i).dot(&then.prompt_hidden.row(i)))
+                    })
+                    .collect()
+            }
+        };
+        splits.push(split_metrics(&now.name, &margins, ctx.tie_tolerance));
+    }
+    Ok((pairs, splits))
+}
+
 /// Fine-tunes a fresh copy of the model in `model_dir` as `kind` on `sequences[0]` and evaluates
 /// every split. `on_step` sees each step's record (progress bars).
 #[allow(clippy::too_many_arguments)]
@@ -228,7 +299,30 @@ pub fn finetune(
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f17e);
     let mut order: Vec<usize> = Vec::new();
     let mut history = Vec::with_capacity(spec.steps);
+    let ctx = EvalContext {
+        kind,
+        sequences,
+        initial: &initial,
+        u0: &u0,
+        beta,
+        batch_size,
+        tie_tolerance,
+    };
+    let mut checkpoints = vec![Checkpoint {
+        step: 0,
+        splits: initial
+            .iter()
+            .map(|p| split_metrics(&p.name, &vec![0.0; p.len()], tie_tolerance))
+            .collect(),
+    }];
     for step in 0..spec.steps {
+        let scheduled = spec.eval_every > 0 && step % spec.eval_every == 0;
+        if step > 0 && (scheduled || spec.eval_at.contains(&step)) {
+            checkpoints.push(Checkpoint {
+                step,
+                splits: evaluate(&ctx, &lm, &head)?.1,
+            });
+        }
         if order.len() < per_step {
             let mut epoch = all.clone();
             if per_step < n {
@@ -266,37 +360,12 @@ pub fn finetune(
         history.push(record);
         opt.backward_step(&loss)?;
     }
-    // Evaluation on representations re-extracted from the fine-tuned body (f64 margins).
-    let pairs: Vec<PairSet> = sequences
-        .iter()
-        .map(|q| extract_pairs(&lm, q, batch_size))
-        .collect::<Result<_>>()?;
+    let (pairs, splits) = evaluate(&ctx, &lm, &head)?;
+    checkpoints.push(Checkpoint {
+        step: spec.steps,
+        splits: splits.clone(),
+    });
     let u_final = lm.unembedding();
-    let head_f64 = Array1::from(flat(head.as_tensor())?);
-    let mut splits = Vec::new();
-    for (now, then) in pairs.iter().zip(&initial) {
-        let margins: Vec<f64> = match kind {
-            ModelKind::Explicit => (&now.chosen_hidden - &now.rejected_hidden)
-                .dot(&head_f64)
-                .to_vec(),
-            ModelKind::Implicit => {
-                let tokens =
-                    |t: &Array2<usize>| t.column(0).iter().map(|&x| x as u32).collect::<Vec<_>>();
-                let (c, r) = (tokens(&now.chosen_tokens), tokens(&now.rejected_tokens));
-                let diff = |u: &Tensor| -> Result<Array2<f64>> {
-                    super::model::to_array2(&(rows(u, &c, device)? - rows(u, &r, device)?)?)
-                };
-                let (d_now, d_then) = (diff(u_final)?, diff(&u0)?);
-                (0..now.len())
-                    .map(|i| {
-                        beta * (d_now.row(i).dot(&now.prompt_hidden.row(i))
-                            - d_then.row(i).dot(&then.prompt_hidden.row(i)))
-                    })
-                    .collect()
-            }
-        };
-        splits.push(split_metrics(&now.name, &margins, tie_tolerance));
-    }
     let shift = pairs
         .iter()
         .zip(&initial)
@@ -357,15 +426,32 @@ pub fn finetune(
         }
         ModelKind::Explicit => (None, None),
     };
+    let answer_direction_cosine = {
+        let mean_diff = |name: &str| -> Result<Option<Array1<f64>>> {
+            let Some(q) = sequences.iter().find(|q| q.name == name) else {
+                return Ok(None);
+            };
+            let d = super::model::to_array2(
+                &(rows(&u0, &q.chosen_token, device)? - rows(&u0, &q.rejected_token, device)?)?,
+            )?;
+            Ok(d.mean_axis(ndarray::Axis(0)))
+        };
+        match (mean_diff("train")?, mean_diff("unseen")?) {
+            (Some(a), Some(b)) => Some(a.dot(&b) / (a.dot(&a) * b.dot(&b)).sqrt()),
+            _ => None,
+        }
+    };
     Ok(FullRun {
         kind,
         history,
+        checkpoints,
         splits,
         unseen_row_drift,
+        answer_direction_cosine,
         shift,
         relative_parameter_change: (moved / base).sqrt(),
         pairs,
-        head: (kind == ModelKind::Explicit).then_some(head_f64),
+        head: (kind == ModelKind::Explicit).then_some(Array1::from(flat(head.as_tensor())?)),
         answer_rows,
         parameters,
         unchanged_parameters,

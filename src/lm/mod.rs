@@ -10,7 +10,7 @@
 
 use crate::config::{Config, SetupConfig, UnembeddingInit};
 use crate::simulation::{max_margin_for, run_model, ModelKind, Simulation};
-use crate::synthetic::{PairSet, RecurrentMap, Setup, TokenLabel, Vocabulary};
+use crate::synthetic::{PairSet, Setup, TokenLabel, Vocabulary};
 use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array2, Array3};
 use rand::seq::SliceRandom;
@@ -361,19 +361,11 @@ pub fn build_setup(file: &LmFile, lm: &LanguageModel) -> Result<RealProblem> {
         ..SetupConfig::default()
     };
     let seen_tokens = train.tokens();
-    let zero = Array1::zeros(d);
     let setup = Setup {
         config,
         seed: file.seed,
         vocab,
-        // The synthetic-only fields are not used by real-model runs.
-        quality_direction: zero.clone(),
-        cluster_directions: [zero.clone(), zero],
-        embeddings: unembedding.clone(),
-        recurrent: RecurrentMap {
-            a: Array2::zeros((d, d)),
-            b: Array2::zeros((d, d)),
-        },
+        generator: None,
         unembedding_init: unembedding,
         head_init: Array1::zeros(d),
         train,
@@ -417,5 +409,102 @@ pub fn run_head_only(file: &LmFile, setup: Setup) -> Result<Simulation> {
         setup,
         explicit,
         implicit,
+    })
+}
+
+/// `rmflow lm --mode`: head-only (Theorem 2) or head-only and full fine-tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Head,
+    Full,
+}
+
+/// Wall-clock seconds of each stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timing {
+    pub load: f64,
+    pub extract: f64,
+    pub train_head_only: f64,
+    pub full_finetune: Vec<(String, f64)>,
+}
+
+/// A whole real-model experiment: the head-only run (a [`Simulation`]) and, in full mode, the
+/// fully fine-tuned EX-RM and IM-RM.
+pub struct RealModelRun {
+    pub model: PathBuf,
+    pub arch: Architecture,
+    pub device: String,
+    pub mode: Mode,
+    pub file: LmFile,
+    pub answers: AnswerTokens,
+    pub sim: Simulation,
+    pub full: Vec<finetune::FullRun>,
+    pub sequences_encoded: usize,
+    pub tokens_encoded: usize,
+    pub timing: Timing,
+}
+
+/// Runs the experiment of `file` on the model in `model_dir`; `on_step` sees every full
+/// fine-tuning step (progress bars).
+pub fn run_experiment(
+    model_dir: &Path,
+    file: &LmFile,
+    device: &Device,
+    mode: Mode,
+    on_step: &mut dyn FnMut(ModelKind, &finetune::StepRecord),
+) -> Result<RealModelRun> {
+    let t0 = std::time::Instant::now();
+    let lm = LanguageModel::load(model_dir, device, Forward::Reference)?;
+    let t1 = std::time::Instant::now();
+    let tokens_before = LAST_EXTRACTION_TOKENS.load(std::sync::atomic::Ordering::Relaxed);
+    let problem = build_setup(file, &lm)?;
+    let tokens_encoded =
+        LAST_EXTRACTION_TOKENS.load(std::sync::atomic::Ordering::Relaxed) - tokens_before;
+    let t2 = std::time::Instant::now();
+    let arch = lm.arch;
+    drop(lm);
+    let sequences = problem.sequences;
+    let sim = run_head_only(file, problem.setup)?;
+    let t3 = std::time::Instant::now();
+    let mut timing = Timing {
+        load: (t1 - t0).as_secs_f64(),
+        extract: (t2 - t1).as_secs_f64(),
+        train_head_only: (t3 - t2).as_secs_f64(),
+        full_finetune: vec![],
+    };
+    let mut full = Vec::new();
+    if mode == Mode::Full {
+        for kind in [ModelKind::Explicit, ModelKind::Implicit] {
+            let run = finetune::finetune(
+                kind,
+                model_dir,
+                device,
+                &sequences,
+                &file.finetune,
+                file.lm.beta,
+                file.lm.batch_size,
+                file.seed,
+                file.eval.tie_tolerance,
+                &mut |r| on_step(kind, r),
+            )?;
+            timing
+                .full_finetune
+                .push((kind.name().to_string(), run.seconds));
+            full.push(run);
+        }
+    }
+    Ok(RealModelRun {
+        model: model_dir.to_path_buf(),
+        arch,
+        device: format!("{device:?}"),
+        mode,
+        file: file.clone(),
+        answers: problem.answers,
+        sim,
+        full,
+        sequences_encoded: 3 * sequences.iter().map(SplitSequences::len).sum::<usize>(),
+        tokens_encoded,
+        timing,
     })
 }
