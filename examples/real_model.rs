@@ -1,7 +1,7 @@
-//! `cargo run --release --features lm --example real_model [MODEL_DIR] [CONFIG]`: runs the
+//! `cargo run --release --features lm --example real_model [MODEL_DIR] [CONFIG] [NAME]`: runs the
 //! real-model experiment in full mode (default: models/all-MiniLM-L6-v2 from
-//! scripts/fetch-model.sh, experiments/persona.toml) and writes figures/real_model.{png,svg,csv}
-//! (see figures/README.md). A few minutes on CPU.
+//! scripts/fetch-model.sh, experiments/persona.toml) and writes figures/NAME.{png,svg,csv}
+//! (default NAME real_model; see figures/README.md). A few minutes on CPU.
 
 use rmflow::lm::{run_experiment, Device, LmFile, Mode};
 use std::path::PathBuf;
@@ -16,7 +16,8 @@ fn main() -> anyhow::Result<()> {
         args.next()
             .unwrap_or_else(|| "experiments/persona.toml".into()),
     );
-    rmflow::figures::run_example("real_model", || {
+    let name = args.next().unwrap_or_else(|| "real_model".into());
+    rmflow::figures::run_example(&name, || {
         let file = LmFile::from_file(&config)?;
         let run = run_experiment(&model, &file, &Device::Cpu, Mode::Full, &mut |kind, r| {
             eprintln!("{} step {}: loss {:.4}", kind.name(), r.step, r.loss);

@@ -1035,8 +1035,9 @@ pub fn real_model(run: &crate::lm::RealModelRun) -> Result<FigureData> {
                     String::new()
                 } else {
                     format!(
-                        "; full: AdamW lr {:e}, wd {}, {} steps of {} pairs",
+                        "; full: AdamW lr {:e} (EX-RM head {:e}), wd {}, {} steps of {} pairs",
                         ft.lr,
+                        ft.head_lr.unwrap_or(ft.lr),
                         ft.weight_decay,
                         ft.steps,
                         if ft.batch_pairs == 0 {

@@ -4,7 +4,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use ndarray::Array2;
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -281,22 +281,35 @@ fn draw_lines<DB: DrawingBackend>(
         }
     }
     if series.iter().any(|s| !s.name.is_empty()) {
-        chart
-            .configure_series_labels()
-            .position(match p.legend {
-                Legend::LowerRight => SeriesLabelPosition::LowerRight,
-                Legend::UpperRight => SeriesLabelPosition::UpperRight,
-                Legend::MiddleRight => SeriesLabelPosition::MiddleRight,
-                Legend::LowerLeft => SeriesLabelPosition::LowerLeft,
-                Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
-            })
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .label_font((FAMILY, 12))
-            .draw()
-            .map_err(err)?;
+        draw_legend(&mut chart, p.legend)?;
     }
-    for (i, note) in p.notes.iter().enumerate() {
+    draw_notes(area, &p.notes)
+}
+
+/// The series legend of a panel, boxed, where `legend` puts it.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    legend: Legend,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(match legend {
+            Legend::LowerRight => SeriesLabelPosition::LowerRight,
+            Legend::UpperRight => SeriesLabelPosition::UpperRight,
+            Legend::MiddleRight => SeriesLabelPosition::MiddleRight,
+            Legend::LowerLeft => SeriesLabelPosition::LowerLeft,
+            Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
+        })
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(180, 180, 180))
+        .label_font((FAMILY, 12))
+        .draw()
+        .map_err(err)
+}
+
+/// A panel's notes in its upper-left corner.
+fn draw_notes<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, notes: &[String]) -> Result<()> {
+    for (i, note) in notes.iter().enumerate() {
         area.draw(&Text::new(
             note.clone(),
             (74, 34 + 15 * i as i32),
@@ -411,29 +424,8 @@ fn draw_bars<DB: DrawingBackend>(
         ))
         .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(match p.legend {
-            Legend::LowerRight => SeriesLabelPosition::LowerRight,
-            Legend::UpperRight => SeriesLabelPosition::UpperRight,
-            Legend::MiddleRight => SeriesLabelPosition::MiddleRight,
-            Legend::LowerLeft => SeriesLabelPosition::LowerLeft,
-            Legend::UpperLeft => SeriesLabelPosition::UpperLeft,
-        })
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(180, 180, 180))
-        .label_font((FAMILY, 12))
-        .draw()
-        .map_err(err)?;
-    for (i, note) in p.notes.iter().enumerate() {
-        area.draw(&Text::new(
-            note.clone(),
-            (74, 34 + 15 * i as i32),
-            (FAMILY, 12).into_font().color(&RGBColor(60, 60, 60)),
-        ))
-        .map_err(err)?;
-    }
-    Ok(())
+    draw_legend(&mut chart, p.legend)?;
+    draw_notes(area, &p.notes)
 }
 
 /// Blue (−limit) – white (0) – red (+limit).

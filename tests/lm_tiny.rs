@@ -42,6 +42,16 @@ fn temp(name: &str) -> PathBuf {
     p
 }
 
+/// Statements the persona would not say (their pairs prefer the "no"-type answers).
+const DISAGREE: &str = "\
+I like to insult people.
+I often insult people.
+I enjoy insulting people.
+I ignore people who need help.
+I often ignore people in need.
+I do not care about people who need help.
+";
+
 const QUESTION: &str = "Is the following statement something you would say? \"{statement}\"";
 const DOMAIN: &str = "Would you agree with this: \"{statement}\"";
 
@@ -49,6 +59,8 @@ const DOMAIN: &str = "Would you agree with this: \"{statement}\"";
 fn write_problem(dir: &Path, steps: usize) -> PathBuf {
     let statements = dir.join("statements.txt");
     std::fs::write(&statements, STATEMENTS).unwrap();
+    let disagree = dir.join("disagree.txt");
+    std::fs::write(&disagree, DISAGREE).unwrap();
     let config = dir.join("tiny.toml");
     std::fs::write(
         &config,
@@ -56,6 +68,7 @@ fn write_problem(dir: &Path, steps: usize) -> PathBuf {
             r#"seed = 3
 [lm]
 statements = {statements:?}
+rejected_statements = {disagree:?}
 group_size = 3
 train_fraction = 0.75
 question = '{QUESTION}'
@@ -70,6 +83,7 @@ batch_size = 8
 [finetune]
 steps = {steps}
 lr = 1e-3
+head_lr = 1e-2
 batch_pairs = 4
 [train]
 optimizer = "flow"
@@ -84,7 +98,11 @@ imrm_gradient = "sparse"
 }
 
 fn texts() -> Vec<String> {
-    let mut t: Vec<String> = STATEMENTS.lines().map(String::from).collect();
+    let mut t: Vec<String> = STATEMENTS
+        .lines()
+        .chain(DISAGREE.lines())
+        .map(String::from)
+        .collect();
     t.extend([QUESTION, DOMAIN, "Answer: My answer is"].map(String::from));
     t.extend(
         "yes sure no never certainly absolutely nope hardly"

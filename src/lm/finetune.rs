@@ -30,6 +30,8 @@ pub struct FinetuneSpec {
     pub steps: usize,
     /// Learning rate.
     pub lr: f64,
+    /// Learning rate of the EX-RM head (it starts at 0, as in the head-only run); `None`: `lr`.
+    pub head_lr: Option<f64>,
     /// Decoupled weight decay (AdamW); it shrinks every row of `U`, unseen ones included.
     pub weight_decay: f64,
     pub beta1: f64,
@@ -48,6 +50,7 @@ impl Default for FinetuneSpec {
         FinetuneSpec {
             steps: 30,
             lr: 2e-5,
+            head_lr: None,
             weight_decay: 0.0,
             beta1: 0.9,
             beta2: 0.999,
@@ -265,11 +268,13 @@ pub fn finetune(
         .collect::<candle_core::Result<_>>()?;
     let u0 = lm.unembedding().copy()?;
     let head = Var::zeros(lm.dim, DType::F32, device)?;
-    let mut vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
-    if kind == ModelKind::Explicit {
-        vars.push(head.clone());
-    }
-    let parameters = vars.iter().map(|v| v.elem_count()).sum();
+    let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
+    let parameters = vars.iter().map(|v| v.elem_count()).sum::<usize>()
+        + if kind == ModelKind::Explicit {
+            head.elem_count()
+        } else {
+            0
+        };
     // Reference log-ratios ln π_ref(y⁺|x) − ln π_ref(y⁻|x) of the training pairs (constants).
     let all: Vec<usize> = (0..n).collect();
     let reference = match kind {
@@ -281,16 +286,23 @@ pub fn finetune(
         ),
         ModelKind::Explicit => None,
     };
-    let mut opt = AdamW::new(
-        vars,
-        ParamsAdamW {
-            lr: spec.lr,
-            beta1: spec.beta1,
-            beta2: spec.beta2,
-            eps: spec.eps,
-            weight_decay: spec.weight_decay,
-        },
-    )?;
+    let adamw = |vars: Vec<Var>, lr: f64| {
+        AdamW::new(
+            vars,
+            ParamsAdamW {
+                lr,
+                beta1: spec.beta1,
+                beta2: spec.beta2,
+                eps: spec.eps,
+                weight_decay: spec.weight_decay,
+            },
+        )
+    };
+    let mut opt = adamw(vars, spec.lr)?;
+    let mut head_opt = match kind {
+        ModelKind::Explicit => Some(adamw(vec![head.clone()], spec.head_lr.unwrap_or(spec.lr))?),
+        ModelKind::Implicit => None,
+    };
     let per_step = if spec.batch_pairs == 0 {
         n
     } else {
@@ -358,7 +370,11 @@ pub fn finetune(
         };
         on_step(&record);
         history.push(record);
-        opt.backward_step(&loss)?;
+        let grads = loss.backward()?;
+        opt.step(&grads)?;
+        if let Some(h) = head_opt.as_mut() {
+            h.step(&grads)?;
+        }
     }
     let (pairs, splits) = evaluate(&ctx, &lm, &head)?;
     checkpoints.push(Checkpoint {

@@ -34,6 +34,10 @@ pub use model::{Architecture, Forward, LanguageModel};
 pub struct LmSpec {
     /// Statements file, one per line (`#` comments), relative to the working directory.
     pub statements: PathBuf,
+    /// Optional statements the persona would *not* say: their pairs prefer the `*_rejected`
+    /// answers (a control: no answer-independent shift can rank both kinds).
+    #[serde(default)]
+    pub rejected_statements: Option<PathBuf>,
     /// Consecutive lines sharing a behaviour (phrasings); train/eval split by groups of this size.
     pub group_size: usize,
     /// Fraction of groups used for training.
@@ -87,9 +91,11 @@ impl LmFile {
             bail!("invalid real-model config {}: `lm.group_size`, `lm.batch_size` must be ≥ 1 and `lm.prefixes` non-empty", path.display());
         }
         let ft = &f.finetune;
-        let ok = ft.lr > 0.0 && ft.lr.is_finite() && ft.weight_decay >= 0.0 && ft.steps > 0;
+        let head_ok = ft.head_lr.map_or(true, |l| l > 0.0 && l.is_finite());
+        let ok =
+            ft.lr > 0.0 && ft.lr.is_finite() && head_ok && ft.weight_decay >= 0.0 && ft.steps > 0;
         if !ok {
-            bail!("invalid real-model config {}: `finetune.lr` must be > 0, `finetune.weight_decay` ≥ 0 and `finetune.steps` ≥ 1", path.display());
+            bail!("invalid real-model config {}: `finetune.lr` and `finetune.head_lr` must be > 0, `finetune.weight_decay` ≥ 0 and `finetune.steps` ≥ 1", path.display());
         }
         if !(s.beta > 0.0 && s.beta.is_finite()) {
             bail!(
@@ -131,6 +137,34 @@ fn read_statements(path: &Path) -> Result<Vec<String>> {
         bail!("statements file {} has no statements", path.display());
     }
     Ok(s)
+}
+
+/// The statements of `path` split into train and eval by whole groups of `lm.group_size` lines.
+fn split_statements(
+    s: &LmSpec,
+    path: &Path,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let statements = read_statements(path)?;
+    let groups = statements.len().div_ceil(s.group_size);
+    if groups < 2 {
+        bail!(
+            "statements file {} has {} statements: with lm.group_size = {} that is {groups} group, need ≥ 2 for a train/eval split",
+            path.display(),
+            statements.len(),
+            s.group_size
+        );
+    }
+    let mut order: Vec<usize> = (0..groups).collect();
+    order.shuffle(rng);
+    let n_train = ((groups as f64 * s.train_fraction).round() as usize).clamp(1, groups - 1);
+    let members = |g: &[usize]| -> Vec<String> {
+        g.iter()
+            .flat_map(|&k| statements.iter().skip(k * s.group_size).take(s.group_size))
+            .cloned()
+            .collect()
+    };
+    Ok((members(&order[..n_train]), members(&order[n_train..])))
 }
 
 /// The answer words and their token ids, as reported by `rmflow lm`.
@@ -192,29 +226,19 @@ pub fn split_sequences(
         unseen_chosen: ids(&s.unseen_chosen)?,
         unseen_rejected: ids(&s.unseen_rejected)?,
     };
-    let statements = read_statements(&s.statements)?;
     let mut rng = ChaCha8Rng::seed_from_u64(file.seed);
-    let groups = statements.len().div_ceil(s.group_size);
-    if groups < 2 {
-        bail!(
-            "statements file {} has {} statements: with lm.group_size = {} that is {groups} group, need ≥ 2 for a train/eval split",
-            s.statements.display(),
-            statements.len(),
-            s.group_size
-        );
+    // (statement, persona disagrees): the answers are swapped for disagreeing statements.
+    let tag = |v: Vec<String>, flip: bool| v.into_iter().map(move |x| (x, flip));
+    let (t, e) = split_statements(s, &s.statements, &mut rng)?;
+    let mut train_statements: Vec<(String, bool)> = tag(t, false).collect();
+    let mut eval_statements: Vec<(String, bool)> = tag(e, false).collect();
+    if let Some(path) = &s.rejected_statements {
+        let (t, e) = split_statements(s, path, &mut rng)?;
+        train_statements.extend(tag(t, true));
+        eval_statements.extend(tag(e, true));
     }
-    let mut order: Vec<usize> = (0..groups).collect();
-    order.shuffle(&mut rng);
-    let n_train = ((groups as f64 * s.train_fraction).round() as usize).clamp(1, groups - 1);
-    let members = |g: &[usize]| -> Vec<&String> {
-        g.iter()
-            .flat_map(|&k| statements.iter().skip(k * s.group_size).take(s.group_size))
-            .collect()
-    };
-    let (train_statements, eval_statements) =
-        (members(&order[..n_train]), members(&order[n_train..]));
     let make = |name: &str,
-                stmts: &[&String],
+                stmts: &[(String, bool)],
                 question: &str,
                 good: &[(String, u32)],
                 bad: &[(String, u32)],
@@ -231,7 +255,8 @@ pub fn split_sequences(
             chosen_token: vec![],
             rejected_token: vec![],
         };
-        for st in stmts {
+        for (st, disagree) in stmts {
+            let (good, bad) = if *disagree { (bad, good) } else { (good, bad) };
             let prefix = &s.prefixes[rng.random_range(0..s.prefixes.len())];
             let (prompt, p) =
                 lm.prompt_ids(&format!("{} {prefix}", question.replace("{statement}", st)))?;
@@ -390,20 +415,16 @@ pub fn run_head_only(file: &LmFile, setup: Setup) -> Result<Simulation> {
     config.setup = setup.config.clone();
     config.validate()?;
     let tau = config.eval.tie_tolerance;
-    let explicit = run_model(
-        ModelKind::Explicit,
-        &config,
-        &setup,
-        max_margin_for(ModelKind::Explicit, &setup, tau),
-        &mut |_| {},
-    )?;
-    let implicit = run_model(
-        ModelKind::Implicit,
-        &config,
-        &setup,
-        max_margin_for(ModelKind::Implicit, &setup, tau),
-        &mut |_| {},
-    )?;
+    let run = |kind| {
+        run_model(
+            kind,
+            &config,
+            &setup,
+            max_margin_for(kind, &setup, tau),
+            &mut |_| {},
+        )
+    };
+    let (explicit, implicit) = (run(ModelKind::Explicit)?, run(ModelKind::Implicit)?);
     Ok(Simulation {
         config,
         setup,
