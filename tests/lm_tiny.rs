@@ -337,3 +337,26 @@ fn real_model_figure_renders_from_a_full_run() {
     assert_eq!(lines.len(), 1 + 8 + 16, "{}", data.csv);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A tokenizer with more tokens than the weights' vocabulary: an error naming both files.
+#[test]
+fn mismatched_tokenizer_is_named() {
+    let dir = temp("tokenizer");
+    let (_, spec) = specs().remove(0);
+    let small = dir.join("small");
+    write_tiny_checkpoint(&small, spec, &texts()[..3]).unwrap();
+    let large = dir.join("large");
+    write_tiny_checkpoint(&large, spec, &texts()).unwrap();
+    std::fs::copy(large.join("tokenizer.json"), small.join("tokenizer.json")).unwrap();
+    let msg = format!(
+        "{:#}",
+        LanguageModel::load(&small, &Device::Cpu, Forward::Reference)
+            .err()
+            .expect("a mismatched tokenizer must be refused")
+    );
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("do not match"),
+        "{msg}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
