@@ -149,9 +149,18 @@ fn differentiable_bert_matches_candle_transformers_on_minilm() {
 fn full_fine_tuning_of_minilm_trains_every_parameter() {
     let dir = std::env::temp_dir().join(format!("rmflow-lm-full-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let text = std::fs::read_to_string("experiments/persona.toml")
-        .unwrap()
-        .replace("[eval]", "[finetune]\nsteps = 2\nbatch_pairs = 8\n\n[eval]");
+    let mut text = std::fs::read_to_string("experiments/persona.toml").unwrap();
+    for (from, to) in [
+        ("steps = 20", "steps = 2"),
+        ("batch_pairs = 32", "batch_pairs = 8"),
+        ("eval_at = [1, 2, 3]", "eval_at = []"),
+    ] {
+        assert!(
+            text.contains(from),
+            "experiments/persona.toml no longer has `{from}`"
+        );
+        text = text.replace(from, to);
+    }
     let cfg = dir.join("full.toml");
     std::fs::write(&cfg, &text).unwrap();
     let out = dir.join("out");
