@@ -148,21 +148,11 @@ fn print_accuracy_table(rows: &[&Observation], tau: f64) {
         "accuracy at t = {:e} (strict / tie-aware, tie tolerance τ = {tau:e}):",
         rows[0].t
     );
-    print!("{:<8}", "model");
-    for s in &rows[0].splits {
-        print!("{:>20}", s.split);
-    }
-    println!();
-    for o in rows {
-        print!("{:<8}", o.model);
-        for s in &o.splits {
-            print!(
-                "{:>20}",
-                format!("{:.3} / {:.3}", s.strict_accuracy, s.tie_aware_accuracy)
-            );
-        }
-        println!();
-    }
+    let table: Vec<(&str, &[rmflow::observables::SplitMetrics])> = rows
+        .iter()
+        .map(|o| (o.model, o.splits.as_slice()))
+        .collect();
+    print!("{}", rmflow::observables::accuracy_table(&table));
 }
 
 fn simulate(config: Config, out: &Path, force: bool) -> Result<()> {
@@ -413,9 +403,9 @@ fn run_lm(
             "full fine-tuning ({} AdamW steps, lr {:e}; {}):",
             file.finetune.steps,
             file.finetune.lr,
-            t.full_finetune
+            run.full
                 .iter()
-                .map(|(m, s)| format!("{m} {s:.1} s"))
+                .map(|r| format!("{} {:.1} s", r.kind.name(), r.seconds))
                 .collect::<Vec<_>>()
                 .join(", ")
         );

@@ -109,3 +109,22 @@ pub struct Observation {
     /// Against the max-margin separator, when the training pairs are separable.
     pub convergence: Option<Convergence>,
 }
+
+/// A table of accuracies, one row per named model, one `strict / tie-aware` column per split
+/// (the split names of the first row head the columns).
+pub fn accuracy_table(rows: &[(&str, &[SplitMetrics])]) -> String {
+    let mut out = format!("{:<8}", "model");
+    for s in rows.first().map(|r| r.1).unwrap_or_default() {
+        out.push_str(&format!("{:>20}", s.split));
+    }
+    out.push('\n');
+    for (name, splits) in rows {
+        out.push_str(&format!("{name:<8}"));
+        for s in *splits {
+            let cell = format!("{:.3} / {:.3}", s.strict_accuracy, s.tie_aware_accuracy);
+            out.push_str(&format!("{cell:>20}"));
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -62,33 +62,23 @@ pub fn full_summary(run: &FullRun) -> Value {
 
 /// Accuracy table (strict / tie-aware) of fully fine-tuned models, one line per model.
 pub fn full_table(runs: &[FullRun]) -> String {
-    let mut out = String::new();
-    if let Some(first) = runs.first() {
-        out.push_str(&format!("{:<8}", "model"));
-        for s in &first.splits {
-            out.push_str(&format!("{:>20}", s.split));
-        }
-        out.push('\n');
-    }
+    let rows: Vec<(&str, &[crate::observables::SplitMetrics])> = runs
+        .iter()
+        .map(|r| (r.kind.name(), r.splits.as_slice()))
+        .collect();
+    let mut out = crate::observables::accuracy_table(&rows);
     for r in runs {
         out.push_str(&format!("{:<8}", r.kind.name()));
-        for s in &r.splits {
-            out.push_str(&format!(
-                "{:>20}",
-                format!("{:.3} / {:.3}", s.strict_accuracy, s.tie_aware_accuracy)
-            ));
-        }
-        out.push('\n');
         if let Some(d) = r.unseen_row_drift {
-            out.push_str(&format!("         unseen-row drift {d:.3e}"));
+            out.push_str(&format!(" unseen-row drift {d:.3e},"));
         }
-        let unseen = r.shift.iter().find(|s| s.split == "unseen");
-        if let Some(s) = unseen {
+        if let Some(s) = r.shift.iter().find(|s| s.split == "unseen") {
             out.push_str(&format!(
-                "  representation shift on unseen (prompt / response) {:.3} / {:.3}\n",
+                " representation shift on unseen (prompt / response) {:.3} / {:.3}",
                 s.prompt, s.response
             ));
         }
+        out.push('\n');
     }
     out
 }
@@ -163,7 +153,8 @@ pub fn lm_json(run: &RealModelRun) -> Value {
             "load": run.timing.load,
             "extract": run.timing.extract,
             "train_head_only": run.timing.train_head_only,
-            "full_finetune": run.timing.full_finetune.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "full_initial_extract": run.timing.full_initial_extract,
+            "full_finetune": run.full.iter().map(|r| (r.kind.name(), r.seconds)).collect::<std::collections::BTreeMap<_, _>>(),
         },
         "full": run.full.iter().map(full_summary).collect::<Vec<_>>(),
     })

@@ -236,13 +236,16 @@ fn evaluate(
 }
 
 /// Fine-tunes a fresh copy of the model in `model_dir` as `kind` on `sequences[0]` and evaluates
-/// every split. `on_step` sees each step's record (progress bars).
+/// every split. `initial` holds the splits' representations under the untrained
+/// [`Forward::Differentiable`] model (`h(0)` of the IM-RM margins and the shifts); `on_step` sees
+/// each step's record (progress bars).
 #[allow(clippy::too_many_arguments)]
 pub fn finetune(
     kind: ModelKind,
     model_dir: &Path,
     device: &Device,
     sequences: &[SplitSequences],
+    initial: &[PairSet],
     spec: &FinetuneSpec,
     beta: f64,
     batch_size: usize,
@@ -254,10 +257,13 @@ pub fn finetune(
     let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
     let train = &sequences[0];
     let n = train.len();
-    let initial: Vec<PairSet> = sequences
-        .iter()
-        .map(|q| extract_pairs(&lm, q, batch_size))
-        .collect::<Result<_>>()?;
+    if initial.len() != sequences.len() {
+        bail!(
+            "full fine-tuning: {} initial representation sets for {} splits",
+            initial.len(),
+            sequences.len()
+        );
+    }
     let params = match kind {
         ModelKind::Explicit => lm.body_parameters(),
         ModelKind::Implicit => lm.parameters(),
@@ -314,7 +320,7 @@ pub fn finetune(
     let ctx = EvalContext {
         kind,
         sequences,
-        initial: &initial,
+        initial,
         u0: &u0,
         beta,
         batch_size,
@@ -384,7 +390,7 @@ pub fn finetune(
     let u_final = lm.unembedding();
     let shift = pairs
         .iter()
-        .zip(&initial)
+        .zip(initial)
         .map(|(now, then)| {
             let both = |p: &PairSet| {
                 ndarray::concatenate![ndarray::Axis(0), p.chosen_hidden, p.rejected_hidden]
