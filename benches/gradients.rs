@@ -79,6 +79,7 @@ fn pipeline(c: &mut Criterion) {
             rmflow::verify::verify_setup(
                 black_box(&config),
                 &rmflow::verify::VerifyOptions::default(),
+                &|_| {},
             )
             .unwrap()
         })

@@ -215,20 +215,54 @@ impl Default for EvalConfig {
 /// A configuration error: which field, and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read config file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("invalid config {origin}: {message}")]
     Parse { origin: String, message: String },
-    #[error("invalid config: field `{field}` {expected} (got {got})")]
+    #[error("invalid config{}: field `{field}` {expected} (got {got})", origin.as_ref().map(|o| format!(" {o}")).unwrap_or_default())]
     Field {
         field: &'static str,
         expected: &'static str,
         got: String,
+        /// The file (or other source) the config came from, when known.
+        origin: Option<String>,
     },
 }
+
+impl ConfigError {
+    /// Names `origin` (a file path) in a field error.
+    pub fn in_origin(self, origin: &str) -> ConfigError {
+        match self {
+            ConfigError::Field {
+                field,
+                expected,
+                got,
+                origin: None,
+            } => ConfigError::Field {
+                field,
+                expected,
+                got,
+                origin: Some(origin.to_string()),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Largest hidden dimension `D` accepted.
+pub const MAX_DIM: usize = 4096;
+/// Largest vocabulary `V` accepted (and largest token count of each kind).
+pub const MAX_VOCAB: usize = 1 << 20;
+/// Largest `N` (training pairs) and evaluation split size accepted.
+pub const MAX_PAIRS: usize = 1_000_000;
+/// Largest response length `K` accepted.
+pub const MAX_RESPONSE_LENGTH: usize = 256;
+/// Upper end of the domain of the scale fields (`alpha`, `kappa`, gains, init scales).
+pub const MAX_SCALE: f64 = 1e6;
+/// Domain of `β`: `[MIN_BETA, MAX_BETA]`.
+pub const MIN_BETA: f64 = 1e-12;
+/// Upper end of the domain of `β`.
+pub const MAX_BETA: f64 = 1e12;
 
 fn check(
     ok: bool,
@@ -243,7 +277,24 @@ fn check(
             field,
             expected,
             got: got.to_string(),
+            origin: None,
         })
+    }
+}
+
+/// A TOML error on one line: `line L, column C (`the line`): message`.
+pub fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let line_no = text[..start].matches('\n').count() + 1;
+            let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+            let column = text[line_start..start].chars().count() + 1;
+            let line = text[line_start..].lines().next().unwrap_or("").trim();
+            format!("line {line_no}, column {column} (`{line}`): {message}")
+        }
+        None => message,
     }
 }
 
@@ -256,17 +307,17 @@ impl Config {
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_string(),
-            message: e.to_string(),
+            message: one_line_toml_error(text, &e),
         })?;
-        config.validate()?;
+        config.validate().map_err(|e| e.in_origin(origin))?;
         Ok(config)
     }
 
     /// Reads and validates a TOML config file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Config::from_toml_str(&text, &path.display().to_string())
     }
@@ -282,11 +333,12 @@ impl Config {
         toml::to_string(self).expect("config serialises")
     }
 
-    /// Checks ranges and sizes; the error names the field.
+    /// Checks every field's domain (sizes, finite floats in stated ranges, combinations); the
+    /// error names the field and the allowed range. Derived sizes use checked arithmetic.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.setup;
         check(
-            s.dim >= 1 && s.dim <= 4096,
+            (1..=MAX_DIM).contains(&s.dim),
             "setup.dim",
             "must be in 1..=4096",
             s.dim,
@@ -298,86 +350,118 @@ impl Config {
             ("setup.bad_unseen", s.bad_unseen),
         ] {
             check(
-                n >= 1,
+                (1..=MAX_VOCAB).contains(&n),
                 field,
-                "must be ≥ 1 (every split needs good and bad tokens)",
+                "must be in 1..=1048576 (every split needs good and bad tokens)",
                 n,
             )?;
         }
-        let v = s.good_seen + s.good_unseen + s.bad_seen + s.bad_unseen + s.filler_tokens;
         check(
-            v <= 1 << 20,
+            s.filler_tokens <= MAX_VOCAB,
             "setup.filler_tokens",
-            "must keep the vocabulary size V ≤ 2^20",
-            v,
+            "must be in 0..=1048576",
+            s.filler_tokens,
         )?;
+        match self.checked_vocab_size() {
+            Some(v) if v <= MAX_VOCAB => {}
+            v => {
+                return Err(ConfigError::Field {
+                    field: "setup.filler_tokens",
+                    expected: "plus good_seen, good_unseen, bad_seen and bad_unseen (the vocabulary size V) must be ≤ 2^20",
+                    got: v.map_or("a sum that overflows".to_string(), |v| format!("V = {v}")),
+                    origin: None,
+                })
+            }
+        }
+        for (field, x) in [
+            ("setup.alpha", s.alpha),
+            ("setup.kappa", s.kappa),
+            ("setup.recurrent_gain", s.recurrent_gain),
+            ("setup.unembedding_scale", s.unembedding_scale),
+            ("setup.head_scale", s.head_scale),
+        ] {
+            check(
+                x.is_finite() && (0.0..=MAX_SCALE).contains(&x),
+                field,
+                "must be finite and in [0, 1e6]",
+                x,
+            )?;
+        }
         check(
-            s.alpha.is_finite() && s.alpha >= 0.0,
-            "setup.alpha",
-            "must be finite and ≥ 0",
-            s.alpha,
-        )?;
-        check(
-            s.kappa.is_finite() && s.kappa >= 0.0,
-            "setup.kappa",
-            "must be finite and ≥ 0",
-            s.kappa,
-        )?;
-        check(
-            s.recurrent_gain.is_finite() && s.recurrent_gain >= 0.0,
-            "setup.recurrent_gain",
-            "must be finite and ≥ 0",
-            s.recurrent_gain,
-        )?;
-        check(
-            positive_finite(s.input_gain),
+            s.input_gain.is_finite() && s.input_gain > 0.0 && s.input_gain <= MAX_SCALE,
             "setup.input_gain",
-            "must be finite and > 0",
+            "must be finite and in (0, 1e6]",
             s.input_gain,
         )?;
         check(
-            s.unembedding_scale.is_finite() && s.unembedding_scale >= 0.0,
-            "setup.unembedding_scale",
-            "must be finite and ≥ 0",
-            s.unembedding_scale,
-        )?;
-        check(
-            s.head_scale.is_finite() && s.head_scale >= 0.0,
-            "setup.head_scale",
-            "must be finite and ≥ 0",
-            s.head_scale,
-        )?;
-        check(
-            positive_finite(s.beta),
+            s.beta.is_finite() && (MIN_BETA..=MAX_BETA).contains(&s.beta),
             "setup.beta",
-            "must be finite and > 0",
+            "must be finite and in [1e-12, 1e12]",
             s.beta,
         )?;
         check(
-            s.train_pairs >= 1 && s.train_pairs <= 1_000_000,
+            (1..=MAX_PAIRS).contains(&s.train_pairs),
             "setup.train_pairs",
             "must be in 1..=1000000",
             s.train_pairs,
         )?;
         check(
-            s.eval_pairs >= 1 && s.eval_pairs <= 1_000_000,
+            (1..=MAX_PAIRS).contains(&s.eval_pairs),
             "setup.eval_pairs",
             "must be in 1..=1000000",
             s.eval_pairs,
         )?;
+        check(
+            (1..=MAX_RESPONSE_LENGTH).contains(&s.response_length),
+            "setup.response_length",
+            "must be in 1..=256 (K tokens per response)",
+            s.response_length,
+        )?;
+        if let Some(a) = s.domain_alignment {
+            check(
+                a.is_finite() && (-1.0..=1.0).contains(&a),
+                "setup.domain_alignment",
+                "must be a cosine: finite and in [-1, 1]",
+                a,
+            )?;
+        }
+        check(
+            s.eval_overlap.len() <= 101,
+            "setup.eval_overlap",
+            "must have at most 101 entries",
+            s.eval_overlap.len(),
+        )?;
+        let mut names = Vec::new();
+        for &f in &s.eval_overlap {
+            check(
+                f.is_finite() && (0.0..=1.0).contains(&f),
+                "setup.eval_overlap",
+                "entries must be fractions: finite and in [0, 1]",
+                f,
+            )?;
+            let name = crate::synthetic::overlap_split_name(f);
+            check(
+                !names.contains(&name),
+                "setup.eval_overlap",
+                "entries must name distinct splits (fractions equal to within 0.005 collide)",
+                format!("{f} (split {name} twice)"),
+            )?;
+            names.push(name);
+        }
 
         let t = &self.train;
         check(
-            positive_finite(t.t_max),
+            t.t_max.is_finite() && t.t_max > 0.0 && t.t_max <= 1e300,
             "train.t_max",
-            "must be finite and > 0",
+            "must be finite and in (0, 1e300]",
             t.t_max,
         )?;
-        check(t.t_max <= 1e300, "train.t_max", "must be ≤ 1e300", t.t_max)?;
         check(
-            positive_finite(t.first_observation) && t.first_observation <= t.t_max,
+            t.first_observation.is_finite()
+                && t.first_observation > 0.0
+                && t.first_observation <= t.t_max,
             "train.first_observation",
-            "must be finite, > 0 and ≤ train.t_max",
+            "must be finite and in (0, train.t_max]",
             t.first_observation,
         )?;
         check(
@@ -387,15 +471,15 @@ impl Config {
             t.observations_per_decade,
         )?;
         check(
-            positive_finite(t.rtol) && t.rtol < 1.0,
+            t.rtol.is_finite() && (1e-14..1.0).contains(&t.rtol),
             "train.rtol",
-            "must be in (0, 1)",
+            "must be in [1e-14, 1)",
             t.rtol,
         )?;
         check(
-            positive_finite(t.atol),
+            t.atol.is_finite() && t.atol > 0.0 && t.atol <= 1.0,
             "train.atol",
-            "must be finite and > 0",
+            "must be finite and in (0, 1]",
             t.atol,
         )?;
         check(
@@ -434,6 +518,14 @@ impl Config {
             "must be finite and ≥ 0",
             t.weight_decay,
         )?;
+        if t.optimizer == Optimizer::Adamw {
+            check(
+                t.weight_decay * t.lr < 1.0,
+                "train.weight_decay",
+                "times train.lr must be < 1 for AdamW (the decay factor 1 − lr·wd must stay positive)",
+                t.weight_decay,
+            )?;
+        }
         if t.optimizer != Optimizer::Flow {
             let steps = (t.t_max / t.lr).ceil();
             check(
@@ -443,12 +535,24 @@ impl Config {
                 format!("{steps:e} steps"),
             )?;
         }
-        for &t in &self.dynamics.snapshot_times {
+        check(
+            t.imrm_gradient == GradientPath::Full || s.response_length == 1,
+            "train.imrm_gradient",
+            "must be \"full\" when setup.response_length > 1 (the cancelled \"sparse\" form holds for single-token responses only)",
+            format!("\"sparse\" with response_length = {}", s.response_length),
+        )?;
+        check(
+            self.dynamics.snapshot_times.len() <= 1000,
+            "dynamics.snapshot_times",
+            "must have at most 1000 entries",
+            self.dynamics.snapshot_times.len(),
+        )?;
+        for &x in &self.dynamics.snapshot_times {
             check(
-                t.is_finite() && t >= 0.0,
+                x.is_finite() && x >= 0.0,
                 "dynamics.snapshot_times",
                 "entries must be finite and ≥ 0",
-                t,
+                x,
             )?;
         }
         let e = &self.eval;
@@ -461,9 +565,18 @@ impl Config {
         Ok(())
     }
 
-    /// Vocabulary size `V`.
-    pub fn vocab_size(&self) -> usize {
+    /// `V` as the checked sum of the five token counts (`None` on overflow).
+    pub fn checked_vocab_size(&self) -> Option<usize> {
         let s = &self.setup;
-        s.good_seen + s.good_unseen + s.bad_seen + s.bad_unseen + s.filler_tokens
+        s.good_seen
+            .checked_add(s.good_unseen)?
+            .checked_add(s.bad_seen)?
+            .checked_add(s.bad_unseen)?
+            .checked_add(s.filler_tokens)
+    }
+
+    /// Vocabulary size `V` (saturating; validated configs keep it ≤ 2^20).
+    pub fn vocab_size(&self) -> usize {
+        self.checked_vocab_size().unwrap_or(usize::MAX)
     }
 }

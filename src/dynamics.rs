@@ -68,7 +68,7 @@ pub fn prefix_distributions(u: ArrayView2<f64>, states: &Array2<f64>) -> Array2<
         .par_iter()
         .map(|&r0| {
             let r1 = (r0 + BLOCK).min(states.nrows());
-            let mut p = states.slice(s![r0..r1, ..]).dot(&u.t());
+            let mut p = crate::numerics::mat_mul_bt(states.slice(s![r0..r1, ..]), u);
             for mut row in p.rows_mut() {
                 softmax_in_place(row.as_slice_mut().expect("contiguous row"));
             }
@@ -361,9 +361,11 @@ pub fn rho_tensor(
     train_pairs: usize,
     kt: usize,
 ) -> ndarray::Array6<f64> {
-    rho.to_owned()
-        .into_shape_with_order((eval_pairs, 2, ke, train_pairs, 2, kt))
-        .expect("row layout (pair, side, k)")
+    ndarray::Array6::from_shape_vec(
+        (eval_pairs, 2, ke, train_pairs, 2, kt),
+        rho.iter().copied().collect(),
+    )
+    .expect("ρ has (2·ke·eval_pairs) × (2·kt·train_pairs) entries, row order (pair, side, k)")
 }
 
 /// The full `ρ` and velocity data of every eval split at one snapshot time.
@@ -423,7 +425,7 @@ pub fn run(
 ) -> anyhow::Result<DynamicsRun> {
     use crate::simulation::{max_margin_for, run_model_with, ModelKind, Simulation};
     config.validate()?;
-    let setup = crate::synthetic::Setup::generate(config);
+    let setup = crate::synthetic::Setup::try_generate(config)?;
     let tau = config.eval.tie_tolerance;
     let beta = config.setup.beta;
     let ex_model = crate::reward::ExplicitRm::new(&setup.train);

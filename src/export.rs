@@ -1,10 +1,11 @@
-//! The on-disk layout of a run (documented in `experiments/README.md`), written atomically:
-//! everything goes to a temporary sibling folder that is renamed onto `--out` only when complete.
+//! The on-disk layout of a run (documented in `experiments/README.md`), written atomically
+//! through [`crate::output`]: everything goes to a temporary sibling folder that is moved onto
+//! `--out` only when complete.
 
 use crate::observables::Observation;
 use crate::simulation::{ModelRun, Simulation};
 use crate::synthetic::PairSet;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ndarray::{Array2, ArrayView1, ArrayView2};
 use ndarray_npy::WriteNpyExt;
 use serde_json::{json, Value};
@@ -16,61 +17,10 @@ use std::path::{Path, PathBuf};
 /// Crate version written next to every result.
 pub const RMFLOW_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// A folder under construction; renamed onto its destination by [`AtomicDir::commit`], removed
-/// if dropped before that (an error leaves no partial output).
-pub struct AtomicDir {
-    temp: PathBuf,
-    dest: PathBuf,
-    force: bool,
-    committed: bool,
-}
+pub use crate::output::{write_text_atomically, AtomicDir, Replace};
 
+/// Writers for the files of an output folder under construction.
 impl AtomicDir {
-    /// Starts `dest`; fails if it exists and `force` is false.
-    pub fn create(dest: &Path, force: bool) -> Result<AtomicDir> {
-        if dest.exists() && !force {
-            bail!(
-                "output folder {} already exists (pass --force to replace it)",
-                dest.display()
-            );
-        }
-        let name = dest
-            .file_name()
-            .with_context(|| format!("output path {} has no folder name", dest.display()))?;
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        fs::create_dir_all(&parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-        let temp = parent.join(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        if temp.exists() {
-            fs::remove_dir_all(&temp)
-                .with_context(|| format!("cannot clear stale {}", temp.display()))?;
-        }
-        fs::create_dir(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
-        Ok(AtomicDir {
-            temp,
-            dest: dest.to_path_buf(),
-            force,
-            committed: false,
-        })
-    }
-
-    /// Path of `rel` inside the folder, its parent folders created.
-    pub fn path(&self, rel: &str) -> Result<PathBuf> {
-        let p = self.temp.join(rel);
-        if let Some(parent) = p.parent() {
-            fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        Ok(p)
-    }
-
     pub fn write_text(&self, rel: &str, text: &str) -> Result<()> {
         let p = self.path(rel)?;
         fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
@@ -91,45 +41,6 @@ impl AtomicDir {
         w.flush()
             .with_context(|| format!("cannot write {}", p.display()))
     }
-
-    /// Renames the finished folder onto its destination.
-    pub fn commit(mut self) -> Result<PathBuf> {
-        if self.dest.exists() {
-            if !self.force {
-                bail!(
-                    "output folder {} appeared while writing (pass --force to replace it)",
-                    self.dest.display()
-                );
-            }
-            fs::remove_dir_all(&self.dest)
-                .with_context(|| format!("cannot replace {}", self.dest.display()))?;
-        }
-        fs::rename(&self.temp, &self.dest).with_context(|| {
-            format!(
-                "cannot move {} to {}",
-                self.temp.display(),
-                self.dest.display()
-            )
-        })?;
-        self.committed = true;
-        Ok(self.dest.clone())
-    }
-}
-
-impl Drop for AtomicDir {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_dir_all(&self.temp);
-        }
-    }
-}
-
-/// Writes `text` to `path` through a temporary sibling and a rename (no partial file on error).
-pub fn write_text_atomically(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
 }
 
 /// Token indices as `i64` for numpy: [n] when `K = 1`, else [n, K].
@@ -263,8 +174,8 @@ pub fn model_summary(run: &ModelRun) -> Value {
 }
 
 /// Writes the whole simulation layout to `out` (see `experiments/README.md`).
-pub fn write_simulation(sim: &Simulation, out: &Path, force: bool) -> Result<PathBuf> {
-    let dir = AtomicDir::create(out, force)?;
+pub fn write_simulation(sim: &Simulation, out: &Path, replace: Replace) -> Result<PathBuf> {
+    let dir = AtomicDir::create(out, replace)?;
     write_simulation_into(&dir, sim)?;
     dir.commit()
 }
@@ -396,10 +307,16 @@ pub fn dynamics_csv(run: &crate::dynamics::DynamicsRun) -> String {
 pub fn write_dynamics(
     run: &crate::dynamics::DynamicsRun,
     out: &Path,
-    force: bool,
+    replace: Replace,
 ) -> Result<PathBuf> {
-    let dir = AtomicDir::create(out, force)?;
-    write_simulation_into(&dir, &run.simulation)?;
+    let dir = AtomicDir::create(out, replace)?;
+    write_dynamics_into(&dir, run)?;
+    dir.commit()
+}
+
+/// [`write_dynamics`] inside an open [`AtomicDir`] (the caller commits).
+pub fn write_dynamics_into(dir: &AtomicDir, run: &crate::dynamics::DynamicsRun) -> Result<()> {
+    write_simulation_into(dir, &run.simulation)?;
     dir.write_text("dynamics.csv", &dynamics_csv(run))?;
     let setup = &run.simulation.setup;
     let (nt, kt) = (setup.train.len(), setup.train.response_length());
@@ -413,26 +330,31 @@ pub fn write_dynamics(
                 &format!("{folder}/rho_{name}.npy"),
                 &crate::dynamics::rho_tensor(&sd.rho, ne, ke, nt, kt),
             )?;
-            let per_response = |a: &Array2<f64>| {
-                a.to_owned()
-                    .into_shape_with_order((ne, 2, nt))
-                    .expect("rows (pair, side)")
+            let per_response = |a: &Array2<f64>| -> Result<ndarray::Array3<f64>> {
+                ndarray::Array3::from_shape_vec((ne, 2, nt), a.iter().copied().collect())
+                    .with_context(|| {
+                        format!(
+                            "velocity array of split {name} has shape {:?}, expected ({}, {nt})",
+                            a.dim(),
+                            2 * ne
+                        )
+                    })
             };
             dir.write_npy(
                 &format!("{folder}/velocity_imrm_{name}.npy"),
-                &per_response(&sd.velocity.imrm_response),
+                &per_response(&sd.velocity.imrm_response)?,
             )?;
             dir.write_npy(
                 &format!("{folder}/velocity_imrm_identity_{name}.npy"),
-                &per_response(&sd.velocity.imrm_response_identity),
+                &per_response(&sd.velocity.imrm_response_identity)?,
             )?;
             dir.write_npy(
                 &format!("{folder}/velocity_exrm_{name}.npy"),
-                &per_response(&sd.velocity.exrm_response),
+                &per_response(&sd.velocity.exrm_response)?,
             )?;
         }
         index.push(json!({"index": snap.index, "t": snap.t, "folder": folder}));
     }
     dir.write_json("dynamics/snapshots.json", &json!({ "snapshots": index, "splits": setup.evals.iter().map(|e| &e.name).collect::<Vec<_>>() }))?;
-    dir.commit()
+    Ok(())
 }

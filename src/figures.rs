@@ -321,7 +321,7 @@ pub fn unseen_margins(config: &Config) -> Result<FigureData> {
 
 /// Figure 7: IM-RM unseen-row drift and unseen accuracy under flow, GD, Adam and AdamW.
 pub fn optimizers(config: &Config) -> Result<FigureData> {
-    let setup = Setup::generate(config);
+    let setup = Setup::try_generate(config)?;
     let mm = max_margin_for(ModelKind::Implicit, &setup, config.eval.tie_tolerance);
     let runs: [(Optimizer, f64, f64); 4] = [
         (Optimizer::Flow, 1e3, 1.0),
@@ -433,7 +433,7 @@ pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
     config.train.first_observation = 1e-3;
     config.train.observations_per_decade = 8;
     let config = &config;
-    let setup = Setup::generate(config);
+    let setup = Setup::try_generate(config)?;
     let im = crate::reward::ImplicitRm::new(
         &setup.train,
         setup.unembedding_init.view(),

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod dynamics;
+pub mod error;
 pub mod export;
 pub mod figures;
 #[cfg(feature = "lm")]
@@ -12,7 +13,9 @@ pub mod max_margin;
 pub mod numerics;
 pub mod observables;
 pub mod ode;
+pub mod output;
 pub mod plotting;
+pub mod resources;
 pub mod reward;
 pub mod simulation;
 pub mod sweep;

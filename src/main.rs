@@ -1,27 +1,68 @@
 //! `rmflow` command line: a thin caller of the library.
+//!
+//! Exit codes (also in `--help` and the README): 0 success, 1 a `verify` claim failed, 2 usage or
+//! input error, 3 refused (would not fit in memory, or cannot end well), 4 failed while running.
 
-use anyhow::{Context, Result};
+#[cfg(feature = "lm")]
+use anyhow::Context;
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rmflow::config::{Config, GradientPath, Optimizer};
+use rmflow::error::{ClaimsFailed, InputError};
 use rmflow::observables::Observation;
+use rmflow::output::{AtomicDir, AtomicFile, Replace};
+use rmflow::resources::{check_memory, Workload};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const EXIT_CODES: &str = "Exit codes:
+  0  success
+  1  verify: at least one claim FAILED
+  2  usage or input error: bad arguments, invalid config (the field and file are named),
+     missing input file, output path taken (no --force) or unusable
+  3  refused: estimated memory above what is available (--ignore-memory-estimate overrides),
+     or a long gradient flow on data certified not linearly separable
+  4  failed while running: numerical breakdown (NaN, step-size underflow), I/O error
+Outputs are written atomically: on any error no output folder or file is left behind.";
 
 #[derive(Parser)]
 #[command(
     name = "rmflow",
     version,
-    about = "Learning dynamics of implicit (DPO-style) vs explicit reward models (Razin et al., arXiv 2507.07981)"
+    about = "Learning dynamics of implicit (DPO-style) vs explicit reward models (Razin et al., arXiv 2507.07981)",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// How an existing output may be replaced.
+#[derive(clap::Args, Clone, Copy)]
+struct OutputFlags {
+    /// Replace --out if it exists and is an rmflow output (old results are kept until the new
+    /// ones are in place).
+    #[arg(long)]
+    force: bool,
+    /// With --force: replace --out even if it does not look like an rmflow output.
+    #[arg(long, requires = "force")]
+    force_foreign: bool,
+}
+
+impl OutputFlags {
+    fn replace(self) -> Replace {
+        Replace::from_flags(self.force, self.force_foreign)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train both reward models on a synthetic setup and export everything (layout: experiments/README.md).
+    #[command(after_help = EXIT_CODES)]
     Simulate {
         /// TOML config (default: the embedded experiments/theorem2.toml).
         #[arg(long)]
@@ -41,11 +82,14 @@ enum Command {
         /// Override train.imrm_gradient.
         #[arg(long, value_parser = parse_path)]
         imrm_gradient: Option<GradientPath>,
-        /// Replace --out if it exists.
+        #[command(flatten)]
+        output: OutputFlags,
+        /// Run even if the estimated peak memory exceeds the memory available.
         #[arg(long)]
-        force: bool,
+        ignore_memory_estimate: bool,
     },
-    /// Verify Theorem 2 numerically, claim by claim; exits non-zero if any claim fails.
+    /// Verify Theorem 2 numerically, claim by claim; exits 1 if any claim fails.
+    #[command(after_help = EXIT_CODES)]
     Verify {
         /// TOML config (default: the embedded experiments/theorem2.toml).
         #[arg(long)]
@@ -56,11 +100,18 @@ enum Command {
         /// Also write the full report (every claim of every trial) as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Replace the --json file if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Run even if the estimated peak memory exceeds the memory available.
+        #[arg(long)]
+        ignore_memory_estimate: bool,
         /// Self-test of the checker: verify a deliberately broken variant (must FAIL).
         #[arg(long, value_enum, hide = true)]
         inject_fault: Option<rmflow::verify::Fault>,
     },
     /// Learning dynamics (MATH.md §3): ρ coefficients and reward-velocity decompositions along training.
+    #[command(after_help = EXIT_CODES)]
     Dynamics {
         /// TOML config (default: the embedded experiments/theorem2.toml, to t = 1e8).
         #[arg(long)]
@@ -74,23 +125,33 @@ enum Command {
         /// Override the seed.
         #[arg(long)]
         seed: Option<u64>,
-        /// Replace --out if it exists.
+        #[command(flatten)]
+        output: OutputFlags,
+        /// Run even if the estimated peak memory exceeds the memory available.
         #[arg(long)]
-        force: bool,
+        ignore_memory_estimate: bool,
     },
     /// Accuracy of both models across a parameter sweep, mean and 95 % interval over seeds.
+    #[command(after_help = EXIT_CODES)]
     Sweep {
         /// Sweep file: `[sweep]` (parameter, values, seeds) and `[base]` config (e.g. experiments/overlap_sweep.toml).
         #[arg(long)]
         config: PathBuf,
-        /// Output CSV, written atomically; the resolved sweep file is written beside it (`.toml`).
+        /// Output folder, written atomically: sweep.csv (the table) and sweep.toml (the resolved
+        /// sweep file, with the rmflow version).
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        output: OutputFlags,
+        /// Run even if the estimated peak memory exceeds the memory available.
+        #[arg(long)]
+        ignore_memory_estimate: bool,
     },
     /// Real-model mode (MATH.md §6, feature `lm`): Theorem 2's setting on a pretrained
     /// transformer's frozen representations (head-only, exported in simulate's layout), and with
     /// `--mode full` full fine-tuning of the whole model for both reward types (in `full/`).
     #[cfg(feature = "lm")]
+    #[command(after_help = EXIT_CODES)]
     Lm {
         /// Hugging Face folder with config.json (model_type bert, llama or gpt2), *.safetensors and
         /// tokenizer.json (all-MiniLM-L6-v2: scripts/fetch-model.sh).
@@ -109,9 +170,16 @@ enum Command {
         /// full: also fine-tune the whole model with AdamW (`[finetune]`), both written.
         #[arg(long, default_value = "head", value_parser = ["head", "full"])]
         mode: String,
-        /// Replace --out if it exists.
+        #[command(flatten)]
+        output: OutputFlags,
+    },
+    /// Validate a config and print its sizes and the estimated peak memory of each command,
+    /// without running anything (exit 2 if the config is invalid).
+    #[command(after_help = EXIT_CODES)]
+    Check {
+        /// TOML config (default: the embedded experiments/theorem2.toml).
         #[arg(long)]
-        force: bool,
+        config: Option<PathBuf>,
     },
     /// Print the embedded default config (experiments/theorem2.toml).
     DefaultConfig,
@@ -132,15 +200,107 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
     })
 }
 
-fn progress_bar(len: u64) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} observations  {msg}",
-        )
-        .expect("valid template"),
-    );
-    bar
+/// Validates a config after command-line overrides (the error says so).
+fn validate_overridden(cfg: &Config, origin: Option<&Path>) -> Result<()> {
+    cfg.validate().map_err(|e| {
+        let origin = match origin {
+            Some(p) => format!("{} with command-line overrides", p.display()),
+            None => "the embedded default with command-line overrides".to_string(),
+        };
+        anyhow::Error::new(e.in_origin(&origin))
+    })
+}
+
+/// Progress of a long step: a bar on a terminal, otherwise a plain line on stderr at the start,
+/// at most every 10 s, and at the end (so logs of batch jobs show where a run is).
+struct Progress {
+    bar: Option<ProgressBar>,
+    plain: Mutex<PlainState>,
+    label: String,
+    len: u64,
+    unit: &'static str,
+    start: Instant,
+}
+
+struct PlainState {
+    pos: u64,
+    last_print: Instant,
+}
+
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+fn progress_bar(label: &str, len: u64, unit: &'static str) -> Progress {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(len);
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{{spinner}} [{{elapsed_precise}}] {label} {{bar:30}} {{pos}}/{{len}} {unit}  {{msg}}"
+            ))
+            .expect("valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        bar
+    });
+    if bar.is_none() {
+        eprintln!("rmflow {label}: started ({len} {unit})");
+    }
+    Progress {
+        bar,
+        plain: Mutex::new(PlainState {
+            pos: 0,
+            last_print: Instant::now(),
+        }),
+        label: label.to_string(),
+        len,
+        unit,
+        start: Instant::now(),
+    }
+}
+
+impl Progress {
+    /// A stage message (shown at once, without advancing).
+    fn stage(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.set_message(msg.to_string()),
+            None => eprintln!("rmflow {}: {msg}", self.label),
+        }
+    }
+
+    /// One unit done, with a message.
+    fn inc(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => {
+                b.set_message(msg.to_string());
+                b.inc(1);
+            }
+            None => {
+                let mut s = self.plain.lock().unwrap_or_else(|e| e.into_inner());
+                s.pos += 1;
+                if s.last_print.elapsed() >= PLAIN_PROGRESS_EVERY {
+                    s.last_print = Instant::now();
+                    eprintln!(
+                        "rmflow {}: {}/{} {} ({msg}), {:.0} s elapsed",
+                        self.label,
+                        s.pos,
+                        self.len,
+                        self.unit,
+                        self.start.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(self) {
+        match &self.bar {
+            Some(b) => b.finish_and_clear(),
+            None => eprintln!(
+                "rmflow {}: done in {:.1} s",
+                self.label,
+                self.start.elapsed().as_secs_f64()
+            ),
+        }
+    }
 }
 
 fn print_accuracy_table(rows: &[&Observation], tau: f64) {
@@ -155,15 +315,28 @@ fn print_accuracy_table(rows: &[&Observation], tau: f64) {
     print!("{}", rmflow::observables::accuracy_table(&table));
 }
 
-fn simulate(config: Config, out: &Path, force: bool) -> Result<()> {
-    let n_obs = rmflow::training::observation_times(&config.train).len() as u64;
-    let bar = progress_bar(2 * n_obs);
+fn observation_progress(label: &str, cfg: &Config) -> Progress {
+    let n_obs = rmflow::training::observation_times(&cfg.train).len() as u64;
+    let p = progress_bar(label, 2 * n_obs, "observations");
+    p.stage(&format!(
+        "drawing the setup and solving the max-margin QPs (V = {}, D = {}, N = {})",
+        cfg.vocab_size(),
+        cfg.setup.dim,
+        cfg.setup.train_pairs
+    ));
+    p
+}
+
+fn simulate(config: Config, out: &Path, replace: Replace, allow_memory: bool) -> Result<()> {
+    check_memory(&config, Workload::Simulate, allow_memory)?;
+    let dir = AtomicDir::create(out, replace)?;
+    let bar = observation_progress("simulate", &config);
     let sim = rmflow::simulation::simulate(&config, &mut |o| {
-        bar.set_message(format!("{} t = {:.2e}", o.model, o.t));
-        bar.inc(1);
+        bar.inc(&format!("{} t = {:.2e}", o.model, o.t));
     })?;
-    bar.finish_and_clear();
-    let written = rmflow::export::write_simulation(&sim, out, force)?;
+    bar.finish();
+    rmflow::export::write_simulation_into(&dir, &sim)?;
+    let written = dir.commit()?;
     let finals: Vec<&Observation> = sim
         .runs()
         .iter()
@@ -186,7 +359,8 @@ fn run(cli: Cli) -> Result<()> {
             t_max,
             seed,
             imrm_gradient,
-            force,
+            output,
+            ignore_memory_estimate,
         } => {
             let mut cfg = load_config(config.as_deref())?;
             if let Some(o) = optimizer {
@@ -201,35 +375,65 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(p) = imrm_gradient {
                 cfg.train.imrm_gradient = p;
             }
-            cfg.validate().context("after command-line overrides")?;
-            simulate(cfg, &out, force)
+            validate_overridden(&cfg, config.as_deref())?;
+            if let Some(c) = &config {
+                rmflow::output::check_not_overwriting_input(c, &out)?;
+            }
+            simulate(cfg, &out, output.replace(), ignore_memory_estimate)
         }
         Command::Verify {
             config,
             trials,
             json,
+            force,
+            ignore_memory_estimate,
             inject_fault,
         } => {
             let cfg = load_config(config.as_deref())?;
+            let mut est_cfg = cfg.clone();
+            if trials > 0 {
+                est_cfg.setup.dim = est_cfg.setup.dim.max(48);
+                est_cfg.setup.train_pairs = est_cfg.setup.train_pairs.max(300);
+            }
+            check_memory(&est_cfg, Workload::Verify, ignore_memory_estimate)?;
+            let json_file = match &json {
+                Some(p) => {
+                    if let Some(c) = &config {
+                        rmflow::output::check_not_overwriting_input(c, p)?;
+                    }
+                    let replace = if force {
+                        Replace::RmflowOutput
+                    } else {
+                        Replace::Never
+                    };
+                    Some(AtomicFile::create(p, replace)?)
+                }
+                None => None,
+            };
             let opts = rmflow::verify::VerifyOptions {
                 fault: inject_fault,
                 ..Default::default()
             };
-            let bar = progress_bar(trials as u64);
-            bar.set_message("random setups verified");
-            let t0 = std::time::Instant::now();
-            let report = rmflow::verify::verify(&cfg, trials, &opts, &|| bar.inc(1))?;
-            bar.finish_and_clear();
+            let bar = progress_bar(
+                "verify",
+                rmflow::verify::SETUP_JOBS + trials as u64,
+                "jobs (8 on the configured setup, then one per random setup)",
+            );
+            let t0 = Instant::now();
+            let report = rmflow::verify::verify(&cfg, trials, &opts, &|job| {
+                bar.inc(&format!("{job} done"));
+            })?;
+            bar.finish();
             print!("{}", rmflow::verify::render(&report));
             eprintln!("verified in {:.2} s", t0.elapsed().as_secs_f64());
-            if let Some(path) = json {
-                rmflow::export::write_text_atomically(
-                    &path,
-                    &(serde_json::to_string_pretty(&report)? + "\n"),
-                )?;
+            if let Some(f) = json_file {
+                f.commit(&(serde_json::to_string_pretty(&report)? + "\n"))?;
             }
             if !report.passed() {
-                anyhow::bail!("Theorem 2 verification failed (see the FAIL rows above)");
+                return Err(ClaimsFailed(
+                    "Theorem 2 verification failed (see the FAIL rows above)".into(),
+                )
+                .into());
             }
             Ok(())
         }
@@ -238,7 +442,8 @@ fn run(cli: Cli) -> Result<()> {
             out,
             t_max,
             seed,
-            force,
+            output,
+            ignore_memory_estimate,
         } => {
             let mut cfg = match config.as_deref() {
                 Some(p) => Config::from_file(p)?,
@@ -254,15 +459,19 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(s) = seed {
                 cfg.seed = s;
             }
-            cfg.validate().context("after command-line overrides")?;
-            let n_obs = rmflow::training::observation_times(&cfg.train).len() as u64;
-            let bar = progress_bar(2 * n_obs);
+            validate_overridden(&cfg, config.as_deref())?;
+            if let Some(c) = &config {
+                rmflow::output::check_not_overwriting_input(c, &out)?;
+            }
+            check_memory(&cfg, Workload::Dynamics, ignore_memory_estimate)?;
+            let dir = AtomicDir::create(&out, output.replace())?;
+            let bar = observation_progress("dynamics", &cfg);
             let run = rmflow::dynamics::run(&cfg, &mut |o| {
-                bar.set_message(format!("{} t = {:.2e}", o.model, o.t));
-                bar.inc(1);
+                bar.inc(&format!("{} t = {:.2e}", o.model, o.t));
             })?;
-            bar.finish_and_clear();
-            let written = rmflow::export::write_dynamics(&run, &out, force)?;
+            bar.finish();
+            rmflow::export::write_dynamics_into(&dir, &run)?;
+            let written = dir.commit()?;
             let (t, last) = run.tracked.last().expect("observed");
             println!("learning dynamics at t = {t:e}: share of the IM-RM velocity from token identity (margins, rewards) and mean |dm/dt|:");
             for s in last {
@@ -274,12 +483,28 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", written.display());
             Ok(())
         }
-        Command::Sweep { config, out } => {
+        Command::Sweep {
+            config,
+            out,
+            output,
+            ignore_memory_estimate,
+        } => {
+            rmflow::output::check_not_overwriting_input(&config, &out)?;
+            if out.extension().is_some_and(|e| e == "csv" || e == "toml") {
+                return Err(InputError(format!(
+                    "--out {} names a file, but a sweep writes a folder (sweep.csv and sweep.toml inside): pass a folder path such as runs/my_sweep",
+                    out.display()
+                ))
+                .into());
+            }
             let file = rmflow::sweep::SweepFile::from_file(&config)?;
-            let bar = progress_bar(file.sweep.seeds as u64);
-            bar.set_message("seeds done");
-            let rows = rmflow::sweep::run_sweep(&file, &|| bar.inc(1))?;
-            bar.finish_and_clear();
+            for c in file.configs(0) {
+                check_memory(&c, Workload::Simulate, ignore_memory_estimate)?;
+            }
+            let dir = AtomicDir::create(&out, output.replace())?;
+            let bar = progress_bar("sweep", file.sweep.seeds as u64, "seeds");
+            let rows = rmflow::sweep::run_sweep(&file, &|| bar.inc("seed done"))?;
+            bar.finish();
             println!(
                 "{:>8} {:<6} {:>22} {:>22}",
                 "value", "model", "tie-aware (95% CI)", "strict (95% CI)"
@@ -293,19 +518,9 @@ fn run(cli: Cli) -> Result<()> {
                     format!("{:.3} ± {:.3}", r.strict_mean, r.strict_ci95)
                 );
             }
-            let meta = format!(
-                "# rmflow {}: resolved sweep of {}\n{}",
-                rmflow::export::RMFLOW_VERSION,
-                config.display(),
-                toml::to_string(&file)?
-            );
-            rmflow::export::write_text_atomically(&out.with_extension("toml"), &meta)?;
-            rmflow::export::write_text_atomically(&out, &rmflow::sweep::sweep_csv(&rows))?;
-            println!(
-                "wrote {} and {}",
-                out.display(),
-                out.with_extension("toml").display()
-            );
+            rmflow::sweep::write_sweep_into(&dir, &file, &config, &rows)?;
+            let written = dir.commit()?;
+            println!("wrote {} (sweep.csv, sweep.toml)", written.display());
             Ok(())
         }
         #[cfg(feature = "lm")]
@@ -315,15 +530,54 @@ fn run(cli: Cli) -> Result<()> {
             out,
             device,
             mode,
-            force,
+            output,
         } => {
             let device = match device.as_str() {
                 "cpu" => candle_core::Device::Cpu,
                 "cuda" => candle_core::Device::new_cuda(0).context("--device cuda: no CUDA device (build with --features cuda on a machine with a GPU)")?,
-                other => anyhow::bail!("--device must be cpu or cuda, got {other:?}"),
+                other => return Err(InputError(format!("--device must be cpu or cuda, got {other:?}")).into()),
             };
+            rmflow::output::check_not_overwriting_input(&config, &out)?;
             let file = rmflow::lm::LmFile::from_file(&config)?;
-            run_lm(&model, &file, &out, device, &mode, force)
+            run_lm(&model, &file, &out, device, &mode, output.replace())
+        }
+        Command::Check { config } => {
+            let cfg = load_config(config.as_deref())?;
+            let s = &cfg.setup;
+            println!(
+                "config {} is valid: V = {}, D = {}, N = {}, {} evaluation splits of {} pairs, K = {}, β = {}, {} to t = {:e}",
+                config.as_deref().map_or("(embedded default)".into(), |p| p.display().to_string()),
+                cfg.vocab_size(),
+                s.dim,
+                s.train_pairs,
+                3 + s.eval_overlap.len(),
+                s.eval_pairs,
+                s.response_length,
+                s.beta,
+                cfg.train.optimizer.name(),
+                cfg.train.t_max
+            );
+            let avail = rmflow::resources::available_memory();
+            for (name, w) in [
+                ("simulate", Workload::Simulate),
+                ("dynamics", Workload::Dynamics),
+                ("verify --trials 0", Workload::Verify),
+            ] {
+                let e = rmflow::resources::estimate(&cfg, w);
+                let fits = match avail {
+                    Some(a) if e.bytes > a => "exceeds the memory available",
+                    Some(_) => "fits",
+                    None => "available memory unknown",
+                };
+                println!(
+                    "  {name:<18} estimated peak memory {} — {fits}",
+                    e.describe()
+                );
+            }
+            if let Some(a) = avail {
+                println!("  memory available: {}", rmflow::resources::human_bytes(a));
+            }
+            Ok(())
         }
         Command::DefaultConfig => {
             print!("{}", rmflow::config::DEFAULT_CONFIG_TOML);
@@ -337,7 +591,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(rmflow::error::exit_code(&e))
         }
     }
 }
@@ -349,7 +603,7 @@ fn run_lm(
     out: &std::path::Path,
     device: candle_core::Device,
     mode: &str,
-    force: bool,
+    replace: Replace,
 ) -> Result<()> {
     use rmflow::simulation::ModelKind;
     let mode = if mode == "full" {
@@ -357,25 +611,32 @@ fn run_lm(
     } else {
         rmflow::lm::Mode::Head
     };
-    let dir = rmflow::export::AtomicDir::create(out, force)?;
-    let mut bar: Option<(ModelKind, ProgressBar)> = None;
+    let dir = rmflow::export::AtomicDir::create(out, replace)?;
+    let mut bar: Option<(ModelKind, Progress)> = None;
+    eprintln!(
+        "rmflow lm: loading {} and extracting representations",
+        model.display()
+    );
     let run = rmflow::lm::run_experiment(model, file, &device, mode, &mut |kind, r| {
         if bar.as_ref().map(|b| b.0) != Some(kind) {
             if let Some((_, b)) = bar.take() {
-                b.finish_and_clear();
+                b.finish();
             }
-            bar = Some((kind, progress_bar(file.finetune.steps as u64)));
+            bar = Some((
+                kind,
+                progress_bar(
+                    &format!("lm full fine-tuning {}", kind.label()),
+                    file.finetune.steps as u64,
+                    "steps",
+                ),
+            ));
         }
-        let b = &bar.as_ref().expect("set above").1;
-        b.set_message(format!(
-            "full fine-tuning {}: loss {:.4}",
-            kind.label(),
-            r.loss
-        ));
-        b.inc(1);
+        if let Some((_, b)) = &bar {
+            b.inc(&format!("loss {:.4}", r.loss));
+        }
     })?;
     if let Some((_, b)) = bar {
-        b.finish_and_clear();
+        b.finish();
     }
     rmflow::lm::export::write_run(&dir, &run)?;
     let written = dir.commit()?;

@@ -1,10 +1,12 @@
 //! Max-margin separators with certificates (MATH.md §4).
 //!
 //! EX-RM: `u* = argmin{‖u‖ : ⟨u, z_i⟩ ≥ 1}` solved in the primal. IM-RM: `ΔU*` in the feature
-//! space `φ_i = β (e_{y_i⁺} − e_{y_i⁻}) h_{x_i}ᵀ`, solved through the dual with the product kernel
-//! `K_IM(i,j) = β² ⟨e_{y_i⁺} − e_{y_i⁻}, e_{y_j⁺} − e_{y_j⁻}⟩ ⟨h_{x_i}, h_{x_j}⟩` (no V×D feature
-//! is ever formed per example). Both QPs are solved by Clarabel; the certificate is recomputed
-//! here from the returned primal and dual points, independently of the solver's own report.
+//! space `φ_i = β (e_{y_i⁺} − e_{y_i⁻}) h_{x_i}ᵀ`, solved at `β = 1` and rescaled, in the primal
+//! over the seen-row block (`|T|·D` variables, sparse rows) or through the dual with the product
+//! kernel `K_IM(i,j) = β² ⟨e_{y_i⁺} − e_{y_i⁻}, e_{y_j⁺} − e_{y_j⁻}⟩ ⟨h_{x_i}, h_{x_j}⟩`, whichever is
+//! smaller (no V×D feature is ever formed per example). Every QP is solved by Clarabel on
+//! features normalised to unit largest norm; the certificate is recomputed here from the returned
+//! primal and dual points, independently of the solver's own report.
 
 use crate::synthetic::PairSet;
 use clarabel::algebra::CscMatrix;
@@ -65,6 +67,9 @@ pub struct MaxMarginSolution {
     pub support: Vec<usize>,
     /// `‖w*‖`; the geometric margin is `1/‖w*‖`.
     pub norm: f64,
+    /// Which QP was solved: `primal` (over the parameters) or `dual` (over the `N` multipliers).
+    pub form: &'static str,
+    /// Certificate of the normalised problem (features divided by their largest norm).
     pub certificate: Certificate,
 }
 
@@ -138,39 +143,160 @@ fn classify(status: SolverStatus, space: &'static str) -> Result<(), MaxMarginEr
     }
 }
 
-/// EX-RM max-margin head `u* = argmin{‖u‖ : ⟨u, z_i⟩ ≥ 1 ∀i}` from the primal QP
-/// `min ½‖u‖² s.t. −Z u + s = −1, s ≥ 0`; `α` are the constraint multipliers.
-pub fn max_margin_head(
-    features: &Array2<f64>,
-) -> Result<(Array1<f64>, MaxMarginSolution), MaxMarginError> {
-    const SPACE: &str = "hidden-representation space of the EX-RM";
-    let (n, d) = features.dim();
-    if n == 0 || d == 0 {
+/// Rows `φ_i` of a hard-margin problem `min ½‖w‖² s.t. ⟨w, φ_i⟩ ≥ 1`: dense (EX-RM `z_i`) or
+/// sparse (IM-RM `(e_{y⁺} − e_{y⁻}) ⊗ h_x` on the rows of the training tokens).
+enum Features<'a> {
+    Dense(ArrayView2<'a, f64>),
+    Sparse {
+        n_vars: usize,
+        rows: &'a [Vec<(usize, f64)>],
+    },
+}
+
+impl Features<'_> {
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            Features::Dense(m) => m.dim(),
+            Features::Sparse { n_vars, rows } => (rows.len(), *n_vars),
+        }
+    }
+
+    fn row_norm_max(&self) -> f64 {
+        match self {
+            Features::Dense(m) => m
+                .rows()
+                .into_iter()
+                .map(|r| r.dot(&r).sqrt())
+                .fold(0.0, f64::max),
+            Features::Sparse { rows, .. } => rows
+                .iter()
+                .map(|r| r.iter().map(|(_, v)| v * v).sum::<f64>().sqrt())
+                .fold(0.0, f64::max),
+        }
+    }
+
+    /// `⟨w, φ_i⟩ / c` for every `i`.
+    fn margins(&self, w: &[f64], c: f64) -> Vec<f64> {
+        match self {
+            Features::Dense(m) => m
+                .rows()
+                .into_iter()
+                .map(|r| r.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() / c)
+                .collect(),
+            Features::Sparse { rows, .. } => rows
+                .iter()
+                .map(|r| r.iter().map(|&(j, v)| v * w[j]).sum::<f64>() / c)
+                .collect(),
+        }
+    }
+
+    /// `Σ_i α_i φ_i / c`.
+    fn combine(&self, alpha: &[f64], c: f64) -> Vec<f64> {
+        let (_, n_vars) = self.dims();
+        let mut out = vec![0.0; n_vars];
+        match self {
+            Features::Dense(m) => {
+                for (r, &a) in m.rows().into_iter().zip(alpha) {
+                    for (o, v) in out.iter_mut().zip(r) {
+                        *o += a * v / c;
+                    }
+                }
+            }
+            Features::Sparse { rows, .. } => {
+                for (r, &a) in rows.iter().zip(alpha) {
+                    for &(j, v) in r {
+                        out[j] += a * v / c;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// `A = −Φ/c` in compressed-column form (Clarabel's `Ax + s = b`).
+    fn constraint_matrix(&self, c: f64) -> CscMatrix<f64> {
+        let (n, n_vars) = self.dims();
+        match self {
+            Features::Dense(m) => dense_csc(m, false, -1.0 / c),
+            Features::Sparse { rows, .. } => {
+                let mut columns: Vec<Vec<(usize, f64)>> = vec![Vec::new(); n_vars];
+                for (i, r) in rows.iter().enumerate() {
+                    for &(j, v) in r {
+                        if v != 0.0 {
+                            columns[j].push((i, -v / c));
+                        }
+                    }
+                }
+                let mut colptr = Vec::with_capacity(n_vars + 1);
+                let (mut rowval, mut nzval) = (Vec::new(), Vec::new());
+                colptr.push(0);
+                for col in columns {
+                    for (i, v) in col {
+                        rowval.push(i);
+                        nzval.push(v);
+                    }
+                    colptr.push(rowval.len());
+                }
+                CscMatrix::new(n, n_vars, colptr, rowval, nzval)
+            }
+        }
+    }
+}
+
+/// The normalising scale (largest feature norm, or largest kernel diagonal): an error when the
+/// features are not finite, "not separable" when they are all zero.
+fn normalisation(scale: f64, finite: bool, space: &'static str) -> Result<f64, MaxMarginError> {
+    if !scale.is_finite() || !finite {
         return Err(MaxMarginError::Setup {
-            space: SPACE,
-            message: format!("need ≥ 1 pair and dimension ≥ 1 (got {n} × {d})"),
+            space,
+            message: "the features are not finite".to_string(),
         });
     }
-    let p = identity_csc(d, 1.0);
-    let a = dense_csc(&features.view(), false, -1.0);
+    if scale == 0.0 {
+        return Err(MaxMarginError::NotSeparable {
+            space,
+            status: "every feature vector is zero".to_string(),
+        });
+    }
+    Ok(scale)
+}
+
+/// Primal hard-margin QP in a scale-free normalisation: the rows are divided by
+/// `c = max_i ‖φ_i‖`, Clarabel solves `min ½‖w'‖² s.t. ⟨w', φ_i/c⟩ ≥ 1`, and the answer is
+/// rescaled, `w* = w'/c`, `α = α'/c²`. Separability does not depend on the scale of the features
+/// (nor on `β`), and neither does the solve. The certificate is of the normalised problem.
+fn hard_margin_primal(
+    features: Features,
+    space: &'static str,
+) -> Result<(Vec<f64>, MaxMarginSolution), MaxMarginError> {
+    let (n, n_vars) = features.dims();
+    if n == 0 || n_vars == 0 {
+        return Err(MaxMarginError::Setup {
+            space,
+            message: format!("need ≥ 1 pair and ≥ 1 variable (got {n} × {n_vars})"),
+        });
+    }
+    let c = normalisation(features.row_norm_max(), true, space)?;
+    let p = identity_csc(n_vars, 1.0);
+    let a = features.constraint_matrix(c);
     let b = vec![-1.0; n];
     let cones = [SupportedConeT::NonnegativeConeT(n)];
-    let mut solver =
-        DefaultSolver::new(&p, &vec![0.0; d], &a, &b, &cones, settings()).map_err(|e| {
-            MaxMarginError::Setup {
-                space: SPACE,
-                message: format!("{e:?}"),
-            }
+    let mut solver = DefaultSolver::new(&p, &vec![0.0; n_vars], &a, &b, &cones, settings())
+        .map_err(|e| MaxMarginError::Setup {
+            space,
+            message: format!("{e:?}"),
         })?;
     solver.solve();
     let sol = &solver.solution;
-    classify(sol.status, SPACE)?;
-    let u = Array1::from(sol.x.clone());
-    let alpha = sol.z.clone();
-    let margins = features.dot(&u);
-    let combo = features.t().dot(&Array1::from(alpha.clone()));
-    let primal = 0.5 * u.dot(&u);
-    let dual_obj = alpha.iter().sum::<f64>() - 0.5 * combo.dot(&combo);
+    classify(sol.status, space)?;
+    let w = &sol.x;
+    let alpha = &sol.z;
+    let margins = features.margins(w, c);
+    let combo = features.combine(alpha, c);
+    let sq = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
+    let primal = 0.5 * sq(w);
+    let dual_obj = alpha.iter().sum::<f64>() - 0.5 * sq(&combo);
+    let diff: Vec<f64> = w.iter().zip(&combo).map(|(a, b)| a - b).collect();
     let certificate = Certificate {
         solver_status: format!("{:?}", sol.status),
         solver_iterations: sol.iterations,
@@ -183,22 +309,39 @@ pub fn max_margin_head(
             .fold(0.0, f64::max)
             / alpha.iter().copied().fold(1.0, f64::max),
         duality_gap: (primal - dual_obj).abs() / primal.max(1.0),
-        stationarity: (&u - &combo).dot(&(&u - &combo)).sqrt() / u.dot(&u).sqrt().max(1.0),
+        stationarity: sq(&diff).sqrt() / sq(w).sqrt().max(1.0),
     };
-    let norm = u.dot(&u).sqrt();
+    let params: Vec<f64> = w.iter().map(|x| x / c).collect();
+    let dual: Vec<f64> = alpha.iter().map(|a| a / (c * c)).collect();
     Ok((
-        u,
+        params,
         MaxMarginSolution {
-            support: support_of(&alpha),
-            dual: alpha,
-            norm,
+            support: support_of(&dual),
+            norm: sq(w).sqrt() / c,
+            dual,
+            form: "primal",
             certificate,
         },
     ))
 }
 
+/// EX-RM max-margin head `u* = argmin{‖u‖ : ⟨u, z_i⟩ ≥ 1 ∀i}` from the primal QP
+/// `min ½‖u‖² s.t. −Z u + s = −1, s ≥ 0` (normalised, [`hard_margin_primal`]); `α` are the
+/// constraint multipliers.
+pub fn max_margin_head(
+    features: &Array2<f64>,
+) -> Result<(Array1<f64>, MaxMarginSolution), MaxMarginError> {
+    let (u, solution) = hard_margin_primal(
+        Features::Dense(features.view()),
+        "hidden-representation space of the EX-RM",
+    )?;
+    Ok((Array1::from(u), solution))
+}
+
 /// Hard-margin dual `max Σα − ½ αᵀKα, α ≥ 0` for a PSD Gram matrix `K` (as the QP
-/// `min ½αᵀKα − 1ᵀα s.t. −α + s = 0, s ≥ 0`). Unbounded ⇔ not separable.
+/// `min ½αᵀKα − 1ᵀα s.t. −α + s = 0, s ≥ 0`). Unbounded ⇔ not separable. Solved on
+/// `K/c²`, `c² = max_i K_ii`, and rescaled (`α = α'/c²`), so the scale of `K` does not matter;
+/// the certificate is of the normalised problem.
 pub fn max_margin_dual(
     kernel: &Array2<f64>,
     space: &'static str,
@@ -213,7 +356,14 @@ pub fn max_margin_dual(
             ),
         });
     }
-    let p = dense_csc(&kernel.view(), true, 1.0);
+    let finite = kernel.iter().all(|k| k.is_finite());
+    let c2 = normalisation(
+        kernel.diag().iter().copied().fold(0.0, f64::max),
+        finite,
+        space,
+    )?;
+    let scaled = kernel / c2;
+    let p = dense_csc(&scaled.view(), true, 1.0);
     let a = identity_csc(n, -1.0);
     let cones = [SupportedConeT::NonnegativeConeT(n)];
     let mut solver = DefaultSolver::new(&p, &vec![-1.0; n], &a, &vec![0.0; n], &cones, settings())
@@ -226,7 +376,7 @@ pub fn max_margin_dual(
     classify(sol.status, space)?;
     // Clip the interior-point solution onto α ≥ 0 (it is feasible to ~1e-8) before certifying.
     let alpha: Vec<f64> = sol.x.iter().map(|&a| a.max(0.0)).collect();
-    let ka = kernel.dot(&Array1::from(alpha.clone()));
+    let ka = scaled.dot(&Array1::from(alpha.clone()));
     let quad: f64 = alpha.iter().zip(&ka).map(|(a, k)| a * k).sum();
     let sum: f64 = alpha.iter().sum();
     let certificate = Certificate {
@@ -243,10 +393,12 @@ pub fn max_margin_dual(
         duality_gap: (0.5 * quad - (sum - 0.5 * quad)).abs() / (0.5 * quad).max(1.0),
         stationarity: 0.0,
     };
+    let dual: Vec<f64> = alpha.iter().map(|a| a / c2).collect();
     Ok(MaxMarginSolution {
-        support: support_of(&alpha),
-        dual: alpha,
-        norm: quad.max(0.0).sqrt(),
+        support: support_of(&dual),
+        dual,
+        norm: quad.max(0.0).sqrt() / c2.sqrt(),
+        form: "dual",
         certificate,
     })
 }
@@ -272,37 +424,69 @@ pub fn implicit_kernel(a: &PairSet, b: &PairSet, beta: f64) -> Array2<f64> {
     })
 }
 
-/// IM-RM max-margin direction `ΔU* = Σ_i α_i β (e_{y_i⁺} − e_{y_i⁻}) h_{x_i}ᵀ`, [V, D], from the
-/// dual with `K_IM`; only rows of training tokens are non-zero.
+/// IM-RM max-margin direction `ΔU* = Σ_i α_i β (e_{y_i⁺} − e_{y_i⁻}) h_{x_i}ᵀ`, [V, D]; only rows
+/// of training tokens are non-zero. Solved with `β = 1` and rescaled (`ΔU*_β = ΔU*_1/β`,
+/// `α_β = α_1/β²`), so separability and the solve do not depend on `β`. The smaller of the
+/// two forms is solved: the primal over the `|T|·D` seen-row block when `|T|·D ≤ N`, else the
+/// dual with the product kernel `K_IM` (N × N).
 pub fn max_margin_unembedding_delta(
     train: &PairSet,
     beta: f64,
     vocab_size: usize,
 ) -> Result<(Array2<f64>, MaxMarginSolution), MaxMarginError> {
+    const SPACE: &str = "unembedding feature space of the IM-RM";
     if train.response_length() != 1 {
         return Err(MaxMarginError::Setup {
-            space: "unembedding feature space of the IM-RM",
+            space: SPACE,
             message: format!(
                 "responses have K = {} tokens: the IM-RM is linear in ΔU only for K = 1 (the prefixes of y⁺ and y⁻ differ, so the normalisers do not cancel)",
                 train.response_length()
             ),
         });
     }
-    let solution = max_margin_dual(
-        &implicit_kernel(train, train, beta),
-        "unembedding feature space of the IM-RM",
-    )?;
-    let mut delta = Array2::zeros((vocab_size, train.prompt_hidden.ncols()));
-    for (i, &a) in solution.dual.iter().enumerate() {
-        if a != 0.0 {
-            let h = train.prompt_hidden.row(i);
-            delta
-                .row_mut(train.token_pair(i).0)
-                .scaled_add(a * beta, &h);
-            delta
-                .row_mut(train.token_pair(i).1)
-                .scaled_add(-a * beta, &h);
+    let d = train.prompt_hidden.ncols();
+    let seen = train.tokens();
+    let mut delta = Array2::zeros((vocab_size, d));
+    let mut solution = if seen.len() * d <= train.len() {
+        let index = |t: usize| seen.binary_search(&t).expect("training token in T");
+        let rows: Vec<Vec<(usize, f64)>> = (0..train.len())
+            .map(|i| {
+                let (p, q) = train.token_pair(i);
+                let h = train.prompt_hidden.row(i);
+                let (p, q) = (index(p), index(q));
+                let mut r: Vec<(usize, f64)> = (0..d).map(|j| (p * d + j, h[j])).collect();
+                r.extend((0..d).map(|j| (q * d + j, -h[j])));
+                r
+            })
+            .collect();
+        let (w, solution) = hard_margin_primal(
+            Features::Sparse {
+                n_vars: seen.len() * d,
+                rows: &rows,
+            },
+            SPACE,
+        )?;
+        for (r, &tok) in seen.iter().enumerate() {
+            for j in 0..d {
+                delta[[tok, j]] = w[r * d + j] / beta;
+            }
         }
+        solution
+    } else {
+        let solution = max_margin_dual(&implicit_kernel(train, train, 1.0), SPACE)?;
+        for (i, &a) in solution.dual.iter().enumerate() {
+            if a != 0.0 {
+                let h = train.prompt_hidden.row(i);
+                let (p, q) = train.token_pair(i);
+                delta.row_mut(p).scaled_add(a / beta, &h);
+                delta.row_mut(q).scaled_add(-a / beta, &h);
+            }
+        }
+        solution
+    };
+    solution.norm /= beta;
+    for a in &mut solution.dual {
+        *a /= beta * beta;
     }
     Ok((delta, solution))
 }

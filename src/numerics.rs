@@ -96,6 +96,18 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// `A Bᵀ` as a new row-major array (`[A rows, B rows]`), whatever the shapes: ndarray's `.dot`
+/// may return a column-major result for degenerate shapes (e.g. `D = 1`), and the softmax rows
+/// need contiguous slices.
+pub fn mat_mul_bt(
+    a: ndarray::ArrayView2<f64>,
+    b: ndarray::ArrayView2<f64>,
+) -> ndarray::Array2<f64> {
+    let mut out = ndarray::Array2::zeros((a.nrows(), b.nrows()));
+    ndarray::linalg::general_mat_mul(1.0, &a, &b.t(), 0.0, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,8 +123,8 @@ pub struct ImplicitRm {
 }
 
 impl ImplicitRm {
-    /// `path = Sparse` requires single-token responses (checked by config validation; here it
-    /// falls back to no cancelled-form reference and panics only on misuse in code).
+    /// `path = Sparse` requires single-token responses (`train.imrm_gradient` is validated
+    /// against `setup.response_length`; a caller that bypasses validation panics here).
     pub fn new(
         pairs: &PairSet,
         unembedding_init: ArrayView2<f64>,
@@ -187,7 +187,8 @@ impl ImplicitRm {
             positions,
             pair_rows,
             ref_logprob: vec![],
-            cancelled: (k_len == 1).then(|| SeenRowsImplicitRm::new(pairs, unembedding_init, beta)),
+            cancelled: (path == GradientPath::Sparse)
+                .then(|| SeenRowsImplicitRm::new(pairs, unembedding_init, beta)),
         };
         let u0 = unembedding_init.as_standard_layout();
         let u0s = u0.as_slice().expect("standard layout");
@@ -212,11 +213,14 @@ impl ImplicitRm {
             .collect()
     }
 
-    /// Logits `U h` for the rows of pairs `i0..i1`, [rows, V].
+    /// Logits `U h` for the rows of pairs `i0..i1`, [rows, V], in standard (row-major) layout
+    /// whatever the shapes (a `.dot` of a `[rows, 1]` by a `[1, V]` may come back column-major).
     fn block_logits(&self, u: &ArrayView2<f64>, (i0, i1): (usize, usize)) -> Array2<f64> {
-        self.states
-            .slice(s![self.pair_rows[i0]..self.pair_rows[i1], ..])
-            .dot(&u.t())
+        crate::numerics::mat_mul_bt(
+            self.states
+                .slice(s![self.pair_rows[i0]..self.pair_rows[i1], ..]),
+            u.view(),
+        )
     }
 
     /// Per row: `(ln π_U(y⁺_k|·), ln π_U(y⁻_k|·))`, each `logit − logsumexp` over the whole
@@ -347,58 +351,65 @@ impl MarginModel for ImplicitRm {
         match self.path {
             GradientPath::Full => {
                 let u = self.unembedding(theta);
-                let blocks: Vec<(Vec<f64>, Array2<f64>)> = self
-                    .blocks()
-                    .par_iter()
-                    .map(|&b| {
-                        let r0 = self.pair_rows[b.0];
-                        let mut coeff = self.block_logits(&u, b);
-                        let mut logprobs = Vec::with_capacity(coeff.nrows());
-                        for (r, mut row) in coeff.rows_mut().into_iter().enumerate() {
-                            let p = &self.positions[r0 + r];
-                            let (lp, lq) = (
-                                p.plus.map_or(0.0, |y| row[y]),
-                                p.minus.map_or(0.0, |y| row[y]),
-                            );
-                            let lse = softmax_in_place(row.as_slice_mut().expect("contiguous row"));
-                            logprobs.push((lp - lse, lq - lse));
-                        }
-                        let mut block_margins = vec![0.0; b.1 - b.0];
-                        self.margins_from(&logprobs, r0, b, &mut block_margins);
-                        for (r, mut row) in coeff.rows_mut().into_iter().enumerate() {
-                            let p = &self.positions[r0 + r];
-                            let scale = weight(block_margins[p.pair - b.0]) * self.beta;
-                            let (yp, ym) =
-                                (p.plus.unwrap_or(usize::MAX), p.minus.unwrap_or(usize::MAX));
-                            let (has_p, has_m) = (p.plus.is_some(), p.minus.is_some());
-                            for (v, q) in row.iter_mut().enumerate() {
-                                let plus = if has_p {
-                                    (if v == yp { 1.0 } else { 0.0 }) - *q
-                                } else {
-                                    0.0
-                                };
-                                let minus = if has_m {
-                                    (if v == ym { 1.0 } else { 0.0 }) - *q
-                                } else {
-                                    0.0
-                                };
-                                *q = scale * (plus - minus);
-                            }
-                        }
-                        let h = self.states.slice(s![r0..self.pair_rows[b.1], ..]);
-                        (block_margins, coeff.t().dot(&h))
-                    })
-                    .collect();
                 let mut g = ArrayViewMut2::from_shape((self.vocab_size, d), grad)
                     .expect("grad has V×D entries");
                 g.fill(0.0);
                 let mut i = 0;
-                for (block_margins, block_grad) in blocks {
-                    for m in block_margins {
-                        margins[i] = m;
-                        i += 1;
+                // Blocks run in parallel a round of `threads` at a time (so at most that many
+                // [V, D] block gradients exist at once) and are summed in block order: the result
+                // does not depend on the thread count.
+                let all_blocks = self.blocks();
+                let round = rayon::current_num_threads().max(1);
+                for chunk in all_blocks.chunks(round) {
+                    let blocks: Vec<(Vec<f64>, Array2<f64>)> = chunk
+                        .par_iter()
+                        .map(|&b| {
+                            let r0 = self.pair_rows[b.0];
+                            let mut coeff = self.block_logits(&u, b);
+                            let mut logprobs = Vec::with_capacity(coeff.nrows());
+                            for (r, mut row) in coeff.rows_mut().into_iter().enumerate() {
+                                let p = &self.positions[r0 + r];
+                                let (lp, lq) = (
+                                    p.plus.map_or(0.0, |y| row[y]),
+                                    p.minus.map_or(0.0, |y| row[y]),
+                                );
+                                let lse =
+                                    softmax_in_place(row.as_slice_mut().expect("contiguous row"));
+                                logprobs.push((lp - lse, lq - lse));
+                            }
+                            let mut block_margins = vec![0.0; b.1 - b.0];
+                            self.margins_from(&logprobs, r0, b, &mut block_margins);
+                            for (r, mut row) in coeff.rows_mut().into_iter().enumerate() {
+                                let p = &self.positions[r0 + r];
+                                let scale = weight(block_margins[p.pair - b.0]) * self.beta;
+                                let (yp, ym) =
+                                    (p.plus.unwrap_or(usize::MAX), p.minus.unwrap_or(usize::MAX));
+                                let (has_p, has_m) = (p.plus.is_some(), p.minus.is_some());
+                                for (v, q) in row.iter_mut().enumerate() {
+                                    let plus = if has_p {
+                                        (if v == yp { 1.0 } else { 0.0 }) - *q
+                                    } else {
+                                        0.0
+                                    };
+                                    let minus = if has_m {
+                                        (if v == ym { 1.0 } else { 0.0 }) - *q
+                                    } else {
+                                        0.0
+                                    };
+                                    *q = scale * (plus - minus);
+                                }
+                            }
+                            let h = self.states.slice(s![r0..self.pair_rows[b.1], ..]);
+                            (block_margins, coeff.t().dot(&h))
+                        })
+                        .collect();
+                    for (block_margins, block_grad) in blocks {
+                        for m in block_margins {
+                            margins[i] = m;
+                            i += 1;
+                        }
+                        g += &block_grad;
                     }
-                    g += &block_grad;
                 }
             }
             GradientPath::Sparse => {

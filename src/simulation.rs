@@ -249,12 +249,13 @@ pub fn run_model_with(
             && config.train.t_max > NON_SEPARABLE_FLOW_LIMIT
             && reason.contains("not linearly separable")
         {
-            anyhow::bail!(
+            return Err(crate::error::Refusal(format!(
                 "{}: {reason}. The loss then has a finite minimiser and the log-time gradient flow turns stiff; \
                  refusing train.t_max = {:e} > {NON_SEPARABLE_FLOW_LIMIT:e} for the flow (lower train.t_max or use a discrete optimizer)",
                 kind.label(),
                 config.train.t_max
-            );
+            ))
+            .into());
         }
     }
     // The sparse IM-RM path trains only the rows of seen tokens (flow, GD, Adam); AdamW's decay
@@ -331,8 +332,7 @@ pub fn run_model_with(
 
 /// Generates the setup from `config` and trains both models.
 pub fn simulate(config: &Config, progress: &mut dyn FnMut(&Observation)) -> Result<Simulation> {
-    config.validate()?;
-    let setup = Setup::generate(config);
+    let setup = Setup::try_generate(config)?;
     let tau = config.eval.tie_tolerance;
     let explicit = run_model(
         ModelKind::Explicit,

@@ -2,8 +2,10 @@
 //! mean and 95 % interval (Student t) over seeds. One code path for the CLI and the figures.
 
 use crate::config::Config;
+use crate::error::InputError;
+use crate::export::AtomicDir;
 use crate::simulation::simulate;
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -38,29 +40,51 @@ pub struct SweepFile {
 }
 
 impl SweepFile {
+    /// Reads and validates a sweep file; errors name the file and the field (exit code 2).
     pub fn from_file(path: &Path) -> Result<SweepFile> {
         let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read sweep file {}", path.display()))?;
-        let file: SweepFile = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("invalid sweep file {}: {e}", path.display()))?;
+            .map_err(|e| InputError(format!("cannot read sweep file {}: {e}", path.display())))?;
+        let file: SweepFile = toml::from_str(&text).map_err(|e| {
+            InputError(format!(
+                "invalid sweep file {}: {}",
+                path.display(),
+                crate::config::one_line_toml_error(&text, &e)
+            ))
+        })?;
         file.validate()
-            .with_context(|| format!("invalid sweep file {}", path.display()))?;
+            .map_err(|e| InputError(format!("invalid sweep file {}: {e:#}", path.display())))?;
         Ok(file)
     }
 
+    /// Checks `[sweep]` and every config the sweep would run (seed index 0; the others differ
+    /// only in the seed).
     pub fn validate(&self) -> Result<()> {
         if self.sweep.values.is_empty() {
-            bail!("field `sweep.values` must not be empty");
+            return Err(InputError("field `sweep.values` must not be empty".into()).into());
+        }
+        if self.sweep.values.len() > 1000 {
+            return Err(InputError(format!(
+                "field `sweep.values` must have at most 1000 entries (got {})",
+                self.sweep.values.len()
+            ))
+            .into());
+        }
+        if let Some(v) = self.sweep.values.iter().find(|v| !v.is_finite()) {
+            return Err(InputError(format!(
+                "field `sweep.values` entries must be finite (got {v})"
+            ))
+            .into());
         }
         if !(2..=10_000).contains(&self.sweep.seeds) {
-            bail!(
+            return Err(InputError(format!(
                 "field `sweep.seeds` must be in 2..=10000 (got {}): an interval needs two seeds",
                 self.sweep.seeds
-            );
+            ))
+            .into());
         }
         for c in self.configs(0) {
             c.validate()
-                .context("field `base` (with a swept value applied)")?;
+                .map_err(|e| InputError(format!("in `base` (with a swept value applied): {e}")))?;
         }
         Ok(())
     }
@@ -201,4 +225,24 @@ pub fn sweep_csv(rows: &[SweepRow]) -> String {
         ));
     }
     s
+}
+
+/// Writes `sweep.csv` and `sweep.toml` (the resolved sweep file, with the rmflow version and the
+/// path it was read from) into an open output folder.
+pub fn write_sweep_into(
+    dir: &AtomicDir,
+    file: &SweepFile,
+    source: &Path,
+    rows: &[SweepRow],
+) -> Result<()> {
+    dir.write_text(
+        "sweep.toml",
+        &format!(
+            "# rmflow {}: resolved sweep of {}\n{}",
+            crate::export::RMFLOW_VERSION,
+            source.display(),
+            toml::to_string(file)?
+        ),
+    )?;
+    dir.write_text("sweep.csv", &sweep_csv(rows))
 }

@@ -243,7 +243,49 @@ fn gaussian_matrix(rng: &mut ChaCha8Rng, rows: usize, cols: usize, std: f64) -> 
 }
 
 impl Setup {
-    /// Draws the whole setup from `config.seed` (ChaCha8, fixed draw order).
+    /// [`Setup::generate`] after validating `config`, then checks that every drawn array is finite
+    /// (the error names the array): the entry point of every command.
+    pub fn try_generate(config: &Config) -> anyhow::Result<Setup> {
+        config.validate()?;
+        let setup = Setup::generate(config);
+        setup.check_finite()?;
+        Ok(setup)
+    }
+
+    /// Errors naming the first array (`U(0)`, `u(0)`, a split's representations) that holds a
+    /// NaN or an infinity.
+    pub fn check_finite(&self) -> anyhow::Result<()> {
+        let finite = |x: &f64| x.is_finite();
+        let mut arrays: Vec<(String, bool)> = vec![
+            (
+                "the initial unembedding U(0)".into(),
+                self.unembedding_init.iter().all(finite),
+            ),
+            (
+                "the initial head u(0)".into(),
+                self.head_init.iter().all(finite),
+            ),
+        ];
+        for p in self.splits() {
+            arrays.push((
+                format!("the hidden representations of split `{}`", p.name),
+                p.prompt_hidden.iter().all(finite)
+                    && p.chosen_hidden.iter().all(finite)
+                    && p.rejected_hidden.iter().all(finite)
+                    && p.chosen_prefix_hidden.iter().all(finite)
+                    && p.rejected_prefix_hidden.iter().all(finite),
+            ));
+        }
+        if let Some((name, _)) = arrays.into_iter().find(|(_, ok)| !ok) {
+            anyhow::bail!(
+                "{name} contain non-finite values (NaN or ±inf): the setup's scales (setup.alpha, setup.kappa, gains, setup.unembedding_scale) overflow f64"
+            );
+        }
+        Ok(())
+    }
+
+    /// Draws the whole setup from `config.seed` (ChaCha8, fixed draw order). The config must be
+    /// valid ([`Config::validate`]); [`Setup::try_generate`] checks that first.
     pub fn generate(config: &Config) -> Setup {
         let s = config.setup.clone();
         let d = s.dim;

@@ -256,7 +256,7 @@ fn sweep_rejects_bad_files_and_writes_a_table() {
             "--config",
             bad.to_str().unwrap(),
             "--out",
-            dir.join("t.csv").to_str().unwrap(),
+            dir.join("t").to_str().unwrap(),
         ],
         None,
     );
@@ -265,7 +265,7 @@ fn sweep_rejects_bad_files_and_writes_a_table() {
         "{}",
         stderr(&o)
     );
-    assert!(!dir.join("t.csv").exists());
+    assert!(!dir.join("t").exists());
     let good = dir.join("good.toml");
     std::fs::write(&good, "[sweep]\nparameter = \"alpha\"\nvalues = [0.0, 3.0]\nseeds = 2\n[base.setup]\ndim = 8\nfiller_tokens = 10\ntrain_pairs = 20\neval_pairs = 10\n[base.train]\nt_max = 1e4\n").unwrap();
     let o = rmflow(
@@ -274,12 +274,15 @@ fn sweep_rejects_bad_files_and_writes_a_table() {
             "--config",
             good.to_str().unwrap(),
             "--out",
-            dir.join("t.csv").to_str().unwrap(),
+            dir.join("t").to_str().unwrap(),
         ],
         None,
     );
     assert!(o.status.success(), "{}", stderr(&o));
-    let csv = std::fs::read_to_string(dir.join("t.csv")).unwrap();
+    let csv = std::fs::read_to_string(dir.join("t/sweep.csv")).unwrap();
+    assert!(std::fs::read_to_string(dir.join("t/sweep.toml"))
+        .unwrap()
+        .starts_with("# rmflow "));
     assert_eq!(csv.lines().count(), 1 + 2 * 2);
     assert!(
         csv.contains("\n3,imrm,2,0.5,0,"),

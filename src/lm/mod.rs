@@ -75,11 +75,23 @@ pub struct LmFile {
 }
 
 impl LmFile {
+    /// Reads and validates a real-model config; every error is an input error (exit code 2)
+    /// naming the file and the field.
     pub fn from_file(path: &Path) -> Result<LmFile> {
+        LmFile::read_and_validate(path)
+            .map_err(|e| crate::error::InputError(format!("{e:#}")).into())
+    }
+
+    fn read_and_validate(path: &Path) -> Result<LmFile> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        let f: LmFile = toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("invalid real-model config {}: {e}", path.display()))?;
+        let f: LmFile = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid real-model config {}: {}",
+                path.display(),
+                crate::config::one_line_toml_error(&text, &e)
+            )
+        })?;
         let s = &f.lm;
         if !(s.train_fraction > 0.0 && s.train_fraction < 1.0) {
             bail!(

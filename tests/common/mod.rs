@@ -52,3 +52,62 @@ pub fn small_sequence_config() -> impl Strategy<Value = Config> {
         c
     })
 }
+
+/// TOML text of a small, fast config (V = 16, D = 4, N = 12, flow to 1e4, sparse IM-RM gradient)
+/// with each `(table, key, value)` override replacing or adding that key (`table` `""` is the top
+/// level). Used by the command-line reliability tests.
+pub fn small_config_text(overrides: &[(&str, &str, &str)]) -> String {
+    let mut tables: Vec<(&str, Vec<(String, String)>)> = vec![
+        ("", vec![("seed".into(), "3".into())]),
+        (
+            "setup",
+            [
+                ("dim", "4"),
+                ("good_seen", "2"),
+                ("good_unseen", "2"),
+                ("bad_seen", "2"),
+                ("bad_unseen", "2"),
+                ("filler_tokens", "8"),
+                ("train_pairs", "12"),
+                ("eval_pairs", "6"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ),
+        (
+            "train",
+            [
+                ("t_max", "1e4"),
+                ("observations_per_decade", "1"),
+                ("imrm_gradient", "\"sparse\""),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ),
+        ("eval", vec![]),
+        ("dynamics", vec![]),
+    ];
+    for (table, key, value) in overrides {
+        let rows = &mut tables
+            .iter_mut()
+            .find(|(t, _)| t == table)
+            .expect("known table")
+            .1;
+        match rows.iter_mut().find(|(k, _)| k == key) {
+            Some(r) => r.1 = value.to_string(),
+            None => rows.push((key.to_string(), value.to_string())),
+        }
+    }
+    let mut text = String::new();
+    for (table, rows) in tables {
+        if !table.is_empty() {
+            text.push_str(&format!("[{table}]\n"));
+        }
+        for (k, v) in rows {
+            text.push_str(&format!("{k} = {v}\n"));
+        }
+    }
+    text
+}

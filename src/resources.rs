@@ -1,0 +1,144 @@
+//! Resource guard: the peak memory of a run estimated from its config before anything is
+//! allocated, compared with the memory the machine has available.
+//!
+//! The estimate counts the large arrays each command holds at once (in f64 words): copies of the
+//! `V×D` unembedding, the splits' representations, the max-margin QP and the full-softmax path's
+//! logits. Its coefficients were checked against measured peak resident memory (README,
+//! "Errors and exit codes"); it errs on the high side.
+
+use crate::config::{Config, GradientPath, Optimizer};
+use crate::error::Refusal;
+
+/// Which command's footprint to estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    Simulate,
+    Dynamics,
+    Verify,
+}
+
+/// An estimate in bytes, with the terms that make it up.
+#[derive(Debug, Clone)]
+pub struct MemoryEstimate {
+    pub bytes: f64,
+    pub terms: Vec<(&'static str, f64)>,
+}
+
+impl MemoryEstimate {
+    /// `"3.2 GiB (V×D copies 2.9 GiB, …)"`.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .terms
+            .iter()
+            .filter(|(_, b)| *b >= 1.0e6)
+            .map(|(n, b)| format!("{n} {}", human_bytes(*b)))
+            .collect();
+        format!("{} ({})", human_bytes(self.bytes), parts.join(", "))
+    }
+}
+
+/// `1.5 GiB`, `320 MiB`, `12 KiB`.
+pub fn human_bytes(b: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = b;
+    let mut u = 0;
+    while x >= 1024.0 && u < UNITS.len() - 1 {
+        x /= 1024.0;
+        u += 1;
+    }
+    format!("{x:.1} {}", UNITS[u])
+}
+
+/// Estimated peak memory of `workload` on `config` (assumed valid).
+pub fn estimate(config: &Config, workload: Workload) -> MemoryEstimate {
+    let s = &config.setup;
+    let f = |x: usize| x as f64;
+    let (v, d, n, e, k) = (
+        f(config.vocab_size()),
+        f(s.dim),
+        f(s.train_pairs),
+        f(s.eval_pairs),
+        f(s.response_length),
+    );
+    let splits = 3.0 + f(s.eval_overlap.len());
+    let threads = f(rayon::current_num_threads().max(1));
+    let word = 8.0;
+    let full = config.train.imrm_gradient == GradientPath::Full || s.response_length > 1;
+    // Copies of U held at once by one IM-RM run: setup (embeddings, U(0)), initial, observer θ0,
+    // max-margin ΔU* (and its clone as reference), the reduced model's U(0), per-observation
+    // embed and Δ, final, export.
+    let mut vd_copies = 12.0;
+    if full || config.train.optimizer != Optimizer::Flow {
+        // Integrator stages (7) and work vectors (3), or optimizer moments and gradient.
+        vd_copies += 10.0 + threads;
+    }
+    let mut logits = threads * 64.0 * (2.0 * k - 1.0) * v;
+    match workload {
+        Workload::Simulate => {}
+        Workload::Dynamics => {
+            // Prefix distributions of every training and evaluation response, [rows, V].
+            logits += 2.0 * (n + e * splits) * k * v;
+            vd_copies += 4.0;
+        }
+        Workload::Verify => {
+            // Seven IM-RM runs (faithful flow, GD, Adam, AdamW, main, sparse) kept to the end,
+            // two of them training at a time.
+            vd_copies = 7.0 * 4.0 + 2.0 * (10.0 + threads);
+            logits += 2.0 * (n + e * splits) * k * v;
+        }
+    }
+    let vd = vd_copies * v * d * word;
+    let reps = (n + e * splits) * (3.0 * d + 2.0 * k * d + 2.0 * k) * word * 3.0;
+    // Max-margin QPs: the IM-RM dual is N×N (kernel, scaled copy, factor); the primals are
+    // sparse with 2D (IM-RM) or D (EX-RM) entries per constraint, plus their factors.
+    let seen_rows = f((s.good_seen + s.bad_seen).min(s.train_pairs * 2));
+    let imrm_qp = if seen_rows * d <= n {
+        (2.0 * d * n + seen_rows * d) * 16.0 * 4.0
+    } else {
+        n * n * word * 4.0
+    };
+    let exrm_qp = d * n * 16.0 * 4.0 + d * d * word * 4.0;
+    let qp = imrm_qp + exrm_qp;
+    let logits = logits * word;
+    let base = 64.0 * 1024.0 * 1024.0;
+    let terms = vec![
+        ("V×D copies", vd),
+        ("representations", reps),
+        ("max-margin QPs", qp),
+        ("logit blocks", logits),
+        ("program", base),
+    ];
+    MemoryEstimate {
+        bytes: terms.iter().map(|(_, b)| b).sum(),
+        terms,
+    }
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes (`None` where it cannot be read).
+pub fn available_memory() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}
+
+/// Refuses (exit code 3) when the estimate exceeds the available memory, unless `allow`.
+pub fn check_memory(config: &Config, workload: Workload, allow: bool) -> anyhow::Result<()> {
+    let est = estimate(config, workload);
+    let Some(avail) = available_memory() else {
+        return Ok(());
+    };
+    if est.bytes > avail && !allow {
+        return Err(Refusal(format!(
+            "this run needs an estimated {} of memory, more than the {} available (V = {}, D = {}, N = {}, eval_pairs = {}); lower setup.filler_tokens, setup.dim, setup.train_pairs or setup.eval_pairs, or pass --ignore-memory-estimate to try anyway",
+            est.describe(),
+            human_bytes(avail),
+            config.vocab_size(),
+            config.setup.dim,
+            config.setup.train_pairs,
+            config.setup.eval_pairs
+        ))
+        .into());
+    }
+    Ok(())
+}
