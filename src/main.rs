@@ -131,22 +131,10 @@ enum Command {
         #[arg(long)]
         ignore_memory_estimate: bool,
     },
-    /// Accuracy of both models across a parameter sweep, mean and 95 % interval over seeds.
+    /// Accuracy of both models across a parameter sweep, mean and 95 % interval over seeds;
+    /// `--shard I/N` runs one slice (Slurm array task), `sweep merge` joins the slices.
     #[command(after_help = EXIT_CODES)]
-    Sweep {
-        /// Sweep file: `[sweep]` (parameter, values, seeds) and `[base]` config (e.g. experiments/overlap_sweep.toml).
-        #[arg(long)]
-        config: PathBuf,
-        /// Output folder, written atomically: sweep.csv (the table) and sweep.toml (the resolved
-        /// sweep file, with the rmflow version).
-        #[arg(long)]
-        out: PathBuf,
-        #[command(flatten)]
-        output: OutputFlags,
-        /// Run even if the estimated peak memory exceeds the memory available.
-        #[arg(long)]
-        ignore_memory_estimate: bool,
-    },
+    Sweep(SweepArgs),
     /// Real-model mode (MATH.md §6, feature `lm`): Theorem 2's setting on a pretrained
     /// transformer's frozen representations (head-only, exported in simulate's layout), and with
     /// `--mode full` full fine-tuning of the whole model for both reward types (in `full/`).
@@ -183,6 +171,169 @@ enum Command {
     },
     /// Print the embedded default config (experiments/theorem2.toml).
     DefaultConfig,
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct SweepArgs {
+    #[command(subcommand)]
+    action: Option<SweepAction>,
+    /// Sweep file: `[sweep]` (parameter, values, seeds) and `[base]` config (e.g. experiments/overlap_sweep.toml).
+    #[arg(long, required = true)]
+    config: Option<PathBuf>,
+    /// Output folder. Without --shard, written atomically: sweep.csv (the table) and sweep.toml
+    /// (the resolved sweep file, with the rmflow version). With --shard, the folder that collects
+    /// the shard files (shard-IIII-of-NNNN.json).
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
+    /// Run only slice I of N (0-based) of the sweep's units, balanced by estimated cost. Without
+    /// it, SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT are used when both are set.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    #[command(flatten)]
+    output: OutputFlags,
+    /// Run even if the estimated peak memory exceeds the memory available.
+    #[arg(long)]
+    ignore_memory_estimate: bool,
+}
+
+#[derive(Subcommand)]
+enum SweepAction {
+    /// Merge the shard files of one sweep into the table an unsharded run writes (byte-identical
+    /// sweep.csv); every shard must be present, from the same sweep and rmflow version.
+    Merge {
+        /// Folder with the shard files.
+        shard_dir: PathBuf,
+        /// Output folder, written atomically (sweep.csv, sweep.toml).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        output: OutputFlags,
+    },
+}
+
+/// The shard of this process: `--shard I/N`, else a Slurm array task's (said on stderr).
+fn shard_of(flag: Option<&str>) -> Result<Option<(usize, usize)>> {
+    if let Some(s) = flag {
+        return rmflow::sweep::parse_shard(s).map(Some);
+    }
+    let var = |k: &str| std::env::var(k).ok();
+    match (var("SLURM_ARRAY_TASK_ID"), var("SLURM_ARRAY_TASK_COUNT")) {
+        (Some(id), Some(count)) => {
+            let min: usize = match var("SLURM_ARRAY_TASK_MIN") {
+                Some(m) => m.parse().map_err(|_| {
+                    InputError(format!("SLURM_ARRAY_TASK_MIN is not a number: {m:?}"))
+                })?,
+                None => 0,
+            };
+            let id: usize = id
+                .parse()
+                .map_err(|_| InputError(format!("SLURM_ARRAY_TASK_ID is not a number: {id:?}")))?;
+            let shard = format!("{}/{count}", id.saturating_sub(min));
+            eprintln!(
+                "rmflow sweep: running shard {shard} from SLURM_ARRAY_TASK_ID = {id}, SLURM_ARRAY_TASK_COUNT = {count} (SLURM_ARRAY_TASK_MIN = {min})"
+            );
+            rmflow::sweep::parse_shard(&shard).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+fn print_sweep_table(rows: &[rmflow::sweep::SweepRow]) {
+    println!(
+        "{:>8} {:<6} {:>22} {:>22}",
+        "value", "model", "tie-aware (95% CI)", "strict (95% CI)"
+    );
+    for r in rows {
+        println!(
+            "{:>8} {:<6} {:>22} {:>22}",
+            r.value,
+            r.model,
+            format!("{:.3} ± {:.3}", r.tie_aware_mean, r.tie_aware_ci95),
+            format!("{:.3} ± {:.3}", r.strict_mean, r.strict_ci95)
+        );
+    }
+}
+
+fn sweep(args: SweepArgs) -> Result<()> {
+    if let Some(SweepAction::Merge {
+        shard_dir,
+        out,
+        output,
+    }) = args.action
+    {
+        let dir = AtomicDir::create(&out, output.replace())?;
+        let merged = rmflow::sweep::merge_shards(&shard_dir)?;
+        print_sweep_table(&merged.rows);
+        rmflow::sweep::write_sweep_into(&dir, &merged.file, &merged.source, &merged.rows)?;
+        let written = dir.commit()?;
+        println!(
+            "merged {} shards into {} (sweep.csv, sweep.toml)",
+            merged.shards,
+            written.display()
+        );
+        return Ok(());
+    }
+    let (config, out) = (
+        args.config.expect("required by clap"),
+        args.out.expect("required by clap"),
+    );
+    rmflow::output::check_not_overwriting_input(&config, &out)?;
+    let shard = shard_of(args.shard.as_deref())?;
+    if shard.is_none() && out.extension().is_some_and(|e| e == "csv" || e == "toml") {
+        return Err(InputError(format!(
+            "--out {} names a file, but a sweep writes a folder (sweep.csv and sweep.toml inside): pass a folder path such as runs/my_sweep",
+            out.display()
+        ))
+        .into());
+    }
+    let file = rmflow::sweep::SweepFile::from_file(&config)?;
+    for c in file.configs(0)? {
+        check_memory(&c, Workload::Simulate, args.ignore_memory_estimate)?;
+    }
+    match shard {
+        None => {
+            let dir = AtomicDir::create(&out, args.output.replace())?;
+            let n_units = file.units().len() as u64;
+            let bar = progress_bar("sweep", n_units, "runs");
+            let rows = rmflow::sweep::run_sweep(&file, &|| bar.inc("run done"))?;
+            bar.finish();
+            print_sweep_table(&rows);
+            rmflow::sweep::write_sweep_into(&dir, &file, &config.display().to_string(), &rows)?;
+            let written = dir.commit()?;
+            println!("wrote {} (sweep.csv, sweep.toml)", written.display());
+        }
+        Some((i, n)) => {
+            std::fs::create_dir_all(&out).map_err(|e| {
+                InputError(format!(
+                    "cannot create the shard folder {}: {e}",
+                    out.display()
+                ))
+            })?;
+            let path = out.join(rmflow::sweep::shard_file_name(i, n));
+            rmflow::output::check_not_overwriting_input(&config, &path)?;
+            let replace = if args.output.force {
+                Replace::RmflowOutput
+            } else {
+                Replace::Never
+            };
+            let target = AtomicFile::create(&path, replace)?;
+            let ids = rmflow::sweep::shard_assignment(&file, n)?.swap_remove(i);
+            let bar = progress_bar(&format!("sweep shard {i}/{n}"), ids.len() as u64, "runs");
+            let results = rmflow::sweep::run_units(&file, &ids, &|| bar.inc("run done"))?;
+            bar.finish();
+            let shard_file = rmflow::sweep::ShardFile::new(&file, &config, (i, n), ids, &results)?;
+            let written = target.commit(&(serde_json::to_string_pretty(&shard_file)? + "\n"))?;
+            println!(
+                "wrote {} ({} of {} runs; merge with: rmflow sweep merge {} --out DIR)",
+                written.display(),
+                shard_file.units.len(),
+                file.units().len(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn parse_path(s: &str) -> Result<GradientPath, String> {
@@ -483,46 +634,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {}", written.display());
             Ok(())
         }
-        Command::Sweep {
-            config,
-            out,
-            output,
-            ignore_memory_estimate,
-        } => {
-            rmflow::output::check_not_overwriting_input(&config, &out)?;
-            if out.extension().is_some_and(|e| e == "csv" || e == "toml") {
-                return Err(InputError(format!(
-                    "--out {} names a file, but a sweep writes a folder (sweep.csv and sweep.toml inside): pass a folder path such as runs/my_sweep",
-                    out.display()
-                ))
-                .into());
-            }
-            let file = rmflow::sweep::SweepFile::from_file(&config)?;
-            for c in file.configs(0) {
-                check_memory(&c, Workload::Simulate, ignore_memory_estimate)?;
-            }
-            let dir = AtomicDir::create(&out, output.replace())?;
-            let bar = progress_bar("sweep", file.sweep.seeds as u64, "seeds");
-            let rows = rmflow::sweep::run_sweep(&file, &|| bar.inc("seed done"))?;
-            bar.finish();
-            println!(
-                "{:>8} {:<6} {:>22} {:>22}",
-                "value", "model", "tie-aware (95% CI)", "strict (95% CI)"
-            );
-            for r in &rows {
-                println!(
-                    "{:>8} {:<6} {:>22} {:>22}",
-                    r.value,
-                    r.model,
-                    format!("{:.3} ± {:.3}", r.tie_aware_mean, r.tie_aware_ci95),
-                    format!("{:.3} ± {:.3}", r.strict_mean, r.strict_ci95)
-                );
-            }
-            rmflow::sweep::write_sweep_into(&dir, &file, &config, &rows)?;
-            let written = dir.commit()?;
-            println!("wrote {} (sweep.csv, sweep.toml)", written.display());
-            Ok(())
-        }
+        Command::Sweep(args) => sweep(args),
         #[cfg(feature = "lm")]
         Command::Lm {
             model,
