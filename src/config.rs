@@ -91,8 +91,12 @@ pub struct TrainConfig {
     pub optimizer: Optimizer,
     /// Final time. Flow: ODE time `t`. Discrete optimizers: `t = steps × lr`.
     pub t_max: f64,
-    /// Log-spaced observation times per decade of `t`.
-    pub observations_per_decade: usize,
+    /// Flow only: the horizon as `log10 t_max`, for horizons past f64 (up to `t = 10^100000`;
+    /// the flow runs in `s = ln t` and never forms `t`). Overrides `t_max` when set.
+    pub t_max_log10: Option<f64>,
+    /// Log-spaced observation times per decade of `t` (may be below 1: `0.01` observes every
+    /// 100 decades).
+    pub observations_per_decade: f64,
     /// First observation time after `t = 0` (which is always observed).
     pub first_observation: f64,
     /// Flow: relative tolerance of the Dormand–Prince error control.
@@ -189,7 +193,8 @@ impl Default for TrainConfig {
         TrainConfig {
             optimizer: Optimizer::Flow,
             t_max: 1e8,
-            observations_per_decade: 4,
+            t_max_log10: None,
+            observations_per_decade: 4.0,
             first_observation: 1e-2,
             rtol: 1e-8,
             atol: 1e-10,
@@ -246,6 +251,16 @@ impl ConfigError {
             },
             other => other,
         }
+    }
+}
+
+/// Longest flow horizon accepted, as `log10 t`.
+pub const MAX_HORIZON_LOG10: f64 = 1e5;
+
+impl TrainConfig {
+    /// `log10` of the horizon: `t_max_log10` when set, else `log10(t_max)`.
+    pub fn horizon_log10(&self) -> f64 {
+        self.t_max_log10.unwrap_or_else(|| self.t_max.log10())
     }
 }
 
@@ -459,16 +474,44 @@ impl Config {
         check(
             t.first_observation.is_finite()
                 && t.first_observation > 0.0
-                && t.first_observation <= t.t_max,
+                && (t.first_observation <= t.t_max || t.t_max_log10.is_some()),
             "train.first_observation",
             "must be finite and in (0, train.t_max]",
             t.first_observation,
         )?;
+        if let Some(l) = t.t_max_log10 {
+            check(
+                l.is_finite() && l > -300.0 && l <= MAX_HORIZON_LOG10,
+                "train.t_max_log10",
+                "must be finite and in (-300, 100000]",
+                l,
+            )?;
+            check(
+                t.optimizer == Optimizer::Flow || l <= 300.0,
+                "train.t_max_log10",
+                "must be ≤ 300 for a discrete optimizer (t = steps × lr is formed)",
+                l,
+            )?;
+            check(
+                t.first_observation.log10() <= l,
+                "train.first_observation",
+                "must be ≤ 10^train.t_max_log10",
+                t.first_observation,
+            )?;
+        }
         check(
-            (1..=1000).contains(&t.observations_per_decade),
+            t.observations_per_decade.is_finite()
+                && (1e-3..=1000.0).contains(&t.observations_per_decade),
             "train.observations_per_decade",
-            "must be in 1..=1000",
+            "must be in [0.001, 1000]",
             t.observations_per_decade,
+        )?;
+        let decades = t.horizon_log10() - t.first_observation.log10();
+        check(
+            decades * t.observations_per_decade <= 1e6,
+            "train.observations_per_decade",
+            "times the decades from train.first_observation to the horizon must be ≤ 10^6 observations",
+            format!("{:.3e} observations", decades * t.observations_per_decade),
         )?;
         check(
             t.rtol.is_finite() && (1e-14..1.0).contains(&t.rtol),

@@ -96,7 +96,7 @@ fn num(x: f64) -> String {
 
 /// The trajectory CSV: one row per model and observation time (columns in `experiments/README.md`).
 pub fn trajectory_csv(rows: &[&Observation]) -> String {
-    let mut out = String::from("model,t,step,loss,param_distance,unseen_row_drift");
+    let mut out = String::from("model,t,log10_t,step,loss,param_distance,unseen_row_drift");
     if let Some(first) = rows.first() {
         for s in &first.splits {
             let n = &s.split;
@@ -109,9 +109,10 @@ pub fn trajectory_csv(rows: &[&Observation]) -> String {
     for o in rows {
         write!(
             out,
-            "{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{}",
             o.model,
             num(o.t),
+            num(o.log10_t),
             o.step,
             num(o.loss),
             num(o.param_distance),
@@ -225,6 +226,7 @@ pub fn write_simulation_into(dir: &AtomicDir, sim: &Simulation) -> Result<()> {
             "rmflow_version": RMFLOW_VERSION,
             "seed": sim.config.seed,
             "t_max": sim.config.train.t_max,
+            "t_max_log10": sim.config.train.horizon_log10(),
             "optimizer": sim.config.train.optimizer.name(),
             "tie_tolerance": sim.config.eval.tie_tolerance,
             "exrm": model_summary(&sim.explicit),

@@ -213,6 +213,75 @@ pub fn max_margin_convergence(config: &Config) -> Result<FigureData> {
         gap_series,
     );
     direction.legend = Legend::UpperRight;
+    // The EX-RM residual integrated directly to t = 1e10000 (the check `2b.residual_*`).
+    let setup = &sim.setup;
+    let trace = match &sim.explicit.max_margin {
+        Ok(mm) => Some(crate::verify::residual_to_horizon(
+            config,
+            setup,
+            mm,
+            crate::verify::RESIDUAL_HORIZON_LOG10,
+        )?),
+        Err(_) => None,
+    };
+    let mut long_series = Vec::new();
+    let mut long_notes = Vec::new();
+    if let Some(tr) = &trace {
+        let limit = *tr.rho_norm.last().expect("observed");
+        for (l, r) in tr.log10_t.iter().zip(&tr.rho_norm) {
+            writeln!(csv, "exrm_residual_flow,1e{l},nan,{r:e},nan")?;
+        }
+        long_series.push(Series {
+            name: "EX-RM: |‖ρ(t)‖ − ‖ρ(1e10000)‖|".into(),
+            points: tr
+                .log10_t
+                .iter()
+                .zip(&tr.rho_norm)
+                .map(|(l, r)| (*l, (r - limit).abs()))
+                .filter(|(_, d)| *d > 0.0)
+                .collect(),
+            color: 1,
+            ..Default::default()
+        });
+        if tr.delta.is_finite() {
+            let at = tr
+                .log10_t
+                .iter()
+                .zip(&tr.rho_norm)
+                .find(|(l, _)| **l >= 100.0)
+                .map(|(l, r)| (*l, (r - limit).abs()))
+                .unwrap_or((100.0, 1.0));
+            long_series.push(Series {
+                name: format!("∝ t^(−δ), δ = {:.2e} (nearest non-support pair)", tr.delta),
+                points: tr
+                    .log10_t
+                    .iter()
+                    .filter(|l| **l >= 10.0)
+                    .map(|l| (*l, at.1 * 10f64.powf(-tr.delta * (l - at.0))))
+                    .collect(),
+                color: 0,
+                dashed: true,
+                ..Default::default()
+            });
+        }
+        let worst = tr
+            .limit
+            .iter()
+            .map(|(_, a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        long_notes.push(format!(
+            "‖ρ(1e10000)‖ = {limit:.4}; support: max |⟨ρ, z_i⟩ + ln Nα_i| = {worst:.1e}"
+        ));
+    }
+    let mut long = Panel::lines(
+        "EX-RM residual to t = 1e10000 (integrated in s = ln t)",
+        "log10 t",
+        "distance of ‖ρ(t)‖ to its final value",
+        false,
+        true,
+        long_series,
+    );
+    long.notes = long_notes;
     let panels = vec![
         direction,
         Panel::lines(
@@ -223,15 +292,16 @@ pub fn max_margin_convergence(config: &Config) -> Result<FigureData> {
             false,
             res_series,
         ),
+        long,
     ];
     Ok(FigureData {
         figure: Figure {
             panels,
-            columns: 2,
+            columns: 3,
             caption: caption(
                 config,
                 "experiments/theorem2.toml",
-                ", 1 run, flow to t = 1e100",
+                ", 1 run, flow to t = 1e100; EX-RM residual flow to t = 1e10000",
             ),
             panel_size: (560, 400),
         },
@@ -337,7 +407,7 @@ pub fn optimizers(config: &Config) -> Result<FigureData> {
         c.train.t_max = t_max;
         c.train.lr = lr;
         c.train.imrm_gradient = GradientPath::Full;
-        c.train.observations_per_decade = 8;
+        c.train.observations_per_decade = 8.0;
         let run = run_model(ModelKind::Implicit, &c, &setup, mm.clone(), &mut |_| {})?;
         let label = match opt {
             Optimizer::Flow => "flow".to_string(),
@@ -431,7 +501,7 @@ pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
     let mut config = config.clone();
     config.train.t_max = 1e4;
     config.train.first_observation = 1e-3;
-    config.train.observations_per_decade = 8;
+    config.train.observations_per_decade = 8.0;
     let config = &config;
     let setup = Setup::try_generate(config)?;
     let im = crate::reward::ImplicitRm::new(
@@ -773,7 +843,7 @@ fn shift_sweep(
 pub fn domain_vs_token_shift(base: &Config, seeds: usize) -> Result<FigureData> {
     let mut base = base.clone();
     base.train.t_max = 1e4;
-    base.train.observations_per_decade = 1;
+    base.train.observations_per_decade = 1.0;
     let gains = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0];
     let kappas = [0.0, 0.5, 1.0, 2.0, 4.0];
     let by_gain = shift_sweep(&base, &gains, seeds, |c, v| c.setup.recurrent_gain = v)?;

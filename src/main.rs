@@ -76,6 +76,10 @@ enum Command {
         /// Override train.t_max (flow time; discrete optimizers run t_max/lr steps).
         #[arg(long)]
         t_max: Option<f64>,
+        /// Override train.t_max_log10: the flow's horizon as log10 t, up to 100000 (past f64's
+        /// 1.8e308; consider a small train.observations_per_decade).
+        #[arg(long, conflicts_with = "t_max")]
+        t_max_log10: Option<f64>,
         /// Override the seed.
         #[arg(long)]
         seed: Option<u64>,
@@ -456,8 +460,8 @@ impl Progress {
 
 fn print_accuracy_table(rows: &[&Observation], tau: f64) {
     println!(
-        "accuracy at t = {:e} (strict / tie-aware, tie tolerance τ = {tau:e}):",
-        rows[0].t
+        "accuracy at t = {} (strict / tie-aware, tie tolerance τ = {tau:e}):",
+        rmflow::training::format_time(rows[0].log10_t)
     );
     let table: Vec<(&str, &[rmflow::observables::SplitMetrics])> = rows
         .iter()
@@ -483,7 +487,11 @@ fn simulate(config: Config, out: &Path, replace: Replace, allow_memory: bool) ->
     let dir = AtomicDir::create(out, replace)?;
     let bar = observation_progress("simulate", &config);
     let sim = rmflow::simulation::simulate(&config, &mut |o| {
-        bar.inc(&format!("{} t = {:.2e}", o.model, o.t));
+        bar.inc(&format!(
+            "{} t = {}",
+            o.model,
+            rmflow::training::format_time(o.log10_t)
+        ));
     })?;
     bar.finish();
     rmflow::export::write_simulation_into(&dir, &sim)?;
@@ -508,6 +516,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             optimizer,
             t_max,
+            t_max_log10,
             seed,
             imrm_gradient,
             output,
@@ -519,6 +528,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(t) = t_max {
                 cfg.train.t_max = t;
+                cfg.train.t_max_log10 = None;
+            }
+            if let Some(l) = t_max_log10 {
+                cfg.train.t_max_log10 = Some(l);
             }
             if let Some(s) = seed {
                 cfg.seed = s;
@@ -568,7 +581,7 @@ fn run(cli: Cli) -> Result<()> {
             let bar = progress_bar(
                 "verify",
                 rmflow::verify::SETUP_JOBS + trials as u64,
-                "jobs (8 on the configured setup, then one per random setup)",
+                "jobs (9 on the configured setup, then one per random setup)",
             );
             let t0 = Instant::now();
             let report = rmflow::verify::verify(&cfg, trials, &opts, &|job| {

@@ -49,8 +49,9 @@ pub struct Convergence {
     pub projected_rate: f64,
 }
 
-/// Convergence observables of `theta` against the max-margin solution `reference` at time `t`.
-pub fn convergence(theta: &[f64], reference: &[f64], t: f64) -> Convergence {
+/// Convergence observables of `theta` against the max-margin solution `reference` at time
+/// `t = e^{ln_t}` (`ln t` is passed so that horizons past f64's `t` work).
+pub fn convergence(theta: &[f64], reference: &[f64], ln_t: f64) -> Convergence {
     let rn = crate::numerics::norm(reference);
     let tn = crate::numerics::norm(theta);
     let proj = crate::numerics::dot(theta, reference) / rn;
@@ -62,8 +63,7 @@ pub fn convergence(theta: &[f64], reference: &[f64], t: f64) -> Convergence {
             o * o
         })
         .sum::<f64>();
-    let ln_t = t.ln();
-    let (residual_norm, projected_rate) = if t > 1.0 {
+    let (residual_norm, projected_rate) = if ln_t > 0.0 {
         let r = theta
             .iter()
             .zip(reference)
@@ -95,7 +95,10 @@ pub fn convergence(theta: &[f64], reference: &[f64], t: f64) -> Convergence {
 pub struct Observation {
     /// `exrm` or `imrm`.
     pub model: &'static str,
+    /// `t` (`inf` past f64's range: see `log10_t`).
     pub t: f64,
+    /// `log10 t` (`−inf` at `t = 0`).
+    pub log10_t: f64,
     /// Accepted integrator steps or optimizer steps so far.
     pub step: u64,
     /// Training loss `L`.

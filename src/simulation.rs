@@ -135,8 +135,8 @@ impl Observer {
             .collect()
     }
 
-    /// All observables at `(t, step, θ)`.
-    pub fn observe(&self, t: f64, step: u64, theta: &[f64]) -> Observation {
+    /// All observables at `(time, step, θ)`.
+    pub fn observe(&self, time: crate::training::ObsTime, step: u64, theta: &[f64]) -> Observation {
         let margins = self.split_margins(theta);
         let loss = mean_loss(&margins[0].1);
         let splits = margins
@@ -151,12 +151,13 @@ impl Observer {
                 .fold(0.0, f64::max)
         });
         let convergence = self.reference.as_ref().map(|r| match self.kind {
-            ModelKind::Explicit => convergence(theta, r, t),
-            ModelKind::Implicit => convergence(&delta, r, t),
+            ModelKind::Explicit => convergence(theta, r, time.ln_t()),
+            ModelKind::Implicit => convergence(&delta, r, time.ln_t()),
         });
         Observation {
             model: self.kind.name(),
-            t,
+            t: time.t,
+            log10_t: time.log10_t,
             step,
             loss,
             splits,
@@ -246,14 +247,14 @@ pub fn run_model_with(
     let tau = config.eval.tie_tolerance;
     if let Err(reason) = &max_margin {
         if config.train.optimizer == crate::config::Optimizer::Flow
-            && config.train.t_max > NON_SEPARABLE_FLOW_LIMIT
+            && config.train.horizon_log10() > NON_SEPARABLE_FLOW_LIMIT.log10()
             && reason.contains("not linearly separable")
         {
             return Err(crate::error::Refusal(format!(
                 "{}: {reason}. The loss then has a finite minimiser and the log-time gradient flow turns stiff; \
-                 refusing train.t_max = {:e} > {NON_SEPARABLE_FLOW_LIMIT:e} for the flow (lower train.t_max or use a discrete optimizer)",
+                 refusing train.t_max = {} > {NON_SEPARABLE_FLOW_LIMIT:e} for the flow (lower train.t_max or use a discrete optimizer)",
                 kind.label(),
-                config.train.t_max
+                crate::training::format_time(config.train.horizon_log10())
             ))
             .into());
         }

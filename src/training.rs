@@ -10,16 +10,71 @@ use crate::ode::{integrate, OdeOptions, OdeStats};
 use crate::reward::{loss_and_gradient, MarginModel};
 use anyhow::{bail, Result};
 
-/// Observation times: `0`, then `observations_per_decade` log-spaced points per decade from
-/// `first_observation` to `t_max` (both included).
-pub fn observation_times(cfg: &TrainConfig) -> Vec<f64> {
-    let (a, b) = (cfg.first_observation.log10(), cfg.t_max.log10());
-    let n = ((b - a) * cfg.observations_per_decade as f64).ceil() as usize + 1;
-    let mut times = vec![0.0];
+/// A time of the flow: `t` and `log10 t` (the latter exact past f64's range, where `t` is `inf`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ObsTime {
+    pub t: f64,
+    pub log10_t: f64,
+}
+
+impl ObsTime {
+    /// `t = 0`.
+    pub const ZERO: ObsTime = ObsTime {
+        t: 0.0,
+        log10_t: f64::NEG_INFINITY,
+    };
+
+    /// From `log10 t` (`t = inf` beyond f64).
+    pub fn from_log10(l: f64) -> ObsTime {
+        ObsTime {
+            t: 10f64.powf(l),
+            log10_t: l,
+        }
+    }
+
+    /// From `t`.
+    pub fn from_t(t: f64) -> ObsTime {
+        ObsTime {
+            t,
+            log10_t: t.log10(),
+        }
+    }
+
+    /// `ln t`.
+    pub fn ln_t(self) -> f64 {
+        self.log10_t * std::f64::consts::LN_10
+    }
+}
+
+/// Observation times as `log10 t`: `−inf` (`t = 0`), then `observations_per_decade` log-spaced
+/// points per decade from `first_observation` to the horizon (both included).
+pub fn observation_log10_times(cfg: &TrainConfig) -> Vec<f64> {
+    let (a, b) = (cfg.first_observation.log10(), cfg.horizon_log10());
+    let n = ((b - a) * cfg.observations_per_decade).ceil() as usize + 1;
+    let mut times = vec![f64::NEG_INFINITY];
     if n <= 1 || b <= a {
-        times.push(cfg.t_max);
+        times.push(b);
     } else {
-        times.extend(crate::numerics::logspace(a, b, n));
+        times.extend((0..n).map(|i| a + (b - a) * i as f64 / (n - 1) as f64));
+        *times.last_mut().expect("non-empty") = b;
+    }
+    times
+}
+
+/// Observation times `t` (see [`observation_log10_times`]; `inf` past f64's range), with the
+/// horizon exactly `t_max` when no `t_max_log10` is set.
+pub fn observation_times(cfg: &TrainConfig) -> Vec<f64> {
+    let mut times: Vec<f64> = observation_log10_times(cfg)
+        .into_iter()
+        .map(|l| {
+            if l == f64::NEG_INFINITY {
+                0.0
+            } else {
+                10f64.powf(l)
+            }
+        })
+        .collect();
+    if cfg.t_max_log10.is_none() {
         *times.last_mut().expect("non-empty") = cfg.t_max;
     }
     times
@@ -34,20 +89,40 @@ pub struct TrainOutcome {
     pub ode: Option<OdeStats>,
 }
 
-/// `observe(t, step, θ)` is called at every observation time, `t = 0` first.
-pub type Observe<'a> = dyn FnMut(f64, u64, &[f64]) -> Result<()> + 'a;
+/// `observe(time, step, θ)` is called at every observation time, `t = 0` first.
+pub type Observe<'a> = dyn FnMut(ObsTime, u64, &[f64]) -> Result<()> + 'a;
 
-fn check_finite(label: &str, t: f64, margins: &[f64], field: &[f64], what: &str) -> Result<()> {
+/// `6.000000e2`, or `10^1234.500` past f64's range.
+pub fn format_time(log10_t: f64) -> String {
+    if log10_t == f64::NEG_INFINITY {
+        "0".to_string()
+    } else if log10_t < 300.0 {
+        format!("{:.6e}", 10f64.powf(log10_t))
+    } else {
+        format!("10^{log10_t:.3}")
+    }
+}
+
+/// Errors naming the first non-finite margin or field entry, at time `10^log10_t`.
+fn check_finite(
+    label: &str,
+    log10_t: f64,
+    margins: &[f64],
+    field: &[f64],
+    what: &str,
+) -> Result<()> {
     if let Some(i) = margins.iter().position(|m| !m.is_finite()) {
         bail!(
-            "{label}: training margin m_{i} = {} is not finite at t = {t:.6e}",
-            margins[i]
+            "{label}: training margin m_{i} = {} is not finite at t = {}",
+            margins[i],
+            format_time(log10_t)
         );
     }
     if let Some(j) = field.iter().position(|g| !g.is_finite()) {
         bail!(
-            "{label}: {what} entry {j} = {} is not finite at t = {t:.6e}",
-            field[j]
+            "{label}: {what} entry {j} = {} is not finite at t = {}",
+            field[j],
+            format_time(log10_t)
         );
     }
     Ok(())
@@ -71,20 +146,34 @@ pub fn train(
     if theta0.iter().any(|v| !v.is_finite()) {
         bail!("{label}: initial parameters contain a non-finite value");
     }
-    let times = observation_times(cfg);
-    observe(0.0, 0, theta0)?;
+    observe(ObsTime::ZERO, 0, theta0)?;
     match cfg.optimizer {
-        Optimizer::Flow => gradient_flow(model, theta0, cfg, &times[1..], label, observe),
-        _ => discrete(model, theta0, cfg, &times[1..], label, observe),
+        Optimizer::Flow => {
+            let times: Vec<ObsTime> = observation_log10_times(cfg)[1..]
+                .iter()
+                .zip(&observation_times(cfg)[1..])
+                .map(|(&log10_t, &t)| ObsTime { t, log10_t })
+                .collect();
+            gradient_flow(model, theta0, cfg, &times, label, observe)
+        }
+        _ => discrete(
+            model,
+            theta0,
+            cfg,
+            &observation_times(cfg)[1..],
+            label,
+            observe,
+        ),
     }
 }
 
-/// Gradient flow through `times` (all > 0): linear time up to `t = 1`, log-time after.
+/// Gradient flow through `times` (all > 0): linear time up to `t = 1`, log-time `s = ln t`
+/// after (`s` from `log10 t`, so horizons past f64's `t` are reached without forming `t`).
 fn gradient_flow(
     model: &dyn MarginModel,
     theta0: &[f64],
     cfg: &TrainConfig,
-    times: &[f64],
+    times: &[ObsTime],
     label: &str,
     observe: &mut Observe,
 ) -> Result<TrainOutcome> {
@@ -99,24 +188,29 @@ fn gradient_flow(
     let mut margins = vec![0.0; model.n_pairs()];
     let mut theta = theta0.to_vec();
     let mut total = OdeStats::default();
-    let t_switch = 1.0f64.min(cfg.t_max);
-    let mut early: Vec<f64> = times.iter().copied().filter(|&t| t <= t_switch).collect();
+    let horizon = times.last().expect("the horizon is observed");
+    let t_switch = if horizon.log10_t >= 0.0 {
+        1.0
+    } else {
+        horizon.t
+    };
+    let mut early: Vec<f64> = times
+        .iter()
+        .filter(|o| o.t <= t_switch)
+        .map(|o| o.t)
+        .collect();
     if early.last() != Some(&t_switch) {
         early.push(t_switch);
     }
-    let late: Vec<f64> = times
-        .iter()
-        .copied()
-        .filter(|&t| t > t_switch)
-        .map(f64::ln)
-        .collect();
-    let observed = |t: f64| times.contains(&t);
+    let late_times: Vec<ObsTime> = times.iter().copied().filter(|o| o.t > t_switch).collect();
+    let late: Vec<f64> = late_times.iter().map(|o| o.ln_t()).collect();
+    let observed = |t: f64| times.iter().find(|o| o.t == t).copied();
 
     let mut steps_before = 0;
     let stats = integrate(
         |t, th, dth| {
             model.margins_and_pullback(th, &|m| sigmoid(-m) / n, &mut margins, dth);
-            check_finite(label, t, &margins, dth, "gradient −∇L")
+            check_finite(label, t.log10(), &margins, dth, "gradient −∇L")
         },
         0.0,
         theta0,
@@ -124,8 +218,8 @@ fn gradient_flow(
         &opts,
         |t, th, st| {
             theta.copy_from_slice(th);
-            if observed(t) {
-                observe(t, st.accepted_steps, th)?;
+            if let Some(time) = observed(t) {
+                observe(time, st.accepted_steps, th)?;
             }
             Ok(())
         },
@@ -149,31 +243,35 @@ fn gradient_flow(
             ..opts
         };
         let start = theta.clone();
+        let mut next_late = 0;
         let stats = integrate(
             |s, th, dth| {
                 model.margins_and_pullback(th, &|m| (s - softplus(m)).exp() / n, &mut margins, dth);
-                check_finite(label, s.exp(), &margins, dth, "log-time flow field t·(−∇L)")
+                check_finite(
+                    label,
+                    s / std::f64::consts::LN_10,
+                    &margins,
+                    dth,
+                    "log-time flow field t·(−∇L)",
+                )
             },
             0.0,
             &start,
             &late,
             &opts,
-            |s, th, st| {
+            |_, th, st| {
                 theta.copy_from_slice(th);
-                let t = if s == *late.last().expect("non-empty") {
-                    cfg.t_max
-                } else {
-                    s.exp()
-                };
-                observe(t, steps_before + st.accepted_steps, th)
+                let time = late_times[next_late];
+                next_late += 1;
+                observe(time, steps_before + st.accepted_steps, th)
             },
         )
         .map_err(|e| {
             e.context(format!(
-                "{label}: gradient flow in log-time stopped before t_max = {:e}. If the training pairs are not \
+                "{label}: gradient flow in log-time stopped before t_max = 1e{}. If the training pairs are not \
                  linearly separable for this model, the loss has a finite minimiser and the log-time flow turns stiff: \
                  use a smaller train.t_max or a discrete optimizer",
-                cfg.t_max
+                horizon.log10_t
             ))
         })?;
         total.accepted_steps += stats.accepted_steps;
@@ -214,7 +312,7 @@ fn discrete(
     for k in 1..=total {
         let t = (k - 1) as f64 * lr;
         loss_and_gradient(model, &theta, &mut grad);
-        check_finite(label, t, &[], &grad, "gradient ∇L")?;
+        check_finite(label, t.log10(), &[], &grad, "gradient ∇L")?;
         match cfg.optimizer {
             Optimizer::Gd => theta
                 .iter_mut()
@@ -241,7 +339,7 @@ fn discrete(
             bail!("{label}: parameter entry {j} became non-finite at step {k} (t = {:.6e}); lower train.lr", k as f64 * lr);
         }
         if next < obs_steps.len() && obs_steps[next] == k {
-            observe(k as f64 * lr, k, &theta)?;
+            observe(ObsTime::from_t(k as f64 * lr), k, &theta)?;
             next += 1;
         }
     }
@@ -250,4 +348,71 @@ fn discrete(
         steps: total,
         ode: None,
     })
+}
+
+/// The EX-RM flow written for its residual `ρ = u − u* ln t` (MATH.md §4, Theorem 2(b)): in
+/// `s = ln t`, `dρ/ds = (1/N) Σ_i exp(s − softplus(m_i)) z_i − u*`, with
+/// `m_i = s⟨u*, z_i⟩ + ⟨ρ, z_i⟩`. Since `u = u* s + ρ` exactly for any fixed `u*`, this is the
+/// same flow as [`train`]'s; but the state stays bounded, so `ρ` is integrated to the integrator's
+/// relative accuracy instead of being the difference of two vectors of size `‖u*‖ ln t`, and the
+/// horizon is limited only by `s` (`t = 10^100000` and beyond). Starts from `u(1)` (the flow's
+/// linear-time phase, [`train`] to `t = 1`); returns `ρ` at each `log10 t` of `log10_times`
+/// (all > 0, increasing) and the integrator's counters.
+pub fn residual_flow(
+    features: &ndarray::Array2<f64>,
+    u_star: &[f64],
+    u_at_1: &[f64],
+    log10_times: &[f64],
+    cfg: &TrainConfig,
+) -> Result<(Vec<Vec<f64>>, OdeStats)> {
+    let (n, d) = features.dim();
+    let star_margin: Vec<f64> = features
+        .rows()
+        .into_iter()
+        .map(|z| z.iter().zip(u_star).map(|(a, b)| a * b).sum())
+        .collect();
+    let outputs: Vec<f64> = log10_times
+        .iter()
+        .map(|l| l * std::f64::consts::LN_10)
+        .collect();
+    let opts = OdeOptions {
+        rtol: cfg.rtol,
+        atol: cfg.atol,
+        max_steps: cfg.max_steps,
+        fixed_step: None,
+        min_step: 1e-8,
+    };
+    let mut rho_margin = vec![0.0; n];
+    let mut out = Vec::with_capacity(outputs.len());
+    let stats = integrate(
+        |s, rho, drho| {
+            for (i, z) in features.rows().into_iter().enumerate() {
+                rho_margin[i] = z.iter().zip(rho).map(|(a, b)| a * b).sum::<f64>();
+            }
+            drho.iter_mut().zip(u_star).for_each(|(g, u)| *g = -u);
+            for (i, z) in features.rows().into_iter().enumerate() {
+                let m = s * star_margin[i] + rho_margin[i];
+                let w = (s - softplus(m)).exp() / n as f64;
+                for j in 0..d {
+                    drho[j] += w * z[j];
+                }
+            }
+            check_finite(
+                "EX-RM residual flow",
+                s / std::f64::consts::LN_10,
+                &rho_margin,
+                drho,
+                "dρ/ds",
+            )
+        },
+        0.0,
+        u_at_1,
+        &outputs,
+        &opts,
+        |_, rho, _| {
+            out.push(rho.to_vec());
+            Ok(())
+        },
+    )?;
+    Ok((out, stats))
 }

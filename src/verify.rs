@@ -170,6 +170,8 @@ pub struct VerifyOptions {
     pub gd_lr: f64,
     pub adam_lr: f64,
     pub fault: Option<Fault>,
+    /// Horizon (`log10 t`) of the EX-RM residual check; `None` skips it.
+    pub residual_horizon_log10: Option<f64>,
 }
 
 impl Default for VerifyOptions {
@@ -180,17 +182,19 @@ impl Default for VerifyOptions {
             gd_lr: 0.5,
             adam_lr: 1e-2,
             fault: None,
+            residual_horizon_log10: Some(RESIDUAL_HORIZON_LOG10),
         }
     }
 }
 
 impl VerifyOptions {
-    /// Lighter settings for the random trials: faithful flow to `1e6`, 100 discrete steps (the
-    /// trials also observe one time per decade).
+    /// Lighter settings for the random trials: faithful flow to `1e6`, 100 discrete steps, no
+    /// residual check to `1e10000` (the trials also observe one time per decade).
     pub fn for_trials(&self) -> VerifyOptions {
         VerifyOptions {
             faithful_t_max: self.faithful_t_max.min(1e6),
             discrete_steps: self.discrete_steps.min(100),
+            residual_horizon_log10: None,
             ..self.clone()
         }
     }
@@ -438,8 +442,9 @@ fn claims_2b(
     out
 }
 
-/// Jobs of [`verify_setup`] reported to its progress callback (seven trainings and the §3 checks).
-pub const SETUP_JOBS: u64 = 8;
+/// Jobs of [`verify_setup`] reported to its progress callback (seven trainings, the §3 checks and
+/// the residual flow).
+pub const SETUP_JOBS: u64 = 9;
 
 /// Horizon of the faithful full-softmax IM-RM flow when the IM-RM data is certified not
 /// separable: the flow then relaxes to a finite minimiser, turns stiff, and an explicit
@@ -566,13 +571,24 @@ pub fn verify_setup(
                 .collect()
         },
         || {
-            let r = claims_dynamics(config, &setup);
-            on_job("§3 dynamics checks");
-            r
+            rayon::join(
+                || {
+                    let r = claims_dynamics(config, &setup);
+                    on_job("§3 dynamics checks");
+                    r
+                },
+                || {
+                    let r = residual_rows(config, &setup, &mm_ex, opts);
+                    on_job("EX-RM residual flow");
+                    r
+                },
+            )
         },
     );
     let mut runs = runs?.into_iter();
+    let (dynamics, residual) = dynamics;
     let dynamics_claims = dynamics?;
+    let residual_claims = residual?;
     let mut next = || runs.next().expect("one run per job");
     let (full_run, gd_run, adam_run, adamw_run, im, ex, sparse_run) =
         (next(), next(), next(), next(), next(), next(), next());
@@ -694,6 +710,7 @@ pub fn verify_setup(
             "IM-RM features not separable",
         )),
     }
+    claims.extend(residual_claims);
     claims.extend(dynamics_claims);
     for (id, what, mm) in [("qp.exrm", "EX-RM", &mm_ex), ("qp.imrm", "IM-RM", &mm_im)] {
         match mm {
@@ -759,7 +776,9 @@ fn verify_multi_token(
         },
     );
     let ex = ex?;
-    for _ in 0..SETUP_JOBS - 2 {
+    let residual = residual_rows(config, setup, &mm_ex, &VerifyOptions::default());
+    on_job("EX-RM residual flow");
+    for _ in 0..SETUP_JOBS - 3 {
         on_job("IM-RM runs skipped (K > 1)");
     }
     let imrm_placeholder = ModelRun {
@@ -788,6 +807,7 @@ fn verify_multi_token(
         }),
     );
     claims.push(Claim::skipped("companion.dual_unseen", &why));
+    claims.extend(residual?);
     claims.extend(dynamics?);
     match &mm_ex {
         Ok(MaxMarginResult { solution, .. }) => claims.push(Claim::judged(
@@ -887,7 +907,7 @@ pub fn verify(
         .into_par_iter()
         .map(|k| {
             let mut c = trial_config(config, k);
-            c.train.observations_per_decade = 1;
+            c.train.observations_per_decade = 1.0;
             let r = verify_setup(&c, &trial_opts, &|_| {});
             on_job("trial");
             r
@@ -1040,4 +1060,207 @@ pub fn render(report: &Report) -> String {
     )
     .unwrap();
     s
+}
+
+/// Horizon of the residual check `2b.residual_*`, as `log10 t` (MATH.md §4: `ρ(t) → w̃`).
+pub const RESIDUAL_HORIZON_LOG10: f64 = 10_000.0;
+/// `2b.residual_settled`: largest change of `‖ρ‖` between observations 10 decades apart over the
+/// last tenth of the horizon, relative to `max(1, ‖ρ(t_max)‖)` (`‖w̃‖` scales like `1/‖z‖`).
+pub const RESIDUAL_SETTLED_BOUND: f64 = 1e-6;
+/// `2b.residual_limit`: `max_{i∈S} |⟨ρ(t_max), z_i⟩ + ln(N α_i)|` (Soudry et al.'s
+/// characterisation of `w̃` with the QP's duals `α`). The QP's relative accuracy (~1e-9) enters
+/// `ρ = u − u* ln t` multiplied by `ln t ≈ 2.3e4`.
+pub const RESIDUAL_LIMIT_BOUND: f64 = 1e-3;
+
+/// The EX-RM residual `ρ(t) = u(t) − u* ln t` integrated to `10^horizon_log10` by
+/// [`crate::training::residual_flow`], with what Theorem 2(b) says of its limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResidualTrace {
+    /// Observation times (`log10 t`): every decade to 100, every 10 decades after.
+    pub log10_t: Vec<f64>,
+    /// `‖ρ(t)‖` at those times.
+    pub rho_norm: Vec<f64>,
+    /// Support set of the QP (`α_i > 1e-6 max α`).
+    pub support: Vec<usize>,
+    /// Whether the support vectors are linearly independent (their Gram matrix has a Cholesky
+    /// factor with every pivot above `1e-10` of the largest diagonal).
+    pub support_independent: bool,
+    /// Per support vector `i`: `⟨ρ(t_max), z_i⟩` and `−ln(N α_i)`.
+    pub limit: Vec<(usize, f64, f64)>,
+    /// `min_{i∉S} ⟨u*, z_i⟩ − 1`: the nearest non-support pair's margin excess `δ`.
+    pub delta: f64,
+    pub accepted_steps: u64,
+    pub seconds: f64,
+}
+
+/// Integrates the EX-RM residual of `setup` to `10^horizon_log10` against the separator `mm`.
+pub fn residual_to_horizon(
+    config: &Config,
+    setup: &Setup,
+    mm: &MaxMarginResult,
+    horizon_log10: f64,
+) -> Result<ResidualTrace> {
+    let start = std::time::Instant::now();
+    let z = setup.train.hidden_differences();
+    let n = z.nrows();
+    let model = crate::reward::ExplicitRm::new(&setup.train);
+    let mut early = config.train.clone();
+    early.optimizer = Optimizer::Flow;
+    early.t_max = 1.0;
+    early.t_max_log10 = None;
+    early.first_observation = 1.0;
+    early.observations_per_decade = 1.0;
+    let u1 = crate::training::train(
+        &model,
+        &setup.head_init.to_vec(),
+        &early,
+        "EX-RM",
+        &mut |_, _, _| Ok(()),
+    )?
+    .theta;
+    let mut log10_t: Vec<f64> = (1..=100).map(f64::from).collect();
+    let mut l = 110.0;
+    while l < horizon_log10 {
+        log10_t.push(l);
+        l += 10.0;
+    }
+    log10_t.retain(|&x| x < horizon_log10);
+    log10_t.push(horizon_log10);
+    let (rho, stats) =
+        crate::training::residual_flow(&z, &mm.params, &u1, &log10_t, &config.train)?;
+    let rho_norm: Vec<f64> = rho.iter().map(|r| crate::numerics::norm(r)).collect();
+    let last = rho.last().expect("the horizon is observed");
+    let support = mm.solution.support.clone();
+    let dot = |i: usize, v: &[f64]| -> f64 { z.row(i).iter().zip(v).map(|(a, b)| a * b).sum() };
+    let limit = support
+        .iter()
+        .map(|&i| (i, dot(i, last), -(n as f64 * mm.solution.dual[i]).ln()))
+        .collect();
+    let delta = (0..n)
+        .filter(|i| !support.contains(i))
+        .map(|i| dot(i, &mm.params) - 1.0)
+        .fold(f64::INFINITY, f64::min);
+    Ok(ResidualTrace {
+        log10_t,
+        rho_norm,
+        support_independent: linearly_independent(&z, &support),
+        support,
+        limit,
+        delta,
+        accepted_steps: stats.accepted_steps,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Rows `rows` of `z` are linearly independent: Cholesky of their Gram matrix, every pivot
+/// above `1e-10 ×` the largest diagonal entry.
+fn linearly_independent(z: &ndarray::Array2<f64>, rows: &[usize]) -> bool {
+    let k = rows.len();
+    let mut g = vec![vec![0.0; k]; k];
+    for a in 0..k {
+        for b in 0..k {
+            g[a][b] = z.row(rows[a]).dot(&z.row(rows[b]));
+        }
+    }
+    let scale = (0..k).map(|a| g[a][a]).fold(0.0, f64::max);
+    for j in 0..k {
+        let pivot = g[j][j] - (0..j).map(|m| g[j][m] * g[j][m]).sum::<f64>();
+        if pivot <= 1e-10 * scale {
+            return false;
+        }
+        let d = pivot.sqrt();
+        g[j][j] = d;
+        for i in j + 1..k {
+            let s = g[i][j] - (0..j).map(|m| g[i][m] * g[j][m]).sum::<f64>();
+            g[i][j] = s / d;
+        }
+    }
+    true
+}
+
+/// The residual rows: integrated when the EX-RM data are separable and the options ask for it,
+/// SKIP otherwise.
+fn residual_rows(
+    config: &Config,
+    setup: &Setup,
+    mm: &std::result::Result<MaxMarginResult, String>,
+    opts: &VerifyOptions,
+) -> Result<Vec<Claim>> {
+    let ids = ["2b.residual_settled", "2b.residual_limit"];
+    let skip = |why: &str| ids.iter().map(|id| Claim::skipped(id, why)).collect();
+    match (mm, opts.residual_horizon_log10) {
+        (Err(_), _) => Ok(skip("EX-RM data not separable: 2b does not apply")),
+        (Ok(_), None) => Ok(skip(
+            "residual flow to 1e10000 not run here (random trials)",
+        )),
+        (Ok(mm), Some(h)) => Ok(claims_residual(&residual_to_horizon(config, setup, mm, h)?)),
+    }
+}
+
+/// Claims `2b.residual_settled`, `2b.residual_limit` and the INFO rows of the residual trace.
+fn claims_residual(trace: &ResidualTrace) -> Vec<Claim> {
+    let h = *trace.log10_t.last().expect("observed");
+    let tail: Vec<f64> = trace
+        .log10_t
+        .iter()
+        .zip(&trace.rho_norm)
+        .filter(|(l, _)| **l >= 0.9 * h)
+        .map(|(_, r)| *r)
+        .collect();
+    let scale = trace.rho_norm.last().expect("observed").max(1.0);
+    let settled = tail
+        .windows(2)
+        .map(|w| (w[1] - w[0]).abs() / scale)
+        .fold(
+            0.0,
+            |a: f64, x| if x.is_nan() { f64::NAN } else { a.max(x) },
+        );
+    let mut out = vec![Claim::judged(
+        "2b.residual_settled",
+        &format!(
+            "EX-RM max |Δ‖ρ‖| / max(1, ‖ρ‖), ρ = u(t) − u* ln t, observations 10 decades apart, last tenth of t ≤ 1e{h} (ρ integrated directly)"
+        ),
+        settled,
+        Bound::AtMost(RESIDUAL_SETTLED_BOUND),
+    )];
+    if trace.support_independent {
+        let worst = trace
+            .limit
+            .iter()
+            .map(|(_, a, b)| (a - b).abs())
+            .fold(
+                0.0,
+                |a: f64, x| if x.is_nan() { f64::NAN } else { a.max(x) },
+            );
+        out.push(Claim::judged(
+            "2b.residual_limit",
+            &format!(
+                "EX-RM max over {} support vectors |⟨ρ(1e{h}), z_i⟩ + ln(N α_i)| (α from the QP)",
+                trace.limit.len()
+            ),
+            worst,
+            Bound::AtMost(RESIDUAL_LIMIT_BOUND),
+        ));
+    } else {
+        out.push(Claim::skipped(
+            "2b.residual_limit",
+            "support vectors linearly dependent: the duals do not determine w̃ (not the almost-every-data-set case)",
+        ));
+    }
+    out.push(Claim::info(
+        "2b.residual_at_horizon",
+        &format!("EX-RM ‖u(t) − u* ln t‖ at t = 1e{h}"),
+        *trace.rho_norm.last().expect("observed"),
+    ));
+    if trace.delta.is_finite() {
+        out.push(Claim::info(
+            "2b.near_support_at_horizon",
+            &format!(
+                "t^(−δ) at t = 1e{h}: weight of the nearest non-support pair (δ = {:.2e})",
+                trace.delta
+            ),
+            10f64.powf(-trace.delta * h),
+        ));
+    }
+    out
 }

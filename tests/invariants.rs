@@ -12,7 +12,7 @@ use rmflow::training::train;
 fn trajectory(model: &dyn MarginModel, theta0: &[f64], config: &Config) -> Vec<(f64, Vec<f64>)> {
     let mut out = Vec::new();
     train(model, theta0, &config.train, "test", &mut |t, _, th| {
-        out.push((t, th.to_vec()));
+        out.push((t.t, th.to_vec()));
         Ok(())
     })
     .unwrap_or_else(|e| panic!("training failed: {e:#}"));
