@@ -488,12 +488,7 @@ pub fn run(
         },
     )?;
     Ok(DynamicsRun {
-        simulation: Simulation {
-            config: config.clone(),
-            setup,
-            explicit,
-            implicit,
-        },
+        simulation: Simulation::new(config.clone(), setup, explicit, implicit)?,
         tracked,
         snapshots,
     })

@@ -100,7 +100,7 @@ pub fn trajectory_csv(rows: &[&Observation]) -> String {
     if let Some(first) = rows.first() {
         for s in &first.splits {
             let n = &s.split;
-            write!(out, ",{n}_strict_accuracy,{n}_tie_aware_accuracy,{n}_ties,{n}_mean_margin,{n}_min_margin,{n}_max_abs_margin").unwrap();
+            write!(out, ",{n}_strict_accuracy,{n}_exact_tie_accuracy,{n}_tie_aware_accuracy,{n}_ties,{n}_mean_margin,{n}_min_margin,{n}_max_abs_margin").unwrap();
         }
     }
     out.push_str(
@@ -122,8 +122,9 @@ pub fn trajectory_csv(rows: &[&Observation]) -> String {
         for s in &o.splits {
             write!(
                 out,
-                ",{},{},{},{},{},{}",
+                ",{},{},{},{},{},{},{}",
                 num(s.strict_accuracy),
+                num(s.exact_tie_accuracy),
                 num(s.tie_aware_accuracy),
                 s.ties,
                 num(s.mean_margin),
@@ -159,6 +160,7 @@ pub fn model_summary(run: &ModelRun) -> Value {
             "geometric_margin": 1.0 / m.solution.norm,
             "support_size": m.solution.support.len(),
             "support": m.solution.support,
+            "form": m.solution.form,
             "certificate": m.solution.certificate,
             "certificate_holds": m.solution.certificate.holds(),
             "certificate_tolerance": crate::max_margin::CERTIFICATE_TOLERANCE,
@@ -170,6 +172,7 @@ pub fn model_summary(run: &ModelRun) -> Value {
         "steps": run.steps,
         "ode": run.ode,
         "final": run.trajectory.last(),
+        "rewards": run.rewards,
         "max_margin": max_margin,
     })
 }
@@ -231,6 +234,13 @@ pub fn write_simulation_into(dir: &AtomicDir, sim: &Simulation) -> Result<()> {
             "tie_tolerance": sim.config.eval.tie_tolerance,
             "exrm": model_summary(&sim.explicit),
             "imrm": model_summary(&sim.implicit),
+            "ablations": {
+                "imrm_no_reference": {
+                    "final": sim.ablations.imrm_no_reference,
+                    "initial": sim.ablations.imrm_no_reference_initial,
+                },
+                "exrm_token_mean": sim.ablations.exrm_token_mean.as_ref().map(model_summary),
+            },
         }),
     )?;
     let rows: Vec<&Observation> = sim

@@ -496,75 +496,137 @@ pub fn optimizers(config: &Config) -> Result<FigureData> {
     })
 }
 
-/// Figure 9: IM-RM training accuracy reaches 1 while the probability of the preferred response stays small.
+/// Verification without generation (MATH.md §4, last point), on held-out prompts over the whole
+/// horizon: the IM-RM's accuracy on the `seen` split (new prompts, training tokens) against its
+/// greedy generation on the same prompts (`argmax_y π_U(y|x)` over the whole vocabulary is a
+/// "good" token) and the mean `π_U(y⁺|x)`; the notes state the horizon on which the IM-RM ranks
+/// every held-out pair correctly while greedy generation is still wrong.
 pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
     let mut config = config.clone();
-    config.train.t_max = 1e4;
+    config.train.t_max_log10 = None;
     config.train.first_observation = 1e-3;
-    config.train.observations_per_decade = 8.0;
+    config.train.observations_per_decade = 4.0;
     let config = &config;
     let setup = Setup::try_generate(config)?;
+    let held_out = setup
+        .evals
+        .iter()
+        .find(|p| p.name == "seen")
+        .ok_or_else(|| anyhow::anyhow!("no `seen` split"))?;
     let im = crate::reward::ImplicitRm::new(
-        &setup.train,
+        held_out,
         setup.unembedding_init.view(),
         config.setup.beta,
         GradientPath::Full,
     );
-    let mut rows: Vec<(f64, f64, f64, f64, f64)> = Vec::new();
+    let good: Vec<bool> = setup
+        .vocab
+        .labels
+        .iter()
+        .map(|l| *l == crate::synthetic::TokenLabel::Good)
+        .collect();
+    let (v, d) = (setup.vocab_size(), setup.dim());
+    // per observation: t, held-out strict accuracy, greedy-good fraction, mean π(y⁺|x), mean π(y⁻|x)
+    type Row = (f64, f64, f64, f64, f64);
+    let mut rows: Vec<Row> = Vec::new();
     let mm = max_margin_for(ModelKind::Implicit, &setup, config.eval.tie_tolerance);
     run_model_with(ModelKind::Implicit, config, &setup, mm, &mut |o, theta| {
         let lp = im.position_logprobs(theta);
         let n = lp.len() as f64;
-        let mean_p = lp.iter().map(|(a, _)| a.exp()).sum::<f64>() / n;
-        let max_p = lp.iter().map(|(a, _)| a.exp()).fold(0.0, f64::max);
-        let mean_q = lp.iter().map(|(_, b)| b.exp()).sum::<f64>() / n;
-        rows.push((o.t, o.splits[0].strict_accuracy, mean_p, max_p, mean_q));
+        let u = ndarray::ArrayView2::from_shape((v, d), theta)?;
+        let logits = crate::numerics::mat_mul_bt(held_out.prompt_hidden.view(), u);
+        let greedy_good = logits
+            .rows()
+            .into_iter()
+            .filter(|row| {
+                let best = row
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, f64::NEG_INFINITY),
+                        |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+                    );
+                good[best.0]
+            })
+            .count() as f64
+            / held_out.len() as f64;
+        let acc = o
+            .splits
+            .iter()
+            .find(|s| s.split == "seen")
+            .map_or(f64::NAN, |s| s.strict_accuracy);
+        rows.push((
+            o.t,
+            acc,
+            greedy_good,
+            lp.iter().map(|(a, _)| a.exp()).sum::<f64>() / n,
+            lp.iter().map(|(_, b)| b.exp()).sum::<f64>() / n,
+        ));
         Ok(())
     })?;
-    let mut csv =
-        String::from("t,train_strict_accuracy,mean_pi_chosen,max_pi_chosen,mean_pi_rejected\n");
+    let mut csv = String::from(
+        "t,heldout_strict_accuracy,heldout_greedy_good_fraction,heldout_mean_pi_chosen,heldout_mean_pi_rejected\n",
+    );
     for r in &rows {
-        writeln!(csv, "{:e},{},{:e},{:e},{:e}", r.0, r.1, r.2, r.3, r.4)?;
+        writeln!(csv, "{:e},{},{},{:e},{:e}", r.0, r.1, r.2, r.3, r.4)?;
     }
-    let pts = |f: fn(&(f64, f64, f64, f64, f64)) -> f64| {
+    let pts = |f: fn(&Row) -> f64| {
         rows.iter()
             .filter(|r| r.0 > 0.0)
             .map(|r| (r.0, f(r)))
             .collect::<Vec<_>>()
     };
-    let first_perfect = rows.iter().find(|r| r.1 == 1.0).map(|r| (r.0, r.2, r.3));
+    // From when on held-out accuracy is 1 for good, and greedy generation all good.
+    let from_on = |ok: &dyn Fn(&Row) -> bool| -> Option<f64> {
+        let last_bad = rows.iter().rposition(|r| !ok(r));
+        match last_bad {
+            None => rows.first().map(|r| r.0),
+            Some(i) if i + 1 < rows.len() => Some(rows[i + 1].0),
+            Some(_) => None,
+        }
+    };
+    let t_verify = from_on(&|r| r.1 == 1.0);
+    let t_generate = from_on(&|r| r.2 == 1.0);
     let mut a = Panel::lines(
-        "IM-RM training accuracy (strict)",
+        "Held-out prompts: ranking vs greedy generation",
         "time t",
-        "accuracy",
+        "fraction",
         true,
         false,
-        vec![Series {
-            name: "train accuracy".into(),
-            points: pts(|r| r.1),
-            color: 5,
-            ..Default::default()
-        }],
+        vec![
+            Series {
+                name: "IM-RM accuracy (strict)".into(),
+                points: pts(|r| r.1),
+                color: 5,
+                ..Default::default()
+            },
+            Series {
+                name: "greedy token is a good one".into(),
+                points: pts(|r| r.2),
+                color: 3,
+                dashed: true,
+                ..Default::default()
+            },
+        ],
     );
     a.y_range = Some((0.0, 1.05));
+    a.legend = Legend::MiddleRight;
+    let fmt = |t: Option<f64>| t.map_or("never (to t_max)".to_string(), |t| format!("{t:.2e}"));
+    a.notes = vec![
+        format!("accuracy 1 from t = {} on", fmt(t_verify)),
+        format!("greedy generation all good from t = {} on", fmt(t_generate)),
+    ];
     let mut b = Panel::lines(
-        "Probability of the responses under π_U",
+        "Held-out prompts: probability of the responses under π_U",
         "time t",
-        "π(y|x) (log scale)",
+        "mean π(y|x) (log scale)",
         true,
         true,
         vec![
             Series {
                 name: "mean π(y⁺|x)".into(),
-                points: pts(|r| r.2),
-                color: 3,
-                ..Default::default()
-            },
-            Series {
-                name: "max π(y⁺|x)".into(),
                 points: pts(|r| r.3),
                 color: 3,
-                dashed: true,
                 ..Default::default()
             },
             Series {
@@ -575,9 +637,14 @@ pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
             },
         ],
     );
-    if let Some((t, mp, xp)) = first_perfect {
-        a.notes = vec![format!("accuracy 1 first at t = {t:.2e}")];
-        b.notes = vec![format!("then: mean π(y⁺|x) = {mp:.2e}, max {xp:.2e}")];
+    if let Some(tv) = t_verify {
+        if let Some(r) = rows.iter().find(|r| r.0 == tv) {
+            b.notes = vec![format!(
+                "at t = {tv:.2e}: mean π(y⁺|x) = {:.2e}, greedy good on {:.0} % of prompts",
+                r.3,
+                100.0 * r.2
+            )];
+        }
     }
     Ok(FigureData {
         figure: Figure {
@@ -586,7 +653,11 @@ pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
             caption: caption(
                 config,
                 "experiments/theorem2.toml",
-                ", full-softmax IM-RM, 1 run",
+                &format!(
+                    ", full-softmax IM-RM, held-out prompts (`seen` split, {} pairs), flow to t = {:e}",
+                    held_out.len(),
+                    config.train.t_max
+                ),
             ),
             panel_size: (560, 400),
         },
@@ -1120,6 +1191,148 @@ pub fn real_model(run: &crate::lm::RealModelRun) -> Result<FigureData> {
                 crate::export::RMFLOW_VERSION
             ),
             panel_size: (560, 430),
+        },
+        csv,
+    })
+}
+
+/// One group of bars per split (tie-aware accuracy, exact-tie accuracy as ticks), one bar per
+/// named model, and the CSV rows `setting,model,split,strict,exact_tie,tie_aware`.
+fn accuracy_bars(
+    setting: &str,
+    rows: &[(&str, &[crate::observables::SplitMetrics], usize, bool)],
+    csv: &mut String,
+) -> Result<(Vec<String>, Vec<crate::plotting::Bars>)> {
+    let categories: Vec<String> = rows[0].1.iter().map(|s| s.split.clone()).collect();
+    let mut bars = Vec::new();
+    for (name, splits, color, light) in rows {
+        for s in *splits {
+            writeln!(
+                csv,
+                "{setting},{name},{},{},{},{}",
+                s.split, s.strict_accuracy, s.exact_tie_accuracy, s.tie_aware_accuracy
+            )?;
+        }
+        bars.push(crate::plotting::Bars {
+            name: name.to_string(),
+            values: splits.iter().map(|s| s.tie_aware_accuracy).collect(),
+            marks: Some(splits.iter().map(|s| s.exact_tie_accuracy).collect()),
+            color: *color,
+            light: *light,
+        });
+    }
+    Ok((categories, bars))
+}
+
+fn bars_panel(
+    title: &str,
+    categories: Vec<String>,
+    bars: Vec<crate::plotting::Bars>,
+    tau: f64,
+) -> Panel {
+    Panel {
+        title: title.into(),
+        x_label: "evaluation split".into(),
+        y_label: "accuracy at t_max".into(),
+        x_log: false,
+        y_log: false,
+        y_range: Some((0.0, 1.55)),
+        content: PanelContent::Bars {
+            categories,
+            bars,
+            reference: Some(0.5),
+        },
+        notes: vec![format!(
+            "bars: ties count ½ within τ = {tau:e}; ticks: exact ties only (τ = 0, the paper's); dashed: chance"
+        )],
+        legend: Legend::UpperRight,
+    }
+}
+
+/// The paper's ablations on the synthetic model: the IM-RM without a reference model (`U(0)`
+/// tied to the embeddings, and independent), and, for multi-token responses, the EX-RM on the
+/// mean hidden state over response tokens against the last one.
+pub fn ablations(single: &Config, multi: &Config) -> Result<FigureData> {
+    let mut csv =
+        String::from("setting,model,split,strict_accuracy,exact_tie_accuracy,tie_aware_accuracy\n");
+    let sim = simulate(single, &mut |_| {})?;
+    let mut independent = single.clone();
+    independent.setup.unembedding_init = crate::config::UnembeddingInit::Independent;
+    let sim_ind = simulate(&independent, &mut |_| {})?;
+    let last =
+        |r: &crate::simulation::ModelRun| r.trajectory.last().expect("observed").splits.clone();
+    let (ex, im) = (last(&sim.explicit), last(&sim.implicit));
+    let (categories, bars) = accuracy_bars(
+        "single_token",
+        &[
+            ("EX-RM", &ex, 1, false),
+            ("IM-RM", &im, 5, false),
+            (
+                "IM-RM no reference, U(0) tied",
+                &sim.ablations.imrm_no_reference,
+                5,
+                true,
+            ),
+            (
+                "IM-RM no reference, U(0) independent",
+                &sim_ind.ablations.imrm_no_reference,
+                3,
+                true,
+            ),
+        ],
+        &mut csv,
+    )?;
+    let tau = single.eval.tie_tolerance;
+    let left = bars_panel(
+        "K = 1: the IM-RM without its reference",
+        categories,
+        bars,
+        tau,
+    );
+
+    let sim_m = simulate(multi, &mut |_| {})?;
+    let (ex_m, im_m) = (last(&sim_m.explicit), last(&sim_m.implicit));
+    let mean = sim_m
+        .ablations
+        .exrm_token_mean
+        .as_ref()
+        .map(last)
+        .ok_or_else(|| anyhow::anyhow!("the multi-token config must have K > 1"))?;
+    let (categories, bars) = accuracy_bars(
+        "multi_token",
+        &[
+            ("EX-RM last token", &ex_m, 1, false),
+            ("EX-RM mean over tokens", &mean, 1, true),
+            ("IM-RM", &im_m, 5, false),
+            (
+                "IM-RM no reference",
+                &sim_m.ablations.imrm_no_reference,
+                5,
+                true,
+            ),
+        ],
+        &mut csv,
+    )?;
+    let right = bars_panel(
+        &format!(
+            "K = {}: EX-RM on the mean hidden state",
+            multi.setup.response_length
+        ),
+        categories,
+        bars,
+        multi.eval.tie_tolerance,
+    );
+    Ok(FigureData {
+        figure: Figure {
+            panels: vec![left, right],
+            columns: 2,
+            caption: format!(
+                "{}; right: experiments/multitoken.toml (K = {}, t = {:e})",
+                caption(single, "experiments/theorem2.toml", ", flow to t = 1e100"),
+                multi.setup.response_length,
+                multi.train.t_max
+            ),
+            panel_size: (820, 440),
         },
         csv,
     })

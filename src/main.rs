@@ -458,16 +458,55 @@ impl Progress {
     }
 }
 
-fn print_accuracy_table(rows: &[&Observation], tau: f64) {
+fn print_named_accuracy_table(
+    table: &[(&str, &[rmflow::observables::SplitMetrics])],
+    at: &str,
+    tau: f64,
+) {
     println!(
-        "accuracy at t = {} (strict / tie-aware, tie tolerance τ = {tau:e}):",
-        rmflow::training::format_time(rows[0].log10_t)
+        "accuracy at t = {at} (strict / exact ties count ½ [τ = 0, the paper's] / tie-aware with τ = {tau:e}):"
     );
-    let table: Vec<(&str, &[rmflow::observables::SplitMetrics])> = rows
+    print!("{}", rmflow::observables::accuracy_table(table));
+}
+
+/// The accuracy table of a simulation with its ablations, then the reward statistics.
+fn print_simulation_tables(sim: &rmflow::simulation::Simulation) {
+    let finals: Vec<&Observation> = sim
+        .runs()
+        .iter()
+        .map(|r| r.trajectory.last().expect("observed"))
+        .collect();
+    let mut table: Vec<(&str, &[rmflow::observables::SplitMetrics])> = finals
         .iter()
         .map(|o| (o.model, o.splits.as_slice()))
         .collect();
-    print!("{}", rmflow::observables::accuracy_table(&table));
+    let a = &sim.ablations;
+    table.push(("imrm-noref", a.imrm_no_reference.as_slice()));
+    if let Some(run) = &a.exrm_token_mean {
+        table.push((
+            "exrm-mean",
+            run.trajectory.last().expect("observed").splits.as_slice(),
+        ));
+    }
+    print_named_accuracy_table(
+        &table,
+        &rmflow::training::format_time(finals[0].log10_t),
+        sim.config.eval.tie_tolerance,
+    );
+    println!("  imrm-noref: the IM-RM scored without its reference (r = β ln π_U); exrm-mean: the EX-RM on the mean hidden state over response tokens (K > 1 only)");
+    println!("normalised |reward margin| mean|r⁺ − r⁻| / (std of all rewards + 1e-8) (the official evaluator's):");
+    let mut line = format!("{:<12}", "model");
+    for r in &sim.explicit.rewards {
+        line.push_str(&format!("{:>12}", r.split));
+    }
+    println!("{line}");
+    for run in sim.runs() {
+        let mut line = format!("{:<12}", run.kind.name());
+        for r in &run.rewards {
+            line.push_str(&format!("{:>12.3}", r.normalised_abs_margin));
+        }
+        println!("{line}");
+    }
 }
 
 fn observation_progress(label: &str, cfg: &Config) -> Progress {
@@ -496,13 +535,13 @@ fn simulate(config: Config, out: &Path, replace: Replace, allow_memory: bool) ->
     bar.finish();
     rmflow::export::write_simulation_into(&dir, &sim)?;
     let written = dir.commit()?;
-    let finals: Vec<&Observation> = sim
-        .runs()
-        .iter()
-        .map(|r| r.trajectory.last().expect("observed"))
-        .collect();
-    print_accuracy_table(&finals, config.eval.tie_tolerance);
-    if let Some(d) = finals[1].unseen_row_drift {
+    print_simulation_tables(&sim);
+    if let Some(d) = sim
+        .implicit
+        .trajectory
+        .last()
+        .and_then(|o| o.unseen_row_drift)
+    {
         println!("IM-RM unseen-row drift max_z‖U_z(t) − U_z(0)‖ at t_max: {d:e}");
     }
     println!("wrote {}", written.display());
@@ -776,14 +815,8 @@ fn run_lm(
         run.tokens_encoded as f64 / t.extract,
         t.train_head_only
     );
-    let finals: Vec<&Observation> = run
-        .sim
-        .runs()
-        .iter()
-        .map(|r| r.trajectory.last().expect("observed"))
-        .collect();
     println!("head-only (body frozen, Theorem 2):");
-    print_accuracy_table(&finals, run.sim.config.eval.tie_tolerance);
+    print_simulation_tables(&run.sim);
     if !run.full.is_empty() {
         println!(
             "full fine-tuning ({} AdamW steps, lr {:e}; {}):",

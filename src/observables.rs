@@ -8,6 +8,8 @@ pub struct SplitMetrics {
     pub split: String,
     /// `mean 1{m_j > 0}`.
     pub strict_accuracy: f64,
+    /// `mean(1{m_j > 0} + ½·1{m_j = 0})`: exact ties count ½ (τ = 0, the paper's accuracy).
+    pub exact_tie_accuracy: f64,
     /// `mean(1{m_j > τ} + ½·1{|m_j| ≤ τ})`.
     pub tie_aware_accuracy: f64,
     /// Number of pairs with `|m_j| ≤ τ`.
@@ -23,9 +25,11 @@ pub fn split_metrics(split: &str, margins: &[f64], tau: f64) -> SplitMetrics {
     let strict = margins.iter().filter(|&&m| m > 0.0).count() as f64;
     let ties = margins.iter().filter(|&&m| m.abs() <= tau).count();
     let wins = margins.iter().filter(|&&m| m > tau).count() as f64;
+    let exact_ties = margins.iter().filter(|&&m| m == 0.0).count() as f64;
     SplitMetrics {
         split: split.to_string(),
         strict_accuracy: strict / n,
+        exact_tie_accuracy: (strict + 0.5 * exact_ties) / n,
         tie_aware_accuracy: (wins + 0.5 * ties as f64) / n,
         ties,
         mean_margin: margins.iter().sum::<f64>() / n,
@@ -113,21 +117,60 @@ pub struct Observation {
     pub convergence: Option<Convergence>,
 }
 
-/// A table of accuracies, one row per named model, one `strict / tie-aware` column per split
-/// (the split names of the first row head the columns).
+/// A table of accuracies, one row per named model, one `strict / exact-tie / tie-aware` column
+/// per split (the split names of the first row head the columns).
 pub fn accuracy_table(rows: &[(&str, &[SplitMetrics])]) -> String {
-    let mut out = format!("{:<8}", "model");
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(5).max(5) + 2;
+    let mut out = format!("{:<width$}", "model");
     for s in rows.first().map(|r| r.1).unwrap_or_default() {
-        out.push_str(&format!("{:>20}", s.split));
+        out.push_str(&format!("{:>24}", s.split));
     }
     out.push('\n');
     for (name, splits) in rows {
-        out.push_str(&format!("{name:<8}"));
+        out.push_str(&format!("{name:<width$}"));
         for s in *splits {
-            let cell = format!("{:.3} / {:.3}", s.strict_accuracy, s.tie_aware_accuracy);
-            out.push_str(&format!("{cell:>20}"));
+            let cell = format!(
+                "{:.3} / {:.3} / {:.3}",
+                s.strict_accuracy, s.exact_tie_accuracy, s.tie_aware_accuracy
+            );
+            out.push_str(&format!("{cell:>24}"));
         }
         out.push('\n');
     }
     out
+}
+
+/// Rewards of one split's responses, summarised as the paper's official evaluator does
+/// (MATH.md §6).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RewardSummary {
+    pub split: String,
+    /// `mean_i |r_i⁺ − r_i⁻| / (std of all r⁺ and r⁻ + 1e-8)`, the std with Bessel's correction
+    /// (n − 1, as `torch.std`) over the `2n` rewards.
+    pub normalised_abs_margin: f64,
+    /// `mean_i r_i⁺`.
+    pub mean_chosen_reward: f64,
+    /// `mean_i r_i⁻`.
+    pub mean_rejected_reward: f64,
+}
+
+/// [`RewardSummary`] of the rewards `chosen[i] = r(x_i, y_i⁺)`, `rejected[i] = r(x_i, y_i⁻)`.
+pub fn reward_summary(split: &str, chosen: &[f64], rejected: &[f64]) -> RewardSummary {
+    let n = chosen.len() as f64;
+    let all: Vec<f64> = chosen.iter().chain(rejected).copied().collect();
+    let mean = all.iter().sum::<f64>() / all.len() as f64;
+    let var = all.iter().map(|r| (r - mean) * (r - mean)).sum::<f64>()
+        / (all.len() as f64 - 1.0).max(1.0);
+    let std = var.sqrt();
+    RewardSummary {
+        split: split.to_string(),
+        normalised_abs_margin: chosen
+            .iter()
+            .zip(rejected)
+            .map(|(a, b)| (a - b).abs() / (std + 1e-8))
+            .sum::<f64>()
+            / n,
+        mean_chosen_reward: chosen.iter().sum::<f64>() / n,
+        mean_rejected_reward: rejected.iter().sum::<f64>() / n,
+    }
 }

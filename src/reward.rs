@@ -310,6 +310,25 @@ impl ImplicitRm {
         self.margins_from(&lp, 0, (0, self.n_pairs()), margins);
     }
 
+    /// `β[Σ_k ln π_ref(y⁺_k|·) − Σ_k ln π_ref(y⁻_k|·)]` per pair: what the reference subtracts.
+    /// Adding it to the margins gives those of the IM-RM *without* a reference,
+    /// `r = β ln π_U(y|x)` (the paper's ablation, MATH.md §1).
+    pub fn reference_margins(&self) -> Vec<f64> {
+        (0..self.n_pairs())
+            .map(|i| {
+                (self.pair_rows[i]..self.pair_rows[i + 1])
+                    .map(|r| {
+                        let p = &self.positions[r];
+                        let (rp, rm) = self.ref_logprob[r];
+                        self.beta
+                            * (if p.plus.is_some() { rp } else { 0.0 }
+                                - if p.minus.is_some() { rm } else { 0.0 })
+                    })
+                    .sum()
+            })
+            .collect()
+    }
+
     /// `K = 1` cancelled-form margins `β[⟨U_{y⁺} − U_{y⁻}, h_x⟩ − ⟨U(0)_{y⁺} − U(0)_{y⁻}, h_x⟩]`.
     pub fn cancelled_margins(&self, theta: &[f64], margins: &mut [f64]) {
         let c = self

@@ -4,7 +4,9 @@ use crate::config::{Config, GradientPath};
 use crate::max_margin::{
     implicit_dual_prediction, max_margin_head, max_margin_unembedding_delta, MaxMarginSolution,
 };
-use crate::observables::{convergence, split_metrics, Observation, SplitMetrics};
+use crate::observables::{
+    convergence, reward_summary, split_metrics, Observation, RewardSummary, SplitMetrics,
+};
 use crate::ode::OdeStats;
 use crate::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel, SeenRowsImplicitRm};
 use crate::synthetic::Setup;
@@ -62,6 +64,9 @@ pub struct ModelRun {
     pub steps: u64,
     pub ode: Option<OdeStats>,
     pub max_margin: std::result::Result<MaxMarginResult, String>,
+    /// Per split at `t_max`: the official evaluator's reward statistics (normalised absolute
+    /// reward margin, mean chosen and rejected rewards).
+    pub rewards: Vec<RewardSummary>,
 }
 
 /// A whole simulation: config, setup and both models.
@@ -71,6 +76,22 @@ pub struct Simulation {
     pub setup: Setup,
     pub explicit: ModelRun,
     pub implicit: ModelRun,
+    pub ablations: Ablations,
+}
+
+/// The paper's ablations, read off the same setup (MATH.md §1, §6).
+#[derive(Debug, Clone)]
+pub struct Ablations {
+    /// IM-RM without a reference model, `r = β ln π_U(y|x)`: the same training (the reference
+    /// term has no gradient), scored without subtracting `β ln π_ref`. Per split at `t_max`.
+    pub imrm_no_reference: Vec<SplitMetrics>,
+    /// The same at `t = 0` (`U = U(0)`): on unseen tokens, whose rows never move, the two agree
+    /// exactly; the ranking there is `U(0)`'s.
+    pub imrm_no_reference_initial: Vec<SplitMetrics>,
+    /// `K > 1`: the EX-RM on the mean of the hidden states after each response token
+    /// (`(1/K) Σ_k h_{x,y≤k}`, the official code's alternative) instead of the last one, trained
+    /// by the same flow. `None` for `K = 1`, where the two coincide.
+    pub exrm_token_mean: Option<ModelRun>,
 }
 
 /// Measures a model on every split at parameters `θ` (IM-RM margins always through the faithful
@@ -320,6 +341,7 @@ pub fn run_model_with(
         },
     )?;
     let final_params = full(&reduced, &outcome.theta).into_owned();
+    let rewards = final_rewards(kind, setup, &final_params);
     Ok(ModelRun {
         kind,
         initial,
@@ -328,7 +350,38 @@ pub fn run_model_with(
         steps: outcome.steps,
         ode: outcome.ode,
         max_margin,
+        rewards,
     })
+}
+
+/// Per split, the rewards of every response at parameters `θ` summarised by
+/// [`reward_summary`]: EX-RM `⟨u, h_{x,y}⟩`; IM-RM `β Σ_k (ln π_U − ln π_ref)` through the full
+/// log-softmax.
+pub fn final_rewards(kind: ModelKind, setup: &Setup, theta: &[f64]) -> Vec<RewardSummary> {
+    setup
+        .splits()
+        .map(|p| {
+            let (chosen, rejected): (Vec<f64>, Vec<f64>) = match kind {
+                ModelKind::Explicit => {
+                    let u = ndarray::ArrayView1::from(theta);
+                    (
+                        p.chosen_hidden.dot(&u).to_vec(),
+                        p.rejected_hidden.dot(&u).to_vec(),
+                    )
+                }
+                ModelKind::Implicit => ImplicitRm::new(
+                    p,
+                    setup.unembedding_init.view(),
+                    setup.config.beta,
+                    GradientPath::Full,
+                )
+                .rewards(theta)
+                .into_iter()
+                .unzip(),
+            };
+            reward_summary(&p.name, &chosen, &rejected)
+        })
+        .collect()
 }
 
 /// Generates the setup from `config` and trains both models.
@@ -349,15 +402,81 @@ pub fn simulate(config: &Config, progress: &mut dyn FnMut(&Observation)) -> Resu
         max_margin_for(ModelKind::Implicit, &setup, tau),
         progress,
     )?;
-    Ok(Simulation {
-        config: config.clone(),
-        setup,
-        explicit,
-        implicit,
-    })
+    Simulation::new(config.clone(), setup, explicit, implicit)
+}
+
+/// The pair sets of `setup` with each response's hidden representation replaced by the mean of
+/// the states after each of its tokens, `(1/K) Σ_{k=1..K} s_k` (`s_K` is the last one).
+pub fn token_mean_setup(setup: &Setup) -> Setup {
+    let mut s = setup.clone();
+    for p in std::iter::once(&mut s.train).chain(s.evals.iter_mut()) {
+        let k = p.response_length();
+        for (last, prefixes) in [
+            (&mut p.chosen_hidden, &p.chosen_prefix_hidden),
+            (&mut p.rejected_hidden, &p.rejected_prefix_hidden),
+        ] {
+            for i in 0..last.nrows() {
+                let mut mean = last.row(i).to_owned();
+                for j in 1..k {
+                    mean += &prefixes.slice(ndarray::s![i, j, ..]);
+                }
+                last.row_mut(i).assign(&(mean / k as f64));
+            }
+        }
+    }
+    s
 }
 
 impl Simulation {
+    /// Assembles a simulation and computes its [`Ablations`] (one more EX-RM flow when `K > 1`).
+    pub fn new(
+        config: Config,
+        setup: Setup,
+        explicit: ModelRun,
+        implicit: ModelRun,
+    ) -> Result<Simulation> {
+        let tau = config.eval.tie_tolerance;
+        let (mut now, mut start) = (Vec::new(), Vec::new());
+        for p in setup.splits() {
+            let im = ImplicitRm::new(
+                p,
+                setup.unembedding_init.view(),
+                setup.config.beta,
+                GradientPath::Full,
+            );
+            let reference = im.reference_margins();
+            let mut m = vec![0.0; p.len()];
+            im.faithful_margins(&implicit.final_params, &mut m);
+            let with =
+                |m: &[f64]| -> Vec<f64> { m.iter().zip(&reference).map(|(a, b)| a + b).collect() };
+            now.push(split_metrics(&p.name, &with(&m), tau));
+            start.push(split_metrics(&p.name, &reference, tau));
+        }
+        let exrm_token_mean = if setup.train.response_length() > 1 {
+            let mean_setup = token_mean_setup(&setup);
+            Some(run_model(
+                ModelKind::Explicit,
+                &config,
+                &mean_setup,
+                max_margin_for(ModelKind::Explicit, &mean_setup, tau),
+                &mut |_| {},
+            )?)
+        } else {
+            None
+        };
+        Ok(Simulation {
+            config,
+            setup,
+            explicit,
+            implicit,
+            ablations: Ablations {
+                imrm_no_reference: now,
+                imrm_no_reference_initial: start,
+                exrm_token_mean,
+            },
+        })
+    }
+
     pub fn runs(&self) -> [&ModelRun; 2] {
         [&self.explicit, &self.implicit]
     }

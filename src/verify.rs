@@ -789,6 +789,7 @@ fn verify_multi_token(
         steps: 0,
         ode: None,
         max_margin: Err(why.clone()),
+        rewards: vec![],
     };
     claims.extend(
         claims_2b(

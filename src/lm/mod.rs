@@ -420,12 +420,7 @@ pub fn run_head_only(file: &LmFile, setup: Setup) -> Result<Simulation> {
         )
     };
     let (explicit, implicit) = (run(ModelKind::Explicit)?, run(ModelKind::Implicit)?);
-    Ok(Simulation {
-        config,
-        setup,
-        explicit,
-        implicit,
-    })
+    Simulation::new(config, setup, explicit, implicit)
 }
 
 /// `rmflow lm --mode`: head-only (Theorem 2) or head-only and full fine-tuning.

@@ -1,0 +1,75 @@
+//! The paper's ablations and metrics on the synthetic model (MATH.md §1, §6).
+
+use rmflow::config::{Config, UnembeddingInit};
+use rmflow::observables::{reward_summary, split_metrics};
+
+#[test]
+fn imrm_without_reference_ranks_unseen_tokens_by_the_initial_rows_forever() {
+    for init in [UnembeddingInit::Tied, UnembeddingInit::Independent] {
+        let mut c = Config::embedded_default();
+        c.train.t_max = 1e8;
+        c.setup.unembedding_init = init;
+        let sim = rmflow::simulation::simulate(&c, &mut |_| {}).unwrap();
+        let a = &sim.ablations;
+        let unseen = |v: &[rmflow::observables::SplitMetrics]| {
+            v.iter().find(|s| s.split == "unseen").unwrap().clone()
+        };
+        // Unseen rows never move (Theorem 2a), so the no-reference margins on unseen pairs are
+        // U(0)'s up to the rounding of the log-normalisers (≤ 1e-12 here).
+        let (now, start) = (
+            unseen(&a.imrm_no_reference),
+            unseen(&a.imrm_no_reference_initial),
+        );
+        assert_eq!(now.tie_aware_accuracy, start.tie_aware_accuracy, "{init:?}");
+        assert_eq!(now.strict_accuracy, start.strict_accuracy, "{init:?}");
+        assert!(
+            (now.mean_margin - start.mean_margin).abs() < 1e-12,
+            "{init:?}"
+        );
+        assert!(
+            (now.min_margin - start.min_margin).abs() < 1e-12,
+            "{init:?}"
+        );
+        assert!(
+            a.exrm_token_mean.is_none(),
+            "K = 1 has no token-mean variant"
+        );
+    }
+}
+
+#[test]
+fn token_mean_exrm_runs_for_multi_token_responses() {
+    let mut c = Config::from_file(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/experiments/multitoken.toml"
+    )))
+    .unwrap();
+    c.train.t_max = 1e3;
+    c.setup.train_pairs = 60;
+    c.setup.eval_pairs = 20;
+    let sim = rmflow::simulation::simulate(&c, &mut |_| {}).unwrap();
+    let mean = sim.ablations.exrm_token_mean.as_ref().expect("K > 1");
+    let last = mean.trajectory.last().unwrap();
+    assert_eq!(
+        last.splits.len(),
+        sim.explicit.trajectory.last().unwrap().splits.len()
+    );
+    // Its features differ from the last-token ones.
+    let m = rmflow::simulation::token_mean_setup(&sim.setup);
+    assert_ne!(m.train.chosen_hidden, sim.setup.train.chosen_hidden);
+}
+
+#[test]
+fn exact_tie_accuracy_and_normalised_margin_follow_their_definitions() {
+    let m = [1.0, -1.0, 0.0, 0.0, 1e-12];
+    let s = split_metrics("x", &m, 1e-9);
+    assert_eq!(s.strict_accuracy, 2.0 / 5.0);
+    assert_eq!(s.exact_tie_accuracy, 3.0 / 5.0);
+    assert_eq!(s.tie_aware_accuracy, 2.5 / 5.0);
+    // chosen (1, 3), rejected (0, 0): |margins| 1 and 3; std of (1, 3, 0, 0) with n − 1.
+    let r = reward_summary("x", &[1.0, 3.0], &[0.0, 0.0]);
+    let mean: f64 = 1.0;
+    let std = (((1.0 - mean).powi(2) + (3.0 - mean).powi(2) + 2.0 * mean * mean) / 3.0).sqrt();
+    assert!((r.normalised_abs_margin - 2.0 / (std + 1e-8)).abs() < 1e-12);
+    assert_eq!((r.mean_chosen_reward, r.mean_rejected_reward), (2.0, 0.0));
+}
