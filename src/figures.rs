@@ -529,10 +529,27 @@ pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
     // per observation: t, held-out strict accuracy, greedy-good fraction, mean π(y⁺|x), mean π(y⁻|x)
     type Row = (f64, f64, f64, f64, f64);
     let mut rows: Vec<Row> = Vec::new();
+    // per observation: the number of held-out pairs with r⁻ ≤ 0, and the largest
+    // ln π_U(y⁺) − ln π_ref(y⁺) − δ/β among them (δ = r⁺ − r⁻). Since π_U = π_ref e^(r/β) by the
+    // definition of r, the bound π_U(y⁺) ≤ e^(δ/β) π_ref(y⁺) holds exactly when r⁻ ≤ 0.
+    let mut bound_rows: Vec<(usize, f64)> = Vec::new();
+    let beta = config.setup.beta;
+    let u0: Vec<f64> = setup.unembedding_init.iter().copied().collect();
+    let lp_ref = im.position_logprobs(&u0);
     let mm = max_margin_for(ModelKind::Implicit, &setup, config.eval.tie_tolerance);
     run_model_with(ModelKind::Implicit, config, &setup, mm, &mut |o, theta| {
         let lp = im.position_logprobs(theta);
         let n = lp.len() as f64;
+        let rewards = im.rewards(theta);
+        let (mut count, mut worst) = (0usize, f64::NEG_INFINITY);
+        for (i, &(r_plus, r_minus)) in rewards.iter().enumerate() {
+            let log_ratio = lp[i].0 - lp_ref[i].0;
+            if r_minus <= 0.0 {
+                count += 1;
+                worst = worst.max(log_ratio - (r_plus - r_minus) / beta);
+            }
+        }
+        bound_rows.push((count, worst));
         let u = ndarray::ArrayView2::from_shape((v, d), theta)?;
         let logits = crate::numerics::mat_mul_bt(held_out.prompt_hidden.view(), u);
         let greedy_good = logits
@@ -565,11 +582,20 @@ pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
         Ok(())
     })?;
     let mut csv = String::from(
-        "t,heldout_strict_accuracy,heldout_greedy_good_fraction,heldout_mean_pi_chosen,heldout_mean_pi_rejected\n",
+        "t,heldout_strict_accuracy,heldout_greedy_good_fraction,heldout_mean_pi_chosen,heldout_mean_pi_rejected,pairs_rejected_reward_nonpositive,max_log_ratio_minus_margin_over_beta\n",
     );
-    for r in &rows {
-        writeln!(csv, "{:e},{},{},{:e},{:e}", r.0, r.1, r.2, r.3, r.4)?;
+    for (r, b) in rows.iter().zip(&bound_rows) {
+        writeln!(
+            csv,
+            "{:e},{},{},{:e},{:e},{},{:e}",
+            r.0, r.1, r.2, r.3, r.4, b.0, b.1
+        )?;
     }
+    let bound_pairs: usize = bound_rows.iter().map(|b| b.0).sum();
+    let bound_worst = bound_rows
+        .iter()
+        .map(|b| b.1)
+        .fold(f64::NEG_INFINITY, f64::max);
     let pts = |f: fn(&Row) -> f64| {
         rows.iter()
             .filter(|r| r.0 > 0.0)
@@ -646,6 +672,13 @@ pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
             )];
         }
     }
+    let pair_times = rows.len() * held_out.len();
+    b.notes.push(format!(
+        "r⁻ ≤ 0 on {bound_pairs} of {pair_times} pair-times; there π_U(y⁺|x) ≤ e^(δ/β) π_ref(y⁺|x),"
+    ));
+    b.notes.push(format!(
+        "δ = r⁺ − r⁻ (from π_U = π_ref e^(r/β)); max log excess {bound_worst:.1e}"
+    ));
     Ok(FigureData {
         figure: Figure {
             panels: vec![a, b],

@@ -1065,7 +1065,7 @@ pub fn render(report: &Report) -> String {
 
 /// Horizon of the residual check `2b.residual_*`, as `log10 t` (MATH.md §4: `ρ(t) → w̃`).
 pub const RESIDUAL_HORIZON_LOG10: f64 = 10_000.0;
-/// `2b.residual_settled`: largest change of `‖ρ‖` between observations 10 decades apart over the
+/// `2b.residual_bounded`: largest change of `‖ρ‖` between observations 10 decades apart over the
 /// last tenth of the horizon, relative to `max(1, ‖ρ(t_max)‖)` (`‖w̃‖` scales like `1/‖z‖`).
 pub const RESIDUAL_SETTLED_BOUND: f64 = 1e-6;
 /// `2b.residual_limit`: `max_{i∈S} |⟨ρ(t_max), z_i⟩ + ln(N α_i)|` (Soudry et al.'s
@@ -1187,7 +1187,7 @@ fn residual_rows(
     mm: &std::result::Result<MaxMarginResult, String>,
     opts: &VerifyOptions,
 ) -> Result<Vec<Claim>> {
-    let ids = ["2b.residual_settled", "2b.residual_limit"];
+    let ids = ["2b.residual_bounded", "2b.residual_limit"];
     let skip = |why: &str| ids.iter().map(|id| Claim::skipped(id, why)).collect();
     match (mm, opts.residual_horizon_log10) {
         (Err(_), _) => Ok(skip("EX-RM data not separable: 2b does not apply")),
@@ -1198,7 +1198,7 @@ fn residual_rows(
     }
 }
 
-/// Claims `2b.residual_settled`, `2b.residual_limit` and the INFO rows of the residual trace.
+/// Claims `2b.residual_bounded`, `2b.residual_limit` and the INFO rows of the residual trace.
 fn claims_residual(trace: &ResidualTrace) -> Vec<Claim> {
     let h = *trace.log10_t.last().expect("observed");
     let tail: Vec<f64> = trace
@@ -1217,7 +1217,7 @@ fn claims_residual(trace: &ResidualTrace) -> Vec<Claim> {
             |a: f64, x| if x.is_nan() { f64::NAN } else { a.max(x) },
         );
     let mut out = vec![Claim::judged(
-        "2b.residual_settled",
+        "2b.residual_bounded",
         &format!(
             "EX-RM max |Δ‖ρ‖| / max(1, ‖ρ‖), ρ = u(t) − u* ln t, observations 10 decades apart, last tenth of t ≤ 1e{h} (ρ integrated directly)"
         ),
