@@ -698,7 +698,11 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let device = match device.as_str() {
                 "cpu" => candle_core::Device::Cpu,
-                "cuda" => candle_core::Device::new_cuda(0).context("--device cuda: no CUDA device (build with --features cuda on a machine with a GPU)")?,
+                "cuda" => candle_core::Device::new_cuda(0).context(if cfg!(feature = "cuda") {
+                    "--device cuda: CUDA device 0 could not be opened (is a GPU visible, and libcuda.so.1 from its driver on the library path?)"
+                } else {
+                    "--device cuda: this binary was built without CUDA support (rebuild with --features cuda; see the README's GPU section)"
+                })?,
                 other => return Err(InputError(format!("--device must be cpu or cuda, got {other:?}")).into()),
             };
             rmflow::output::check_not_overwriting_input(&config, &out)?;
