@@ -65,7 +65,8 @@ pub struct ModelRun {
     pub ode: Option<OdeStats>,
     pub max_margin: std::result::Result<MaxMarginResult, String>,
     /// Per split at `t_max`: the official evaluator's reward statistics (normalised absolute
-    /// reward margin, mean chosen and rejected rewards).
+    /// reward margin, mean chosen and rejected rewards); filled by [`Simulation::new`], empty for
+    /// runs made outside a simulation (e.g. `verify`'s variants).
     pub rewards: Vec<RewardSummary>,
 }
 
@@ -341,7 +342,6 @@ pub fn run_model_with(
         },
     )?;
     let final_params = full(&reduced, &outcome.theta).into_owned();
-    let rewards = final_rewards(kind, setup, &final_params);
     Ok(ModelRun {
         kind,
         initial,
@@ -350,36 +350,22 @@ pub fn run_model_with(
         steps: outcome.steps,
         ode: outcome.ode,
         max_margin,
-        rewards,
+        rewards: Vec::new(),
     })
 }
 
-/// Per split, the rewards of every response at parameters `θ` summarised by
-/// [`reward_summary`]: EX-RM `⟨u, h_{x,y}⟩`; IM-RM `β Σ_k (ln π_U − ln π_ref)` through the full
-/// log-softmax.
-pub fn final_rewards(kind: ModelKind, setup: &Setup, theta: &[f64]) -> Vec<RewardSummary> {
+/// Per split, the EX-RM rewards `⟨u, h_{x,y}⟩` of every response at `u` summarised by
+/// [`reward_summary`].
+fn explicit_rewards(setup: &Setup, u: &[f64]) -> Vec<RewardSummary> {
+    let u = ndarray::ArrayView1::from(u);
     setup
         .splits()
         .map(|p| {
-            let (chosen, rejected): (Vec<f64>, Vec<f64>) = match kind {
-                ModelKind::Explicit => {
-                    let u = ndarray::ArrayView1::from(theta);
-                    (
-                        p.chosen_hidden.dot(&u).to_vec(),
-                        p.rejected_hidden.dot(&u).to_vec(),
-                    )
-                }
-                ModelKind::Implicit => ImplicitRm::new(
-                    p,
-                    setup.unembedding_init.view(),
-                    setup.config.beta,
-                    GradientPath::Full,
-                )
-                .rewards(theta)
-                .into_iter()
-                .unzip(),
-            };
-            reward_summary(&p.name, &chosen, &rejected)
+            reward_summary(
+                &p.name,
+                p.chosen_hidden.dot(&u).as_slice().expect("owned"),
+                p.rejected_hidden.dot(&u).as_slice().expect("owned"),
+            )
         })
         .collect()
 }
@@ -432,10 +418,13 @@ impl Simulation {
     pub fn new(
         config: Config,
         setup: Setup,
-        explicit: ModelRun,
-        implicit: ModelRun,
+        mut explicit: ModelRun,
+        mut implicit: ModelRun,
     ) -> Result<Simulation> {
         let tau = config.eval.tie_tolerance;
+        explicit.rewards = explicit_rewards(&setup, &explicit.final_params);
+        // One full-softmax pass per split gives the IM-RM's rewards r⁺, r⁻ (β Σ (ln π_U − ln π_ref)),
+        // hence its margins; adding back the reference term gives the no-reference margins.
         let (mut now, mut start) = (Vec::new(), Vec::new());
         for p in setup.splits() {
             let im = ImplicitRm::new(
@@ -444,23 +433,32 @@ impl Simulation {
                 setup.config.beta,
                 GradientPath::Full,
             );
+            let (chosen, rejected): (Vec<f64>, Vec<f64>) =
+                im.rewards(&implicit.final_params).into_iter().unzip();
+            implicit
+                .rewards
+                .push(reward_summary(&p.name, &chosen, &rejected));
             let reference = im.reference_margins();
-            let mut m = vec![0.0; p.len()];
-            im.faithful_margins(&implicit.final_params, &mut m);
-            let with =
-                |m: &[f64]| -> Vec<f64> { m.iter().zip(&reference).map(|(a, b)| a + b).collect() };
-            now.push(split_metrics(&p.name, &with(&m), tau));
+            let no_reference: Vec<f64> = chosen
+                .iter()
+                .zip(&rejected)
+                .zip(&reference)
+                .map(|((a, b), r)| a - b + r)
+                .collect();
+            now.push(split_metrics(&p.name, &no_reference, tau));
             start.push(split_metrics(&p.name, &reference, tau));
         }
         let exrm_token_mean = if setup.train.response_length() > 1 {
             let mean_setup = token_mean_setup(&setup);
-            Some(run_model(
+            let mut run = run_model(
                 ModelKind::Explicit,
                 &config,
                 &mean_setup,
                 max_margin_for(ModelKind::Explicit, &mean_setup, tau),
                 &mut |_| {},
-            )?)
+            )?;
+            run.rewards = explicit_rewards(&mean_setup, &run.final_params);
+            Some(run)
         } else {
             None
         };
