@@ -77,10 +77,10 @@ pub fn softmax_in_place(row: &mut [f64]) -> f64 {
     max + sum.ln()
 }
 
-/// `n` points `10^a … 10^b` equally spaced in `log10`, endpoints included (n ≥ 2).
-pub fn logspace(a: f64, b: f64, n: usize) -> Vec<f64> {
+/// `n` points `a … b` equally spaced, endpoints included (n ≥ 2).
+pub fn linspace(a: f64, b: f64, n: usize) -> Vec<f64> {
     (0..n)
-        .map(|i| 10f64.powf(a + (b - a) * i as f64 / (n - 1) as f64))
+        .map(|i| a + (b - a) * i as f64 / (n - 1) as f64)
         .collect()
 }
 

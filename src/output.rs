@@ -287,11 +287,6 @@ impl AtomicDir {
         })
     }
 
-    /// The final destination.
-    pub fn destination(&self) -> &Path {
-        &self.dest
-    }
-
     /// Path of `rel` inside the folder under construction, its parent folders created.
     pub fn path(&self, rel: &str) -> Result<PathBuf> {
         let p = self.temp.join(rel);

@@ -24,14 +24,6 @@ impl ObsTime {
         log10_t: f64::NEG_INFINITY,
     };
 
-    /// From `log10 t` (`t = inf` beyond f64).
-    pub fn from_log10(l: f64) -> ObsTime {
-        ObsTime {
-            t: 10f64.powf(l),
-            log10_t: l,
-        }
-    }
-
     /// From `t`.
     pub fn from_t(t: f64) -> ObsTime {
         ObsTime {
@@ -55,7 +47,7 @@ pub fn observation_log10_times(cfg: &TrainConfig) -> Vec<f64> {
     if n <= 1 || b <= a {
         times.push(b);
     } else {
-        times.extend((0..n).map(|i| a + (b - a) * i as f64 / (n - 1) as f64));
+        times.extend(crate::numerics::linspace(a, b, n));
         *times.last_mut().expect("non-empty") = b;
     }
     times

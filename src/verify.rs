@@ -1067,7 +1067,7 @@ pub fn render(report: &Report) -> String {
 pub const RESIDUAL_HORIZON_LOG10: f64 = 10_000.0;
 /// `2b.residual_bounded`: largest change of `‖ρ‖` between observations 10 decades apart over the
 /// last tenth of the horizon, relative to `max(1, ‖ρ(t_max)‖)` (`‖w̃‖` scales like `1/‖z‖`).
-pub const RESIDUAL_SETTLED_BOUND: f64 = 1e-6;
+pub const RESIDUAL_BOUNDED_BOUND: f64 = 1e-6;
 /// `2b.residual_limit`: `max_{i∈S} |⟨ρ(t_max), z_i⟩ + ln(N α_i)|` (Soudry et al.'s
 /// characterisation of `w̃` with the QP's duals `α`). The QP's relative accuracy (~1e-9) enters
 /// `ρ = u − u* ln t` multiplied by `ln t ≈ 2.3e4`.
@@ -1222,7 +1222,7 @@ fn claims_residual(trace: &ResidualTrace) -> Vec<Claim> {
             "EX-RM max |Δ‖ρ‖| / max(1, ‖ρ‖), ρ = u(t) − u* ln t, observations 10 decades apart, last tenth of t ≤ 1e{h} (ρ integrated directly)"
         ),
         settled,
-        Bound::AtMost(RESIDUAL_SETTLED_BOUND),
+        Bound::AtMost(RESIDUAL_BOUNDED_BOUND),
     )];
     if trace.support_independent {
         let worst = trace

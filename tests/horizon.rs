@@ -11,27 +11,15 @@ fn residual_flow_is_the_same_flow_as_the_head_flow() {
     let setup = Setup::try_generate(&c).unwrap();
     let mm = max_margin_for(ModelKind::Explicit, &setup, 1e-9).unwrap();
     let model = ExplicitRm::new(&setup.train);
-    let mut tc = c.train.clone();
-    tc.t_max = 1.0;
-    let u1 = rmflow::training::train(
-        &model,
-        &setup.head_init.to_vec(),
-        &tc,
-        "t",
-        &mut |_, _, _| Ok(()),
-    )
-    .unwrap()
-    .theta;
-    tc.t_max = 1e50;
-    let u = rmflow::training::train(
-        &model,
-        &setup.head_init.to_vec(),
-        &tc,
-        "t",
-        &mut |_, _, _| Ok(()),
-    )
-    .unwrap()
-    .theta;
+    let head_at = |t_max: f64| {
+        let mut tc = c.train.clone();
+        tc.t_max = t_max;
+        let u0 = setup.head_init.to_vec();
+        rmflow::training::train(&model, &u0, &tc, "t", &mut |_, _, _| Ok(()))
+            .unwrap()
+            .theta
+    };
+    let (u1, u) = (head_at(1.0), head_at(1e50));
     let z = setup.train.hidden_differences();
     let (rho, _) =
         rmflow::training::residual_flow(&z, &mm.params, &u1, &[10.0, 50.0], &c.train).unwrap();
