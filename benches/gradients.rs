@@ -25,7 +25,7 @@ fn gradients(c: &mut Criterion) {
         ("V32768_D256_N2000", sized(32768, 256, 2000)),
     ] {
         let setup = Setup::generate(&config);
-        let u0: Vec<f64> = setup.unembedding_init.iter().copied().collect();
+        let u0: Vec<f64> = setup.unembedding_init.full().iter().copied().collect();
         let models: [(&str, Box<dyn MarginModel>, Vec<f64>); 3] = [
             (
                 "exrm",
@@ -36,7 +36,7 @@ fn gradients(c: &mut Criterion) {
                 "imrm_full",
                 Box::new(ImplicitRm::new(
                     &setup.train,
-                    setup.unembedding_init.view(),
+                    setup.unembedding_init.full().view(),
                     1.0,
                     GradientPath::Full,
                 )),
@@ -46,7 +46,7 @@ fn gradients(c: &mut Criterion) {
                 "imrm_sparse",
                 Box::new(ImplicitRm::new(
                     &setup.train,
-                    setup.unembedding_init.view(),
+                    setup.unembedding_init.full().view(),
                     1.0,
                     GradientPath::Sparse,
                 )),
@@ -101,7 +101,8 @@ fn rho(c: &mut Criterion) {
     let side = rmflow::dynamics::TrainingSide::new(&setup.train);
     let train = &side.prefixes;
     let eval = rmflow::dynamics::ResponsePrefixes::new(&setup.evals[0]);
-    let u = setup.unembedding_init.view();
+    let u0 = setup.unembedding_init.full();
+    let u = u0.view();
     let mut group = c.benchmark_group("rho");
     group.sample_size(10);
     group.bench_function("token_overlap_K8_V1000_D64_100x200", |b| {

@@ -19,6 +19,17 @@ pub struct Config {
     pub train: TrainConfig,
     pub eval: EvalConfig,
     pub dynamics: DynamicsConfig,
+    pub export: ExportConfig,
+}
+
+/// What `simulate` writes besides the always-present arrays (experiments/README.md).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// Also write the full `[V, D]` matrices `init/unembedding.npy` and
+    /// `final/unembedding.npy` (`O(V·D)`: 4 GiB each at V = 131 072, D = 4 096). By default only
+    /// the rows of the tokens that occur in some pair are written, with their token ids.
+    pub full_unembedding: bool,
 }
 
 /// `rmflow dynamics` settings (MATH.md §3).
@@ -160,6 +171,10 @@ pub enum GradientPath {
 pub struct EvalConfig {
     /// Tie tolerance `τ`: `|m| ≤ τ` counts ½ in tie-aware accuracy (MATH.md §1).
     pub tie_tolerance: f64,
+    /// Report the rewards of single responses (the official evaluator's normalised absolute
+    /// margin and mean rewards). The IM-RM's reward needs the log-normaliser over the whole
+    /// vocabulary for every prompt (`O(V·D)` each, streamed); margins and accuracies never do.
+    pub single_response_rewards: bool,
 }
 
 impl Default for SetupConfig {
@@ -213,6 +228,7 @@ impl Default for EvalConfig {
     fn default() -> Self {
         EvalConfig {
             tie_tolerance: 1e-9,
+            single_response_rewards: true,
         }
     }
 }

@@ -447,7 +447,7 @@ pub fn run(
     let snap = snapshot_indices(&times, &config.dynamics.snapshot_times, config.train.t_max);
     let im_model = crate::reward::ImplicitRm::new(
         &setup.train,
-        setup.unembedding_init.view(),
+        setup.unembedding_init.full().view(),
         beta,
         crate::config::GradientPath::Full,
     );
@@ -533,12 +533,12 @@ pub fn dynamics_checks(
     tc.first_observation = t.min(1e-2);
     let im = ImplicitRm::new(
         &setup.train,
-        setup.unembedding_init.view(),
+        setup.unembedding_init.full().view(),
         beta,
         GradientPath::Full,
     );
     let ex = ExplicitRm::new(&setup.train);
-    let u0: Vec<f64> = setup.unembedding_init.iter().copied().collect();
+    let u0: Vec<f64> = setup.unembedding_init.full().iter().copied().collect();
     let theta_im = crate::training::train(&im, &u0, &tc, "IM-RM", &mut |_, _, _| Ok(()))?.theta;
     let theta_ex = crate::training::train(
         &ex,
@@ -654,7 +654,7 @@ pub fn dynamics_checks(
     };
     let im_seen = ImplicitRm::new(
         seen,
-        setup.unembedding_init.view(),
+        setup.unembedding_init.full().view(),
         beta,
         GradientPath::Full,
     );

@@ -6,7 +6,7 @@ use crate::observables::Observation;
 use crate::simulation::{ModelRun, Simulation};
 use crate::synthetic::PairSet;
 use anyhow::{Context, Result};
-use ndarray::{Array2, ArrayView1, ArrayView2};
+use ndarray::{Array1, Array2, ArrayView1};
 use ndarray_npy::WriteNpyExt;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -161,6 +161,7 @@ pub fn model_summary(run: &ModelRun) -> Value {
             "support_size": m.solution.support.len(),
             "support": m.solution.support,
             "form": m.solution.form,
+            "working_set": m.solution.working_set,
             "certificate": m.solution.certificate,
             "certificate_holds": m.solution.certificate.holds(),
             "certificate_tolerance": crate::max_margin::CERTIFICATE_TOLERANCE,
@@ -187,7 +188,7 @@ pub fn write_simulation(sim: &Simulation, out: &Path, replace: Replace) -> Resul
 /// The simulation layout inside an open [`AtomicDir`] (callers add files, then commit).
 pub fn write_simulation_into(dir: &AtomicDir, sim: &Simulation) -> Result<()> {
     let setup = &sim.setup;
-    let (v, d) = (setup.vocab_size(), setup.dim());
+    let d = setup.dim();
     dir.write_text(
         "config.toml",
         &format!(
@@ -204,12 +205,21 @@ pub fn write_simulation_into(dir: &AtomicDir, sim: &Simulation) -> Result<()> {
         };
         write_pairs(dir, &folder, split)?;
     }
-    dir.write_npy("init/unembedding.npy", &setup.unembedding_init)?;
-    dir.write_npy("init/head.npy", &setup.head_init)?;
+    // U(0) and U(t_max): the rows of the tokens of the pairs (T ∪ E) with their ids; the full
+    // [V, D] matrices only when `export.full_unembedding` asks.
+    let rows = setup.pair_tokens();
+    let (u0_rows, u_rows) = sim.unembedding_rows(&rows);
     dir.write_npy(
-        "final/unembedding.npy",
-        &ArrayView2::from_shape((v, d), &sim.implicit.final_params)?,
+        "unembedding_tokens.npy",
+        &Array1::from(rows.iter().map(|&t| t as i64).collect::<Vec<_>>()),
     )?;
+    dir.write_npy("init/unembedding_rows.npy", &u0_rows)?;
+    dir.write_npy("final/unembedding_rows.npy", &u_rows)?;
+    if sim.config.export.full_unembedding {
+        dir.write_npy("init/unembedding.npy", &setup.unembedding_init.full())?;
+        dir.write_npy("final/unembedding.npy", &sim.final_unembedding())?;
+    }
+    dir.write_npy("init/head.npy", &setup.head_init)?;
     dir.write_npy(
         "final/head.npy",
         &ArrayView1::from(&sim.explicit.final_params),
@@ -218,10 +228,16 @@ pub fn write_simulation_into(dir: &AtomicDir, sim: &Simulation) -> Result<()> {
         dir.write_npy("final/max_margin_head.npy", &ArrayView1::from(&m.params))?;
     }
     if let Ok(m) = &sim.implicit.max_margin {
-        dir.write_npy(
-            "final/max_margin_unembedding_delta.npy",
-            &Array2::from_shape_vec((v, d), m.params.clone())?,
-        )?;
+        // ΔU* is 0 outside T; written on the same rows as the unembedding.
+        let kept = m.rows.as_deref().unwrap_or_default();
+        let mut delta = Array2::zeros((rows.len(), d));
+        for (r, &t) in kept.iter().enumerate() {
+            let at = rows.binary_search(&t).expect("T ⊆ T ∪ E");
+            delta
+                .row_mut(at)
+                .assign(&ArrayView1::from(&m.params[r * d..(r + 1) * d]));
+        }
+        dir.write_npy("final/max_margin_unembedding_delta_rows.npy", &delta)?;
     }
     dir.write_json(
         "summary.json",

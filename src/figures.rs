@@ -515,7 +515,7 @@ pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
         .ok_or_else(|| anyhow::anyhow!("no `seen` split"))?;
     let im = crate::reward::ImplicitRm::new(
         held_out,
-        setup.unembedding_init.view(),
+        setup.unembedding_init.full().view(),
         config.setup.beta,
         GradientPath::Full,
     );
@@ -534,7 +534,7 @@ pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
     // definition of r, the bound π_U(y⁺) ≤ e^(δ/β) π_ref(y⁺) holds exactly when r⁻ ≤ 0.
     let mut bound_rows: Vec<(usize, f64)> = Vec::new();
     let beta = config.setup.beta;
-    let u0: Vec<f64> = setup.unembedding_init.iter().copied().collect();
+    let u0: Vec<f64> = setup.unembedding_init.full().iter().copied().collect();
     let lp_ref = im.position_logprobs(&u0);
     let mm = max_margin_for(ModelKind::Implicit, &setup, config.eval.tie_tolerance);
     run_model_with(ModelKind::Implicit, config, &setup, mm, &mut |o, theta| {

@@ -86,6 +86,10 @@ enum Command {
         /// Override train.imrm_gradient.
         #[arg(long, value_parser = parse_path)]
         imrm_gradient: Option<GradientPath>,
+        /// Also write the full [V, D] matrices init/unembedding.npy and final/unembedding.npy
+        /// (export.full_unembedding; by default only the rows of the pairs' tokens are written).
+        #[arg(long)]
+        full_unembedding: bool,
         #[command(flatten)]
         output: OutputFlags,
         /// Run even if the estimated peak memory exceeds the memory available.
@@ -558,10 +562,14 @@ fn run(cli: Cli) -> Result<()> {
             t_max_log10,
             seed,
             imrm_gradient,
+            full_unembedding,
             output,
             ignore_memory_estimate,
         } => {
             let mut cfg = load_config(config.as_deref())?;
+            if full_unembedding {
+                cfg.export.full_unembedding = true;
+            }
             if let Some(o) = optimizer {
                 cfg.train.optimizer = o;
             }

@@ -67,11 +67,33 @@ pub struct MaxMarginSolution {
     pub support: Vec<usize>,
     /// `‖w*‖`; the geometric margin is `1/‖w*‖`.
     pub norm: f64,
-    /// Which QP was solved: `primal` (over the parameters) or `dual` (over the `N` multipliers).
+    /// Which QP was solved: `primal` (over the parameters) or `dual` (over the multipliers).
     pub form: &'static str,
+    /// Past [`WORKING_SET_MIN_PAIRS`] pairs: the constraint working set the last QP was solved
+    /// on; the certificate is checked over all pairs regardless.
+    pub working_set: Option<WorkingSet>,
     /// Certificate of the normalised problem (features divided by their largest norm).
     pub certificate: Certificate,
 }
+
+/// How a working-set solve went.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkingSet {
+    /// Pairs in the final working set.
+    pub size: usize,
+    /// QPs solved (each on a growing working set).
+    pub rounds: usize,
+}
+
+/// From this many training pairs on, the hard-margin QP is solved on a working set of
+/// constraints: solve on `W`, add the pairs outside `W` whose margin is below
+/// `1 − CERTIFICATE_TOLERANCE/10`, repeat until none is; the separator then satisfies every
+/// constraint, and the multipliers of pairs outside `W` are 0, so the full certificate holds.
+/// (A subset that is not separable proves the whole set is not.) Below it, one QP over all pairs.
+pub const WORKING_SET_MIN_PAIRS: usize = 2000;
+
+/// Size of the first working set, and the most pairs added per round.
+const WORKING_SET_BATCH: usize = 256;
 
 /// Why no separator was returned.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -161,6 +183,16 @@ impl Features<'_> {
         }
     }
 
+    fn row_norms(&self) -> Vec<f64> {
+        match self {
+            Features::Dense(m) => m.rows().into_iter().map(|r| r.dot(&r).sqrt()).collect(),
+            Features::Sparse { rows, .. } => rows
+                .iter()
+                .map(|r| r.iter().map(|(_, v)| v * v).sum::<f64>().sqrt())
+                .collect(),
+        }
+    }
+
     fn row_norm_max(&self) -> f64 {
         match self {
             Features::Dense(m) => m
@@ -213,6 +245,32 @@ impl Features<'_> {
         out
     }
 
+    /// Gram matrix `⟨φ_i, φ_j⟩`.
+    fn kernel(&self) -> Array2<f64> {
+        match self {
+            Features::Dense(m) => m.dot(&m.t()),
+            Features::Sparse { n_vars, rows } => {
+                let n = rows.len();
+                let mut k = Array2::zeros((n, n));
+                let mut dense = vec![0.0; *n_vars];
+                for i in 0..n {
+                    for &(j, v) in &rows[i] {
+                        dense[j] += v;
+                    }
+                    for l in 0..=i {
+                        let kil: f64 = rows[l].iter().map(|&(j, v)| v * dense[j]).sum();
+                        k[[i, l]] = kil;
+                        k[[l, i]] = kil;
+                    }
+                    for &(j, _) in &rows[i] {
+                        dense[j] = 0.0;
+                    }
+                }
+                k
+            }
+        }
+    }
+
     /// `A = −Φ/c` in compressed-column form (Clarabel's `Ax + s = b`).
     fn constraint_matrix(&self, c: f64) -> CscMatrix<f64> {
         let (n, n_vars) = self.dims();
@@ -261,21 +319,21 @@ fn normalisation(scale: f64, finite: bool, space: &'static str) -> Result<f64, M
     Ok(scale)
 }
 
+/// A solved QP in the original units: `w*`, `α` (one per row it was given), Clarabel's report.
+struct RawSolution {
+    params: Vec<f64>,
+    dual: Vec<f64>,
+    status: String,
+    iterations: u32,
+    form: &'static str,
+}
+
 /// Primal hard-margin QP in a scale-free normalisation: the rows are divided by
 /// `c = max_i ‖φ_i‖`, Clarabel solves `min ½‖w'‖² s.t. ⟨w', φ_i/c⟩ ≥ 1`, and the answer is
 /// rescaled, `w* = w'/c`, `α = α'/c²`. Separability does not depend on the scale of the features
-/// (nor on `β`), and neither does the solve. The certificate is of the normalised problem.
-fn hard_margin_primal(
-    features: Features,
-    space: &'static str,
-) -> Result<(Vec<f64>, MaxMarginSolution), MaxMarginError> {
+/// (nor on `β`), and neither does the solve.
+fn solve_primal(features: &Features, space: &'static str) -> Result<RawSolution, MaxMarginError> {
     let (n, n_vars) = features.dims();
-    if n == 0 || n_vars == 0 {
-        return Err(MaxMarginError::Setup {
-            space,
-            message: format!("need ≥ 1 pair and ≥ 1 variable (got {n} × {n_vars})"),
-        });
-    }
     let c = normalisation(features.row_norm_max(), true, space)?;
     let p = identity_csc(n_vars, 1.0);
     let a = features.constraint_matrix(c);
@@ -289,51 +347,294 @@ fn hard_margin_primal(
     solver.solve();
     let sol = &solver.solution;
     classify(sol.status, space)?;
-    let w = &sol.x;
-    let alpha = &sol.z;
-    let margins = features.margins(w, c);
-    let combo = features.combine(alpha, c);
+    Ok(RawSolution {
+        params: sol.x.iter().map(|x| x / c).collect(),
+        dual: sol.z.iter().map(|a| a / (c * c)).collect(),
+        status: format!("{:?}", sol.status),
+        iterations: sol.iterations,
+        form: "primal",
+    })
+}
+
+/// The dual of the same problem through the Gram matrix of the rows ([`max_margin_dual`]), with
+/// `w* = Σ α_i φ_i`.
+fn solve_dual(features: &Features, space: &'static str) -> Result<RawSolution, MaxMarginError> {
+    let solution = max_margin_dual(&features.kernel(), space)?;
+    Ok(RawSolution {
+        params: features.combine(&solution.dual, 1.0),
+        status: solution.certificate.solver_status.clone(),
+        iterations: solution.certificate.solver_iterations,
+        dual: solution.dual,
+        form: "dual",
+    })
+}
+
+/// The smaller of the two forms: the primal when it has no more variables than constraints.
+fn solve_smaller_form(
+    features: &Features,
+    space: &'static str,
+) -> Result<RawSolution, MaxMarginError> {
+    let (n, n_vars) = features.dims();
+    if n_vars <= n {
+        solve_primal(features, space)
+    } else {
+        solve_dual(features, space)
+    }
+}
+
+/// The rows `subset` of `features`, as owned storage that a [`Features`] can borrow.
+enum SubsetStorage {
+    Dense(Array2<f64>),
+    Sparse(usize, Vec<Vec<(usize, f64)>>),
+}
+
+impl SubsetStorage {
+    fn new(features: &Features, subset: &[usize]) -> SubsetStorage {
+        match features {
+            Features::Dense(m) => SubsetStorage::Dense(m.select(ndarray::Axis(0), subset)),
+            Features::Sparse { n_vars, rows } => {
+                SubsetStorage::Sparse(*n_vars, subset.iter().map(|&i| rows[i].clone()).collect())
+            }
+        }
+    }
+
+    fn features(&self) -> Features<'_> {
+        match self {
+            SubsetStorage::Dense(m) => Features::Dense(m.view()),
+            SubsetStorage::Sparse(n_vars, rows) => Features::Sparse {
+                n_vars: *n_vars,
+                rows,
+            },
+        }
+    }
+}
+
+/// The hard-margin problem `min ½‖w‖² s.t. ⟨w, φ_i⟩ ≥ 1` over all rows: one QP in the smaller
+/// form, or past [`WORKING_SET_MIN_PAIRS`] rows a working-set solve. The certificate is of the
+/// problem normalised by `c = max_i ‖φ_i‖` over all rows, computed here from `w*` and `α`.
+fn hard_margin(
+    features: Features,
+    space: &'static str,
+) -> Result<(Vec<f64>, MaxMarginSolution), MaxMarginError> {
+    hard_margin_with(features, space, true)
+}
+
+/// [`hard_margin`], with the working set allowed or not.
+fn hard_margin_with(
+    features: Features,
+    space: &'static str,
+    allow_working_set: bool,
+) -> Result<(Vec<f64>, MaxMarginSolution), MaxMarginError> {
+    let (n, n_vars) = features.dims();
+    if n == 0 || n_vars == 0 {
+        return Err(MaxMarginError::Setup {
+            space,
+            message: format!("need ≥ 1 pair and ≥ 1 variable (got {n} × {n_vars})"),
+        });
+    }
+    let c = normalisation(features.row_norm_max(), true, space)?;
+    let (raw, working_set) = if n < WORKING_SET_MIN_PAIRS || !allow_working_set {
+        (solve_smaller_form(&features, space)?, None)
+    } else {
+        let (raw, ws) = working_set_solve(&features, space)?;
+        (raw, Some(ws))
+    };
+    let raw = polish(&features, raw);
+    let w = &raw.params;
+    let alpha = &raw.dual;
+    let margins = features.margins(w, 1.0);
+    // Normalised units: w' = c w*, α' = c² α, φ' = φ/c.
+    let combo: Vec<f64> = features
+        .combine(alpha, 1.0)
+        .into_iter()
+        .map(|x| x * c)
+        .collect();
+    let wn: Vec<f64> = w.iter().map(|x| x * c).collect();
+    let an: Vec<f64> = alpha.iter().map(|a| a * c * c).collect();
     let sq = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>();
-    let primal = 0.5 * sq(w);
-    let dual_obj = alpha.iter().sum::<f64>() - 0.5 * sq(&combo);
-    let diff: Vec<f64> = w.iter().zip(&combo).map(|(a, b)| a - b).collect();
+    let primal = 0.5 * sq(&wn);
+    let dual_obj = an.iter().sum::<f64>() - 0.5 * sq(&combo);
+    let diff: Vec<f64> = wn.iter().zip(&combo).map(|(a, b)| a - b).collect();
     let certificate = Certificate {
-        solver_status: format!("{:?}", sol.status),
-        solver_iterations: sol.iterations,
+        solver_status: raw.status.clone(),
+        solver_iterations: raw.iterations,
         min_margin: margins.iter().copied().fold(f64::INFINITY, f64::min),
-        min_dual: alpha.iter().copied().fold(f64::INFINITY, f64::min),
-        complementary_slackness: alpha
+        min_dual: an.iter().copied().fold(f64::INFINITY, f64::min),
+        complementary_slackness: an
             .iter()
             .zip(&margins)
             .map(|(a, m)| (a * (m - 1.0)).abs())
             .fold(0.0, f64::max)
-            / alpha.iter().copied().fold(1.0, f64::max),
+            / an.iter().copied().fold(1.0, f64::max),
         duality_gap: (primal - dual_obj).abs() / primal.max(1.0),
-        stationarity: sq(&diff).sqrt() / sq(w).sqrt().max(1.0),
+        stationarity: sq(&diff).sqrt() / sq(&wn).sqrt().max(1.0),
     };
-    let params: Vec<f64> = w.iter().map(|x| x / c).collect();
-    let dual: Vec<f64> = alpha.iter().map(|a| a / (c * c)).collect();
     Ok((
-        params,
+        raw.params.clone(),
         MaxMarginSolution {
-            support: support_of(&dual),
-            norm: sq(w).sqrt() / c,
-            dual,
-            form: "primal",
+            support: support_of(alpha),
+            norm: sq(w).sqrt(),
+            dual: raw.dual.clone(),
+            form: raw.form,
+            working_set,
             certificate,
         },
     ))
 }
 
+/// Largest support set that [`polish`] refines.
+const POLISH_MAX_SUPPORT: usize = 1024;
+
+/// Refines an interior-point solution on its support set `S`: the multipliers that make every
+/// support margin exactly 1, `G_S α_S = 1` with `G_S = ⟨φ_i, φ_j⟩_{i,j∈S}` (Cholesky), and
+/// `w = Σ_S α_i φ_i`. Kept only if it is a valid optimum (`α_S > 0`, positive-definite `G_S`,
+/// every margin ≥ 1 − 1e-12); otherwise the solver's point is returned unchanged. The solver
+/// stops at ~1e-8, which `u* ln t` magnifies at long horizons; this brings `w` to rounding level.
+fn polish(features: &Features, raw: RawSolution) -> RawSolution {
+    // Active constraints: a positive multiplier and a margin at 1 (to the solver's tolerance).
+    let margins = features.margins(&raw.params, 1.0);
+    let support: Vec<usize> = support_of(&raw.dual)
+        .into_iter()
+        .filter(|&i| margins[i] <= 1.0 + 1e-6)
+        .collect();
+    if support.is_empty() || support.len() > POLISH_MAX_SUPPORT {
+        return raw;
+    }
+    let storage = SubsetStorage::new(features, &support);
+    let gram = storage.features().kernel();
+    let Some(alpha_s) = cholesky_solve_ones(&gram) else {
+        return raw;
+    };
+    if alpha_s.iter().any(|&a| a.is_nan() || a <= 0.0) {
+        return raw;
+    }
+    let mut dual = vec![0.0; raw.dual.len()];
+    for (&i, &a) in support.iter().zip(&alpha_s) {
+        dual[i] = a;
+    }
+    let params = features.combine(&dual, 1.0);
+    let margins = features.margins(&params, 1.0);
+    if margins.iter().any(|&m| m.is_nan() || m < 1.0 - 1e-12) {
+        return raw;
+    }
+    RawSolution {
+        params,
+        dual,
+        ..raw
+    }
+}
+
+/// Solves `G x = 1` for a symmetric positive-definite `G` by Cholesky; `None` if `G` is not
+/// numerically positive definite.
+fn cholesky_solve_ones(g: &Array2<f64>) -> Option<Vec<f64>> {
+    let n = g.nrows();
+    let mut l = Array2::<f64>::zeros((n, n));
+    for j in 0..n {
+        let mut d = g[[j, j]];
+        for k in 0..j {
+            d -= l[[j, k]] * l[[j, k]];
+        }
+        if d.is_nan() || d <= 1e-14 * g[[j, j]].abs().max(f64::MIN_POSITIVE) {
+            return None;
+        }
+        let d = d.sqrt();
+        l[[j, j]] = d;
+        for i in j + 1..n {
+            let mut v = g[[i, j]];
+            for k in 0..j {
+                v -= l[[i, k]] * l[[j, k]];
+            }
+            l[[i, j]] = v / d;
+        }
+    }
+    let mut y = vec![1.0; n];
+    for i in 0..n {
+        for k in 0..i {
+            y[i] -= l[[i, k]] * y[k];
+        }
+        y[i] /= l[[i, i]];
+    }
+    for i in (0..n).rev() {
+        for k in i + 1..n {
+            y[i] -= l[[k, i]] * y[k];
+        }
+        y[i] /= l[[i, i]];
+    }
+    Some(y)
+}
+
+/// Working-set solve (see [`WORKING_SET_MIN_PAIRS`]). The first set is the
+/// [`WORKING_SET_BATCH`] rows least aligned with the mean row (smallest `⟨φ̄, φ_i⟩/‖φ_i‖`);
+/// each round adds up to that many of the most violated constraints outside the set. The set only
+/// grows and each QP's optimum is at least the last one's, so it ends (at worst with every row).
+fn working_set_solve(
+    features: &Features,
+    space: &'static str,
+) -> Result<(RawSolution, WorkingSet), MaxMarginError> {
+    let (n, _) = features.dims();
+    let mean = features.combine(&vec![1.0 / n as f64; n], 1.0);
+    let aligned = features.margins(&mean, 1.0);
+    let row_norms = features.row_norms();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| {
+        (aligned[a] / row_norms[a].max(f64::MIN_POSITIVE))
+            .total_cmp(&(aligned[b] / row_norms[b].max(f64::MIN_POSITIVE)))
+            .then(a.cmp(&b))
+    });
+    let mut set: Vec<usize> = order[..WORKING_SET_BATCH.min(n)].to_vec();
+    set.sort_unstable();
+    let threshold = 1.0 - CERTIFICATE_TOLERANCE / 10.0;
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let storage = SubsetStorage::new(features, &set);
+        let raw = solve_smaller_form(&storage.features(), space)?;
+        let margins = features.margins(&raw.params, 1.0);
+        let mut violated: Vec<usize> = (0..n)
+            .filter(|&i| margins[i] < threshold && set.binary_search(&i).is_err())
+            .collect();
+        if violated.is_empty() {
+            let mut dual = vec![0.0; n];
+            for (&i, &a) in set.iter().zip(&raw.dual) {
+                dual[i] = a;
+            }
+            return Ok((
+                RawSolution { dual, ..raw },
+                WorkingSet {
+                    size: set.len(),
+                    rounds,
+                },
+            ));
+        }
+        violated.sort_by(|&a, &b| margins[a].total_cmp(&margins[b]).then(a.cmp(&b)));
+        violated.truncate(WORKING_SET_BATCH);
+        set.extend(violated);
+        set.sort_unstable();
+    }
+}
+
 /// EX-RM max-margin head `u* = argmin{‖u‖ : ⟨u, z_i⟩ ≥ 1 ∀i}` from the primal QP
-/// `min ½‖u‖² s.t. −Z u + s = −1, s ≥ 0` (normalised, [`hard_margin_primal`]); `α` are the
-/// constraint multipliers.
+/// `min ½‖u‖² s.t. −Z u + s = −1, s ≥ 0` or its dual, whichever is smaller (normalised,
+/// [`hard_margin`]); `α` are the constraint multipliers.
 pub fn max_margin_head(
     features: &Array2<f64>,
 ) -> Result<(Array1<f64>, MaxMarginSolution), MaxMarginError> {
-    let (u, solution) = hard_margin_primal(
+    let (u, solution) = hard_margin(
         Features::Dense(features.view()),
         "hidden-representation space of the EX-RM",
+    )?;
+    Ok((Array1::from(u), solution))
+}
+
+/// [`max_margin_head`] as one QP over all pairs (no working set, whatever `N`): the reference the
+/// working-set solve is tested against.
+pub fn max_margin_head_single_qp(
+    features: &Array2<f64>,
+) -> Result<(Array1<f64>, MaxMarginSolution), MaxMarginError> {
+    let (u, solution) = hard_margin_with(
+        Features::Dense(features.view()),
+        "hidden-representation space of the EX-RM",
+        false,
     )?;
     Ok((Array1::from(u), solution))
 }
@@ -399,6 +700,7 @@ pub fn max_margin_dual(
         dual,
         norm: quad.max(0.0).sqrt() / c2.sqrt(),
         form: "dual",
+        working_set: None,
         certificate,
     })
 }
@@ -424,16 +726,17 @@ pub fn implicit_kernel(a: &PairSet, b: &PairSet, beta: f64) -> Array2<f64> {
     })
 }
 
-/// IM-RM max-margin direction `ΔU* = Σ_i α_i β (e_{y_i⁺} − e_{y_i⁻}) h_{x_i}ᵀ`, [V, D]; only rows
-/// of training tokens are non-zero. Solved with `β = 1` and rescaled (`ΔU*_β = ΔU*_1/β`,
-/// `α_β = α_1/β²`), so separability and the solve do not depend on `β`. The smaller of the
-/// two forms is solved: the primal over the `|T|·D` seen-row block when `|T|·D ≤ N`, else the
-/// dual with the product kernel `K_IM` (N × N).
-pub fn max_margin_unembedding_delta(
+/// IM-RM max-margin direction `ΔU* = Σ_i α_i β (e_{y_i⁺} − e_{y_i⁻}) h_{x_i}ᵀ` on the rows of the
+/// training tokens `T` (every other row is 0): returns `T` and `ΔU*_T`, [|T|, D]. Solved with
+/// `β = 1` and rescaled (`ΔU*_β = ΔU*_1/β`, `α_β = α_1/β²`), so separability and the solve do not
+/// depend on `β`; the features `(e_{y⁺} − e_{y⁻}) ⊗ h_x` live on the `|T|·D` seen-row block, and
+/// [`hard_margin`] picks the primal over that block or the dual with the product kernel
+/// `K_IM(i,j) = ⟨e_{y_i⁺} − e_{y_i⁻}, e_{y_j⁺} − e_{y_j⁻}⟩ ⟨h_{x_i}, h_{x_j}⟩`, whichever is smaller
+/// (a working set past [`WORKING_SET_MIN_PAIRS`] pairs). No `V × D` array is formed.
+pub fn max_margin_unembedding_rows(
     train: &PairSet,
     beta: f64,
-    vocab_size: usize,
-) -> Result<(Array2<f64>, MaxMarginSolution), MaxMarginError> {
+) -> Result<(Vec<usize>, Array2<f64>, MaxMarginSolution), MaxMarginError> {
     const SPACE: &str = "unembedding feature space of the IM-RM";
     if train.response_length() != 1 {
         return Err(MaxMarginError::Setup {
@@ -446,49 +749,66 @@ pub fn max_margin_unembedding_delta(
     }
     let d = train.prompt_hidden.ncols();
     let seen = train.tokens();
-    let mut delta = Array2::zeros((vocab_size, d));
-    let mut solution = if seen.len() * d <= train.len() {
-        let index = |t: usize| seen.binary_search(&t).expect("training token in T");
-        let rows: Vec<Vec<(usize, f64)>> = (0..train.len())
-            .map(|i| {
-                let (p, q) = train.token_pair(i);
-                let h = train.prompt_hidden.row(i);
-                let (p, q) = (index(p), index(q));
-                let mut r: Vec<(usize, f64)> = (0..d).map(|j| (p * d + j, h[j])).collect();
-                r.extend((0..d).map(|j| (q * d + j, -h[j])));
-                r
-            })
-            .collect();
-        let (w, solution) = hard_margin_primal(
-            Features::Sparse {
-                n_vars: seen.len() * d,
-                rows: &rows,
-            },
-            SPACE,
-        )?;
-        for (r, &tok) in seen.iter().enumerate() {
-            for j in 0..d {
-                delta[[tok, j]] = w[r * d + j] / beta;
-            }
-        }
-        solution
-    } else {
-        let solution = max_margin_dual(&implicit_kernel(train, train, 1.0), SPACE)?;
-        for (i, &a) in solution.dual.iter().enumerate() {
-            if a != 0.0 {
-                let h = train.prompt_hidden.row(i);
-                let (p, q) = train.token_pair(i);
-                delta.row_mut(p).scaled_add(a / beta, &h);
-                delta.row_mut(q).scaled_add(-a / beta, &h);
-            }
-        }
-        solution
-    };
+    let index = |t: usize| seen.binary_search(&t).expect("training token in T");
+    let rows: Vec<Vec<(usize, f64)>> = (0..train.len())
+        .map(|i| {
+            let (p, q) = train.token_pair(i);
+            let h = train.prompt_hidden.row(i);
+            let (p, q) = (index(p), index(q));
+            let mut r: Vec<(usize, f64)> = (0..d).map(|j| (p * d + j, h[j])).collect();
+            r.extend((0..d).map(|j| (q * d + j, -h[j])));
+            r
+        })
+        .collect();
+    let (w, mut solution) = hard_margin(
+        Features::Sparse {
+            n_vars: seen.len() * d,
+            rows: &rows,
+        },
+        SPACE,
+    )?;
+    let delta = Array2::from_shape_vec((seen.len(), d), w.iter().map(|x| x / beta).collect())
+        .expect("|T|·D entries");
     solution.norm /= beta;
     for a in &mut solution.dual {
         *a /= beta * beta;
     }
+    Ok((seen, delta, solution))
+}
+
+/// [`max_margin_unembedding_rows`] scattered into the full `[V, D]` matrix (zero outside `T`).
+pub fn max_margin_unembedding_delta(
+    train: &PairSet,
+    beta: f64,
+    vocab_size: usize,
+) -> Result<(Array2<f64>, MaxMarginSolution), MaxMarginError> {
+    let (rows, values, solution) = max_margin_unembedding_rows(train, beta)?;
+    let mut delta = Array2::zeros((vocab_size, values.ncols()));
+    for (r, &t) in rows.iter().enumerate() {
+        delta.row_mut(t).assign(&values.row(r));
+    }
     Ok((delta, solution))
+}
+
+/// `f_j = β⟨ΔU*_{y_j⁺} − ΔU*_{y_j⁻}, h_{x_j}⟩` for each pair of `eval`, from the rows `rows` of
+/// `ΔU*` (zero elsewhere): the separator's margins, `O(n·D)`. Exactly 0 for a pair whose two
+/// tokens are outside `T`.
+pub fn implicit_separator_margins(
+    rows: &[usize],
+    delta: &Array2<f64>,
+    beta: f64,
+    eval: &PairSet,
+) -> Vec<f64> {
+    let logit = |t: usize, i: usize| {
+        rows.binary_search(&t)
+            .map_or(0.0, |r| delta.row(r).dot(&eval.prompt_hidden.row(i)))
+    };
+    (0..eval.len())
+        .map(|i| {
+            let (p, q) = eval.token_pair(i);
+            beta * (logit(p, i) - logit(q, i))
+        })
+        .collect()
 }
 
 /// Dual prediction of the IM-RM max-margin model on `eval`: `f_j = Σ_i α_i K_IM(i, j)`.

@@ -87,22 +87,55 @@ pub fn estimate(config: &Config, workload: Workload) -> MemoryEstimate {
             logits += 2.0 * (n + e * splits) * k * v;
         }
     }
-    let vd = vd_copies * v * d * word;
-    let reps = (n + e * splits) * (3.0 * d + 2.0 * k * d + 2.0 * k) * word * 3.0;
-    // Max-margin QPs: the IM-RM dual is N×N (kernel, scaled copy, factor); the primals are
-    // sparse with 2D (IM-RM) or D (EX-RM) entries per constraint, plus their factors.
-    let seen_rows = f((s.good_seen + s.bad_seen).min(s.train_pairs * 2));
-    let imrm_qp = if seen_rows * d <= n {
-        (2.0 * d * n + seen_rows * d) * 16.0 * 4.0
+    // The seen-row IM-RM (`simulate` with the sparse gradient, K = 1, not AdamW) holds rows of
+    // the pairs' tokens only, plus one streamed block of U(0) for the rewards; the full [V, D]
+    // matrices only when the export asks for them.
+    let seen_rows_run =
+        workload == Workload::Simulate && !full && config.train.optimizer != Optimizer::Adamw;
+    let pair_tokens = f(s.good_seen + s.good_unseen + s.bad_seen + s.bad_unseen).min(v);
+    let vd = if seen_rows_run {
+        let exported = if config.export.full_unembedding {
+            3.0 * v * d
+        } else {
+            0.0
+        };
+        (vd_copies * pair_tokens * d + 512.0 * (d + n + e * splits) + exported) * word
     } else {
-        n * n * word * 4.0
+        vd_copies * v * d * word
     };
-    let exrm_qp = d * n * 16.0 * 4.0 + d * d * word * 4.0;
+    let reps = (n + e * splits) * (3.0 * d + 2.0 * k * d + 2.0 * k) * word * 3.0;
+    // Max-margin QPs, each in its smaller form: the duals are [m, m] kernels (kernel, scaled
+    // copy, factor), the primals sparse with 2D (IM-RM) or D (EX-RM) entries per constraint.
+    // Past the working-set threshold m is the working set (budgeted at 2 048 pairs) and the
+    // features of its pairs are copied.
+    let seen_rows = f((s.good_seen + s.bad_seen).min(s.train_pairs * 2));
+    let m = if s.train_pairs >= crate::max_margin::WORKING_SET_MIN_PAIRS {
+        n.min(2048.0)
+    } else {
+        n
+    };
+    let imrm_qp = if seen_rows * d <= m {
+        (2.0 * d * m + seen_rows * d) * 16.0 * 4.0
+    } else {
+        m * m * word * 4.0 + 2.0 * d * m * 16.0
+    };
+    let exrm_qp = if d <= m {
+        d * m * 16.0 * 4.0 + d * d * word * 4.0
+    } else {
+        m * m * word * 4.0 + d * m * word
+    };
     let qp = imrm_qp + exrm_qp;
     let logits = logits * word;
     let base = 64.0 * 1024.0 * 1024.0;
     let terms = vec![
-        ("V×D copies", vd),
+        (
+            if seen_rows_run {
+                "unembedding rows"
+            } else {
+                "V×D copies"
+            },
+            vd,
+        ),
         ("representations", reps),
         ("max-margin QPs", qp),
         ("logit blocks", logits),

@@ -6,7 +6,7 @@
 
 use crate::config::GradientPath;
 use crate::numerics::{bt_loss, logsumexp, sigmoid, softmax_in_place};
-use crate::synthetic::PairSet;
+use crate::synthetic::{InitialUnembedding, PairSet};
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
@@ -56,6 +56,10 @@ impl ExplicitRm {
     }
 }
 
+/// Pairs per parallel chunk of the EX-RM's margins and pull-back: fixed, so the sums (chunk
+/// partials added in chunk order) do not depend on the thread count.
+const EXPLICIT_CHUNK: usize = 256;
+
 impl MarginModel for ExplicitRm {
     fn n_params(&self) -> usize {
         self.features.ncols()
@@ -66,11 +70,19 @@ impl MarginModel for ExplicitRm {
     }
 
     fn margins(&self, theta: &[f64], margins: &mut [f64]) {
-        let m = self.features.dot(&ArrayView1::from(theta));
-        margins.copy_from_slice(m.as_slice().expect("contiguous"));
+        let u = ArrayView1::from(theta);
+        margins
+            .par_chunks_mut(EXPLICIT_CHUNK)
+            .enumerate()
+            .for_each(|(c, out)| {
+                for (k, m) in out.iter_mut().enumerate() {
+                    *m = self.features.row(c * EXPLICIT_CHUNK + k).dot(&u);
+                }
+            });
     }
 
-    /// `∂m_i/∂u = z_i`, so the pull-back is `Zᵀ w`.
+    /// `∂m_i/∂u = z_i`, so the pull-back is `Zᵀ w`: one pass over `Z`, each row's margin, weight
+    /// and contribution together.
     fn margins_and_pullback(
         &self,
         theta: &[f64],
@@ -78,10 +90,24 @@ impl MarginModel for ExplicitRm {
         margins: &mut [f64],
         grad: &mut [f64],
     ) {
-        self.margins(theta, margins);
-        let w: Array1<f64> = margins.iter().map(|&m| weight(m)).collect();
-        let g = self.features.t().dot(&w);
-        grad.copy_from_slice(g.as_slice().expect("contiguous"));
+        let u = ArrayView1::from(theta);
+        let partials: Vec<Array1<f64>> = margins
+            .par_chunks_mut(EXPLICIT_CHUNK)
+            .enumerate()
+            .map(|(c, out)| {
+                let mut g = Array1::zeros(u.len());
+                for (k, m) in out.iter_mut().enumerate() {
+                    let z = self.features.row(c * EXPLICIT_CHUNK + k);
+                    *m = z.dot(&u);
+                    g.scaled_add(weight(*m), &z);
+                }
+                g
+            })
+            .collect();
+        grad.fill(0.0);
+        for g in partials {
+            grad.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += b);
+        }
     }
 }
 
@@ -187,8 +213,13 @@ impl ImplicitRm {
             positions,
             pair_rows,
             ref_logprob: vec![],
-            cancelled: (path == GradientPath::Sparse)
-                .then(|| SeenRowsImplicitRm::new(pairs, unembedding_init, beta)),
+            cancelled: (path == GradientPath::Sparse).then(|| {
+                SeenRowsImplicitRm::new(
+                    pairs,
+                    &InitialUnembedding::Given(unembedding_init.to_owned()),
+                    beta,
+                )
+            }),
         };
         let u0 = unembedding_init.as_standard_layout();
         let u0s = u0.as_slice().expect("standard layout");
@@ -447,30 +478,51 @@ impl MarginModel for ImplicitRm {
     }
 }
 
-/// The IM-RM restricted to the rows of the training tokens `T` (single-token responses, cancelled
-/// form, MATH.md §2 and Theorem 2(a)): `θ_T = U_T ∈ R^{|T|×D}`. Rows outside `T` have zero
-/// gradient, so gradient flow, GD and Adam leave them at `U(0)`; training the reduced state costs
-/// `O(|T|·D)` per step instead of `O(V·D)`. [`SeenRowsImplicitRm::embed`] rebuilds the full `U`.
+/// The IM-RM restricted to a block of rows `R` of `U` (single-token responses, cancelled form,
+/// MATH.md §2 and Theorem 2(a)): `θ_R = U_R ∈ R^{|R|×D}`, every other row fixed at `U(0)`. With
+/// `R = T` (the training tokens) this is the training objective: rows outside `T` have zero
+/// gradient, so gradient flow, GD and Adam leave them at `U(0)`, and a step costs `O(N·D)`
+/// whatever `V`. On an evaluation split a token outside `R` enters through its fixed logit
+/// `⟨U(0)_y, h_x⟩`. The log-normaliser is shared by the two responses of a pair and cancels, so
+/// no margin touches the other `V − |R|` rows.
 #[derive(Debug, Clone)]
 pub struct SeenRowsImplicitRm {
     pub beta: f64,
-    /// `T`, sorted: row `r` of `θ_T` is `U_{rows[r]}`.
+    /// `R`, sorted: row `r` of `θ_R` is `U_{rows[r]}`.
     pub rows: Vec<usize>,
     /// `h_{x_i}`, [N, D].
     prompt_hidden: Array2<f64>,
-    /// Per pair: indices into `rows` of `y_i⁺` and `y_i⁻`.
-    pair_rows: Vec<(usize, usize)>,
-    /// `⟨U(0)_{y_i⁺} − U(0)_{y_i⁻}, h_{x_i}⟩`.
-    ref_logit_gap: Vec<f64>,
-    /// `U(0)` flattened, for [`Self::embed`].
-    unembedding_init: Vec<f64>,
+    /// Per pair: indices into `rows` of `y_i⁺` and `y_i⁻` (`None`: not in `R`, fixed at `U(0)`).
+    pair_rows: Vec<(Option<usize>, Option<usize>)>,
+    /// Per pair: `(⟨U(0)_{y⁺}, h⟩, ⟨U(0)_{y⁻}, h⟩)`, the reference logits; also the logits of
+    /// the sides outside `R`.
+    ref_logits: Vec<(f64, f64)>,
+    /// `U(0)_R`, flattened.
+    initial_rows: Vec<f64>,
+    /// Per row of `R`: the pairs `(i, ±1)` where it is `y⁺` (+1) or `y⁻` (−1), in pair order.
+    row_pairs: Vec<Vec<(usize, f64)>>,
 }
 
+/// Pairs per parallel chunk of the seen-row margins: fixed, so results do not depend on the
+/// thread count.
+const SEEN_ROWS_CHUNK: usize = 256;
+
 impl SeenRowsImplicitRm {
-    /// Needs `K = 1`.
+    /// The training objective: `R = T`, the tokens of `pairs`. Needs `K = 1`.
     pub fn new(
         pairs: &PairSet,
-        unembedding_init: ArrayView2<f64>,
+        unembedding_init: &InitialUnembedding,
+        beta: f64,
+    ) -> SeenRowsImplicitRm {
+        SeenRowsImplicitRm::on_rows(pairs, &pairs.tokens(), unembedding_init, beta)
+    }
+
+    /// The model on `pairs` with trainable rows `rows` (sorted); tokens of `pairs` outside
+    /// `rows` stay at `U(0)`. Needs `K = 1`.
+    pub fn on_rows(
+        pairs: &PairSet,
+        rows: &[usize],
+        unembedding_init: &InitialUnembedding,
         beta: f64,
     ) -> SeenRowsImplicitRm {
         assert_eq!(
@@ -478,28 +530,43 @@ impl SeenRowsImplicitRm {
             1,
             "the reduced IM-RM state needs single-token responses"
         );
-        let rows = pairs.tokens();
-        let index = |t: usize| rows.binary_search(&t).expect("training token in T");
-        let pair_rows: Vec<(usize, usize)> = (0..pairs.len())
+        let index = |t: usize| rows.binary_search(&t).ok();
+        let pair_rows: Vec<(Option<usize>, Option<usize>)> = (0..pairs.len())
             .map(|i| {
                 let (p, q) = pairs.token_pair(i);
                 (index(p), index(q))
             })
             .collect();
-        let u0 = unembedding_init.as_standard_layout();
-        let ref_logit_gap = (0..pairs.len())
+        let tokens = pairs.tokens();
+        let u0_tokens = unembedding_init.rows(&tokens);
+        let u0 = |t: usize| u0_tokens.row(tokens.binary_search(&t).expect("token of the pairs"));
+        let ref_logits = (0..pairs.len())
             .map(|i| {
                 let (p, q) = pairs.token_pair(i);
-                (&u0.row(p) - &u0.row(q)).dot(&pairs.prompt_hidden.row(i))
+                let h = pairs.prompt_hidden.row(i);
+                (
+                    row_dot(u0(p).as_slice().expect("row"), h),
+                    row_dot(u0(q).as_slice().expect("row"), h),
+                )
             })
             .collect();
+        let mut row_pairs = vec![Vec::new(); rows.len()];
+        for (i, &(p, q)) in pair_rows.iter().enumerate() {
+            if let Some(p) = p {
+                row_pairs[p].push((i, 1.0));
+            }
+            if let Some(q) = q {
+                row_pairs[q].push((i, -1.0));
+            }
+        }
         SeenRowsImplicitRm {
             beta,
-            rows,
+            rows: rows.to_vec(),
             prompt_hidden: pairs.prompt_hidden.clone(),
             pair_rows,
-            ref_logit_gap,
-            unembedding_init: u0.iter().copied().collect(),
+            ref_logits,
+            initial_rows: unembedding_init.rows(rows).into_raw_vec_and_offset().0,
+            row_pairs,
         }
     }
 
@@ -507,12 +574,12 @@ impl SeenRowsImplicitRm {
         self.prompt_hidden.ncols()
     }
 
-    /// `θ_T(0) = U(0)_T`.
+    /// `θ_R(0) = U(0)_R`.
     pub fn initial(&self) -> Vec<f64> {
-        self.gather(&self.unembedding_init)
+        self.initial_rows.clone()
     }
 
-    /// The rows of `T` of a full `U` (flattened `[V, D]`).
+    /// The rows of `R` of a full `U` (flattened `[V, D]`).
     pub fn gather(&self, u: &[f64]) -> Vec<f64> {
         let d = self.dim();
         self.rows
@@ -521,15 +588,30 @@ impl SeenRowsImplicitRm {
             .collect()
     }
 
-    /// The full `U`: `U(0)` with the rows of `T` replaced by `θ_T`.
-    pub fn embed(&self, theta: &[f64]) -> Vec<f64> {
+    /// The full `U`: `U(0)` with the rows of `R` replaced by `θ_R` (`O(V·D)`: for the
+    /// full-vocabulary paths and exports that ask for it).
+    pub fn embed(&self, theta: &[f64], unembedding_init: &InitialUnembedding) -> Vec<f64> {
         let d = self.dim();
-        let mut u = self.unembedding_init.clone();
+        let mut u = unembedding_init.full().into_raw_vec_and_offset().0;
         for (r, &t) in self.rows.iter().enumerate() {
             u[t * d..(t + 1) * d].copy_from_slice(&theta[r * d..(r + 1) * d]);
         }
         u
     }
+
+    /// The logit `⟨U_y, h_{x_i}⟩` of one side: from `θ_R` when `y ∈ R`, else `U(0)`'s.
+    fn logit(&self, theta: &[f64], i: usize, row: Option<usize>, fixed: f64) -> f64 {
+        let d = self.dim();
+        match row {
+            Some(r) => row_dot(&theta[r * d..(r + 1) * d], self.prompt_hidden.row(i)),
+            None => fixed,
+        }
+    }
+}
+
+/// `⟨a, h⟩` (ndarray's unrolled dot: a fixed order for a given length).
+fn row_dot(a: &[f64], h: ArrayView1<f64>) -> f64 {
+    ArrayView1::from(a).dot(&h)
 }
 
 impl MarginModel for SeenRowsImplicitRm {
@@ -541,18 +623,26 @@ impl MarginModel for SeenRowsImplicitRm {
         self.pair_rows.len()
     }
 
-    /// `m_i = β[⟨θ_{y⁺} − θ_{y⁻}, h_{x_i}⟩ − ⟨U(0)_{y⁺} − U(0)_{y⁻}, h_{x_i}⟩]`.
+    /// `m_i = β[(⟨U_{y⁺}, h_{x_i}⟩ − ⟨U_{y⁻}, h_{x_i}⟩) − (⟨U(0)_{y⁺}, h_{x_i}⟩ − ⟨U(0)_{y⁻}, h_{x_i}⟩)]`:
+    /// exactly 0 (same operations on the same numbers) while both rows are at `U(0)`.
     fn margins(&self, theta: &[f64], margins: &mut [f64]) {
-        let d = self.dim();
-        for (i, &(p, q)) in self.pair_rows.iter().enumerate() {
-            let h = self.prompt_hidden.row(i);
-            let g: f64 = (0..d)
-                .map(|j| (theta[p * d + j] - theta[q * d + j]) * h[j])
-                .sum();
-            margins[i] = self.beta * (g - self.ref_logit_gap[i]);
-        }
+        margins
+            .par_chunks_mut(SEEN_ROWS_CHUNK)
+            .enumerate()
+            .for_each(|(c, out)| {
+                for (k, m) in out.iter_mut().enumerate() {
+                    let i = c * SEEN_ROWS_CHUNK + k;
+                    let (p, q) = self.pair_rows[i];
+                    let (rp, rq) = self.ref_logits[i];
+                    let lp = self.logit(theta, i, p, rp);
+                    let lq = self.logit(theta, i, q, rq);
+                    *m = self.beta * ((lp - lq) - (rp - rq));
+                }
+            });
     }
 
+    /// `Σ_i w_i β (e_{y⁺} − e_{y⁻}) h_{x_i}ᵀ` on the rows of `R`, each row summed over its pairs in
+    /// pair order (rows in parallel).
     fn margins_and_pullback(
         &self,
         theta: &[f64],
@@ -562,14 +652,15 @@ impl MarginModel for SeenRowsImplicitRm {
     ) {
         let d = self.dim();
         self.margins(theta, margins);
-        grad.fill(0.0);
-        for (i, &(p, q)) in self.pair_rows.iter().enumerate() {
-            let c = weight(margins[i]) * self.beta;
-            let h = self.prompt_hidden.row(i);
-            for j in 0..d {
-                grad[p * d + j] += c * h[j];
-                grad[q * d + j] -= c * h[j];
-            }
-        }
+        let coeff: Vec<f64> = margins.iter().map(|&m| weight(m) * self.beta).collect();
+        grad.par_chunks_mut(d)
+            .zip(&self.row_pairs)
+            .for_each(|(g, pairs)| {
+                g.fill(0.0);
+                let mut g = ndarray::ArrayViewMut1::from(g);
+                for &(i, sign) in pairs {
+                    g.scaled_add(sign * coeff[i], &self.prompt_hidden.row(i));
+                }
+            });
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::config::{Config, GradientPath};
 use crate::max_margin::{
-    implicit_dual_prediction, max_margin_head, max_margin_unembedding_delta, MaxMarginSolution,
+    implicit_separator_margins, max_margin_head, max_margin_unembedding_rows, MaxMarginSolution,
 };
 use crate::observables::{
     convergence, reward_summary, split_metrics, Observation, RewardSummary, SplitMetrics,
@@ -47,8 +47,10 @@ impl ModelKind {
 /// The max-margin separator of one model, or why there is none.
 #[derive(Debug, Clone)]
 pub struct MaxMarginResult {
-    /// `u*` (EX-RM) or `ΔU*` flattened (IM-RM).
+    /// `u*` (EX-RM) or `ΔU*` on the rows `rows` (IM-RM), flattened.
     pub params: Vec<f64>,
+    /// IM-RM: the rows of `ΔU*` in `params` (the training tokens `T`; every other row is 0).
+    pub rows: Option<Vec<usize>>,
     pub solution: MaxMarginSolution,
     /// The separator's own accuracy on every split (tie tolerance as configured).
     pub accuracy: Vec<SplitMetrics>,
@@ -58,6 +60,10 @@ pub struct MaxMarginResult {
 #[derive(Debug, Clone)]
 pub struct ModelRun {
     pub kind: ModelKind,
+    /// IM-RM trained on its seen rows: the rows of `U` that `initial` and `final_params` hold
+    /// (`T ∪ E`, every token of some pair; [|rows|, D] row-major), every other row being `U(0)`'s
+    /// throughout. `None`: the whole parameter vector (EX-RM `u`, or IM-RM `U` as [V, D]).
+    pub rows: Option<Vec<usize>>,
     pub initial: Vec<f64>,
     pub final_params: Vec<f64>,
     pub trajectory: Vec<Observation>,
@@ -95,12 +101,14 @@ pub struct Ablations {
     pub exrm_token_mean: Option<ModelRun>,
 }
 
-/// Measures a model on every split at parameters `θ` (IM-RM margins always through the faithful
-/// full-vocabulary log-softmax, whatever gradient path trains it).
+/// Measures a model on every split at parameters `θ`. The IM-RM's margins go through the
+/// faithful full-vocabulary log-softmax when `θ` is the whole `U` ([`Observer::new`]), and through
+/// the cancelled pair form on the seen rows otherwise ([`Observer::seen_rows`]).
 pub struct Observer {
     kind: ModelKind,
     split_models: Vec<(String, Box<dyn MarginModel>)>,
     theta0: Vec<f64>,
+    /// Rows of `θ` of tokens in no training pair (full `U` only; on the seen rows there are none).
     unseen_rows: Vec<usize>,
     dim: usize,
     reference: Option<Vec<f64>>,
@@ -108,6 +116,7 @@ pub struct Observer {
 }
 
 impl Observer {
+    /// `θ` is `u` (EX-RM) or the whole `U` as [V, D] (IM-RM), `reference` in the same layout.
     pub fn new(
         kind: ModelKind,
         setup: &Setup,
@@ -115,14 +124,15 @@ impl Observer {
         reference: Option<Vec<f64>>,
         tie_tolerance: f64,
     ) -> Observer {
+        let u0 = (kind == ModelKind::Implicit).then(|| setup.unembedding_init.full());
         let split_models: Vec<(String, Box<dyn MarginModel>)> = setup
             .splits()
             .map(|p| {
-                let m: Box<dyn MarginModel> = match kind {
-                    ModelKind::Explicit => Box::new(ExplicitRm::new(p)),
-                    ModelKind::Implicit => Box::new(ImplicitRm::new(
+                let m: Box<dyn MarginModel> = match &u0 {
+                    None => Box::new(ExplicitRm::new(p)),
+                    Some(u0) => Box::new(ImplicitRm::new(
                         p,
-                        setup.unembedding_init.view(),
+                        u0.view(),
                         setup.config.beta,
                         GradientPath::Full,
                     )),
@@ -145,6 +155,43 @@ impl Observer {
         }
     }
 
+    /// The IM-RM with `θ = U_T` (the rows of the training tokens, `T = rows`): every split's
+    /// margins in the cancelled pair form (MATH.md §2; the log-normaliser is shared by a pair's
+    /// two responses), tokens outside `T` at `U(0)`. `O(n·D)` per split, independent of `V`.
+    /// `reference` is `ΔU*_T`.
+    pub fn seen_rows(
+        setup: &Setup,
+        rows: &[usize],
+        reference: Option<Vec<f64>>,
+        tie_tolerance: f64,
+    ) -> Observer {
+        let split_models: Vec<(String, Box<dyn MarginModel>)> = setup
+            .splits()
+            .map(|p| {
+                let m: Box<dyn MarginModel> = Box::new(SeenRowsImplicitRm::on_rows(
+                    p,
+                    rows,
+                    &setup.unembedding_init,
+                    setup.config.beta,
+                ));
+                (p.name.clone(), m)
+            })
+            .collect();
+        Observer {
+            kind: ModelKind::Implicit,
+            split_models,
+            theta0: setup
+                .unembedding_init
+                .rows(rows)
+                .into_raw_vec_and_offset()
+                .0,
+            unseen_rows: vec![],
+            dim: setup.dim(),
+            reference,
+            tie_tolerance,
+        }
+    }
+
     /// Margins of every split (`train` first) at `θ`.
     pub fn split_margins(&self, theta: &[f64]) -> Vec<(String, Vec<f64>)> {
         self.split_models
@@ -157,7 +204,8 @@ impl Observer {
             .collect()
     }
 
-    /// All observables at `(time, step, θ)`.
+    /// All observables at `(time, step, θ)`. On the seen rows, `unseen_row_drift` is 0 by
+    /// construction (those rows are not part of the state); the full path measures it.
     pub fn observe(&self, time: crate::training::ObsTime, step: u64, theta: &[f64]) -> Observation {
         let margins = self.split_margins(theta);
         let loss = mean_loss(&margins[0].1);
@@ -216,26 +264,27 @@ pub fn max_margin_for(
                 .collect();
             Ok(MaxMarginResult {
                 params: u.to_vec(),
+                rows: None,
                 solution,
                 accuracy,
             })
         }
         ModelKind::Implicit => {
-            let (delta, solution) =
-                max_margin_unembedding_delta(&setup.train, beta, setup.vocab_size())
-                    .map_err(|e| e.to_string())?;
+            let (rows, delta, solution) =
+                max_margin_unembedding_rows(&setup.train, beta).map_err(|e| e.to_string())?;
             let accuracy = setup
                 .splits()
                 .map(|p| {
                     split_metrics(
                         &p.name,
-                        &implicit_dual_prediction(&setup.train, &solution.dual, beta, p),
+                        &implicit_separator_margins(&rows, &delta, beta, p),
                         tie_tolerance,
                     )
                 })
                 .collect();
             Ok(MaxMarginResult {
                 params: delta.into_raw_vec_and_offset().0,
+                rows: Some(rows),
                 solution,
                 accuracy,
             })
@@ -252,19 +301,50 @@ pub fn run_model(
     max_margin: std::result::Result<MaxMarginResult, String>,
     progress: &mut dyn FnMut(&Observation),
 ) -> Result<ModelRun> {
-    run_model_with(kind, config, setup, max_margin, &mut |o, _| {
-        progress(o);
-        Ok(())
-    })
+    run_model_observed(kind, config, setup, max_margin, progress, None)
 }
 
-/// [`run_model`] with a hook that also sees the parameters `θ(t)` at every observation.
+/// [`run_model`] with a hook that also sees the whole parameters `θ(t)` (`u`, or `U` as [V, D],
+/// rebuilt from the seen rows when that is how the IM-RM is trained) at every observation.
 pub fn run_model_with(
     kind: ModelKind,
     config: &Config,
     setup: &Setup,
     max_margin: std::result::Result<MaxMarginResult, String>,
     hook: &mut dyn FnMut(&Observation, &[f64]) -> Result<()>,
+) -> Result<ModelRun> {
+    run_model_observed(kind, config, setup, max_margin, &mut |_| {}, Some(hook))
+}
+
+/// Whether the IM-RM trains on its seen rows only: the sparse gradient with flow, GD or Adam
+/// and `K = 1` (AdamW's decay moves every row, so it keeps the full state).
+pub fn trains_seen_rows(config: &Config, setup: &Setup) -> bool {
+    config.train.imrm_gradient == GradientPath::Sparse
+        && config.train.optimizer != crate::config::Optimizer::Adamw
+        && setup.train.response_length() == 1
+}
+
+/// `rows` (sorted) of the flattened `[?, D]` block `values` whose rows are `from` (sorted,
+/// ⊇ `rows`).
+fn select_rows(values: &[f64], from: &[usize], rows: &[usize], d: usize) -> Vec<f64> {
+    rows.iter()
+        .flat_map(|t| {
+            let r = from.binary_search(t).expect("row present");
+            values[r * d..(r + 1) * d].iter().copied()
+        })
+        .collect()
+}
+
+/// A hook that sees each observation with the whole parameters `θ(t)`.
+type ParamsHook<'a> = dyn FnMut(&Observation, &[f64]) -> Result<()> + 'a;
+
+fn run_model_observed(
+    kind: ModelKind,
+    config: &Config,
+    setup: &Setup,
+    max_margin: std::result::Result<MaxMarginResult, String>,
+    progress: &mut dyn FnMut(&Observation),
+    mut hook: Option<&mut ParamsHook>,
 ) -> Result<ModelRun> {
     let tau = config.eval.tie_tolerance;
     if let Err(reason) = &max_margin {
@@ -281,52 +361,45 @@ pub fn run_model_with(
             .into());
         }
     }
-    // The sparse IM-RM path trains only the rows of seen tokens (flow, GD, Adam); AdamW's decay
-    // moves every row, so it keeps the full state.
-    let reduced = (kind == ModelKind::Implicit
-        && config.train.imrm_gradient == GradientPath::Sparse
-        && config.train.optimizer != crate::config::Optimizer::Adamw
-        && setup.train.response_length() == 1)
-        .then(|| {
-            SeenRowsImplicitRm::new(
-                &setup.train,
-                setup.unembedding_init.view(),
-                setup.config.beta,
-            )
-        });
-    let initial: Vec<f64> = match kind {
-        ModelKind::Explicit => setup.head_init.to_vec(),
-        ModelKind::Implicit => setup.unembedding_init.iter().copied().collect(),
-    };
-    let (objective, start): (Box<dyn MarginModel>, Vec<f64>) = match (kind, &reduced) {
-        (ModelKind::Explicit, _) => (Box::new(ExplicitRm::new(&setup.train)), initial.clone()),
-        (ModelKind::Implicit, Some(r)) => (Box::new(r.clone()), r.initial()),
-        (ModelKind::Implicit, None) => (
-            Box::new(ImplicitRm::new(
-                &setup.train,
-                setup.unembedding_init.view(),
-                setup.config.beta,
-                config.train.imrm_gradient,
-            )),
-            initial.clone(),
-        ),
-    };
-    fn full<'a>(
-        reduced: &Option<SeenRowsImplicitRm>,
-        theta: &'a [f64],
-    ) -> std::borrow::Cow<'a, [f64]> {
-        match reduced {
-            Some(r) => std::borrow::Cow::Owned(r.embed(theta)),
-            None => std::borrow::Cow::Borrowed(theta),
-        }
-    }
-    let observer = Observer::new(
-        kind,
-        setup,
-        initial.clone(),
-        max_margin.as_ref().ok().map(|m| m.params.clone()),
-        tau,
-    );
+    let d = setup.dim();
+    let reduced = (kind == ModelKind::Implicit && trains_seen_rows(config, setup))
+        .then(|| SeenRowsImplicitRm::new(&setup.train, &setup.unembedding_init, setup.config.beta));
+    let reference = max_margin.as_ref().ok().map(|m| m.params.clone());
+    let (objective, start, observer): (Box<dyn MarginModel>, Vec<f64>, Observer) =
+        match (kind, &reduced) {
+            (ModelKind::Explicit, _) => (
+                Box::new(ExplicitRm::new(&setup.train)),
+                setup.head_init.to_vec(),
+                Observer::new(kind, setup, setup.head_init.to_vec(), reference, tau),
+            ),
+            (ModelKind::Implicit, Some(r)) => (
+                Box::new(r.clone()),
+                r.initial(),
+                Observer::seen_rows(setup, &r.rows, reference, tau),
+            ),
+            (ModelKind::Implicit, None) => {
+                let u0 = setup.unembedding_init.full();
+                // ΔU* on the rows of T, scattered into [V, D].
+                let reference = max_margin.as_ref().ok().map(|m| {
+                    let mut full = vec![0.0; u0.len()];
+                    for (r, &t) in m.rows.as_deref().unwrap_or_default().iter().enumerate() {
+                        full[t * d..(t + 1) * d].copy_from_slice(&m.params[r * d..(r + 1) * d]);
+                    }
+                    full
+                });
+                let theta0: Vec<f64> = u0.iter().copied().collect();
+                (
+                    Box::new(ImplicitRm::new(
+                        &setup.train,
+                        u0.view(),
+                        setup.config.beta,
+                        config.train.imrm_gradient,
+                    )),
+                    theta0.clone(),
+                    Observer::new(kind, setup, theta0, reference, tau),
+                )
+            }
+        };
     let mut trajectory = Vec::new();
     let outcome = train(
         objective.as_ref(),
@@ -334,16 +407,42 @@ pub fn run_model_with(
         &config.train,
         kind.label(),
         &mut |t, step, theta| {
-            let theta = full(&reduced, theta);
-            let obs = observer.observe(t, step, &theta);
-            hook(&obs, &theta)?;
+            let obs = observer.observe(t, step, theta);
+            progress(&obs);
+            if let Some(hook) = hook.as_mut() {
+                match &reduced {
+                    Some(r) => hook(&obs, &r.embed(theta, &setup.unembedding_init))?,
+                    None => hook(&obs, theta)?,
+                }
+            }
             trajectory.push(obs);
             Ok(())
         },
     )?;
-    let final_params = full(&reduced, &outcome.theta).into_owned();
+    drop(objective);
+    // The seen-row IM-RM keeps the rows T ∪ E: T trained, the others at U(0).
+    let (rows, initial, final_params) = match &reduced {
+        Some(r) => {
+            let rows = setup.pair_tokens();
+            let initial = setup.unembedding_init.rows(&rows);
+            let mut last = initial.clone();
+            for (k, &t) in r.rows.iter().enumerate() {
+                let at = rows.binary_search(&t).expect("T ⊆ T ∪ E");
+                last.row_mut(at).assign(&ndarray::ArrayView1::from(
+                    &outcome.theta[k * d..(k + 1) * d],
+                ));
+            }
+            (
+                Some(rows),
+                initial.into_raw_vec_and_offset().0,
+                last.into_raw_vec_and_offset().0,
+            )
+        }
+        None => (None, start, outcome.theta),
+    };
     Ok(ModelRun {
         kind,
+        rows,
         initial,
         final_params,
         trajectory,
@@ -413,6 +512,102 @@ pub fn token_mean_setup(setup: &Setup) -> Setup {
     s
 }
 
+/// Rows of `U(0)` per block when the log-normaliser is streamed over the vocabulary.
+const NORMALISER_BLOCK_ROWS: usize = 512;
+
+/// Per prompt of `prompts` ([n, D]): `ln Σ_{z ∉ skip} exp⟨U(0)_z, h⟩`, streaming `U(0)` in blocks
+/// of [`NORMALISER_BLOCK_ROWS`] rows (`O(V·D)` time per prompt, `O(block·(n + D))` memory),
+/// accumulated block by block in vocabulary order.
+pub fn reference_normaliser_without(
+    setup: &Setup,
+    prompts: &ndarray::Array2<f64>,
+    skip: &[usize],
+) -> Vec<f64> {
+    let n = prompts.nrows();
+    let (mut max, mut sum) = (vec![f64::NEG_INFINITY; n], vec![0.0; n]);
+    setup
+        .unembedding_init
+        .for_each_block(NORMALISER_BLOCK_ROWS, &mut |start, block| {
+            let logits = crate::numerics::mat_mul_bt(prompts.view(), block);
+            let kept: Vec<usize> = (0..block.nrows())
+                .filter(|r| skip.binary_search(&(start + r)).is_err())
+                .collect();
+            for (i, row) in logits.rows().into_iter().enumerate() {
+                let m = kept.iter().map(|&r| row[r]).fold(max[i], f64::max);
+                if m == f64::NEG_INFINITY {
+                    continue;
+                }
+                let s: f64 = kept.iter().map(|&r| (row[r] - m).exp()).sum();
+                sum[i] = sum[i] * (max[i] - m).exp() + s;
+                max[i] = m;
+            }
+        });
+    max.iter().zip(&sum).map(|(m, s)| m + s.ln()).collect()
+}
+
+/// The IM-RM trained on its seen rows, read off per split without a `V × D` array: rewards
+/// (when asked; log-normalisers streamed, [`reference_normaliser_without`]), and the margins of
+/// the no-reference ablation at `t_max` and at `t = 0`. For `K = 1` the normaliser cancels in a
+/// margin, so the ablation is `β⟨U_{y⁺} − U_{y⁻}, h_x⟩`.
+struct SeenRowEvaluation {
+    rewards: Vec<RewardSummary>,
+    no_reference: Vec<Vec<f64>>,
+    reference: Vec<Vec<f64>>,
+}
+
+fn seen_row_evaluation(
+    setup: &Setup,
+    rows: &[usize],
+    final_rows: &[f64],
+    with_rewards: bool,
+) -> SeenRowEvaluation {
+    let (d, beta) = (setup.dim(), setup.config.beta);
+    let initial = setup.unembedding_init.rows(rows);
+    let final_rows = ndarray::ArrayView2::from_shape((rows.len(), d), final_rows).expect("rows×D");
+    let index = |t: usize| rows.binary_search(&t).expect("token of a pair");
+    let mut out = SeenRowEvaluation {
+        rewards: vec![],
+        no_reference: vec![],
+        reference: vec![],
+    };
+    for p in setup.splits() {
+        let (mut now, mut start) = (Vec::new(), Vec::new());
+        for i in 0..p.len() {
+            let (a, b) = p.token_pair(i);
+            let h = p.prompt_hidden.row(i);
+            let (ra, rb) = (index(a), index(b));
+            now.push(beta * (final_rows.row(ra).dot(&h) - final_rows.row(rb).dot(&h)));
+            start.push(beta * (initial.row(ra).dot(&h) - initial.row(rb).dot(&h)));
+        }
+        out.no_reference.push(now);
+        out.reference.push(start);
+        if with_rewards {
+            let rest = reference_normaliser_without(setup, &p.prompt_hidden, rows);
+            let logits_u = crate::numerics::mat_mul_bt(p.prompt_hidden.view(), final_rows);
+            let logits_0 = crate::numerics::mat_mul_bt(p.prompt_hidden.view(), initial.view());
+            let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+            for i in 0..p.len() {
+                let with_rest = |row: ndarray::ArrayView1<f64>| {
+                    let mut v: Vec<f64> = row.to_vec();
+                    v.push(rest[i]);
+                    crate::numerics::logsumexp(&v)
+                };
+                let (lz, lz0) = (with_rest(logits_u.row(i)), with_rest(logits_0.row(i)));
+                let reward = |t: usize| {
+                    let r = index(t);
+                    beta * ((logits_u[[i, r]] - lz) - (logits_0[[i, r]] - lz0))
+                };
+                let (a, b) = p.token_pair(i);
+                chosen.push(reward(a));
+                rejected.push(reward(b));
+            }
+            out.rewards
+                .push(reward_summary(&p.name, &chosen, &rejected));
+        }
+    }
+    out
+}
+
 impl Simulation {
     /// Assembles a simulation and computes its [`Ablations`] (one more EX-RM flow when `K > 1`).
     pub fn new(
@@ -423,30 +618,45 @@ impl Simulation {
     ) -> Result<Simulation> {
         let tau = config.eval.tie_tolerance;
         explicit.rewards = explicit_rewards(&setup, &explicit.final_params);
-        // One full-softmax pass per split gives the IM-RM's rewards r⁺, r⁻ (β Σ (ln π_U − ln π_ref)),
-        // hence its margins; adding back the reference term gives the no-reference margins.
         let (mut now, mut start) = (Vec::new(), Vec::new());
-        for p in setup.splits() {
-            let im = ImplicitRm::new(
-                p,
-                setup.unembedding_init.view(),
-                setup.config.beta,
-                GradientPath::Full,
+        if let Some(rows) = &implicit.rows {
+            let ev = seen_row_evaluation(
+                &setup,
+                rows,
+                &implicit.final_params,
+                config.eval.single_response_rewards,
             );
-            let (chosen, rejected): (Vec<f64>, Vec<f64>) =
-                im.rewards(&implicit.final_params).into_iter().unzip();
-            implicit
-                .rewards
-                .push(reward_summary(&p.name, &chosen, &rejected));
-            let reference = im.reference_margins();
-            let no_reference: Vec<f64> = chosen
-                .iter()
-                .zip(&rejected)
-                .zip(&reference)
-                .map(|((a, b), r)| a - b + r)
-                .collect();
-            now.push(split_metrics(&p.name, &no_reference, tau));
-            start.push(split_metrics(&p.name, &reference, tau));
+            implicit.rewards = ev.rewards;
+            for (p, (a, b)) in setup
+                .splits()
+                .zip(ev.no_reference.iter().zip(&ev.reference))
+            {
+                now.push(split_metrics(&p.name, a, tau));
+                start.push(split_metrics(&p.name, b, tau));
+            }
+        } else {
+            // One full-softmax pass per split gives the IM-RM's rewards r⁺, r⁻ (β Σ (ln π_U − ln π_ref)),
+            // hence its margins; adding back the reference term gives the no-reference margins.
+            let u0 = setup.unembedding_init.full();
+            for p in setup.splits() {
+                let im = ImplicitRm::new(p, u0.view(), setup.config.beta, GradientPath::Full);
+                let (chosen, rejected): (Vec<f64>, Vec<f64>) =
+                    im.rewards(&implicit.final_params).into_iter().unzip();
+                if config.eval.single_response_rewards {
+                    implicit
+                        .rewards
+                        .push(reward_summary(&p.name, &chosen, &rejected));
+                }
+                let reference = im.reference_margins();
+                let no_reference: Vec<f64> = chosen
+                    .iter()
+                    .zip(&rejected)
+                    .zip(&reference)
+                    .map(|((a, b), r)| a - b + r)
+                    .collect();
+                now.push(split_metrics(&p.name, &no_reference, tau));
+                start.push(split_metrics(&p.name, &reference, tau));
+            }
         }
         let exrm_token_mean = if setup.train.response_length() > 1 {
             let mean_setup = token_mean_setup(&setup);
@@ -479,13 +689,41 @@ impl Simulation {
         [&self.explicit, &self.implicit]
     }
 
-    /// `U(t_max)` as [V, D].
+    /// `U(t_max)` as [V, D] (`O(V·D)`: rebuilt from `U(0)` when only the rows of the pairs'
+    /// tokens are kept).
     pub fn final_unembedding(&self) -> ndarray::Array2<f64> {
-        ndarray::Array2::from_shape_vec(
-            (self.setup.vocab_size(), self.setup.dim()),
-            self.implicit.final_params.clone(),
-        )
-        .expect("V×D")
+        let d = self.setup.dim();
+        match &self.implicit.rows {
+            None => ndarray::Array2::from_shape_vec(
+                (self.setup.vocab_size(), d),
+                self.implicit.final_params.clone(),
+            )
+            .expect("V×D"),
+            Some(rows) => {
+                let mut u = self.setup.unembedding_init.full();
+                for (r, &t) in rows.iter().enumerate() {
+                    u.row_mut(t).assign(&ndarray::ArrayView1::from(
+                        &self.implicit.final_params[r * d..(r + 1) * d],
+                    ));
+                }
+                u
+            }
+        }
+    }
+
+    /// The rows `rows` (sorted tokens) of `U(0)` and `U(t_max)`, [|rows|, D] each.
+    pub fn unembedding_rows(&self, rows: &[usize]) -> (ndarray::Array2<f64>, ndarray::Array2<f64>) {
+        let d = self.setup.dim();
+        let initial = self.setup.unembedding_init.rows(rows);
+        let last = match &self.implicit.rows {
+            None => self.final_unembedding().select(ndarray::Axis(0), rows),
+            Some(kept) => ndarray::Array2::from_shape_vec(
+                (rows.len(), d),
+                select_rows(&self.implicit.final_params, kept, rows, d),
+            )
+            .expect("rows×D"),
+        };
+        (initial, last)
     }
 
     /// `u(t_max)`.

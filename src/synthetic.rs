@@ -9,6 +9,7 @@ use ndarray::{s, Array1, Array2, Array3, ArrayView1, Axis};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
+use rayon::prelude::*;
 
 /// Latent label `s_y` of a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -174,9 +175,169 @@ pub struct SyntheticLm {
     pub quality_direction: Array1<f64>,
     /// Prompt-cluster directions `ν_0` (training) and `ν_1` (domain shift), unit.
     pub cluster_directions: [Array1<f64>; 2],
-    /// Input embeddings `e_y`, [V, D].
-    pub embeddings: Array2<f64>,
+    /// Input embeddings `e_y`, drawn row by row on demand.
+    pub embeddings: TokenEmbeddings,
     pub recurrent: RecurrentMap,
+}
+
+/// Stream of the noise `g_y` of token `y`'s embedding: `EMBEDDING_STREAM | y`.
+const EMBEDDING_STREAM: u64 = 1 << 32;
+/// Stream of row `z` of an independent `U(0)`: `UNEMBEDDING_STREAM | z`.
+const UNEMBEDDING_STREAM: u64 = 2 << 32;
+
+/// The generator of one token's row: ChaCha8 keyed by the run's seed, on its own stream
+/// `tag | token` (the setup's sequential draws use stream 0). Counter-based: row `z` is the same
+/// whether or not any other row is drawn, and no `V × D` matrix is needed to get it.
+fn row_rng(seed: u64, tag: u64, token: usize) -> ChaCha8Rng {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(tag | token as u64);
+    rng
+}
+
+/// Rows `rows` of a per-token matrix, each from `row(z)`, drawn in parallel (bit-identical for
+/// any thread count: rows are independent streams).
+fn gather_rows(
+    rows: &[usize],
+    dim: usize,
+    row: impl Fn(usize) -> Array1<f64> + Sync,
+) -> Array2<f64> {
+    let drawn: Vec<Array1<f64>> = rows.par_iter().map(|&z| row(z)).collect();
+    let mut out = Array2::zeros((rows.len(), dim));
+    for (mut o, r) in out.rows_mut().into_iter().zip(drawn) {
+        o.assign(&r);
+    }
+    out
+}
+
+/// Input embeddings `e_y = α s_y μ + g_y`, `g_y ~ N(0, I/D)` (MATH.md §5), drawn per token from
+/// its own stream ([`row_rng`]).
+#[derive(Debug, Clone)]
+pub struct TokenEmbeddings {
+    seed: u64,
+    alpha: f64,
+    quality_direction: Array1<f64>,
+    labels: std::sync::Arc<Vec<TokenLabel>>,
+}
+
+impl TokenEmbeddings {
+    pub fn vocab_size(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn dim(&self) -> usize {
+        self.quality_direction.len()
+    }
+
+    /// `e_y`.
+    pub fn row(&self, y: usize) -> Array1<f64> {
+        let d = self.dim();
+        let mut rng = row_rng(self.seed, EMBEDDING_STREAM, y);
+        let mut e = gaussian_vector(&mut rng, d, 1.0 / (d as f64).sqrt());
+        e.scaled_add(self.alpha * self.labels[y].sign(), &self.quality_direction);
+        e
+    }
+
+    /// `e_y` for each `y` of `ys`, [|ys|, D].
+    pub fn rows(&self, ys: &[usize]) -> Array2<f64> {
+        gather_rows(ys, self.dim(), |y| self.row(y))
+    }
+
+    /// Every `e_y`, [V, D] (`O(V·D)` memory: only for the full-vocabulary paths).
+    pub fn full(&self) -> Array2<f64> {
+        self.rows(&(0..self.vocab_size()).collect::<Vec<_>>())
+    }
+}
+
+/// The initial unembedding `U(0)` (also `π_ref`'s), row by row (MATH.md §5): tied to the
+/// embeddings, independent Gaussian rows, or a given matrix (a real model's, MATH.md §6). Rows of
+/// the synthetic kinds are drawn on demand, so runs whose cost follows the seen and evaluated
+/// tokens never hold `V × D` numbers.
+#[derive(Debug, Clone)]
+pub enum InitialUnembedding {
+    /// `U(0)_z = c e_z`.
+    Tied {
+        embeddings: TokenEmbeddings,
+        scale: f64,
+    },
+    /// `U(0)_z ~ N(0, c² I/D)`, each row from its own stream.
+    Independent {
+        seed: u64,
+        vocab_size: usize,
+        dim: usize,
+        scale: f64,
+    },
+    /// A given `[V, D]` matrix.
+    Given(Array2<f64>),
+}
+
+impl InitialUnembedding {
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            InitialUnembedding::Tied { embeddings, .. } => embeddings.vocab_size(),
+            InitialUnembedding::Independent { vocab_size, .. } => *vocab_size,
+            InitialUnembedding::Given(m) => m.nrows(),
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        match self {
+            InitialUnembedding::Tied { embeddings, .. } => embeddings.dim(),
+            InitialUnembedding::Independent { dim, .. } => *dim,
+            InitialUnembedding::Given(m) => m.ncols(),
+        }
+    }
+
+    /// `U(0)_z`.
+    pub fn row(&self, z: usize) -> Array1<f64> {
+        match self {
+            InitialUnembedding::Tied { embeddings, scale } => embeddings.row(z) * *scale,
+            InitialUnembedding::Independent {
+                seed, dim, scale, ..
+            } => {
+                let mut rng = row_rng(*seed, UNEMBEDDING_STREAM, z);
+                gaussian_vector(&mut rng, *dim, scale / (*dim as f64).sqrt())
+            }
+            InitialUnembedding::Given(m) => m.row(z).to_owned(),
+        }
+    }
+
+    /// `U(0)_z` for each `z` of `rows`, [|rows|, D].
+    pub fn rows(&self, rows: &[usize]) -> Array2<f64> {
+        match self {
+            InitialUnembedding::Given(m) => m.select(Axis(0), rows),
+            _ => gather_rows(rows, self.dim(), |z| self.row(z)),
+        }
+    }
+
+    /// The whole `[V, D]` matrix (for the full-vocabulary path, and exports that ask for it).
+    pub fn full(&self) -> Array2<f64> {
+        match self {
+            InitialUnembedding::Given(m) => m.clone(),
+            _ => self.rows(&(0..self.vocab_size()).collect::<Vec<_>>()),
+        }
+    }
+
+    /// Calls `f(first_row, block)` on consecutive blocks of at most `block_rows` rows of `U(0)`,
+    /// in order: the whole matrix streamed in `O(block_rows · D)` memory.
+    pub fn for_each_block(
+        &self,
+        block_rows: usize,
+        f: &mut dyn FnMut(usize, ndarray::ArrayView2<f64>),
+    ) {
+        let v = self.vocab_size();
+        let mut start = 0;
+        while start < v {
+            let end = (start + block_rows.max(1)).min(v);
+            match self {
+                InitialUnembedding::Given(m) => f(start, m.slice(s![start..end, ..])),
+                _ => {
+                    let block = self.rows(&(start..end).collect::<Vec<_>>());
+                    f(start, block.view());
+                }
+            }
+            start = end;
+        }
+    }
 }
 
 /// A reward-learning problem: vocabulary, initial parameters and the splits' representations
@@ -189,8 +350,9 @@ pub struct Setup {
     /// The synthetic language model that drew the representations (MATH.md §5); `None` when they
     /// come from a real transformer (MATH.md §6).
     pub generator: Option<SyntheticLm>,
-    /// `U(0)`, [V, D]; also the reference model `π_ref = π_{U(0)}`.
-    pub unembedding_init: Array2<f64>,
+    /// `U(0)`; also the reference model `π_ref = π_{U(0)}`. Rows on demand
+    /// ([`InitialUnembedding::row`]); the full `[V, D]` matrix only when asked.
+    pub unembedding_init: InitialUnembedding,
     /// `u(0)`, [D].
     pub head_init: Array1<f64>,
     pub train: PairSet,
@@ -252,15 +414,16 @@ impl Setup {
         Ok(setup)
     }
 
-    /// Errors naming the first array (`U(0)`, `u(0)`, a split's representations) that holds a
-    /// NaN or an infinity.
+    /// Errors naming the first array (`U(0)` on the tokens of the pairs, `u(0)`, a split's
+    /// representations) that holds a NaN or an infinity.
     pub fn check_finite(&self) -> anyhow::Result<()> {
         let finite = |x: &f64| x.is_finite();
+        let u0_rows = match &self.unembedding_init {
+            InitialUnembedding::Given(m) => m.iter().all(finite),
+            u0 => u0.rows(&self.pair_tokens()).iter().all(finite),
+        };
         let mut arrays: Vec<(String, bool)> = vec![
-            (
-                "the initial unembedding U(0)".into(),
-                self.unembedding_init.iter().all(finite),
-            ),
+            ("the initial unembedding U(0)".into(), u0_rows),
             (
                 "the initial head u(0)".into(),
                 self.head_init.iter().all(finite),
@@ -284,8 +447,12 @@ impl Setup {
         Ok(())
     }
 
-    /// Draws the whole setup from `config.seed` (ChaCha8, fixed draw order). The config must be
-    /// valid ([`Config::validate`]); [`Setup::try_generate`] checks that first.
+    /// Draws the whole setup from `config.seed` (MATH.md §5). The sequential draws (`μ`, `ν`,
+    /// `A`, `B`, `u(0)`, then per pair `h_x` and the tokens) use ChaCha8's stream 0 in a fixed
+    /// order; embedding and independent `U(0)` rows come from per-token streams, drawn only for
+    /// tokens that occur in pairs. The recurrent map runs as matrix products over all pairs of a
+    /// split. The config must be valid ([`Config::validate`]); [`Setup::try_generate`] checks
+    /// that first.
     pub fn generate(config: &Config) -> Setup {
         let s = config.setup.clone();
         let d = s.dim;
@@ -305,31 +472,35 @@ impl Setup {
                 cluster_directions[1] = n0 * a + &perp * ((1.0 - a * a).max(0.0).sqrt() / norm);
             }
         }
-        let mut embeddings = gaussian_matrix(&mut rng, v, d, noise);
-        for (y, mut row) in embeddings.axis_iter_mut(Axis(0)).enumerate() {
-            row.scaled_add(s.alpha * vocab.labels[y].sign(), &quality_direction);
-        }
+        let embeddings = TokenEmbeddings {
+            seed: config.seed,
+            alpha: s.alpha,
+            quality_direction: quality_direction.clone(),
+            labels: std::sync::Arc::new(vocab.labels.clone()),
+        };
         let recurrent = RecurrentMap {
             a: gaussian_matrix(&mut rng, d, d, s.recurrent_gain * noise),
             b: gaussian_matrix(&mut rng, d, d, s.input_gain * noise),
         };
         let unembedding_init = match s.unembedding_init {
-            UnembeddingInit::Tied => &embeddings * s.unembedding_scale,
-            UnembeddingInit::Independent => {
-                gaussian_matrix(&mut rng, v, d, s.unembedding_scale * noise)
-            }
+            UnembeddingInit::Tied => InitialUnembedding::Tied {
+                embeddings: embeddings.clone(),
+                scale: s.unembedding_scale,
+            },
+            UnembeddingInit::Independent => InitialUnembedding::Independent {
+                seed: config.seed,
+                vocab_size: v,
+                dim: d,
+                scale: s.unembedding_scale,
+            },
         };
         let head_init = gaussian_vector(&mut rng, d, s.head_scale * noise);
 
         let k_len = s.response_length;
         let mut draw = |name: &str, n: usize, cluster: usize, good: TokenPools, bad: TokenPools| {
             let mut prompt_hidden = Array2::zeros((n, d));
-            let mut chosen_hidden = Array2::zeros((n, d));
-            let mut rejected_hidden = Array2::zeros((n, d));
             let mut chosen_tokens = Array2::zeros((n, k_len));
             let mut rejected_tokens = Array2::zeros((n, k_len));
-            let mut chosen_prefix_hidden = Array3::zeros((n, k_len, d));
-            let mut rejected_prefix_hidden = Array3::zeros((n, k_len, d));
             for i in 0..n {
                 let h =
                     &cluster_directions[cluster] * s.kappa + gaussian_vector(&mut rng, d, noise);
@@ -348,37 +519,16 @@ impl Setup {
                 };
                 respond(&good, &mut chosen_tokens.row_mut(i), &mut rng);
                 respond(&bad, &mut rejected_tokens.row_mut(i), &mut rng);
-                for (tokens, prefixes, last) in [
-                    (
-                        chosen_tokens.row(i),
-                        &mut chosen_prefix_hidden,
-                        &mut chosen_hidden,
-                    ),
-                    (
-                        rejected_tokens.row(i),
-                        &mut rejected_prefix_hidden,
-                        &mut rejected_hidden,
-                    ),
-                ] {
-                    let mut state = h.clone();
-                    for (k, &y) in tokens.iter().enumerate() {
-                        prefixes.slice_mut(s![i, k, ..]).assign(&state);
-                        state = recurrent.step(state.view(), embeddings.row(y));
-                    }
-                    last.row_mut(i).assign(&state);
-                }
                 prompt_hidden.row_mut(i).assign(&h);
             }
-            PairSet {
-                name: name.to_string(),
+            respond_through_map(
+                name,
+                &recurrent,
+                &embeddings,
                 prompt_hidden,
-                chosen_hidden,
-                rejected_hidden,
                 chosen_tokens,
                 rejected_tokens,
-                chosen_prefix_hidden,
-                rejected_prefix_hidden,
-            }
+            )
         };
 
         let all = |seen| TokenPools::all(seen, k_len);
@@ -458,10 +608,75 @@ impl Setup {
         std::iter::once(&self.train).chain(self.evals.iter())
     }
 
+    /// Every token of every response of every split, sorted: `T ∪ E`, the rows of `U` a run with
+    /// the seen-row IM-RM ever reads.
+    pub fn pair_tokens(&self) -> Vec<usize> {
+        let mut t: Vec<usize> = self.splits().flat_map(|p| p.tokens()).collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    }
+
     /// Tokens in no training response (`z ∉ T`), sorted.
     pub fn unseen_tokens(&self) -> Vec<usize> {
         (0..self.vocab_size())
             .filter(|t| self.seen_tokens.binary_search(t).is_err())
             .collect()
+    }
+}
+
+/// The responses' hidden states through the recurrent map (MATH.md §5), as matrix products over
+/// all pairs: `s_0 = h_x`, `s_k = tanh(s_{k−1} Aᵀ + (B e)_{y_k})`, with `B e_y` formed once per
+/// distinct token of the split and `h_x Aᵀ` shared by both responses.
+fn respond_through_map(
+    name: &str,
+    recurrent: &RecurrentMap,
+    embeddings: &TokenEmbeddings,
+    prompt_hidden: Array2<f64>,
+    chosen_tokens: Array2<usize>,
+    rejected_tokens: Array2<usize>,
+) -> PairSet {
+    use crate::numerics::mat_mul_bt;
+    let (n, d) = prompt_hidden.dim();
+    let k_len = chosen_tokens.ncols();
+    let mut tokens: Vec<usize> = chosen_tokens
+        .iter()
+        .chain(rejected_tokens.iter())
+        .copied()
+        .collect();
+    tokens.sort_unstable();
+    tokens.dedup();
+    let input = mat_mul_bt(embeddings.rows(&tokens).view(), recurrent.b.view());
+    let input_row = |y: usize| input.row(tokens.binary_search(&y).expect("token of the split"));
+    let prompt_drive = mat_mul_bt(prompt_hidden.view(), recurrent.a.view());
+    let run = |response: &Array2<usize>| {
+        let mut prefixes = Array3::zeros((n, k_len, d));
+        let mut state = prompt_hidden.clone();
+        for k in 0..k_len {
+            prefixes.slice_mut(s![.., k, ..]).assign(&state);
+            let mut pre = if k == 0 {
+                prompt_drive.clone()
+            } else {
+                mat_mul_bt(state.view(), recurrent.a.view())
+            };
+            for (i, mut row) in pre.rows_mut().into_iter().enumerate() {
+                row += &input_row(response[[i, k]]);
+                row.mapv_inplace(f64::tanh);
+            }
+            state = pre;
+        }
+        (state, prefixes)
+    };
+    let (chosen_hidden, chosen_prefix_hidden) = run(&chosen_tokens);
+    let (rejected_hidden, rejected_prefix_hidden) = run(&rejected_tokens);
+    PairSet {
+        name: name.to_string(),
+        prompt_hidden,
+        chosen_hidden,
+        rejected_hidden,
+        chosen_tokens,
+        rejected_tokens,
+        chosen_prefix_hidden,
+        rejected_prefix_hidden,
     }
 }

@@ -115,6 +115,7 @@ fn same_seed_gives_byte_identical_outputs_whatever_the_thread_count() {
                 "1e12",
                 "--imrm-gradient",
                 "full",
+                "--full-unembedding",
             ],
             Some(threads),
         );
@@ -133,7 +134,10 @@ fn same_seed_gives_byte_identical_outputs_whatever_the_thread_count() {
         "final/unembedding.npy",
         "final/head.npy",
         "final/max_margin_head.npy",
-        "final/max_margin_unembedding_delta.npy",
+        "final/max_margin_unembedding_delta_rows.npy",
+        "unembedding_tokens.npy",
+        "init/unembedding_rows.npy",
+        "final/unembedding_rows.npy",
     ] {
         assert!(
             names.contains(&expected),

@@ -56,10 +56,10 @@ proptest! {
     #[test]
     fn implicit_gradients_match_finite_differences(config in common::small_config()) {
         let setup = Setup::generate(&config);
-        let u0: Vec<f64> = setup.unembedding_init.iter().copied().collect();
+        let u0: Vec<f64> = setup.unembedding_init.full().iter().copied().collect();
         let theta = perturbed(&u0, config.seed);
         for path in [GradientPath::Full, GradientPath::Sparse] {
-            let model = ImplicitRm::new(&setup.train, setup.unembedding_init.view(), config.setup.beta, path);
+            let model = ImplicitRm::new(&setup.train, setup.unembedding_init.full().view(), config.setup.beta, path);
             let err = fd_error(&model, &theta);
             prop_assert!(err < 1e-7, "IM-RM {path:?} gradient vs finite differences: {err:e}");
         }
@@ -70,10 +70,10 @@ proptest! {
     #[test]
     fn full_and_sparse_imrm_gradients_agree(config in common::small_config()) {
         let setup = Setup::generate(&config);
-        let u0: Vec<f64> = setup.unembedding_init.iter().copied().collect();
+        let u0: Vec<f64> = setup.unembedding_init.full().iter().copied().collect();
         let theta = perturbed(&u0, config.seed ^ 7);
-        let full = ImplicitRm::new(&setup.train, setup.unembedding_init.view(), config.setup.beta, GradientPath::Full);
-        let sparse = ImplicitRm::new(&setup.train, setup.unembedding_init.view(), config.setup.beta, GradientPath::Sparse);
+        let full = ImplicitRm::new(&setup.train, setup.unembedding_init.full().view(), config.setup.beta, GradientPath::Full);
+        let sparse = ImplicitRm::new(&setup.train, setup.unembedding_init.full().view(), config.setup.beta, GradientPath::Sparse);
         let (mut gf, mut gs) = (vec![0.0; theta.len()], vec![0.0; theta.len()]);
         let lf = loss_and_gradient(&full, &theta, &mut gf);
         let ls = loss_and_gradient(&sparse, &theta, &mut gs);
@@ -101,10 +101,10 @@ proptest! {
     fn reduced_seen_rows_state_matches_the_sparse_path(config in common::small_config()) {
         let setup = Setup::generate(&config);
         let d = config.setup.dim;
-        let full = ImplicitRm::new(&setup.train, setup.unembedding_init.view(), config.setup.beta, GradientPath::Sparse);
-        let reduced = rmflow::reward::SeenRowsImplicitRm::new(&setup.train, setup.unembedding_init.view(), config.setup.beta);
+        let full = ImplicitRm::new(&setup.train, setup.unembedding_init.full().view(), config.setup.beta, GradientPath::Sparse);
+        let reduced = rmflow::reward::SeenRowsImplicitRm::new(&setup.train, &setup.unembedding_init, config.setup.beta);
         let theta_t = perturbed(&reduced.initial(), config.seed);
-        let u = reduced.embed(&theta_t);
+        let u = reduced.embed(&theta_t, &setup.unembedding_init);
         let (mut gf, mut gr) = (vec![0.0; u.len()], vec![0.0; theta_t.len()]);
         let lf = loss_and_gradient(&full, &u, &mut gf);
         let lr = loss_and_gradient(&reduced, &theta_t, &mut gr);
@@ -112,7 +112,7 @@ proptest! {
         for (r, &t) in reduced.rows.iter().enumerate() {
             prop_assert_eq!(&gf[t * d..(t + 1) * d], &gr[r * d..(r + 1) * d]);
         }
-        let u0: Vec<f64> = setup.unembedding_init.iter().copied().collect();
+        let u0: Vec<f64> = setup.unembedding_init.full().iter().copied().collect();
         for z in setup.unseen_tokens() {
             prop_assert_eq!(&u[z * d..(z + 1) * d], &u0[z * d..(z + 1) * d]);
         }

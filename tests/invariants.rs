@@ -68,8 +68,8 @@ proptest! {
         // an error); separability is certified by the max-margin QPs.
         prop_assume!(separable(&setup));
         let ex = ExplicitRm::new(&setup.train);
-        let im = ImplicitRm::new(&setup.train, setup.unembedding_init.view(), config.setup.beta, GradientPath::Full);
-        let u0: Vec<f64> = setup.unembedding_init.iter().copied().collect();
+        let im = ImplicitRm::new(&setup.train, setup.unembedding_init.full().view(), config.setup.beta, GradientPath::Full);
+        let u0: Vec<f64> = setup.unembedding_init.full().iter().copied().collect();
         for (model, theta0) in [(&ex as &dyn MarginModel, setup.head_init.to_vec()), (&im as &dyn MarginModel, u0)] {
             let traj = trajectory(model, &theta0, &config);
             let losses: Vec<f64> = traj.iter().map(|(_, th)| loss(model, th)).collect();
@@ -109,10 +109,10 @@ proptest! {
         let setup = Setup::generate(&config);
         prop_assume!(separable(&setup));
         let d = config.setup.dim;
-        let u0: Vec<f64> = setup.unembedding_init.iter().copied().collect();
+        let u0: Vec<f64> = setup.unembedding_init.full().iter().copied().collect();
         let unseen = setup.unseen_tokens();
         let moved = |theta: &[f64]| unseen.iter().any(|&z| (0..d).any(|j| theta[z * d + j].to_bits() != u0[z * d + j].to_bits()));
-        let model = ImplicitRm::new(&setup.train, setup.unembedding_init.view(), config.setup.beta, GradientPath::Full);
+        let model = ImplicitRm::new(&setup.train, setup.unembedding_init.full().view(), config.setup.beta, GradientPath::Full);
         for (optimizer, t_max, lr) in [(Optimizer::Flow, 1e12, 1.0), (Optimizer::Gd, 50.0, 0.5), (Optimizer::Adam, 0.5, 0.01), (Optimizer::Adamw, 0.5, 0.01)] {
             let mut c = config.clone();
             c.train.optimizer = optimizer;

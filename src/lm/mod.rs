@@ -386,7 +386,7 @@ pub fn build_setup(file: &LmFile, lm: &LanguageModel) -> Result<RealProblem> {
         seed: file.seed,
         vocab,
         generator: None,
-        unembedding_init: unembedding,
+        unembedding_init: crate::synthetic::InitialUnembedding::Given(unembedding),
         head_init: Array1::zeros(d),
         train,
         evals,
