@@ -118,6 +118,10 @@ pub struct TrainConfig {
     pub max_steps: u64,
     /// IM-RM gradient: `full` (log-softmax over the whole vocabulary) or `sparse` (cancelled form).
     pub imrm_gradient: GradientPath,
+    /// Screen the log-time flow field of models with affine margins (EX-RM, seen-row IM-RM) on
+    /// separable data: pairs whose weight is provably below `1e-3 · atol` are left out between
+    /// full evaluations (`training::Screening`).
+    pub flow_screening: bool,
     /// Step size `η` of GD, Adam and AdamW.
     pub lr: f64,
     /// Adam/AdamW first-moment decay.
@@ -215,6 +219,7 @@ impl Default for TrainConfig {
             atol: 1e-10,
             max_steps: 1_000_000,
             imrm_gradient: GradientPath::Full,
+            flow_screening: true,
             lr: 1.0,
             adam_beta1: 0.9,
             adam_beta2: 0.999,

@@ -172,6 +172,7 @@ pub fn model_summary(run: &ModelRun) -> Value {
     json!({
         "steps": run.steps,
         "ode": run.ode,
+        "screening": run.screening,
         "final": run.trajectory.last(),
         "rewards": run.rewards,
         "max_margin": max_margin,

@@ -93,7 +93,12 @@ pub struct WorkingSet {
 pub const WORKING_SET_MIN_PAIRS: usize = 2000;
 
 /// Size of the first working set, and the most pairs added per round.
-const WORKING_SET_BATCH: usize = 256;
+const WORKING_SET_BATCH: usize = 128;
+
+/// Rounds in which the working set is shrunk to the last QP's active constraints before the
+/// violated ones are added (SVM-style chunking: the QPs stay near the support size); after
+/// them the set only grows, which ends the iteration whatever rounding does.
+const WORKING_SET_SHRINK_ROUNDS: usize = 50;
 
 /// Why no separator was returned.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -109,10 +114,14 @@ pub enum MaxMarginError {
     },
 }
 
+/// Clarabel's settings: its supernodal `faer` LDL (dense-friendly kernels, pure Rust) on one
+/// thread, so solutions are bit-identical whatever the machine's thread count.
 fn settings() -> DefaultSettings<f64> {
     DefaultSettings {
         verbose: false,
         max_iter: 500,
+        direct_solve_method: "faer".to_string(),
+        max_threads: 1,
         ..DefaultSettings::default()
     }
 }
@@ -165,13 +174,17 @@ fn classify(status: SolverStatus, space: &'static str) -> Result<(), MaxMarginEr
     }
 }
 
-/// Rows `φ_i` of a hard-margin problem `min ½‖w‖² s.t. ⟨w, φ_i⟩ ≥ 1`: dense (EX-RM `z_i`) or
-/// sparse (IM-RM `(e_{y⁺} − e_{y⁻}) ⊗ h_x` on the rows of the training tokens).
+/// Rows `φ_i` of a hard-margin problem `min ½‖w‖² s.t. ⟨w, φ_i⟩ ≥ 1`: dense (EX-RM `z_i`), or
+/// the IM-RM's `(e_{a_i} − e_{b_i}) ⊗ h_i` on the `n_rows × D` block of the training tokens
+/// (`w` is that block, row-major), kept as the prompt vectors and the two token rows.
 enum Features<'a> {
     Dense(ArrayView2<'a, f64>),
-    Sparse {
-        n_vars: usize,
-        rows: &'a [Vec<(usize, f64)>],
+    TokenPairs {
+        n_rows: usize,
+        /// `h_i`, [n, D].
+        prompts: ArrayView2<'a, f64>,
+        /// Per pair: the rows `(a_i, b_i)` of the block (`φ_i = 0` when they are equal).
+        rows: &'a [(usize, usize)],
     },
 }
 
@@ -179,91 +192,92 @@ impl Features<'_> {
     fn dims(&self) -> (usize, usize) {
         match self {
             Features::Dense(m) => m.dim(),
-            Features::Sparse { n_vars, rows } => (rows.len(), *n_vars),
+            Features::TokenPairs {
+                n_rows, prompts, ..
+            } => (prompts.nrows(), n_rows * prompts.ncols()),
         }
     }
 
+    /// `‖φ_i‖` (`√2 ‖h_i‖` for a token pair).
     fn row_norms(&self) -> Vec<f64> {
         match self {
             Features::Dense(m) => m.rows().into_iter().map(|r| r.dot(&r).sqrt()).collect(),
-            Features::Sparse { rows, .. } => rows
-                .iter()
-                .map(|r| r.iter().map(|(_, v)| v * v).sum::<f64>().sqrt())
+            Features::TokenPairs { prompts, rows, .. } => prompts
+                .rows()
+                .into_iter()
+                .zip(rows.iter())
+                .map(|(h, &(a, b))| {
+                    if a == b {
+                        0.0
+                    } else {
+                        (2.0 * h.dot(&h)).sqrt()
+                    }
+                })
                 .collect(),
         }
     }
 
     fn row_norm_max(&self) -> f64 {
-        match self {
-            Features::Dense(m) => m
-                .rows()
-                .into_iter()
-                .map(|r| r.dot(&r).sqrt())
-                .fold(0.0, f64::max),
-            Features::Sparse { rows, .. } => rows
-                .iter()
-                .map(|r| r.iter().map(|(_, v)| v * v).sum::<f64>().sqrt())
-                .fold(0.0, f64::max),
-        }
+        self.row_norms().into_iter().fold(0.0, f64::max)
     }
 
     /// `⟨w, φ_i⟩ / c` for every `i`.
     fn margins(&self, w: &[f64], c: f64) -> Vec<f64> {
         match self {
-            Features::Dense(m) => m
-                .rows()
-                .into_iter()
-                .map(|r| r.iter().zip(w).map(|(a, b)| a * b).sum::<f64>() / c)
-                .collect(),
-            Features::Sparse { rows, .. } => rows
-                .iter()
-                .map(|r| r.iter().map(|&(j, v)| v * w[j]).sum::<f64>() / c)
-                .collect(),
+            Features::Dense(m) => {
+                let w = ndarray::ArrayView1::from(w);
+                m.rows().into_iter().map(|r| r.dot(&w) / c).collect()
+            }
+            Features::TokenPairs { prompts, rows, .. } => {
+                let d = prompts.ncols();
+                let block = |r: usize| ndarray::ArrayView1::from(&w[r * d..(r + 1) * d]);
+                prompts
+                    .rows()
+                    .into_iter()
+                    .zip(rows.iter())
+                    .map(|(h, &(a, b))| (block(a).dot(&h) - block(b).dot(&h)) / c)
+                    .collect()
+            }
         }
     }
 
     /// `Σ_i α_i φ_i / c`.
     fn combine(&self, alpha: &[f64], c: f64) -> Vec<f64> {
         let (_, n_vars) = self.dims();
-        let mut out = vec![0.0; n_vars];
+        let mut out = Array1::zeros(n_vars);
         match self {
             Features::Dense(m) => {
                 for (r, &a) in m.rows().into_iter().zip(alpha) {
-                    for (o, v) in out.iter_mut().zip(r) {
-                        *o += a * v / c;
+                    if a != 0.0 {
+                        out.scaled_add(a / c, &r);
                     }
                 }
             }
-            Features::Sparse { rows, .. } => {
-                for (r, &a) in rows.iter().zip(alpha) {
-                    for &(j, v) in r {
-                        out[j] += a * v / c;
+            Features::TokenPairs { prompts, rows, .. } => {
+                let d = prompts.ncols();
+                for ((h, &(p, q)), &a) in prompts.rows().into_iter().zip(rows.iter()).zip(alpha) {
+                    if a != 0.0 {
+                        out.slice_mut(ndarray::s![p * d..(p + 1) * d])
+                            .scaled_add(a / c, &h);
+                        out.slice_mut(ndarray::s![q * d..(q + 1) * d])
+                            .scaled_add(-a / c, &h);
                     }
                 }
             }
         }
-        out
+        out.into_raw_vec_and_offset().0
     }
 
-    /// Gram matrix `⟨φ_i, φ_j⟩`.
+    /// Gram matrix `⟨φ_i, φ_j⟩`; for token pairs the product kernel
+    /// `⟨e_{a_i} − e_{b_i}, e_{a_j} − e_{b_j}⟩ ⟨h_i, h_j⟩` (MATH.md §4).
     fn kernel(&self) -> Array2<f64> {
         match self {
-            Features::Dense(m) => m.dot(&m.t()),
-            Features::Sparse { n_vars, rows } => {
-                let n = rows.len();
-                let mut k = Array2::zeros((n, n));
-                let mut dense = vec![0.0; *n_vars];
-                for i in 0..n {
-                    for &(j, v) in &rows[i] {
-                        dense[j] += v;
-                    }
-                    for l in 0..=i {
-                        let kil: f64 = rows[l].iter().map(|&(j, v)| v * dense[j]).sum();
-                        k[[i, l]] = kil;
-                        k[[l, i]] = kil;
-                    }
-                    for &(j, _) in &rows[i] {
-                        dense[j] = 0.0;
+            Features::Dense(m) => crate::numerics::mat_mul_bt(*m, *m),
+            Features::TokenPairs { prompts, rows, .. } => {
+                let mut k = crate::numerics::mat_mul_bt(*prompts, *prompts);
+                for (i, mut row) in k.rows_mut().into_iter().enumerate() {
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v *= token_overlap(rows[i], rows[j]);
                     }
                 }
                 k
@@ -276,12 +290,17 @@ impl Features<'_> {
         let (n, n_vars) = self.dims();
         match self {
             Features::Dense(m) => dense_csc(m, false, -1.0 / c),
-            Features::Sparse { rows, .. } => {
+            Features::TokenPairs { prompts, rows, .. } => {
+                let d = prompts.ncols();
                 let mut columns: Vec<Vec<(usize, f64)>> = vec![Vec::new(); n_vars];
-                for (i, r) in rows.iter().enumerate() {
-                    for &(j, v) in r {
+                for (i, (h, &(p, q))) in prompts.rows().into_iter().zip(rows.iter()).enumerate() {
+                    if p == q {
+                        continue;
+                    }
+                    for (j, &v) in h.iter().enumerate() {
                         if v != 0.0 {
-                            columns[j].push((i, -v / c));
+                            columns[p * d + j].push((i, -v / c));
+                            columns[q * d + j].push((i, v / c));
                         }
                     }
                 }
@@ -385,24 +404,31 @@ fn solve_smaller_form(
 /// The rows `subset` of `features`, as owned storage that a [`Features`] can borrow.
 enum SubsetStorage {
     Dense(Array2<f64>),
-    Sparse(usize, Vec<Vec<(usize, f64)>>),
+    TokenPairs(usize, Array2<f64>, Vec<(usize, usize)>),
 }
 
 impl SubsetStorage {
     fn new(features: &Features, subset: &[usize]) -> SubsetStorage {
         match features {
             Features::Dense(m) => SubsetStorage::Dense(m.select(ndarray::Axis(0), subset)),
-            Features::Sparse { n_vars, rows } => {
-                SubsetStorage::Sparse(*n_vars, subset.iter().map(|&i| rows[i].clone()).collect())
-            }
+            Features::TokenPairs {
+                n_rows,
+                prompts,
+                rows,
+            } => SubsetStorage::TokenPairs(
+                *n_rows,
+                prompts.select(ndarray::Axis(0), subset),
+                subset.iter().map(|&i| rows[i]).collect(),
+            ),
         }
     }
 
     fn features(&self) -> Features<'_> {
         match self {
             SubsetStorage::Dense(m) => Features::Dense(m.view()),
-            SubsetStorage::Sparse(n_vars, rows) => Features::Sparse {
-                n_vars: *n_vars,
+            SubsetStorage::TokenPairs(n_rows, prompts, rows) => Features::TokenPairs {
+                n_rows: *n_rows,
+                prompts: prompts.view(),
                 rows,
             },
         }
@@ -565,8 +591,9 @@ fn cholesky_solve_ones(g: &Array2<f64>) -> Option<Vec<f64>> {
 
 /// Working-set solve (see [`WORKING_SET_MIN_PAIRS`]). The first set is the
 /// [`WORKING_SET_BATCH`] rows least aligned with the mean row (smallest `⟨φ̄, φ_i⟩/‖φ_i‖`);
-/// each round adds up to that many of the most violated constraints outside the set. The set only
-/// grows and each QP's optimum is at least the last one's, so it ends (at worst with every row).
+/// each round keeps the last QP's active constraints (first [`WORKING_SET_SHRINK_ROUNDS`]
+/// rounds; all of them after) and adds up to that many of the most violated ones outside the set.
+/// Each QP's optimum exceeds the last one's, so it ends (at worst with every row).
 fn working_set_solve(
     features: &Features,
     space: &'static str,
@@ -608,6 +635,13 @@ fn working_set_solve(
         }
         violated.sort_by(|&a, &b| margins[a].total_cmp(&margins[b]).then(a.cmp(&b)));
         violated.truncate(WORKING_SET_BATCH);
+        if rounds <= WORKING_SET_SHRINK_ROUNDS {
+            // Keep only the constraints the last QP used: dropping inactive ones leaves its
+            // optimum unchanged, adding violated ones raises it, so the optimum still increases.
+            // Active: margin within 1e-3 of 1 (the QP is solved to ~1e-8, and a constraint with
+            // a positive multiplier has margin exactly 1 at the optimum).
+            set.retain(|&i| margins[i] <= 1.0 + 1e-3);
+        }
         set.extend(violated);
         set.sort_unstable();
     }
@@ -750,19 +784,16 @@ pub fn max_margin_unembedding_rows(
     let d = train.prompt_hidden.ncols();
     let seen = train.tokens();
     let index = |t: usize| seen.binary_search(&t).expect("training token in T");
-    let rows: Vec<Vec<(usize, f64)>> = (0..train.len())
+    let rows: Vec<(usize, usize)> = (0..train.len())
         .map(|i| {
             let (p, q) = train.token_pair(i);
-            let h = train.prompt_hidden.row(i);
-            let (p, q) = (index(p), index(q));
-            let mut r: Vec<(usize, f64)> = (0..d).map(|j| (p * d + j, h[j])).collect();
-            r.extend((0..d).map(|j| (q * d + j, -h[j])));
-            r
+            (index(p), index(q))
         })
         .collect();
     let (w, mut solution) = hard_margin(
-        Features::Sparse {
-            n_vars: seen.len() * d,
+        Features::TokenPairs {
+            n_rows: seen.len(),
+            prompts: train.prompt_hidden.view(),
             rows: &rows,
         },
         SPACE,

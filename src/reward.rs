@@ -26,6 +26,29 @@ pub trait MarginModel: Send + Sync {
         margins: &mut [f64],
         grad: &mut [f64],
     );
+    /// For a model whose margins are affine in `θ`, `m_i = ⟨θ, φ_i⟩ + b_i`: the norms `‖φ_i‖`
+    /// (the Lipschitz constants of the margins). `None` (the default) for any other model.
+    fn feature_norms(&self) -> Option<Vec<f64>> {
+        None
+    }
+    /// The margins of the pairs `pairs` only (into `margins`, in that order), then
+    /// `grad ← Σ_{i ∈ pairs} weight(m_i) ∂m_i/∂θ` (a screened flow field, see
+    /// `training::Screening`). Used only when [`Self::feature_norms`] is `Some`; the default
+    /// evaluates every pair (a superset: exact, no saving).
+    fn margins_and_pullback_on(
+        &self,
+        theta: &[f64],
+        weight: &(dyn Fn(f64) -> f64 + Sync),
+        pairs: &[usize],
+        margins: &mut [f64],
+        grad: &mut [f64],
+    ) {
+        let mut all = vec![0.0; self.n_pairs()];
+        self.margins_and_pullback(theta, weight, &mut all, grad);
+        for (o, &i) in margins.iter_mut().zip(pairs) {
+            *o = all[i];
+        }
+    }
 }
 
 /// `L = (1/N) Σ ℓ(m_i)` and `∇L = −(1/N) Σ σ(−m_i) ∂m_i/∂θ` into `grad` (MATH.md §1–§2).
@@ -98,6 +121,45 @@ impl MarginModel for ExplicitRm {
                 let mut g = Array1::zeros(u.len());
                 for (k, m) in out.iter_mut().enumerate() {
                     let z = self.features.row(c * EXPLICIT_CHUNK + k);
+                    *m = z.dot(&u);
+                    g.scaled_add(weight(*m), &z);
+                }
+                g
+            })
+            .collect();
+        grad.fill(0.0);
+        for g in partials {
+            grad.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += b);
+        }
+    }
+
+    /// `‖z_i‖`.
+    fn feature_norms(&self) -> Option<Vec<f64>> {
+        Some(
+            self.features
+                .rows()
+                .into_iter()
+                .map(|z| z.dot(&z).sqrt())
+                .collect(),
+        )
+    }
+
+    fn margins_and_pullback_on(
+        &self,
+        theta: &[f64],
+        weight: &(dyn Fn(f64) -> f64 + Sync),
+        pairs: &[usize],
+        margins: &mut [f64],
+        grad: &mut [f64],
+    ) {
+        let u = ArrayView1::from(theta);
+        let partials: Vec<Array1<f64>> = margins
+            .par_chunks_mut(EXPLICIT_CHUNK)
+            .zip(pairs.par_chunks(EXPLICIT_CHUNK))
+            .map(|(out, idx)| {
+                let mut g = Array1::zeros(u.len());
+                for (m, &i) in out.iter_mut().zip(idx) {
+                    let z = self.features.row(i);
                     *m = z.dot(&u);
                     g.scaled_add(weight(*m), &z);
                 }
@@ -499,8 +561,6 @@ pub struct SeenRowsImplicitRm {
     ref_logits: Vec<(f64, f64)>,
     /// `U(0)_R`, flattened.
     initial_rows: Vec<f64>,
-    /// Per row of `R`: the pairs `(i, ±1)` where it is `y⁺` (+1) or `y⁻` (−1), in pair order.
-    row_pairs: Vec<Vec<(usize, f64)>>,
 }
 
 /// Pairs per parallel chunk of the seen-row margins: fixed, so results do not depend on the
@@ -550,15 +610,6 @@ impl SeenRowsImplicitRm {
                 )
             })
             .collect();
-        let mut row_pairs = vec![Vec::new(); rows.len()];
-        for (i, &(p, q)) in pair_rows.iter().enumerate() {
-            if let Some(p) = p {
-                row_pairs[p].push((i, 1.0));
-            }
-            if let Some(q) = q {
-                row_pairs[q].push((i, -1.0));
-            }
-        }
         SeenRowsImplicitRm {
             beta,
             rows: rows.to_vec(),
@@ -566,7 +617,6 @@ impl SeenRowsImplicitRm {
             pair_rows,
             ref_logits,
             initial_rows: unembedding_init.rows(rows).into_raw_vec_and_offset().0,
-            row_pairs,
         }
     }
 
@@ -597,6 +647,46 @@ impl SeenRowsImplicitRm {
             u[t * d..(t + 1) * d].copy_from_slice(&theta[r * d..(r + 1) * d]);
         }
         u
+    }
+
+    /// Margins of `pairs` (into `margins`, in order) and `grad ← Σ_{i∈pairs} w_i β (e_{y⁺} − e_{y⁻}) h_{x_i}ᵀ`
+    /// on the rows of `R`, in one pass (see [`MarginModel::margins_and_pullback`]).
+    fn fused_pullback(
+        &self,
+        theta: &[f64],
+        weight: &(dyn Fn(f64) -> f64 + Sync),
+        pairs: &[usize],
+        margins: &mut [f64],
+        grad: &mut [f64],
+    ) {
+        let d = self.dim();
+        let partials: Vec<Array1<f64>> = margins
+            .par_chunks_mut(SEEN_ROWS_CHUNK)
+            .zip(pairs.par_chunks(SEEN_ROWS_CHUNK))
+            .map(|(out, idx)| {
+                let mut g = Array1::zeros(grad.len());
+                for (m, &i) in out.iter_mut().zip(idx) {
+                    let (p, q) = self.pair_rows[i];
+                    let (rp, rq) = self.ref_logits[i];
+                    let lp = self.logit(theta, i, p, rp);
+                    let lq = self.logit(theta, i, q, rq);
+                    *m = self.beta * ((lp - lq) - (rp - rq));
+                    let c = weight(*m) * self.beta;
+                    let h = self.prompt_hidden.row(i);
+                    if let Some(p) = p {
+                        g.slice_mut(s![p * d..(p + 1) * d]).scaled_add(c, &h);
+                    }
+                    if let Some(q) = q {
+                        g.slice_mut(s![q * d..(q + 1) * d]).scaled_add(-c, &h);
+                    }
+                }
+                g
+            })
+            .collect();
+        grad.fill(0.0);
+        for g in partials {
+            grad.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += b);
+        }
     }
 
     /// The logit `⟨U_y, h_{x_i}⟩` of one side: from `θ_R` when `y ∈ R`, else `U(0)`'s.
@@ -641,8 +731,9 @@ impl MarginModel for SeenRowsImplicitRm {
             });
     }
 
-    /// `Σ_i w_i β (e_{y⁺} − e_{y⁻}) h_{x_i}ᵀ` on the rows of `R`, each row summed over its pairs in
-    /// pair order (rows in parallel).
+    /// `Σ_i w_i β (e_{y⁺} − e_{y⁻}) h_{x_i}ᵀ` on the rows of `R`: one pass over the pairs in
+    /// fixed chunks (each pair's margin, weight and contribution together, into a chunk-local
+    /// `|R| × D` partial), partials added in chunk order.
     fn margins_and_pullback(
         &self,
         theta: &[f64],
@@ -650,17 +741,36 @@ impl MarginModel for SeenRowsImplicitRm {
         margins: &mut [f64],
         grad: &mut [f64],
     ) {
-        let d = self.dim();
-        self.margins(theta, margins);
-        let coeff: Vec<f64> = margins.iter().map(|&m| weight(m) * self.beta).collect();
-        grad.par_chunks_mut(d)
-            .zip(&self.row_pairs)
-            .for_each(|(g, pairs)| {
-                g.fill(0.0);
-                let mut g = ndarray::ArrayViewMut1::from(g);
-                for &(i, sign) in pairs {
-                    g.scaled_add(sign * coeff[i], &self.prompt_hidden.row(i));
-                }
-            });
+        let all: Vec<usize> = (0..self.n_pairs()).collect();
+        self.fused_pullback(theta, weight, &all, margins, grad);
+    }
+
+    /// `β √(n_i) ‖h_{x_i}‖`, `n_i` the number of the pair's sides in `R` (margins are affine in `θ_R`).
+    fn feature_norms(&self) -> Option<Vec<f64>> {
+        Some(
+            self.pair_rows
+                .iter()
+                .enumerate()
+                .map(|(i, &(p, q))| {
+                    let h = self.prompt_hidden.row(i);
+                    let sides = match (p, q) {
+                        (Some(a), Some(b)) if a == b => 0.0,
+                        _ => (p.is_some() as u8 + q.is_some() as u8) as f64,
+                    };
+                    self.beta * (sides * h.dot(&h)).sqrt()
+                })
+                .collect(),
+        )
+    }
+
+    fn margins_and_pullback_on(
+        &self,
+        theta: &[f64],
+        weight: &(dyn Fn(f64) -> f64 + Sync),
+        pairs: &[usize],
+        margins: &mut [f64],
+        grad: &mut [f64],
+    ) {
+        self.fused_pullback(theta, weight, pairs, margins, grad);
     }
 }

@@ -10,7 +10,7 @@ use crate::observables::{
 use crate::ode::OdeStats;
 use crate::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel, SeenRowsImplicitRm};
 use crate::synthetic::Setup;
-use crate::training::train;
+use crate::training::{train_screened, Screening, ScreeningStats};
 use anyhow::Result;
 use ndarray::Array1;
 
@@ -69,6 +69,8 @@ pub struct ModelRun {
     pub trajectory: Vec<Observation>,
     pub steps: u64,
     pub ode: Option<OdeStats>,
+    /// The flow's field screening, when it ran (`training::Screening`).
+    pub screening: Option<ScreeningStats>,
     pub max_margin: std::result::Result<MaxMarginResult, String>,
     /// Per split at `t_max`: the official evaluator's reward statistics (normalised absolute
     /// reward margin, mean chosen and rejected rewards); filled by [`Simulation::new`], empty for
@@ -400,12 +402,22 @@ fn run_model_observed(
                 )
             }
         };
+    // The separator's direction in the trained state's layout: u*, or ΔU* on the rows of T
+    // (the seen-row state is T, sorted, like the separator's rows).
+    let direction: Option<&[f64]> = match (&max_margin, kind, &reduced) {
+        (Ok(m), ModelKind::Explicit, _) => Some(&m.params),
+        (Ok(m), ModelKind::Implicit, Some(r)) if m.rows.as_deref() == Some(&r.rows[..]) => {
+            Some(&m.params)
+        }
+        _ => None,
+    };
     let mut trajectory = Vec::new();
-    let outcome = train(
+    let outcome = train_screened(
         objective.as_ref(),
         &start,
         &config.train,
         kind.label(),
+        direction.map(|direction| Screening { direction }),
         &mut |t, step, theta| {
             let obs = observer.observe(t, step, theta);
             progress(&obs);
@@ -448,6 +460,7 @@ fn run_model_observed(
         trajectory,
         steps: outcome.steps,
         ode: outcome.ode,
+        screening: outcome.screening,
         max_margin,
         rewards: Vec::new(),
     })

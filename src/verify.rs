@@ -819,6 +819,7 @@ fn verify_multi_token(
         trajectory: vec![],
         steps: 0,
         ode: None,
+        screening: None,
         max_margin: Err(why.clone()),
         rewards: vec![],
     };

@@ -255,7 +255,8 @@ fn runs_that_cannot_fit_are_refused_with_the_estimate() {
     let dir = temp("memory");
     let cfg = small(&dir, "huge", "filler_tokens = 1048000\ndim = 4096", "");
     let out = dir.join("out");
-    let o = simulate(&cfg, &out, &[]);
+    // The full-vocabulary IM-RM path holds V × D = 4.3e9 numbers: refused.
+    let o = simulate(&cfg, &out, &["--imrm-gradient", "full"]);
     assert_no_panic(&o, "huge");
     assert_eq!(code(&o), 3, "{}", stderr(&o));
     let e = stderr(&o);
@@ -269,7 +270,25 @@ fn runs_that_cannot_fit_are_refused_with_the_estimate() {
     // `check` prints the same estimate without running.
     let o = rmflow(&["check", "--config", cfg.to_str().unwrap()]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("exceeds the memory available"));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("exceeds the memory available"), "{table}");
+    // With the seen-row IM-RM the same size needs rows of the pairs' tokens only.
+    let sparse = small(
+        &dir,
+        "huge_sparse",
+        "filler_tokens = 1048000\ndim = 4096",
+        "imrm_gradient = \"sparse\"",
+    );
+    let o = rmflow(&["check", "--config", sparse.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.trim_start().starts_with("simulate"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("unembedding rows") && line.contains("fits"),
+        "{table}"
+    );
 }
 
 #[test]
