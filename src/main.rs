@@ -169,6 +169,24 @@ enum Command {
         #[command(flatten)]
         output: OutputFlags,
     },
+    /// Write a copy of a checkpoint folder with its f32 weights cast to f16 or bf16 (feature
+    /// `lm`): half the bytes, for carrying a model where the f32 file does not fit. rmflow loads
+    /// either copy as f32; the copy differs by the weights' rounding only.
+    #[cfg(feature = "lm")]
+    #[command(name = "lm-convert", after_help = EXIT_CODES)]
+    LmConvert {
+        /// Hugging Face folder (config.json, *.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// f16 or bf16.
+        #[arg(long, default_value = "f16", value_parser = ["f16", "bf16"])]
+        dtype: String,
+        /// Output folder, written atomically (with rmflow-convert.json describing the copy).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        output: OutputFlags,
+    },
     /// Validate a config and print its sizes and the estimated peak memory of each command,
     /// without running anything (exit 2 if the config is invalid).
     #[command(after_help = EXIT_CODES)]
@@ -716,6 +734,35 @@ fn run(cli: Cli) -> Result<()> {
             rmflow::output::check_not_overwriting_input(&config, &out)?;
             let file = rmflow::lm::LmFile::from_file(&config)?;
             run_lm(&model, &file, &out, device, &mode, output.replace())
+        }
+        #[cfg(feature = "lm")]
+        Command::LmConvert {
+            model,
+            dtype,
+            out,
+            output,
+        } => {
+            let dtype = rmflow::lm::convert::parse_half_dtype(&dtype)
+                .map_err(|e| InputError(e.to_string()))?;
+            if out == model {
+                return Err(InputError(format!(
+                    "--out {} is the --model folder itself; write the copy elsewhere",
+                    out.display()
+                ))
+                .into());
+            }
+            let c = rmflow::lm::convert::convert_checkpoint(&model, &out, dtype, output.replace())?;
+            println!(
+                "wrote {}: {} tensors cast to {}, {} kept, {} other files copied; safetensors {} → {}",
+                out.display(),
+                c.cast,
+                c.dtype,
+                c.kept,
+                c.files.len(),
+                rmflow::resources::human_bytes(c.bytes_before as f64),
+                rmflow::resources::human_bytes(c.bytes_after as f64)
+            );
+            Ok(())
         }
         Command::Check { config } => {
             let cfg = load_config(config.as_deref())?;

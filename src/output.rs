@@ -18,7 +18,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// Files whose presence marks a folder as an rmflow output that `--force` may replace.
-pub const RUN_MARKERS: [&str; 4] = ["summary.json", "setup.json", "lm.json", "sweep.csv"];
+pub const RUN_MARKERS: [&str; 5] = [
+    "summary.json",
+    "setup.json",
+    "lm.json",
+    "sweep.csv",
+    "rmflow-convert.json",
+];
 
 /// What may be replaced at an existing destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

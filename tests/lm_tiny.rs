@@ -360,3 +360,65 @@ fn mismatched_tokenizer_is_named() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `lm-convert` writes an f16 / bf16 copy of every family's checkpoint: every f32 tensor is cast
+/// (the safetensors bytes halve), the other files are copied, and the copy's representations
+/// match the original's to the weights' rounding: max |Δh| ≤ 1e-2 · max |h| for f16 (unit
+/// roundoff 2^-11 ≈ 4.9e-4 per weight, through two layers) and ≤ 5e-2 for bf16 (2^-8).
+#[test]
+fn half_precision_copies_match_the_f32_checkpoint() {
+    use rmflow::lm::convert::{convert_checkpoint, parse_half_dtype};
+    use rmflow::output::Replace;
+    let dir = temp("half");
+    for (name, spec) in specs() {
+        let model = dir.join(name);
+        write_tiny_checkpoint(&model, spec, &texts()).unwrap();
+        let f32_model = LanguageModel::load(&model, &Device::Cpu, Forward::Differentiable).unwrap();
+        let mut seqs = Vec::new();
+        let mut pos = Vec::new();
+        for s in STATEMENTS.lines().take(6) {
+            let (ids, p) = f32_model.prompt_ids(&format!("{s} Answer:")).unwrap();
+            seqs.push(ids);
+            pos.push(p);
+        }
+        let h32 = f32_model.hidden_at(&seqs, &pos, 4).unwrap();
+        let scale = h32.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for (dtype, bound) in [("f16", 1e-2), ("bf16", 5e-2)] {
+            let copy = dir.join(format!("{name}-{dtype}"));
+            let c = convert_checkpoint(
+                &model,
+                &copy,
+                parse_half_dtype(dtype).unwrap(),
+                Replace::Never,
+            )
+            .unwrap();
+            assert!(c.cast > 0 && c.kept == 0, "{name} {dtype}: {c:?}");
+            assert!(
+                c.bytes_after * 10 < c.bytes_before * 6,
+                "{name} {dtype}: {c:?}"
+            );
+            assert!(copy.join("config.json").is_file() && copy.join("tokenizer.json").is_file());
+            let half = LanguageModel::load(&copy, &Device::Cpu, Forward::Differentiable).unwrap();
+            let h = half.hidden_at(&seqs, &pos, 4).unwrap();
+            let gap = (&h32 - &h).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            eprintln!("{name} {dtype}: max |Δh| = {gap:e} (max |h| = {scale:.3})");
+            assert!(
+                gap > 0.0,
+                "{name} {dtype}: the copy should differ by rounding"
+            );
+            assert!(
+                gap <= bound * scale.max(1.0),
+                "{name} {dtype}: max |Δh| = {gap:e}"
+            );
+            // Never over an existing folder without --force.
+            assert!(convert_checkpoint(
+                &model,
+                &copy,
+                parse_half_dtype(dtype).unwrap(),
+                Replace::Never
+            )
+            .is_err());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -19,6 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+pub mod convert;
 pub mod export;
 pub mod finetune;
 pub mod model;
