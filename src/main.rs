@@ -187,6 +187,36 @@ enum Command {
         #[command(flatten)]
         output: OutputFlags,
     },
+    /// Write tiny random checkpoints of every family rmflow loads (bert, llama-gqa, llama-tied,
+    /// gpt2) into OUT/NAME (feature `lm`): for forward checks on other machines.
+    #[cfg(feature = "lm")]
+    #[command(name = "lm-tiny", after_help = EXIT_CODES)]
+    LmTiny {
+        /// Output folder, written atomically.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        output: OutputFlags,
+    },
+    /// Final hidden states of fixed probe sentences at their read positions, under rmflow's
+    /// reference and differentiable forwards, as JSON (feature `lm`); compared with
+    /// `transformers` by scripts/reference_forward.py and across devices by scripts/gpu-check.sh.
+    #[cfg(feature = "lm")]
+    #[command(name = "lm-forward", after_help = EXIT_CODES)]
+    LmForward {
+        /// Hugging Face folder (config.json, *.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// cpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// JSON file to write (atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace --out if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Validate a config and print its sizes and the estimated peak memory of each command,
     /// without running anything (exit 2 if the config is invalid).
     #[command(after_help = EXIT_CODES)]
@@ -722,18 +752,55 @@ fn run(cli: Cli) -> Result<()> {
             mode,
             output,
         } => {
-            let device = match device.as_str() {
-                "cpu" => candle_core::Device::Cpu,
-                "cuda" => candle_core::Device::new_cuda(0).context(if cfg!(feature = "cuda") {
-                    "--device cuda: CUDA device 0 could not be opened (is a GPU visible, and libcuda.so.1 from its driver on the library path?)"
-                } else {
-                    "--device cuda: this binary was built without CUDA support (rebuild with --features cuda; see the README's GPU section)"
-                })?,
-                other => return Err(InputError(format!("--device must be cpu or cuda, got {other:?}")).into()),
-            };
+            let device = lm_device(&device)?;
             rmflow::output::check_not_overwriting_input(&config, &out)?;
             let file = rmflow::lm::LmFile::from_file(&config)?;
             run_lm(&model, &file, &out, device, &mode, output.replace())
+        }
+        #[cfg(feature = "lm")]
+        Command::LmTiny { out, output } => {
+            let dir = rmflow::output::AtomicDir::create(&out, output.replace())?;
+            let texts: Vec<String> = rmflow::lm::tiny::PROBE_TEXTS
+                .iter()
+                .map(|t| t.to_string())
+                .collect();
+            for (name, spec) in rmflow::lm::tiny::standard_specs() {
+                rmflow::lm::tiny::write_tiny_checkpoint(&dir.path(name)?, spec, &texts)?;
+            }
+            std::fs::write(
+                dir.path("rmflow-convert.json")?,
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "rmflow_version": env!("CARGO_PKG_VERSION"),
+                    "tiny_checkpoints": rmflow::lm::tiny::standard_specs().iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+                }))?,
+            )?;
+            println!("wrote {}", dir.commit()?.display());
+            Ok(())
+        }
+        #[cfg(feature = "lm")]
+        Command::LmForward {
+            model,
+            device,
+            out,
+            force,
+        } => {
+            let device = lm_device(&device)?;
+            let file = rmflow::output::AtomicFile::create(
+                &out,
+                if force {
+                    Replace::RmflowOutput
+                } else {
+                    Replace::Never
+                },
+            )?;
+            let texts: Vec<String> = rmflow::lm::tiny::PROBE_TEXTS
+                .iter()
+                .map(|t| t.to_string())
+                .collect();
+            let record = rmflow::lm::tiny::forward_record(&model, &device, &texts)?;
+            file.commit(&serde_json::to_string(&record)?)?;
+            println!("wrote {}", out.display());
+            Ok(())
         }
         #[cfg(feature = "lm")]
         Command::LmConvert {
@@ -817,6 +884,22 @@ fn main() -> ExitCode {
             ExitCode::from(rmflow::error::exit_code(&e))
         }
     }
+}
+
+/// `--device cpu|cuda` of the real-model commands.
+#[cfg(feature = "lm")]
+fn lm_device(device: &str) -> Result<candle_core::Device> {
+    Ok(match device {
+        "cpu" => candle_core::Device::Cpu,
+        "cuda" => candle_core::Device::new_cuda(0).context(if cfg!(feature = "cuda") {
+            "--device cuda: CUDA device 0 could not be opened (is a GPU visible, and libcuda.so.1 from its driver on the library path?)"
+        } else {
+            "--device cuda: this binary was built without CUDA support (rebuild with --features cuda; see the README's GPU section)"
+        })?,
+        other => {
+            return Err(InputError(format!("--device must be cpu or cuda, got {other:?}")).into())
+        }
+    })
 }
 
 #[cfg(feature = "lm")]

@@ -113,41 +113,7 @@ fn texts() -> Vec<String> {
 }
 
 fn specs() -> Vec<(&'static str, TinySpec)> {
-    let base = TinySpec {
-        arch: Architecture::Bert,
-        dim: 32,
-        layers: 2,
-        heads: 4,
-        kv_heads: 4,
-        tied: false,
-        seed: 11,
-    };
-    vec![
-        ("bert", base),
-        (
-            "llama-gqa",
-            TinySpec {
-                arch: Architecture::Llama,
-                kv_heads: 2,
-                ..base
-            },
-        ),
-        (
-            "llama-tied",
-            TinySpec {
-                arch: Architecture::Llama,
-                tied: true,
-                ..base
-            },
-        ),
-        (
-            "gpt2",
-            TinySpec {
-                arch: Architecture::Gpt2,
-                ..base
-            },
-        ),
-    ]
+    rmflow::lm::tiny::standard_specs()
 }
 
 fn json(path: &Path) -> serde_json::Value {

@@ -229,3 +229,84 @@ pub fn write_tiny_checkpoint(dir: &Path, spec: TinySpec, texts: &[String]) -> Re
     )?;
     Ok(())
 }
+
+/// The tiny checkpoints the tests and `rmflow lm-tiny` write, one per family and variant:
+/// `bert`, `llama-gqa` (grouped-query attention), `llama-tied` (tied `lm_head`), `gpt2`.
+pub fn standard_specs() -> Vec<(&'static str, TinySpec)> {
+    let base = TinySpec {
+        arch: Architecture::Bert,
+        dim: 32,
+        layers: 2,
+        heads: 4,
+        kv_heads: 4,
+        tied: false,
+        seed: 11,
+    };
+    vec![
+        ("bert", base),
+        (
+            "llama-gqa",
+            TinySpec {
+                arch: Architecture::Llama,
+                kv_heads: 2,
+                ..base
+            },
+        ),
+        (
+            "llama-tied",
+            TinySpec {
+                arch: Architecture::Llama,
+                tied: true,
+                ..base
+            },
+        ),
+        (
+            "gpt2",
+            TinySpec {
+                arch: Architecture::Gpt2,
+                ..base
+            },
+        ),
+    ]
+}
+
+/// Fixed sentences for the tiny checkpoints' vocabularies and forward checks.
+pub const PROBE_TEXTS: [&str; 6] = [
+    "I enjoy helping people with their problems. Answer: yes",
+    "Helping others makes me happy. Answer: no",
+    "I try to be kind to strangers. Answer: yes",
+    "I do not hold grudges. Answer: no",
+    "I share my food with others. Answer: yes",
+    "I like to insult people. Answer: no",
+];
+
+/// Final hidden states of `PROBE_TEXTS` (or `texts`) at their read positions, under both forwards
+/// where the model has them, as JSON: the record `rmflow lm-forward` writes and
+/// `scripts/reference_forward.py` compares with `transformers`.
+pub fn forward_record(dir: &Path, device: &Device, texts: &[String]) -> Result<serde_json::Value> {
+    use crate::lm::{Forward, LanguageModel};
+    let start = std::time::Instant::now();
+    let reference = LanguageModel::load(dir, device, Forward::Reference)?;
+    let mut ids = Vec::new();
+    let mut pos = Vec::new();
+    for t in texts {
+        let (i, p) = reference.prompt_ids(t)?;
+        ids.push(i);
+        pos.push(p);
+    }
+    let as_rows = |a: ndarray::Array2<f64>| -> Vec<Vec<f64>> {
+        a.rows().into_iter().map(|r| r.to_vec()).collect()
+    };
+    let h_ref = reference.hidden_at(&ids, &pos, 8)?;
+    let diff = LanguageModel::load(dir, device, Forward::Differentiable)?;
+    let h_diff = diff.hidden_at(&ids, &pos, 8)?;
+    Ok(serde_json::json!({
+        "model": dir.display().to_string(),
+        "device": format!("{device:?}"),
+        "texts": texts,
+        "token_ids": ids,
+        "positions": pos,
+        "hidden": { "reference": as_rows(h_ref), "differentiable": as_rows(h_diff) },
+        "seconds": start.elapsed().as_secs_f64(),
+    }))
+}
