@@ -105,7 +105,7 @@ impl MarginModel for ExplicitRm {
     }
 
     /// `∂m_i/∂u = z_i`, so the pull-back is `Zᵀ w`: one pass over `Z`, each row's margin, weight
-    /// and contribution together.
+    /// and contribution together (the screened form over every pair).
     fn margins_and_pullback(
         &self,
         theta: &[f64],
@@ -113,24 +113,8 @@ impl MarginModel for ExplicitRm {
         margins: &mut [f64],
         grad: &mut [f64],
     ) {
-        let u = ArrayView1::from(theta);
-        let partials: Vec<Array1<f64>> = margins
-            .par_chunks_mut(EXPLICIT_CHUNK)
-            .enumerate()
-            .map(|(c, out)| {
-                let mut g = Array1::zeros(u.len());
-                for (k, m) in out.iter_mut().enumerate() {
-                    let z = self.features.row(c * EXPLICIT_CHUNK + k);
-                    *m = z.dot(&u);
-                    g.scaled_add(weight(*m), &z);
-                }
-                g
-            })
-            .collect();
-        grad.fill(0.0);
-        for g in partials {
-            grad.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += b);
-        }
+        let all: Vec<usize> = (0..self.n_pairs()).collect();
+        self.margins_and_pullback_on(theta, weight, &all, margins, grad);
     }
 
     /// `‖z_i‖`.
