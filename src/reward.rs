@@ -651,10 +651,7 @@ impl SeenRowsImplicitRm {
                 let mut g = Array1::zeros(grad.len());
                 for (m, &i) in out.iter_mut().zip(idx) {
                     let (p, q) = self.pair_rows[i];
-                    let (rp, rq) = self.ref_logits[i];
-                    let lp = self.logit(theta, i, p, rp);
-                    let lq = self.logit(theta, i, q, rq);
-                    *m = self.beta * ((lp - lq) - (rp - rq));
+                    *m = self.pair_margin(theta, i);
                     let c = weight(*m) * self.beta;
                     let h = self.prompt_hidden.row(i);
                     if let Some(p) = p {
@@ -671,6 +668,15 @@ impl SeenRowsImplicitRm {
         for g in partials {
             grad.iter_mut().zip(g.iter()).for_each(|(a, b)| *a += b);
         }
+    }
+
+    /// `m_i = β[(⟨U_{y⁺}, h_{x_i}⟩ − ⟨U_{y⁻}, h_{x_i}⟩) − (⟨U(0)_{y⁺}, h_{x_i}⟩ − ⟨U(0)_{y⁻}, h_{x_i}⟩)]`.
+    fn pair_margin(&self, theta: &[f64], i: usize) -> f64 {
+        let (p, q) = self.pair_rows[i];
+        let (rp, rq) = self.ref_logits[i];
+        let lp = self.logit(theta, i, p, rp);
+        let lq = self.logit(theta, i, q, rq);
+        self.beta * ((lp - lq) - (rp - rq))
     }
 
     /// The logit `⟨U_y, h_{x_i}⟩` of one side: from `θ_R` when `y ∈ R`, else `U(0)`'s.
@@ -705,12 +711,7 @@ impl MarginModel for SeenRowsImplicitRm {
             .enumerate()
             .for_each(|(c, out)| {
                 for (k, m) in out.iter_mut().enumerate() {
-                    let i = c * SEEN_ROWS_CHUNK + k;
-                    let (p, q) = self.pair_rows[i];
-                    let (rp, rq) = self.ref_logits[i];
-                    let lp = self.logit(theta, i, p, rp);
-                    let lq = self.logit(theta, i, q, rq);
-                    *m = self.beta * ((lp - lq) - (rp - rq));
+                    *m = self.pair_margin(theta, c * SEEN_ROWS_CHUNK + k);
                 }
             });
     }

@@ -367,15 +367,16 @@ fn run_model_observed(
     let reduced = (kind == ModelKind::Implicit && trains_seen_rows(config, setup))
         .then(|| SeenRowsImplicitRm::new(&setup.train, &setup.unembedding_init, setup.config.beta));
     let reference = max_margin.as_ref().ok().map(|m| m.params.clone());
-    let (objective, start, observer): (Box<dyn MarginModel>, Vec<f64>, Observer) =
+    // The objective: the seen-row model itself (not a copy), or a model built here.
+    let (built, start, observer): (Option<Box<dyn MarginModel>>, Vec<f64>, Observer) =
         match (kind, &reduced) {
             (ModelKind::Explicit, _) => (
-                Box::new(ExplicitRm::new(&setup.train)),
+                Some(Box::new(ExplicitRm::new(&setup.train))),
                 setup.head_init.to_vec(),
                 Observer::new(kind, setup, setup.head_init.to_vec(), reference, tau),
             ),
             (ModelKind::Implicit, Some(r)) => (
-                Box::new(r.clone()),
+                None,
                 r.initial(),
                 Observer::seen_rows(setup, &r.rows, reference, tau),
             ),
@@ -391,17 +392,22 @@ fn run_model_observed(
                 });
                 let theta0: Vec<f64> = u0.iter().copied().collect();
                 (
-                    Box::new(ImplicitRm::new(
+                    Some(Box::new(ImplicitRm::new(
                         &setup.train,
                         u0.view(),
                         setup.config.beta,
                         config.train.imrm_gradient,
-                    )),
+                    ))),
                     theta0.clone(),
                     Observer::new(kind, setup, theta0, reference, tau),
                 )
             }
         };
+    let objective: &dyn MarginModel = match (&built, &reduced) {
+        (Some(b), _) => b.as_ref(),
+        (None, Some(r)) => r,
+        (None, None) => unreachable!("a model is built unless the seen-row one is used"),
+    };
     // The separator's direction in the trained state's layout: u*, or ΔU* on the rows of T
     // (the seen-row state is T, sorted, like the separator's rows).
     let direction: Option<&[f64]> = match (&max_margin, kind, &reduced) {
@@ -413,7 +419,7 @@ fn run_model_observed(
     };
     let mut trajectory = Vec::new();
     let outcome = train_screened(
-        objective.as_ref(),
+        objective,
         &start,
         &config.train,
         kind.label(),
@@ -431,7 +437,7 @@ fn run_model_observed(
             Ok(())
         },
     )?;
-    drop(objective);
+    drop(built);
     // The seen-row IM-RM keeps the rows T ∪ E: T trained, the others at U(0).
     let (rows, initial, final_params) = match &reduced {
         Some(r) => {

@@ -5,7 +5,7 @@
 //! (for one token, `h_{x,y} = tanh(A h_x + B e_y)`); unembedding `U(0)`, head `u(0)`; splits.
 
 use crate::config::{Config, SetupConfig, UnembeddingInit};
-use ndarray::{s, Array1, Array2, Array3, ArrayView1, Axis};
+use ndarray::{s, Array1, Array2, Array3, Axis};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -80,13 +80,6 @@ impl Vocabulary {
 pub struct RecurrentMap {
     pub a: Array2<f64>,
     pub b: Array2<f64>,
-}
-
-impl RecurrentMap {
-    /// One step: `tanh(A state + B embedding)`.
-    pub fn step(&self, state: ArrayView1<f64>, embedding: ArrayView1<f64>) -> Array1<f64> {
-        (self.a.dot(&state) + self.b.dot(&embedding)).mapv(f64::tanh)
-    }
 }
 
 /// Preference pairs `(x_i, y_i⁺, y_i⁻)` with their hidden representations; responses have `K`
