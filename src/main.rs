@@ -169,6 +169,37 @@ enum Command {
         #[command(flatten)]
         output: OutputFlags,
     },
+    /// The paper's controlled experiment in its own recipe (MATH.md §6, feature `lm`): prefix +
+    /// word responses, sequence-level IM-RM and EX-RM rewards, Adam on every parameter (`full`)
+    /// or on the head / unembedding over frozen representations (`head`), evaluated on the
+    /// training pairs and on shifted prefixes and words.
+    #[cfg(feature = "lm")]
+    #[command(name = "lm-recipe", after_help = EXIT_CODES)]
+    LmRecipe {
+        /// Hugging Face folder: config.json (model_type llama, qwen2, gpt_neox, gpt2, or bert
+        /// for the pseudo-log-likelihood proxy), *.safetensors, tokenizer.json, and
+        /// tokenizer_config.json for the chat template where the model has one.
+        #[arg(long)]
+        model: PathBuf,
+        /// Recipe config (experiments/persona_paper.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// Output folder, written atomically.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the transformer runs: cpu, or cuda (needs --features cuda).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// full: every parameter trained (the paper); head: body frozen, EX-RM head or IM-RM
+        /// unembedding trained; both: head then full.
+        #[arg(long, default_value = "full", value_parser = ["head", "full", "both"])]
+        mode: String,
+        /// Override train.epochs of the config (e.g. a short smoke run).
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[command(flatten)]
+        output: OutputFlags,
+    },
     /// Write a copy of a checkpoint folder with its f32 weights cast to f16 or bf16 (feature
     /// `lm`): half the bytes, for carrying a model where the f32 file does not fit. rmflow loads
     /// either copy as f32; the copy differs by the weights' rounding only.
@@ -188,13 +219,18 @@ enum Command {
         output: OutputFlags,
     },
     /// Write tiny random checkpoints of every family rmflow loads (bert, llama-gqa, llama-tied,
-    /// gpt2) into OUT/NAME (feature `lm`): for forward checks on other machines.
+    /// gpt2, qwen2, qwen2-tied, pythia) into OUT/NAME (feature `lm`): for forward checks on other
+    /// machines and smoke runs of `lm` and `lm-recipe`.
     #[cfg(feature = "lm")]
     #[command(name = "lm-tiny", after_help = EXIT_CODES)]
     LmTiny {
         /// Output folder, written atomically.
         #[arg(long)]
         out: PathBuf,
+        /// Also give the vocabularies every word of this recipe config (statements, prefixes,
+        /// words), so that `rmflow lm-recipe` runs on the tiny checkpoints.
+        #[arg(long)]
+        recipe: Option<PathBuf>,
         #[command(flatten)]
         output: OutputFlags,
     },
@@ -758,12 +794,38 @@ fn run(cli: Cli) -> Result<()> {
             run_lm(&model, &file, &out, device, &mode, output.replace())
         }
         #[cfg(feature = "lm")]
-        Command::LmTiny { out, output } => {
-            let dir = rmflow::output::AtomicDir::create(&out, output.replace())?;
-            let texts: Vec<String> = rmflow::lm::tiny::PROBE_TEXTS
+        Command::LmRecipe {
+            model,
+            config,
+            out,
+            device,
+            mode,
+            epochs,
+            output,
+        } => {
+            let device = lm_device(&device)?;
+            rmflow::output::check_not_overwriting_input(&config, &out)?;
+            let mut file = rmflow::lm::recipe::RecipeFile::from_file(&config)?;
+            if let Some(e) = epochs {
+                file.train.epochs = e;
+            }
+            run_lm_recipe(&model, &file, &out, device, &mode, output.replace())
+        }
+        #[cfg(feature = "lm")]
+        Command::LmTiny {
+            out,
+            recipe,
+            output,
+        } => {
+            let mut texts: Vec<String> = rmflow::lm::tiny::PROBE_TEXTS
                 .iter()
                 .map(|t| t.to_string())
                 .collect();
+            if let Some(path) = &recipe {
+                let file = rmflow::lm::recipe::RecipeFile::from_file(path)?;
+                texts.extend(rmflow::lm::recipe::vocabulary_texts(&file)?);
+            }
+            let dir = rmflow::output::AtomicDir::create(&out, output.replace())?;
             for (name, spec) in rmflow::lm::tiny::standard_specs() {
                 rmflow::lm::tiny::write_tiny_checkpoint(&dir.path(name)?, spec, &texts)?;
             }
@@ -900,6 +962,75 @@ fn lm_device(device: &str) -> Result<candle_core::Device> {
             return Err(InputError(format!("--device must be cpu or cuda, got {other:?}")).into())
         }
     })
+}
+
+#[cfg(feature = "lm")]
+fn run_lm_recipe(
+    model: &std::path::Path,
+    file: &rmflow::lm::recipe::RecipeFile,
+    out: &std::path::Path,
+    device: candle_core::Device,
+    mode: &str,
+    replace: Replace,
+) -> Result<()> {
+    use rmflow::lm::recipe::{self, RecipeMode};
+    use rmflow::simulation::ModelKind;
+    let modes: &[RecipeMode] = match mode {
+        "head" => &[RecipeMode::Head],
+        "both" => &[RecipeMode::Head, RecipeMode::Full],
+        _ => &[RecipeMode::Full],
+    };
+    let dir = rmflow::export::AtomicDir::create(out, replace)?;
+    let total = recipe::steps_per_run(file) as u64;
+    let mut bar: Option<((RecipeMode, ModelKind), Progress)> = None;
+    eprintln!("rmflow lm-recipe: loading {}", model.display());
+    let outcome = recipe::run_recipe(model, file, &device, modes, &mut |mode, kind, r| {
+        if bar.as_ref().map(|b| b.0) != Some((mode, kind)) {
+            if let Some((_, b)) = bar.take() {
+                b.finish();
+            }
+            bar = Some((
+                (mode, kind),
+                progress_bar(
+                    &format!("lm-recipe {} {}", mode.name(), kind.label()),
+                    total,
+                    "steps",
+                ),
+            ));
+        }
+        if let Some((_, b)) = &bar {
+            b.inc(&format!("epoch {} loss {:.4}", r.epoch, r.loss));
+        }
+    })?;
+    if let Some((_, b)) = bar {
+        b.finish();
+    }
+    recipe::write_outputs(&dir, &outcome)?;
+    let written = dir.commit()?;
+    println!(
+        "{} ({:?}), prompts: {}; {} sequences",
+        outcome.model.display(),
+        outcome.arch,
+        outcome.problem.prompt_format,
+        outcome.problem.sequences.len()
+    );
+    if outcome.arch == rmflow::lm::Architecture::Bert {
+        println!("note: {}", recipe::PSEUDO_LIKELIHOOD_NOTE);
+    }
+    for r in &outcome.runs {
+        println!(
+            "{} {}: {} parameters trained, {} steps, {:.1} s ({:.3} s per step)",
+            r.mode.name(),
+            r.kind.label(),
+            r.parameters,
+            r.history.len(),
+            r.seconds,
+            r.step_seconds / r.history.len().max(1) as f64
+        );
+    }
+    print!("{}", recipe::final_table(&outcome));
+    println!("wrote {}", written.display());
+    Ok(())
 }
 
 #[cfg(feature = "lm")]

@@ -184,10 +184,7 @@ fn tiny_models_run_head_only_and_full_fine_tuning() {
         let im_full = json(&out.join("full/imrm/summary.json"));
         assert_eq!(im_full["unseen_row_drift"], 0.0, "{name}");
         let lm = json(&out.join("lm.json"));
-        assert_eq!(
-            lm["architecture"],
-            format!("{:?}", spec.arch).to_lowercase()
-        );
+        assert_eq!(lm["architecture"], spec.arch.model_type());
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

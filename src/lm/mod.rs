@@ -19,11 +19,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+pub mod chat;
 pub mod convert;
 pub mod export;
 pub mod finetune;
 pub mod model;
 pub mod nets;
+pub mod recipe;
 pub mod tiny;
 
 pub use candle_core::Device;

@@ -2,10 +2,10 @@
 //! Face folder (config.json, *.safetensors, tokenizer.json) into trainable candle variables, and
 //! the final hidden state `h` at a chosen position of each sequence.
 //!
-//! Families: BERT (masked: the answer fills a `[MASK]` slot), Llama and GPT-2 (causal: `π(y|x)`
-//! is read at the last prompt position, the EX-RM at the position of `y`).
+//! Families: BERT (masked: the answer fills a `[MASK]` slot), Llama, Qwen2, GPT-2 and GPT-NeoX
+//! (causal: `π(y|x)` is read at the last prompt position, the EX-RM at the position of `y`).
 
-use super::nets::{self, BertShape, Gpt2, Gpt2Config};
+use super::nets::{self, BertShape, Gpt2, Gpt2Config, GptNeox, GptNeoxConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor, Var};
@@ -26,11 +26,27 @@ pub enum Architecture {
     Bert,
     Llama,
     Gpt2,
+    /// GPT-NeoX (Pythia).
+    #[serde(rename = "gpt_neox")]
+    GptNeox,
+    /// Qwen2 / Qwen2.5.
+    Qwen2,
 }
 
 impl Architecture {
     pub fn is_causal(self) -> bool {
         !matches!(self, Architecture::Bert)
+    }
+
+    /// `model_type` of config.json.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Architecture::Bert => "bert",
+            Architecture::Llama => "llama",
+            Architecture::Gpt2 => "gpt2",
+            Architecture::GptNeox => "gpt_neox",
+            Architecture::Qwen2 => "qwen2",
+        }
     }
 }
 
@@ -48,8 +64,10 @@ enum Network {
     /// Loaded with an identity read-out in place of `lm_head`, so its last-position output is `h`.
     Llama(Llama, candle_transformers::models::llama::Config),
     DiffBert(nets::Bert),
+    /// Llama, or Qwen2 (q/k/v biases).
     DiffLlama(nets::Llama),
     Gpt2(Gpt2),
+    GptNeox(GptNeox),
 }
 
 /// Name under which the Llama read-out (`[I_D; 0]`, not a parameter) replaces `lm_head.weight`.
@@ -74,7 +92,7 @@ impl CheckpointVars {
     /// The stored name of `name`: as is, or under a wrapper prefix (`bert.`, `transformer.`, `model.`).
     fn stored_name(&self, name: &str) -> Option<String> {
         let name = self.aliases.get(name).map(String::as_str).unwrap_or(name);
-        ["", "bert.", "transformer.", "model."]
+        ["", "bert.", "transformer.", "model.", "gpt_neox."]
             .iter()
             .map(|p| format!("{p}{name}"))
             .find(|n| self.names.contains(n))
@@ -142,9 +160,12 @@ pub struct LanguageModel {
     pub vocab_size: usize,
     /// `[MASK]` id (BERT only).
     pub mask_id: Option<u32>,
-    /// IM-RM unembedding `U` [V, D]: BERT word embeddings, GPT-2 `wte`, Llama `lm_head`
-    /// (`embed_tokens` when tied). A variable of the network: full fine-tuning trains it.
+    /// IM-RM unembedding `U` [V, D]: BERT word embeddings, GPT-2 `wte`, Llama/Qwen2 `lm_head`
+    /// (`embed_tokens` when tied), GPT-NeoX `embed_out`. A variable of the network: full
+    /// fine-tuning trains it.
     unembedding: Tensor,
+    /// The variable name of an untied unembedding (not part of the body that computes `h`).
+    untied_unembedding: Option<String>,
     vars: Arc<Mutex<BTreeMap<String, Var>>>,
 }
 
@@ -189,17 +210,25 @@ impl LanguageModel {
         let files = unsafe { MmapedSafetensors::multi(&weights) }
             .with_context(|| format!("{source}: not a safetensors file"))?;
         let names = files.tensors().into_iter().map(|(n, _)| n).collect();
-        let raw = read_json(&cfg_path)?;
-        let model_type = raw.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-        let arch = match model_type {
+        let mut raw = read_json(&cfg_path)?;
+        let model_type = raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let arch = match model_type.as_str() {
             "bert" => Architecture::Bert,
             "llama" => Architecture::Llama,
             "gpt2" => Architecture::Gpt2,
+            "gpt_neox" => Architecture::GptNeox,
+            "qwen2" => Architecture::Qwen2,
             other => bail!(
-                "{}: model_type {other:?} is not supported (expected \"bert\", \"llama\" or \"gpt2\")",
+                "{}: model_type {other:?} is not supported (expected \"bert\", \"llama\", \"qwen2\", \"gpt2\" or \"gpt_neox\")",
                 cfg_path.display()
             ),
         };
+        normalise_config(arch, &mut raw)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", cfg_path.display()))?;
         let parse_err = |e: serde_json::Error| {
             anyhow::anyhow!("{}: not a {model_type} config: {e}", cfg_path.display())
         };
@@ -215,6 +244,7 @@ impl LanguageModel {
         let mismatch = |e: candle_core::Error| {
             anyhow::anyhow!("{source}: weights do not match {}: {e}", cfg_path.display())
         };
+        let mut untied_unembedding = None;
         let (dim, vocab_size, unembedding_name) = match arch {
             Architecture::Bert => {
                 let c: BertConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
@@ -241,12 +271,31 @@ impl LanguageModel {
                     backend
                         .aliases
                         .insert(LLAMA_UNEMBEDDING_ALIAS.into(), "lm_head.weight".into());
+                    untied_unembedding = Some(LLAMA_UNEMBEDDING_ALIAS.to_string());
                     (d, v, LLAMA_UNEMBEDDING_ALIAS)
+                }
+            }
+            Architecture::Qwen2 => {
+                let c: LlamaConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                if c.tie_word_embeddings == Some(true) {
+                    (c.hidden_size, c.vocab_size, "model.embed_tokens.weight")
+                } else {
+                    untied_unembedding = Some("lm_head.weight".to_string());
+                    (c.hidden_size, c.vocab_size, "lm_head.weight")
                 }
             }
             Architecture::Gpt2 => {
                 let c: Gpt2Config = serde_json::from_value(raw.clone()).map_err(parse_err)?;
                 (c.n_embd, c.vocab_size, "wte.weight")
+            }
+            Architecture::GptNeox => {
+                let c: GptNeoxConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                if c.tie_word_embeddings {
+                    (c.hidden_size, c.vocab_size, "embed_in.weight")
+                } else {
+                    untied_unembedding = Some("embed_out.weight".to_string());
+                    (c.hidden_size, c.vocab_size, "embed_out.weight")
+                }
             }
         };
         let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
@@ -266,7 +315,7 @@ impl LanguageModel {
                 let mut c = c.into_config(false);
                 // Loading the differentiable twin first checks every tensor (candle's
                 // `Llama::load` panics on a missing one).
-                let diff = nets::Llama::load(vb.clone(), &c).map_err(mismatch)?;
+                let diff = nets::Llama::load(vb.clone(), &c, false).map_err(mismatch)?;
                 if forward == Forward::Reference {
                     // The read-out replaces lm_head; the true unembedding is requested separately.
                     c.tie_word_embeddings = false;
@@ -275,9 +324,18 @@ impl LanguageModel {
                     Network::DiffLlama(diff)
                 }
             }
+            (Architecture::Qwen2, _) => {
+                let c: LlamaConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                let c = c.into_config(false);
+                Network::DiffLlama(nets::Llama::load(vb.clone(), &c, true).map_err(mismatch)?)
+            }
             (Architecture::Gpt2, _) => {
                 let c: Gpt2Config = serde_json::from_value(raw.clone()).map_err(parse_err)?;
                 Network::Gpt2(Gpt2::load(vb.clone(), &c).map_err(mismatch)?)
+            }
+            (Architecture::GptNeox, _) => {
+                let c: GptNeoxConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                Network::GptNeox(GptNeox::load(vb.clone(), &c).map_err(mismatch)?)
             }
         };
         let unembedding = vb
@@ -316,6 +374,7 @@ impl LanguageModel {
             vocab_size,
             mask_id,
             unembedding,
+            untied_unembedding,
             vars,
         })
     }
@@ -338,11 +397,11 @@ impl LanguageModel {
         vars.iter().map(|(n, v)| (n.clone(), v.clone())).collect()
     }
 
-    /// The parameters that compute `h` (all but an untied Llama `lm_head`): what the EX-RM trains
+    /// The parameters that compute `h` (all but an untied unembedding): what the EX-RM trains
     /// besides its head.
     pub fn body_parameters(&self) -> Vec<(String, Var)> {
         let mut p = self.parameters();
-        p.retain(|(n, _)| n != LLAMA_UNEMBEDDING_ALIAS);
+        p.retain(|(n, _)| Some(n) != self.untied_unembedding.as_ref());
         p
     }
 
@@ -440,6 +499,22 @@ impl LanguageModel {
             }
             return Ok(sorted.index_select(&Tensor::new(inverse, &self.device)?, 0)?);
         }
+        let h = self.padded_hidden_states(seqs)?;
+        let len = h.dim(1)?;
+        let index: Vec<u32> = pos
+            .iter()
+            .enumerate()
+            .map(|(r, &p)| (r * len + p) as u32)
+            .collect();
+        Ok(h.reshape((n * len, self.dim))?
+            .index_select(&Tensor::new(index, &self.device)?, 0)?)
+    }
+
+    /// Final hidden states of every position `[n, L, D]`, `L` the longest sequence, right-padded
+    /// (padding masked for BERT, never looked at by the causal families). Not available for the
+    /// candle-transformers Llama, which returns the last position only.
+    pub fn padded_hidden_states(&self, seqs: &[Vec<u32>]) -> Result<Tensor> {
+        let n = seqs.len();
         let len = seqs.iter().map(Vec::len).max().unwrap_or(1);
         let (mut ids, mut mask) = (vec![0u32; n * len], vec![0u32; n * len]);
         for (r, s) in seqs.iter().enumerate() {
@@ -448,20 +523,33 @@ impl LanguageModel {
         }
         let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
         let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
-        let h = match &self.network {
+        Ok(match &self.network {
             Network::Bert(m) => m.forward(&ids, &ids.zeros_like()?, Some(&mask))?,
             Network::DiffBert(m) => m.forward(&ids, &mask)?,
             Network::DiffLlama(m) => m.forward(&ids)?,
             Network::Gpt2(m) => m.forward(&ids)?,
-            Network::Llama(..) => unreachable!("handled above"),
-        };
-        let index: Vec<u32> = pos
+            Network::GptNeox(m) => m.forward(&ids)?,
+            Network::Llama(..) => {
+                bail!("every-position hidden states need the differentiable Llama forward")
+            }
+        })
+    }
+
+    /// Next-token logits `U h_t` of every position of each sequence, f64 `[len_i, V]` (one padded
+    /// batch): what `tests/lm_reference.rs` compares with `transformers`.
+    pub fn logits(&self, seqs: &[Vec<u32>]) -> Result<Vec<Array2<f64>>> {
+        let h = self.padded_hidden_states(seqs)?;
+        let (n, len, d) = h.dims3()?;
+        let all = h.reshape((n * len, d))?.matmul(&self.unembedding.t()?)?;
+        let all = to_array2(&all)?;
+        Ok(seqs
             .iter()
             .enumerate()
-            .map(|(r, &p)| (r * len + p) as u32)
-            .collect();
-        Ok(h.reshape((n * len, self.dim))?
-            .index_select(&Tensor::new(index, &self.device)?, 0)?)
+            .map(|(i, s)| {
+                all.slice(ndarray::s![i * len..i * len + s.len(), ..])
+                    .to_owned()
+            })
+            .collect())
     }
 
     /// [`hidden_states`](Self::hidden_states) in batches of `batch`, detached, as f64 [n, D].
@@ -488,4 +576,68 @@ pub fn to_array2(t: &Tensor) -> Result<Array2<f64>> {
         (r, c),
         v.into_iter().map(f64::from).collect(),
     )?)
+}
+
+/// Brings a config.json written by `transformers` ≥ 5 (`rope_parameters`) to the field names the
+/// loaders read (`rope_theta`, `rope_scaling`, GPT-NeoX `rotary_pct`/`rotary_emb_base`), and
+/// refuses the variants these forwards do not implement, naming the field.
+fn normalise_config(arch: Architecture, raw: &mut serde_json::Value) -> Result<()> {
+    let Some(obj) = raw.as_object_mut() else {
+        bail!("config.json is not a JSON object");
+    };
+    if let Some(p) = obj.get("rope_parameters").cloned() {
+        let theta = p.get("rope_theta").cloned();
+        let kind = p
+            .get("rope_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("default")
+            .to_string();
+        if let Some(t) = theta {
+            obj.entry("rope_theta").or_insert(t.clone());
+            if arch == Architecture::GptNeox {
+                obj.entry("rotary_emb_base").or_insert(t);
+            }
+        }
+        if let Some(f) = p.get("partial_rotary_factor").cloned() {
+            obj.entry("rotary_pct").or_insert(f);
+        }
+        match kind.as_str() {
+            "default" => {}
+            "llama3" if arch == Architecture::Llama => {
+                obj.entry("rope_scaling").or_insert(p.clone());
+            }
+            other => bail!("rope_parameters.rope_type {other:?} is not supported (expected \"default\", or \"llama3\" for Llama)"),
+        }
+    }
+    if let Some(f) = obj.get("partial_rotary_factor").cloned() {
+        obj.entry("rotary_pct").or_insert(f);
+    }
+    let flag = |name: &str| obj.get(name).and_then(|v| v.as_bool()).unwrap_or(false);
+    match arch {
+        Architecture::Llama if flag("attention_bias") || flag("mlp_bias") => {
+            bail!("attention_bias / mlp_bias = true is not supported for llama")
+        }
+        Architecture::Qwen2 if flag("use_sliding_window") => {
+            bail!("use_sliding_window = true is not supported (full attention only)")
+        }
+        Architecture::GptNeox
+            if obj.get("attention_bias").and_then(|v| v.as_bool()) == Some(false) =>
+        {
+            bail!("attention_bias = false is not supported for gpt_neox")
+        }
+        _ => {}
+    }
+    if matches!(arch, Architecture::Llama | Architecture::Qwen2) {
+        let get = |n: &str| obj.get(n).and_then(|v| v.as_u64());
+        if let (Some(hd), Some(d), Some(h)) = (
+            get("head_dim"),
+            get("hidden_size"),
+            get("num_attention_heads"),
+        ) {
+            if h == 0 || hd * h != d {
+                bail!("head_dim = {hd} but hidden_size / num_attention_heads = {d} / {h}: only head_dim = hidden_size / num_attention_heads is supported");
+            }
+        }
+    }
+    Ok(())
 }

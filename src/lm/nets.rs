@@ -1,4 +1,5 @@
-//! Differentiable forwards of the three families for full fine-tuning (MATH.md §6).
+//! Differentiable forwards of the model families for full fine-tuning (MATH.md §6): BERT,
+//! Llama, Qwen2 (Llama with q/k/v biases), GPT-2 and GPT-NeoX (Pythia).
 //!
 //! candle-nn 0.11's fused `layer_norm`, `rms_norm`, `softmax_last_dim` and `rope` record no
 //! backward op (candle issues #2168, #3011): the models of candle-transformers run forward
@@ -6,8 +7,9 @@
 //! would silently train only what sits after the last one. These re-implementations use only
 //! differentiable ops (`layer_norm_slow`, `rms_norm_slow`, `softmax`, `rope_slow`), read the same
 //! Hugging Face weight names, and are checked against candle-transformers' forward in
-//! `tests/lm.rs` and `tests/lm_tiny.rs`. GPT-2 is not in candle-transformers 0.11.1, so [`Gpt2`]
-//! serves both modes.
+//! `tests/lm.rs` and `tests/lm_tiny.rs`, and against `transformers`' logits on the fixtures of
+//! `tests/fixtures/reference` (`tests/lm_reference.rs`). GPT-2, GPT-NeoX and Qwen2 are served by
+//! these forwards in both modes.
 
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
@@ -213,7 +215,8 @@ struct LlamaLayer {
     down: Linear,
 }
 
-/// Llama decoder (Hugging Face `LlamaModel` names), final normed hidden states `[B, L, D]`.
+/// Llama decoder (Hugging Face `LlamaModel` names), final normed hidden states `[B, L, D]`;
+/// with `qkv_bias` the Qwen2 decoder (`Qwen2Model`: the same names, biases on q, k, v).
 pub struct Llama {
     embed: Embedding,
     layers: Vec<LlamaLayer>,
@@ -226,7 +229,11 @@ pub struct Llama {
 }
 
 impl Llama {
-    pub fn load(vb: VarBuilder, c: &candle_transformers::models::llama::Config) -> Result<Llama> {
+    pub fn load(
+        vb: VarBuilder,
+        c: &candle_transformers::models::llama::Config,
+        qkv_bias: bool,
+    ) -> Result<Llama> {
         let (d, i, eps) = (c.hidden_size, c.intermediate_size, c.rms_norm_eps);
         let hd = d / c.num_attention_heads;
         let kv = c.num_key_value_heads * hd;
@@ -235,9 +242,9 @@ impl Llama {
                 let l = vb.pp(format!("model.layers.{n}"));
                 Ok(LlamaLayer {
                     norm1: Norm::rms(d, eps, l.pp("input_layernorm"))?,
-                    q: linear(d, d, false, l.pp("self_attn.q_proj"))?,
-                    k: linear(d, kv, false, l.pp("self_attn.k_proj"))?,
-                    v: linear(d, kv, false, l.pp("self_attn.v_proj"))?,
+                    q: linear(d, d, qkv_bias, l.pp("self_attn.q_proj"))?,
+                    k: linear(d, kv, qkv_bias, l.pp("self_attn.k_proj"))?,
+                    v: linear(d, kv, qkv_bias, l.pp("self_attn.v_proj"))?,
                     o: linear(d, d, false, l.pp("self_attn.o_proj"))?,
                     norm2: Norm::rms(d, eps, l.pp("post_attention_layernorm"))?,
                     gate: linear(d, i, false, l.pp("mlp.gate_proj"))?,
@@ -420,5 +427,168 @@ impl Gpt2 {
             x = (b.mlp_proj.forward(&m)? + x)?;
         }
         self.ln_f.forward(&x)
+    }
+}
+
+// ---------------------------------------------------------------- GPT-NeoX (Pythia)
+
+/// GPT-NeoX config.json fields used here.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GptNeoxConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    /// Fraction of each head's dimensions that are rotated (Pythia: 0.25).
+    #[serde(default = "quarter")]
+    pub rotary_pct: f64,
+    #[serde(default = "rotary_base")]
+    pub rotary_emb_base: f64,
+    #[serde(default = "gpt2_eps")]
+    pub layer_norm_eps: f64,
+    /// `x + attn(ln₁ x) + mlp(ln₂ x)` (Pythia) instead of two sequential residual blocks.
+    #[serde(default = "yes")]
+    pub use_parallel_residual: bool,
+    #[serde(default = "gelu")]
+    pub hidden_act: String,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+fn quarter() -> f64 {
+    0.25
+}
+fn rotary_base() -> f64 {
+    10000.0
+}
+fn yes() -> bool {
+    true
+}
+
+struct NeoxLayer {
+    ln_1: Norm,
+    ln_2: Norm,
+    qkv: Linear,
+    dense: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// GPT-NeoX (`GPTNeoXModel` names under `gpt_neox.`), final `final_layer_norm` states `[B, L, D]`:
+/// fused per-head `[q; k; v]` projection, rotary embedding on the first `rotary_pct` of each
+/// head's dimensions (rotate-half form), parallel or sequential residual.
+pub struct GptNeox {
+    embed: Embedding,
+    layers: Vec<NeoxLayer>,
+    norm: Norm,
+    heads: usize,
+    rotary_dims: usize,
+    inv_freq: Vec<f32>,
+    parallel: bool,
+    act: String,
+}
+
+impl GptNeox {
+    pub fn load(vb: VarBuilder, c: &GptNeoxConfig) -> Result<GptNeox> {
+        let (d, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
+        let hd = d / c.num_attention_heads;
+        let rotary_dims = ((hd as f64) * c.rotary_pct) as usize;
+        let layers = (0..c.num_hidden_layers)
+            .map(|n| {
+                let l = vb.pp(format!("layers.{n}"));
+                Ok(NeoxLayer {
+                    ln_1: Norm::layer(d, eps, l.pp("input_layernorm"))?,
+                    ln_2: Norm::layer(d, eps, l.pp("post_attention_layernorm"))?,
+                    qkv: linear(d, 3 * d, true, l.pp("attention.query_key_value"))?,
+                    dense: linear(d, d, true, l.pp("attention.dense"))?,
+                    up: linear(d, i, true, l.pp("mlp.dense_h_to_4h"))?,
+                    down: linear(i, d, true, l.pp("mlp.dense_4h_to_h"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let inv_freq = (0..rotary_dims)
+            .step_by(2)
+            .map(|k| (1.0 / c.rotary_emb_base.powf(k as f64 / rotary_dims as f64)) as f32)
+            .collect();
+        Ok(GptNeox {
+            embed: embedding(c.vocab_size, d, vb.pp("embed_in"))?,
+            layers,
+            norm: Norm::layer(d, eps, vb.pp("final_layer_norm"))?,
+            heads: c.num_attention_heads,
+            rotary_dims,
+            inv_freq,
+            parallel: c.use_parallel_residual,
+            act: c.hidden_act.clone(),
+        })
+    }
+
+    /// Rotary embedding on the first `rotary_dims` of `x` [B, H, L, hd].
+    fn rotate(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if self.rotary_dims == 0 {
+            return Ok(x.clone());
+        }
+        let hd = x.dim(3)?;
+        let rot = candle_nn::rotary_emb::rope_slow(
+            &x.narrow(3, 0, self.rotary_dims)?.contiguous()?,
+            cos,
+            sin,
+        )?;
+        if self.rotary_dims == hd {
+            return Ok(rot);
+        }
+        Tensor::cat(
+            &[&rot, &x.narrow(3, self.rotary_dims, hd - self.rotary_dims)?],
+            3,
+        )
+    }
+
+    /// `ids` [B, L]; right padding needs no mask (causal attention never looks ahead).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        let dev = ids.device();
+        let (cos, sin) = if self.rotary_dims > 0 {
+            let theta = Tensor::arange(0u32, l as u32, dev)?
+                .to_dtype(DType::F32)?
+                .reshape((l, 1))?
+                .matmul(&Tensor::new(self.inv_freq.as_slice(), dev)?.reshape((1, ()))?)?;
+            (theta.cos()?, theta.sin()?)
+        } else {
+            let z = Tensor::zeros((l, 1), DType::F32, dev)?;
+            (z.clone(), z)
+        };
+        let mask = causal_mask(l, dev)?;
+        let mut x = self.embed.forward(ids)?;
+        for layer in &self.layers {
+            let d = x.dim(2)?;
+            let hd = d / self.heads;
+            // Per head [q | k | v] (Hugging Face's view(B, L, H, 3·hd)).
+            let qkv = layer
+                .qkv
+                .forward(&layer.ln_1.forward(&x)?)?
+                .reshape((b, l, self.heads, 3 * hd))?
+                .transpose(1, 2)?;
+            let part = |k: usize| qkv.narrow(3, k * hd, hd)?.contiguous();
+            let q = self.rotate(&part(0)?, &cos, &sin)?;
+            let k = self.rotate(&part(1)?, &cos, &sin)?;
+            let ctx = attention(&q, &k, &part(2)?, &mask)?;
+            let attn = layer.dense.forward(&ctx)?;
+            let mlp = |h: &Tensor| -> Result<Tensor> {
+                let u = layer.up.forward(h)?;
+                let u = match self.act.as_str() {
+                    "gelu" => u.gelu_erf()?,
+                    "relu" => u.relu()?,
+                    _ => u.gelu()?,
+                };
+                layer.down.forward(&u)
+            };
+            x = if self.parallel {
+                ((mlp(&layer.ln_2.forward(&x)?)? + attn)? + x)?
+            } else {
+                let x1 = (attn + x)?;
+                (mlp(&layer.ln_2.forward(&x1)?)? + x1)?
+            };
+        }
+        self.norm.forward(&x)
     }
 }

@@ -25,9 +25,9 @@ pub struct TinySpec {
     pub dim: usize,
     pub layers: usize,
     pub heads: usize,
-    /// Llama only: key/value heads (grouped-query attention when < `heads`).
+    /// Llama and Qwen2: key/value heads (grouped-query attention when < `heads`).
     pub kv_heads: usize,
-    /// Llama only: `lm_head` tied to `embed_tokens`.
+    /// Llama and Qwen2: `lm_head` tied to `embed_tokens`.
     pub tied: bool,
     pub seed: u64,
 }
@@ -174,6 +174,22 @@ pub fn write_tiny_checkpoint(dir: &Path, spec: TinySpec, texts: &[String]) -> Re
             "n_positions": 128, "n_embd": d, "n_layer": l, "n_head": h,
             "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new"
         }),
+        Architecture::Qwen2 => json!({
+            "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": v,
+            "hidden_size": d, "intermediate_size": 3 * d, "num_hidden_layers": l,
+            "num_attention_heads": h, "num_key_value_heads": spec.kv_heads,
+            "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 128,
+            "tie_word_embeddings": spec.tied, "use_sliding_window": false,
+            "hidden_act": "silu", "bos_token_id": null, "eos_token_id": null
+        }),
+        Architecture::GptNeox => json!({
+            "model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"], "vocab_size": v,
+            "hidden_size": d, "intermediate_size": 4 * d, "num_hidden_layers": l,
+            "num_attention_heads": h, "rotary_pct": 0.25, "rotary_emb_base": 10000.0,
+            "layer_norm_eps": 1e-5, "use_parallel_residual": true, "hidden_act": "gelu",
+            "max_position_embeddings": 128, "tie_word_embeddings": false,
+            "bos_token_id": null, "eos_token_id": null
+        }),
     };
     let backend = std::sync::Arc::new(RandomWeights {
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(spec.seed)),
@@ -207,13 +223,26 @@ pub fn write_tiny_checkpoint(dir: &Path, spec: TinySpec, texts: &[String]) -> Re
         Architecture::Llama => {
             let c: candle_transformers::models::llama::LlamaConfig =
                 serde_json::from_value(parse(&config))?;
-            nets::Llama::load(vb.clone(), &c.into_config(false))?;
+            nets::Llama::load(vb.clone(), &c.into_config(false), false)?;
             if !spec.tied {
                 vb.get((v, d), "lm_head.weight")?;
             }
         }
         Architecture::Gpt2 => {
             nets::Gpt2::load(vb, &serde_json::from_value(parse(&config))?)?;
+        }
+        Architecture::Qwen2 => {
+            let c: candle_transformers::models::llama::LlamaConfig =
+                serde_json::from_value(parse(&config))?;
+            nets::Llama::load(vb.clone(), &c.into_config(false), true)?;
+            if !spec.tied {
+                vb.get((v, d), "lm_head.weight")?;
+            }
+        }
+        Architecture::GptNeox => {
+            let c: nets::GptNeoxConfig = serde_json::from_value(parse(&config))?;
+            nets::GptNeox::load(vb.pp("gpt_neox"), &c)?;
+            vb.get((v, d), "embed_out.weight")?;
         }
     }
     let tensors = backend.drawn.lock().expect("poisoned").clone();
@@ -231,7 +260,9 @@ pub fn write_tiny_checkpoint(dir: &Path, spec: TinySpec, texts: &[String]) -> Re
 }
 
 /// The tiny checkpoints the tests and `rmflow lm-tiny` write, one per family and variant:
-/// `bert`, `llama-gqa` (grouped-query attention), `llama-tied` (tied `lm_head`), `gpt2`.
+/// `bert`, `llama-gqa` (grouped-query attention), `llama-tied` (tied `lm_head`), `gpt2`,
+/// `qwen2` (q/k/v biases, grouped-query attention, untied), `qwen2-tied`, `pythia` (GPT-NeoX:
+/// parallel residual, rotary on a quarter of each head).
 pub fn standard_specs() -> Vec<(&'static str, TinySpec)> {
     let base = TinySpec {
         arch: Architecture::Bert,
@@ -264,6 +295,29 @@ pub fn standard_specs() -> Vec<(&'static str, TinySpec)> {
             "gpt2",
             TinySpec {
                 arch: Architecture::Gpt2,
+                ..base
+            },
+        ),
+        (
+            "qwen2",
+            TinySpec {
+                arch: Architecture::Qwen2,
+                kv_heads: 2,
+                ..base
+            },
+        ),
+        (
+            "qwen2-tied",
+            TinySpec {
+                arch: Architecture::Qwen2,
+                tied: true,
+                ..base
+            },
+        ),
+        (
+            "pythia",
+            TinySpec {
+                arch: Architecture::GptNeox,
                 ..base
             },
         ),

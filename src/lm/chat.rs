@@ -1,0 +1,152 @@
+//! Chat templates (MATH.md §6, the recipe's prompt format): the Jinja `chat_template` of a
+//! checkpoint's `tokenizer_config.json`, rendered with minijinja in Hugging Face's environment
+//! (`trim_blocks`, `lstrip_blocks`, Python string methods, `raise_exception`), checked against
+//! `apply_chat_template` on the fixtures of `tests/fixtures/reference/chat_templates.json`.
+
+use anyhow::{bail, Context, Result};
+use minijinja::{context, Environment, Error, ErrorKind};
+use serde::Serialize;
+use std::path::Path;
+
+/// One message of a conversation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message<'a> {
+    pub role: &'a str,
+    pub content: &'a str,
+}
+
+/// A compiled chat template with the special tokens it may refer to.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    pub bos_token: String,
+    pub eos_token: String,
+    /// Where the template came from (reported in outputs).
+    pub source: String,
+}
+
+fn special(cfg: &serde_json::Value, name: &str) -> String {
+    match cfg.get(name) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v
+            .get("content")
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+            .to_string(),
+        None => String::new(),
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles `source` (named `origin` in errors).
+    pub fn new(source: &str, bos_token: &str, eos_token: &str, origin: &str) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned("chat", source.to_string())
+            .with_context(|| format!("{origin}: chat_template does not compile"))?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+            source: origin.to_string(),
+        })
+    }
+
+    /// The checkpoint's template, from `tokenizer_config.json` (`chat_template` as a string, or
+    /// the entry named "default" of a list), or from a `chat_template.jinja` file beside it;
+    /// `None` where the checkpoint has none.
+    pub fn from_model_dir(dir: &Path) -> Result<Option<Self>> {
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: serde_json::Value = if cfg_path.is_file() {
+            let text = std::fs::read_to_string(&cfg_path)
+                .with_context(|| format!("cannot read {}", cfg_path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?
+        } else {
+            serde_json::Value::Null
+        };
+        let (bos, eos) = (special(&cfg, "bos_token"), special(&cfg, "eos_token"));
+        let origin = cfg_path.display().to_string();
+        match cfg.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Ok(Some(Self::new(s, &bos, &eos, &origin)?)),
+            Some(serde_json::Value::Array(list)) => {
+                let default = list
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|t| t.get("template"))
+                    .and_then(|t| t.as_str());
+                match default {
+                    Some(s) => Ok(Some(Self::new(s, &bos, &eos, &origin)?)),
+                    None => bail!(
+                        "{origin}: chat_template is a list without an entry named \"default\""
+                    ),
+                }
+            }
+            Some(serde_json::Value::Null) | None => {
+                let jinja = dir.join("chat_template.jinja");
+                if jinja.is_file() {
+                    let s = std::fs::read_to_string(&jinja)
+                        .with_context(|| format!("cannot read {}", jinja.display()))?;
+                    Ok(Some(Self::new(
+                        &s,
+                        &bos,
+                        &eos,
+                        &jinja.display().to_string(),
+                    )?))
+                } else {
+                    Ok(None)
+                }
+            }
+            Some(_) => bail!("{origin}: chat_template must be a string or a list"),
+        }
+    }
+
+    /// The rendered conversation (`apply_chat_template(messages, tokenize=False, ...)`).
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let t = self.env.get_template("chat")?;
+        t.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        })
+        .with_context(|| format!("{}: rendering the chat template", self.source))
+    }
+
+    /// The official recipe's split of a chat into prompt and response text: the prompt is the
+    /// user turn with the generation prompt, the response what the full conversation adds to it
+    /// (end-of-turn tokens included).
+    pub fn prompt_and_response(&self, user: &str, assistant: &str) -> Result<(String, String)> {
+        let prompt = self.render(
+            &[Message {
+                role: "user",
+                content: user,
+            }],
+            true,
+        )?;
+        let full = self.render(
+            &[
+                Message {
+                    role: "user",
+                    content: user,
+                },
+                Message {
+                    role: "assistant",
+                    content: assistant,
+                },
+            ],
+            false,
+        )?;
+        match full.strip_prefix(&prompt) {
+            Some(r) => Ok((prompt, r.to_string())),
+            None => bail!(
+                "{}: the conversation with the answer does not start with the rendered prompt, so the response cannot be cut off it (prompt {prompt:?}, full {full:?})",
+                self.source
+            ),
+        }
+    }
+}

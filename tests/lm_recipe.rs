@@ -1,0 +1,423 @@
+//! The paper's recipe (`rmflow lm-recipe`, MATH.md §6) on tiny random checkpoints of every
+//! family: end to end through the CLI, the per-token log-probabilities and read-out positions
+//! against independent computations, gradient accumulation, chat templates against
+//! `transformers`' renderings, determinism and config errors.
+#![cfg(feature = "lm")]
+
+use rmflow::lm::chat::{ChatTemplate, Message};
+use rmflow::lm::recipe::{
+    build_problem, last_response_hidden, response_token_logprobs, vocabulary_texts, RecipeFile,
+};
+use rmflow::lm::tiny::{standard_specs, write_tiny_checkpoint, TinySpec, PROBE_TEXTS};
+use rmflow::lm::{Architecture, Device, Forward, LanguageModel};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const PAPER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/experiments/persona_paper.toml"
+);
+
+/// A ChatML template in the layout of Qwen2.5-Instruct's (the tiny vocabularies hold its pieces).
+const CHATML: &str = "{%- for message in messages %}{%- if loop.first and message['role'] != 'system' %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+
+fn temp(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("rmflow-recipe-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+fn paper() -> RecipeFile {
+    let mut f = RecipeFile::from_file(Path::new(PAPER)).unwrap();
+    f.data.statements = Path::new(env!("CARGO_MANIFEST_DIR")).join(&f.data.statements);
+    f
+}
+
+/// The recipe's texts and the chat template's pieces as the tiny checkpoint's vocabulary.
+fn vocabulary() -> Vec<String> {
+    let mut t: Vec<String> = PROBE_TEXTS.iter().map(|s| s.to_string()).collect();
+    t.extend(vocabulary_texts(&paper()).unwrap());
+    t.push("<|im_start|>system You are a helpful assistant.<|im_end|> user assistant".into());
+    t
+}
+
+/// A tiny checkpoint of `spec`; with `chat`, a tokenizer_config.json carrying [`CHATML`].
+fn checkpoint(dir: &Path, spec: TinySpec, chat: bool) {
+    write_tiny_checkpoint(dir, spec, &vocabulary()).unwrap();
+    if chat {
+        let cfg = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>"});
+        std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    }
+}
+
+/// The paper's config with the statements path made absolute and `edit` applied.
+fn config(dir: &Path, edit: &dyn Fn(&mut RecipeFile)) -> PathBuf {
+    let mut f = paper();
+    edit(&mut f);
+    let p = dir.join(format!(
+        "recipe-{}.toml",
+        std::fs::read_dir(dir).unwrap().count()
+    ));
+    std::fs::write(&p, toml::to_string(&f).unwrap()).unwrap();
+    p
+}
+
+fn run(args: &[&str], threads: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rmflow"))
+        .arg("lm-recipe")
+        .args(args)
+        .env("RAYON_NUM_THREADS", threads)
+        .output()
+        .unwrap()
+}
+
+fn run_ok(model: &Path, config: &Path, out: &Path, mode: &str, threads: &str) {
+    let o = run(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--mode",
+            mode,
+            "--force",
+        ],
+        threads,
+    );
+    assert!(
+        o.status.success(),
+        "{}: {}",
+        model.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Rows of metrics.csv as (mode, model, epoch, split, exact-tie accuracy, normalised margin).
+fn metrics(out: &Path) -> Vec<(String, String, usize, String, f64, f64)> {
+    let text = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (
+                f[col("mode")].to_string(),
+                f[col("model")].to_string(),
+                f[col("epoch")].parse().unwrap(),
+                f[col("split")].to_string(),
+                f[col("exact_tie_accuracy")].parse().unwrap(),
+                f[col("normalised_abs_margin")].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Every family, both modes, both reward models, two epochs of the paper's recipe through the
+/// CLI: every output written and finite; before training the IM-RM's reward is exactly 0 on
+/// every sequence (π = π_ref), so every split is an exact tie (accuracy ½); the rows of every
+/// run and split are there; the masked encoder says that its rewards are a proxy.
+#[test]
+fn recipe_runs_on_every_family_in_both_modes() {
+    let dir = temp("families");
+    let cfg = config(&dir, &|f| f.train.epochs = 2);
+    for (name, spec) in standard_specs() {
+        let model = dir.join(name);
+        checkpoint(&model, spec, name == "qwen2");
+        let out = dir.join(format!("out-{name}"));
+        run_ok(&model, &cfg, &out, "both", "2");
+        let rows = metrics(&out);
+        // 2 modes × 2 models × 2 checkpoints (epoch 0, 2) × 4 splits.
+        assert_eq!(rows.len(), 32, "{name}");
+        for (mode, model_name, epoch, split, acc, norm) in &rows {
+            assert!(
+                acc.is_finite() && norm.is_finite(),
+                "{name}: {mode} {model_name} {split}"
+            );
+            if model_name == "imrm" && *epoch == 0 {
+                assert_eq!(*acc, 0.5, "{name}: {mode} IM-RM {split} before training");
+            }
+        }
+        let rewards = std::fs::read_to_string(out.join("rewards.csv")).unwrap();
+        assert_eq!(rewards.lines().count(), 1 + 4 * 720, "{name}");
+        let recipe = json(&out.join("recipe.json"));
+        assert_eq!(recipe["architecture"], spec.arch.model_type(), "{name}");
+        let format = recipe["prompt_format"].as_str().unwrap();
+        match (name, spec.arch) {
+            ("qwen2", _) => assert!(format.starts_with("chat template"), "{format}"),
+            (_, Architecture::Bert) => {
+                assert!(recipe["note"]
+                    .as_str()
+                    .unwrap()
+                    .contains("pseudo-log-likelihood"))
+            }
+            _ => assert!(format.contains("no chat_template"), "{format}"),
+        }
+        for run in recipe["runs"].as_array().unwrap() {
+            assert_eq!(run["steps"], 6, "{name}: 2 epochs of ⌈80/32⌉ steps");
+        }
+        for m in ["head/exrm", "head/imrm", "full/exrm", "full/imrm"] {
+            let s = json(&out.join(format!("{m}/summary.json")));
+            let losses: Vec<f64> = s["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["loss"].as_f64().unwrap())
+                .collect();
+            assert!(losses.iter().all(|l| l.is_finite()), "{name} {m}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The paper's recipe exactly (50 epochs, Adam lr 1e-6, 32 pairs per step as 4 × 8, β = 0.01)
+/// with full fine-tuning of both reward models on the tiny Qwen2 checkpoint with its chat
+/// template: 150 steps each (50 epochs of ⌈80 / 32⌉ = 3 steps), and the IM-RM's training loss
+/// goes down.
+#[test]
+fn paper_recipe_full_fine_tuning_on_a_tiny_checkpoint() {
+    let dir = temp("paper");
+    let model = dir.join("qwen2");
+    checkpoint(&model, standard_specs()[4].1, true);
+    let cfg = config(&dir, &|_| {});
+    let out = dir.join("out");
+    run_ok(&model, &cfg, &out, "full", "2");
+    for m in ["exrm", "imrm"] {
+        let s = json(&out.join(format!("full/{m}/summary.json")));
+        let h = s["history"].as_array().unwrap();
+        assert_eq!(h.len(), 150, "{m}");
+        if m == "imrm" {
+            let first: f64 = h[..3].iter().map(|r| r["loss"].as_f64().unwrap()).sum();
+            let last: f64 = h[h.len() - 3..]
+                .iter()
+                .map(|r| r["loss"].as_f64().unwrap())
+                .sum();
+            assert!(last < first, "IM-RM loss {first} → {last}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The IM-RM's per-token `ln π(y_k | x, y_<k)` and the EX-RM's read-out position against an
+/// independent computation from the full logits (f64 log-softmax of the row that predicts each
+/// response token; BERT: the token masked, read at its own position), every family.
+#[test]
+fn response_logprobs_and_readout_match_an_independent_computation() {
+    let dir = temp("logprobs");
+    for (name, spec) in standard_specs() {
+        let model = dir.join(name);
+        checkpoint(&model, spec, name == "qwen2");
+        let lm = LanguageModel::load(&model, &Device::Cpu, Forward::Differentiable).unwrap();
+        let problem = build_problem(&paper(), &lm).unwrap();
+        // Sequences of different lengths in one padded batch, multi-token answers included.
+        let seqs = problem.sequences.iter();
+        let mut pick: Vec<_> = seqs
+            .clone()
+            .filter(|s| s.prompt % 37 == 0)
+            .take(3)
+            .collect();
+        pick.extend(seqs.filter(|s| s.word == "not really").take(3));
+        let pick: Vec<_> = pick.into_iter().cloned().collect();
+        assert!(pick.iter().any(|s| s.word == "not really"));
+        let got = response_token_logprobs(&lm, &pick, 4).unwrap();
+        let hidden = last_response_hidden(&lm, &pick).unwrap();
+        let mut worst: f64 = 0.0;
+        for (i, s) in pick.iter().enumerate() {
+            assert_eq!(got[i].len(), s.response_end - s.response_start, "{name}");
+            for (j, k) in (s.response_start..s.response_end).enumerate() {
+                let (ids, row) = match lm.mask_id {
+                    None => (s.ids.clone(), k - 1),
+                    Some(m) => {
+                        let mut ids = s.ids.clone();
+                        ids[k] = m;
+                        (ids, k)
+                    }
+                };
+                let logits = lm.logits(&[ids]).unwrap().remove(0);
+                let r = logits.row(row);
+                let max = r.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+                let lse = max + r.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+                worst = worst.max((got[i][j] - (r[s.ids[k] as usize] - lse)).abs());
+            }
+            let h = lm
+                .hidden_at(std::slice::from_ref(&s.ids), &[s.response_end - 1], 1)
+                .unwrap();
+            let gap = (&h.row(0) - &hidden.row(i))
+                .iter()
+                .fold(0.0f64, |a, b| a.max(b.abs()));
+            assert!(gap <= 1e-5, "{name}: read-out position, gap {gap}");
+        }
+        assert!(worst <= 1e-5, "{name}: max |Δ ln π| = {worst}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One step over 32 pairs in micro-batches of 8 equals one step over all 32 at once. With
+/// Adam's ε ≫ |g| the first update is ≈ −lr·g/ε, linear in the accumulated gradient, so the
+/// comparison sees the accumulation rather than Adam's sign-like first step.
+#[test]
+fn gradient_accumulation_equals_one_large_batch() {
+    let dir = temp("accumulate");
+    let model = dir.join("llama");
+    checkpoint(&model, standard_specs()[1].1, false);
+    let read = |micro: usize| {
+        let cfg = config(&dir, &|f| {
+            f.train.epochs = 1;
+            f.data.train_prompts = 32;
+            f.train.micro_batch = micro;
+            f.train.eps = 1.0;
+            f.train.lr = 1e-2;
+        });
+        let out = dir.join(format!("out-{micro}"));
+        run_ok(&model, &cfg, &out, "full", "2");
+        std::fs::read_to_string(out.join("rewards.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit(',').next().unwrap().parse::<f64>().unwrap())
+            .collect::<Vec<f64>>()
+    };
+    let (a, b) = (read(8), read(32));
+    let scale = a.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let gap = a
+        .iter()
+        .zip(&b)
+        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    assert!(scale > 0.0, "training moved no reward");
+    assert!(gap <= 1e-3 * scale, "max |Δr| {gap} vs max |r| {scale}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Same seed ⇒ bit-identical outputs with 1 or 2 threads.
+#[test]
+fn recipe_is_reproducible_across_thread_counts() {
+    let dir = temp("threads");
+    let model = dir.join("pythia");
+    checkpoint(&model, standard_specs()[6].1, false);
+    let cfg = config(&dir, &|f| f.train.epochs = 1);
+    let read = |threads: &str| {
+        let out = dir.join(format!("out-{threads}"));
+        run_ok(&model, &cfg, &out, "both", threads);
+        (
+            std::fs::read(out.join("rewards.csv")).unwrap(),
+            std::fs::read(out.join("metrics.csv")).unwrap(),
+            std::fs::read(out.join("history.csv")).unwrap(),
+        )
+    };
+    assert!(read("1") == read("2"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// minijinja renders what `transformers`' `apply_chat_template` rendered (fixtures written by
+/// scripts/reference_fixtures.py), and a template's `raise_exception` is an error.
+#[test]
+fn chat_templates_render_as_transformers_does() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference/chat_templates.json");
+    let f = json(&path);
+    let bos = f["bos_token"].as_str().unwrap();
+    let mut checked = 0;
+    for r in f["renders"].as_array().unwrap() {
+        let name = r["template"].as_str().unwrap();
+        let t = ChatTemplate::new(f["templates"][name].as_str().unwrap(), bos, "", name).unwrap();
+        let msgs: Vec<(String, String)> = r["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["role"].as_str().unwrap().to_string(),
+                    m["content"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let msgs: Vec<Message> = msgs
+            .iter()
+            .map(|(role, content)| Message { role, content })
+            .collect();
+        let got = t
+            .render(&msgs, r["add_generation_prompt"].as_bool().unwrap())
+            .unwrap();
+        assert_eq!(got, r["text"].as_str().unwrap(), "{name}");
+        checked += 1;
+    }
+    assert_eq!(checked, 8);
+    let t = ChatTemplate::new(
+        f["templates"]["llama3"].as_str().unwrap(),
+        bos,
+        "",
+        "llama3",
+    )
+    .unwrap();
+    let err = t
+        .render(
+            &[Message {
+                role: "tool",
+                content: "x",
+            }],
+            false,
+        )
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("unknown role tool"), "{err:#}");
+}
+
+/// Bad configs are input errors (exit 2) naming the field or file, with no output left behind.
+#[test]
+fn recipe_config_errors_name_the_field() {
+    let dir = temp("errors");
+    let model = dir.join("llama");
+    checkpoint(&model, standard_specs()[1].1, false);
+    let unknown = dir.join("bad-unknown.toml");
+    let text = std::fs::read_to_string(config(&dir, &|_| {})).unwrap();
+    std::fs::write(&unknown, format!("{text}\n[extra]\nx = 1\n")).unwrap();
+    let cases: [(&str, PathBuf, &str); 6] = [
+        ("lr", config(&dir, &|f| f.train.lr = -1.0), "train.lr"),
+        (
+            "nan",
+            config(&dir, &|f| f.train.beta = f64::NAN),
+            "train.beta",
+        ),
+        (
+            "question",
+            config(&dir, &|f| f.data.question = "no slot".into()),
+            "data.question",
+        ),
+        ("unknown", unknown, "extra"),
+        (
+            "prompts",
+            config(&dir, &|f| f.data.train_prompts = 500),
+            "data.train_prompts",
+        ),
+        (
+            "words",
+            config(&dir, &|f| f.responses.eval_chosen_words.clear()),
+            "responses.eval_chosen_words",
+        ),
+    ];
+    for (tag, cfg, field) in cases {
+        let out = dir.join(format!("out-{tag}"));
+        let o = run(
+            &[
+                "--model",
+                model.to_str().unwrap(),
+                "--config",
+                cfg.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            "1",
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{tag}: {err}");
+        assert!(err.contains(field), "{tag}: {err}");
+        assert!(!out.exists(), "{tag}: output left behind");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
