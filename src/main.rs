@@ -143,14 +143,16 @@ enum Command {
     /// `--shard I/N` runs one slice (Slurm array task), `sweep merge` joins the slices.
     #[command(after_help = EXIT_CODES)]
     Sweep(SweepArgs),
-    /// Real-model mode (MATH.md §6, feature `lm`): Theorem 2's setting on a pretrained
-    /// transformer's frozen representations (head-only, exported in simulate's layout), and with
-    /// `--mode full` full fine-tuning of the whole model for both reward types (in `full/`).
+    /// Real-model mode (MATH.md §6, feature `lm`): Theorem 2's setting — single-token answers in a
+    /// `[MASK]` slot or after the prompt — on a pretrained transformer's frozen representations
+    /// (head-only, exported in simulate's layout), and with `--mode full` full fine-tuning of the
+    /// whole model for both reward types (in `full/`). The paper's own recipe is `lm-recipe`.
     #[cfg(feature = "lm")]
     #[command(after_help = EXIT_CODES)]
     Lm {
-        /// Hugging Face folder with config.json (model_type bert, llama or gpt2), *.safetensors and
-        /// tokenizer.json (all-MiniLM-L6-v2: scripts/fetch-model.sh).
+        /// Hugging Face folder with config.json (model_type bert, llama, qwen2, gpt2 or
+        /// gpt_neox), *.safetensors and tokenizer.json (all-MiniLM-L6-v2:
+        /// scripts/fetch-model.sh).
         #[arg(long)]
         model: PathBuf,
         /// Real-model config (experiments/persona.toml).

@@ -57,6 +57,7 @@ pub fn full_summary(run: &FullRun) -> Value {
         "relative_parameter_change": run.relative_parameter_change,
         "unchanged_parameters": run.unchanged_parameters,
         "seconds": run.seconds,
+        "seconds_per_step": run.step_seconds / run.history.len().max(1) as f64,
     })
 }
 

@@ -114,6 +114,8 @@ pub struct FullRun {
     /// gradient shows up here; empty for a healthy run of ≥ 2 steps).
     pub unchanged_parameters: Vec<String>,
     pub seconds: f64,
+    /// Wall time of the optimizer steps alone (forward, backward, update; no evaluation).
+    pub step_seconds: f64,
 }
 
 fn flat(t: &Tensor) -> Result<Vec<f64>> {
@@ -333,6 +335,7 @@ pub fn finetune(
             .map(|p| split_metrics(&p.name, &vec![0.0; p.len()], tie_tolerance))
             .collect(),
     }];
+    let mut step_seconds = 0.0;
     for step in 0..spec.steps {
         let scheduled = spec.eval_every > 0 && step % spec.eval_every == 0;
         if step > 0 && (scheduled || spec.eval_at.contains(&step)) {
@@ -341,6 +344,7 @@ pub fn finetune(
                 splits: evaluate(&ctx, &lm, &head)?.1,
             });
         }
+        let step_start = std::time::Instant::now();
         if order.len() < per_step {
             let mut epoch = all.clone();
             if per_step < n {
@@ -374,13 +378,14 @@ pub fn finetune(
             batch_strict_accuracy: margins.iter().filter(|&&x| x > 0.0).count() as f64
                 / margins.len() as f64,
         };
-        on_step(&record);
-        history.push(record);
         let grads = loss.backward()?;
         opt.step(&grads)?;
         if let Some(h) = head_opt.as_mut() {
             h.step(&grads)?;
         }
+        step_seconds += step_start.elapsed().as_secs_f64();
+        on_step(&record);
+        history.push(record);
     }
     let (pairs, splits) = evaluate(&ctx, &lm, &head)?;
     checkpoints.push(Checkpoint {
@@ -478,5 +483,6 @@ pub fn finetune(
         parameters,
         unchanged_parameters,
         seconds: start.elapsed().as_secs_f64(),
+        step_seconds,
     })
 }

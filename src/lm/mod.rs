@@ -1,6 +1,7 @@
-//! Real-model mode (MATH.md §6), behind the `lm` feature: Theorem 2's setting on the frozen
-//! representations of a pretrained transformer (BERT, Llama, GPT-2 via candle), trained with the
-//! engine's own flows (head-only), and full fine-tuning of the whole model ([`finetune`]).
+//! Real-model mode (MATH.md §6), behind the `lm` feature: Theorem 2's setting (single-token
+//! answers) on the frozen representations of a pretrained transformer (BERT, Llama, Qwen2,
+//! GPT-2, GPT-NeoX via candle), trained with the engine's own flows (head-only), full fine-tuning
+//! of the whole model ([`finetune`]), and the paper's prefix + word recipe ([`recipe`]).
 //!
 //! The response token fills a `[MASK]` slot after the prompt and a response prefix. IM-RM:
 //! `π(y|x) = softmax(E h_mask(x))_y` with the word-embedding matrix `E` as the (tied, trainable)
