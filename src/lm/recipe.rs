@@ -270,6 +270,8 @@ pub struct ScoredSequence {
     pub word: String,
     /// The response text as tokenized (chat-template suffix included).
     pub response_text: String,
+    /// The response's tokens as strings (the tokenizer's pieces).
+    pub response_tokens: Vec<String>,
 }
 
 /// Pairs of sequences evaluated together.
@@ -343,13 +345,16 @@ struct SequenceBuilder<'a> {
 
 impl SequenceBuilder<'_> {
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self
+        Ok(self.encode_with_pieces(text)?.0)
+    }
+
+    fn encode_with_pieces(&self, text: &str) -> Result<(Vec<u32>, Vec<String>)> {
+        let e = self
             .lm
             .tokenizer
             .encode(text, false)
-            .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?
-            .get_ids()
-            .to_vec())
+            .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+        Ok((e.get_ids().to_vec(), e.get_tokens().to_vec()))
     }
 
     fn build(
@@ -366,7 +371,7 @@ impl SequenceBuilder<'_> {
             None => (prompt.to_string(), answer.clone()),
         };
         let prompt_ids = self.encode(&prompt_text)?;
-        let response_ids = self.encode(&response_text)?;
+        let (response_ids, response_tokens) = self.encode_with_pieces(&response_text)?;
         if response_ids.is_empty() {
             bail!("response {response_text:?} encodes to no tokens");
         }
@@ -410,6 +415,7 @@ impl SequenceBuilder<'_> {
             prefix: prefix.to_string(),
             word: word.to_string(),
             response_text,
+            response_tokens,
         })
     }
 
@@ -739,6 +745,19 @@ pub struct RecipeSplitMetrics {
     /// IM-RM: mean per-sequence contribution `β Σ_k [ln π − ln π_ref]` of the prefix tokens,
     /// the answer-word tokens and the rest (chat-template suffix), chosen and rejected sides.
     pub implicit_parts: Option<ImplicitParts>,
+    /// IM-RM: mean contribution `β (ln π − ln π_ref)` of each response token (by side and token
+    /// piece) over the split's sequences: which tokens' rewards moved.
+    pub implicit_tokens: Option<Vec<TokenContribution>>,
+}
+
+/// One response token's mean reward contribution on one side of a split.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenContribution {
+    pub side: Side,
+    pub token: String,
+    pub mean: f64,
+    /// Occurrences over the split's distinct sequences.
+    pub count: usize,
 }
 
 /// Where the IM-RM's reward sits within the response (means over the split's sequences).
@@ -837,6 +856,29 @@ fn evaluate_splits(
                     rejected_rest: m(5),
                 }
             });
+            let implicit_tokens = contributions.map(|tok| {
+                let mut by: BTreeMap<(u8, String), (f64, usize)> = BTreeMap::new();
+                for &i in &distinct {
+                    let q = &problem.sequences[i];
+                    for (piece, v) in q.response_tokens.iter().zip(&tok[i]) {
+                        let e = by.entry((q.side as u8, piece.clone())).or_default();
+                        e.0 += v;
+                        e.1 += 1;
+                    }
+                }
+                by.into_iter()
+                    .map(|((side, token), (sum, count))| TokenContribution {
+                        side: if side == 0 {
+                            Side::Chosen
+                        } else {
+                            Side::Rejected
+                        },
+                        token,
+                        mean: sum / count as f64,
+                        count,
+                    })
+                    .collect()
+            });
             RecipeSplitMetrics {
                 accuracy: split_metrics(&s.name, &margins, tau),
                 rewards: reward_summary(&s.name, &c, &r),
@@ -845,6 +887,7 @@ fn evaluate_splits(
                     .map(|(w, (sum, n))| (w, sum / n as f64))
                     .collect(),
                 implicit_parts,
+                implicit_tokens,
             }
         })
         .collect()
