@@ -986,7 +986,7 @@ fn run_lm_recipe(
     let total = recipe::steps_per_run(file) as u64;
     let mut bar: Option<((RecipeMode, ModelKind), Progress)> = None;
     eprintln!("rmflow lm-recipe: loading {}", model.display());
-    let outcome = recipe::run_recipe(model, file, &device, modes, &mut |mode, kind, r| {
+    let outcome = recipe::run_recipe(model, file, &device, modes, &mut |mode, kind, event| {
         if bar.as_ref().map(|b| b.0) != Some((mode, kind)) {
             if let Some((_, b)) = bar.take() {
                 b.finish();
@@ -1001,7 +1001,12 @@ fn run_lm_recipe(
             ));
         }
         if let Some((_, b)) = &bar {
-            b.inc(&format!("epoch {} loss {:.4}", r.epoch, r.loss));
+            match event {
+                recipe::RecipeEvent::Stage(msg) => b.stage(&msg),
+                recipe::RecipeEvent::Step(r) => {
+                    b.inc(&format!("epoch {} loss {:.4}", r.epoch, r.loss))
+                }
+            }
         }
     })?;
     if let Some((_, b)) = bar {

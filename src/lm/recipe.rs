@@ -779,6 +779,15 @@ pub struct RecipeCheckpoint {
     pub splits: Vec<RecipeSplitMetrics>,
 }
 
+/// What a run reports as it goes.
+#[derive(Debug)]
+pub enum RecipeEvent<'a> {
+    /// A stage without steps (feature extraction, reference scoring, evaluation).
+    Stage(String),
+    /// An optimizer step done.
+    Step(&'a RecipeStep),
+}
+
 /// One optimizer step.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecipeStep {
@@ -1023,7 +1032,7 @@ fn accumulate(
 
 /// Trains one reward model (`kind`) under the recipe in `mode` on a fresh copy of the model in
 /// `model_dir`, evaluating every split before training, every `eval_every_epochs` epochs and
-/// after the last; `on_step` sees every optimizer step.
+/// after the last; `on_event` sees every stage and optimizer step (progress).
 pub fn train_recipe(
     kind: ModelKind,
     mode: RecipeMode,
@@ -1031,7 +1040,7 @@ pub fn train_recipe(
     device: &Device,
     file: &RecipeFile,
     problem: &RecipeProblem,
-    on_step: &mut dyn FnMut(&RecipeStep),
+    on_event: &mut dyn FnMut(RecipeEvent),
 ) -> Result<RecipeRun> {
     let start = std::time::Instant::now();
     let t = &file.train;
@@ -1039,7 +1048,13 @@ pub fn train_recipe(
     let need = Need::of(kind);
     let seqs = &problem.sequences;
     let frozen = match mode {
-        RecipeMode::Head => Some(FrozenFeatures::extract(&lm, seqs, t.eval_batch, need)?),
+        RecipeMode::Head => {
+            on_event(RecipeEvent::Stage(format!(
+                "extracting the frozen features of {} sequences",
+                seqs.len()
+            )));
+            Some(FrozenFeatures::extract(&lm, seqs, t.eval_batch, need)?)
+        }
         RecipeMode::Full => None,
     };
     let scorer = Scorer {
@@ -1083,7 +1098,12 @@ pub fn train_recipe(
         }
     };
     let reference: Vec<Vec<f64>> = match kind {
-        ModelKind::Implicit => scorer.token_logprob_table(seqs, &u0)?,
+        ModelKind::Implicit => {
+            on_event(RecipeEvent::Stage(
+                "reference log-probabilities of every sequence".into(),
+            ));
+            scorer.token_logprob_table(seqs, &u0)?
+        }
         ModelKind::Explicit => vec![vec![]; seqs.len()],
     };
     let parameters =
@@ -1111,7 +1131,13 @@ pub fn train_recipe(
         all_vars.push(head.clone());
     }
     let tau = file.eval.tie_tolerance;
-    let evaluate = |epoch: usize, step: usize| -> Result<(RecipeCheckpoint, Vec<f64>)> {
+    let evaluate = |epoch: usize,
+                    step: usize,
+                    on_event: &mut dyn FnMut(RecipeEvent)|
+     -> Result<(RecipeCheckpoint, Vec<f64>)> {
+        on_event(RecipeEvent::Stage(format!(
+            "evaluating every split after epoch {epoch}"
+        )));
         let (rewards, parts) = scorer.score_all(seqs, &u_now(), head.as_tensor(), &reference)?;
         if let Some(i) = rewards.iter().position(|r| !r.is_finite()) {
             bail!(
@@ -1131,7 +1157,7 @@ pub fn train_recipe(
             rewards,
         ))
     };
-    let (first, mut rewards) = evaluate(0, 0)?;
+    let (first, mut rewards) = evaluate(0, 0, on_event)?;
     let mut checkpoints = vec![first];
     let train = &problem.splits[0];
     let n = train.chosen.len();
@@ -1178,11 +1204,11 @@ pub fn train_recipe(
                 loss: loss_sum,
                 batch_accuracy: wins as f64 / pairs.len() as f64,
             };
-            on_step(&record);
+            on_event(RecipeEvent::Step(&record));
             history.push(record);
         }
         if epoch % t.eval_every_epochs == 0 || epoch == t.epochs {
-            let (c, r) = evaluate(epoch, step)?;
+            let (c, r) = evaluate(epoch, step, on_event)?;
             checkpoints.push(c);
             rewards = r;
         }
@@ -1215,13 +1241,13 @@ pub struct RecipeOutcome {
 }
 
 /// Runs the recipe of `file` on the model in `model_dir` in each of `modes`, both reward models;
-/// `on_step` sees every step (progress bars).
+/// `on_event` sees every stage and step (progress bars).
 pub fn run_recipe(
     model_dir: &Path,
     file: &RecipeFile,
     device: &Device,
     modes: &[RecipeMode],
-    on_step: &mut dyn FnMut(RecipeMode, ModelKind, &RecipeStep),
+    on_event: &mut dyn FnMut(RecipeMode, ModelKind, RecipeEvent),
 ) -> Result<RecipeOutcome> {
     let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
     // Statements, prompts, tokenization and chat template: all input errors (exit code 2).
@@ -1239,7 +1265,7 @@ pub fn run_recipe(
                 device,
                 file,
                 &problem,
-                &mut |r| on_step(mode, kind, r),
+                &mut |e| on_event(mode, kind, e),
             )?);
         }
     }
