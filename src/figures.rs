@@ -1240,10 +1240,15 @@ fn accuracy_bars(
     let mut bars = Vec::new();
     for (name, splits, color, light) in rows {
         for s in *splits {
+            // Labels such as "IM-RM no reference, U(0) tied" hold a comma: quoted (RFC 4180).
             writeln!(
                 csv,
-                "{setting},{name},{},{},{},{}",
-                s.split, s.strict_accuracy, s.exact_tie_accuracy, s.tie_aware_accuracy
+                "{setting},\"{}\",{},{},{},{}",
+                name.replace('"', "\"\""),
+                s.split,
+                s.strict_accuracy,
+                s.exact_tie_accuracy,
+                s.tie_aware_accuracy
             )?;
         }
         bars.push(crate::plotting::Bars {
