@@ -4,6 +4,9 @@ Hugging Face `transformers` (from a small config, no download) and their logits 
 that tests/lm_reference.rs can check rmflow's forwards against the reference implementation with no
 Python at test time.
 
+BERT (an encoder without LM head) is included through rmflow's own definition of its logits,
+`h Eᵀ` with the word embeddings `E`.
+
 Usage (a throw-away venv is enough):
     python3 -m venv /tmp/refvenv && /tmp/refvenv/bin/pip install torch transformers
     /tmp/refvenv/bin/python scripts/reference_fixtures.py [OUT_DIR]
@@ -21,9 +24,9 @@ import sys
 
 import torch
 import transformers
-from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM,
-                          LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config,
-                          Qwen2ForCausalLM)
+from transformers import (BertConfig, BertModel, GPT2Config, GPT2LMHeadModel, GPTNeoXConfig,
+                          GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM)
 
 VOCAB = 64
 DIM = 32
@@ -58,6 +61,11 @@ def families():
                                                      use_parallel_residual=True)),
         "neox-sequential": (GPTNeoXForCausalLM, GPTNeoXConfig(**common, rotary_pct=0.5,
                                                               use_parallel_residual=False)),
+        # Encoder: no LM head; rmflow's "logits" are h Eᵀ with the word embeddings E (the tied
+        # unembedding of its IM-RM), computed here from BertModel's last hidden state.
+        "bert": (BertModel, BertConfig(vocab_size=VOCAB, hidden_size=DIM, num_hidden_layers=2,
+                                       num_attention_heads=4, intermediate_size=3 * DIM,
+                                       max_position_embeddings=128, hidden_act="gelu")),
     }
 
 
@@ -72,8 +80,9 @@ def randomise(model, gen):
                 p.copy_(0.05 * noise)
 
 
-def word_level_tokenizer(path):
-    vocab = {f"w{i}": i for i in range(VOCAB)}
+def word_level_tokenizer(path, bert=False):
+    names = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] if bert else []
+    vocab = {(names[i] if i < len(names) else f"w{i}"): i for i in range(VOCAB)}
     tok = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
            "normalizer": None, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None,
            "decoder": None, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}}
@@ -113,7 +122,8 @@ def main():
     versions = {"torch": torch.__version__, "transformers": transformers.__version__}
     for k, (name, (cls, config)) in enumerate(families().items()):
         gen = torch.Generator().manual_seed(SEED + k)
-        model = cls(config).to(torch.float32).eval()
+        model = (cls(config, add_pooling_layer=False) if cls is BertModel else cls(config))
+        model = model.to(torch.float32).eval()
         randomise(model, gen)
         d = os.path.join(out, name)
         shutil.rmtree(d, ignore_errors=True)
@@ -122,12 +132,16 @@ def main():
             p = os.path.join(d, extra)
             if os.path.exists(p):
                 os.remove(p)
-        word_level_tokenizer(os.path.join(d, "tokenizer.json"))
+        word_level_tokenizer(os.path.join(d, "tokenizer.json"), bert=cls is BertModel)
         logits = []
         with torch.no_grad():
             for ids in INPUTS:
                 out_ = model(input_ids=torch.tensor([ids]))
-                logits.append(out_.logits[0].tolist())
+                if cls is BertModel:
+                    e = model.embeddings.word_embeddings.weight
+                    logits.append((out_.last_hidden_state[0] @ e.T).tolist())
+                else:
+                    logits.append(out_.logits[0].tolist())
         with open(os.path.join(d, "reference.json"), "w") as f:
             json.dump({"model_type": config.model_type, "inputs": INPUTS, "logits": logits,
                        "versions": versions}, f)

@@ -1,6 +1,7 @@
 //! rmflow's forwards against the reference implementation: tiny random checkpoints built and run
 //! by Hugging Face `transformers` (`scripts/reference_fixtures.py`, fixtures under
-//! `tests/fixtures/reference`), loaded by rmflow and compared logit by logit. No Python needed.
+//! `tests/fixtures/reference`), loaded by rmflow and compared logit by logit (BERT: `h Eᵀ` from
+//! `BertModel`'s last hidden state and its word embeddings). No Python needed.
 #![cfg(feature = "lm")]
 
 use rmflow::lm::{Device, Forward, LanguageModel};
@@ -28,6 +29,7 @@ fn logits_match_transformers_on_every_family() {
         "gpt2",
         "pythia",
         "neox-sequential",
+        "bert",
     ];
     let mut report = Vec::new();
     for name in names {
