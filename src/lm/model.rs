@@ -182,7 +182,7 @@ impl LanguageModel {
             let p = dir.join(name);
             if !p.is_file() {
                 bail!(
-                    "model folder {}: missing {name} (the BERT model comes from scripts/fetch-model.sh)",
+                    "model folder {}: missing {name} (all-MiniLM-L6-v2 comes from scripts/fetch-model.sh, tiny test checkpoints from `rmflow lm-tiny`)",
                     dir.display()
                 );
             }
