@@ -1095,9 +1095,13 @@ fn run_lm(
         run.tokens_encoded as f64 / t.extract,
         t.train_head_only
     );
-    println!("head-only (body frozen, Theorem 2):");
+    println!("head-only (body frozen, single-token answers: Theorem 2's setting):");
     print_simulation_tables(&run.sim);
+    if run.arch == rmflow::lm::Architecture::Bert {
+        println!("note: {}", rmflow::lm::export::MASKED_REFERENCE_NOTE);
+    }
     if !run.full.is_empty() {
+        println!("note: {}", rmflow::lm::export::NOT_THE_PAPER_NOTE);
         println!(
             "full fine-tuning ({} AdamW steps, lr {:e}; {}):",
             file.finetune.steps,

@@ -138,9 +138,23 @@ pub fn write_run(dir: &AtomicDir, run: &RealModelRun) -> Result<()> {
     dir.write_json("lm.json", &lm_json(run))
 }
 
+/// What a full fine-tuning run of `rmflow lm` is not (printed and in `lm.json`).
+pub const NOT_THE_PAPER_NOTE: &str = "full fine-tuning here uses single-token answers (β, optimizer and steps from [finetune]); it is not the paper's recipe and its results are not a reproduction of the paper's (the paper's IM-RM is at about 0.02 on paraphrased responses); the recipe is `rmflow lm-recipe`";
+
+/// What the IM-RM's reference is on a masked encoder.
+pub const MASKED_REFERENCE_NOTE: &str = "masked encoder: π_ref = softmax(E h_mask) through the tied word embeddings, a fixed reference rather than a language model's distribution (the checkpoint has no MLM head)";
+
 /// `lm.json`: model, architecture, device, mode, answer tokens, sizes, times, full summaries.
 pub fn lm_json(run: &RealModelRun) -> Value {
+    let mut notes = Vec::new();
+    if run.arch == super::Architecture::Bert {
+        notes.push(MASKED_REFERENCE_NOTE);
+    }
+    if !run.full.is_empty() {
+        notes.push(NOT_THE_PAPER_NOTE);
+    }
     json!({
+        "notes": notes,
         "rmflow_version": crate::export::RMFLOW_VERSION,
         "model": run.model.display().to_string(),
         "architecture": run.arch,
