@@ -128,7 +128,7 @@ fn flat(t: &Tensor) -> Result<Vec<f64>> {
 }
 
 /// `softplus(−m)`, stable: `relu(−m) + ln(1 + e^{−|m|})`.
-fn softplus_neg(m: &Tensor) -> candle_core::Result<Tensor> {
+pub(crate) fn softplus_neg(m: &Tensor) -> candle_core::Result<Tensor> {
     m.neg()?.relu()? + (m.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 

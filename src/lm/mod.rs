@@ -140,7 +140,7 @@ impl LmFile {
 pub static LAST_EXTRACTION_TOKENS: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
-fn read_statements(path: &Path) -> Result<Vec<String>> {
+pub(crate) fn read_statements(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read statements file {}", path.display()))?;
     let s: Vec<String> = text

@@ -628,6 +628,14 @@ fn normalise_config(arch: Architecture, raw: &mut serde_json::Value) -> Result<(
         _ => {}
     }
     if matches!(arch, Architecture::Llama | Architecture::Qwen2) {
+        if let Some(act) = obj.get("hidden_act").and_then(|v| v.as_str()) {
+            if act != "silu" {
+                bail!(
+                    "hidden_act {act:?} is not supported for {} (expected \"silu\")",
+                    arch.model_type()
+                );
+            }
+        }
         let get = |n: &str| obj.get(n).and_then(|v| v.as_u64());
         if let (Some(hd), Some(d), Some(h)) = (
             get("head_dim"),

@@ -55,6 +55,26 @@ impl Norm {
     }
 }
 
+/// The `hidden_act` values of config.json these forwards implement.
+const ACTIVATIONS: [&str; 5] = ["gelu", "relu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh"];
+
+/// Refuses a `hidden_act` outside [`ACTIVATIONS`] at load time (never a silent substitute).
+fn check_activation(act: &str) -> Result<()> {
+    if !ACTIVATIONS.contains(&act) {
+        candle_core::bail!("hidden_act {act:?} is not supported (expected one of {ACTIVATIONS:?})");
+    }
+    Ok(())
+}
+
+/// `hidden_act`: "gelu" is the exact (erf) GELU, "relu", the others the tanh approximation.
+fn activation(u: &Tensor, act: &str) -> Result<Tensor> {
+    match act {
+        "gelu" => u.gelu_erf(),
+        "relu" => u.relu(),
+        _ => u.gelu(),
+    }
+}
+
 /// Additive causal mask [L, L]: 0 on and below the diagonal, −∞ above.
 fn causal_mask(l: usize, device: &Device) -> Result<Tensor> {
     let m: Vec<f32> = (0..l * l)
@@ -137,6 +157,7 @@ pub struct Bert {
 impl Bert {
     pub fn load(vb: VarBuilder, c: &BertShape) -> Result<Bert> {
         let (d, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
+        check_activation(&c.hidden_act)?;
         let e = vb.pp("embeddings");
         let layers = (0..c.num_hidden_layers)
             .map(|n| {
@@ -189,12 +210,7 @@ impl Bert {
             let x1 = layer
                 .attn_norm
                 .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
-            let u = layer.up.forward(&x1)?;
-            let u = match self.act.as_str() {
-                "gelu" => u.gelu_erf()?,
-                "relu" => u.relu()?,
-                _ => u.gelu()?,
-            };
+            let u = activation(&layer.up.forward(&x1)?, &self.act)?;
             x = layer.out_norm.forward(&(layer.down.forward(&u)? + &x1)?)?;
         }
         Ok(x)
@@ -493,6 +509,7 @@ impl GptNeox {
     pub fn load(vb: VarBuilder, c: &GptNeoxConfig) -> Result<GptNeox> {
         let (d, i, eps) = (c.hidden_size, c.intermediate_size, c.layer_norm_eps);
         let hd = d / c.num_attention_heads;
+        check_activation(&c.hidden_act)?;
         let rotary_dims = ((hd as f64) * c.rotary_pct) as usize;
         let layers = (0..c.num_hidden_layers)
             .map(|n| {
@@ -574,13 +591,9 @@ impl GptNeox {
             let ctx = attention(&q, &k, &part(2)?, &mask)?;
             let attn = layer.dense.forward(&ctx)?;
             let mlp = |h: &Tensor| -> Result<Tensor> {
-                let u = layer.up.forward(h)?;
-                let u = match self.act.as_str() {
-                    "gelu" => u.gelu_erf()?,
-                    "relu" => u.relu()?,
-                    _ => u.gelu()?,
-                };
-                layer.down.forward(&u)
+                layer
+                    .down
+                    .forward(&activation(&layer.up.forward(h)?, &self.act)?)
             };
             x = if self.parallel {
                 ((mlp(&layer.ln_2.forward(&x)?)? + attn)? + x)?

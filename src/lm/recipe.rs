@@ -13,6 +13,8 @@
 //!   τ-tolerant one, the official evaluator's normalised absolute margin, mean rewards per answer.
 
 use super::chat::ChatTemplate;
+use super::finetune::softplus_neg;
+use super::read_statements;
 use super::{Forward, LanguageModel};
 use crate::observables::{reward_summary, split_metrics, RewardSummary, SplitMetrics};
 use crate::simulation::ModelKind;
@@ -291,17 +293,6 @@ pub struct RecipeProblem {
     pub splits: Vec<PairSplit>,
     /// Where the chat template came from, or why none was used.
     pub prompt_format: String,
-}
-
-fn read_statements(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read statements file {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect())
 }
 
 /// Train and test statements: groups in seeded order, train filled first (a group cut at the
@@ -1000,11 +991,6 @@ impl Scorer<'_> {
             }
         }
     }
-}
-
-/// `softplus(−m)`, stable: `relu(−m) + ln(1 + e^{−|m|})` (MATH.md §2).
-fn softplus_neg(m: &Tensor) -> candle_core::Result<Tensor> {
-    m.neg()?.relu()? + (m.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
 /// Adds `new`'s gradients of `vars` into `acc` (gradient accumulation over micro-batches).
