@@ -89,6 +89,15 @@ fn causal_mask(l: usize, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(m, (l, l), device)
 }
 
+/// Rotary tables `cos θ`, `sin θ` [L, F] with `θ_{p,f} = p · inv_freq_f`, positions `0..L`.
+fn rotary_tables(l: usize, inv_freq: &[f32], dev: &Device) -> Result<(Tensor, Tensor)> {
+    let theta = Tensor::arange(0u32, l as u32, dev)?
+        .to_dtype(DType::F32)?
+        .reshape((l, 1))?
+        .matmul(&Tensor::new(inv_freq, dev)?.reshape((1, ()))?)?;
+    Ok((theta.cos()?, theta.sin()?))
+}
+
 /// `[B, L, H·hd] → [B, H, L, hd]`.
 fn heads(x: &Tensor, h: usize) -> Result<Tensor> {
     let (b, l, d) = x.dims3()?;
@@ -314,11 +323,7 @@ impl Llama {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let dev = ids.device();
-        let theta = Tensor::arange(0u32, l as u32, dev)?
-            .to_dtype(DType::F32)?
-            .reshape((l, 1))?
-            .matmul(&Tensor::new(self.inv_freq.as_slice(), dev)?.reshape((1, ()))?)?;
-        let (cos, sin) = (theta.cos()?, theta.sin()?);
+        let (cos, sin) = rotary_tables(l, &self.inv_freq, dev)?;
         let mask = causal_mask(l, dev)?;
         let rep = self.heads / self.kv_heads;
         let mut x = self.embed.forward(ids)?;
@@ -565,11 +570,7 @@ impl GptNeox {
         let (b, l) = ids.dims2()?;
         let dev = ids.device();
         let (cos, sin) = if self.rotary_dims > 0 {
-            let theta = Tensor::arange(0u32, l as u32, dev)?
-                .to_dtype(DType::F32)?
-                .reshape((l, 1))?
-                .matmul(&Tensor::new(self.inv_freq.as_slice(), dev)?.reshape((1, ()))?)?;
-            (theta.cos()?, theta.sin()?)
+            rotary_tables(l, &self.inv_freq, dev)?
         } else {
             let z = Tensor::zeros((l, 1), DType::F32, dev)?;
             (z.clone(), z)
