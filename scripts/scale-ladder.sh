@@ -12,10 +12,10 @@ fi
 [[ -x /usr/bin/time ]] || { echo "scale-ladder: needs GNU time at /usr/bin/time" >&2; exit 2; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-echo "| V | D | N | t_max | wall | peak RSS |"
-echo "|---|---|---|---|---|---|"
-# V D N t_max
-while read -r v d n t; do
+echo "| V | D | N | t_max | observations / decade | wall | peak RSS |"
+echo "|---|---|---|---|---|---|---|"
+# V D N t_max [observations_per_decade dense_output] (defaults: 4, false)
+while read -r v d n t obs dense; do
     cfg="$work/c.toml"
     cat > "$cfg" <<CFG
 seed = 0
@@ -26,15 +26,19 @@ train_pairs = $n
 [train]
 t_max = $t
 imrm_gradient = "sparse"
+observations_per_decade = ${obs:-4}
+dense_output = ${dense:-false}
 [eval]
 single_response_rewards = false
 CFG
+    label=${obs:-4}
+    [[ "${dense:-false}" == true ]] && label+=", dense output"
     rm -rf "$work/out"
     if /usr/bin/time -f "%e %M" -o "$work/time" "$bin" simulate --config "$cfg" --out "$work/out" >/dev/null 2>"$work/err"; then
         read -r wall kib < "$work/time"
-        printf '| %s | %s | %s | %s | %.2f s | %.0f MiB |\n' "$v" "$d" "$n" "$t" "$wall" "$((kib / 1024))"
+        printf '| %s | %s | %s | %s | %s | %.2f s | %.0f MiB |\n' "$v" "$d" "$n" "$t" "$label" "$wall" "$((kib / 1024))"
     else
-        echo "| $v | $d | $n | $t | failed: $(tail -1 "$work/err") | |"
+        echo "| $v | $d | $n | $t | $label | failed: $(tail -1 "$work/err") | |"
     fi
 done <<SIZES
 1024 32 200 1e8
@@ -47,5 +51,6 @@ done <<SIZES
 131072 256 200 1e8
 131072 1024 200 1e8
 1048576 4096 200 1e8
-131072 4096 10000 1e100
+131072 4096 10000 1e100 4 false
+131072 4096 10000 1e100 1 true
 SIZES

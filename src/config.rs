@@ -114,6 +114,10 @@ pub struct TrainConfig {
     pub rtol: f64,
     /// Flow: absolute tolerance of the Dormand–Prince error control.
     pub atol: f64,
+    /// Flow: observe between steps through the integrator's 4th-order continuous extension
+    /// (`ode::integrate`, dense output) instead of landing a step on every observation time.
+    /// The step count then follows `rtol`/`atol` alone; the horizon is still landed exactly.
+    pub dense_output: bool,
     /// Upper bound on integrator or optimizer steps; exceeding it is an error.
     pub max_steps: u64,
     /// IM-RM gradient: `full` (log-softmax over the whole vocabulary) or `sparse` (cancelled form).
@@ -217,6 +221,7 @@ impl Default for TrainConfig {
             first_observation: 1e-2,
             rtol: 1e-8,
             atol: 1e-10,
+            dense_output: false,
             max_steps: 1_000_000,
             imrm_gradient: GradientPath::Full,
             flow_screening: true,

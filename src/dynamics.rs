@@ -614,6 +614,7 @@ pub fn dynamics_checks(
             max_steps: 100_000,
             fixed_step: None,
             min_step: 0.0,
+            dense_output: false,
         };
         let mut scratch = vec![0.0; m.n_pairs()];
         let mut ends = Vec::new();

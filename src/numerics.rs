@@ -96,6 +96,144 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// Lanes of [`row_dot`]: element `j` goes to lane `j mod 16`, lanes are summed in a fixed tree.
+const LANES: usize = 16;
+
+/// `⟨a, b⟩` for the hot loops of the flow field (EX-RM and seen-row IM-RM margins): 16 lane
+/// accumulators in a fixed order, so the value depends only on the inputs (not on threads).
+/// Where the CPU has AVX2 and FMA (detected at run time) the lanes use fused multiply-adds,
+/// so results are bit-identical on one machine, not across CPUs of different features.
+pub fn row_dot(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "row_dot: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features the function is compiled for were detected.
+        return unsafe { row_dot_fma(a, b) };
+    }
+    lane_dot(a, b, |x, y, acc| acc + x * y)
+}
+
+/// `y ← y + α x` (elementwise; fused multiply-adds where [`row_dot`] uses them).
+pub fn row_axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
+    assert_eq!(x.len(), y.len(), "row_axpy: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features the function is compiled for were detected.
+        return unsafe { row_axpy_fma(alpha, x, y) };
+    }
+    y.iter_mut().zip(x).for_each(|(b, a)| *b += alpha * a);
+}
+
+/// `(⟨a, h⟩, ⟨b, h⟩)` in one pass over `h`, each the same bits as [`row_dot`].
+pub fn row_dot2(a: &[f64], b: &[f64], h: &[f64]) -> (f64, f64) {
+    assert!(
+        a.len() == h.len() && b.len() == h.len(),
+        "row_dot2: lengths differ"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features the function is compiled for were detected.
+        return unsafe { row_dot2_fma(a, b, h) };
+    }
+    lane_dot2(a, b, h, |x, y, acc| acc + x * y)
+}
+
+/// `y ← y + α h`, `z ← z − α h` in one pass over `h` (each the same bits as [`row_axpy`]).
+pub fn row_axpy2(alpha: f64, h: &[f64], y: &mut [f64], z: &mut [f64]) {
+    assert!(
+        y.len() == h.len() && z.len() == h.len(),
+        "row_axpy2: lengths differ"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features the function is compiled for were detected.
+        return unsafe { row_axpy2_fma(alpha, h, y, z) };
+    }
+    for ((b, c), a) in y.iter_mut().zip(z.iter_mut()).zip(h) {
+        *b += alpha * a;
+        *c += -alpha * a;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_dot2_fma(a: &[f64], b: &[f64], h: &[f64]) -> (f64, f64) {
+    lane_dot2(a, b, h, f64::mul_add)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_axpy2_fma(alpha: f64, h: &[f64], y: &mut [f64], z: &mut [f64]) {
+    for ((b, c), &a) in y.iter_mut().zip(z.iter_mut()).zip(h) {
+        *b = a.mul_add(alpha, *b);
+        *c = a.mul_add(-alpha, *c);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_dot_fma(a: &[f64], b: &[f64]) -> f64 {
+    lane_dot(a, b, f64::mul_add)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_axpy_fma(alpha: f64, x: &[f64], y: &mut [f64]) {
+    y.iter_mut()
+        .zip(x)
+        .for_each(|(b, &a)| *b = a.mul_add(alpha, *b));
+}
+
+#[inline(always)]
+fn lane_dot(a: &[f64], b: &[f64], madd: impl Fn(f64, f64, f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for j in 0..LANES {
+            acc[j] = madd(x[j], y[j], acc[j]);
+        }
+    }
+    for (j, (&x, &y)) in ra.iter().zip(rb).enumerate() {
+        acc[j] = madd(x, y, acc[j]);
+    }
+    lane_sum(acc)
+}
+
+#[inline(always)]
+fn lane_dot2(a: &[f64], b: &[f64], h: &[f64], madd: impl Fn(f64, f64, f64) -> f64) -> (f64, f64) {
+    let (mut acc_a, mut acc_b) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (ca, cb, ch) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        h.chunks_exact(LANES),
+    );
+    let (ra, rb, rh) = (ca.remainder(), cb.remainder(), ch.remainder());
+    for ((x, y), z) in ca.zip(cb).zip(ch) {
+        for j in 0..LANES {
+            acc_a[j] = madd(x[j], z[j], acc_a[j]);
+            acc_b[j] = madd(y[j], z[j], acc_b[j]);
+        }
+    }
+    for (j, ((&x, &y), &z)) in ra.iter().zip(rb).zip(rh).enumerate() {
+        acc_a[j] = madd(x, z, acc_a[j]);
+        acc_b[j] = madd(y, z, acc_b[j]);
+    }
+    (lane_sum(acc_a), lane_sum(acc_b))
+}
+
+#[inline(always)]
+fn lane_sum(mut acc: [f64; LANES]) -> f64 {
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for j in 0..width {
+            acc[j] += acc[j + width];
+        }
+    }
+    acc[0]
+}
+
 /// `A Bᵀ` as a new row-major array (`[A rows, B rows]`), whatever the shapes: ndarray's `.dot`
 /// may return a column-major result for degenerate shapes (e.g. `D = 1`), and the softmax rows
 /// need contiguous slices.
@@ -103,14 +241,80 @@ pub fn mat_mul_bt(
     a: ndarray::ArrayView2<f64>,
     b: ndarray::ArrayView2<f64>,
 ) -> ndarray::Array2<f64> {
+    use rayon::prelude::*;
     let mut out = ndarray::Array2::zeros((a.nrows(), b.nrows()));
-    ndarray::linalg::general_mat_mul(1.0, &a, &b.t(), 0.0, &mut out);
+    if a.nrows() < 2 * MAT_MUL_ROWS || b.nrows() == 0 {
+        ndarray::linalg::general_mat_mul(1.0, &a, &b.t(), 0.0, &mut out);
+        return out;
+    }
+    let blocks: Vec<_> = out
+        .axis_chunks_iter_mut(ndarray::Axis(0), MAT_MUL_ROWS)
+        .zip(a.axis_chunks_iter(ndarray::Axis(0), MAT_MUL_ROWS))
+        .collect();
+    blocks
+        .into_par_iter()
+        .for_each(|(mut o, a)| ndarray::linalg::general_mat_mul(1.0, &a, &b.t(), 0.0, &mut o));
     out
 }
+
+/// Rows of `A` per parallel block of [`mat_mul_bt`]: fixed, and each entry's sum over the inner
+/// dimension is accumulated in the same order whatever the block, so the product is the same
+/// bits as one serial call, with any thread count (tested).
+const MAT_MUL_ROWS: usize = 256;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_mat_mul_matches_one_serial_product_bit_for_bit() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let a = ndarray::Array2::from_shape_fn((1031, 301), |_| rng.random::<f64>() - 0.5);
+        let b = ndarray::Array2::from_shape_fn((197, 301), |_| rng.random::<f64>() - 0.5);
+        let mut serial = ndarray::Array2::zeros((1031, 197));
+        ndarray::linalg::general_mat_mul(1.0, &a, &b.t(), 0.0, &mut serial);
+        let parallel = mat_mul_bt(a.view(), b.view());
+        assert!(serial
+            .iter()
+            .zip(&parallel)
+            .all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+
+    #[test]
+    fn row_dot_and_axpy_match_plain_sums() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        for n in [0usize, 1, 7, 16, 33, 4096] {
+            let a: Vec<f64> = (0..n).map(|_| rng.random::<f64>() - 0.5).collect();
+            let b: Vec<f64> = (0..n).map(|_| rng.random::<f64>() - 0.5).collect();
+            let exact: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            let scale: f64 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
+            // Summation-order error bound: n·ε·Σ|a_i b_i|.
+            let got = row_dot(&a, &b);
+            assert!(
+                (got - exact).abs() <= n as f64 * f64::EPSILON * scale,
+                "n = {n}"
+            );
+            assert_eq!(got.to_bits(), row_dot(&a, &b).to_bits());
+            let h: Vec<f64> = (0..n).map(|_| rng.random::<f64>() - 0.5).collect();
+            let (da, db) = row_dot2(&a, &b, &h);
+            assert_eq!(da.to_bits(), row_dot(&a, &h).to_bits());
+            assert_eq!(db.to_bits(), row_dot(&b, &h).to_bits());
+            let mut y = b.clone();
+            row_axpy(-0.25, &a, &mut y);
+            for i in 0..n {
+                assert!((y[i] - (b[i] - 0.25 * a[i])).abs() <= 2.0 * f64::EPSILON);
+            }
+            let (mut p, mut q) = (a.clone(), b.clone());
+            row_axpy2(0.75, &h, &mut p, &mut q);
+            let (mut p1, mut q1) = (a.clone(), b.clone());
+            row_axpy(0.75, &h, &mut p1);
+            row_axpy(-0.75, &h, &mut q1);
+            assert!(p.iter().zip(&p1).all(|(x, y)| x.to_bits() == y.to_bits()));
+            assert!(q.iter().zip(&q1).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+    }
 
     #[test]
     fn softplus_is_stable_at_extremes() {

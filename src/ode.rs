@@ -1,7 +1,9 @@
 //! Adaptive explicit Runge–Kutta integration: Dormand–Prince 5(4) with FSAL, PI step-size
-//! control (Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4–II.5) and stepwise output: every
-//! requested output point is hit exactly by a step, so observations carry the full 5th-order
-//! accuracy. Used for gradient flow (MATH.md §2).
+//! control (Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4–II.5) and two output modes:
+//! stepwise (every requested output point is hit exactly by a step, so observations carry the
+//! full 5th-order accuracy) or dense (outputs inside a step from Dormand–Prince's 4th-order
+//! continuous extension, §II.6, so the step count follows the tolerance, not the output grid;
+//! the last output is still hit exactly). Used for gradient flow (MATH.md §2).
 //!
 //! Hand-written rather than a crate because the flow needs a fallible right-hand side (a NaN must
 //! stop the run with the time and quantity), an `ndarray`/slice state without conversions, exact
@@ -52,6 +54,17 @@ const E: [f64; 7] = [
     -1.0 / 40.0,
 ];
 
+/// Coefficients of the continuous extension of Dormand–Prince 5(4) (Hairer's `dopri5`, `contd5`).
+const DENSE: [f64; 7] = [
+    -12715105075.0 / 11282082432.0,
+    0.0,
+    87487479700.0 / 32700410799.0,
+    -10690763975.0 / 1880347072.0,
+    701980252875.0 / 199316789632.0,
+    -1453857185.0 / 822651844.0,
+    69997945.0 / 29380423.0,
+];
+
 /// Integrator settings.
 #[derive(Debug, Clone)]
 pub struct OdeOptions {
@@ -64,6 +77,8 @@ pub struct OdeOptions {
     pub fixed_step: Option<f64>,
     /// Error (stiffness) when the error control asks for a step below this.
     pub min_step: f64,
+    /// Outputs before the last from the continuous extension instead of landing a step on each.
+    pub dense_output: bool,
 }
 
 /// Counters of one integration.
@@ -119,7 +134,11 @@ where
                 opts.max_steps
             );
         }
-        let target = outputs[next_output];
+        let target = if opts.dense_output {
+            x_end
+        } else {
+            outputs[next_output]
+        };
         let lands = x + h * (1.0 + 1e-10) >= target;
         let h_step = if lands { target - x } else { h };
         if h_step.is_nan() || h_step <= 0.0 || h_step < 1e-14 * x.abs().max(1.0) {
@@ -159,7 +178,16 @@ where
         }
         if err <= 1.0 {
             stats.accepted_steps += 1;
-            x = if lands { target } else { x + h_step };
+            let x_new = if lands { target } else { x + h_step };
+            if opts.dense_output {
+                while next_output + 1 < outputs.len() && outputs[next_output] < x_new {
+                    let at = outputs[next_output];
+                    dense_value(&y, &y_new, &k, h_step, (at - x) / h_step, &mut stage);
+                    on_output(at, &stage, &stats)?;
+                    next_output += 1;
+                }
+            }
+            x = x_new;
             std::mem::swap(&mut y, &mut y_new);
             k.swap(0, 6);
             if opts.fixed_step.is_none() {
@@ -176,7 +204,11 @@ where
             last_rejected = false;
             if lands {
                 on_output(x, &y, &stats)?;
-                next_output += 1;
+                next_output = if opts.dense_output {
+                    outputs.len()
+                } else {
+                    next_output + 1
+                };
             }
         } else {
             stats.rejected_steps += 1;
@@ -191,6 +223,19 @@ where
         }
     }
     Ok(stats)
+}
+
+/// `y(x + θh)` from the continuous extension of the step `y → y_new` with stages `k`
+/// (`k[0] = f(x, y)`, `k[6] = f(x + h, y_new)`): 4th order in `h`, exact at `θ = 0, 1`.
+fn dense_value(y: &[f64], y_new: &[f64], k: &[Vec<f64>], h: f64, theta: f64, out: &mut [f64]) {
+    let theta1 = 1.0 - theta;
+    for i in 0..y.len() {
+        let diff = y_new[i] - y[i];
+        let bspl = h * k[0][i] - diff;
+        let r4 = diff - h * k[6][i] - bspl;
+        let r5 = h * (0..7).map(|j| DENSE[j] * k[j][i]).sum::<f64>();
+        out[i] = y[i] + theta * (diff + theta1 * (bspl + theta * (r4 + theta1 * r5)));
+    }
 }
 
 /// Initial step by Hairer's heuristic (Solving ODEs I, §II.4).
@@ -271,6 +316,7 @@ mod tests {
             max_steps: 1_000_000,
             fixed_step: Some(h),
             min_step: 0.0,
+            dense_output: false,
         };
         let mut out = 0.0;
         integrate(
@@ -316,6 +362,7 @@ mod tests {
             max_steps: 100_000,
             fixed_step: None,
             min_step: 1e-12,
+            dense_output: false,
         };
         let outs: Vec<f64> = (1..=20).map(|i| i as f64).collect();
         let mut worst = 0.0f64;
@@ -341,6 +388,57 @@ mod tests {
         assert!(stats.accepted_steps < 2000);
     }
 
+    fn oscillator(outs: &[f64], dense_output: bool) -> (f64, OdeStats) {
+        let opts = OdeOptions {
+            rtol: 1e-10,
+            atol: 1e-12,
+            max_steps: 100_000,
+            fixed_step: None,
+            min_step: 1e-12,
+            dense_output,
+        };
+        let mut worst = 0.0f64;
+        let mut seen = 0;
+        let stats = integrate(
+            |_, y, dy| {
+                dy[0] = y[1];
+                dy[1] = -y[0];
+                Ok(())
+            },
+            0.0,
+            &[1.0, 0.0],
+            outs,
+            &opts,
+            |x, y, _| {
+                assert_eq!(x, outs[seen], "outputs in order, each once");
+                seen += 1;
+                worst = worst
+                    .max((y[0] - x.cos()).abs())
+                    .max((y[1] + x.sin()).abs());
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(seen, outs.len());
+        (worst, stats)
+    }
+
+    #[test]
+    fn dense_output_is_accurate_and_does_not_add_steps() {
+        let fine: Vec<f64> = (1..=2000).map(|i| i as f64 * 0.01).collect();
+        let (err_dense, dense) = oscillator(&fine, true);
+        let (_, only_end) = oscillator(&[20.0], true);
+        let (err_steps, stepwise) = oscillator(&fine, false);
+        // The interpolant's error is of the order of the local tolerance (rtol 1e-10).
+        assert!(err_dense < 1e-8, "dense max error {err_dense:e}");
+        assert!(err_steps < 1e-8, "stepwise max error {err_steps:e}");
+        assert_eq!(dense, only_end, "dense outputs must not change the steps");
+        assert!(
+            stepwise.accepted_steps >= 2000 && 2 * dense.accepted_steps < stepwise.accepted_steps,
+            "stepwise {stepwise:?}, dense {dense:?}"
+        );
+    }
+
     #[test]
     fn rhs_error_propagates() {
         let opts = OdeOptions {
@@ -349,6 +447,7 @@ mod tests {
             max_steps: 100,
             fixed_step: None,
             min_step: 1e-12,
+            dense_output: false,
         };
         let r = integrate(
             |x, _, _| {

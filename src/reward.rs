@@ -5,9 +5,11 @@
 //! (`w_i = t σ(−m_i)/N`) are both pull-backs, so one code path serves GD, Adam and the flow.
 
 use crate::config::GradientPath;
-use crate::numerics::{bt_loss, logsumexp, sigmoid, softmax_in_place};
+use crate::numerics::{
+    bt_loss, logsumexp, row_axpy, row_axpy2, row_dot, row_dot2, sigmoid, softmax_in_place,
+};
 use crate::synthetic::{InitialUnembedding, PairSet};
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2};
+use ndarray::{s, Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 /// A reward model seen through its margins on a fixed set of preference pairs.
@@ -74,8 +76,16 @@ pub struct ExplicitRm {
 impl ExplicitRm {
     pub fn new(pairs: &PairSet) -> ExplicitRm {
         ExplicitRm {
-            features: pairs.hidden_differences(),
+            features: pairs.hidden_differences().as_standard_layout().into_owned(),
         }
+    }
+
+    /// `z_i` as a slice (the features are kept row-major).
+    fn feature_row(&self, i: usize) -> &[f64] {
+        self.features
+            .row(i)
+            .to_slice()
+            .expect("EX-RM features are row-major")
     }
 }
 
@@ -93,13 +103,12 @@ impl MarginModel for ExplicitRm {
     }
 
     fn margins(&self, theta: &[f64], margins: &mut [f64]) {
-        let u = ArrayView1::from(theta);
         margins
             .par_chunks_mut(EXPLICIT_CHUNK)
             .enumerate()
             .for_each(|(c, out)| {
                 for (k, m) in out.iter_mut().enumerate() {
-                    *m = self.features.row(c * EXPLICIT_CHUNK + k).dot(&u);
+                    *m = row_dot(self.feature_row(c * EXPLICIT_CHUNK + k), theta);
                 }
             });
     }
@@ -136,16 +145,15 @@ impl MarginModel for ExplicitRm {
         margins: &mut [f64],
         grad: &mut [f64],
     ) {
-        let u = ArrayView1::from(theta);
-        let partials: Vec<Array1<f64>> = margins
+        let partials: Vec<Vec<f64>> = margins
             .par_chunks_mut(EXPLICIT_CHUNK)
             .zip(pairs.par_chunks(EXPLICIT_CHUNK))
             .map(|(out, idx)| {
-                let mut g = Array1::zeros(u.len());
+                let mut g = vec![0.0; theta.len()];
                 for (m, &i) in out.iter_mut().zip(idx) {
-                    let z = self.features.row(i);
-                    *m = z.dot(&u);
-                    g.scaled_add(weight(*m), &z);
+                    let z = self.feature_row(i);
+                    *m = row_dot(z, theta);
+                    row_axpy(weight(*m), z, &mut g);
                 }
                 g
             })
@@ -547,6 +555,18 @@ pub struct SeenRowsImplicitRm {
     initial_rows: Vec<f64>,
 }
 
+/// Rows `p ≠ q` of a flattened `[rows, d]` buffer, both mutable.
+fn two_rows(g: &mut [f64], p: usize, q: usize, d: usize) -> (&mut [f64], &mut [f64]) {
+    if p < q {
+        let (lo, hi) = g.split_at_mut(q * d);
+        (&mut lo[p * d..(p + 1) * d], &mut hi[..d])
+    } else {
+        let (lo, hi) = g.split_at_mut(p * d);
+        let (gq, gp) = (&mut lo[q * d..(q + 1) * d], &mut hi[..d]);
+        (gp, gq)
+    }
+}
+
 /// Pairs per parallel chunk of the seen-row margins: fixed, so results do not depend on the
 /// thread count.
 const SEEN_ROWS_CHUNK: usize = 256;
@@ -588,6 +608,8 @@ impl SeenRowsImplicitRm {
             .map(|i| {
                 let (p, q) = pairs.token_pair(i);
                 let h = pairs.prompt_hidden.row(i);
+                let h = h.as_standard_layout();
+                let h = h.as_slice().expect("contiguous");
                 (
                     row_dot(u0(p).as_slice().expect("row"), h),
                     row_dot(u0(q).as_slice().expect("row"), h),
@@ -597,7 +619,7 @@ impl SeenRowsImplicitRm {
         SeenRowsImplicitRm {
             beta,
             rows: rows.to_vec(),
-            prompt_hidden: pairs.prompt_hidden.clone(),
+            prompt_hidden: pairs.prompt_hidden.as_standard_layout().into_owned(),
             pair_rows,
             ref_logits,
             initial_rows: unembedding_init.rows(rows).into_raw_vec_and_offset().0,
@@ -644,21 +666,29 @@ impl SeenRowsImplicitRm {
         grad: &mut [f64],
     ) {
         let d = self.dim();
-        let partials: Vec<Array1<f64>> = margins
+        let partials: Vec<Vec<f64>> = margins
             .par_chunks_mut(SEEN_ROWS_CHUNK)
             .zip(pairs.par_chunks(SEEN_ROWS_CHUNK))
             .map(|(out, idx)| {
-                let mut g = Array1::zeros(grad.len());
+                let mut g = vec![0.0; grad.len()];
                 for (m, &i) in out.iter_mut().zip(idx) {
                     let (p, q) = self.pair_rows[i];
                     *m = self.pair_margin(theta, i);
                     let c = weight(*m) * self.beta;
-                    let h = self.prompt_hidden.row(i);
-                    if let Some(p) = p {
-                        g.slice_mut(s![p * d..(p + 1) * d]).scaled_add(c, &h);
-                    }
-                    if let Some(q) = q {
-                        g.slice_mut(s![q * d..(q + 1) * d]).scaled_add(-c, &h);
+                    let h = self.hidden_row(i);
+                    match (p, q) {
+                        (Some(p), Some(q)) if p != q => {
+                            let (gp, gq) = two_rows(&mut g, p, q, d);
+                            row_axpy2(c, h, gp, gq);
+                        }
+                        _ => {
+                            if let Some(p) = p {
+                                row_axpy(c, h, &mut g[p * d..(p + 1) * d]);
+                            }
+                            if let Some(q) = q {
+                                row_axpy(-c, h, &mut g[q * d..(q + 1) * d]);
+                            }
+                        }
                     }
                 }
                 g
@@ -674,8 +704,17 @@ impl SeenRowsImplicitRm {
     fn pair_margin(&self, theta: &[f64], i: usize) -> f64 {
         let (p, q) = self.pair_rows[i];
         let (rp, rq) = self.ref_logits[i];
-        let lp = self.logit(theta, i, p, rp);
-        let lq = self.logit(theta, i, q, rq);
+        let (lp, lq) = match (p, q) {
+            (Some(p), Some(q)) => {
+                let d = self.dim();
+                row_dot2(
+                    &theta[p * d..(p + 1) * d],
+                    &theta[q * d..(q + 1) * d],
+                    self.hidden_row(i),
+                )
+            }
+            _ => (self.logit(theta, i, p, rp), self.logit(theta, i, q, rq)),
+        };
         self.beta * ((lp - lq) - (rp - rq))
     }
 
@@ -683,15 +722,18 @@ impl SeenRowsImplicitRm {
     fn logit(&self, theta: &[f64], i: usize, row: Option<usize>, fixed: f64) -> f64 {
         let d = self.dim();
         match row {
-            Some(r) => row_dot(&theta[r * d..(r + 1) * d], self.prompt_hidden.row(i)),
+            Some(r) => row_dot(&theta[r * d..(r + 1) * d], self.hidden_row(i)),
             None => fixed,
         }
     }
-}
 
-/// `⟨a, h⟩` (ndarray's unrolled dot: a fixed order for a given length).
-fn row_dot(a: &[f64], h: ArrayView1<f64>) -> f64 {
-    ArrayView1::from(a).dot(&h)
+    /// `h_{x_i}` as a slice (kept row-major).
+    fn hidden_row(&self, i: usize) -> &[f64] {
+        self.prompt_hidden
+            .row(i)
+            .to_slice()
+            .expect("prompt states are row-major")
+    }
 }
 
 impl MarginModel for SeenRowsImplicitRm {

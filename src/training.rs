@@ -223,6 +223,7 @@ fn gradient_flow(
         max_steps: cfg.max_steps,
         fixed_step: None,
         min_step: 1e-10,
+        dense_output: cfg.dense_output,
     };
     let mut margins = vec![0.0; model.n_pairs()];
     let mut theta = theta0.to_vec();
@@ -553,6 +554,7 @@ pub fn residual_flow(
         max_steps: cfg.max_steps,
         fixed_step: None,
         min_step: 1e-8,
+        dense_output: cfg.dense_output,
     };
     let mut rho_margin = vec![0.0; n];
     let mut out = Vec::with_capacity(outputs.len());
