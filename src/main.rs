@@ -114,6 +114,17 @@ enum Command {
         /// Run even if the estimated peak memory exceeds the memory available.
         #[arg(long)]
         ignore_memory_estimate: bool,
+        /// Run only the checks whose cost does not grow with V (seen-row IM-RM flow, EX-RM flow,
+        /// QP certificates, residual flow); the full-vocabulary ones (faithful full-softmax flow,
+        /// GD, Adam, AdamW, full-vs-sparse agreement, §3 dynamics) are SKIP rows. For sizes whose
+        /// V × D copies do not fit; needs train.imrm_gradient = "sparse".
+        #[arg(long)]
+        without_full_vocabulary: bool,
+        /// Do not integrate the EX-RM residual ρ = u − u* ln t to t = 1e10000 (its two rows are
+        /// SKIP). At large N·D it costs thousands of passes over the features, and on data whose
+        /// non-support margins sit within δ of the margin, ρ settles only once δ·ln t ≫ 1.
+        #[arg(long)]
+        skip_residual: bool,
         /// Self-test of the checker: verify a deliberately broken variant (must FAIL).
         #[arg(long, value_enum, hide = true)]
         inject_fault: Option<rmflow::verify::Fault>,
@@ -684,15 +695,32 @@ fn run(cli: Cli) -> Result<()> {
             json,
             force,
             ignore_memory_estimate,
+            without_full_vocabulary,
+            skip_residual,
             inject_fault,
         } => {
             let cfg = load_config(config.as_deref())?;
+            if without_full_vocabulary
+                && (cfg.train.imrm_gradient != GradientPath::Sparse
+                    || cfg.setup.response_length != 1
+                    || cfg.train.optimizer == Optimizer::Adamw)
+            {
+                return Err(InputError(
+                    "--without-full-vocabulary needs the seen-row IM-RM: train.imrm_gradient = \"sparse\", setup.response_length = 1 and train.optimizer other than \"adamw\"".into(),
+                )
+                .into());
+            }
             let mut est_cfg = cfg.clone();
             if trials > 0 {
                 est_cfg.setup.dim = est_cfg.setup.dim.max(48);
                 est_cfg.setup.train_pairs = est_cfg.setup.train_pairs.max(300);
             }
-            check_memory(&est_cfg, Workload::Verify, ignore_memory_estimate)?;
+            let workload = if without_full_vocabulary {
+                Workload::VerifySeenRows
+            } else {
+                Workload::Verify
+            };
+            check_memory(&est_cfg, workload, ignore_memory_estimate)?;
             let json_file = match &json {
                 Some(p) => {
                     if let Some(c) = &config {
@@ -709,7 +737,16 @@ fn run(cli: Cli) -> Result<()> {
             };
             let opts = rmflow::verify::VerifyOptions {
                 fault: inject_fault,
+                full_vocabulary: !without_full_vocabulary,
                 ..Default::default()
+            };
+            let opts = rmflow::verify::VerifyOptions {
+                residual_horizon_log10: if skip_residual {
+                    None
+                } else {
+                    opts.residual_horizon_log10
+                },
+                ..opts
             };
             let bar = progress_bar(
                 "verify",
@@ -916,6 +953,10 @@ fn run(cli: Cli) -> Result<()> {
                 ("simulate", Workload::Simulate),
                 ("dynamics", Workload::Dynamics),
                 ("verify --trials 0", Workload::Verify),
+                (
+                    "verify --trials 0 --without-full-vocabulary",
+                    Workload::VerifySeenRows,
+                ),
             ] {
                 let e = rmflow::resources::estimate(&cfg, w);
                 let fits = match avail {
@@ -924,7 +965,7 @@ fn run(cli: Cli) -> Result<()> {
                     None => "available memory unknown",
                 };
                 println!(
-                    "  {name:<18} estimated peak memory {} — {fits}",
+                    "  {name:<44} estimated peak memory {} — {fits}",
                     e.describe()
                 );
             }

@@ -15,6 +15,8 @@ pub enum Workload {
     Simulate,
     Dynamics,
     Verify,
+    /// `verify --without-full-vocabulary`: the seen-row IM-RM and the EX-RM only.
+    VerifySeenRows,
 }
 
 /// An estimate in bytes, with the terms that make it up.
@@ -74,7 +76,7 @@ pub fn estimate(config: &Config, workload: Workload) -> MemoryEstimate {
     }
     let mut logits = threads * 64.0 * (2.0 * k - 1.0) * v;
     match workload {
-        Workload::Simulate => {}
+        Workload::Simulate | Workload::VerifySeenRows => {}
         Workload::Dynamics => {
             // Prefix distributions of every training and evaluation response, [rows, V].
             logits += 2.0 * (n + e * splits) * k * v;
@@ -90,8 +92,9 @@ pub fn estimate(config: &Config, workload: Workload) -> MemoryEstimate {
     // The seen-row IM-RM (`simulate` with the sparse gradient, K = 1, not AdamW) holds rows of
     // the pairs' tokens only, plus one streamed block of U(0) for the rewards; the full [V, D]
     // matrices only when the export asks for them.
-    let seen_rows_run =
-        workload == Workload::Simulate && !full && config.train.optimizer != Optimizer::Adamw;
+    let seen_rows_run = matches!(workload, Workload::Simulate | Workload::VerifySeenRows)
+        && !full
+        && config.train.optimizer != Optimizer::Adamw;
     let pair_tokens = f(s.good_seen + s.good_unseen + s.bad_seen + s.bad_unseen).min(v);
     let vd = if seen_rows_run {
         let exported = if config.export.full_unembedding {
@@ -103,7 +106,11 @@ pub fn estimate(config: &Config, workload: Workload) -> MemoryEstimate {
     } else {
         vd_copies * v * d * word
     };
-    let reps = (n + e * splits) * (3.0 * d + 2.0 * k * d + 2.0 * k) * word * 3.0;
+    let mut reps = (n + e * splits) * (3.0 * d + 2.0 * k * d + 2.0 * k) * word * 3.0;
+    if workload == Workload::VerifySeenRows {
+        // The EX-RM features again for 2(b) and twice for the residual flow.
+        reps += 3.0 * n * d * word;
+    }
     // Max-margin QPs, each in its smaller form: the duals are [m, m] kernels (kernel, scaled
     // copy, factor), the primals sparse with 2D (IM-RM) or D (EX-RM) entries per constraint.
     // Past the working-set threshold m is the working set (budgeted at 2 048 pairs) and the
@@ -162,8 +169,13 @@ pub fn check_memory(config: &Config, workload: Workload, allow: bool) -> anyhow:
         return Ok(());
     };
     if est.bytes > avail && !allow {
+        let hint = if workload == Workload::Verify {
+            ", pass --without-full-vocabulary to run only the checks whose cost does not grow with V"
+        } else {
+            ""
+        };
         return Err(Refusal(format!(
-            "this run needs an estimated {} of memory, more than the {} available (V = {}, D = {}, N = {}, eval_pairs = {}); lower setup.filler_tokens, setup.dim, setup.train_pairs or setup.eval_pairs, or pass --ignore-memory-estimate to try anyway",
+            "this run needs an estimated {} of memory, more than the {} available (V = {}, D = {}, N = {}, eval_pairs = {}); lower setup.filler_tokens, setup.dim, setup.train_pairs or setup.eval_pairs{hint}, or pass --ignore-memory-estimate to try anyway",
             est.describe(),
             human_bytes(avail),
             config.vocab_size(),

@@ -293,3 +293,79 @@ fn sweep_rejects_bad_files_and_writes_a_table() {
         "IM-RM unseen accuracy must be exactly ½ with zero spread:\n{csv}"
     );
 }
+
+/// `verify --without-full-vocabulary` on a vocabulary of 200 032 tokens (`V × D` = 51 MB per
+/// copy; the full verify would hold dozens): the checks whose cost does not grow with `V` run and
+/// hold, the full-vocabulary ones are SKIP rows with the reason, the seen-row drift row says why
+/// it is not measured, and a config without the seen-row IM-RM is refused (exit 2, field named).
+#[test]
+fn verify_without_the_full_vocabulary_skips_only_the_full_vocabulary_checks() {
+    let dir = temp("verify-seen-rows");
+    let cfg = dir.join("large_v.toml");
+    std::fs::write(
+        &cfg,
+        "seed = 4\n[setup]\nfiller_tokens = 200000\n[train]\nt_max = 1e8\nimrm_gradient = \"sparse\"\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let o = rmflow(
+        &[
+            "verify",
+            "--config",
+            cfg,
+            "--trials",
+            "0",
+            "--without-full-vocabulary",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}\n{}", stderr(&o));
+    assert!(text.contains("ALL CLAIMS HOLD"), "{text}");
+    let row = |id: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .unwrap_or_else(|| panic!("no {id} row in\n{text}"))
+            .to_string()
+    };
+    for id in [
+        "2a.flow_full.drift",
+        "2a.gd.drift",
+        "2a.adamw.drift",
+        "companion.paths_agree",
+        "3.rho_bound",
+    ] {
+        let r = row(id);
+        assert!(
+            r.contains("SKIP") && r.contains("--without-full-vocabulary"),
+            "{r}"
+        );
+    }
+    assert!(row("2a.flow.drift").contains("SKIP"));
+    for id in [
+        "2a.flow.unseen_accuracy",
+        "2a.flow.unseen_margin",
+        "companion.dual_unseen",
+        "2b.residual_limit",
+        "qp.exrm",
+        "qp.imrm",
+    ] {
+        assert!(row(id).contains("PASS"), "{}", row(id));
+    }
+
+    let full = dir.join("full_gradient.toml");
+    std::fs::write(&full, "[train]\nimrm_gradient = \"full\"\n").unwrap();
+    let o = rmflow(
+        &[
+            "verify",
+            "--config",
+            full.to_str().unwrap(),
+            "--trials",
+            "0",
+            "--without-full-vocabulary",
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("train.imrm_gradient"), "{}", stderr(&o));
+}
