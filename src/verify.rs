@@ -658,142 +658,132 @@ pub fn verify_setup(
     let dynamics_claims = dynamics?;
     let residual_claims = residual?;
     let mut next = || runs.next().expect("one run per job");
+    // The full-vocabulary runs (faithful flow, GD, Adam, AdamW, sparse companion), when run.
+    struct FullRuns {
+        full: ModelRun,
+        gd: ModelRun,
+        adam: ModelRun,
+        adamw: ModelRun,
+        sparse: ModelRun,
+    }
+    let (full_runs, im, ex) = if full_vocabulary {
+        let (full, gd, adam, adamw, im, ex, sparse) =
+            (next(), next(), next(), next(), next(), next(), next());
+        let runs = FullRuns {
+            full,
+            gd,
+            adam,
+            adamw,
+            sparse,
+        };
+        (Some(runs), im, ex)
+    } else {
+        let (im, ex) = (next(), next());
+        (None, im, ex)
+    };
     let path = match config.train.imrm_gradient {
         GradientPath::Full => "full",
         GradientPath::Sparse => "sparse",
     };
-    if !full_vocabulary {
-        let (im, ex) = (next(), next());
-        let mut claims = full_vocabulary_skips(&["flow_full"], &[]);
-        let reason = "seen-row IM-RM: rows outside the training tokens are not part of its state (U(0) by construction); measured on the full-vocabulary runs";
-        claims.extend(
-            claims_2a(
-                "flow",
-                &format!(
-                    "IM-RM flow, {path} gradient, t ≤ {:.0e}",
-                    config.train.t_max
-                ),
-                &im,
-                tau,
-                true,
-                true,
-            )
-            .into_iter()
-            .map(|c| {
-                if c.id == "2a.flow.drift" {
-                    Claim::skipped(&c.id, reason)
-                } else {
-                    c
-                }
-            }),
-        );
-        claims.extend(full_vocabulary_skips(
-            &["gd", "adam", "adamw"],
-            &["companion.paths_agree"],
-        ));
-        claims.extend(claims_2b(
-            &ex,
-            &im,
-            &setup.train.hidden_differences(),
-            config.train.t_max,
-        ));
-        claims.extend(dual_unseen_claim(&setup, &mm_im, config.setup.beta));
-        claims.extend(residual_claims);
-        claims.extend(full_vocabulary_skips(
-            &[],
-            &[
-                "3.rho_identity",
-                "3.rho_bound",
-                "3.velocity_flow_imrm",
-                "3.velocity_flow_exrm",
-                "3.gd_first_order",
-                "3.unseen_equal_velocity",
-            ],
-        ));
-        claims.extend(qp_claims(&mm_ex, &mm_im));
-        return Ok(claims);
-    }
-    let (full_run, gd_run, adam_run, adamw_run, im, ex, sparse_run) =
-        (next(), next(), next(), next(), next(), next(), next());
-    let (full_run, gd_run, adam_run, adamw_run, sparse_run) =
-        (&full_run, &gd_run, &adam_run, &adamw_run, &sparse_run);
 
     let mut claims = Vec::new();
-    claims.extend(claims_2a(
-        "flow_full",
-        &format!(
-            "IM-RM flow, full-softmax gradient, t ≤ {t_faithful:.0e}{}",
-            if im_separable {
-                ""
+    match &full_runs {
+        Some(r) => claims.extend(claims_2a(
+            "flow_full",
+            &format!(
+                "IM-RM flow, full-softmax gradient, t ≤ {t_faithful:.0e}{}",
+                if im_separable {
+                    ""
+                } else {
+                    " (IM-RM data not separable: stiff beyond, horizon capped)"
+                }
+            ),
+            &r.full,
+            tau,
+            true,
+            true,
+        )),
+        None => claims.extend(full_vocabulary_skips(&["flow_full"], &[])),
+    }
+    let seen_row_drift = "seen-row IM-RM: rows outside the training tokens are not part of its state (U(0) by construction); measured on the full-vocabulary runs";
+    claims.extend(
+        claims_2a(
+            "flow",
+            &format!(
+                "IM-RM flow, {path} gradient, t ≤ {:.0e}",
+                config.train.t_max
+            ),
+            &im,
+            tau,
+            true,
+            true,
+        )
+        .into_iter()
+        .map(|c| {
+            if full_runs.is_none() && c.id == "2a.flow.drift" {
+                Claim::skipped(&c.id, seen_row_drift)
             } else {
-                " (IM-RM data not separable: stiff beyond, horizon capped)"
+                c
             }
-        ),
-        full_run,
-        tau,
-        true,
-        true,
-    ));
-    claims.extend(claims_2a(
-        "flow",
-        &format!(
-            "IM-RM flow, {path} gradient, t ≤ {:.0e}",
-            config.train.t_max
-        ),
-        &im,
-        tau,
-        true,
-        true,
-    ));
-    let gd_checked = if opts.fault == Some(Fault::AdamwAsGd) {
-        adamw_run
-    } else {
-        gd_run
-    };
-    claims.extend(claims_2a(
-        "gd",
-        &format!("IM-RM GD η = {}, {} steps", opts.gd_lr, opts.discrete_steps),
-        gd_checked,
-        tau,
-        false,
-        true,
-    ));
-    claims.extend(claims_2a(
-        "adam",
-        &format!(
-            "IM-RM Adam lr = {}, {} steps",
-            opts.adam_lr, opts.discrete_steps
-        ),
-        adam_run,
-        tau,
-        false,
-        true,
-    ));
-    claims.extend(claims_2a(
-        "adamw",
-        &format!(
-            "IM-RM AdamW lr = {}, wd = {} (expected counter-example: drift > 0)",
-            opts.adam_lr, config.train.weight_decay
-        ),
-        adamw_run,
-        tau,
-        false,
-        false,
-    ));
-
-    let scale = full_run
-        .final_params
-        .iter()
-        .zip(&full_run.initial)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
-    let gap = unembedding_gap(&setup, full_run, sparse_run);
-    claims.push(Claim::judged(
-        "companion.paths_agree",
-        &format!("IM-RM full vs sparse gradient: max|U_full − U_sparse| / max|ΔU| at t = {t_faithful:.0e}"),
-        gap / scale.max(f64::MIN_POSITIVE),
-        Bound::AtMost(PATH_AGREEMENT_BOUND),
-    ));
+        }),
+    );
+    match &full_runs {
+        Some(r) => {
+            let gd_checked = if opts.fault == Some(Fault::AdamwAsGd) {
+                &r.adamw
+            } else {
+                &r.gd
+            };
+            claims.extend(claims_2a(
+                "gd",
+                &format!("IM-RM GD η = {}, {} steps", opts.gd_lr, opts.discrete_steps),
+                gd_checked,
+                tau,
+                false,
+                true,
+            ));
+            claims.extend(claims_2a(
+                "adam",
+                &format!(
+                    "IM-RM Adam lr = {}, {} steps",
+                    opts.adam_lr, opts.discrete_steps
+                ),
+                &r.adam,
+                tau,
+                false,
+                true,
+            ));
+            claims.extend(claims_2a(
+                "adamw",
+                &format!(
+                    "IM-RM AdamW lr = {}, wd = {} (expected counter-example: drift > 0)",
+                    opts.adam_lr, config.train.weight_decay
+                ),
+                &r.adamw,
+                tau,
+                false,
+                false,
+            ));
+            let scale = r
+                .full
+                .final_params
+                .iter()
+                .zip(&r.full.initial)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            let gap = unembedding_gap(&setup, &r.full, &r.sparse);
+            claims.push(Claim::judged(
+                "companion.paths_agree",
+                &format!("IM-RM full vs sparse gradient: max|U_full − U_sparse| / max|ΔU| at t = {t_faithful:.0e}"),
+                gap / scale.max(f64::MIN_POSITIVE),
+                Bound::AtMost(PATH_AGREEMENT_BOUND),
+            ));
+        }
+        None => claims.extend(full_vocabulary_skips(
+            &["gd", "adam", "adamw"],
+            &["companion.paths_agree"],
+        )),
+    }
 
     claims.extend(claims_2b(
         &ex,
@@ -801,10 +791,13 @@ pub fn verify_setup(
         &setup.train.hidden_differences(),
         config.train.t_max,
     ));
-
     claims.extend(dual_unseen_claim(&setup, &mm_im, config.setup.beta));
     claims.extend(residual_claims);
-    claims.extend(dynamics_claims);
+    if full_runs.is_some() {
+        claims.extend(dynamics_claims);
+    } else {
+        claims.extend(full_vocabulary_skips(&[], &DYNAMICS_CLAIMS));
+    }
     claims.extend(qp_claims(&mm_ex, &mm_im));
     Ok(claims)
 }
@@ -849,6 +842,16 @@ fn qp_claims(
         })
         .collect()
 }
+
+/// Ids of the §3 rows ([`claims_dynamics`]).
+const DYNAMICS_CLAIMS: [&str; 6] = [
+    "3.rho_identity",
+    "3.rho_bound",
+    "3.velocity_flow_imrm",
+    "3.velocity_flow_exrm",
+    "3.gd_first_order",
+    "3.unseen_equal_velocity",
+];
 
 /// Rows of the full-vocabulary checks, SKIP (`VerifyOptions::full_vocabulary = false`): the
 /// 2(a) rows of `runs` (e.g. `"gd"`), then `extra` ids.
