@@ -75,8 +75,13 @@ pub struct ExplicitRm {
 
 impl ExplicitRm {
     pub fn new(pairs: &PairSet) -> ExplicitRm {
+        let z = pairs.hidden_differences();
         ExplicitRm {
-            features: pairs.hidden_differences().as_standard_layout().into_owned(),
+            features: if z.is_standard_layout() {
+                z
+            } else {
+                z.as_standard_layout().into_owned()
+            },
         }
     }
 
