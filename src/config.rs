@@ -344,6 +344,14 @@ fn positive_finite(x: f64) -> bool {
 }
 
 impl Config {
+    /// The IM-RM trains only the rows of its pairs' tokens (MATH.md §4, Theorem 2a): sparse
+    /// gradient, single-token responses, and no decoupled weight decay (AdamW moves every row).
+    pub fn trains_seen_rows(&self) -> bool {
+        self.train.imrm_gradient == GradientPath::Sparse
+            && self.train.optimizer != Optimizer::Adamw
+            && self.setup.response_length == 1
+    }
+
     /// Parses TOML text (`origin` names it in errors) and validates the result.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {

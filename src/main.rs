@@ -700,11 +700,7 @@ fn run(cli: Cli) -> Result<()> {
             inject_fault,
         } => {
             let cfg = load_config(config.as_deref())?;
-            if without_full_vocabulary
-                && (cfg.train.imrm_gradient != GradientPath::Sparse
-                    || cfg.setup.response_length != 1
-                    || cfg.train.optimizer == Optimizer::Adamw)
-            {
+            if without_full_vocabulary && !cfg.trains_seen_rows() {
                 return Err(InputError(
                     "--without-full-vocabulary needs the seen-row IM-RM: train.imrm_gradient = \"sparse\", setup.response_length = 1 and train.optimizer other than \"adamw\"".into(),
                 )
@@ -735,18 +731,12 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 None => None,
             };
+            let defaults = rmflow::verify::VerifyOptions::default();
             let opts = rmflow::verify::VerifyOptions {
                 fault: inject_fault,
                 full_vocabulary: !without_full_vocabulary,
-                ..Default::default()
-            };
-            let opts = rmflow::verify::VerifyOptions {
-                residual_horizon_log10: if skip_residual {
-                    None
-                } else {
-                    opts.residual_horizon_log10
-                },
-                ..opts
+                residual_horizon_log10: defaults.residual_horizon_log10.filter(|_| !skip_residual),
+                ..defaults
             };
             let bar = progress_bar(
                 "verify",

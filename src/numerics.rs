@@ -106,7 +106,7 @@ const LANES: usize = 16;
 pub fn row_dot(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "row_dot: lengths differ");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the features the function is compiled for were detected.
         return unsafe { row_dot_fma(a, b) };
     }
@@ -117,7 +117,7 @@ pub fn row_dot(a: &[f64], b: &[f64]) -> f64 {
 pub fn row_axpy(alpha: f64, x: &[f64], y: &mut [f64]) {
     assert_eq!(x.len(), y.len(), "row_axpy: lengths differ");
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the features the function is compiled for were detected.
         return unsafe { row_axpy_fma(alpha, x, y) };
     }
@@ -131,7 +131,7 @@ pub fn row_dot2(a: &[f64], b: &[f64], h: &[f64]) -> (f64, f64) {
         "row_dot2: lengths differ"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the features the function is compiled for were detected.
         return unsafe { row_dot2_fma(a, b, h) };
     }
@@ -145,7 +145,7 @@ pub fn row_axpy2(alpha: f64, h: &[f64], y: &mut [f64], z: &mut [f64]) {
         "row_axpy2: lengths differ"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the features the function is compiled for were detected.
         return unsafe { row_axpy2_fma(alpha, h, y, z) };
     }
@@ -168,6 +168,12 @@ unsafe fn row_axpy2_fma(alpha: f64, h: &[f64], y: &mut [f64], z: &mut [f64]) {
         *b = a.mul_add(alpha, *b);
         *c = a.mul_add(-alpha, *c);
     }
+}
+
+/// The CPU has AVX2 and FMA (run-time detection, cached by `std`).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -296,7 +302,9 @@ mod tests {
                 (got - exact).abs() <= n as f64 * f64::EPSILON * scale,
                 "n = {n}"
             );
-            assert_eq!(got.to_bits(), row_dot(&a, &b).to_bits());
+            // Lanes follow element indices, not memory alignment: a shifted copy gives the same bits.
+            let shifted: Vec<f64> = std::iter::once(0.0).chain(a.iter().copied()).collect();
+            assert_eq!(got.to_bits(), row_dot(&shifted[1..], &b).to_bits());
             let h: Vec<f64> = (0..n).map(|_| rng.random::<f64>() - 0.5).collect();
             let (da, db) = row_dot2(&a, &b, &h);
             assert_eq!(da.to_bits(), row_dot(&a, &h).to_bits());

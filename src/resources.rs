@@ -93,8 +93,7 @@ pub fn estimate(config: &Config, workload: Workload) -> MemoryEstimate {
     // the pairs' tokens only, plus one streamed block of U(0) for the rewards; the full [V, D]
     // matrices only when the export asks for them.
     let seen_rows_run = matches!(workload, Workload::Simulate | Workload::VerifySeenRows)
-        && !full
-        && config.train.optimizer != Optimizer::Adamw;
+        && config.trains_seen_rows();
     let pair_tokens = f(s.good_seen + s.good_unseen + s.bad_seen + s.bad_unseen).min(v);
     let vd = if seen_rows_run {
         let exported = if config.export.full_unembedding {

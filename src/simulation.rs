@@ -318,14 +318,6 @@ pub fn run_model_with(
     run_model_observed(kind, config, setup, max_margin, &mut |_| {}, Some(hook))
 }
 
-/// Whether the IM-RM trains on its seen rows only: the sparse gradient with flow, GD or Adam
-/// and `K = 1` (AdamW's decay moves every row, so it keeps the full state).
-pub fn trains_seen_rows(config: &Config, setup: &Setup) -> bool {
-    config.train.imrm_gradient == GradientPath::Sparse
-        && config.train.optimizer != crate::config::Optimizer::Adamw
-        && setup.train.response_length() == 1
-}
-
 /// `rows` (sorted) of the flattened `[?, D]` block `values` whose rows are `from` (sorted,
 /// ⊇ `rows`).
 fn select_rows(values: &[f64], from: &[usize], rows: &[usize], d: usize) -> Vec<f64> {
@@ -364,7 +356,7 @@ fn run_model_observed(
         }
     }
     let d = setup.dim();
-    let reduced = (kind == ModelKind::Implicit && trains_seen_rows(config, setup))
+    let reduced = (kind == ModelKind::Implicit && config.trains_seen_rows())
         .then(|| SeenRowsImplicitRm::new(&setup.train, &setup.unembedding_init, setup.config.beta));
     let reference = max_margin.as_ref().ok().map(|m| m.params.clone());
     // The objective: the seen-row model itself (not a copy), or a model built here.

@@ -567,7 +567,7 @@ pub fn verify_setup(
         Variant(&'a Config),
     }
     let full_vocabulary = opts.full_vocabulary;
-    if !full_vocabulary && !crate::simulation::trains_seen_rows(config, &setup) {
+    if !full_vocabulary && !config.trains_seen_rows() {
         bail!(
             "verify without the full vocabulary needs the seen-row IM-RM: train.imrm_gradient = \"sparse\", \
              train.optimizer other than \"adamw\" and setup.response_length = 1"
