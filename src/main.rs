@@ -207,9 +207,23 @@ enum Command {
         /// unembedding trained; both: head then full.
         #[arg(long, default_value = "full", value_parser = ["head", "full", "both"])]
         mode: String,
-        /// Override train.epochs of the config (e.g. a short smoke run).
+        /// Override train.epochs of the config (e.g. a short smoke run; ≥ 1).
         #[arg(long)]
         epochs: Option<usize>,
+        /// Override train.eval_every_epochs: evaluate every split every N epochs (1: a per-epoch
+        /// history, as the official `validate_every = 1`), and after the last.
+        #[arg(long)]
+        eval_every: Option<usize>,
+        /// Which reward models to train: exrm, imrm, or both (each from the same pretrained
+        /// weights, so one at a time gives the same numbers as both).
+        #[arg(long, default_value = "both", value_parser = ["exrm", "imrm", "both"])]
+        reward: String,
+        /// Take the prompts from Anthropic's persona JSONL (e.g. `anthropics/evals`
+        /// persona/agreeableness.jsonl) instead of data.statements: records whose
+        /// answer_matching_behavior is " Yes", prompt = the record's question (sets
+        /// data.format = "persona_jsonl", data.group_size = 1).
+        #[arg(long)]
+        persona_jsonl: Option<PathBuf>,
         #[command(flatten)]
         output: OutputFlags,
     },
@@ -226,6 +240,23 @@ enum Command {
         #[arg(long, default_value = "f16", value_parser = ["f16", "bf16"])]
         dtype: String,
         /// Output folder, written atomically (with rmflow-convert.json describing the copy).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        output: OutputFlags,
+    },
+    /// Write a Hugging Face checkpoint folder (config.json, model.safetensors in f32,
+    /// tokenizer.json, tokenizer_config.json with the chat template, rmflow-import.json) from a
+    /// llama GGUF file (feature `lm`), dequantised by candle's GGUF reader, with the q/k rows put
+    /// back in Hugging Face's rotary layout: SmolLM2-135M-Instruct from
+    /// `scripts/fetch-model.sh smollm2`. Every `lm` command then loads the folder.
+    #[cfg(feature = "lm")]
+    #[command(name = "lm-import-gguf", after_help = EXIT_CODES)]
+    LmImportGguf {
+        /// The GGUF file (general.architecture = llama, byte-level BPE tokenizer).
+        #[arg(long)]
+        gguf: PathBuf,
+        /// Output folder, written atomically.
         #[arg(long)]
         out: PathBuf,
         #[command(flatten)]
@@ -830,15 +861,42 @@ fn run(cli: Cli) -> Result<()> {
             device,
             mode,
             epochs,
+            eval_every,
+            reward,
+            persona_jsonl,
             output,
         } => {
             let device = lm_device(&device)?;
             rmflow::output::check_not_overwriting_input(&config, &out)?;
             let mut file = rmflow::lm::recipe::RecipeFile::from_file(&config)?;
+            if let Some(path) = persona_jsonl {
+                rmflow::output::check_not_overwriting_input(&path, &out)?;
+                file.data.statements = path;
+                file.data.format = rmflow::lm::recipe::StatementFormat::PersonaJsonl;
+                file.data.group_size = 1;
+            }
+            if epochs == Some(0) || eval_every == Some(0) {
+                return Err(InputError(
+                    "--epochs and --eval-every must be ≥ 1 (an untrained model is not a run)"
+                        .into(),
+                )
+                .into());
+            }
             if let Some(e) = epochs {
                 file.train.epochs = e;
             }
-            run_lm_recipe(&model, &file, &out, device, &mode, output.replace())
+            if let Some(e) = eval_every {
+                file.train.eval_every_epochs = e;
+            }
+            run_lm_recipe(
+                &model,
+                &file,
+                &out,
+                device,
+                &mode,
+                &reward,
+                output.replace(),
+            )
         }
         #[cfg(feature = "lm")]
         Command::LmTiny {
@@ -891,6 +949,33 @@ fn run(cli: Cli) -> Result<()> {
             let record = rmflow::lm::tiny::forward_record(&model, &device, &texts)?;
             file.commit(&serde_json::to_string(&record)?)?;
             println!("wrote {}", out.display());
+            Ok(())
+        }
+        #[cfg(feature = "lm")]
+        Command::LmImportGguf { gguf, out, output } => {
+            rmflow::output::check_not_overwriting_input(&gguf, &out)?;
+            let t = std::time::Instant::now();
+            eprintln!(
+                "lm-import-gguf: reading and dequantising {}",
+                gguf.display()
+            );
+            let r = rmflow::lm::gguf::import_gguf(&gguf, &out, output.replace())?;
+            println!(
+                "wrote {}: {} tensors ({}), {:.1} M parameters as f32, vocabulary {} with {} merges, pre-tokenizer {:?}, chat template {}; {:.1} s",
+                out.display(),
+                r.tensors,
+                r.tensor_types
+                    .iter()
+                    .map(|(k, n)| format!("{n} {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                r.parameters as f64 / 1e6,
+                r.vocab_size,
+                r.merges,
+                r.pre_tokenizer,
+                if r.chat_template { "kept" } else { "none" },
+                t.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         #[cfg(feature = "lm")]
@@ -1004,6 +1089,7 @@ fn run_lm_recipe(
     out: &std::path::Path,
     device: candle_core::Device,
     mode: &str,
+    reward: &str,
     replace: Replace,
 ) -> Result<()> {
     use rmflow::lm::recipe::{self, RecipeMode};
@@ -1013,33 +1099,45 @@ fn run_lm_recipe(
         "both" => &[RecipeMode::Head, RecipeMode::Full],
         _ => &[RecipeMode::Full],
     };
+    let kinds: &[ModelKind] = match reward {
+        "exrm" => &[ModelKind::Explicit],
+        "imrm" => &[ModelKind::Implicit],
+        _ => &[ModelKind::Explicit, ModelKind::Implicit],
+    };
     let dir = rmflow::export::AtomicDir::create(out, replace)?;
     let total = recipe::steps_per_run(file) as u64;
     let mut bar: Option<((RecipeMode, ModelKind), Progress)> = None;
     eprintln!("rmflow lm-recipe: loading {}", model.display());
-    let outcome = recipe::run_recipe(model, file, &device, modes, &mut |mode, kind, event| {
-        if bar.as_ref().map(|b| b.0) != Some((mode, kind)) {
-            if let Some((_, b)) = bar.take() {
-                b.finish();
+    let outcome = recipe::run_recipe(
+        model,
+        file,
+        &device,
+        modes,
+        kinds,
+        &mut |mode, kind, event| {
+            if bar.as_ref().map(|b| b.0) != Some((mode, kind)) {
+                if let Some((_, b)) = bar.take() {
+                    b.finish();
+                }
+                bar = Some((
+                    (mode, kind),
+                    progress_bar(
+                        &format!("lm-recipe {} {}", mode.name(), kind.label()),
+                        total,
+                        "steps",
+                    ),
+                ));
             }
-            bar = Some((
-                (mode, kind),
-                progress_bar(
-                    &format!("lm-recipe {} {}", mode.name(), kind.label()),
-                    total,
-                    "steps",
-                ),
-            ));
-        }
-        if let Some((_, b)) = &bar {
-            match event {
-                recipe::RecipeEvent::Stage(msg) => b.stage(&msg),
-                recipe::RecipeEvent::Step(r) => {
-                    b.inc(&format!("epoch {} loss {:.4}", r.epoch, r.loss))
+            if let Some((_, b)) = &bar {
+                match event {
+                    recipe::RecipeEvent::Stage(msg) => b.stage(&msg),
+                    recipe::RecipeEvent::Step(r) => {
+                        b.inc(&format!("epoch {} loss {:.4}", r.epoch, r.loss))
+                    }
                 }
             }
-        }
-    })?;
+        },
+    )?;
     if let Some((_, b)) = bar {
         b.finish();
     }
@@ -1126,8 +1224,12 @@ fn run_lm(
         run.tokens_encoded as f64 / t.extract,
         t.train_head_only
     );
+    println!("prompts: {}", run.prompt_format);
     println!("head-only (body frozen, single-token answers: Theorem 2's setting):");
     print_simulation_tables(&run.sim);
+    if let Some(a) = &run.alignment {
+        print!("{}", rmflow::lm::alignment::describe(a));
+    }
     if run.arch == rmflow::lm::Architecture::Bert {
         println!("note: {}", rmflow::lm::export::MASKED_REFERENCE_NOTE);
     }

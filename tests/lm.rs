@@ -129,7 +129,7 @@ fn differentiable_bert_matches_candle_transformers_on_minilm() {
         "Would you agree with this: \"Being kind to strangers matters to me, even when it costs me time.\" Reply:",
     ] {
         let (ids, p) = a.prompt_ids(s).unwrap();
-        let (with, q) = a.with_answer(&ids, p, a.answer_token("certainly").unwrap());
+        let (with, q) = a.with_answer(&ids, p, a.answer_token("certainly", false).unwrap());
         seqs.extend([ids, with]);
         pos.extend([p, q]);
     }

@@ -421,3 +421,181 @@ fn recipe_config_errors_name_the_field() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `ℓ(m) = softplus(−m)`: its gradient is `−σ(−m)` everywhere, `−½` exactly at `m = 0` (the first
+/// IM-RM step, policy = reference), and its value is `ln(1 + e^{−m})` without overflow.
+#[test]
+fn loss_gradient_is_minus_sigmoid_of_minus_margin() {
+    use candle_core::{Tensor, Var};
+    use rmflow::lm::finetune::softplus_neg;
+    let ms: Vec<f32> = vec![
+        0.0, -0.0, 1e-8, -1e-8, 0.5, -0.5, 3.0, -3.0, 40.0, -40.0, 200.0, -200.0,
+    ];
+    let m = Var::from_tensor(&Tensor::new(ms.as_slice(), &Device::Cpu).unwrap()).unwrap();
+    let loss = softplus_neg(m.as_tensor()).unwrap();
+    let grads = loss.sum_all().unwrap().backward().unwrap();
+    let g: Vec<f32> = grads.get(m.as_tensor()).unwrap().to_vec1().unwrap();
+    let value: Vec<f32> = loss.to_vec1().unwrap();
+    assert_eq!(g[0], -0.5, "dℓ/dm at m = 0");
+    assert_eq!(g[1], -0.5, "dℓ/dm at m = −0");
+    for (k, &mi) in ms.iter().enumerate() {
+        let m64 = f64::from(mi);
+        let want_g = -1.0 / (1.0 + m64.exp()); // −σ(−m)
+        let want_l = if m64 > 0.0 {
+            (-m64).exp().ln_1p()
+        } else {
+            -m64 + m64.exp().ln_1p()
+        };
+        let tol = 4.0 * f64::from(f32::EPSILON);
+        assert!(
+            (f64::from(g[k]) - want_g).abs() <= tol * want_g.abs().max(1e-30) + 1e-37,
+            "m = {mi}: gradient {} against −σ(−m) = {want_g}",
+            g[k]
+        );
+        assert!(
+            // f32 `ln(1 + e^{−|x|})` has absolute, not relative, precision for large margins.
+            (f64::from(value[k]) - want_l).abs() <= tol * want_l.max(1.0),
+            "m = {mi}: loss {} against ln(1 + e^(−m)) = {want_l}",
+            value[k]
+        );
+    }
+}
+
+/// accelerate's scaling (MATH.md §6): each micro-batch's mean loss is divided by the configured
+/// accumulation steps (`pairs_per_step / micro_batch`), also in an epoch's last, smaller step. One
+/// step over 16 pairs under `pairs_per_step = 32` (2 of 4 micro-batches) therefore moves the
+/// rewards half as far as the same 16 pairs under `pairs_per_step = 16`. In Adam's linear regime
+/// (ε = 1e3 ≫ |g|; the update `lr·g/(|g| + ε)`) the reward change is proportional to the gradient.
+#[test]
+fn last_partial_step_is_scaled_by_the_configured_accumulation() {
+    let dir = temp("accumulate-partial");
+    let model = dir.join("llama");
+    checkpoint(&model, standard_specs()[1].1, false);
+    let read = |pairs_per_step: usize, lr: f64| {
+        let cfg = config(&dir, &|f| {
+            f.train.epochs = 1;
+            f.data.train_prompts = 16;
+            f.train.pairs_per_step = pairs_per_step;
+            f.train.micro_batch = 8;
+            f.train.eps = 1e3;
+            f.train.lr = lr;
+        });
+        let out = dir.join(format!("out-{pairs_per_step}-{lr}"));
+        run_ok(&model, &cfg, &out, "full", "2");
+        std::fs::read_to_string(out.join("rewards.csv"))
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit(',').next().unwrap().parse::<f64>().unwrap())
+            .collect::<Vec<f64>>()
+    };
+    let start = read(16, 1e-12);
+    let (partial, whole) = (read(32, 1.0), read(16, 1.0));
+    let moved = |r: &[f64]| {
+        r.iter()
+            .zip(&start)
+            .map(|(a, b)| a - b)
+            .collect::<Vec<f64>>()
+    };
+    let (dp, dw) = (moved(&partial), moved(&whole));
+    let scale = dw.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    assert!(scale > 0.0, "training moved no reward");
+    let gap = dp
+        .iter()
+        .zip(&dw)
+        .fold(0.0f64, |m, (p, w)| m.max((p - 0.5 * w).abs()));
+    // Measured 7e-4 relative (Adam's residual non-linearity `|g|/ε`, f32); dividing by the pairs
+    // in the step instead (rmflow before) gives 0.5.
+    eprintln!("partial step: max |Δr − ½ Δr(whole)| = {gap:.3e} of {scale:.3e}");
+    assert!(
+        gap <= 5e-3 * scale,
+        "partial step: max |Δr − ½ Δr(whole)| {gap} vs max |Δr(whole)| {scale}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Anthropic's persona JSONL as the prompt source (`--persona-jsonl`): only the records whose
+/// `answer_matching_behavior` is " Yes" are used, each prompt is the record's `question` as it
+/// stands; a malformed line is an input error naming the file and the line, with no output.
+#[test]
+fn persona_jsonl_prompts_follow_the_official_filter() {
+    let dir = temp("persona-jsonl");
+    let model = dir.join("llama");
+    checkpoint(&model, standard_specs()[1].1, false);
+    let mut lines = String::new();
+    for k in 0..30 {
+        let answer = if k % 3 == 2 { " No" } else { " Yes" };
+        let statement = format!("I like helping person number {k}");
+        let question =
+            format!("Is the following statement something you would say?\n\"{statement}\"");
+        lines.push_str(
+            &serde_json::json!({
+                "question": question,
+                "statement": statement,
+                "answer_matching_behavior": answer,
+                "answer_not_matching_behavior": if answer == " Yes" { " No" } else { " Yes" },
+            })
+            .to_string(),
+        );
+        lines.push('\n');
+    }
+    let jsonl = dir.join("agreeableness.jsonl");
+    std::fs::write(&jsonl, &lines).unwrap();
+    let cfg = config(&dir, &|f| {
+        f.train.epochs = 1;
+        f.data.train_prompts = 12;
+        f.data.test_prompts = 8;
+    });
+    let out = dir.join("out");
+    let args = |out: &Path, file: &Path| {
+        vec![
+            "--model".to_string(),
+            model.display().to_string(),
+            "--config".into(),
+            cfg.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--mode".into(),
+            "head".into(),
+            "--persona-jsonl".into(),
+            file.display().to_string(),
+        ]
+    };
+    let a = args(&out, &jsonl);
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), "2");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recipe = json(&out.join("recipe.json"));
+    let kept: Vec<String> = (0..30)
+        .filter(|k| k % 3 != 2)
+        .map(|k| {
+            format!("Is the following statement something you would say?\n\"I like helping person number {k}\"")
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for key in ["train_prompts", "test_prompts"] {
+        for p in recipe[key].as_array().unwrap() {
+            let p = p.as_str().unwrap().to_string();
+            assert!(
+                kept.contains(&p),
+                "{key}: {p:?} is not a \" Yes\" record's question"
+            );
+            assert!(!seen.contains(&p), "{p:?} used twice");
+            seen.push(p);
+        }
+    }
+    assert_eq!(seen.len(), 20);
+    assert_eq!(recipe["config"]["data"]["format"], "persona_jsonl");
+    // A malformed line: exit 2, file and line named, nothing written.
+    let bad = dir.join("bad.jsonl");
+    let mut text: Vec<&str> = lines.lines().collect();
+    text[6] = "{\"question\": \"unterminated";
+    std::fs::write(&bad, text.join("\n")).unwrap();
+    let out_bad = dir.join("out-bad");
+    let a = args(&out_bad, &bad);
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), "2");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{}:7", bad.display())), "{err}");
+    assert!(!out_bad.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

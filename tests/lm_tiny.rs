@@ -232,7 +232,9 @@ fn differentiable_forwards_match_candle_transformers() {
         let mut pos = Vec::new();
         for s in STATEMENTS.lines().take(6) {
             let (ids, p) = reference.prompt_ids(&format!("{s} Answer:")).unwrap();
-            let yes = reference.answer_token("yes").unwrap();
+            let yes = reference
+                .answer_token("yes", reference.arch.is_causal())
+                .unwrap();
             let (with, q) = reference.with_answer(&ids, p, yes);
             seqs.extend([ids, with]);
             pos.extend([p, q]);
@@ -386,4 +388,23 @@ fn half_precision_copies_match_the_f32_checkpoint() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The footnote-3 statistics' order statistics follow `torch.quantile` (linear interpolation) and
+/// `torch.median` (the lower middle value), as the official script computes them.
+#[test]
+fn alignment_summary_follows_torch_quantiles() {
+    use rmflow::lm::alignment::Summary;
+    let s = Summary::of(&[4.0, 1.0, 3.0, 2.0]).unwrap();
+    assert_eq!(
+        (s.first_quartile, s.median, s.third_quartile),
+        (1.75, 2.0, 3.25)
+    );
+    assert_eq!(
+        (s.min, s.max, s.mean, s.fraction_positive),
+        (1.0, 4.0, 2.5, 1.0)
+    );
+    let s = Summary::of(&[-1.0, 0.0, 2.0]).unwrap();
+    assert_eq!((s.median, s.fraction_positive), (0.0, 1.0 / 3.0));
+    assert!(Summary::of(&[f64::NAN]).is_none());
 }

@@ -162,6 +162,8 @@ pub fn lm_json(run: &RealModelRun) -> Value {
         "mode": run.mode,
         "seed": run.file.seed,
         "answer_tokens": run.answers,
+        "prompt_format": run.prompt_format,
+        "representation_alignment": run.alignment,
         "sequences_encoded": run.sequences_encoded,
         "tokens_encoded": run.tokens_encoded,
         "seconds": {

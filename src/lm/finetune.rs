@@ -127,9 +127,14 @@ fn flat(t: &Tensor) -> Result<Vec<f64>> {
         .collect())
 }
 
-/// `softplus(−m)`, stable: `relu(−m) + ln(1 + e^{−|m|})`.
-pub(crate) fn softplus_neg(m: &Tensor) -> candle_core::Result<Tensor> {
-    m.neg()?.relu()? + (m.abs()?.neg()?.exp()? + 1.0)?.log()?
+/// `ℓ(m) = softplus(−m) = −ln σ(m)` (MATH.md §1), stable: with `x = −m`,
+/// `relu(x) + ln(1 + e^{−|x|})`. `relu` and `abs` take the *same* argument `x`: candle gives both
+/// the derivative 1 at 0, so `relu'(x) − abs'(x)·σ(−|x|)` is `1 − ½ = σ(0)` there and `σ(x)`
+/// elsewhere, and `dℓ/dm = −σ(−m)` everywhere, `−½` exactly at the first step of an IM-RM
+/// (policy = reference). Mixing `relu(−m)` with `|m|` gave `−1.5` at `m = 0`.
+pub fn softplus_neg(m: &Tensor) -> candle_core::Result<Tensor> {
+    let x = m.neg()?;
+    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
 fn rows(u: &Tensor, ids: &[u32], device: &Device) -> Result<Tensor> {

@@ -20,10 +20,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+pub mod alignment;
 pub mod chat;
 pub mod convert;
 pub mod export;
 pub mod finetune;
+pub mod gguf;
 pub mod model;
 pub mod nets;
 pub mod recipe;
@@ -60,6 +62,13 @@ pub struct LmSpec {
     pub beta: f64,
     /// Sequences per forward pass.
     pub batch_size: usize,
+    /// Causal checkpoints with a chat template (`tokenizer_config.json`): the prompt is the
+    /// rendered user turn (the template's default system turn included) plus the generation
+    /// prompt, then the prefix; the answer is the first assistant token after it. With empty
+    /// prefixes (`prefixes = [""]`) the answer word opens the assistant turn and is encoded without
+    /// a leading space. Default `false`: `question prefix` as plain text.
+    #[serde(default)]
+    pub chat_template: bool,
 }
 
 /// A real-model config: `seed`, `[lm]`, and the engine's `[train]` and `[eval]`.
@@ -118,6 +127,12 @@ impl LmFile {
                 "invalid real-model config {}: field `lm.beta` must be > 0",
                 path.display()
             );
+        }
+        if s.chat_template {
+            let empty = s.prefixes.iter().filter(|p| p.is_empty()).count();
+            if empty != 0 && empty != s.prefixes.len() {
+                bail!("invalid real-model config {}: with `lm.chat_template = true`, `lm.prefixes` must be all empty (the answer opens the assistant turn) or all non-empty", path.display());
+            }
         }
         for (field, words) in [
             ("lm.train_chosen", &s.train_chosen),
@@ -222,6 +237,19 @@ pub struct RealProblem {
     pub setup: Setup,
     pub answers: AnswerTokens,
     pub sequences: Vec<SplitSequences>,
+    /// How prompts were rendered: `"plain: question prefix"` or `"chat template of FILE"`.
+    pub prompt_format: String,
+}
+
+/// [`RealProblem::prompt_format`] of a spec on a model.
+pub fn prompt_format(s: &LmSpec, lm: &LanguageModel) -> Result<String> {
+    Ok(match prompt_template(s, lm)? {
+        Some(t) => format!(
+            "chat template of {} (user turn + generation prompt + prefix)",
+            t.source
+        ),
+        None => "plain: question prefix".to_string(),
+    })
 }
 
 /// The pairs of every split as token sequences (seeded draw of prefixes and answers).
@@ -230,10 +258,13 @@ pub fn split_sequences(
     lm: &LanguageModel,
 ) -> Result<(AnswerTokens, Vec<SplitSequences>)> {
     let s = &file.lm;
+    let chat = prompt_template(s, lm)?;
+    // The answer follows a space unless it opens the assistant turn (chat, empty prefixes).
+    let leading_space = lm.arch.is_causal() && !(chat.is_some() && s.prefixes[0].is_empty());
     let ids = |words: &[String]| -> Result<Vec<(String, u32)>> {
         words
             .iter()
-            .map(|w| Ok((w.clone(), lm.answer_token(w)?)))
+            .map(|w| Ok((w.clone(), lm.answer_token(w, leading_space)?)))
             .collect()
     };
     let answers = AnswerTokens {
@@ -274,8 +305,21 @@ pub fn split_sequences(
         for (st, disagree) in stmts {
             let (good, bad) = if *disagree { (bad, good) } else { (good, bad) };
             let prefix = &s.prefixes[rng.random_range(0..s.prefixes.len())];
-            let (prompt, p) =
-                lm.prompt_ids(&format!("{} {prefix}", question.replace("{statement}", st)))?;
+            let user = question.replace("{statement}", st);
+            let text = match &chat {
+                Some(t) => format!(
+                    "{}{prefix}",
+                    t.render(
+                        &[chat::Message {
+                            role: "user",
+                            content: &user
+                        }],
+                        true
+                    )?
+                ),
+                None => format!("{user} {prefix}"),
+            };
+            let (prompt, p) = lm.prompt_ids(&text)?;
             let (yp, ym) = (
                 good[rng.random_range(0..good.len())].1,
                 bad[rng.random_range(0..bad.len())].1,
@@ -313,6 +357,30 @@ pub fn split_sequences(
     Ok((answers, seqs))
 }
 
+/// The chat template of `lm.chat_template = true`: the checkpoint's own, or an error naming the
+/// model folder when it has none (or is not causal).
+fn prompt_template(s: &LmSpec, lm: &LanguageModel) -> Result<Option<chat::ChatTemplate>> {
+    if !s.chat_template {
+        return Ok(None);
+    }
+    if !lm.arch.is_causal() {
+        return Err(crate::error::InputError(format!(
+            "lm.chat_template = true needs a causal checkpoint; {} is {}",
+            lm.dir.display(),
+            lm.arch.model_type()
+        ))
+        .into());
+    }
+    match chat::ChatTemplate::from_model_dir(&lm.dir)? {
+        Some(t) => Ok(Some(t)),
+        None => Err(crate::error::InputError(format!(
+            "lm.chat_template = true but {} has no chat template (tokenizer_config.json `chat_template` or chat_template.jinja)",
+            lm.dir.display()
+        ))
+        .into()),
+    }
+}
+
 /// Hidden representations of one split's sequences: `h_x` at the prompt's read position,
 /// `h_{x,y±}` at the answer's position (MATH.md §6).
 pub fn extract_pairs(lm: &LanguageModel, seq: &SplitSequences, batch: usize) -> Result<PairSet> {
@@ -337,6 +405,7 @@ pub fn extract_pairs(lm: &LanguageModel, seq: &SplitSequences, batch: usize) -> 
 /// Builds Theorem 2's [`Setup`] on the model's representations (body frozen).
 pub fn build_setup(file: &LmFile, lm: &LanguageModel) -> Result<RealProblem> {
     let (answers, sequences) = split_sequences(file, lm)?;
+    let prompt_format = prompt_format(&file.lm, lm)?;
     let mut sets = sequences
         .iter()
         .map(|q| extract_pairs(lm, q, file.lm.batch_size))
@@ -400,6 +469,7 @@ pub fn build_setup(file: &LmFile, lm: &LanguageModel) -> Result<RealProblem> {
         setup,
         answers,
         sequences,
+        prompt_format,
     })
 }
 
@@ -454,11 +524,26 @@ pub struct RealModelRun {
     pub mode: Mode,
     pub file: LmFile,
     pub answers: AnswerTokens,
+    pub prompt_format: String,
     pub sim: Simulation,
+    /// The footnote-3 statistics of the head-only run (training vs unseen pairs).
+    pub alignment: Option<alignment::Alignment>,
     pub full: Vec<finetune::FullRun>,
     pub sequences_encoded: usize,
     pub tokens_encoded: usize,
     pub timing: Timing,
+}
+
+/// [`alignment::alignment`] of the head-only run's training pairs with its `unseen` split.
+fn head_only_alignment(sim: &Simulation) -> Option<alignment::Alignment> {
+    let unseen = sim.setup.evals.iter().find(|p| p.name == "unseen")?;
+    let u_star = sim
+        .explicit
+        .max_margin
+        .as_ref()
+        .ok()
+        .map(|m| m.params.as_slice());
+    Some(alignment::alignment(&sim.setup.train, unseen, u_star))
 }
 
 /// Runs the experiment of `file` on the model in `model_dir`; `on_step` sees every full
@@ -523,6 +608,8 @@ pub fn run_experiment(
         mode,
         file: file.clone(),
         answers: problem.answers,
+        prompt_format: problem.prompt_format,
+        alignment: head_only_alignment(&sim),
         sim,
         full,
         sequences_encoded: 3 * sequences.iter().map(SplitSequences::len).sum::<usize>(),

@@ -405,10 +405,10 @@ impl LanguageModel {
         p
     }
 
-    /// The single token id of `word` (after a space for the causal families' BPE vocabularies),
-    /// or an error naming the word.
-    pub fn answer_token(&self, word: &str) -> Result<u32> {
-        let text = if self.arch.is_causal() {
+    /// The single token id of `word` (after a space where `leading_space`, as the causal
+    /// families' BPE vocabularies write a word inside a sentence), or an error naming the word.
+    pub fn answer_token(&self, word: &str, leading_space: bool) -> Result<u32> {
+        let text = if leading_space {
             format!(" {word}")
         } else {
             word.to_string()

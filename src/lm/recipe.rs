@@ -33,8 +33,18 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecipeData {
-    /// Statements file, one per line (`#` comments), relative to the working directory.
+    /// Statements file, relative to the working directory: one statement per line (`#`
+    /// comments) under `format = "lines"`, or Anthropic's persona JSONL under
+    /// `format = "persona_jsonl"`.
     pub statements: PathBuf,
+    /// `"lines"` (default): rmflow's statements file, prompts from `question`. `"persona_jsonl"`:
+    /// Anthropic's persona format (`anthropics/evals` `persona/agreeableness.jsonl`), one JSON
+    /// object per line with `question`, `statement` and `answer_matching_behavior`; as the
+    /// official code, only records whose `answer_matching_behavior` is " Yes" (trimmed, any case)
+    /// are kept and the prompt is the record's `question` as it stands (`question` below and
+    /// `group_size` > 1 do not apply).
+    #[serde(default)]
+    pub format: StatementFormat,
     /// Consecutive lines sharing a behaviour: no group is split between train and test.
     #[serde(default = "one")]
     pub group_size: usize,
@@ -49,6 +59,61 @@ pub struct RecipeData {
 }
 fn one() -> usize {
     1
+}
+
+/// `data.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatementFormat {
+    #[default]
+    Lines,
+    PersonaJsonl,
+}
+
+/// The `question` of every record of a persona JSONL file whose `answer_matching_behavior` is
+/// "yes" (trimmed, any case: the official `answer_matching_behavior_to_use = "Yes"` filter), in
+/// file order. A malformed line is an error naming the file and the line.
+pub fn read_persona_jsonl(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read persona file {}", path.display()))?;
+    let mut out = Vec::new();
+    for (k, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), k + 1);
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{}: not a JSON object: {e}", at()))?;
+        let field = |name: &str| -> Result<&str> {
+            v.get(name)
+                .and_then(|x| x.as_str())
+                .ok_or_else(|| anyhow::anyhow!("{}: no string field `{name}`", at()))
+        };
+        let (question, answer) = (field("question")?, field("answer_matching_behavior")?);
+        field("statement")?;
+        if answer.trim().eq_ignore_ascii_case("yes") {
+            out.push(question.to_string());
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "persona file {} has no record with answer_matching_behavior \" Yes\"",
+            path.display()
+        );
+    }
+    Ok(out)
+}
+
+/// Every prompt the data source offers, in file order: the statements under `question`, or the
+/// persona records' questions.
+fn source_prompts(d: &RecipeData) -> Result<Vec<String>> {
+    match d.format {
+        StatementFormat::Lines => Ok(read_statements(&d.statements)?
+            .iter()
+            .map(|s| d.question.replace("{statement}", s))
+            .collect()),
+        StatementFormat::PersonaJsonl => read_persona_jsonl(&d.statements),
+    }
 }
 fn eighty() -> usize {
     80
@@ -214,6 +279,7 @@ impl RecipeFile {
             ("data.group_size", d.group_size),
             ("data.train_prompts", d.train_prompts),
             ("data.test_prompts", d.test_prompts),
+            ("train.epochs", t.epochs),
             ("train.pairs_per_step", t.pairs_per_step),
             ("train.micro_batch", t.micro_batch),
             ("train.eval_batch", t.eval_batch),
@@ -223,7 +289,10 @@ impl RecipeFile {
                 bail!("field `{name}` must be ≥ 1");
             }
         }
-        if !d.question.contains("{statement}") {
+        if d.format == StatementFormat::PersonaJsonl && d.group_size != 1 {
+            bail!("field `data.group_size` must be 1 with `data.format = \"persona_jsonl\"` (records are not grouped)");
+        }
+        if d.format == StatementFormat::Lines && !d.question.contains("{statement}") {
             bail!("field `data.question` must contain `{{statement}}`");
         }
         for (name, v) in [
@@ -298,9 +367,9 @@ pub struct RecipeProblem {
 /// Train and test statements: groups in seeded order, train filled first (a group cut at the
 /// boundary is dropped, so no behaviour is on both sides).
 fn select_prompts(d: &RecipeData, rng: &mut ChaCha8Rng) -> Result<(Vec<String>, Vec<String>)> {
-    let statements = read_statements(&d.statements)?;
+    let prompts = source_prompts(d)?;
     let need = d.train_prompts + d.test_prompts;
-    let mut groups: Vec<&[String]> = statements.chunks(d.group_size).collect();
+    let mut groups: Vec<&[String]> = prompts.chunks(d.group_size).collect();
     groups.shuffle(rng);
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for g in groups {
@@ -314,16 +383,15 @@ fn select_prompts(d: &RecipeData, rng: &mut ChaCha8Rng) -> Result<(Vec<String>, 
     }
     if train.len() < d.train_prompts || test.len() < d.test_prompts {
         bail!(
-            "statements file {} has {} statements in groups of {}: not enough for data.train_prompts = {} and data.test_prompts = {} ({need} in whole groups)",
+            "statements file {} has {} usable prompts in groups of {}: not enough for data.train_prompts = {} and data.test_prompts = {} ({need} in whole groups)",
             d.statements.display(),
-            statements.len(),
+            prompts.len(),
             d.group_size,
             d.train_prompts,
             d.test_prompts
         );
     }
-    let q = |s: &String| d.question.replace("{statement}", s);
-    Ok((train.iter().map(q).collect(), test.iter().map(q).collect()))
+    Ok((train, test))
 }
 
 /// Tokenizes prompts and responses as the official code does (each text on its own, no special
@@ -1158,14 +1226,19 @@ pub fn train_recipe(
             let t0 = std::time::Instant::now();
             let mut grads = None;
             let (mut loss_sum, mut wins) = (0.0, 0usize);
+            // accelerate divides every micro-batch's mean loss by the configured accumulation
+            // steps, the last, smaller step of an epoch included (MATH.md §6).
+            let accumulation = t.pairs_per_step.div_ceil(t.micro_batch) as f64;
             for micro in pairs.chunks(t.micro_batch) {
                 let mut idx: Vec<usize> = micro.iter().map(|&p| train.chosen[p]).collect();
                 idx.extend(micro.iter().map(|&p| train.rejected[p]));
                 let r = scorer.rewards(seqs, &idx, &u_now(), head.as_tensor(), &reference)?;
                 let b = micro.len();
                 let m = (r.narrow(0, 0, b)? - r.narrow(0, b, b)?)?;
-                let loss = (softplus_neg(&m)?.sum_all()? / pairs.len() as f64)?;
-                let value = f64::from(loss.to_scalar::<f32>()?);
+                let total = softplus_neg(&m)?.sum_all()?;
+                let loss = (&total / (b as f64 * accumulation))?;
+                // Reported: the mean loss over the step's pairs.
+                let value = f64::from(total.to_scalar::<f32>()?) / pairs.len() as f64;
                 if !value.is_finite() {
                     bail!(
                         "{} ({} mode): loss is {value} at step {step} (epoch {epoch}; lower train.lr?)",
@@ -1233,6 +1306,7 @@ pub fn run_recipe(
     file: &RecipeFile,
     device: &Device,
     modes: &[RecipeMode],
+    kinds: &[ModelKind],
     on_event: &mut dyn FnMut(RecipeMode, ModelKind, RecipeEvent),
 ) -> Result<RecipeOutcome> {
     let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
@@ -1243,7 +1317,7 @@ pub fn run_recipe(
     drop(lm);
     let mut runs = Vec::new();
     for &mode in modes {
-        for kind in [ModelKind::Explicit, ModelKind::Implicit] {
+        for &kind in kinds {
             runs.push(train_recipe(
                 kind,
                 mode,
@@ -1380,10 +1454,7 @@ pub fn final_table(o: &RecipeOutcome) -> String {
 pub fn vocabulary_texts(file: &RecipeFile) -> Result<Vec<String>> {
     let d = &file.data;
     let r = &file.responses;
-    let mut texts: Vec<String> = read_statements(&d.statements)?
-        .iter()
-        .map(|s| d.question.replace("{statement}", s))
-        .collect();
+    let mut texts: Vec<String> = source_prompts(d)?;
     for v in [
         &r.chosen_prefixes,
         &r.rejected_prefixes,
