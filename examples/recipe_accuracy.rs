@@ -10,10 +10,10 @@ fn main() -> anyhow::Result<()> {
     let name = args.next().unwrap_or_else(|| "recipe_smollm2".into());
     let mut dirs: Vec<String> = args.collect();
     if dirs.is_empty() {
-        dirs = vec![
-            "experiments/results/smollm2_recipe/full".into(),
-            "experiments/results/smollm2_recipe/head".into(),
-        ];
+        dirs = ["full_imrm", "full_exrm", "head"]
+            .iter()
+            .map(|d| format!("experiments/results/smollm2_recipe/{d}"))
+            .collect();
     }
     rmflow::figures::run_example(&name, || {
         let texts = dirs

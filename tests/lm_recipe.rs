@@ -95,6 +95,16 @@ fn run_ok(model: &Path, config: &Path, out: &Path, mode: &str, threads: &str) {
     );
 }
 
+/// The last column of a run's `rewards.csv`: every sequence's reward after training.
+fn final_rewards(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("rewards.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit(',').next().unwrap().parse::<f64>().unwrap())
+        .collect()
+}
+
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -277,12 +287,7 @@ fn gradient_accumulation_equals_one_large_batch() {
         });
         let out = dir.join(format!("out-{micro}"));
         run_ok(&model, &cfg, &out, "full", "2");
-        std::fs::read_to_string(out.join("rewards.csv"))
-            .unwrap()
-            .lines()
-            .skip(1)
-            .map(|l| l.rsplit(',').next().unwrap().parse::<f64>().unwrap())
-            .collect::<Vec<f64>>()
+        final_rewards(&out)
     };
     let (a, b) = (read(8), read(32));
     let scale = a.iter().fold(0.0f64, |m, x| m.max(x.abs()));
@@ -482,12 +487,7 @@ fn last_partial_step_is_scaled_by_the_configured_accumulation() {
         });
         let out = dir.join(format!("out-{pairs_per_step}-{lr}"));
         run_ok(&model, &cfg, &out, "full", "2");
-        std::fs::read_to_string(out.join("rewards.csv"))
-            .unwrap()
-            .lines()
-            .skip(1)
-            .map(|l| l.rsplit(',').next().unwrap().parse::<f64>().unwrap())
-            .collect::<Vec<f64>>()
+        final_rewards(&out)
     };
     let start = read(16, 1e-12);
     let (partial, whole) = (read(32, 1.0), read(16, 1.0));
