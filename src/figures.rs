@@ -1458,7 +1458,7 @@ pub fn recipe_accuracy(metrics: &[String], source: &str) -> Result<FigureData> {
             series,
         );
         p.y_range = Some((-0.02, 1.05));
-        p.legend = Legend::MiddleRight;
+        p.legend = Legend::LowerRight;
         p.notes = vec!["solid EX-RM, dashed IM-RM; ties (τ = 0) count ½".into()];
         panels.push(p);
     }
