@@ -241,24 +241,21 @@ pub struct RealProblem {
     pub prompt_format: String,
 }
 
-/// [`RealProblem::prompt_format`] of a spec on a model.
-pub fn prompt_format(s: &LmSpec, lm: &LanguageModel) -> Result<String> {
-    Ok(match prompt_template(s, lm)? {
+/// The pairs of every split as token sequences (seeded draw of prefixes and answers), and how
+/// the prompts were rendered ([`RealProblem::prompt_format`]).
+pub fn split_sequences(
+    file: &LmFile,
+    lm: &LanguageModel,
+) -> Result<(AnswerTokens, Vec<SplitSequences>, String)> {
+    let s = &file.lm;
+    let chat = prompt_template(s, lm)?;
+    let prompt_format = match &chat {
         Some(t) => format!(
             "chat template of {} (user turn + generation prompt + prefix)",
             t.source
         ),
         None => "plain: question prefix".to_string(),
-    })
-}
-
-/// The pairs of every split as token sequences (seeded draw of prefixes and answers).
-pub fn split_sequences(
-    file: &LmFile,
-    lm: &LanguageModel,
-) -> Result<(AnswerTokens, Vec<SplitSequences>)> {
-    let s = &file.lm;
-    let chat = prompt_template(s, lm)?;
+    };
     // The answer follows a space unless it opens the assistant turn (chat, empty prefixes).
     let leading_space = lm.arch.is_causal() && !(chat.is_some() && s.prefixes[0].is_empty());
     let ids = |words: &[String]| -> Result<Vec<(String, u32)>> {
@@ -354,7 +351,7 @@ pub fn split_sequences(
             make(name, stmts, question, good, bad, &mut rng)
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok((answers, seqs))
+    Ok((answers, seqs, prompt_format))
 }
 
 /// The chat template of `lm.chat_template = true`: the checkpoint's own, or an error naming the
@@ -404,8 +401,7 @@ pub fn extract_pairs(lm: &LanguageModel, seq: &SplitSequences, batch: usize) -> 
 
 /// Builds Theorem 2's [`Setup`] on the model's representations (body frozen).
 pub fn build_setup(file: &LmFile, lm: &LanguageModel) -> Result<RealProblem> {
-    let (answers, sequences) = split_sequences(file, lm)?;
-    let prompt_format = prompt_format(&file.lm, lm)?;
+    let (answers, sequences, prompt_format) = split_sequences(file, lm)?;
     let mut sets = sequences
         .iter()
         .map(|q| extract_pairs(lm, q, file.lm.batch_size))
