@@ -4,8 +4,8 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rmflow::config::{Config, GradientPath};
-use rmflow::reward::{loss_and_gradient, ExplicitRm, ImplicitRm, MarginModel};
-use rmflow::synthetic::Setup;
+use rmflow::problem::reward::{loss_and_gradient, ExplicitRm, ImplicitRm, MarginModel};
+use rmflow::problem::synthetic::Setup;
 use std::hint::black_box;
 
 fn sized(v: usize, d: usize, n: usize) -> Config {
@@ -70,15 +70,17 @@ fn pipeline(c: &mut Criterion) {
         let mut config = Config::embedded_default();
         config.train.t_max = t_max;
         group.bench_function(format!("simulate_default_t{t_max:e}"), |b| {
-            b.iter(|| rmflow::simulation::simulate(black_box(&config), &mut |_| {}).unwrap())
+            b.iter(|| {
+                rmflow::experiment::simulation::simulate(black_box(&config), &mut |_| {}).unwrap()
+            })
         });
     }
     let config = Config::embedded_default();
     group.bench_function("verify_default", |b| {
         b.iter(|| {
-            rmflow::verify::verify_setup(
+            rmflow::analysis::verify::verify_setup(
                 black_box(&config),
-                &rmflow::verify::VerifyOptions::default(),
+                &rmflow::analysis::verify::VerifyOptions::default(),
                 &|_| {},
             )
             .unwrap()
@@ -98,21 +100,21 @@ fn rho(c: &mut Criterion) {
     config.setup.eval_pairs = 100;
     config.train.imrm_gradient = GradientPath::Full;
     let setup = Setup::generate(&config);
-    let side = rmflow::dynamics::TrainingSide::new(&setup.train);
+    let side = rmflow::analysis::dynamics::TrainingSide::new(&setup.train);
     let train = &side.prefixes;
-    let eval = rmflow::dynamics::ResponsePrefixes::new(&setup.evals[0]);
+    let eval = rmflow::analysis::dynamics::ResponsePrefixes::new(&setup.evals[0]);
     let u0 = setup.unembedding_init.full();
     let u = u0.view();
     let mut group = c.benchmark_group("rho");
     group.sample_size(10);
     group.bench_function("token_overlap_K8_V1000_D64_100x200", |b| {
-        b.iter(|| rmflow::dynamics::token_overlap(black_box(u), &eval, train))
+        b.iter(|| rmflow::analysis::dynamics::token_overlap(black_box(u), &eval, train))
     });
     let c_im = vec![1.0 / 200.0; 200];
     let c_ex = c_im.clone();
     group.bench_function("split_dynamics_K8_V1000_D64_100x200", |b| {
         b.iter(|| {
-            rmflow::dynamics::split_dynamics(
+            rmflow::analysis::dynamics::split_dynamics(
                 black_box(u),
                 &setup.evals[0],
                 &eval,

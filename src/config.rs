@@ -488,7 +488,7 @@ impl Config {
                 "entries must be fractions: finite and in [0, 1]",
                 f,
             )?;
-            let name = crate::synthetic::overlap_split_name(f);
+            let name = crate::problem::synthetic::overlap_split_name(f);
             check(
                 !names.contains(&name),
                 "setup.eval_overlap",

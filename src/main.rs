@@ -10,9 +10,9 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use rmflow::config::{Config, GradientPath, Optimizer};
 use rmflow::error::{ClaimsFailed, InputError};
-use rmflow::observables::Observation;
-use rmflow::output::{AtomicDir, AtomicFile, Replace};
-use rmflow::resources::{check_memory, Workload};
+use rmflow::experiment::observables::Observation;
+use rmflow::io::atomic::{AtomicDir, AtomicFile, Replace};
+use rmflow::io::resources::{check_memory, Workload};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -127,7 +127,7 @@ enum Command {
         skip_residual: bool,
         /// Self-test of the checker: verify a deliberately broken variant (must FAIL).
         #[arg(long, value_enum, hide = true)]
-        inject_fault: Option<rmflow::verify::Fault>,
+        inject_fault: Option<rmflow::analysis::verify::Fault>,
     },
     /// Learning dynamics (MATH.md §3): ρ coefficients and reward-velocity decompositions along training.
     #[command(after_help = EXIT_CODES)]
@@ -351,7 +351,7 @@ enum SweepAction {
 /// The shard of this process: `--shard I/N`, else a Slurm array task's (said on stderr).
 fn shard_of(flag: Option<&str>) -> Result<Option<(usize, usize)>> {
     if let Some(s) = flag {
-        return rmflow::sweep::parse_shard(s).map(Some);
+        return rmflow::analysis::sweep::parse_shard(s).map(Some);
     }
     let var = |k: &str| std::env::var(k).ok();
     match (var("SLURM_ARRAY_TASK_ID"), var("SLURM_ARRAY_TASK_COUNT")) {
@@ -369,13 +369,13 @@ fn shard_of(flag: Option<&str>) -> Result<Option<(usize, usize)>> {
             eprintln!(
                 "rmflow sweep: running shard {shard} from SLURM_ARRAY_TASK_ID = {id}, SLURM_ARRAY_TASK_COUNT = {count} (SLURM_ARRAY_TASK_MIN = {min})"
             );
-            rmflow::sweep::parse_shard(&shard).map(Some)
+            rmflow::analysis::sweep::parse_shard(&shard).map(Some)
         }
         _ => Ok(None),
     }
 }
 
-fn print_sweep_table(rows: &[rmflow::sweep::SweepRow]) {
+fn print_sweep_table(rows: &[rmflow::analysis::sweep::SweepRow]) {
     println!(
         "{:>8} {:<6} {:>22} {:>22}",
         "value", "model", "tie-aware (95% CI)", "strict (95% CI)"
@@ -399,9 +399,14 @@ fn sweep(args: SweepArgs) -> Result<()> {
     }) = args.action
     {
         let dir = AtomicDir::create(&out, output.replace())?;
-        let merged = rmflow::sweep::merge_shards(&shard_dir)?;
+        let merged = rmflow::analysis::sweep::merge_shards(&shard_dir)?;
         print_sweep_table(&merged.rows);
-        rmflow::sweep::write_sweep_into(&dir, &merged.file, &merged.source, &merged.rows)?;
+        rmflow::analysis::sweep::write_sweep_into(
+            &dir,
+            &merged.file,
+            &merged.source,
+            &merged.rows,
+        )?;
         let written = dir.commit()?;
         println!(
             "merged {} shards into {} (sweep.csv, sweep.toml)",
@@ -414,7 +419,7 @@ fn sweep(args: SweepArgs) -> Result<()> {
         args.config.expect("required by clap"),
         args.out.expect("required by clap"),
     );
-    rmflow::output::check_not_overwriting_input(&config, &out)?;
+    rmflow::io::atomic::check_not_overwriting_input(&config, &out)?;
     let shard = shard_of(args.shard.as_deref())?;
     if shard.is_none() && out.extension().is_some_and(|e| e == "csv" || e == "toml") {
         return Err(InputError(format!(
@@ -423,7 +428,7 @@ fn sweep(args: SweepArgs) -> Result<()> {
         ))
         .into());
     }
-    let file = rmflow::sweep::SweepFile::from_file(&config)?;
+    let file = rmflow::analysis::sweep::SweepFile::from_file(&config)?;
     for c in file.configs(0)? {
         check_memory(&c, Workload::Simulate, args.ignore_memory_estimate)?;
     }
@@ -432,10 +437,15 @@ fn sweep(args: SweepArgs) -> Result<()> {
             let dir = AtomicDir::create(&out, args.output.replace())?;
             let n_units = file.units().len() as u64;
             let bar = progress_bar("sweep", n_units, "runs");
-            let rows = rmflow::sweep::run_sweep(&file, &|| bar.inc("run done"))?;
+            let rows = rmflow::analysis::sweep::run_sweep(&file, &|| bar.inc("run done"))?;
             bar.finish();
             print_sweep_table(&rows);
-            rmflow::sweep::write_sweep_into(&dir, &file, &config.display().to_string(), &rows)?;
+            rmflow::analysis::sweep::write_sweep_into(
+                &dir,
+                &file,
+                &config.display().to_string(),
+                &rows,
+            )?;
             let written = dir.commit()?;
             println!("wrote {} (sweep.csv, sweep.toml)", written.display());
         }
@@ -446,19 +456,20 @@ fn sweep(args: SweepArgs) -> Result<()> {
                     out.display()
                 ))
             })?;
-            let path = out.join(rmflow::sweep::shard_file_name(i, n));
-            rmflow::output::check_not_overwriting_input(&config, &path)?;
+            let path = out.join(rmflow::analysis::sweep::shard_file_name(i, n));
+            rmflow::io::atomic::check_not_overwriting_input(&config, &path)?;
             let replace = if args.output.force {
                 Replace::RmflowOutput
             } else {
                 Replace::Never
             };
             let target = AtomicFile::create(&path, replace)?;
-            let ids = rmflow::sweep::shard_assignment(&file, n)?.swap_remove(i);
+            let ids = rmflow::analysis::sweep::shard_assignment(&file, n)?.swap_remove(i);
             let bar = progress_bar(&format!("sweep shard {i}/{n}"), ids.len() as u64, "runs");
-            let results = rmflow::sweep::run_units(&file, &ids, &|| bar.inc("run done"))?;
+            let results = rmflow::analysis::sweep::run_units(&file, &ids, &|| bar.inc("run done"))?;
             bar.finish();
-            let shard_file = rmflow::sweep::ShardFile::new(&file, &config, (i, n), ids, &results)?;
+            let shard_file =
+                rmflow::analysis::sweep::ShardFile::new(&file, &config, (i, n), ids, &results)?;
             let written = target.commit(&(serde_json::to_string_pretty(&shard_file)? + "\n"))?;
             println!(
                 "wrote {} ({} of {} runs; merge with: rmflow sweep merge {} --out DIR)",
@@ -591,24 +602,24 @@ impl Progress {
 }
 
 fn print_named_accuracy_table(
-    table: &[(&str, &[rmflow::observables::SplitMetrics])],
+    table: &[(&str, &[rmflow::experiment::observables::SplitMetrics])],
     at: &str,
     tau: f64,
 ) {
     println!(
         "accuracy at t = {at} (strict / exact ties count ½ [τ = 0, the paper's] / tie-aware with τ = {tau:e}):"
     );
-    print!("{}", rmflow::observables::accuracy_table(table));
+    print!("{}", rmflow::experiment::observables::accuracy_table(table));
 }
 
 /// The accuracy table of a simulation with its ablations, then the reward statistics.
-fn print_simulation_tables(sim: &rmflow::simulation::Simulation) {
+fn print_simulation_tables(sim: &rmflow::experiment::simulation::Simulation) {
     let finals: Vec<&Observation> = sim
         .runs()
         .iter()
         .map(|r| r.trajectory.last().expect("observed"))
         .collect();
-    let mut table: Vec<(&str, &[rmflow::observables::SplitMetrics])> = finals
+    let mut table: Vec<(&str, &[rmflow::experiment::observables::SplitMetrics])> = finals
         .iter()
         .map(|o| (o.model, o.splits.as_slice()))
         .collect();
@@ -622,7 +633,7 @@ fn print_simulation_tables(sim: &rmflow::simulation::Simulation) {
     }
     print_named_accuracy_table(
         &table,
-        &rmflow::training::format_time(finals[0].log10_t),
+        &rmflow::solve::training::format_time(finals[0].log10_t),
         sim.config.eval.tie_tolerance,
     );
     println!("  imrm-noref: the IM-RM scored without its reference (r = β ln π_U); exrm-mean: the EX-RM on the mean hidden state over response tokens (K > 1 only)");
@@ -642,7 +653,7 @@ fn print_simulation_tables(sim: &rmflow::simulation::Simulation) {
 }
 
 fn observation_progress(label: &str, cfg: &Config) -> Progress {
-    let n_obs = rmflow::training::observation_times(&cfg.train).len() as u64;
+    let n_obs = rmflow::solve::training::observation_times(&cfg.train).len() as u64;
     let p = progress_bar(label, 2 * n_obs, "observations");
     p.stage(&format!(
         "drawing the setup and solving the max-margin QPs (V = {}, D = {}, N = {})",
@@ -657,15 +668,15 @@ fn simulate(config: Config, out: &Path, replace: Replace, allow_memory: bool) ->
     check_memory(&config, Workload::Simulate, allow_memory)?;
     let dir = AtomicDir::create(out, replace)?;
     let bar = observation_progress("simulate", &config);
-    let sim = rmflow::simulation::simulate(&config, &mut |o| {
+    let sim = rmflow::experiment::simulation::simulate(&config, &mut |o| {
         bar.inc(&format!(
             "{} t = {}",
             o.model,
-            rmflow::training::format_time(o.log10_t)
+            rmflow::solve::training::format_time(o.log10_t)
         ));
     })?;
     bar.finish();
-    rmflow::export::write_simulation_into(&dir, &sim)?;
+    rmflow::io::layout::write_simulation_into(&dir, &sim)?;
     let written = dir.commit()?;
     print_simulation_tables(&sim);
     if let Some(d) = sim
@@ -716,7 +727,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             validate_overridden(&cfg, config.as_deref())?;
             if let Some(c) = &config {
-                rmflow::output::check_not_overwriting_input(c, &out)?;
+                rmflow::io::atomic::check_not_overwriting_input(c, &out)?;
             }
             simulate(cfg, &out, output.replace(), ignore_memory_estimate)
         }
@@ -751,7 +762,7 @@ fn run(cli: Cli) -> Result<()> {
             let json_file = match &json {
                 Some(p) => {
                     if let Some(c) = &config {
-                        rmflow::output::check_not_overwriting_input(c, p)?;
+                        rmflow::io::atomic::check_not_overwriting_input(c, p)?;
                     }
                     let replace = if force {
                         Replace::RmflowOutput
@@ -762,8 +773,8 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 None => None,
             };
-            let defaults = rmflow::verify::VerifyOptions::default();
-            let opts = rmflow::verify::VerifyOptions {
+            let defaults = rmflow::analysis::verify::VerifyOptions::default();
+            let opts = rmflow::analysis::verify::VerifyOptions {
                 fault: inject_fault,
                 full_vocabulary: !without_full_vocabulary,
                 residual_horizon_log10: defaults.residual_horizon_log10.filter(|_| !skip_residual),
@@ -771,15 +782,15 @@ fn run(cli: Cli) -> Result<()> {
             };
             let bar = progress_bar(
                 "verify",
-                rmflow::verify::SETUP_JOBS + trials as u64,
+                rmflow::analysis::verify::SETUP_JOBS + trials as u64,
                 "jobs (9 on the configured setup, then one per random setup)",
             );
             let t0 = Instant::now();
-            let report = rmflow::verify::verify(&cfg, trials, &opts, &|job| {
+            let report = rmflow::analysis::verify::verify(&cfg, trials, &opts, &|job| {
                 bar.inc(&format!("{job} done"));
             })?;
             bar.finish();
-            print!("{}", rmflow::verify::render(&report));
+            print!("{}", rmflow::analysis::verify::render(&report));
             eprintln!("verified in {:.2} s", t0.elapsed().as_secs_f64());
             if let Some(f) = json_file {
                 f.commit(&(serde_json::to_string_pretty(&report)? + "\n"))?;
@@ -816,16 +827,16 @@ fn run(cli: Cli) -> Result<()> {
             }
             validate_overridden(&cfg, config.as_deref())?;
             if let Some(c) = &config {
-                rmflow::output::check_not_overwriting_input(c, &out)?;
+                rmflow::io::atomic::check_not_overwriting_input(c, &out)?;
             }
             check_memory(&cfg, Workload::Dynamics, ignore_memory_estimate)?;
             let dir = AtomicDir::create(&out, output.replace())?;
             let bar = observation_progress("dynamics", &cfg);
-            let run = rmflow::dynamics::run(&cfg, &mut |o| {
+            let run = rmflow::analysis::dynamics::run(&cfg, &mut |o| {
                 bar.inc(&format!("{} t = {:.2e}", o.model, o.t));
             })?;
             bar.finish();
-            rmflow::export::write_dynamics_into(&dir, &run)?;
+            rmflow::io::layout::write_dynamics_into(&dir, &run)?;
             let written = dir.commit()?;
             let (t, last) = run.tracked.last().expect("observed");
             println!("learning dynamics at t = {t:e}: share of the IM-RM velocity from token identity (margins, rewards) and mean |dm/dt|:");
@@ -849,7 +860,7 @@ fn run(cli: Cli) -> Result<()> {
             output,
         } => {
             let device = lm_device(&device)?;
-            rmflow::output::check_not_overwriting_input(&config, &out)?;
+            rmflow::io::atomic::check_not_overwriting_input(&config, &out)?;
             let file = rmflow::lm::LmFile::from_file(&config)?;
             run_lm(&model, &file, &out, device, &mode, output.replace())
         }
@@ -867,10 +878,10 @@ fn run(cli: Cli) -> Result<()> {
             output,
         } => {
             let device = lm_device(&device)?;
-            rmflow::output::check_not_overwriting_input(&config, &out)?;
+            rmflow::io::atomic::check_not_overwriting_input(&config, &out)?;
             let mut file = rmflow::lm::recipe::RecipeFile::from_file(&config)?;
             if let Some(path) = persona_jsonl {
-                rmflow::output::check_not_overwriting_input(&path, &out)?;
+                rmflow::io::atomic::check_not_overwriting_input(&path, &out)?;
                 file.data.statements = path;
                 file.data.format = rmflow::lm::recipe::StatementFormat::PersonaJsonl;
                 file.data.group_size = 1;
@@ -912,7 +923,7 @@ fn run(cli: Cli) -> Result<()> {
                 let file = rmflow::lm::recipe::RecipeFile::from_file(path)?;
                 texts.extend(rmflow::lm::recipe::vocabulary_texts(&file)?);
             }
-            let dir = rmflow::output::AtomicDir::create(&out, output.replace())?;
+            let dir = rmflow::io::atomic::AtomicDir::create(&out, output.replace())?;
             for (name, spec) in rmflow::lm::tiny::standard_specs() {
                 rmflow::lm::tiny::write_tiny_checkpoint(&dir.path(name)?, spec, &texts)?;
             }
@@ -934,7 +945,7 @@ fn run(cli: Cli) -> Result<()> {
             force,
         } => {
             let device = lm_device(&device)?;
-            let file = rmflow::output::AtomicFile::create(
+            let file = rmflow::io::atomic::AtomicFile::create(
                 &out,
                 if force {
                     Replace::RmflowOutput
@@ -953,7 +964,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         #[cfg(feature = "lm")]
         Command::LmImportGguf { gguf, out, output } => {
-            rmflow::output::check_not_overwriting_input(&gguf, &out)?;
+            rmflow::io::atomic::check_not_overwriting_input(&gguf, &out)?;
             let t = std::time::Instant::now();
             eprintln!(
                 "lm-import-gguf: reading and dequantising {}",
@@ -1002,8 +1013,8 @@ fn run(cli: Cli) -> Result<()> {
                 c.dtype,
                 c.kept,
                 c.files.len(),
-                rmflow::resources::human_bytes(c.bytes_before as f64),
-                rmflow::resources::human_bytes(c.bytes_after as f64)
+                rmflow::io::resources::human_bytes(c.bytes_before as f64),
+                rmflow::io::resources::human_bytes(c.bytes_after as f64)
             );
             Ok(())
         }
@@ -1023,7 +1034,7 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.train.optimizer.name(),
                 cfg.train.t_max
             );
-            let avail = rmflow::resources::available_memory();
+            let avail = rmflow::io::resources::available_memory();
             for (name, w) in [
                 ("simulate", Workload::Simulate),
                 ("dynamics", Workload::Dynamics),
@@ -1033,7 +1044,7 @@ fn run(cli: Cli) -> Result<()> {
                     Workload::VerifySeenRows,
                 ),
             ] {
-                let e = rmflow::resources::estimate(&cfg, w);
+                let e = rmflow::io::resources::estimate(&cfg, w);
                 let fits = match avail {
                     Some(a) if e.bytes > a => "exceeds the memory available",
                     Some(_) => "fits",
@@ -1045,7 +1056,10 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             if let Some(a) = avail {
-                println!("  memory available: {}", rmflow::resources::human_bytes(a));
+                println!(
+                    "  memory available: {}",
+                    rmflow::io::resources::human_bytes(a)
+                );
             }
             Ok(())
         }
@@ -1092,8 +1106,8 @@ fn run_lm_recipe(
     reward: &str,
     replace: Replace,
 ) -> Result<()> {
+    use rmflow::experiment::simulation::ModelKind;
     use rmflow::lm::recipe::{self, RecipeMode};
-    use rmflow::simulation::ModelKind;
     let modes: &[RecipeMode] = match mode {
         "head" => &[RecipeMode::Head],
         "both" => &[RecipeMode::Head, RecipeMode::Full],
@@ -1104,7 +1118,7 @@ fn run_lm_recipe(
         "imrm" => &[ModelKind::Implicit],
         _ => &[ModelKind::Explicit, ModelKind::Implicit],
     };
-    let dir = rmflow::export::AtomicDir::create(out, replace)?;
+    let dir = rmflow::io::atomic::AtomicDir::create(out, replace)?;
     let total = recipe::steps_per_run(file) as u64;
     let mut bar: Option<((RecipeMode, ModelKind), Progress)> = None;
     eprintln!("rmflow lm-recipe: loading {}", model.display());
@@ -1178,13 +1192,13 @@ fn run_lm(
     mode: &str,
     replace: Replace,
 ) -> Result<()> {
-    use rmflow::simulation::ModelKind;
+    use rmflow::experiment::simulation::ModelKind;
     let mode = if mode == "full" {
         rmflow::lm::Mode::Full
     } else {
         rmflow::lm::Mode::Head
     };
-    let dir = rmflow::export::AtomicDir::create(out, replace)?;
+    let dir = rmflow::io::atomic::AtomicDir::create(out, replace)?;
     let mut bar: Option<(ModelKind, Progress)> = None;
     eprintln!(
         "rmflow lm: loading {} and extracting representations",

@@ -1,7 +1,7 @@
 //! The paper's ablations and metrics on the synthetic model (MATH.md §1, §6).
 
 use rmflow::config::{Config, UnembeddingInit};
-use rmflow::observables::{reward_summary, split_metrics};
+use rmflow::experiment::observables::{reward_summary, split_metrics};
 
 #[test]
 fn imrm_without_reference_ranks_unseen_tokens_by_the_initial_rows_forever() {
@@ -9,9 +9,9 @@ fn imrm_without_reference_ranks_unseen_tokens_by_the_initial_rows_forever() {
         let mut c = Config::embedded_default();
         c.train.t_max = 1e8;
         c.setup.unembedding_init = init;
-        let sim = rmflow::simulation::simulate(&c, &mut |_| {}).unwrap();
+        let sim = rmflow::experiment::simulation::simulate(&c, &mut |_| {}).unwrap();
         let a = &sim.ablations;
-        let unseen = |v: &[rmflow::observables::SplitMetrics]| {
+        let unseen = |v: &[rmflow::experiment::observables::SplitMetrics]| {
             v.iter().find(|s| s.split == "unseen").unwrap().clone()
         };
         // Unseen rows never move (Theorem 2a), so the no-reference margins on unseen pairs are
@@ -47,7 +47,7 @@ fn token_mean_exrm_runs_for_multi_token_responses() {
     c.train.t_max = 1e3;
     c.setup.train_pairs = 60;
     c.setup.eval_pairs = 20;
-    let sim = rmflow::simulation::simulate(&c, &mut |_| {}).unwrap();
+    let sim = rmflow::experiment::simulation::simulate(&c, &mut |_| {}).unwrap();
     let mean = sim.ablations.exrm_token_mean.as_ref().expect("K > 1");
     let last = mean.trajectory.last().unwrap();
     assert_eq!(
@@ -55,7 +55,7 @@ fn token_mean_exrm_runs_for_multi_token_responses() {
         sim.explicit.trajectory.last().unwrap().splits.len()
     );
     // Its features differ from the last-token ones.
-    let m = rmflow::simulation::token_mean_setup(&sim.setup);
+    let m = rmflow::experiment::simulation::token_mean_setup(&sim.setup);
     assert_ne!(m.train.chosen_hidden, sim.setup.train.chosen_hidden);
 }
 

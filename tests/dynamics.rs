@@ -4,10 +4,12 @@ mod common;
 
 use ndarray::Array1;
 use proptest::prelude::*;
+use rmflow::analysis::dynamics::{
+    dynamics_checks, token_overlap, token_overlap_explicit, ResponsePrefixes,
+};
 use rmflow::config::GradientPath;
-use rmflow::dynamics::{dynamics_checks, token_overlap, token_overlap_explicit, ResponsePrefixes};
-use rmflow::reward::{loss_and_gradient, ImplicitRm, MarginModel};
-use rmflow::synthetic::Setup;
+use rmflow::problem::reward::{loss_and_gradient, ImplicitRm, MarginModel};
+use rmflow::problem::synthetic::Setup;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
@@ -47,7 +49,7 @@ proptest! {
         let f = config.setup.eval_overlap[0];
         let k = config.setup.response_length;
         let want = (f * k as f64).round() as usize;
-        let split = setup.evals.iter().find(|p| p.name == rmflow::synthetic::overlap_split_name(f)).unwrap();
+        let split = setup.evals.iter().find(|p| p.name == rmflow::problem::synthetic::overlap_split_name(f)).unwrap();
         for tokens in [&split.chosen_tokens, &split.rejected_tokens] {
             for row in tokens.rows() {
                 let seen = row.iter().filter(|t| setup.seen_tokens.binary_search(t).is_ok()).count();
@@ -87,7 +89,7 @@ proptest! {
         let loss = |th: &[f64]| {
             let mut m = vec![0.0; model.n_pairs()];
             model.margins(th, &mut m);
-            rmflow::reward::mean_loss(&m)
+            rmflow::problem::reward::mean_loss(&m)
         };
         let h = 1e-5;
         let mut t = theta.clone();

@@ -4,8 +4,8 @@ mod common;
 
 use proptest::prelude::*;
 use rmflow::config::GradientPath;
-use rmflow::reward::{loss_and_gradient, mean_loss, ExplicitRm, ImplicitRm, MarginModel};
-use rmflow::synthetic::Setup;
+use rmflow::problem::reward::{loss_and_gradient, mean_loss, ExplicitRm, ImplicitRm, MarginModel};
+use rmflow::problem::synthetic::Setup;
 
 fn loss_at(model: &dyn MarginModel, theta: &[f64]) -> f64 {
     let mut m = vec![0.0; model.n_pairs()];
@@ -102,7 +102,7 @@ proptest! {
         let setup = Setup::generate(&config);
         let d = config.setup.dim;
         let full = ImplicitRm::new(&setup.train, setup.unembedding_init.full().view(), config.setup.beta, GradientPath::Sparse);
-        let reduced = rmflow::reward::SeenRowsImplicitRm::new(&setup.train, &setup.unembedding_init, config.setup.beta);
+        let reduced = rmflow::problem::reward::SeenRowsImplicitRm::new(&setup.train, &setup.unembedding_init, config.setup.beta);
         let theta_t = perturbed(&reduced.initial(), config.seed);
         let u = reduced.embed(&theta_t, &setup.unembedding_init);
         let (mut gf, mut gr) = (vec![0.0; u.len()], vec![0.0; theta_t.len()]);

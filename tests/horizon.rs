@@ -1,9 +1,9 @@
 //! Horizons past f64's `t ≤ 1.8e308`: the flow in `s = ln t`, and the residual flow of 2(b).
 
 use rmflow::config::Config;
-use rmflow::reward::ExplicitRm;
-use rmflow::simulation::{max_margin_for, ModelKind};
-use rmflow::synthetic::Setup;
+use rmflow::experiment::simulation::{max_margin_for, ModelKind};
+use rmflow::problem::reward::ExplicitRm;
+use rmflow::problem::synthetic::Setup;
 
 #[test]
 fn residual_flow_is_the_same_flow_as_the_head_flow() {
@@ -15,14 +15,15 @@ fn residual_flow_is_the_same_flow_as_the_head_flow() {
         let mut tc = c.train.clone();
         tc.t_max = t_max;
         let u0 = setup.head_init.to_vec();
-        rmflow::training::train(&model, &u0, &tc, "t", &mut |_, _, _| Ok(()))
+        rmflow::solve::training::train(&model, &u0, &tc, "t", &mut |_, _, _| Ok(()))
             .unwrap()
             .theta
     };
     let (u1, u) = (head_at(1.0), head_at(1e50));
     let z = setup.train.hidden_differences();
     let (rho, _) =
-        rmflow::training::residual_flow(&z, &mm.params, &u1, &[10.0, 50.0], &c.train).unwrap();
+        rmflow::solve::training::residual_flow(&z, &mm.params, &u1, &[10.0, 50.0], &c.train)
+            .unwrap();
     let ln_t = 50.0 * std::f64::consts::LN_10;
     let from_u: Vec<f64> = u
         .iter()
@@ -48,7 +49,7 @@ fn simulate_reaches_t_ten_to_the_three_thousand() {
     c.train.t_max_log10 = Some(3000.0);
     c.train.observations_per_decade = 0.01;
     c.validate().unwrap();
-    let sim = rmflow::simulation::simulate(&c, &mut |_| {}).unwrap();
+    let sim = rmflow::experiment::simulation::simulate(&c, &mut |_| {}).unwrap();
     for run in sim.runs() {
         let last = run.trajectory.last().unwrap();
         assert_eq!(last.log10_t, 3000.0);
@@ -58,7 +59,8 @@ fn simulate_reaches_t_ten_to_the_three_thousand() {
         assert!(conv.direction_gap < 1e-5, "{}: {conv:?}", run.kind.label());
         assert!(conv.residual_norm.is_finite());
     }
-    let csv = rmflow::export::trajectory_csv(&sim.explicit.trajectory.iter().collect::<Vec<_>>());
+    let csv =
+        rmflow::io::layout::trajectory_csv(&sim.explicit.trajectory.iter().collect::<Vec<_>>());
     assert!(
         csv.lines().last().unwrap().starts_with("exrm,inf,3e3,"),
         "{}",

@@ -5,9 +5,9 @@ mod common;
 
 use proptest::prelude::*;
 use rmflow::config::{Config, GradientPath, Optimizer};
-use rmflow::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel};
-use rmflow::synthetic::Setup;
-use rmflow::training::train;
+use rmflow::problem::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel};
+use rmflow::problem::synthetic::Setup;
+use rmflow::solve::training::train;
 
 fn trajectory(model: &dyn MarginModel, theta0: &[f64], config: &Config) -> Vec<(f64, Vec<f64>)> {
     let mut out = Vec::new();
@@ -45,8 +45,8 @@ fn row_space_basis(z: &ndarray::Array2<f64>) -> Vec<Vec<f64>> {
 }
 
 fn separable(setup: &Setup) -> bool {
-    rmflow::max_margin::max_margin_head(&setup.train.hidden_differences()).is_ok()
-        && rmflow::max_margin::max_margin_unembedding_delta(
+    rmflow::solve::max_margin::max_margin_head(&setup.train.hidden_differences()).is_ok()
+        && rmflow::solve::max_margin::max_margin_unembedding_delta(
             &setup.train,
             setup.config.beta,
             setup.vocab_size(),
@@ -192,10 +192,13 @@ fn non_separable_long_flow_is_a_clear_error() {
     }
     let mut long = config.clone();
     long.train.t_max = 1e30;
-    let mm =
-        rmflow::simulation::max_margin_for(rmflow::simulation::ModelKind::Explicit, &setup, 1e-9);
-    let err = rmflow::simulation::run_model(
-        rmflow::simulation::ModelKind::Explicit,
+    let mm = rmflow::experiment::simulation::max_margin_for(
+        rmflow::experiment::simulation::ModelKind::Explicit,
+        &setup,
+        1e-9,
+    );
+    let err = rmflow::experiment::simulation::run_model(
+        rmflow::experiment::simulation::ModelKind::Explicit,
         &long,
         &setup,
         mm.clone(),
@@ -210,8 +213,8 @@ fn non_separable_long_flow_is_a_clear_error() {
     // A moderate horizon still runs, and the loss settles at a positive minimum.
     let mut short = config;
     short.train.t_max = 1e3;
-    let run = rmflow::simulation::run_model(
-        rmflow::simulation::ModelKind::Explicit,
+    let run = rmflow::experiment::simulation::run_model(
+        rmflow::experiment::simulation::ModelKind::Explicit,
         &short,
         &setup,
         mm,

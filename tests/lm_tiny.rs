@@ -334,8 +334,8 @@ fn mismatched_tokenizer_is_named() {
 /// roundoff 2^-11 ≈ 4.9e-4 per weight, through two layers) and ≤ 5e-2 for bf16 (2^-8).
 #[test]
 fn half_precision_copies_match_the_f32_checkpoint() {
+    use rmflow::io::atomic::Replace;
     use rmflow::lm::convert::{convert_checkpoint, parse_half_dtype};
-    use rmflow::output::Replace;
     let dir = temp("half");
     for (name, spec) in specs() {
         let model = dir.join(name);

@@ -5,11 +5,11 @@ mod common;
 
 use ndarray::Array2;
 use proptest::prelude::*;
-use rmflow::max_margin::{
+use rmflow::problem::synthetic::Setup;
+use rmflow::solve::max_margin::{
     explicit_kernel, implicit_dual_prediction, max_margin_dual, max_margin_head,
     max_margin_unembedding_delta, MaxMarginError,
 };
-use rmflow::synthetic::Setup;
 
 /// Points `z_i` with `⟨w, z_i⟩ ≥ gap` for a random direction `w`: separable by construction.
 fn separable_set() -> impl Strategy<Value = Array2<f64>> {

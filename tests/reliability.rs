@@ -326,8 +326,8 @@ fn float_fields_outside_their_domain_are_refused() {
 #[test]
 fn separability_does_not_depend_on_beta() {
     use rmflow::config::Config;
-    use rmflow::simulation::{max_margin_for, ModelKind};
-    use rmflow::synthetic::Setup;
+    use rmflow::experiment::simulation::{max_margin_for, ModelKind};
+    use rmflow::problem::synthetic::Setup;
     let mut norms = Vec::new();
     for beta in [1e-8, 1e-4, 1.0, 1e4] {
         let mut c = Config::embedded_default();
@@ -355,7 +355,7 @@ fn small_beta_flows_reach_long_horizons() {
         let mut c = Config::embedded_default();
         c.setup.beta = beta;
         c.train.t_max = 1e60;
-        let sim = rmflow::simulation::simulate(&c, &mut |_| {})
+        let sim = rmflow::experiment::simulation::simulate(&c, &mut |_| {})
             .unwrap_or_else(|e| panic!("β = {beta}: {e:#}"));
         let last = sim.implicit.trajectory.last().unwrap();
         assert_eq!(last.t, 1e60);
@@ -544,7 +544,7 @@ fn errors_print_once_name_the_file_and_use_distinct_exit_codes() {
 fn non_finite_setups_are_errors_not_results() {
     use rmflow::config::Config;
     let c = Config::embedded_default();
-    let mut setup = rmflow::synthetic::Setup::try_generate(&c).unwrap();
+    let mut setup = rmflow::problem::synthetic::Setup::try_generate(&c).unwrap();
     setup.evals[1].prompt_hidden[[0, 0]] = f64::NAN;
     let e = setup.check_finite().unwrap_err().to_string();
     assert!(e.contains("unseen"), "{e}");

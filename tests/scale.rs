@@ -1,9 +1,11 @@
 //! Scale without `V × D`: counter-based rows, the working-set QP, and V-independent runs.
 
 use rmflow::config::{Config, GradientPath, UnembeddingInit};
-use rmflow::max_margin::{max_margin_head, max_margin_head_single_qp, WORKING_SET_MIN_PAIRS};
-use rmflow::simulation::simulate;
-use rmflow::synthetic::Setup;
+use rmflow::experiment::simulation::simulate;
+use rmflow::problem::synthetic::Setup;
+use rmflow::solve::max_margin::{
+    max_margin_head, max_margin_head_single_qp, WORKING_SET_MIN_PAIRS,
+};
 
 fn config(filler: usize, init: UnembeddingInit) -> Config {
     let mut c = Config {
@@ -88,7 +90,9 @@ fn seen_row_runs_do_not_depend_on_the_vocabulary_beyond_the_pairs() {
     let (a, b) = (run(32), run(4064));
     assert_eq!(a.implicit.rows, b.implicit.rows);
     assert_eq!(a.implicit.final_params, b.implicit.final_params);
-    let last = |s: &rmflow::simulation::Simulation| s.implicit.trajectory.last().unwrap().clone();
+    let last = |s: &rmflow::experiment::simulation::Simulation| {
+        s.implicit.trajectory.last().unwrap().clone()
+    };
     assert_eq!(last(&a).splits, last(&b).splits);
     assert!(a.implicit.rewards.is_empty());
 }

@@ -1,7 +1,7 @@
 //! Sharded sweeps (`--shard I/N`, Slurm array tasks) merge to exactly the unsharded table.
 
 use proptest::prelude::*;
-use rmflow::sweep::{
+use rmflow::analysis::sweep::{
     aggregate, merge_shards, run_units, shard_assignment, shard_file_name, sweep_csv, ShardFile,
     SweepFile, UnitResult,
 };
@@ -176,7 +176,7 @@ fn all_results() -> &'static (SweepFile, Vec<UnitResult>, String) {
         let file: SweepFile = toml::from_str(SWEEP).unwrap();
         let ids: Vec<usize> = (0..file.units().len()).collect();
         let results = run_units(&file, &ids, &|| {}).unwrap();
-        let csv = sweep_csv(&rmflow::sweep::run_sweep(&file, &|| {}).unwrap());
+        let csv = sweep_csv(&rmflow::analysis::sweep::run_sweep(&file, &|| {}).unwrap());
         (file, results, csv)
     })
 }

@@ -9,7 +9,7 @@
 //! Quantiles as `torch.quantile` (linear interpolation at `q (n − 1)`); the median as
 //! `torch.median` (the lower middle value for an even count).
 
-use crate::synthetic::PairSet;
+use crate::problem::synthetic::PairSet;
 use ndarray::{Array2, ArrayView1};
 use serde::Serialize;
 

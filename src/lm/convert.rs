@@ -7,7 +7,7 @@
 //! by the rounding of the weights (relative 2^-11 for f16, 2^-8 for bf16). A `SHA256SUMS` file
 //! (of the original bytes) is not copied.
 
-use crate::output::{AtomicDir, Replace};
+use crate::io::atomic::{AtomicDir, Replace};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use std::collections::HashMap;

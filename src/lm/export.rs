@@ -3,7 +3,8 @@
 
 use super::finetune::FullRun;
 use super::RealModelRun;
-use crate::export::{write_pairs, AtomicDir};
+use crate::io::atomic::AtomicDir;
+use crate::io::layout::write_pairs;
 use anyhow::Result;
 use serde_json::{json, Value};
 
@@ -63,11 +64,11 @@ pub fn full_summary(run: &FullRun) -> Value {
 
 /// Accuracy table (strict / tie-aware) of fully fine-tuned models, one line per model.
 pub fn full_table(runs: &[FullRun]) -> String {
-    let rows: Vec<(&str, &[crate::observables::SplitMetrics])> = runs
+    let rows: Vec<(&str, &[crate::experiment::observables::SplitMetrics])> = runs
         .iter()
         .map(|r| (r.kind.name(), r.splits.as_slice()))
         .collect();
-    let mut out = crate::observables::accuracy_table(&rows);
+    let mut out = crate::experiment::observables::accuracy_table(&rows);
     for r in runs {
         out.push_str(&format!("{:<8}", r.kind.name()));
         if let Some(d) = r.unseen_row_drift {
@@ -112,14 +113,14 @@ pub fn checkpoints_csv(run: &FullRun) -> String {
 /// The whole output of `rmflow lm` into `dir`: simulate's layout for the head-only run,
 /// `full/<model>/` for each fully fine-tuned model, `lm_config.toml` and `lm.json`.
 pub fn write_run(dir: &AtomicDir, run: &RealModelRun) -> Result<()> {
-    crate::export::write_simulation_into(dir, &run.sim)?;
+    crate::io::layout::write_simulation_into(dir, &run.sim)?;
     dir.write_text(
         "config.toml",
         &format!(
             "# rmflow {}: engine config of the head-only run on {}'s representations.\n\
              # [setup] holds the problem's sizes (dim, token counts, pairs, beta); its synthetic-LM\n\
              # fields (alpha, kappa, recurrent_gain, ...) were not used. The real-model config is lm_config.toml.\n{}",
-            crate::export::RMFLOW_VERSION,
+            crate::io::layout::RMFLOW_VERSION,
             run.model.display(),
             run.sim.config.to_toml()
         ),
@@ -131,7 +132,7 @@ pub fn write_run(dir: &AtomicDir, run: &RealModelRun) -> Result<()> {
         "lm_config.toml",
         &format!(
             "# rmflow {}: resolved real-model config of this run\n{}",
-            crate::export::RMFLOW_VERSION,
+            crate::io::layout::RMFLOW_VERSION,
             toml::to_string(&run.file)?
         ),
     )?;
@@ -155,7 +156,7 @@ pub fn lm_json(run: &RealModelRun) -> Value {
     }
     json!({
         "notes": notes,
-        "rmflow_version": crate::export::RMFLOW_VERSION,
+        "rmflow_version": crate::io::layout::RMFLOW_VERSION,
         "model": run.model.display().to_string(),
         "architecture": run.arch,
         "device": run.device,

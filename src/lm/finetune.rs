@@ -9,9 +9,9 @@
 //! gradient, but `m = β[(U_{y⁺}−U_{y⁻})·h_x(T) − (U_{y⁺}−U_{y⁻})(0)·h_x(0)]` changes with `h_x`.
 
 use super::{extract_pairs, Forward, LanguageModel, SplitSequences};
-use crate::observables::{split_metrics, SplitMetrics};
-use crate::simulation::ModelKind;
-use crate::synthetic::PairSet;
+use crate::experiment::observables::{split_metrics, SplitMetrics};
+use crate::experiment::simulation::ModelKind;
+use crate::problem::synthetic::PairSet;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};

@@ -17,7 +17,7 @@
 //! folder is written through [`AtomicDir`], so nothing is left behind on an error.
 
 use crate::error::InputError;
-use crate::output::{AtomicDir, Replace};
+use crate::io::atomic::{AtomicDir, Replace};
 use anyhow::{Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{DType, Device, Tensor};

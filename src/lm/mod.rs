@@ -7,11 +7,11 @@
 //! `π(y|x) = softmax(E h_mask(x))_y` with the word-embedding matrix `E` as the (tied, trainable)
 //! unembedding, `π_ref = π_{E}`. EX-RM: a linear head on the final hidden state at the response
 //! token's position of `prompt + prefix + y`. Representations are extracted once (f32 forward,
-//! stored as f64), then the run is an ordinary [`crate::simulation::Simulation`].
+//! stored as f64), then the run is an ordinary [`crate::experiment::simulation::Simulation`].
 
 use crate::config::{Config, SetupConfig, UnembeddingInit};
-use crate::simulation::{max_margin_for, run_model, ModelKind, Simulation};
-use crate::synthetic::{PairSet, Setup, TokenLabel, Vocabulary};
+use crate::experiment::simulation::{max_margin_for, run_model, ModelKind, Simulation};
+use crate::problem::synthetic::{PairSet, Setup, TokenLabel, Vocabulary};
 use anyhow::{bail, Context, Result};
 use ndarray::{Array1, Array2, Array3};
 use rand::seq::SliceRandom;
@@ -455,7 +455,7 @@ pub fn build_setup(file: &LmFile, lm: &LanguageModel) -> Result<RealProblem> {
         seed: file.seed,
         vocab,
         generator: None,
-        unembedding_init: crate::synthetic::InitialUnembedding::Given(unembedding),
+        unembedding_init: crate::problem::synthetic::InitialUnembedding::Given(unembedding),
         head_init: Array1::zeros(d),
         train,
         evals,

@@ -16,8 +16,8 @@ use super::chat::ChatTemplate;
 use super::finetune::softplus_neg;
 use super::read_statements;
 use super::{Forward, LanguageModel};
-use crate::observables::{reward_summary, split_metrics, RewardSummary, SplitMetrics};
-use crate::simulation::ModelKind;
+use crate::experiment::observables::{reward_summary, split_metrics, RewardSummary, SplitMetrics};
+use crate::experiment::simulation::ModelKind;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
@@ -1344,7 +1344,7 @@ pub const PSEUDO_LIKELIHOOD_NOTE: &str = "masked encoder: the IM-RM's ln π is a
 
 /// Writes `recipe.json`, `sequences.jsonl`, `metrics.csv`, `history.csv`, `rewards.csv` and
 /// `<mode>/<model>/summary.json` (experiments/README.md, "Recipe output").
-pub fn write_outputs(dir: &crate::export::AtomicDir, o: &RecipeOutcome) -> Result<()> {
+pub fn write_outputs(dir: &crate::io::atomic::AtomicDir, o: &RecipeOutcome) -> Result<()> {
     let masked = o.arch == super::Architecture::Bert;
     dir.write_json(
         "recipe.json",

@@ -2,12 +2,16 @@
 //! tests and any other caller use the same code). Each returns the figure and the CSV of what it
 //! draws; [`write`] renders `NAME.png`, `NAME.svg` and writes `NAME.csv`.
 
+pub mod plot;
+
+use crate::analysis::sweep::{run_sweep, SweepFile, SweepParameter, SweepRow, SweepSpec};
 use crate::config::{Config, GradientPath, Optimizer};
-use crate::observables::Observation;
-use crate::plotting::{render, Figure, Legend, Panel, PanelContent, Series};
-use crate::simulation::{max_margin_for, run_model, run_model_with, simulate, ModelKind};
-use crate::sweep::{run_sweep, SweepFile, SweepParameter, SweepRow, SweepSpec};
-use crate::synthetic::Setup;
+use crate::experiment::observables::Observation;
+use crate::experiment::simulation::{
+    max_margin_for, run_model, run_model_with, simulate, ModelKind,
+};
+use crate::figures::plot::{render, Figure, Legend, Panel, PanelContent, Series};
+use crate::problem::synthetic::Setup;
 use anyhow::Result;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -23,7 +27,7 @@ pub struct FigureData {
 pub fn write(data: &FigureData, dir: &Path, name: &str) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     render(&data.figure, &dir.join(name))?;
-    crate::export::write_text_atomically(&dir.join(format!("{name}.csv")), &data.csv)
+    crate::io::atomic::write_text_atomically(&dir.join(format!("{name}.csv")), &data.csv)
 }
 
 /// What every `examples/NAME.rs` does: build the figure, write it to `figures/`, report the time.
@@ -52,7 +56,7 @@ fn caption(config: &Config, source: &str, extra: &str) -> String {
         s.kappa,
         s.beta,
         config.seed,
-        crate::export::RMFLOW_VERSION
+        crate::io::layout::RMFLOW_VERSION
     )
 }
 
@@ -60,7 +64,7 @@ fn split_series(
     traj: &[Observation],
     split: &str,
     color: usize,
-    f: impl Fn(&crate::observables::SplitMetrics) -> f64,
+    f: impl Fn(&crate::experiment::observables::SplitMetrics) -> f64,
 ) -> Series {
     Series {
         name: split.to_string(),
@@ -135,7 +139,7 @@ pub fn max_margin_convergence(config: &Config) -> Result<FigureData> {
     let mut gap_series = Vec::new();
     let mut res_series = Vec::new();
     for (i, run) in sim.runs().iter().enumerate() {
-        let conv: Vec<(f64, crate::observables::Convergence)> = run
+        let conv: Vec<(f64, crate::experiment::observables::Convergence)> = run
             .trajectory
             .iter()
             .filter_map(|o| o.convergence.map(|c| (o.t, c)))
@@ -216,11 +220,11 @@ pub fn max_margin_convergence(config: &Config) -> Result<FigureData> {
     // The EX-RM residual integrated directly to t = 1e10000 (the check `2b.residual_*`).
     let setup = &sim.setup;
     let trace = match &sim.explicit.max_margin {
-        Ok(mm) => Some(crate::verify::residual_to_horizon(
+        Ok(mm) => Some(crate::analysis::verify::residual_to_horizon(
             config,
             setup,
             mm,
-            crate::verify::RESIDUAL_HORIZON_LOG10,
+            crate::analysis::verify::RESIDUAL_HORIZON_LOG10,
         )?),
         Err(_) => None,
     };
@@ -513,7 +517,7 @@ pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
         .iter()
         .find(|p| p.name == "seen")
         .ok_or_else(|| anyhow::anyhow!("no `seen` split"))?;
-    let im = crate::reward::ImplicitRm::new(
+    let im = crate::problem::reward::ImplicitRm::new(
         held_out,
         setup.unembedding_init.full().view(),
         config.setup.beta,
@@ -523,7 +527,7 @@ pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
         .vocab
         .labels
         .iter()
-        .map(|l| *l == crate::synthetic::TokenLabel::Good)
+        .map(|l| *l == crate::problem::synthetic::TokenLabel::Good)
         .collect();
     let (v, d) = (setup.vocab_size(), setup.dim());
     // per observation: t, held-out strict accuracy, greedy-good fraction, mean π(y⁺|x), mean π(y⁻|x)
@@ -765,7 +769,7 @@ pub fn semantic_sweep(base: &Config, alphas: &[f64], seeds: usize) -> Result<Fig
             ),
             panel_size: (760, 440),
         },
-        csv: crate::sweep::sweep_csv(&rows),
+        csv: crate::analysis::sweep::sweep_csv(&rows),
     })
 }
 
@@ -795,7 +799,7 @@ pub fn overlap_sweep(file: &SweepFile) -> Result<FigureData> {
             ),
             panel_size: (760, 440),
         },
-        csv: crate::sweep::sweep_csv(&rows),
+        csv: crate::analysis::sweep::sweep_csv(&rows),
     })
 }
 
@@ -805,7 +809,7 @@ pub fn rho_heatmap(config: &Config) -> Result<FigureData> {
     let mut config = config.clone();
     config.train.t_max = 1e8;
     config.dynamics.snapshot_times = vec![0.0, 1.0, 1e8];
-    let run = crate::dynamics::run(&config, &mut |_| {})?;
+    let run = crate::analysis::dynamics::run(&config, &mut |_| {})?;
     let setup = &run.simulation.setup;
     let (ne, nt) = (
         40.min(config.setup.eval_pairs),
@@ -821,8 +825,8 @@ pub fn rho_heatmap(config: &Config) -> Result<FigureData> {
                 .position(|e| e.name == split)
                 .expect("split");
             let sd = &snap.splits[si];
-            let ep = crate::dynamics::ResponsePrefixes::new(&setup.evals[si]);
-            let tp = crate::dynamics::ResponsePrefixes::new(&setup.train);
+            let ep = crate::analysis::dynamics::ResponsePrefixes::new(&setup.evals[si]);
+            let tp = crate::analysis::dynamics::ResponsePrefixes::new(&setup.train);
             let m = ndarray::Array2::from_shape_fn((ne, nt), |(j, i)| {
                 sd.rho[[ep.row(j, 0, 0), tp.row(i, 0, 0)]]
             });
@@ -850,7 +854,9 @@ pub fn rho_heatmap(config: &Config) -> Result<FigureData> {
             });
         }
     }
-    let share = |f: fn(&crate::dynamics::DynamicsSummary) -> f64, split: &str| -> Vec<(f64, f64)> {
+    let share = |f: fn(&crate::analysis::dynamics::DynamicsSummary) -> f64,
+                 split: &str|
+     -> Vec<(f64, f64)> {
         run.tracked
             .iter()
             .filter(|(t, _)| *t > 0.0)
@@ -912,7 +918,7 @@ fn shift_sweep(
                     c.seed = base.seed.wrapping_add(s as u64);
                     set(&mut c, v);
                     let sim = simulate(&c, &mut |_| {})?;
-                    let acc = |r: &crate::simulation::ModelRun| {
+                    let acc = |r: &crate::experiment::simulation::ModelRun| {
                         let o = r.trajectory.last().expect("observed");
                         let get = |n: &str| {
                             o.splits
@@ -933,7 +939,7 @@ fn shift_sweep(
         for (mi, model) in ["exrm", "imrm"].into_iter().enumerate() {
             for (si, split) in ["seen", "unseen", "domain"].into_iter().enumerate() {
                 let xs: Vec<f64> = runs.iter().map(|r| r[vi][mi][si]).collect();
-                let (m, ci) = crate::sweep::mean_ci95(&xs);
+                let (m, ci) = crate::analysis::sweep::mean_ci95(&xs);
                 out.push((v, model, split, m, ci));
             }
         }
@@ -1060,7 +1066,7 @@ pub fn real_model(run: &crate::lm::RealModelRun) -> Result<FigureData> {
                 o.model, s.split, s.strict_accuracy, s.tie_aware_accuracy, s.mean_margin
             );
         }
-        bars.push(crate::plotting::Bars {
+        bars.push(crate::figures::plot::Bars {
             name: format!("{} head-only", o.model.to_uppercase()),
             values: o.splits.iter().map(|s| s.tie_aware_accuracy).collect(),
             marks: Some(o.splits.iter().map(|s| s.strict_accuracy).collect()),
@@ -1084,7 +1090,7 @@ pub fn real_model(run: &crate::lm::RealModelRun) -> Result<FigureData> {
                 );
             }
         }
-        bars.push(crate::plotting::Bars {
+        bars.push(crate::figures::plot::Bars {
             name: format!("{} full fine-tuning", f.kind.name().to_uppercase()),
             values: f.splits.iter().map(|s| s.tie_aware_accuracy).collect(),
             marks: Some(f.splits.iter().map(|s| s.strict_accuracy).collect()),
@@ -1117,17 +1123,18 @@ pub fn real_model(run: &crate::lm::RealModelRun) -> Result<FigureData> {
     ));
     let mut panels = vec![accuracy];
     if !run.full.is_empty() {
-        let curve = |f: &crate::lm::finetune::FullRun,
-                     split: &str,
-                     value: &dyn Fn(&crate::observables::SplitMetrics) -> f64| {
-            f.checkpoints
-                .iter()
-                .map(|c| {
-                    let s = c.splits.iter().find(|s| s.split == split).expect("split");
-                    (c.step as f64, value(s))
-                })
-                .collect::<Vec<_>>()
-        };
+        let curve =
+            |f: &crate::lm::finetune::FullRun,
+             split: &str,
+             value: &dyn Fn(&crate::experiment::observables::SplitMetrics) -> f64| {
+                f.checkpoints
+                    .iter()
+                    .map(|c| {
+                        let s = c.splits.iter().find(|s| s.split == split).expect("split");
+                        (c.step as f64, value(s))
+                    })
+                    .collect::<Vec<_>>()
+            };
         let mut acc = Vec::new();
         let mut transfer = Vec::new();
         for f in &run.full {
@@ -1221,7 +1228,7 @@ pub fn real_model(run: &crate::lm::RealModelRun) -> Result<FigureData> {
                         }
                     )
                 },
-                crate::export::RMFLOW_VERSION
+                crate::io::layout::RMFLOW_VERSION
             ),
             panel_size: (560, 430),
         },
@@ -1233,9 +1240,14 @@ pub fn real_model(run: &crate::lm::RealModelRun) -> Result<FigureData> {
 /// named model, and the CSV rows `setting,model,split,strict,exact_tie,tie_aware`.
 fn accuracy_bars(
     setting: &str,
-    rows: &[(&str, &[crate::observables::SplitMetrics], usize, bool)],
+    rows: &[(
+        &str,
+        &[crate::experiment::observables::SplitMetrics],
+        usize,
+        bool,
+    )],
     csv: &mut String,
-) -> Result<(Vec<String>, Vec<crate::plotting::Bars>)> {
+) -> Result<(Vec<String>, Vec<crate::figures::plot::Bars>)> {
     let categories: Vec<String> = rows[0].1.iter().map(|s| s.split.clone()).collect();
     let mut bars = Vec::new();
     for (name, splits, color, light) in rows {
@@ -1251,7 +1263,7 @@ fn accuracy_bars(
                 s.tie_aware_accuracy
             )?;
         }
-        bars.push(crate::plotting::Bars {
+        bars.push(crate::figures::plot::Bars {
             name: name.to_string(),
             values: splits.iter().map(|s| s.tie_aware_accuracy).collect(),
             marks: Some(splits.iter().map(|s| s.exact_tie_accuracy).collect()),
@@ -1265,7 +1277,7 @@ fn accuracy_bars(
 fn bars_panel(
     title: &str,
     categories: Vec<String>,
-    bars: Vec<crate::plotting::Bars>,
+    bars: Vec<crate::figures::plot::Bars>,
     tau: f64,
 ) -> Panel {
     Panel {
@@ -1297,8 +1309,9 @@ pub fn ablations(single: &Config, multi: &Config) -> Result<FigureData> {
     let mut independent = single.clone();
     independent.setup.unembedding_init = crate::config::UnembeddingInit::Independent;
     let sim_ind = simulate(&independent, &mut |_| {})?;
-    let last =
-        |r: &crate::simulation::ModelRun| r.trajectory.last().expect("observed").splits.clone();
+    let last = |r: &crate::experiment::simulation::ModelRun| {
+        r.trajectory.last().expect("observed").splits.clone()
+    };
     let (ex, im) = (last(&sim.explicit), last(&sim.implicit));
     let (categories, bars) = accuracy_bars(
         "single_token",
@@ -1469,7 +1482,7 @@ pub fn recipe_accuracy(metrics: &[String], source: &str) -> Result<FigureData> {
         figure: Figure {
             columns: panels.len(),
             panels,
-            caption: format!("{source} · rmflow {}", crate::export::RMFLOW_VERSION),
+            caption: format!("{source} · rmflow {}", crate::io::layout::RMFLOW_VERSION),
             panel_size: (640, 440),
         },
         csv,

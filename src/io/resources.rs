@@ -115,7 +115,7 @@ pub fn estimate(config: &Config, workload: Workload) -> MemoryEstimate {
     // Past the working-set threshold m is the working set (budgeted at 2 048 pairs) and the
     // features of its pairs are copied.
     let seen_rows = f((s.good_seen + s.bad_seen).min(s.train_pairs * 2));
-    let m = if s.train_pairs >= crate::max_margin::WORKING_SET_MIN_PAIRS {
+    let m = if s.train_pairs >= crate::solve::max_margin::WORKING_SET_MIN_PAIRS {
         n.min(2048.0)
     } else {
         n

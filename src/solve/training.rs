@@ -6,8 +6,8 @@
 
 use crate::config::{Optimizer, TrainConfig};
 use crate::numerics::{sigmoid, softplus};
-use crate::ode::{integrate, OdeOptions, OdeStats};
-use crate::reward::{loss_and_gradient, MarginModel};
+use crate::problem::reward::{loss_and_gradient, MarginModel};
+use crate::solve::ode::{integrate, OdeOptions, OdeStats};
 use anyhow::{bail, Result};
 
 /// A time of the flow: `t` and `log10 t` (the latter exact past f64's range, where `t` is `inf`).

@@ -8,7 +8,7 @@ use crate::config::GradientPath;
 use crate::numerics::{
     bt_loss, logsumexp, row_axpy, row_axpy2, row_dot, row_dot2, sigmoid, softmax_in_place,
 };
-use crate::synthetic::{InitialUnembedding, PairSet};
+use crate::problem::synthetic::{InitialUnembedding, PairSet};
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 

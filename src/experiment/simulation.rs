@@ -1,16 +1,16 @@
 //! One run end to end: setup → max-margin separators → both reward models trained → trajectory.
 
 use crate::config::{Config, GradientPath};
-use crate::max_margin::{
-    implicit_separator_margins, max_margin_head, max_margin_unembedding_rows, MaxMarginSolution,
-};
-use crate::observables::{
+use crate::experiment::observables::{
     convergence, reward_summary, split_metrics, Observation, RewardSummary, SplitMetrics,
 };
-use crate::ode::OdeStats;
-use crate::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel, SeenRowsImplicitRm};
-use crate::synthetic::Setup;
-use crate::training::{train_screened, Screening, ScreeningStats};
+use crate::problem::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel, SeenRowsImplicitRm};
+use crate::problem::synthetic::Setup;
+use crate::solve::max_margin::{
+    implicit_separator_margins, max_margin_head, max_margin_unembedding_rows, MaxMarginSolution,
+};
+use crate::solve::ode::OdeStats;
+use crate::solve::training::{train_screened, Screening, ScreeningStats};
 use anyhow::Result;
 use ndarray::Array1;
 
@@ -208,7 +208,12 @@ impl Observer {
 
     /// All observables at `(time, step, θ)`. On the seen rows, `unseen_row_drift` is 0 by
     /// construction (those rows are not part of the state); the full path measures it.
-    pub fn observe(&self, time: crate::training::ObsTime, step: u64, theta: &[f64]) -> Observation {
+    pub fn observe(
+        &self,
+        time: crate::solve::training::ObsTime,
+        step: u64,
+        theta: &[f64],
+    ) -> Observation {
         let margins = self.split_margins(theta);
         let loss = mean_loss(&margins[0].1);
         let splits = margins
@@ -350,7 +355,7 @@ fn run_model_observed(
                 "{}: {reason}. The loss then has a finite minimiser and the log-time gradient flow turns stiff; \
                  refusing train.t_max = {} > {NON_SEPARABLE_FLOW_LIMIT:e} for the flow (lower train.t_max or use a discrete optimizer)",
                 kind.label(),
-                crate::training::format_time(config.train.horizon_log10())
+                crate::solve::training::format_time(config.train.horizon_log10())
             ))
             .into());
         }

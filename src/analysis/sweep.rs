@@ -3,8 +3,8 @@
 
 use crate::config::Config;
 use crate::error::InputError;
-use crate::export::AtomicDir;
-use crate::simulation::simulate;
+use crate::experiment::simulation::simulate;
+use crate::io::atomic::AtomicDir;
 use anyhow::Result;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -198,7 +198,7 @@ pub fn estimated_cost(c: &Config) -> f64 {
     let s = &c.setup;
     let f = |x: usize| x as f64;
     let pairs = f(s.train_pairs) + f(s.eval_pairs) * (3.0 + f(s.eval_overlap.len()));
-    let observations = crate::training::observation_times(&c.train).len() as f64;
+    let observations = crate::solve::training::observation_times(&c.train).len() as f64;
     let path =
         if c.train.imrm_gradient == crate::config::GradientPath::Full || s.response_length > 1 {
             f(c.vocab_size())
@@ -250,7 +250,7 @@ pub fn mean_ci95(xs: &[f64]) -> (f64, f64) {
 pub fn run_unit(file: &SweepFile, id: usize, unit: Unit) -> Result<UnitResult> {
     let c = file.unit_config(unit)?;
     let sim = simulate(&c, &mut |_| {})?;
-    let read = |run: &crate::simulation::ModelRun, split: &str| -> Result<(f64, f64)> {
+    let read = |run: &crate::experiment::simulation::ModelRun, split: &str| -> Result<(f64, f64)> {
         let o = run.trajectory.last().expect("observed");
         let m = o
             .splits
@@ -273,7 +273,7 @@ pub fn run_unit(file: &SweepFile, id: usize, unit: Unit) -> Result<UnitResult> {
             .iter()
             .enumerate()
             .map(|(vi, &f)| {
-                let name = crate::synthetic::overlap_split_name(f);
+                let name = crate::problem::synthetic::overlap_split_name(f);
                 Ok((
                     vi,
                     [read(&sim.explicit, &name)?, read(&sim.implicit, &name)?],
@@ -390,7 +390,7 @@ pub fn write_sweep_into(
         "sweep.toml",
         &format!(
             "# rmflow {}: resolved sweep of {source}\n{}",
-            crate::export::RMFLOW_VERSION,
+            crate::io::layout::RMFLOW_VERSION,
             toml::to_string(file)?
         ),
     )?;
@@ -495,7 +495,7 @@ impl ShardFile {
         let flat = |a: &[(f64, f64); 2]| [a[0].0, a[0].1, a[1].0, a[1].1];
         Ok(ShardFile {
             format: SHARD_FORMAT.to_string(),
-            rmflow_version: crate::export::RMFLOW_VERSION.to_string(),
+            rmflow_version: crate::io::layout::RMFLOW_VERSION.to_string(),
             config_digest: file.digest()?,
             source: source.display().to_string(),
             shard: i,

@@ -5,10 +5,12 @@
 //! `proofs/theorem2.md`.
 
 use crate::config::{Config, GradientPath, Optimizer};
-use crate::max_margin::{implicit_dual_prediction, CERTIFICATE_TOLERANCE};
-use crate::observables::Observation;
-use crate::simulation::{max_margin_for, run_model, MaxMarginResult, ModelKind, ModelRun};
-use crate::synthetic::Setup;
+use crate::experiment::observables::Observation;
+use crate::experiment::simulation::{
+    max_margin_for, run_model, MaxMarginResult, ModelKind, ModelRun,
+};
+use crate::problem::synthetic::Setup;
+use crate::solve::max_margin::{implicit_dual_prediction, CERTIFICATE_TOLERANCE};
 use anyhow::{bail, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -220,7 +222,7 @@ fn max_over<'a>(
     })
 }
 
-fn split<'a>(o: &'a Observation, name: &str) -> &'a crate::observables::SplitMetrics {
+fn split<'a>(o: &'a Observation, name: &str) -> &'a crate::experiment::observables::SplitMetrics {
     o.splits
         .iter()
         .find(|s| s.split == name)
@@ -366,7 +368,7 @@ fn claims_2b(
         last.loss,
         Bound::AtMost(FINAL_LOSS_BOUND),
     ));
-    let conv: Vec<(f64, crate::observables::Convergence)> = ex
+    let conv: Vec<(f64, crate::experiment::observables::Convergence)> = ex
         .trajectory
         .iter()
         .filter_map(|o| o.convergence.map(|c| (o.t, c)))
@@ -378,7 +380,7 @@ fn claims_2b(
         c_last.direction_gap,
         Bound::AtMost(DIRECTION_GAP_BOUND),
     ));
-    let late: Vec<&(f64, crate::observables::Convergence)> =
+    let late: Vec<&(f64, crate::experiment::observables::Convergence)> =
         conv.iter().filter(|(t, _)| *t >= 1e2).collect();
     let ratio = late
         .windows(2)
@@ -973,7 +975,7 @@ pub const DYNAMICS_CHECK_TIME: f64 = 10.0;
 
 /// MATH.md §3 rows: ρ identity and bound, velocities against the flow and a GD step.
 fn claims_dynamics(config: &Config, setup: &Setup) -> Result<Vec<Claim>> {
-    let c = crate::dynamics::dynamics_checks(config, setup, DYNAMICS_CHECK_TIME)?;
+    let c = crate::analysis::dynamics::dynamics_checks(config, setup, DYNAMICS_CHECK_TIME)?;
     let t = c.t;
     let mut out = vec![
         Claim::judged("3.rho_identity", "max |ρ expanded − ρ from explicit V-vectors| (seen split block)", c.rho_identity_error, Bound::AtMost(1e-12)),
@@ -1097,7 +1099,7 @@ pub fn verify(
         }
     }
     Ok(Report {
-        rmflow_version: crate::export::RMFLOW_VERSION,
+        rmflow_version: crate::io::layout::RMFLOW_VERSION,
         config: config.clone(),
         claims,
         trials,
@@ -1219,7 +1221,7 @@ pub const RESIDUAL_BOUNDED_BOUND: f64 = 1e-6;
 pub const RESIDUAL_LIMIT_BOUND: f64 = 1e-3;
 
 /// The EX-RM residual `ρ(t) = u(t) − u* ln t` integrated to `10^horizon_log10` by
-/// [`crate::training::residual_flow`], with what Theorem 2(b) says of its limit.
+/// [`crate::solve::training::residual_flow`], with what Theorem 2(b) says of its limit.
 #[derive(Debug, Clone, Serialize)]
 pub struct ResidualTrace {
     /// Observation times (`log10 t`): every decade to 100, every 10 decades after.
@@ -1249,14 +1251,14 @@ pub fn residual_to_horizon(
     let start = std::time::Instant::now();
     let z = setup.train.hidden_differences();
     let n = z.nrows();
-    let model = crate::reward::ExplicitRm::new(&setup.train);
+    let model = crate::problem::reward::ExplicitRm::new(&setup.train);
     let mut early = config.train.clone();
     early.optimizer = Optimizer::Flow;
     early.t_max = 1.0;
     early.t_max_log10 = None;
     early.first_observation = 1.0;
     early.observations_per_decade = 1.0;
-    let u1 = crate::training::train(
+    let u1 = crate::solve::training::train(
         &model,
         &setup.head_init.to_vec(),
         &early,
@@ -1273,7 +1275,7 @@ pub fn residual_to_horizon(
     log10_t.retain(|&x| x < horizon_log10);
     log10_t.push(horizon_log10);
     let (rho, stats) =
-        crate::training::residual_flow(&z, &mm.params, &u1, &log10_t, &config.train)?;
+        crate::solve::training::residual_flow(&z, &mm.params, &u1, &log10_t, &config.train)?;
     let rho_norm: Vec<f64> = rho.iter().map(|r| crate::numerics::norm(r)).collect();
     let last = rho.last().expect("the horizon is observed");
     let support = mm.solution.support.clone();

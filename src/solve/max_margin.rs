@@ -8,7 +8,7 @@
 //! features normalised to unit largest norm; the certificate is recomputed here from the returned
 //! primal and dual points, independently of the solver's own report.
 
-use crate::synthetic::PairSet;
+use crate::problem::synthetic::PairSet;
 use clarabel::algebra::CscMatrix;
 use clarabel::solver::{DefaultSettings, DefaultSolver, IPSolver, SolverStatus, SupportedConeT};
 use ndarray::{Array1, Array2, ArrayView2};

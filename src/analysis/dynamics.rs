@@ -7,7 +7,7 @@
 //! pairs). EX-RM: `d r_u(x,y)/dt = Σ_i c_i ⟨h_{x,y}, z_i⟩`.
 
 use crate::numerics::{sigmoid, softmax_in_place};
-use crate::synthetic::PairSet;
+use crate::problem::synthetic::PairSet;
 use ndarray::{s, Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -380,7 +380,7 @@ pub struct Snapshot {
 /// A simulation with its learning dynamics tracked at every observation time.
 #[derive(Debug, Clone)]
 pub struct DynamicsRun {
-    pub simulation: crate::simulation::Simulation,
+    pub simulation: crate::experiment::simulation::Simulation,
     /// Per observation: `(t, summaries of the eval splits)`.
     pub tracked: Vec<(f64, Vec<DynamicsSummary>)>,
     pub snapshots: Vec<Snapshot>,
@@ -421,14 +421,14 @@ fn snapshot_indices(times: &[f64], requested: &[f64], t_max: f64) -> Vec<usize> 
 /// evaluation split at every observation time; full tensors at the snapshot times.
 pub fn run(
     config: &crate::config::Config,
-    progress: &mut dyn FnMut(&crate::observables::Observation),
+    progress: &mut dyn FnMut(&crate::experiment::observables::Observation),
 ) -> anyhow::Result<DynamicsRun> {
-    use crate::simulation::{max_margin_for, run_model_with, ModelKind, Simulation};
+    use crate::experiment::simulation::{max_margin_for, run_model_with, ModelKind, Simulation};
     config.validate()?;
-    let setup = crate::synthetic::Setup::try_generate(config)?;
+    let setup = crate::problem::synthetic::Setup::try_generate(config)?;
     let tau = config.eval.tie_tolerance;
     let beta = config.setup.beta;
-    let ex_model = crate::reward::ExplicitRm::new(&setup.train);
+    let ex_model = crate::problem::reward::ExplicitRm::new(&setup.train);
     let mut c_ex_at: Vec<Vec<f64>> = Vec::new();
     let explicit = run_model_with(
         ModelKind::Explicit,
@@ -437,7 +437,7 @@ pub fn run(
         max_margin_for(ModelKind::Explicit, &setup, tau),
         &mut |o, theta| {
             let mut m = vec![0.0; setup.train.len()];
-            crate::reward::MarginModel::margins(&ex_model, theta, &mut m);
+            crate::problem::reward::MarginModel::margins(&ex_model, theta, &mut m);
             c_ex_at.push(flow_weights(&m));
             progress(o);
             Ok(())
@@ -445,7 +445,7 @@ pub fn run(
     )?;
     let times: Vec<f64> = explicit.trajectory.iter().map(|o| o.t).collect();
     let snap = snapshot_indices(&times, &config.dynamics.snapshot_times, config.train.t_max);
-    let im_model = crate::reward::ImplicitRm::new(
+    let im_model = crate::problem::reward::ImplicitRm::new(
         &setup.train,
         setup.unembedding_init.full().view(),
         beta,
@@ -520,11 +520,11 @@ pub struct DynamicsChecks {
 /// Runs the §3 checks at time `t` (flow from the setup's initialisation).
 pub fn dynamics_checks(
     config: &crate::config::Config,
-    setup: &crate::synthetic::Setup,
+    setup: &crate::problem::synthetic::Setup,
     t: f64,
 ) -> anyhow::Result<DynamicsChecks> {
     use crate::config::{GradientPath, Optimizer};
-    use crate::reward::{loss_and_gradient, ExplicitRm, ImplicitRm, MarginModel};
+    use crate::problem::reward::{loss_and_gradient, ExplicitRm, ImplicitRm, MarginModel};
     let beta = config.setup.beta;
     let mut tc = config.train.clone();
     tc.optimizer = Optimizer::Flow;
@@ -539,8 +539,9 @@ pub fn dynamics_checks(
     );
     let ex = ExplicitRm::new(&setup.train);
     let u0: Vec<f64> = setup.unembedding_init.full().iter().copied().collect();
-    let theta_im = crate::training::train(&im, &u0, &tc, "IM-RM", &mut |_, _, _| Ok(()))?.theta;
-    let theta_ex = crate::training::train(
+    let theta_im =
+        crate::solve::training::train(&im, &u0, &tc, "IM-RM", &mut |_, _, _| Ok(()))?.theta;
+    let theta_ex = crate::solve::training::train(
         &ex,
         &setup.head_init.to_vec(),
         &tc,
@@ -608,7 +609,7 @@ pub fn dynamics_checks(
               eval_model: &dyn MarginModel|
      -> anyhow::Result<Vec<f64>> {
         let n = m.n_pairs() as f64;
-        let opts = crate::ode::OdeOptions {
+        let opts = crate::solve::ode::OdeOptions {
             rtol: 1e-13,
             atol: 1e-15,
             max_steps: 100_000,
@@ -620,7 +621,7 @@ pub fn dynamics_checks(
         let mut ends = Vec::new();
         for sign in [1.0, -1.0] {
             let mut end = theta.to_vec();
-            crate::ode::integrate(
+            crate::solve::ode::integrate(
                 |_, th, dth| {
                     m.margins_and_pullback(th, &|mm| sign * sigmoid(-mm) / n, &mut scratch, dth);
                     Ok(())

@@ -1,10 +1,11 @@
 //! The on-disk layout of a run (documented in `experiments/README.md`), written atomically
-//! through [`crate::output`]: everything goes to a temporary sibling folder that is moved onto
+//! through [`crate::io::atomic`]: everything goes to a temporary sibling folder that is moved onto
 //! `--out` only when complete.
 
-use crate::observables::Observation;
-use crate::simulation::{ModelRun, Simulation};
-use crate::synthetic::PairSet;
+use crate::experiment::observables::Observation;
+use crate::experiment::simulation::{ModelRun, Simulation};
+use crate::io::atomic::{AtomicDir, Replace};
+use crate::problem::synthetic::PairSet;
 use anyhow::{Context, Result};
 use ndarray::{Array1, Array2, ArrayView1};
 use ndarray_npy::WriteNpyExt;
@@ -16,8 +17,6 @@ use std::path::{Path, PathBuf};
 
 /// Crate version written next to every result.
 pub const RMFLOW_VERSION: &str = env!("CARGO_PKG_VERSION");
-
-pub use crate::output::{write_text_atomically, AtomicDir, Replace};
 
 /// Writers for the files of an output folder under construction.
 impl AtomicDir {
@@ -134,7 +133,7 @@ pub fn trajectory_csv(rows: &[&Observation]) -> String {
             .unwrap();
         }
         let c = o.convergence;
-        let f = |g: fn(&crate::observables::Convergence) -> f64| {
+        let f = |g: fn(&crate::experiment::observables::Convergence) -> f64| {
             num(c.as_ref().map(g).unwrap_or(f64::NAN))
         };
         writeln!(
@@ -164,7 +163,7 @@ pub fn model_summary(run: &ModelRun) -> Value {
             "working_set": m.solution.working_set,
             "certificate": m.solution.certificate,
             "certificate_holds": m.solution.certificate.holds(),
-            "certificate_tolerance": crate::max_margin::CERTIFICATE_TOLERANCE,
+            "certificate_tolerance": crate::solve::max_margin::CERTIFICATE_TOLERANCE,
             "accuracy": m.accuracy,
         }),
         Err(e) => json!({ "separable": false, "error": e }),
@@ -296,7 +295,7 @@ pub fn setup_json(sim: &Simulation) -> Value {
 
 /// `dynamics.csv`: one row per observation time and evaluation split (columns in
 /// `experiments/README.md`).
-pub fn dynamics_csv(run: &crate::dynamics::DynamicsRun) -> String {
+pub fn dynamics_csv(run: &crate::analysis::dynamics::DynamicsRun) -> String {
     let mut out = String::from("t,split");
     for p in ["rho_same", "rho_diff"] {
         write!(out, ",{p}_count,{p}_mean,{p}_std,{p}_min,{p}_max").unwrap();
@@ -334,7 +333,7 @@ pub fn dynamics_csv(run: &crate::dynamics::DynamicsRun) -> String {
 
 /// The simulation layout plus `dynamics.csv` and `dynamics/t<index>/…` snapshots.
 pub fn write_dynamics(
-    run: &crate::dynamics::DynamicsRun,
+    run: &crate::analysis::dynamics::DynamicsRun,
     out: &Path,
     replace: Replace,
 ) -> Result<PathBuf> {
@@ -344,7 +343,10 @@ pub fn write_dynamics(
 }
 
 /// [`write_dynamics`] inside an open [`AtomicDir`] (the caller commits).
-pub fn write_dynamics_into(dir: &AtomicDir, run: &crate::dynamics::DynamicsRun) -> Result<()> {
+pub fn write_dynamics_into(
+    dir: &AtomicDir,
+    run: &crate::analysis::dynamics::DynamicsRun,
+) -> Result<()> {
     write_simulation_into(dir, &run.simulation)?;
     dir.write_text("dynamics.csv", &dynamics_csv(run))?;
     let setup = &run.simulation.setup;
@@ -357,7 +359,7 @@ pub fn write_dynamics_into(dir: &AtomicDir, run: &crate::dynamics::DynamicsRun) 
             let name = &eval.name;
             dir.write_npy(
                 &format!("{folder}/rho_{name}.npy"),
-                &crate::dynamics::rho_tensor(&sd.rho, ne, ke, nt, kt),
+                &crate::analysis::dynamics::rho_tensor(&sd.rho, ne, ke, nt, kt),
             )?;
             let per_response = |a: &Array2<f64>| -> Result<ndarray::Array3<f64>> {
                 ndarray::Array3::from_shape_vec((ne, 2, nt), a.iter().copied().collect())

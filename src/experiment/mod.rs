@@ -1,0 +1,5 @@
+//! Experiments: one run end to end (setup → separators → both reward models trained, observed
+//! along the way) and what is measured on it (MATH.md §1, §4).
+
+pub mod observables;
+pub mod simulation;
