@@ -48,7 +48,7 @@ fn gradients(c: &mut Criterion) {
                     &setup.train,
                     setup.unembedding_init.full().view(),
                     1.0,
-                    GradientPath::Sparse,
+                    GradientPath::SeenRows,
                 )),
                 u0,
             ),

@@ -19,7 +19,8 @@ features=(--features lm)
 if [ "${NO_LM:-0}" = 1 ]; then features=(); fi
 cargo build --release "${features[@]}" --bins --examples >&2
 root=$(pwd)
-bin=$root/target/release/rmflow
+target=${CARGO_TARGET_DIR:-$root/target}
+bin=$target/release/rmflow
 case $mode in
 capture) out=$golden; rm -rf "$out"; mkdir -p "$out" ;;
 compare) out=$(mktemp -d); trap 'rm -rf "$out"' EXIT ;;
@@ -82,7 +83,7 @@ mkdir -p ex && (cd ex && mkdir -p figures && ln -s "$root/experiments" experimen
 for e in ablations domain_vs_token_shift max_margin_convergence optimizers overlap_sweep \
          rho_heatmap semantic_sweep theorem2_accuracy unseen_margins verification_without_generation; do
   echo "[goldens]   $e" >&2
-  (cd ex && "$root/target/release/examples/$e" > /dev/null 2>&1) || echo "example $e failed" >> "$out/examples.failures"
+  (cd ex && "$target/release/examples/$e" > /dev/null 2>&1) || echo "example $e failed" >> "$out/examples.failures"
 done
 mkdir -p "$out/examples" && cp ex/figures/*.csv ex/figures/*.svg "$out/examples/"
 
@@ -120,6 +121,7 @@ for d, _, files in os.walk(sys.argv[1]):
         elif f.endswith(".stdout"):
             t = open(p).read()
             t = re.sub(r"\b\d+(\.\d+)? ?(s|ms|tok/s|tokens/s)\b", "<t>", t)
+            t = re.sub(r"memory available: [0-9.]+ [KMGT]?i?B", "memory available: <mem>", t)
             open(p, "w").write(t)
 PY
 if [ "$mode" = compare ]; then

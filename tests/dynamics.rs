@@ -49,7 +49,7 @@ proptest! {
         let f = config.setup.eval_overlap[0];
         let k = config.setup.response_length;
         let want = (f * k as f64).round() as usize;
-        let split = setup.evals.iter().find(|p| p.name == rmflow::problem::synthetic::overlap_split_name(f)).unwrap();
+        let split = setup.evals.iter().find(|p| p.name == rmflow::config::overlap_split_name(f)).unwrap();
         for tokens in [&split.chosen_tokens, &split.rejected_tokens] {
             for row in tokens.rows() {
                 let seen = row.iter().filter(|t| setup.seen_tokens.binary_search(t).is_ok()).count();

@@ -11,7 +11,7 @@ fn a_small_figure_renders_and_is_not_blank() {
     config.setup.train_pairs = 30;
     config.setup.eval_pairs = 10;
     config.train.t_max = 1e3;
-    config.train.imrm_gradient = rmflow::config::GradientPath::Sparse;
+    config.train.imrm_gradient = rmflow::config::GradientPath::SeenRows;
     let dir = std::env::temp_dir().join(format!("rmflow-fig-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let data = rmflow::figures::theorem2_accuracy(&config).unwrap();

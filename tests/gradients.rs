@@ -58,7 +58,7 @@ proptest! {
         let setup = Setup::generate(&config);
         let u0: Vec<f64> = setup.unembedding_init.full().iter().copied().collect();
         let theta = perturbed(&u0, config.seed);
-        for path in [GradientPath::Full, GradientPath::Sparse] {
+        for path in [GradientPath::Full, GradientPath::SeenRows] {
             let model = ImplicitRm::new(&setup.train, setup.unembedding_init.full().view(), config.setup.beta, path);
             let err = fd_error(&model, &theta);
             prop_assert!(err < 1e-7, "IM-RM {path:?} gradient vs finite differences: {err:e}");
@@ -73,7 +73,7 @@ proptest! {
         let u0: Vec<f64> = setup.unembedding_init.full().iter().copied().collect();
         let theta = perturbed(&u0, config.seed ^ 7);
         let full = ImplicitRm::new(&setup.train, setup.unembedding_init.full().view(), config.setup.beta, GradientPath::Full);
-        let sparse = ImplicitRm::new(&setup.train, setup.unembedding_init.full().view(), config.setup.beta, GradientPath::Sparse);
+        let sparse = ImplicitRm::new(&setup.train, setup.unembedding_init.full().view(), config.setup.beta, GradientPath::SeenRows);
         let (mut gf, mut gs) = (vec![0.0; theta.len()], vec![0.0; theta.len()]);
         let lf = loss_and_gradient(&full, &theta, &mut gf);
         let ls = loss_and_gradient(&sparse, &theta, &mut gs);
@@ -101,7 +101,7 @@ proptest! {
     fn reduced_seen_rows_state_matches_the_sparse_path(config in common::small_config()) {
         let setup = Setup::generate(&config);
         let d = config.setup.dim;
-        let full = ImplicitRm::new(&setup.train, setup.unembedding_init.full().view(), config.setup.beta, GradientPath::Sparse);
+        let full = ImplicitRm::new(&setup.train, setup.unembedding_init.full().view(), config.setup.beta, GradientPath::SeenRows);
         let reduced = rmflow::problem::reward::SeenRowsImplicitRm::new(&setup.train, &setup.unembedding_init, config.setup.beta);
         let theta_t = perturbed(&reduced.initial(), config.seed);
         let u = reduced.embed(&theta_t, &setup.unembedding_init);

@@ -18,7 +18,7 @@ fn config(filler: usize, init: UnembeddingInit) -> Config {
     c.setup.train_pairs = 40;
     c.setup.eval_pairs = 20;
     c.train.t_max = 1e6;
-    c.train.imrm_gradient = GradientPath::Sparse;
+    c.train.imrm_gradient = GradientPath::SeenRows;
     c
 }
 
@@ -107,7 +107,7 @@ fn streamed_rewards_match_the_full_softmax() {
         c.train.imrm_gradient = path;
         simulate(&c, &mut |_| {}).expect("runs")
     };
-    let (sparse, full) = (run(GradientPath::Sparse), run(GradientPath::Full));
+    let (sparse, full) = (run(GradientPath::SeenRows), run(GradientPath::Full));
     assert!(sparse.implicit.rows.is_some() && full.implicit.rows.is_none());
     for (a, b) in sparse.implicit.rewards.iter().zip(&full.implicit.rewards) {
         for (x, y) in [

@@ -273,7 +273,7 @@ pub fn run_unit(file: &SweepFile, id: usize, unit: Unit) -> Result<UnitResult> {
             .iter()
             .enumerate()
             .map(|(vi, &f)| {
-                let name = crate::problem::synthetic::overlap_split_name(f);
+                let name = crate::config::overlap_split_name(f);
                 Ok((
                     vi,
                     [read(&sim.explicit, &name)?, read(&sim.implicit, &name)?],
@@ -441,6 +441,41 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
         return Err(bad().into());
     }
     Ok((i, n))
+}
+
+/// A Slurm array task's shard: `SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN` of
+/// `SLURM_ARRAY_TASK_COUNT`, with the variables it was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlurmShard {
+    pub shard: (usize, usize),
+    pub task_id: usize,
+    pub task_count: String,
+    pub task_min: usize,
+}
+
+/// The shard of a Slurm array task, from the environment `var` reads; `None` unless both
+/// `SLURM_ARRAY_TASK_ID` and `SLURM_ARRAY_TASK_COUNT` are set.
+pub fn slurm_shard(var: impl Fn(&str) -> Option<String>) -> Result<Option<SlurmShard>> {
+    let (Some(id), Some(count)) = (var("SLURM_ARRAY_TASK_ID"), var("SLURM_ARRAY_TASK_COUNT"))
+    else {
+        return Ok(None);
+    };
+    let task_min: usize = match var("SLURM_ARRAY_TASK_MIN") {
+        Some(m) => m
+            .parse()
+            .map_err(|_| InputError(format!("SLURM_ARRAY_TASK_MIN is not a number: {m:?}")))?,
+        None => 0,
+    };
+    let task_id: usize = id
+        .parse()
+        .map_err(|_| InputError(format!("SLURM_ARRAY_TASK_ID is not a number: {id:?}")))?;
+    let shard = parse_shard(&format!("{}/{count}", task_id.saturating_sub(task_min)))?;
+    Ok(Some(SlurmShard {
+        shard,
+        task_id,
+        task_count: count,
+        task_min,
+    }))
 }
 
 /// File name of shard `i` of `n`: `shard-0003-of-0016.json`.

@@ -7,7 +7,8 @@ use crate::experiment::observables::{
 use crate::problem::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel, SeenRowsImplicitRm};
 use crate::problem::synthetic::Setup;
 use crate::solve::max_margin::{
-    implicit_separator_margins, max_margin_head, max_margin_unembedding_rows, MaxMarginSolution,
+    implicit_separator_margins, max_margin_head, max_margin_unembedding_rows, MaxMarginError,
+    MaxMarginSolution,
 };
 use crate::solve::ode::OdeStats;
 use crate::solve::training::{train_screened, Screening, ScreeningStats};
@@ -71,7 +72,7 @@ pub struct ModelRun {
     pub ode: Option<OdeStats>,
     /// The flow's field screening, when it ran (`training::Screening`).
     pub screening: Option<ScreeningStats>,
-    pub max_margin: std::result::Result<MaxMarginResult, String>,
+    pub max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
     /// Per split at `t_max`: the official evaluator's reward statistics (normalised absolute
     /// reward margin, mean chosen and rejected rewards); filled by [`Simulation::new`], empty for
     /// runs made outside a simulation (e.g. `verify`'s variants).
@@ -250,12 +251,11 @@ pub fn max_margin_for(
     kind: ModelKind,
     setup: &Setup,
     tie_tolerance: f64,
-) -> std::result::Result<MaxMarginResult, String> {
+) -> std::result::Result<MaxMarginResult, MaxMarginError> {
     let beta = setup.config.beta;
     match kind {
         ModelKind::Explicit => {
-            let (u, solution) =
-                max_margin_head(&setup.train.hidden_differences()).map_err(|e| e.to_string())?;
+            let (u, solution) = max_margin_head(&setup.train.hidden_differences())?;
             let accuracy = setup
                 .splits()
                 .map(|p| {
@@ -277,8 +277,7 @@ pub fn max_margin_for(
             })
         }
         ModelKind::Implicit => {
-            let (rows, delta, solution) =
-                max_margin_unembedding_rows(&setup.train, beta).map_err(|e| e.to_string())?;
+            let (rows, delta, solution) = max_margin_unembedding_rows(&setup.train, beta)?;
             let accuracy = setup
                 .splits()
                 .map(|p| {
@@ -305,7 +304,7 @@ pub fn run_model(
     kind: ModelKind,
     config: &Config,
     setup: &Setup,
-    max_margin: std::result::Result<MaxMarginResult, String>,
+    max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
     progress: &mut dyn FnMut(&Observation),
 ) -> Result<ModelRun> {
     run_model_observed(kind, config, setup, max_margin, progress, None)
@@ -317,7 +316,7 @@ pub fn run_model_with(
     kind: ModelKind,
     config: &Config,
     setup: &Setup,
-    max_margin: std::result::Result<MaxMarginResult, String>,
+    max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
     hook: &mut dyn FnMut(&Observation, &[f64]) -> Result<()>,
 ) -> Result<ModelRun> {
     run_model_observed(kind, config, setup, max_margin, &mut |_| {}, Some(hook))
@@ -341,7 +340,7 @@ fn run_model_observed(
     kind: ModelKind,
     config: &Config,
     setup: &Setup,
-    max_margin: std::result::Result<MaxMarginResult, String>,
+    max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
     progress: &mut dyn FnMut(&Observation),
     mut hook: Option<&mut ParamsHook>,
 ) -> Result<ModelRun> {
@@ -349,7 +348,7 @@ fn run_model_observed(
     if let Err(reason) = &max_margin {
         if config.train.optimizer == crate::config::Optimizer::Flow
             && config.train.horizon_log10() > NON_SEPARABLE_FLOW_LIMIT.log10()
-            && reason.contains("not linearly separable")
+            && matches!(reason, MaxMarginError::NotSeparable { .. })
         {
             return Err(crate::error::Refusal(format!(
                 "{}: {reason}. The loss then has a finite minimiser and the log-time gradient flow turns stiff; \

@@ -220,11 +220,11 @@ pub fn max_margin_convergence(config: &Config) -> Result<FigureData> {
     // The EX-RM residual integrated directly to t = 1e10000 (the check `2b.residual_*`).
     let setup = &sim.setup;
     let trace = match &sim.explicit.max_margin {
-        Ok(mm) => Some(crate::analysis::verify::residual_to_horizon(
+        Ok(mm) => Some(crate::analysis::verify::residual::residual_to_horizon(
             config,
             setup,
             mm,
-            crate::analysis::verify::RESIDUAL_HORIZON_LOG10,
+            crate::analysis::verify::residual::RESIDUAL_HORIZON_LOG10,
         )?),
         Err(_) => None,
     };

@@ -166,7 +166,7 @@ pub fn model_summary(run: &ModelRun) -> Value {
             "certificate_tolerance": crate::solve::max_margin::CERTIFICATE_TOLERANCE,
             "accuracy": m.accuracy,
         }),
-        Err(e) => json!({ "separable": false, "error": e }),
+        Err(e) => json!({ "separable": false, "error": e.to_string() }),
     };
     json!({
         "steps": run.steps,

@@ -32,7 +32,7 @@ pub mod recipe;
 pub mod tiny;
 
 pub use candle_core::Device;
-pub use model::{Architecture, Forward, LanguageModel};
+pub use model::{open_device, Architecture, Forward, LanguageModel};
 
 /// `[lm]` table of a real-model config (`experiments/persona.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

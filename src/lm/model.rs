@@ -649,3 +649,21 @@ fn normalise_config(arch: Architecture, raw: &mut serde_json::Value) -> Result<(
     }
     Ok(())
 }
+
+/// The device of `--device cpu|cuda`; the error says why CUDA could not be opened.
+pub fn open_device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).context(if cfg!(feature = "cuda") {
+            "--device cuda: CUDA device 0 could not be opened (is a GPU visible, and libcuda.so.1 from its driver on the library path?)"
+        } else {
+            "--device cuda: this binary was built without CUDA support (rebuild with --features cuda; see the README's GPU section)"
+        })?,
+        other => {
+            return Err(crate::error::InputError(format!(
+                "--device must be cpu or cuda, got {other:?}"
+            ))
+            .into())
+        }
+    })
+}

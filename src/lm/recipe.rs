@@ -225,6 +225,14 @@ pub struct RecipeFile {
 }
 
 impl RecipeFile {
+    /// `--persona-jsonl`: the prompts come from Anthropic's persona JSONL at `path` (one
+    /// statement per record, so `data.group_size = 1`).
+    pub fn use_persona_jsonl(&mut self, path: PathBuf) {
+        self.data.statements = path;
+        self.data.format = StatementFormat::PersonaJsonl;
+        self.data.group_size = 1;
+    }
+
     /// Reads and validates a recipe config; every error is an input error (exit code 2) naming
     /// the file and the field.
     pub fn from_file(path: &Path) -> Result<RecipeFile> {

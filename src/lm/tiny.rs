@@ -364,3 +364,25 @@ pub fn forward_record(dir: &Path, device: &Device, texts: &[String]) -> Result<s
         "seconds": start.elapsed().as_secs_f64(),
     }))
 }
+
+/// The probe texts as owned strings (the vocabulary of every tiny checkpoint, and the inputs
+/// of `lm-forward`).
+pub fn probe_texts() -> Vec<String> {
+    PROBE_TEXTS.iter().map(|t| t.to_string()).collect()
+}
+
+/// `lm-tiny`: every [`standard_specs`] checkpoint into `dir/NAME`, with `texts` in their
+/// vocabularies, and `rmflow-convert.json` listing them (which also marks `dir` as rmflow's).
+pub fn write_standard_set(dir: &crate::io::atomic::AtomicDir, texts: &[String]) -> Result<()> {
+    for (name, spec) in standard_specs() {
+        write_tiny_checkpoint(&dir.path(name)?, spec, texts)?;
+    }
+    std::fs::write(
+        dir.path("rmflow-convert.json")?,
+        serde_json::to_string_pretty(&json!({
+            "rmflow_version": env!("CARGO_PKG_VERSION"),
+            "tiny_checkpoints": standard_specs().iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        }))?,
+    )?;
+    Ok(())
+}

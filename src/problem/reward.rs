@@ -272,7 +272,7 @@ impl ImplicitRm {
             positions,
             pair_rows,
             ref_logprob: vec![],
-            cancelled: (path == GradientPath::Sparse).then(|| {
+            cancelled: (path == GradientPath::SeenRows).then(|| {
                 SeenRowsImplicitRm::new(
                     pairs,
                     &InitialUnembedding::Given(unembedding_init.to_owned()),
@@ -441,7 +441,7 @@ impl MarginModel for ImplicitRm {
     fn margins(&self, theta: &[f64], margins: &mut [f64]) {
         match self.path {
             GradientPath::Full => self.faithful_margins(theta, margins),
-            GradientPath::Sparse => self.cancelled_margins(theta, margins),
+            GradientPath::SeenRows => self.cancelled_margins(theta, margins),
         }
     }
 
@@ -521,7 +521,7 @@ impl MarginModel for ImplicitRm {
                     }
                 }
             }
-            GradientPath::Sparse => {
+            GradientPath::SeenRows => {
                 let c = self
                     .cancelled
                     .as_ref()

@@ -4,7 +4,7 @@
 //! `s_0 = h_x`, `s_k = tanh(A s_{k−1} + B e_{y_k})`, with `h_{x,y<k} = s_{k−1}` and `h_{x,y} = s_K`
 //! (for one token, `h_{x,y} = tanh(A h_x + B e_y)`); unembedding `U(0)`, head `u(0)`; splits.
 
-use crate::config::{Config, SetupConfig, UnembeddingInit};
+use crate::config::{overlap_split_name, Config, SetupConfig, UnembeddingInit};
 use ndarray::{s, Array1, Array2, Array3, Axis};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -353,12 +353,6 @@ pub struct Setup {
     pub evals: Vec<PairSet>,
     /// `T`: tokens occurring in some training response (any position), sorted.
     pub seen_tokens: Vec<usize>,
-}
-
-/// Name of the evaluation split whose responses take a fraction `f` of their tokens from the seen
-/// set: `overlap0`, `overlap25`, …, `overlap100`.
-pub fn overlap_split_name(f: f64) -> String {
-    format!("overlap{}", (f * 100.0).round() as i64)
 }
 
 /// `k` flags with `n_seen` of them true, at positions drawn uniformly (no draw when all or none).

@@ -1,0 +1,286 @@
+//! `rmflow lm` (Theorem 2's setting on a real transformer) and `rmflow lm-recipe` (the paper's
+//! recipe), MATH.md §6.
+
+use super::args::OutputFlags;
+use super::progress::{progress_bar, Progress};
+use super::tables::print_simulation_tables;
+use anyhow::Result;
+use rmflow::error::InputError;
+use rmflow::experiment::simulation::ModelKind;
+use rmflow::io::atomic::{check_not_overwriting_input, AtomicDir, Replace};
+use rmflow::lm::recipe::{self, RecipeFile, RecipeMode};
+use rmflow::lm::{open_device, Architecture, Device, LmFile};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct LmArgs {
+    /// Hugging Face folder with config.json (model_type bert, llama, qwen2, gpt2 or
+    /// gpt_neox), *.safetensors and tokenizer.json (all-MiniLM-L6-v2:
+    /// scripts/fetch-model.sh).
+    #[arg(long)]
+    model: PathBuf,
+    /// Real-model config (experiments/persona.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// Output folder, written atomically.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where the transformer runs: cpu, or cuda (needs --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// head: body frozen, head/unembedding trained by the engine's flow (Theorem 2);
+    /// full: also fine-tune the whole model with AdamW (`[finetune]`), both written.
+    #[arg(long, default_value = "head", value_parser = ["head", "full"])]
+    mode: String,
+    #[command(flatten)]
+    output: OutputFlags,
+}
+
+#[derive(clap::Args)]
+pub struct LmRecipeArgs {
+    /// Hugging Face folder: config.json (model_type llama, qwen2, gpt_neox, gpt2, or bert
+    /// for the pseudo-log-likelihood proxy), *.safetensors, tokenizer.json, and
+    /// tokenizer_config.json for the chat template where the model has one.
+    #[arg(long)]
+    model: PathBuf,
+    /// Recipe config (experiments/persona_paper.toml).
+    #[arg(long)]
+    config: PathBuf,
+    /// Output folder, written atomically.
+    #[arg(long)]
+    out: PathBuf,
+    /// Where the transformer runs: cpu, or cuda (needs --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// full: every parameter trained (the paper); head: body frozen, EX-RM head or IM-RM
+    /// unembedding trained; both: head then full.
+    #[arg(long, default_value = "full", value_parser = ["head", "full", "both"])]
+    mode: String,
+    /// Override train.epochs of the config (e.g. a short smoke run; ≥ 1).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Override train.eval_every_epochs: evaluate every split every N epochs (1: a per-epoch
+    /// history, as the official `validate_every = 1`), and after the last.
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Which reward models to train: exrm, imrm, or both (each from the same pretrained
+    /// weights, so one at a time gives the same numbers as both).
+    #[arg(long, default_value = "both", value_parser = ["exrm", "imrm", "both"])]
+    reward: String,
+    /// Take the prompts from Anthropic's persona JSONL (e.g. `anthropics/evals`
+    /// persona/agreeableness.jsonl) instead of data.statements: records whose
+    /// answer_matching_behavior is " Yes", prompt = the record's question (sets
+    /// data.format = "persona_jsonl", data.group_size = 1).
+    #[arg(long)]
+    persona_jsonl: Option<PathBuf>,
+    #[command(flatten)]
+    output: OutputFlags,
+}
+
+/// One progress bar per (stage, reward model), replaced when the training moves to the next.
+struct StageBars<K: PartialEq + Copy> {
+    current: Option<(K, Progress)>,
+}
+
+impl<K: PartialEq + Copy> StageBars<K> {
+    fn new() -> Self {
+        StageBars { current: None }
+    }
+
+    /// The bar of `key`, started (and the previous one finished) on first use.
+    fn bar(&mut self, key: K, start: impl FnOnce() -> Progress) -> &Progress {
+        if self.current.as_ref().map(|c| c.0) != Some(key) {
+            if let Some((_, b)) = self.current.take() {
+                b.finish();
+            }
+            self.current = Some((key, start()));
+        }
+        &self.current.as_ref().expect("just set").1
+    }
+
+    fn finish(self) {
+        if let Some((_, b)) = self.current {
+            b.finish();
+        }
+    }
+}
+
+pub fn run_lm(a: LmArgs) -> Result<()> {
+    let device = open_device(&a.device)?;
+    check_not_overwriting_input(&a.config, &a.out)?;
+    let file = LmFile::from_file(&a.config)?;
+    let mode = if a.mode == "full" {
+        rmflow::lm::Mode::Full
+    } else {
+        rmflow::lm::Mode::Head
+    };
+    let dir = AtomicDir::create(&a.out, a.output.replace())?;
+    let mut bars = StageBars::new();
+    eprintln!(
+        "rmflow lm: loading {} and extracting representations",
+        a.model.display()
+    );
+    let steps = file.finetune.steps as u64;
+    let run = rmflow::lm::run_experiment(&a.model, &file, &device, mode, &mut |kind, r| {
+        bars.bar(kind, || {
+            progress_bar(
+                &format!("lm full fine-tuning {}", kind.label()),
+                steps,
+                "steps",
+            )
+        })
+        .inc(&format!("loss {:.4}", r.loss));
+    })?;
+    bars.finish();
+    rmflow::lm::export::write_run(&dir, &run)?;
+    let written = dir.commit()?;
+    print_lm_run(&run, &file);
+    println!("wrote {}", written.display());
+    Ok(())
+}
+
+fn print_lm_run(run: &rmflow::lm::RealModelRun, file: &LmFile) {
+    let t = &run.timing;
+    println!("answer tokens (word → id): {:?}", run.answers);
+    println!(
+        "load {:.1} s, extraction {:.1} s for {} sequences, {} tokens ({:.0} tokens/s), head-only training {:.1} s",
+        t.load,
+        t.extract,
+        run.sequences_encoded,
+        run.tokens_encoded,
+        run.tokens_encoded as f64 / t.extract,
+        t.train_head_only
+    );
+    println!("prompts: {}", run.prompt_format);
+    println!("head-only (body frozen, single-token answers: Theorem 2's setting):");
+    print_simulation_tables(&run.sim);
+    if let Some(a) = &run.alignment {
+        print!("{}", rmflow::lm::alignment::describe(a));
+    }
+    if run.arch == Architecture::Bert {
+        println!("note: {}", rmflow::lm::export::MASKED_REFERENCE_NOTE);
+    }
+    if !run.full.is_empty() {
+        println!("note: {}", rmflow::lm::export::NOT_THE_PAPER_NOTE);
+        println!(
+            "full fine-tuning ({} AdamW steps, lr {:e}; {}):",
+            file.finetune.steps,
+            file.finetune.lr,
+            run.full
+                .iter()
+                .map(|r| format!("{} {:.1} s", r.kind.name(), r.seconds))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        print!("{}", rmflow::lm::export::full_table(&run.full));
+    }
+}
+
+pub fn run_recipe(a: LmRecipeArgs) -> Result<()> {
+    let device = open_device(&a.device)?;
+    check_not_overwriting_input(&a.config, &a.out)?;
+    let mut file = RecipeFile::from_file(&a.config)?;
+    if let Some(path) = &a.persona_jsonl {
+        check_not_overwriting_input(path, &a.out)?;
+        file.use_persona_jsonl(path.clone());
+    }
+    if a.epochs == Some(0) || a.eval_every == Some(0) {
+        return Err(InputError(
+            "--epochs and --eval-every must be ≥ 1 (an untrained model is not a run)".into(),
+        )
+        .into());
+    }
+    if let Some(e) = a.epochs {
+        file.train.epochs = e;
+    }
+    if let Some(e) = a.eval_every {
+        file.train.eval_every_epochs = e;
+    }
+    let modes: &[RecipeMode] = match a.mode.as_str() {
+        "head" => &[RecipeMode::Head],
+        "both" => &[RecipeMode::Head, RecipeMode::Full],
+        _ => &[RecipeMode::Full],
+    };
+    let kinds: &[ModelKind] = match a.reward.as_str() {
+        "exrm" => &[ModelKind::Explicit],
+        "imrm" => &[ModelKind::Implicit],
+        _ => &[ModelKind::Explicit, ModelKind::Implicit],
+    };
+    train_recipe(
+        &a.model,
+        &file,
+        &a.out,
+        device,
+        modes,
+        kinds,
+        a.output.replace(),
+    )
+}
+
+fn train_recipe(
+    model: &Path,
+    file: &RecipeFile,
+    out: &Path,
+    device: Device,
+    modes: &[RecipeMode],
+    kinds: &[ModelKind],
+    replace: Replace,
+) -> Result<()> {
+    let dir = AtomicDir::create(out, replace)?;
+    let total = recipe::steps_per_run(file) as u64;
+    let mut bars = StageBars::new();
+    eprintln!("rmflow lm-recipe: loading {}", model.display());
+    let outcome = recipe::run_recipe(
+        model,
+        file,
+        &device,
+        modes,
+        kinds,
+        &mut |mode, kind, event| {
+            let bar = bars.bar((mode, kind), || {
+                progress_bar(
+                    &format!("lm-recipe {} {}", mode.name(), kind.label()),
+                    total,
+                    "steps",
+                )
+            });
+            match event {
+                recipe::RecipeEvent::Stage(msg) => bar.stage(&msg),
+                recipe::RecipeEvent::Step(r) => {
+                    bar.inc(&format!("epoch {} loss {:.4}", r.epoch, r.loss))
+                }
+            }
+        },
+    )?;
+    bars.finish();
+    recipe::write_outputs(&dir, &outcome)?;
+    let written = dir.commit()?;
+    print_recipe_outcome(&outcome);
+    println!("wrote {}", written.display());
+    Ok(())
+}
+
+fn print_recipe_outcome(outcome: &recipe::RecipeOutcome) {
+    println!(
+        "{} ({:?}), prompts: {}; {} sequences",
+        outcome.model.display(),
+        outcome.arch,
+        outcome.problem.prompt_format,
+        outcome.problem.sequences.len()
+    );
+    if outcome.arch == Architecture::Bert {
+        println!("note: {}", recipe::PSEUDO_LIKELIHOOD_NOTE);
+    }
+    for r in &outcome.runs {
+        println!(
+            "{} {}: {} parameters trained, {} steps, {:.1} s ({:.3} s per step)",
+            r.mode.name(),
+            r.kind.label(),
+            r.parameters,
+            r.history.len(),
+            r.seconds,
+            r.step_seconds / r.history.len().max(1) as f64
+        );
+    }
+    print!("{}", recipe::final_table(outcome));
+}

@@ -1,0 +1,15 @@
+//! The command line (binary only): one file per command, each with its arguments and a `run`
+//! that calls the library; shared flags, progress reporting and the printed tables beside them.
+
+pub mod args;
+pub mod check;
+pub mod dynamics;
+#[cfg(feature = "lm")]
+pub mod lm;
+#[cfg(feature = "lm")]
+pub mod lm_files;
+pub mod progress;
+pub mod simulate;
+pub mod sweep;
+pub mod tables;
+pub mod verify;
