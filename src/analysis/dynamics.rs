@@ -6,8 +6,13 @@
 //! computed through this expanded formula (one softmax per prefix, never a V-vector per pair of
 //! pairs). EX-RM: `d r_u(x,y)/dt = Σ_i c_i ⟨h_{x,y}, z_i⟩`.
 
+use crate::config::{Config, GradientPath, Optimizer};
 use crate::numerics::{sigmoid, softmax_in_place};
+use crate::problem::reward::{loss_and_gradient, ExplicitRm, ImplicitRm, MarginModel};
 use crate::problem::synthetic::PairSet;
+use crate::problem::synthetic::Setup;
+use crate::solve::ode::{integrate, OdeOptions};
+use crate::solve::training::train;
 use ndarray::{s, Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -518,58 +523,22 @@ pub struct DynamicsChecks {
 }
 
 /// Runs the §3 checks at time `t` (flow from the setup's initialisation).
-pub fn dynamics_checks(
-    config: &crate::config::Config,
-    setup: &crate::problem::synthetic::Setup,
-    t: f64,
-) -> anyhow::Result<DynamicsChecks> {
-    use crate::config::{GradientPath, Optimizer};
-    use crate::problem::reward::{loss_and_gradient, ExplicitRm, ImplicitRm, MarginModel};
+pub fn dynamics_checks(config: &Config, setup: &Setup, t: f64) -> anyhow::Result<DynamicsChecks> {
     let beta = config.setup.beta;
-    let mut tc = config.train.clone();
-    tc.optimizer = Optimizer::Flow;
-    tc.imrm_gradient = GradientPath::Full;
-    tc.t_max = t;
-    tc.first_observation = t.min(1e-2);
-    let im = ImplicitRm::new(
-        &setup.train,
-        setup.unembedding_init.full().view(),
-        beta,
-        GradientPath::Full,
-    );
-    let ex = ExplicitRm::new(&setup.train);
-    let u0: Vec<f64> = setup.unembedding_init.full().iter().copied().collect();
-    let theta_im =
-        crate::solve::training::train(&im, &u0, &tc, "IM-RM", &mut |_, _, _| Ok(()))?.theta;
-    let theta_ex = crate::solve::training::train(
-        &ex,
-        &setup.head_init.to_vec(),
-        &tc,
-        "EX-RM",
-        &mut |_, _, _| Ok(()),
-    )?
-    .theta;
-    let margins = |m: &dyn MarginModel, th: &[f64]| {
-        let mut out = vec![0.0; m.n_pairs()];
-        m.margins(th, &mut out);
-        out
-    };
+    let flowed = FlowedModels::new(config, setup, t)?;
     let (v, d) = (setup.vocab_size(), setup.dim());
-    let u = ArrayView2::from_shape((v, d), theta_im.as_slice())?;
-    let c_im = flow_weights(&margins(&im, &theta_im));
-    let c_ex = flow_weights(&margins(&ex, &theta_ex));
+    let u = ArrayView2::from_shape((v, d), flowed.theta_im.as_slice())?;
+    let c_im = flow_weights(&margins(&flowed.im, &flowed.theta_im));
+    let c_ex = flow_weights(&margins(&flowed.ex, &flowed.theta_ex));
     let train_side = TrainingSide::new(&setup.train);
-    let train_prefixes = &train_side.prefixes;
-    let seen = setup
-        .evals
-        .iter()
-        .find(|e| e.name == "seen")
-        .expect("seen split");
-    let unseen = setup
-        .evals
-        .iter()
-        .find(|e| e.name == "unseen")
-        .expect("unseen split");
+    let split = |name: &str| {
+        setup
+            .evals
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap_or_else(|| panic!("{name} split"))
+    };
+    let (seen, unseen) = (split("seen"), split("unseen"));
     let ep = ResponsePrefixes::new(seen);
     let dyn_seen = split_dynamics(u, seen, &ep, &train_side, &c_im, &c_ex, beta);
     let dyn_unseen = split_dynamics(
@@ -581,8 +550,101 @@ pub fn dynamics_checks(
         &c_ex,
         beta,
     );
+    let (rho_identity_error, rho_max_abs) =
+        rho_checks(u, &ep, &train_side.prefixes, &dyn_seen, &dyn_unseen);
+    let im_seen = ImplicitRm::new(
+        seen,
+        setup.unembedding_init.full().view(),
+        beta,
+        GradientPath::Full,
+    );
+    let ex_seen = ExplicitRm::new(seen);
+    let h = 1e-4 * t.max(1.0);
+    let pred_im = margin_velocity(&dyn_seen.velocity.imrm_response);
+    let pred_ex = margin_velocity(&dyn_seen.velocity.exrm_response);
+    let imrm_velocity_vs_flow = relative_error(
+        &pred_im,
+        &flow_difference(&flowed.im, &flowed.theta_im, &im_seen, h)?,
+    );
+    let exrm_velocity_vs_flow = relative_error(
+        &pred_ex,
+        &flow_difference(&flowed.ex, &flowed.theta_ex, &ex_seen, h)?,
+    );
+    let (gd_error, gd_error_ratio) = gd_first_order(&flowed, &im_seen, &dyn_seen);
+    let unseen_velocity_gap = if setup.config.response_length == 1 {
+        unseen_velocity_gap(&dyn_unseen, unseen.len())
+    } else {
+        f64::NAN
+    };
+    Ok(DynamicsChecks {
+        t,
+        rho_identity_error,
+        rho_max_abs,
+        imrm_velocity_vs_flow,
+        exrm_velocity_vs_flow,
+        gd_error_ratio,
+        gd_error,
+        unseen_velocity_gap,
+    })
+}
 
-    // ρ: expanded vs explicit on a block, and the bound.
+/// Both reward models on the full-vocabulary path, integrated by gradient flow to `t`.
+struct FlowedModels {
+    im: ImplicitRm,
+    ex: ExplicitRm,
+    theta_im: Vec<f64>,
+    theta_ex: Vec<f64>,
+}
+
+impl FlowedModels {
+    fn new(config: &Config, setup: &Setup, t: f64) -> anyhow::Result<FlowedModels> {
+        let mut tc = config.train.clone();
+        tc.optimizer = Optimizer::Flow;
+        tc.imrm_gradient = GradientPath::Full;
+        tc.t_max = t;
+        tc.first_observation = t.min(1e-2);
+        let im = ImplicitRm::new(
+            &setup.train,
+            setup.unembedding_init.full().view(),
+            config.setup.beta,
+            GradientPath::Full,
+        );
+        let ex = ExplicitRm::new(&setup.train);
+        let u0: Vec<f64> = setup.unembedding_init.full().iter().copied().collect();
+        let theta_im = train(&im, &u0, &tc, "IM-RM", &mut |_, _, _| Ok(()))?.theta;
+        let theta_ex = train(
+            &ex,
+            &setup.head_init.to_vec(),
+            &tc,
+            "EX-RM",
+            &mut |_, _, _| Ok(()),
+        )?
+        .theta;
+        Ok(FlowedModels {
+            im,
+            ex,
+            theta_im,
+            theta_ex,
+        })
+    }
+}
+
+/// The margins of `m` at `theta`.
+fn margins(m: &dyn MarginModel, theta: &[f64]) -> Vec<f64> {
+    let mut out = vec![0.0; m.n_pairs()];
+    m.margins(theta, &mut out);
+    out
+}
+
+/// `ρ`: the largest gap between the expanded formula and the explicit V-vectors on a block of
+/// the seen split (24 × 48 prefix pairs), and `max |ρ|` over the seen and unseen splits.
+fn rho_checks(
+    u: ArrayView2<f64>,
+    ep: &ResponsePrefixes,
+    train_prefixes: &ResponsePrefixes,
+    dyn_seen: &SplitDynamics,
+    dyn_unseen: &SplitDynamics,
+) -> (f64, f64) {
     let mut rho_identity_error = 0.0f64;
     for r in 0..ep.tokens.len().min(24) {
         for c in 0..train_prefixes.tokens.len().min(48) {
@@ -601,82 +663,88 @@ pub fn dynamics_checks(
         .iter()
         .chain(dyn_unseen.rho.iter())
         .fold(0.0f64, |a, x| a.max(x.abs()));
+    (rho_identity_error, rho_max_abs)
+}
 
-    // Velocities against the integrated flow (central difference, h = 1e-4 · max(t, 1)).
-    let h = 1e-4 * t.max(1.0);
-    let fd = |m: &dyn MarginModel,
-              theta: &[f64],
-              eval_model: &dyn MarginModel|
-     -> anyhow::Result<Vec<f64>> {
-        let n = m.n_pairs() as f64;
-        let opts = crate::solve::ode::OdeOptions {
-            rtol: 1e-13,
-            atol: 1e-15,
-            max_steps: 100_000,
-            fixed_step: None,
-            min_step: 0.0,
-            dense_output: false,
-        };
-        let mut scratch = vec![0.0; m.n_pairs()];
-        let mut ends = Vec::new();
-        for sign in [1.0, -1.0] {
-            let mut end = theta.to_vec();
-            crate::solve::ode::integrate(
-                |_, th, dth| {
-                    m.margins_and_pullback(th, &|mm| sign * sigmoid(-mm) / n, &mut scratch, dth);
-                    Ok(())
-                },
-                0.0,
-                theta,
-                &[h],
-                &opts,
-                |_, th, _| {
-                    end.copy_from_slice(th);
-                    Ok(())
-                },
-            )?;
-            ends.push(margins(eval_model, &end));
-        }
-        Ok(ends[0]
-            .iter()
-            .zip(&ends[1])
-            .map(|(a, b)| (a - b) / (2.0 * h))
-            .collect())
-    };
-    let rel_err = |pred: &[f64], got: &[f64]| {
-        let scale = pred
-            .iter()
-            .fold(0.0f64, |a, x| a.max(x.abs()))
-            .max(f64::MIN_POSITIVE);
-        pred.iter()
-            .zip(got)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max)
-            / scale
-    };
-    let im_seen = ImplicitRm::new(
-        seen,
-        setup.unembedding_init.full().view(),
-        beta,
-        GradientPath::Full,
-    );
-    let ex_seen = ExplicitRm::new(seen);
-    let pred_im: Vec<f64> = VelocityDecomposition::margin(&dyn_seen.velocity.imrm_response)
+/// The margin velocity of each evaluation pair: the per-response velocities summed over the
+/// training examples' contributions.
+fn margin_velocity(response: &Array2<f64>) -> Vec<f64> {
+    VelocityDecomposition::margin(response)
         .sum_axis(Axis(1))
-        .to_vec();
-    let pred_ex: Vec<f64> = VelocityDecomposition::margin(&dyn_seen.velocity.exrm_response)
-        .sum_axis(Axis(1))
-        .to_vec();
-    let imrm_velocity_vs_flow = rel_err(&pred_im, &fd(&im, &theta_im, &im_seen)?);
-    let exrm_velocity_vs_flow = rel_err(&pred_ex, &fd(&ex, &theta_ex, &ex_seen)?);
+        .to_vec()
+}
 
-    // One GD step: first-order prediction of the rewards (margins are linear in U for K = 1,
-    // rewards are not: the normalisers move), error halving test.
+/// `dm/dt` of `eval_model`'s margins along the flow of `m` from `theta`, by a central difference
+/// of step `h` (both sides integrated to `rtol = 1e-13`).
+fn flow_difference(
+    m: &dyn MarginModel,
+    theta: &[f64],
+    eval_model: &dyn MarginModel,
+    h: f64,
+) -> anyhow::Result<Vec<f64>> {
+    let n = m.n_pairs() as f64;
+    let opts = OdeOptions {
+        rtol: 1e-13,
+        atol: 1e-15,
+        max_steps: 100_000,
+        fixed_step: None,
+        min_step: 0.0,
+        dense_output: false,
+    };
+    let mut scratch = vec![0.0; m.n_pairs()];
+    let mut ends = Vec::new();
+    for sign in [1.0, -1.0] {
+        let mut end = theta.to_vec();
+        integrate(
+            |_, th, dth| {
+                m.margins_and_pullback(th, &|mm| sign * sigmoid(-mm) / n, &mut scratch, dth);
+                Ok(())
+            },
+            0.0,
+            theta,
+            &[h],
+            &opts,
+            |_, th, _| {
+                end.copy_from_slice(th);
+                Ok(())
+            },
+        )?;
+        ends.push(margins(eval_model, &end));
+    }
+    Ok(ends[0]
+        .iter()
+        .zip(&ends[1])
+        .map(|(a, b)| (a - b) / (2.0 * h))
+        .collect())
+}
+
+/// `max |pred − got| / max |pred|`.
+fn relative_error(pred: &[f64], got: &[f64]) -> f64 {
+    let scale = pred
+        .iter()
+        .fold(0.0f64, |a, x| a.max(x.abs()))
+        .max(f64::MIN_POSITIVE);
+    pred.iter()
+        .zip(got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+/// One GD step: the first-order prediction of the seen split's rewards (margins are linear in
+/// `U` for `K = 1`, rewards are not: the normalisers move). Returns `err(η)` at `η = 1e-2` and
+/// `err(η)/err(η/2)` (≈ 4 for a second-order remainder).
+fn gd_first_order(
+    flowed: &FlowedModels,
+    im_seen: &ImplicitRm,
+    dyn_seen: &SplitDynamics,
+) -> (f64, f64) {
+    let theta_im = &flowed.theta_im;
     let mut grad = vec![0.0; theta_im.len()];
-    loss_and_gradient(&im, &theta_im, &mut grad);
+    loss_and_gradient(&flowed.im, theta_im, &mut grad);
     let flat =
         |r: Vec<(f64, f64)>| -> Vec<f64> { r.into_iter().flat_map(|(a, b)| [a, b]).collect() };
-    let r0 = flat(im_seen.rewards(&theta_im));
+    let r0 = flat(im_seen.rewards(theta_im));
     let pred_rewards = dyn_seen.velocity.imrm_response.sum_axis(Axis(1));
     let gd_err = |eta: f64| {
         let th: Vec<f64> = theta_im
@@ -692,29 +760,19 @@ pub fn dynamics_checks(
             .fold(0.0, f64::max)
     };
     let gd_error = gd_err(1e-2);
-    let gd_error_ratio = gd_error / gd_err(5e-3);
+    (gd_error, gd_error / gd_err(5e-3))
+}
 
-    let unseen_velocity_gap = if setup.config.response_length == 1 {
-        let r = &dyn_unseen.velocity.imrm_response.sum_axis(Axis(1));
-        let scale = r
-            .iter()
-            .fold(0.0f64, |a, x| a.max(x.abs()))
-            .max(f64::MIN_POSITIVE);
-        (0..unseen.len())
-            .map(|j| (r[2 * j] - r[2 * j + 1]).abs())
-            .fold(0.0, f64::max)
-            / scale
-    } else {
-        f64::NAN
-    };
-    Ok(DynamicsChecks {
-        t,
-        rho_identity_error,
-        rho_max_abs,
-        imrm_velocity_vs_flow,
-        exrm_velocity_vs_flow,
-        gd_error_ratio,
-        gd_error,
-        unseen_velocity_gap,
-    })
+/// `K = 1`: `max_j |v(x_j, y_j⁺) − v(x_j, y_j⁻)| / max |v|` over the unseen pairs' reward
+/// velocities (theory: 0).
+fn unseen_velocity_gap(dyn_unseen: &SplitDynamics, pairs: usize) -> f64 {
+    let r = &dyn_unseen.velocity.imrm_response.sum_axis(Axis(1));
+    let scale = r
+        .iter()
+        .fold(0.0f64, |a, x| a.max(x.abs()))
+        .max(f64::MIN_POSITIVE);
+    (0..pairs)
+        .map(|j| (r[2 * j] - r[2 * j + 1]).abs())
+        .fold(0.0, f64::max)
+        / scale
 }

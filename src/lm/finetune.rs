@@ -261,9 +261,6 @@ pub fn finetune(
     on_step: &mut dyn FnMut(&StepRecord),
 ) -> Result<FullRun> {
     let start = std::time::Instant::now();
-    let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
-    let train = &sequences[0];
-    let n = train.len();
     if initial.len() != sequences.len() {
         bail!(
             "full fine-tuning: {} initial representation sets for {} splits",
@@ -271,68 +268,24 @@ pub fn finetune(
             sequences.len()
         );
     }
-    let params = match kind {
-        ModelKind::Explicit => lm.body_parameters(),
-        ModelKind::Implicit => lm.parameters(),
-    };
-    let theta0: Vec<Tensor> = params
-        .iter()
-        .map(|(_, v)| v.as_tensor().copy())
-        .collect::<candle_core::Result<_>>()?;
-    let u0 = lm.unembedding().copy()?;
-    let head = Var::zeros(lm.dim, DType::F32, device)?;
-    let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
-    let parameters = vars.iter().map(|v| v.elem_count()).sum::<usize>()
-        + if kind == ModelKind::Explicit {
-            head.elem_count()
-        } else {
-            0
-        };
-    // Reference log-ratios ln π_ref(y⁺|x) − ln π_ref(y⁻|x) of the training pairs (constants).
-    let all: Vec<usize> = (0..n).collect();
+    let trainee = Trainee::load(kind, model_dir, device)?;
+    let train = &sequences[0];
     let reference = match kind {
-        ModelKind::Implicit => Some(
-            all.chunks(batch_size)
-                .map(|c| implicit_log_ratio(&lm, train, c, beta).map(|t| t.detach()))
-                .collect::<Result<Vec<_>>>()
-                .and_then(|p| Ok(Tensor::cat(&p, 0)?))?,
-        ),
+        ModelKind::Implicit => Some(reference_log_ratios(&trainee.lm, train, batch_size, beta)?),
         ModelKind::Explicit => None,
     };
-    let adamw = |vars: Vec<Var>, lr: f64| {
-        AdamW::new(
-            vars,
-            ParamsAdamW {
-                lr,
-                beta1: spec.beta1,
-                beta2: spec.beta2,
-                eps: spec.eps,
-                weight_decay: spec.weight_decay,
-            },
-        )
-    };
-    let mut opt = adamw(vars, spec.lr)?;
-    let mut head_opt = match kind {
-        ModelKind::Explicit => Some(adamw(vec![head.clone()], spec.head_lr.unwrap_or(spec.lr))?),
-        ModelKind::Implicit => None,
-    };
-    let per_step = if spec.batch_pairs == 0 {
-        n
-    } else {
-        spec.batch_pairs.min(n)
-    };
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f17e);
-    let mut order: Vec<usize> = Vec::new();
-    let mut history = Vec::with_capacity(spec.steps);
     let ctx = EvalContext {
         kind,
         sequences,
         initial,
-        u0: &u0,
+        u0: &trainee.u0,
         beta,
         batch_size,
         tie_tolerance,
     };
+    let (mut opt, mut head_opt) = optimizers(&trainee, spec)?;
+    let mut batches = Batches::new(train.len(), spec.batch_pairs, seed);
+    let mut history = Vec::with_capacity(spec.steps);
     let mut checkpoints = vec![Checkpoint {
         step: 0,
         splits: initial
@@ -346,43 +299,12 @@ pub fn finetune(
         if step > 0 && (scheduled || spec.eval_at.contains(&step)) {
             checkpoints.push(Checkpoint {
                 step,
-                splits: evaluate(&ctx, &lm, &head)?.1,
+                splits: evaluate(&ctx, &trainee.lm, &trainee.head)?.1,
             });
         }
         let step_start = std::time::Instant::now();
-        if order.len() < per_step {
-            let mut epoch = all.clone();
-            if per_step < n {
-                epoch.shuffle(&mut rng);
-            }
-            order.extend(epoch);
-        }
-        let idx: Vec<usize> = order.drain(..per_step).collect();
-        let m = match (&reference, kind) {
-            (Some(r), ModelKind::Implicit) => {
-                let r = r.index_select(
-                    &Tensor::new(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), device)?,
-                    0,
-                )?;
-                (implicit_log_ratio(&lm, train, &idx, beta)? - r)?
-            }
-            _ => explicit_margin(&lm, train, &idx, &head)?,
-        };
-        let loss = softplus_neg(&m)?.mean_all()?;
-        let value = f64::from(loss.to_scalar::<f32>()?);
-        if !value.is_finite() {
-            bail!(
-                "{}: full fine-tuning loss is {value} at step {step} (lower finetune.lr?)",
-                kind.name()
-            );
-        }
-        let margins = flat(&m)?;
-        let record = StepRecord {
-            step,
-            loss: value,
-            batch_strict_accuracy: margins.iter().filter(|&&x| x > 0.0).count() as f64
-                / margins.len() as f64,
-        };
+        let idx = batches.next();
+        let (loss, record) = step_loss(&trainee, train, &idx, reference.as_ref(), beta, step)?;
         let grads = loss.backward()?;
         opt.step(&grads)?;
         if let Some(h) = head_opt.as_mut() {
@@ -392,86 +314,18 @@ pub fn finetune(
         on_step(&record);
         history.push(record);
     }
-    let (pairs, splits) = evaluate(&ctx, &lm, &head)?;
+    let (pairs, splits) = evaluate(&ctx, &trainee.lm, &trainee.head)?;
     checkpoints.push(Checkpoint {
         step: spec.steps,
         splits: splits.clone(),
     });
-    let u_final = lm.unembedding();
-    let shift = pairs
-        .iter()
-        .zip(initial)
-        .map(|(now, then)| {
-            let both = |p: &PairSet| {
-                ndarray::concatenate![ndarray::Axis(0), p.chosen_hidden, p.rejected_hidden]
-            };
-            RepresentationShift {
-                split: now.name.clone(),
-                prompt: mean_norm_ratio(&now.prompt_hidden, &then.prompt_hidden),
-                response: mean_norm_ratio(&both(now), &both(then)),
-            }
-        })
-        .collect();
-    let (mut moved, mut base, mut unchanged_parameters) = (0.0, 0.0, Vec::new());
-    for ((name, v), t0) in params.iter().zip(&theta0) {
-        let m = f64::from((v.as_tensor() - t0)?.sqr()?.sum_all()?.to_scalar::<f32>()?);
-        if m == 0.0 {
-            unchanged_parameters.push(name.clone());
-        }
-        moved += m;
-        base += f64::from(t0.sqr()?.sum_all()?.to_scalar::<f32>()?);
-    }
+    let (relative_parameter_change, unchanged_parameters) = trainee.parameter_change()?;
     let (unseen_row_drift, answer_rows) = match kind {
         ModelKind::Implicit => {
-            let unseen: Vec<u32> = sequences
-                .iter()
-                .find(|q| q.name == "unseen")
-                .map(|q| {
-                    let mut t: Vec<u32> = q
-                        .chosen_token
-                        .iter()
-                        .chain(&q.rejected_token)
-                        .copied()
-                        .collect();
-                    t.sort_unstable();
-                    t.dedup();
-                    t
-                })
-                .unwrap_or_default();
-            let drift = if unseen.is_empty() {
-                0.0
-            } else {
-                let d = (rows(u_final, &unseen, device)? - rows(&u0, &unseen, device)?)?;
-                flat(&d.sqr()?.sum(1)?.sqrt()?)?
-                    .into_iter()
-                    .fold(0.0, f64::max)
-            };
-            let mut answers: Vec<u32> = sequences
-                .iter()
-                .flat_map(|q| q.chosen_token.iter().chain(&q.rejected_token).copied())
-                .collect();
-            answers.sort_unstable();
-            answers.dedup();
-            let a0 = super::model::to_array2(&rows(&u0, &answers, device)?)?;
-            let a1 = super::model::to_array2(&rows(u_final, &answers, device)?)?;
-            (Some(drift), Some((answers, a0, a1)))
+            let (drift, rows) = trainee.answer_rows(sequences)?;
+            (Some(drift), Some(rows))
         }
         ModelKind::Explicit => (None, None),
-    };
-    let answer_direction_cosine = {
-        let mean_diff = |name: &str| -> Result<Option<Array1<f64>>> {
-            let Some(q) = sequences.iter().find(|q| q.name == name) else {
-                return Ok(None);
-            };
-            let d = super::model::to_array2(
-                &(rows(&u0, &q.chosen_token, device)? - rows(&u0, &q.rejected_token, device)?)?,
-            )?;
-            Ok(d.mean_axis(ndarray::Axis(0)))
-        };
-        match (mean_diff("train")?, mean_diff("unseen")?) {
-            (Some(a), Some(b)) => Some(a.dot(&b) / (a.dot(&a) * b.dot(&b)).sqrt()),
-            _ => None,
-        }
     };
     Ok(FullRun {
         kind,
@@ -479,15 +333,272 @@ pub fn finetune(
         checkpoints,
         splits,
         unseen_row_drift,
-        answer_direction_cosine,
-        shift,
-        relative_parameter_change: (moved / base).sqrt(),
+        answer_direction_cosine: answer_direction_cosine(sequences, &trainee.u0, device)?,
+        shift: representation_shifts(&pairs, initial),
+        relative_parameter_change,
         pairs,
-        head: (kind == ModelKind::Explicit).then_some(Array1::from(flat(head.as_tensor())?)),
+        head: (kind == ModelKind::Explicit)
+            .then_some(Array1::from(flat(trainee.head.as_tensor())?)),
         answer_rows,
-        parameters,
+        parameters: trainee.parameters,
         unchanged_parameters,
         seconds: start.elapsed().as_secs_f64(),
         step_seconds,
+    })
+}
+
+/// The model being fine-tuned as one reward model, with what is kept of its start.
+struct Trainee {
+    kind: ModelKind,
+    lm: LanguageModel,
+    /// The trained tensors: the body (EX-RM) or the body and the unembedding (IM-RM).
+    params: Vec<(String, Var)>,
+    /// Their initial values.
+    theta0: Vec<Tensor>,
+    /// The initial unembedding `U(0)`.
+    u0: Tensor,
+    /// The EX-RM head `u`, from 0 (unused by the IM-RM).
+    head: Var,
+    /// Trained parameter count (the head included for the EX-RM).
+    parameters: usize,
+}
+
+impl Trainee {
+    fn load(kind: ModelKind, model_dir: &Path, device: &Device) -> Result<Trainee> {
+        let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
+        let params = match kind {
+            ModelKind::Explicit => lm.body_parameters(),
+            ModelKind::Implicit => lm.parameters(),
+        };
+        let theta0: Vec<Tensor> = params
+            .iter()
+            .map(|(_, v)| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()?;
+        let u0 = lm.unembedding().copy()?;
+        let head = Var::zeros(lm.dim, DType::F32, device)?;
+        let parameters = params.iter().map(|(_, v)| v.elem_count()).sum::<usize>()
+            + if kind == ModelKind::Explicit {
+                head.elem_count()
+            } else {
+                0
+            };
+        Ok(Trainee {
+            kind,
+            lm,
+            params,
+            theta0,
+            u0,
+            head,
+            parameters,
+        })
+    }
+
+    /// `‖θ − θ(0)‖ / ‖θ(0)‖` over every trained tensor, and the tensors that did not move.
+    fn parameter_change(&self) -> Result<(f64, Vec<String>)> {
+        let (mut moved, mut base, mut unchanged) = (0.0, 0.0, Vec::new());
+        for ((name, v), t0) in self.params.iter().zip(&self.theta0) {
+            let m = f64::from((v.as_tensor() - t0)?.sqr()?.sum_all()?.to_scalar::<f32>()?);
+            if m == 0.0 {
+                unchanged.push(name.clone());
+            }
+            moved += m;
+            base += f64::from(t0.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        }
+        Ok(((moved / base).sqrt(), unchanged))
+    }
+
+    /// IM-RM: `max_z ‖U_z − U_z(0)‖` over the unseen answer tokens, and the answer tokens' rows
+    /// of `U(0)` and `U`.
+    #[allow(clippy::type_complexity)]
+    fn answer_rows(
+        &self,
+        sequences: &[SplitSequences],
+    ) -> Result<(f64, (Vec<u32>, Array2<f64>, Array2<f64>))> {
+        let device = &self.lm.device;
+        let u_final = self.lm.unembedding();
+        let unseen: Vec<u32> = sequences
+            .iter()
+            .find(|q| q.name == "unseen")
+            .map(|q| sorted_tokens(std::slice::from_ref(q)))
+            .unwrap_or_default();
+        let drift = if unseen.is_empty() {
+            0.0
+        } else {
+            let d = (rows(u_final, &unseen, device)? - rows(&self.u0, &unseen, device)?)?;
+            flat(&d.sqr()?.sum(1)?.sqrt()?)?
+                .into_iter()
+                .fold(0.0, f64::max)
+        };
+        let answers = sorted_tokens(sequences);
+        let a0 = super::model::to_array2(&rows(&self.u0, &answers, device)?)?;
+        let a1 = super::model::to_array2(&rows(u_final, &answers, device)?)?;
+        Ok((drift, (answers, a0, a1)))
+    }
+}
+
+/// The answer tokens of `sequences` (chosen and rejected), sorted, without repeats.
+fn sorted_tokens(sequences: &[SplitSequences]) -> Vec<u32> {
+    let mut t: Vec<u32> = sequences
+        .iter()
+        .flat_map(|q| q.chosen_token.iter().chain(&q.rejected_token).copied())
+        .collect();
+    t.sort_unstable();
+    t.dedup();
+    t
+}
+
+/// Reference log-ratios `β[ln π_ref(y⁺|x) − ln π_ref(y⁻|x)]` of the training pairs (constants).
+fn reference_log_ratios(
+    lm: &LanguageModel,
+    train: &SplitSequences,
+    batch_size: usize,
+    beta: f64,
+) -> Result<Tensor> {
+    let all: Vec<usize> = (0..train.len()).collect();
+    let parts = all
+        .chunks(batch_size)
+        .map(|c| implicit_log_ratio(lm, train, c, beta).map(|t| t.detach()))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// AdamW on the trained tensors, and on the EX-RM head (at `head_lr`).
+fn optimizers(trainee: &Trainee, spec: &FinetuneSpec) -> Result<(AdamW, Option<AdamW>)> {
+    let adamw = |vars: Vec<Var>, lr: f64| {
+        AdamW::new(
+            vars,
+            ParamsAdamW {
+                lr,
+                beta1: spec.beta1,
+                beta2: spec.beta2,
+                eps: spec.eps,
+                weight_decay: spec.weight_decay,
+            },
+        )
+    };
+    let vars: Vec<Var> = trainee.params.iter().map(|(_, v)| v.clone()).collect();
+    let opt = adamw(vars, spec.lr)?;
+    let head_opt = match trainee.kind {
+        ModelKind::Explicit => Some(adamw(
+            vec![trainee.head.clone()],
+            spec.head_lr.unwrap_or(spec.lr),
+        )?),
+        ModelKind::Implicit => None,
+    };
+    Ok((opt, head_opt))
+}
+
+/// Mini-batches of training pairs: `per_step` indices a step, drawn without replacement within
+/// an epoch (shuffled by a seeded RNG unless a step takes every pair).
+struct Batches {
+    n: usize,
+    per_step: usize,
+    rng: ChaCha8Rng,
+    order: Vec<usize>,
+}
+
+impl Batches {
+    fn new(n: usize, batch_pairs: usize, seed: u64) -> Batches {
+        let per_step = if batch_pairs == 0 {
+            n
+        } else {
+            batch_pairs.min(n)
+        };
+        Batches {
+            n,
+            per_step,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f17e),
+            order: Vec::new(),
+        }
+    }
+
+    fn next(&mut self) -> Vec<usize> {
+        if self.order.len() < self.per_step {
+            let mut epoch: Vec<usize> = (0..self.n).collect();
+            if self.per_step < self.n {
+                epoch.shuffle(&mut self.rng);
+            }
+            self.order.extend(epoch);
+        }
+        self.order.drain(..self.per_step).collect()
+    }
+}
+
+/// The loss `mean softplus(−m)` on the pairs `idx` and the step's record; an error names the step
+/// when the loss is not finite.
+fn step_loss(
+    trainee: &Trainee,
+    train: &SplitSequences,
+    idx: &[usize],
+    reference: Option<&Tensor>,
+    beta: f64,
+    step: usize,
+) -> Result<(Tensor, StepRecord)> {
+    let lm = &trainee.lm;
+    let m = match (reference, trainee.kind) {
+        (Some(r), ModelKind::Implicit) => {
+            let r = r.index_select(
+                &Tensor::new(
+                    idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                    &lm.device,
+                )?,
+                0,
+            )?;
+            (implicit_log_ratio(lm, train, idx, beta)? - r)?
+        }
+        _ => explicit_margin(lm, train, idx, &trainee.head)?,
+    };
+    let loss = softplus_neg(&m)?.mean_all()?;
+    let value = f64::from(loss.to_scalar::<f32>()?);
+    if !value.is_finite() {
+        bail!(
+            "{}: full fine-tuning loss is {value} at step {step} (lower finetune.lr?)",
+            trainee.kind.name()
+        );
+    }
+    let margins = flat(&m)?;
+    let record = StepRecord {
+        step,
+        loss: value,
+        batch_strict_accuracy: margins.iter().filter(|&&x| x > 0.0).count() as f64
+            / margins.len() as f64,
+    };
+    Ok((loss, record))
+}
+
+/// How far each split's prompt and response representations moved (mean norm ratios).
+fn representation_shifts(pairs: &[PairSet], initial: &[PairSet]) -> Vec<RepresentationShift> {
+    let both =
+        |p: &PairSet| ndarray::concatenate![ndarray::Axis(0), p.chosen_hidden, p.rejected_hidden];
+    pairs
+        .iter()
+        .zip(initial)
+        .map(|(now, then)| RepresentationShift {
+            split: now.name.clone(),
+            prompt: mean_norm_ratio(&now.prompt_hidden, &then.prompt_hidden),
+            response: mean_norm_ratio(&both(now), &both(then)),
+        })
+        .collect()
+}
+
+/// Cosine between the mean answer direction `U(0)_{y⁺} − U(0)_{y⁻}` of the training and the
+/// unseen pairs (`None` without both splits).
+fn answer_direction_cosine(
+    sequences: &[SplitSequences],
+    u0: &Tensor,
+    device: &Device,
+) -> Result<Option<f64>> {
+    let mean_diff = |name: &str| -> Result<Option<Array1<f64>>> {
+        let Some(q) = sequences.iter().find(|q| q.name == name) else {
+            return Ok(None);
+        };
+        let d = super::model::to_array2(
+            &(rows(u0, &q.chosen_token, device)? - rows(u0, &q.rejected_token, device)?)?,
+        )?;
+        Ok(d.mean_axis(ndarray::Axis(0)))
+    };
+    Ok(match (mean_diff("train")?, mean_diff("unseen")?) {
+        (Some(a), Some(b)) => Some(a.dot(&b) / (a.dot(&a) * b.dot(&b)).sqrt()),
+        _ => None,
     })
 }

@@ -178,6 +178,83 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
 impl LanguageModel {
     /// Loads `config.json`, every `*.safetensors` and `tokenizer.json` from `dir` (f32 on `device`).
     pub fn load(dir: &Path, device: &Device, forward: Forward) -> Result<LanguageModel> {
+        let found = ModelFiles::find(dir)?;
+        let cfg_path = &found.config;
+        // SAFETY: the files are memory-mapped read-only; tensors are copied into variables.
+        let files = unsafe { MmapedSafetensors::multi(&found.weights) }
+            .with_context(|| format!("{}: not a safetensors file", found.source))?;
+        let names = files.tensors().into_iter().map(|(n, _)| n).collect();
+        let mut raw = read_json(cfg_path)?;
+        let (arch, model_type) = architecture(&raw, cfg_path)?;
+        normalise_config(arch, &mut raw)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", cfg_path.display()))?;
+        let config = RawConfig {
+            raw: &raw,
+            path: cfg_path,
+            model_type: &model_type,
+        };
+        let vars = Arc::new(Mutex::new(BTreeMap::new()));
+        let mut backend = CheckpointVars {
+            files,
+            names,
+            source: found.source.clone(),
+            constants: HashMap::new(),
+            aliases: HashMap::new(),
+            vars: vars.clone(),
+        };
+        let layout = UnembeddingLayout::of(arch, &config, &mut backend, device)?;
+        let mismatch = |e: candle_core::Error| {
+            anyhow::anyhow!(
+                "{}: weights do not match {}: {e}",
+                found.source,
+                cfg_path.display()
+            )
+        };
+        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
+        let network = build_network(arch, forward, &config, &vb).map_err(|e| match e {
+            LoadError::Config(e) => e,
+            LoadError::Weights(e) => mismatch(e),
+        })?;
+        let unembedding = vb
+            .get((layout.vocab_size, layout.dim), layout.name)
+            .map_err(mismatch)?;
+        let tokenizer = load_tokenizer(&found.tokenizer, layout.vocab_size, cfg_path)?;
+        let mask_id = match arch {
+            Architecture::Bert => Some(
+                tokenizer
+                    .token_to_id("[MASK]")
+                    .with_context(|| format!("{}: no [MASK] token", found.tokenizer.display()))?,
+            ),
+            _ => None,
+        };
+        Ok(LanguageModel {
+            arch,
+            network,
+            tokenizer,
+            device: device.clone(),
+            dir: dir.to_path_buf(),
+            dim: layout.dim,
+            vocab_size: layout.vocab_size,
+            mask_id,
+            unembedding,
+            untied_unembedding: layout.untied,
+            vars,
+        })
+    }
+}
+
+/// The files of a checkpoint folder.
+struct ModelFiles {
+    config: PathBuf,
+    tokenizer: PathBuf,
+    /// Every `*.safetensors`, sorted.
+    weights: Vec<PathBuf>,
+    /// How errors name the weights: the file, or the folder and the file count.
+    source: String,
+}
+
+impl ModelFiles {
+    fn find(dir: &Path) -> Result<ModelFiles> {
         let file = |name: &str| -> Result<PathBuf> {
             let p = dir.join(name);
             if !p.is_file() {
@@ -188,7 +265,7 @@ impl LanguageModel {
             }
             Ok(p)
         };
-        let (cfg_path, tok_path) = (file("config.json")?, file("tokenizer.json")?);
+        let (config, tokenizer) = (file("config.json")?, file("tokenizer.json")?);
         let mut weights: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("cannot list model folder {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -206,178 +283,236 @@ impl LanguageModel {
         } else {
             format!("{} ({} safetensors files)", dir.display(), weights.len())
         };
-        // SAFETY: the files are memory-mapped read-only; tensors are copied into variables.
-        let files = unsafe { MmapedSafetensors::multi(&weights) }
-            .with_context(|| format!("{source}: not a safetensors file"))?;
-        let names = files.tensors().into_iter().map(|(n, _)| n).collect();
-        let mut raw = read_json(&cfg_path)?;
-        let model_type = raw
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string();
-        let arch = match model_type.as_str() {
-            "bert" => Architecture::Bert,
-            "llama" => Architecture::Llama,
-            "gpt2" => Architecture::Gpt2,
-            "gpt_neox" => Architecture::GptNeox,
-            "qwen2" => Architecture::Qwen2,
-            other => bail!(
-                "{}: model_type {other:?} is not supported (expected \"bert\", \"llama\", \"qwen2\", \"gpt2\" or \"gpt_neox\")",
-                cfg_path.display()
-            ),
+        Ok(ModelFiles {
+            config,
+            tokenizer,
+            weights,
+            source,
+        })
+    }
+}
+
+/// The family of `config.json`'s `model_type`, and the `model_type` itself.
+fn architecture(raw: &serde_json::Value, cfg_path: &Path) -> Result<(Architecture, String)> {
+    let model_type = raw
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let arch = match model_type.as_str() {
+        "bert" => Architecture::Bert,
+        "llama" => Architecture::Llama,
+        "gpt2" => Architecture::Gpt2,
+        "gpt_neox" => Architecture::GptNeox,
+        "qwen2" => Architecture::Qwen2,
+        other => bail!(
+            "{}: model_type {other:?} is not supported (expected \"bert\", \"llama\", \"qwen2\", \"gpt2\" or \"gpt_neox\")",
+            cfg_path.display()
+        ),
+    };
+    Ok((arch, model_type))
+}
+
+/// A normalised `config.json` and where it came from (for errors).
+struct RawConfig<'a> {
+    raw: &'a serde_json::Value,
+    path: &'a Path,
+    model_type: &'a str,
+}
+
+impl RawConfig<'_> {
+    /// The config as one family's typed config.
+    fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.raw.clone()).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not a {} config: {e}",
+                self.path.display(),
+                self.model_type
+            )
+        })
+    }
+}
+
+/// Where the IM-RM unembedding `U` [V, D] is in the checkpoint.
+struct UnembeddingLayout {
+    dim: usize,
+    vocab_size: usize,
+    /// The tensor read as `U`.
+    name: &'static str,
+    /// The separate `lm_head` tensor of an untied model (excluded from the body's parameters).
+    untied: Option<String>,
+}
+
+impl UnembeddingLayout {
+    /// For Llama, also registers the identity read-out that makes candle's reference forward
+    /// return hidden states, and aliases an untied `lm_head`.
+    fn of(
+        arch: Architecture,
+        config: &RawConfig,
+        backend: &mut CheckpointVars,
+        device: &Device,
+    ) -> Result<UnembeddingLayout> {
+        let layout = |dim, vocab_size, name, untied: Option<&str>| UnembeddingLayout {
+            dim,
+            vocab_size,
+            name,
+            untied: untied.map(String::from),
         };
-        normalise_config(arch, &mut raw)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", cfg_path.display()))?;
-        let parse_err = |e: serde_json::Error| {
-            anyhow::anyhow!("{}: not a {model_type} config: {e}", cfg_path.display())
-        };
-        let vars = Arc::new(Mutex::new(BTreeMap::new()));
-        let mut backend = CheckpointVars {
-            files,
-            names,
-            source: source.clone(),
-            constants: HashMap::new(),
-            aliases: HashMap::new(),
-            vars: vars.clone(),
-        };
-        let mismatch = |e: candle_core::Error| {
-            anyhow::anyhow!("{source}: weights do not match {}: {e}", cfg_path.display())
-        };
-        let mut untied_unembedding = None;
-        let (dim, vocab_size, unembedding_name) = match arch {
+        Ok(match arch {
             Architecture::Bert => {
-                let c: BertConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
-                (
+                let c: BertConfig = config.parse()?;
+                layout(
                     c.hidden_size,
                     c.vocab_size,
                     "embeddings.word_embeddings.weight",
+                    None,
                 )
             }
             Architecture::Llama => {
-                let c: LlamaConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                let c: LlamaConfig = config.parse()?;
                 let (d, v) = (c.hidden_size, c.vocab_size);
                 if v < d {
                     bail!(
                         "{}: vocab_size {v} < hidden_size {d}: the hidden-state read-out needs V ≥ D",
-                        cfg_path.display()
+                        config.path.display()
                     );
                 }
                 let readout = Tensor::eye(d, DType::F32, device)?.pad_with_zeros(0, 0, v - d)?;
                 backend.constants.insert(LLAMA_READOUT.into(), readout);
                 if c.tie_word_embeddings == Some(true) {
-                    (d, v, "model.embed_tokens.weight")
+                    layout(d, v, "model.embed_tokens.weight", None)
                 } else {
                     backend
                         .aliases
                         .insert(LLAMA_UNEMBEDDING_ALIAS.into(), "lm_head.weight".into());
-                    untied_unembedding = Some(LLAMA_UNEMBEDDING_ALIAS.to_string());
-                    (d, v, LLAMA_UNEMBEDDING_ALIAS)
+                    layout(d, v, LLAMA_UNEMBEDDING_ALIAS, Some(LLAMA_UNEMBEDDING_ALIAS))
                 }
             }
             Architecture::Qwen2 => {
-                let c: LlamaConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                let c: LlamaConfig = config.parse()?;
                 if c.tie_word_embeddings == Some(true) {
-                    (c.hidden_size, c.vocab_size, "model.embed_tokens.weight")
+                    layout(
+                        c.hidden_size,
+                        c.vocab_size,
+                        "model.embed_tokens.weight",
+                        None,
+                    )
                 } else {
-                    untied_unembedding = Some("lm_head.weight".to_string());
-                    (c.hidden_size, c.vocab_size, "lm_head.weight")
+                    layout(
+                        c.hidden_size,
+                        c.vocab_size,
+                        "lm_head.weight",
+                        Some("lm_head.weight"),
+                    )
                 }
             }
             Architecture::Gpt2 => {
-                let c: Gpt2Config = serde_json::from_value(raw.clone()).map_err(parse_err)?;
-                (c.n_embd, c.vocab_size, "wte.weight")
+                let c: Gpt2Config = config.parse()?;
+                layout(c.n_embd, c.vocab_size, "wte.weight", None)
             }
             Architecture::GptNeox => {
-                let c: GptNeoxConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                let c: GptNeoxConfig = config.parse()?;
                 if c.tie_word_embeddings {
-                    (c.hidden_size, c.vocab_size, "embed_in.weight")
+                    layout(c.hidden_size, c.vocab_size, "embed_in.weight", None)
                 } else {
-                    untied_unembedding = Some("embed_out.weight".to_string());
-                    (c.hidden_size, c.vocab_size, "embed_out.weight")
+                    layout(
+                        c.hidden_size,
+                        c.vocab_size,
+                        "embed_out.weight",
+                        Some("embed_out.weight"),
+                    )
                 }
             }
-        };
-        let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone());
-        let network = match (arch, forward) {
-            (Architecture::Bert, _) => {
-                let shape: BertShape = serde_json::from_value(raw.clone()).map_err(parse_err)?;
-                let diff = nets::Bert::load(vb.clone(), &shape).map_err(mismatch)?;
-                if forward == Forward::Reference {
-                    let c: BertConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
-                    Network::Bert(BertModel::load(vb.clone(), &c).map_err(mismatch)?)
-                } else {
-                    Network::DiffBert(diff)
-                }
-            }
-            (Architecture::Llama, _) => {
-                let c: LlamaConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
-                let mut c = c.into_config(false);
-                // Loading the differentiable twin first checks every tensor (candle's
-                // `Llama::load` panics on a missing one).
-                let diff = nets::Llama::load(vb.clone(), &c, false).map_err(mismatch)?;
-                if forward == Forward::Reference {
-                    // The read-out replaces lm_head; the true unembedding is requested separately.
-                    c.tie_word_embeddings = false;
-                    Network::Llama(Llama::load(vb.clone(), &c).map_err(mismatch)?, c)
-                } else {
-                    Network::DiffLlama(diff)
-                }
-            }
-            (Architecture::Qwen2, _) => {
-                let c: LlamaConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
-                let c = c.into_config(false);
-                Network::DiffLlama(nets::Llama::load(vb.clone(), &c, true).map_err(mismatch)?)
-            }
-            (Architecture::Gpt2, _) => {
-                let c: Gpt2Config = serde_json::from_value(raw.clone()).map_err(parse_err)?;
-                Network::Gpt2(Gpt2::load(vb.clone(), &c).map_err(mismatch)?)
-            }
-            (Architecture::GptNeox, _) => {
-                let c: GptNeoxConfig = serde_json::from_value(raw.clone()).map_err(parse_err)?;
-                Network::GptNeox(GptNeox::load(vb.clone(), &c).map_err(mismatch)?)
-            }
-        };
-        let unembedding = vb
-            .get((vocab_size, dim), unembedding_name)
-            .map_err(mismatch)?;
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
-        // Sentence-transformers ship fixed-length padding; sequences are padded per batch here.
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
-        if tokenizer.get_vocab_size(true) > vocab_size {
-            bail!(
-                "{} has {} tokens but {} declares vocab_size = {vocab_size}: tokenizer and weights do not match",
-                tok_path.display(),
-                tokenizer.get_vocab_size(true),
-                cfg_path.display(),
-            );
-        }
-        let mask_id = match arch {
-            Architecture::Bert => Some(
-                tokenizer
-                    .token_to_id("[MASK]")
-                    .with_context(|| format!("{}: no [MASK] token", tok_path.display()))?,
-            ),
-            _ => None,
-        };
-        Ok(LanguageModel {
-            arch,
-            network,
-            tokenizer,
-            device: device.clone(),
-            dir: dir.to_path_buf(),
-            dim,
-            vocab_size,
-            mask_id,
-            unembedding,
-            untied_unembedding,
-            vars,
         })
     }
+}
+
+/// Why a network could not be built: its config (the message is final) or its weights (the
+/// caller names the files).
+enum LoadError {
+    Config(anyhow::Error),
+    Weights(candle_core::Error),
+}
+
+impl From<anyhow::Error> for LoadError {
+    fn from(e: anyhow::Error) -> Self {
+        LoadError::Config(e)
+    }
+}
+
+impl From<candle_core::Error> for LoadError {
+    fn from(e: candle_core::Error) -> Self {
+        LoadError::Weights(e)
+    }
+}
+
+/// The network of `arch` for `forward`.
+fn build_network(
+    arch: Architecture,
+    forward: Forward,
+    config: &RawConfig,
+    vb: &VarBuilder,
+) -> std::result::Result<Network, LoadError> {
+    Ok(match arch {
+        Architecture::Bert => {
+            let shape: BertShape = config.parse()?;
+            let diff = nets::Bert::load(vb.clone(), &shape)?;
+            if forward == Forward::Reference {
+                let c: BertConfig = config.parse()?;
+                Network::Bert(BertModel::load(vb.clone(), &c)?)
+            } else {
+                Network::DiffBert(diff)
+            }
+        }
+        Architecture::Llama => {
+            let c: LlamaConfig = config.parse()?;
+            let mut c = c.into_config(false);
+            // Loading the differentiable twin first checks every tensor (candle's
+            // `Llama::load` panics on a missing one).
+            let diff = nets::Llama::load(vb.clone(), &c, false)?;
+            if forward == Forward::Reference {
+                // The read-out replaces lm_head; the true unembedding is requested separately.
+                c.tie_word_embeddings = false;
+                Network::Llama(Llama::load(vb.clone(), &c)?, c)
+            } else {
+                Network::DiffLlama(diff)
+            }
+        }
+        Architecture::Qwen2 => {
+            let c: LlamaConfig = config.parse()?;
+            let c = c.into_config(false);
+            Network::DiffLlama(nets::Llama::load(vb.clone(), &c, true)?)
+        }
+        Architecture::Gpt2 => {
+            let c: Gpt2Config = config.parse()?;
+            Network::Gpt2(Gpt2::load(vb.clone(), &c)?)
+        }
+        Architecture::GptNeox => {
+            let c: GptNeoxConfig = config.parse()?;
+            Network::GptNeox(GptNeox::load(vb.clone(), &c)?)
+        }
+    })
+}
+
+/// `tokenizer.json` without padding or truncation (sequences are padded per batch here); it
+/// must not have more tokens than the weights' `vocab_size`.
+fn load_tokenizer(tok_path: &Path, vocab_size: usize, cfg_path: &Path) -> Result<Tokenizer> {
+    let mut tokenizer = Tokenizer::from_file(tok_path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+    // Sentence-transformers ship fixed-length padding.
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+    if tokenizer.get_vocab_size(true) > vocab_size {
+        bail!(
+            "{} has {} tokens but {} declares vocab_size = {vocab_size}: tokenizer and weights do not match",
+            tok_path.display(),
+            tokenizer.get_vocab_size(true),
+            cfg_path.display(),
+        );
+    }
+    Ok(tokenizer)
 }
 
 impl LanguageModel {

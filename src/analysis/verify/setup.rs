@@ -262,16 +262,13 @@ fn train_runs(
             .find(|s| s.as_ref().is_some_and(|(r, _)| *r == run))?;
         slot.take().map(|(_, m)| m)
     };
-    let full = match take(Run::Faithful) {
-        Some(faithful) => Some(FullRuns {
-            faithful,
-            gd: take(Run::Gd).expect("scheduled with the full vocabulary"),
-            adam: take(Run::Adam).expect("scheduled with the full vocabulary"),
-            adamw: take(Run::Adamw).expect("scheduled with the full vocabulary"),
-            seen_rows: take(Run::SeenRows).expect("scheduled with the full vocabulary"),
-        }),
-        None => None,
-    };
+    let full = take(Run::Faithful).map(|faithful| FullRuns {
+        faithful,
+        gd: take(Run::Gd).expect("scheduled with the full vocabulary"),
+        adam: take(Run::Adam).expect("scheduled with the full vocabulary"),
+        adamw: take(Run::Adamw).expect("scheduled with the full vocabulary"),
+        seen_rows: take(Run::SeenRows).expect("scheduled with the full vocabulary"),
+    });
     Ok(Runs {
         imrm: take(Run::Imrm).expect("always scheduled"),
         exrm: take(Run::Exrm).expect("always scheduled"),

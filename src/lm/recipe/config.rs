@@ -1,0 +1,327 @@
+//! The recipe config (`experiments/persona_paper.toml`): data, responses, training and
+//! evaluation tables, validated on load; the prompts' sources.
+
+use crate::lm::read_statements;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// `[data]`: where the prompts come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeData {
+    /// Statements file, relative to the working directory: one statement per line (`#`
+    /// comments) under `format = "lines"`, or Anthropic's persona JSONL under
+    /// `format = "persona_jsonl"`.
+    pub statements: PathBuf,
+    /// `"lines"` (default): rmflow's statements file, prompts from `question`. `"persona_jsonl"`:
+    /// Anthropic's persona format (`anthropics/evals` `persona/agreeableness.jsonl`), one JSON
+    /// object per line with `question`, `statement` and `answer_matching_behavior`; as the
+    /// official code, only records whose `answer_matching_behavior` is " Yes" (trimmed, any case)
+    /// are kept and the prompt is the record's `question` as it stands (`question` below and
+    /// `group_size` > 1 do not apply).
+    #[serde(default)]
+    pub format: StatementFormat,
+    /// Consecutive lines sharing a behaviour: no group is split between train and test.
+    #[serde(default = "one")]
+    pub group_size: usize,
+    /// Training prompts (the paper: 80).
+    #[serde(default = "eighty")]
+    pub train_prompts: usize,
+    /// Test prompts (the paper: 40).
+    #[serde(default = "forty")]
+    pub test_prompts: usize,
+    /// Prompt template; `{statement}` is replaced.
+    pub question: String,
+}
+
+pub(super) fn one() -> usize {
+    1
+}
+
+/// `data.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatementFormat {
+    #[default]
+    Lines,
+    PersonaJsonl,
+}
+
+/// The `question` of every record of a persona JSONL file whose `answer_matching_behavior` is
+/// "yes" (trimmed, any case: the official `answer_matching_behavior_to_use = "Yes"` filter), in
+/// file order. A malformed line is an error naming the file and the line.
+pub fn read_persona_jsonl(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read persona file {}", path.display()))?;
+    let mut out = Vec::new();
+    for (k, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), k + 1);
+        let v: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("{}: not a JSON object: {e}", at()))?;
+        let field = |name: &str| -> Result<&str> {
+            v.get(name)
+                .and_then(|x| x.as_str())
+                .ok_or_else(|| anyhow::anyhow!("{}: no string field `{name}`", at()))
+        };
+        let (question, answer) = (field("question")?, field("answer_matching_behavior")?);
+        field("statement")?;
+        if answer.trim().eq_ignore_ascii_case("yes") {
+            out.push(question.to_string());
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "persona file {} has no record with answer_matching_behavior \" Yes\"",
+            path.display()
+        );
+    }
+    Ok(out)
+}
+
+/// Every prompt the data source offers, in file order: the statements under `question`, or the
+/// persona records' questions.
+pub(super) fn source_prompts(d: &RecipeData) -> Result<Vec<String>> {
+    match d.format {
+        StatementFormat::Lines => Ok(read_statements(&d.statements)?
+            .iter()
+            .map(|s| d.question.replace("{statement}", s))
+            .collect()),
+        StatementFormat::PersonaJsonl => read_persona_jsonl(&d.statements),
+    }
+}
+
+pub(super) fn eighty() -> usize {
+    80
+}
+
+pub(super) fn forty() -> usize {
+    40
+}
+
+pub(super) fn yes() -> bool {
+    true
+}
+
+/// `[responses]`: prefixes and words of the training and the shifted evaluation responses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseSpec {
+    pub chosen_prefixes: Vec<String>,
+    pub rejected_prefixes: Vec<String>,
+    pub chosen_words: Vec<String>,
+    pub rejected_words: Vec<String>,
+    pub eval_chosen_prefixes: Vec<String>,
+    pub eval_rejected_prefixes: Vec<String>,
+    pub eval_chosen_words: Vec<String>,
+    pub eval_rejected_words: Vec<String>,
+    /// Render the checkpoint's chat template where it has one (otherwise, or when false: the
+    /// prompt and the response text are concatenated as they are).
+    #[serde(default = "yes")]
+    pub chat_template: bool,
+}
+
+/// `[train]`: the optimisation (defaults: the paper's recipe).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecipeTrain {
+    /// IM-RM `β` (the paper: 0.01).
+    pub beta: f64,
+    /// Adam learning rate (the paper: 1e-6).
+    pub lr: f64,
+    /// Learning rate of the EX-RM head; `None`: `lr`.
+    pub head_lr: Option<f64>,
+    /// Decoupled weight decay (the paper: 0, i.e. Adam).
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Passes over the training pairs (the paper: 50).
+    pub epochs: usize,
+    /// Pairs per optimizer step (the paper: 32 = 8 × 4 accumulation); the last step of an epoch
+    /// takes what is left.
+    pub pairs_per_step: usize,
+    /// Pairs per forward/backward pass; gradients are accumulated over a step.
+    pub micro_batch: usize,
+    /// Standard deviation of the EX-RM head's initial entries (Hugging Face's
+    /// `initializer_range`, 0.02; 0 starts at the zero head).
+    pub head_init_std: f64,
+    /// Evaluate every split every this many epochs (and before the first, after the last).
+    pub eval_every_epochs: usize,
+    /// Sequences per forward pass when scoring (evaluation, reference log-probabilities).
+    pub eval_batch: usize,
+}
+
+impl Default for RecipeTrain {
+    fn default() -> Self {
+        RecipeTrain {
+            beta: 0.01,
+            lr: 1e-6,
+            head_lr: None,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            epochs: 50,
+            pairs_per_step: 32,
+            micro_batch: 8,
+            head_init_std: 0.02,
+            eval_every_epochs: 10,
+            eval_batch: 32,
+        }
+    }
+}
+
+/// `[eval]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecipeEval {
+    /// τ of the tie-tolerant accuracy (reward units); the exact-tie accuracy uses τ = 0.
+    pub tie_tolerance: f64,
+}
+
+impl Default for RecipeEval {
+    fn default() -> Self {
+        RecipeEval {
+            tie_tolerance: 1e-6,
+        }
+    }
+}
+
+/// A recipe config (`experiments/persona_paper.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeFile {
+    #[serde(default)]
+    pub seed: u64,
+    pub data: RecipeData,
+    pub responses: ResponseSpec,
+    #[serde(default)]
+    pub train: RecipeTrain,
+    #[serde(default)]
+    pub eval: RecipeEval,
+}
+
+impl RecipeFile {
+    /// `--persona-jsonl`: the prompts come from Anthropic's persona JSONL at `path` (one
+    /// statement per record, so `data.group_size = 1`).
+    pub fn use_persona_jsonl(&mut self, path: PathBuf) {
+        self.data.statements = path;
+        self.data.format = StatementFormat::PersonaJsonl;
+        self.data.group_size = 1;
+    }
+
+    /// Reads and validates a recipe config; every error is an input error (exit code 2) naming
+    /// the file and the field.
+    pub fn from_file(path: &Path) -> Result<RecipeFile> {
+        Self::read_and_validate(path).map_err(|e| crate::error::InputError(format!("{e:#}")).into())
+    }
+
+    pub(super) fn read_and_validate(path: &Path) -> Result<RecipeFile> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let f: RecipeFile = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid recipe config {}: {}",
+                path.display(),
+                crate::config::one_line_toml_error(&text, &e)
+            )
+        })?;
+        f.validate()
+            .map_err(|e| anyhow::anyhow!("invalid recipe config {}: {e}", path.display()))?;
+        Ok(f)
+    }
+
+    /// Domains of every field.
+    pub fn validate(&self) -> Result<()> {
+        let (d, r, t) = (&self.data, &self.responses, &self.train);
+        let positive = |name: &str, v: f64| -> Result<()> {
+            if !(v > 0.0 && v.is_finite()) {
+                bail!("field `{name}` must be a finite number > 0, got {v}");
+            }
+            Ok(())
+        };
+        positive("train.beta", t.beta)?;
+        positive("train.lr", t.lr)?;
+        positive("train.eps", t.eps)?;
+        if let Some(h) = t.head_lr {
+            positive("train.head_lr", h)?;
+        }
+        for (name, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
+            if !(0.0..1.0).contains(&v) {
+                bail!("field `{name}` must be in [0, 1), got {v}");
+            }
+        }
+        for (name, v) in [
+            ("train.weight_decay", t.weight_decay),
+            ("train.head_init_std", t.head_init_std),
+            ("eval.tie_tolerance", self.eval.tie_tolerance),
+        ] {
+            if !(v >= 0.0 && v.is_finite()) {
+                bail!("field `{name}` must be a finite number ≥ 0, got {v}");
+            }
+        }
+        for (name, v) in [
+            ("data.group_size", d.group_size),
+            ("data.train_prompts", d.train_prompts),
+            ("data.test_prompts", d.test_prompts),
+            ("train.epochs", t.epochs),
+            ("train.pairs_per_step", t.pairs_per_step),
+            ("train.micro_batch", t.micro_batch),
+            ("train.eval_batch", t.eval_batch),
+            ("train.eval_every_epochs", t.eval_every_epochs),
+        ] {
+            if v == 0 {
+                bail!("field `{name}` must be ≥ 1");
+            }
+        }
+        if d.format == StatementFormat::PersonaJsonl && d.group_size != 1 {
+            bail!("field `data.group_size` must be 1 with `data.format = \"persona_jsonl\"` (records are not grouped)");
+        }
+        if d.format == StatementFormat::Lines && !d.question.contains("{statement}") {
+            bail!("field `data.question` must contain `{{statement}}`");
+        }
+        for (name, v) in [
+            ("responses.chosen_prefixes", &r.chosen_prefixes),
+            ("responses.rejected_prefixes", &r.rejected_prefixes),
+            ("responses.chosen_words", &r.chosen_words),
+            ("responses.rejected_words", &r.rejected_words),
+            ("responses.eval_chosen_prefixes", &r.eval_chosen_prefixes),
+            (
+                "responses.eval_rejected_prefixes",
+                &r.eval_rejected_prefixes,
+            ),
+            ("responses.eval_chosen_words", &r.eval_chosen_words),
+            ("responses.eval_rejected_words", &r.eval_rejected_words),
+        ] {
+            if v.is_empty() {
+                bail!("field `{name}` must list at least one entry");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every text a recipe tokenizes (questions with their statements, prefixes, words): the
+/// vocabulary a tiny word-level checkpoint needs to run the recipe (`rmflow lm-tiny --recipe`).
+pub fn vocabulary_texts(file: &RecipeFile) -> Result<Vec<String>> {
+    let d = &file.data;
+    let r = &file.responses;
+    let mut texts: Vec<String> = source_prompts(d)?;
+    for v in [
+        &r.chosen_prefixes,
+        &r.rejected_prefixes,
+        &r.chosen_words,
+        &r.rejected_words,
+        &r.eval_chosen_prefixes,
+        &r.eval_rejected_prefixes,
+        &r.eval_chosen_words,
+        &r.eval_rejected_words,
+    ] {
+        texts.extend(v.iter().cloned());
+    }
+    Ok(texts)
+}

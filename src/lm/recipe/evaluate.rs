@@ -1,0 +1,253 @@
+//! Evaluation of every split: sequence rewards, accuracies (exact ties ½), the official
+//! evaluator's normalised margins, and the IM-RM's per-token parts.
+
+use super::features::{
+    live_features, per_sequence_sum, token_logprobs, Features, FrozenFeatures, Need,
+};
+use super::problem::{RecipeProblem, ScoredSequence, Side};
+use crate::experiment::observables::{reward_summary, split_metrics, RewardSummary, SplitMetrics};
+use crate::experiment::simulation::ModelKind;
+use crate::lm::LanguageModel;
+use anyhow::Result;
+use candle_core::Tensor;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One split's metrics at one evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecipeSplitMetrics {
+    #[serde(flatten)]
+    pub accuracy: SplitMetrics,
+    #[serde(flatten)]
+    pub rewards: RewardSummary,
+    /// Mean reward of the split's responses by answer word (each distinct sequence once).
+    pub mean_reward_by_answer: BTreeMap<String, f64>,
+    /// IM-RM: mean per-sequence contribution `β Σ_k [ln π − ln π_ref]` of the prefix tokens,
+    /// the answer-word tokens and the rest (chat-template suffix), chosen and rejected sides.
+    pub implicit_parts: Option<ImplicitParts>,
+    /// IM-RM: mean contribution `β (ln π − ln π_ref)` of each response token (by side and token
+    /// piece) over the split's sequences: which tokens' rewards moved.
+    pub implicit_tokens: Option<Vec<TokenContribution>>,
+}
+
+/// One response token's mean reward contribution on one side of a split.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenContribution {
+    pub side: Side,
+    pub token: String,
+    pub mean: f64,
+    /// Occurrences over the split's distinct sequences.
+    pub count: usize,
+}
+
+/// Where the IM-RM's reward sits within the response (means over the split's sequences).
+#[derive(Debug, Clone, Serialize)]
+pub struct ImplicitParts {
+    pub chosen_prefix: f64,
+    pub chosen_word: f64,
+    pub chosen_rest: f64,
+    pub rejected_prefix: f64,
+    pub rejected_word: f64,
+    pub rejected_rest: f64,
+}
+
+/// Every split evaluated after `step` optimizer steps (`epoch` passes).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecipeCheckpoint {
+    pub epoch: usize,
+    pub step: usize,
+    pub splits: Vec<RecipeSplitMetrics>,
+}
+
+/// The split metrics from per-sequence rewards (and, for the IM-RM, per-token contributions).
+pub(super) fn evaluate_splits(
+    problem: &RecipeProblem,
+    rewards: &[f64],
+    contributions: Option<&[Vec<f64>]>,
+    tau: f64,
+) -> Vec<RecipeSplitMetrics> {
+    problem
+        .splits
+        .iter()
+        .map(|s| {
+            let c: Vec<f64> = s.chosen.iter().map(|&i| rewards[i]).collect();
+            let r: Vec<f64> = s.rejected.iter().map(|&i| rewards[i]).collect();
+            let margins: Vec<f64> = c.iter().zip(&r).map(|(a, b)| a - b).collect();
+            let mut distinct: Vec<usize> = s.chosen.iter().chain(&s.rejected).copied().collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let mut by_answer: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+            for &i in &distinct {
+                let e = by_answer
+                    .entry(problem.sequences[i].word.clone())
+                    .or_default();
+                e.0 += rewards[i];
+                e.1 += 1;
+            }
+            let implicit_parts = contributions.map(|tok| {
+                let mut acc = [0.0f64; 6];
+                let mut count = [0usize; 2];
+                for &i in &distinct {
+                    let q = &problem.sequences[i];
+                    let side = usize::from(q.side == Side::Rejected);
+                    count[side] += 1;
+                    for (j, v) in tok[i].iter().enumerate() {
+                        let k = q.response_start + j;
+                        let part = match q.word_span {
+                            Some((a, _)) if k < a => 0,
+                            Some((_, b)) if k < b => 1,
+                            _ => 2,
+                        };
+                        acc[3 * side + part] += v;
+                    }
+                }
+                let m = |k: usize| acc[k] / count[k / 3].max(1) as f64;
+                ImplicitParts {
+                    chosen_prefix: m(0),
+                    chosen_word: m(1),
+                    chosen_rest: m(2),
+                    rejected_prefix: m(3),
+                    rejected_word: m(4),
+                    rejected_rest: m(5),
+                }
+            });
+            let implicit_tokens = contributions.map(|tok| {
+                let mut by: BTreeMap<(u8, String), (f64, usize)> = BTreeMap::new();
+                for &i in &distinct {
+                    let q = &problem.sequences[i];
+                    for (piece, v) in q.response_tokens.iter().zip(&tok[i]) {
+                        let e = by.entry((q.side as u8, piece.clone())).or_default();
+                        e.0 += v;
+                        e.1 += 1;
+                    }
+                }
+                by.into_iter()
+                    .map(|((side, token), (sum, count))| TokenContribution {
+                        side: if side == 0 {
+                            Side::Chosen
+                        } else {
+                            Side::Rejected
+                        },
+                        token,
+                        mean: sum / count as f64,
+                        count,
+                    })
+                    .collect()
+            });
+            RecipeSplitMetrics {
+                accuracy: split_metrics(&s.name, &margins, tau),
+                rewards: reward_summary(&s.name, &c, &r),
+                mean_reward_by_answer: by_answer
+                    .into_iter()
+                    .map(|(w, (sum, n))| (w, sum / n as f64))
+                    .collect(),
+                implicit_parts,
+                implicit_tokens,
+            }
+        })
+        .collect()
+}
+
+/// Per-sequence rewards and, for the IM-RM, each token's contribution.
+pub(super) type Scores = (Vec<f64>, Option<Vec<Vec<f64>>>);
+
+/// Scores sequences for one reward model: from live forwards (`full`) or frozen features.
+pub(super) struct Scorer<'a> {
+    pub(super) kind: ModelKind,
+    pub(super) lm: &'a LanguageModel,
+    pub(super) frozen: Option<&'a FrozenFeatures>,
+    pub(super) beta: f64,
+    pub(super) batch: usize,
+}
+
+impl Scorer<'_> {
+    pub(super) fn features(&self, seqs: &[ScoredSequence], idx: &[usize]) -> Result<Features> {
+        let need = Need::of(self.kind);
+        match self.frozen {
+            Some(f) => f.features(idx, need),
+            None => {
+                let refs: Vec<&ScoredSequence> = idx.iter().map(|&i| &seqs[i]).collect();
+                live_features(self.lm, &refs, need)
+            }
+        }
+    }
+
+    /// Differentiable rewards of the sequences `idx` `[n]`: IM-RM `β Σ_k (ln π − ln π_ref)`
+    /// (difference taken per token, then summed), EX-RM `u·h_last`.
+    pub(super) fn rewards(
+        &self,
+        seqs: &[ScoredSequence],
+        idx: &[usize],
+        u: &Tensor,
+        head: &Tensor,
+        reference: &[Vec<f64>],
+    ) -> Result<Tensor> {
+        let f = self.features(seqs, idx)?;
+        match self.kind {
+            ModelKind::Implicit => {
+                let lp = token_logprobs(&f, u)?;
+                let r: Vec<f32> = idx
+                    .iter()
+                    .flat_map(|&i| reference[i].iter().map(|&x| x as f32))
+                    .collect();
+                let r = Tensor::from_vec(r, lp.dims1()?, lp.device())?;
+                let sums = per_sequence_sum(&(lp - r)?, &f.owner, idx.len())?;
+                Ok((sums * self.beta)?)
+            }
+            ModelKind::Explicit => Ok(f.last.matmul(&head.unsqueeze(1)?)?.squeeze(1)?),
+        }
+    }
+
+    /// `ln π` of every scored token of every sequence, f64 (no gradient).
+    pub(super) fn token_logprob_table(
+        &self,
+        seqs: &[ScoredSequence],
+        u: &Tensor,
+    ) -> Result<Vec<Vec<f64>>> {
+        let all: Vec<usize> = (0..seqs.len()).collect();
+        let mut out = Vec::with_capacity(seqs.len());
+        for idx in all.chunks(self.batch) {
+            let f = self.features(seqs, idx)?;
+            let lp = token_logprobs(&f, u)?.detach().to_vec1::<f32>()?;
+            let mut at = 0;
+            for &i in idx {
+                let r = seqs[i].response_end - seqs[i].response_start;
+                out.push(lp[at..at + r].iter().map(|&x| f64::from(x)).collect());
+                at += r;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rewards of every sequence (f64) and, for the IM-RM, each token's contribution
+    /// `β (ln π − ln π_ref)` (no gradient).
+    pub(super) fn score_all(
+        &self,
+        seqs: &[ScoredSequence],
+        u: &Tensor,
+        head: &Tensor,
+        reference: &[Vec<f64>],
+    ) -> Result<Scores> {
+        match self.kind {
+            ModelKind::Implicit => {
+                let now = self.token_logprob_table(seqs, u)?;
+                let parts: Vec<Vec<f64>> = now
+                    .iter()
+                    .zip(reference)
+                    .map(|(a, b)| a.iter().zip(b).map(|(x, y)| self.beta * (x - y)).collect())
+                    .collect();
+                Ok((parts.iter().map(|p| p.iter().sum()).collect(), Some(parts)))
+            }
+            ModelKind::Explicit => {
+                let all: Vec<usize> = (0..seqs.len()).collect();
+                let mut out = Vec::with_capacity(seqs.len());
+                for idx in all.chunks(self.batch) {
+                    let f = self.features(seqs, idx)?;
+                    let r = f.last.matmul(&head.unsqueeze(1)?)?.squeeze(1)?.detach();
+                    out.extend(r.to_vec1::<f32>()?.into_iter().map(f64::from));
+                }
+                Ok((out, None))
+            }
+        }
+    }
+}

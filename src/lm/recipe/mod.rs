@@ -1,0 +1,36 @@
+//! The paper's controlled experiment in its own recipe (MATH.md §6; `rmflow lm-recipe`,
+//! `experiments/persona_paper.toml`): responses are token sequences `prefix + word` with
+//! label-specific prefixes, rewards are sequence-level, evaluation shifts prefixes and words.
+//!
+//! - IM-RM: `r(x, y) = β Σ_k [ln π(y_k | x, y_<k) − ln π_ref(y_k | x, y_<k)]` over the response
+//!   tokens, `ln π = log_softmax(U h)` at the position before each token (causal families), or
+//!   for a masked encoder the pseudo-log-likelihood proxy: each response token masked in turn and
+//!   read at its own position through the tied word embeddings (not a language model's `π`).
+//! - EX-RM: `r(x, y) = u·h` at the last response token (the official code's read-out).
+//! - Loss `mean softplus(r⁻ − r⁺)` (MATH.md §2), Adam on every parameter (`full`), or on the
+//!   head / the unembedding alone over frozen representations (`head`).
+//! - Metrics per split: accuracy with exact ties (τ = 0, `1{m > 0} + ½·1{m = 0}`) beside the
+//!   τ-tolerant one, the official evaluator's normalised absolute margin, mean rewards per answer.
+//!
+//! [`config`] reads the recipe file, [`problem`] builds the sequences, [`features`] reads the
+//! transformer, [`train`] trains, [`evaluate`] scores every split, [`output`] writes the run.
+
+pub mod config;
+pub mod evaluate;
+pub mod features;
+pub mod output;
+pub mod problem;
+pub mod train;
+
+pub use config::{
+    read_persona_jsonl, vocabulary_texts, RecipeData, RecipeEval, RecipeFile, RecipeTrain,
+    ResponseSpec, StatementFormat,
+};
+pub use evaluate::{ImplicitParts, RecipeCheckpoint, RecipeSplitMetrics, TokenContribution};
+pub use features::{last_response_hidden, response_token_logprobs};
+pub use output::{final_table, write_outputs};
+pub use problem::{build_problem, PairSplit, RecipeProblem, ScoredSequence, Side};
+pub use train::{
+    run_recipe, steps_per_run, train_recipe, RecipeEvent, RecipeMode, RecipeOutcome, RecipeRun,
+    RecipeStep, PSEUDO_LIKELIHOOD_NOTE,
+};

@@ -1,0 +1,111 @@
+//! What a recipe run writes (`recipe.json`, `metrics.csv`, `rewards.csv`, …) and prints.
+
+use super::train::{RecipeOutcome, PSEUDO_LIKELIHOOD_NOTE};
+use anyhow::Result;
+
+/// Writes `recipe.json`, `sequences.jsonl`, `metrics.csv`, `history.csv`, `rewards.csv` and
+/// `<mode>/<model>/summary.json` (experiments/README.md, "Recipe output").
+pub fn write_outputs(dir: &crate::io::atomic::AtomicDir, o: &RecipeOutcome) -> Result<()> {
+    let masked = o.arch == crate::lm::Architecture::Bert;
+    dir.write_json(
+        "recipe.json",
+        &serde_json::json!({
+            "rmflow_version": env!("CARGO_PKG_VERSION"),
+            "model": o.model.display().to_string(),
+            "architecture": o.arch,
+            "device": o.device,
+            "seed": o.file.seed,
+            "config": o.file,
+            "prompt_format": o.problem.prompt_format,
+            "note": if masked { Some(PSEUDO_LIKELIHOOD_NOTE) } else { None },
+            "train_prompts": o.problem.prompts_train,
+            "test_prompts": o.problem.prompts_test,
+            "splits": o.problem.splits.iter().map(|s| serde_json::json!({
+                "name": s.name, "pairs": s.chosen.len(),
+            })).collect::<Vec<_>>(),
+            "runs": o.runs.iter().map(|r| serde_json::json!({
+                "mode": r.mode, "model": r.kind.name(), "parameters": r.parameters,
+                "steps": r.history.len(), "seconds": r.seconds,
+                "seconds_per_step": r.step_seconds / r.history.len().max(1) as f64,
+                "final": r.checkpoints.last().map(|c| &c.splits),
+            })).collect::<Vec<_>>(),
+        }),
+    )?;
+    let mut jsonl = String::new();
+    for (i, s) in o.problem.sequences.iter().enumerate() {
+        jsonl.push_str(&serde_json::to_string(&serde_json::json!({
+            "index": i, "prompt": s.prompt, "side": s.side, "prefix": s.prefix, "word": s.word,
+            "response_text": s.response_text, "ids": s.ids, "response_start": s.response_start,
+            "response_end": s.response_end, "word_span": s.word_span,
+        }))?);
+        jsonl.push('\n');
+    }
+    dir.write_text("sequences.jsonl", &jsonl)?;
+    let mut metrics = String::from("mode,model,epoch,step,split,pairs,exact_tie_accuracy,tie_aware_accuracy,strict_accuracy,ties,normalised_abs_margin,mean_chosen_reward,mean_rejected_reward,mean_margin\n");
+    let mut history = String::from("mode,model,step,epoch,loss,batch_accuracy\n");
+    let mut rewards = String::from("mode,model,sequence,reward\n");
+    for r in &o.runs {
+        let (mode, model) = (r.mode.name(), r.kind.name());
+        for c in &r.checkpoints {
+            for (s, split) in c.splits.iter().zip(&o.problem.splits) {
+                metrics.push_str(&format!(
+                    "{mode},{model},{},{},{},{},{},{},{},{},{:e},{:e},{:e},{:e}\n",
+                    c.epoch,
+                    c.step,
+                    split.name,
+                    split.chosen.len(),
+                    s.accuracy.exact_tie_accuracy,
+                    s.accuracy.tie_aware_accuracy,
+                    s.accuracy.strict_accuracy,
+                    s.accuracy.ties,
+                    s.rewards.normalised_abs_margin,
+                    s.rewards.mean_chosen_reward,
+                    s.rewards.mean_rejected_reward,
+                    s.accuracy.mean_margin
+                ));
+            }
+        }
+        for h in &r.history {
+            history.push_str(&format!(
+                "{mode},{model},{},{},{:e},{}\n",
+                h.step, h.epoch, h.loss, h.batch_accuracy
+            ));
+        }
+        for (i, x) in r.rewards.iter().enumerate() {
+            rewards.push_str(&format!("{mode},{model},{i},{x:e}\n"));
+        }
+        dir.write_json(
+            &format!("{mode}/{model}/summary.json"),
+            &serde_json::to_value(r)?,
+        )?;
+    }
+    dir.write_text("metrics.csv", &metrics)?;
+    dir.write_text("history.csv", &history)?;
+    dir.write_text("rewards.csv", &rewards)?;
+    Ok(())
+}
+
+/// The final accuracy table: per run, each split's exact-tie and τ-tolerant accuracy and the
+/// normalised margin.
+pub fn final_table(o: &RecipeOutcome) -> String {
+    let mut s = format!(
+        "{:<6} {:<8} {:<18} {:>9} {:>9} {:>11}\n",
+        "mode", "model", "split", "acc(τ=0)", "acc(τ)", "norm|Δr|"
+    );
+    for r in &o.runs {
+        if let Some(c) = r.checkpoints.last() {
+            for m in &c.splits {
+                s.push_str(&format!(
+                    "{:<6} {:<8} {:<18} {:>9.3} {:>9.3} {:>11.3}\n",
+                    r.mode.name(),
+                    r.kind.name(),
+                    m.accuracy.split,
+                    m.accuracy.exact_tie_accuracy,
+                    m.accuracy.tie_aware_accuracy,
+                    m.rewards.normalised_abs_margin
+                ));
+            }
+        }
+    }
+    s
+}

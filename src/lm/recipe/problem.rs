@@ -1,0 +1,277 @@
+//! The recipe's sequences: prompts drawn and split, responses `prefix + word` built through the
+//! chat template, and the pairs of every evaluation split.
+
+use super::config::{source_prompts, RecipeData, RecipeFile};
+use crate::lm::chat::ChatTemplate;
+use crate::lm::LanguageModel;
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+/// Which side of a pair a response stands on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Chosen,
+    Rejected,
+}
+
+/// One scored sequence `prompt + response`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoredSequence {
+    pub ids: Vec<u32>,
+    /// Index of the first response token in `ids`.
+    pub response_start: usize,
+    /// One past the last scored response token (BERT: before `[SEP]`).
+    pub response_end: usize,
+    /// Token range of the answer word in `ids`, where prefix and word tokenize on their own
+    /// boundaries (for the per-part reward contributions).
+    pub word_span: Option<(usize, usize)>,
+    pub prompt: usize,
+    pub side: Side,
+    pub prefix: String,
+    pub word: String,
+    /// The response text as tokenized (chat-template suffix included).
+    pub response_text: String,
+    /// The response's tokens as strings (the tokenizer's pieces).
+    pub response_tokens: Vec<String>,
+}
+
+/// Pairs of sequences evaluated together.
+#[derive(Debug, Clone, Serialize)]
+pub struct PairSplit {
+    pub name: String,
+    pub chosen: Vec<usize>,
+    pub rejected: Vec<usize>,
+}
+
+/// Every sequence of a run and the splits over them (`train` first: the training pairs).
+#[derive(Debug, Clone, Serialize)]
+pub struct RecipeProblem {
+    pub prompts_train: Vec<String>,
+    pub prompts_test: Vec<String>,
+    pub sequences: Vec<ScoredSequence>,
+    pub splits: Vec<PairSplit>,
+    /// Where the chat template came from, or why none was used.
+    pub prompt_format: String,
+}
+
+/// Train and test statements: groups in seeded order, train filled first (a group cut at the
+/// boundary is dropped, so no behaviour is on both sides).
+pub(super) fn select_prompts(
+    d: &RecipeData,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let prompts = source_prompts(d)?;
+    let need = d.train_prompts + d.test_prompts;
+    let mut groups: Vec<&[String]> = prompts.chunks(d.group_size).collect();
+    groups.shuffle(rng);
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for g in groups {
+        if train.len() < d.train_prompts {
+            let take = (d.train_prompts - train.len()).min(g.len());
+            train.extend_from_slice(&g[..take]);
+        } else if test.len() < d.test_prompts {
+            let take = (d.test_prompts - test.len()).min(g.len());
+            test.extend_from_slice(&g[..take]);
+        }
+    }
+    if train.len() < d.train_prompts || test.len() < d.test_prompts {
+        bail!(
+            "statements file {} has {} usable prompts in groups of {}: not enough for data.train_prompts = {} and data.test_prompts = {} ({need} in whole groups)",
+            d.statements.display(),
+            prompts.len(),
+            d.group_size,
+            d.train_prompts,
+            d.test_prompts
+        );
+    }
+    Ok((train, test))
+}
+
+/// Tokenizes prompts and responses as the official code does (each text on its own, no special
+/// tokens added), with the chat template where there is one; masked encoders get
+/// `[CLS] prompt response [SEP]`.
+pub(super) struct SequenceBuilder<'a> {
+    pub(super) lm: &'a LanguageModel,
+    pub(super) template: Option<ChatTemplate>,
+}
+
+impl SequenceBuilder<'_> {
+    pub(super) fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.encode_with_pieces(text)?.0)
+    }
+
+    pub(super) fn encode_with_pieces(&self, text: &str) -> Result<(Vec<u32>, Vec<String>)> {
+        let e = self
+            .lm
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+        Ok((e.get_ids().to_vec(), e.get_tokens().to_vec()))
+    }
+
+    pub(super) fn build(
+        &self,
+        prompt_index: usize,
+        prompt: &str,
+        side: Side,
+        prefix: &str,
+        word: &str,
+    ) -> Result<ScoredSequence> {
+        let answer = format!("{prefix}{word}");
+        let (prompt_text, response_text) = match &self.template {
+            Some(t) => t.prompt_and_response(prompt, &answer)?,
+            None => (prompt.to_string(), answer.clone()),
+        };
+        let prompt_ids = self.encode(&prompt_text)?;
+        let (response_ids, response_tokens) = self.encode_with_pieces(&response_text)?;
+        if response_ids.is_empty() {
+            bail!("response {response_text:?} encodes to no tokens");
+        }
+        // The word's tokens: where `prefix` and `prefix + word` tokenize on their own boundaries
+        // into leading parts of the response's tokens.
+        let (prefix_ids, answer_ids) = (self.encode(prefix)?, self.encode(&answer)?);
+        let word_span = (answer_ids.starts_with(&prefix_ids)
+            && response_ids.starts_with(&answer_ids)
+            && prefix_ids.len() < answer_ids.len())
+        .then_some((prefix_ids.len(), answer_ids.len()));
+        let (ids, start, end) = match self.lm.mask_id {
+            Some(_) => {
+                let cls = self.special("[CLS]")?;
+                let sep = self.special("[SEP]")?;
+                let mut ids = vec![cls];
+                ids.extend(&prompt_ids);
+                let start = ids.len();
+                ids.extend(&response_ids);
+                let end = ids.len();
+                ids.push(sep);
+                (ids, start, end)
+            }
+            None => {
+                if prompt_ids.is_empty() {
+                    bail!("prompt {prompt_text:?} encodes to no tokens: the first response token has no position to be predicted from");
+                }
+                let mut ids = prompt_ids.clone();
+                let start = ids.len();
+                ids.extend(&response_ids);
+                let end = ids.len();
+                (ids, start, end)
+            }
+        };
+        Ok(ScoredSequence {
+            ids,
+            response_start: start,
+            response_end: end,
+            word_span: word_span.map(|(a, b)| (start + a, start + b)),
+            prompt: prompt_index,
+            side,
+            prefix: prefix.to_string(),
+            word: word.to_string(),
+            response_text,
+            response_tokens,
+        })
+    }
+
+    pub(super) fn special(&self, token: &str) -> Result<u32> {
+        self.lm.tokenizer.token_to_id(token).with_context(|| {
+            format!(
+                "{}: no {token} token",
+                self.lm.dir.join("tokenizer.json").display()
+            )
+        })
+    }
+}
+
+/// Draws the pairs (MATH.md §6): per prompt one prefix and one word per side for the training
+/// responses (train and test prompts), and one evaluation prefix per side for the shifted
+/// responses, scored with every evaluation word.
+pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<RecipeProblem> {
+    let mut rng = ChaCha8Rng::seed_from_u64(file.seed);
+    let (train, test) = select_prompts(&file.data, &mut rng)?;
+    let r = &file.responses;
+    let template = if r.chat_template && lm.arch.is_causal() {
+        ChatTemplate::from_model_dir(&lm.dir)?
+    } else {
+        None
+    };
+    let prompt_format = match (&template, r.chat_template, lm.arch.is_causal()) {
+        (Some(t), _, _) => format!("chat template of {}", t.source),
+        (None, false, _) => "plain concatenation (responses.chat_template = false)".into(),
+        (None, true, false) => "plain concatenation (masked encoder: no chat template)".into(),
+        (None, true, true) => "plain concatenation (the checkpoint has no chat_template)".into(),
+    };
+    let b = SequenceBuilder { lm, template };
+    let mut sequences = Vec::new();
+    let mut splits = Vec::new();
+    let pick = |v: &[String], rng: &mut ChaCha8Rng| v[rng.random_range(0..v.len())].clone();
+    for (name, prompts, offset) in [("train", &train, 0), ("test", &test, train.len())] {
+        let mut split = PairSplit {
+            name: name.into(),
+            chosen: vec![],
+            rejected: vec![],
+        };
+        for (i, p) in prompts.iter().enumerate() {
+            let (cp, cw) = (
+                pick(&r.chosen_prefixes, &mut rng),
+                pick(&r.chosen_words, &mut rng),
+            );
+            let (rp, rw) = (
+                pick(&r.rejected_prefixes, &mut rng),
+                pick(&r.rejected_words, &mut rng),
+            );
+            split.chosen.push(sequences.len());
+            sequences.push(b.build(offset + i, p, Side::Chosen, &cp, &cw)?);
+            split.rejected.push(sequences.len());
+            sequences.push(b.build(offset + i, p, Side::Rejected, &rp, &rw)?);
+        }
+        splits.push(split);
+    }
+    for (name, prompts, offset) in [
+        ("paraphrased_train", &train, 0),
+        ("paraphrased_test", &test, train.len()),
+    ] {
+        let mut chosen_of: Vec<Vec<usize>> = Vec::new();
+        let mut rejected_of: Vec<Vec<usize>> = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let cp = pick(&r.eval_chosen_prefixes, &mut rng);
+            let rp = pick(&r.eval_rejected_prefixes, &mut rng);
+            let mut c = Vec::new();
+            for w in &r.eval_chosen_words {
+                c.push(sequences.len());
+                sequences.push(b.build(offset + i, p, Side::Chosen, &cp, w)?);
+            }
+            let mut rj = Vec::new();
+            for w in &r.eval_rejected_words {
+                rj.push(sequences.len());
+                sequences.push(b.build(offset + i, p, Side::Rejected, &rp, w)?);
+            }
+            chosen_of.push(c);
+            rejected_of.push(rj);
+        }
+        // Every (chosen word, rejected word) combination on every prompt.
+        let mut split = PairSplit {
+            name: name.into(),
+            chosen: vec![],
+            rejected: vec![],
+        };
+        for a in 0..r.eval_chosen_words.len() {
+            for z in 0..r.eval_rejected_words.len() {
+                for (c, rj) in chosen_of.iter().zip(&rejected_of) {
+                    split.chosen.push(c[a]);
+                    split.rejected.push(rj[z]);
+                }
+            }
+        }
+        splits.push(split);
+    }
+    Ok(RecipeProblem {
+        prompts_train: train,
+        prompts_test: test,
+        sequences,
+        splits,
+        prompt_format,
+    })
+}
