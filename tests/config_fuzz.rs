@@ -4,7 +4,7 @@
 //! succeeds or exits with a documented code and one clear `error:` line that names the field,
 //! never panics or aborts, and leaves no output folder or temporary on failure.
 //!
-//! 64 cases (stated here and in the README); CI pins `PROPTEST_RNG_SEED`, so a red run replays.
+//! 64 cases (stated here and in docs/errors.md); CI pins `PROPTEST_RNG_SEED`, so a red run replays.
 //! Each run has a 120 s watchdog (the slowest valid case, `simulate` with `train_pairs = 1000000`,
 //! took 58 s in the test profile).
 

@@ -106,7 +106,7 @@ pub struct Ablations {
 
 /// Measures a model on every split at parameters `θ`. The IM-RM's margins go through the
 /// faithful full-vocabulary log-softmax when `θ` is the whole `U` ([`Observer::new`]), and through
-/// the cancelled pair form on the seen rows otherwise ([`Observer::seen_rows`]).
+/// the seen-row form otherwise ([`Observer::seen_rows`]).
 pub struct Observer {
     kind: ModelKind,
     split_models: Vec<(String, Box<dyn MarginModel>)>,
@@ -159,7 +159,7 @@ impl Observer {
     }
 
     /// The IM-RM with `θ = U_T` (the rows of the training tokens, `T = rows`): every split's
-    /// margins in the cancelled pair form (MATH.md §2; the log-normaliser is shared by a pair's
+    /// margins in the seen-row form (MATH.md §2; the log-normaliser is shared by a pair's
     /// two responses), tokens outside `T` at `U(0)`. `O(n·D)` per split, independent of `V`.
     /// `reference` is `ΔU*_T`.
     pub fn seen_rows(
@@ -344,61 +344,10 @@ fn run_model_observed(
     progress: &mut dyn FnMut(&Observation),
     mut hook: Option<&mut ParamsHook>,
 ) -> Result<ModelRun> {
-    let tau = config.eval.tie_tolerance;
-    if let Err(reason) = &max_margin {
-        if config.train.optimizer == crate::config::Optimizer::Flow
-            && config.train.horizon_log10() > NON_SEPARABLE_FLOW_LIMIT.log10()
-            && matches!(reason, MaxMarginError::NotSeparable { .. })
-        {
-            return Err(crate::error::Refusal(format!(
-                "{}: {reason}. The loss then has a finite minimiser and the log-time gradient flow turns stiff; \
-                 refusing train.t_max = {} > {NON_SEPARABLE_FLOW_LIMIT:e} for the flow (lower train.t_max or use a discrete optimizer)",
-                kind.label(),
-                crate::solve::training::format_time(config.train.horizon_log10())
-            ))
-            .into());
-        }
-    }
-    let d = setup.dim();
+    refuse_stiff_flow(kind, config, &max_margin)?;
     let reduced = (kind == ModelKind::Implicit && config.trains_seen_rows())
         .then(|| SeenRowsImplicitRm::new(&setup.train, &setup.unembedding_init, setup.config.beta));
-    let reference = max_margin.as_ref().ok().map(|m| m.params.clone());
-    // The objective: the seen-row model itself (not a copy), or a model built here.
-    let (built, start, observer): (Option<Box<dyn MarginModel>>, Vec<f64>, Observer) =
-        match (kind, &reduced) {
-            (ModelKind::Explicit, _) => (
-                Some(Box::new(ExplicitRm::new(&setup.train))),
-                setup.head_init.to_vec(),
-                Observer::new(kind, setup, setup.head_init.to_vec(), reference, tau),
-            ),
-            (ModelKind::Implicit, Some(r)) => (
-                None,
-                r.initial(),
-                Observer::seen_rows(setup, &r.rows, reference, tau),
-            ),
-            (ModelKind::Implicit, None) => {
-                let u0 = setup.unembedding_init.full();
-                // ΔU* on the rows of T, scattered into [V, D].
-                let reference = max_margin.as_ref().ok().map(|m| {
-                    let mut full = vec![0.0; u0.len()];
-                    for (r, &t) in m.rows.as_deref().unwrap_or_default().iter().enumerate() {
-                        full[t * d..(t + 1) * d].copy_from_slice(&m.params[r * d..(r + 1) * d]);
-                    }
-                    full
-                });
-                let theta0: Vec<f64> = u0.iter().copied().collect();
-                (
-                    Some(Box::new(ImplicitRm::new(
-                        &setup.train,
-                        u0.view(),
-                        setup.config.beta,
-                        config.train.imrm_gradient,
-                    ))),
-                    theta0.clone(),
-                    Observer::new(kind, setup, theta0, reference, tau),
-                )
-            }
-        };
+    let (built, start, observer) = objective(kind, config, setup, &max_margin, reduced.as_ref());
     let objective: &dyn MarginModel = match (&built, &reduced) {
         (Some(b), _) => b.as_ref(),
         (None, Some(r)) => r,
@@ -434,23 +383,10 @@ fn run_model_observed(
         },
     )?;
     drop(built);
-    // The seen-row IM-RM keeps the rows T ∪ E: T trained, the others at U(0).
     let (rows, initial, final_params) = match &reduced {
         Some(r) => {
-            let rows = setup.pair_tokens();
-            let initial = setup.unembedding_init.rows(&rows);
-            let mut last = initial.clone();
-            for (k, &t) in r.rows.iter().enumerate() {
-                let at = rows.binary_search(&t).expect("T ⊆ T ∪ E");
-                last.row_mut(at).assign(&ndarray::ArrayView1::from(
-                    &outcome.theta[k * d..(k + 1) * d],
-                ));
-            }
-            (
-                Some(rows),
-                initial.into_raw_vec_and_offset().0,
-                last.into_raw_vec_and_offset().0,
-            )
+            let (rows, initial, last) = pair_token_rows(setup, r, &outcome.theta);
+            (Some(rows), initial, last)
         }
         None => (None, start, outcome.theta),
     };
@@ -466,6 +402,101 @@ fn run_model_observed(
         max_margin,
         rewards: Vec::new(),
     })
+}
+
+/// A long gradient flow on data certified not separable is refused (exit code 3): the loss has
+/// a finite minimiser there and the log-time flow turns stiff.
+fn refuse_stiff_flow(
+    kind: ModelKind,
+    config: &Config,
+    max_margin: &std::result::Result<MaxMarginResult, MaxMarginError>,
+) -> Result<()> {
+    if let Err(reason) = max_margin {
+        if config.train.optimizer == crate::config::Optimizer::Flow
+            && config.train.horizon_log10() > NON_SEPARABLE_FLOW_LIMIT.log10()
+            && matches!(reason, MaxMarginError::NotSeparable { .. })
+        {
+            return Err(crate::error::Refusal(format!(
+                "{}: {reason}. The loss then has a finite minimiser and the log-time gradient flow turns stiff; \
+                 refusing train.t_max = {} > {NON_SEPARABLE_FLOW_LIMIT:e} for the flow (lower train.t_max or use a discrete optimizer)",
+                kind.label(),
+                crate::solve::training::format_time(config.train.horizon_log10())
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The model trained (built here unless it is the seen-row one), its initial state, and the
+/// observer of its trajectory.
+fn objective(
+    kind: ModelKind,
+    config: &Config,
+    setup: &Setup,
+    max_margin: &std::result::Result<MaxMarginResult, MaxMarginError>,
+    reduced: Option<&SeenRowsImplicitRm>,
+) -> (Option<Box<dyn MarginModel>>, Vec<f64>, Observer) {
+    let tau = config.eval.tie_tolerance;
+    let reference = max_margin.as_ref().ok().map(|m| m.params.clone());
+    match (kind, reduced) {
+        (ModelKind::Explicit, _) => (
+            Some(Box::new(ExplicitRm::new(&setup.train))),
+            setup.head_init.to_vec(),
+            Observer::new(kind, setup, setup.head_init.to_vec(), reference, tau),
+        ),
+        (ModelKind::Implicit, Some(r)) => (
+            None,
+            r.initial(),
+            Observer::seen_rows(setup, &r.rows, reference, tau),
+        ),
+        (ModelKind::Implicit, None) => {
+            let u0 = setup.unembedding_init.full();
+            let d = setup.dim();
+            // ΔU* on the rows of T, scattered into [V, D].
+            let reference = max_margin.as_ref().ok().map(|m| {
+                let mut full = vec![0.0; u0.len()];
+                for (r, &t) in m.rows.as_deref().unwrap_or_default().iter().enumerate() {
+                    full[t * d..(t + 1) * d].copy_from_slice(&m.params[r * d..(r + 1) * d]);
+                }
+                full
+            });
+            let theta0: Vec<f64> = u0.iter().copied().collect();
+            (
+                Some(Box::new(ImplicitRm::new(
+                    &setup.train,
+                    u0.view(),
+                    setup.config.beta,
+                    config.train.imrm_gradient,
+                ))),
+                theta0.clone(),
+                Observer::new(kind, setup, theta0, reference, tau),
+            )
+        }
+    }
+}
+
+/// The seen-row IM-RM's stored rows `T ∪ E` (every pair's tokens): their ids, `U(0)` on them,
+/// and the final values (`T` trained, the others at `U(0)`), flattened.
+fn pair_token_rows(
+    setup: &Setup,
+    reduced: &SeenRowsImplicitRm,
+    theta: &[f64],
+) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
+    let d = setup.dim();
+    let rows = setup.pair_tokens();
+    let initial = setup.unembedding_init.rows(&rows);
+    let mut last = initial.clone();
+    for (k, &t) in reduced.rows.iter().enumerate() {
+        let at = rows.binary_search(&t).expect("T ⊆ T ∪ E");
+        last.row_mut(at)
+            .assign(&ndarray::ArrayView1::from(&theta[k * d..(k + 1) * d]));
+    }
+    (
+        rows,
+        initial.into_raw_vec_and_offset().0,
+        last.into_raw_vec_and_offset().0,
+    )
 }
 
 /// Per split, the EX-RM rewards `⟨u, h_{x,y}⟩` of every response at `u` summarised by

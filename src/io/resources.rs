@@ -3,8 +3,8 @@
 //!
 //! The estimate counts the large arrays each command holds at once (in f64 words): copies of the
 //! `V×D` unembedding, the splits' representations, the max-margin QP and the full-softmax path's
-//! logits. Its coefficients were checked against measured peak resident memory (README,
-//! "Errors and exit codes"); it errs on the high side.
+//! logits. Its coefficients were checked against measured peak resident memory (docs/errors.md);
+//! it errs on the high side.
 
 use crate::config::{Config, GradientPath, Optimizer};
 use crate::error::Refusal;
@@ -83,13 +83,13 @@ pub fn estimate(config: &Config, workload: Workload) -> MemoryEstimate {
             vd_copies += 4.0;
         }
         Workload::Verify => {
-            // Seven IM-RM runs (faithful flow, GD, Adam, AdamW, main, sparse) kept to the end,
+            // Seven IM-RM runs (faithful flow, GD, Adam, AdamW, main, seen-row companion) kept to the end,
             // two of them training at a time.
             vd_copies = 7.0 * 4.0 + 2.0 * (10.0 + threads);
             logits += 2.0 * (n + e * splits) * k * v;
         }
     }
-    // The seen-row IM-RM (`simulate` with the sparse gradient, K = 1, not AdamW) holds rows of
+    // The seen-row IM-RM (`simulate` with the seen-row gradient, K = 1, not AdamW) holds rows of
     // the pairs' tokens only, plus one streamed block of U(0) for the rewards; the full [V, D]
     // matrices only when the export asks for them.
     let seen_rows_run = matches!(workload, Workload::Simulate | Workload::VerifySeenRows)

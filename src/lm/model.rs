@@ -175,6 +175,10 @@ fn read_json(path: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
+/// Non-padding tokens encoded by extractions so far (reported as tokens/s by `rmflow lm`).
+pub static LAST_EXTRACTION_TOKENS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 impl LanguageModel {
     /// Loads `config.json`, every `*.safetensors` and `tokenizer.json` from `dir` (f32 on `device`).
     pub fn load(dir: &Path, device: &Device, forward: Forward) -> Result<LanguageModel> {
@@ -690,7 +694,7 @@ impl LanguageModel {
     /// [`hidden_states`](Self::hidden_states) in batches of `batch`, detached, as f64 [n, D].
     pub fn hidden_at(&self, seqs: &[Vec<u32>], pos: &[usize], batch: usize) -> Result<Array2<f64>> {
         let mut out = Array2::zeros((seqs.len(), self.dim));
-        super::LAST_EXTRACTION_TOKENS.fetch_add(
+        LAST_EXTRACTION_TOKENS.fetch_add(
             seqs.iter().map(Vec::len).sum(),
             std::sync::atomic::Ordering::Relaxed,
         );

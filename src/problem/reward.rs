@@ -202,13 +202,13 @@ pub struct ImplicitRm {
     pair_rows: Vec<usize>,
     /// Per row: `ln π_ref` of its `y⁺` and `y⁻` tokens (0 where absent).
     ref_logprob: Vec<(f64, f64)>,
-    /// `K = 1` only: the cancelled form on the rows of the training tokens (the sparse path
+    /// `K = 1` only: the seen-row form on the rows of the training tokens (the seen-row path
     /// gathers those rows of `θ`, and scatters the gradient back).
-    cancelled: Option<SeenRowsImplicitRm>,
+    seen_rows: Option<SeenRowsImplicitRm>,
 }
 
 impl ImplicitRm {
-    /// `path = Sparse` requires single-token responses (`train.imrm_gradient` is validated
+    /// `path = SeenRows` requires single-token responses (`train.imrm_gradient` is validated
     /// against `setup.response_length`; a caller that bypasses validation panics here).
     pub fn new(
         pairs: &PairSet,
@@ -272,7 +272,7 @@ impl ImplicitRm {
             positions,
             pair_rows,
             ref_logprob: vec![],
-            cancelled: (path == GradientPath::SeenRows).then(|| {
+            seen_rows: (path == GradientPath::SeenRows).then(|| {
                 SeenRowsImplicitRm::new(
                     pairs,
                     &InitialUnembedding::Given(unembedding_init.to_owned()),
@@ -419,10 +419,10 @@ impl ImplicitRm {
             .collect()
     }
 
-    /// `K = 1` cancelled-form margins `β[⟨U_{y⁺} − U_{y⁻}, h_x⟩ − ⟨U(0)_{y⁺} − U(0)_{y⁻}, h_x⟩]`.
-    pub fn cancelled_margins(&self, theta: &[f64], margins: &mut [f64]) {
+    /// `K = 1` seen-row margins `β[⟨U_{y⁺} − U_{y⁻}, h_x⟩ − ⟨U(0)_{y⁺} − U(0)_{y⁻}, h_x⟩]`.
+    pub fn seen_row_margins(&self, theta: &[f64], margins: &mut [f64]) {
         let c = self
-            .cancelled
+            .seen_rows
             .as_ref()
             .expect("the cancelled form needs K = 1");
         c.margins(&c.gather(theta), margins);
@@ -441,13 +441,13 @@ impl MarginModel for ImplicitRm {
     fn margins(&self, theta: &[f64], margins: &mut [f64]) {
         match self.path {
             GradientPath::Full => self.faithful_margins(theta, margins),
-            GradientPath::SeenRows => self.cancelled_margins(theta, margins),
+            GradientPath::SeenRows => self.seen_row_margins(theta, margins),
         }
     }
 
     /// Full: `Σ_i w_i β Σ_rows [(e_{y⁺} − π) − (e_{y⁻} − π)] hᵀ` (absent tokens' terms omitted)
     /// with the V-vectors formed explicitly: at a shared first position the `π` terms cancel in
-    /// floating point, not by assumption. Sparse (`K = 1`): `Σ_i w_i β (e_{y⁺} − e_{y⁻}) h_{x_i}ᵀ`,
+    /// floating point, not by assumption. Seen rows (`K = 1`): `Σ_i w_i β (e_{y⁺} − e_{y⁻}) h_{x_i}ᵀ`,
     /// writing only rows of seen tokens.
     fn margins_and_pullback(
         &self,
@@ -523,7 +523,7 @@ impl MarginModel for ImplicitRm {
             }
             GradientPath::SeenRows => {
                 let c = self
-                    .cancelled
+                    .seen_rows
                     .as_ref()
                     .expect("the sparse IM-RM gradient needs K = 1");
                 let mut g = vec![0.0; c.n_params()];
@@ -537,7 +537,7 @@ impl MarginModel for ImplicitRm {
     }
 }
 
-/// The IM-RM restricted to a block of rows `R` of `U` (single-token responses, cancelled form,
+/// The IM-RM restricted to a block of rows `R` of `U` (single-token responses, seen-row form,
 /// MATH.md §2 and Theorem 2(a)): `θ_R = U_R ∈ R^{|R|×D}`, every other row fixed at `U(0)`. With
 /// `R = T` (the training tokens) this is the training objective: rows outside `T` have zero
 /// gradient, so gradient flow, GD and Adam leave them at `U(0)`, and a step costs `O(N·D)`

@@ -26,7 +26,7 @@ pub struct VerifyOptions {
     /// Horizon (`log10 t`) of the EX-RM residual check; `None` skips it.
     pub residual_horizon_log10: Option<f64>,
     /// Run the checks that hold the full `V × D` unembedding (faithful full-softmax flow, GD,
-    /// Adam, AdamW, full-vs-sparse agreement, the §3 dynamics checks). `false`: only the checks
+    /// Adam, AdamW, full-vs-seen-row agreement, the §3 dynamics checks). `false`: only the checks
     /// whose cost does not grow with `V` (the seen-row IM-RM flow, the EX-RM flow, the QPs, the
     /// residual flow); the others are SKIP with the reason. Needs `train.imrm_gradient = "sparse"`.
     pub full_vocabulary: bool,

@@ -7,7 +7,7 @@ use crate::experiment::simulation::{MaxMarginResult, ModelRun};
 use crate::problem::synthetic::Setup;
 use crate::solve::max_margin::{implicit_dual_prediction, MaxMarginError};
 
-/// Full vs sparse IM-RM gradient paths: `max|U_full − U_sparse| / max|ΔU|` at the common horizon
+/// Full vs seen-row IM-RM gradient paths: `max|U_full − U_seen_rows| / max|ΔU|` at the common horizon
 /// (both integrated with the same adaptive tolerances, so they may differ by ~rtol).
 pub const PATH_AGREEMENT_BOUND: f64 = 1e-6;
 

@@ -1,7 +1,7 @@
 //! The recipe config (`experiments/persona_paper.toml`): data, responses, training and
 //! evaluation tables, validated on load; the prompts' sources.
 
-use crate::lm::read_statements;
+use crate::lm::spec::read_statements;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,106 @@
+//! The paper's recipe per epoch (MATH.md §6), from `lm-recipe` runs' `metrics.csv`.
+
+use super::figure::FigureData;
+use crate::figures::plot::{Figure, Legend, Panel, Series};
+use anyhow::Result;
+use std::fmt::Write as _;
+
+/// The recipe's accuracy per epoch (MATH.md §6) from one or more `lm-recipe` `metrics.csv` files:
+/// one panel per training mode found, the exact-tie accuracy (τ = 0, the paper's) of each reward
+/// model on each split, EX-RM solid and IM-RM dashed, one colour per split. `source` names the
+/// run in the caption. The CSV holds the rows drawn.
+pub fn recipe_accuracy(metrics: &[String], source: &str) -> Result<FigureData> {
+    let mut rows: Vec<(String, String, f64, String, f64)> = Vec::new();
+    let mut csv = String::from("mode,model,epoch,split,exact_tie_accuracy\n");
+    for text in metrics {
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|h| *h == name)
+                .ok_or_else(|| anyhow::anyhow!("metrics.csv has no column {name:?}"))
+        };
+        let (m, k, e, s, a) = (
+            col("mode")?,
+            col("model")?,
+            col("epoch")?,
+            col("split")?,
+            col("exact_tie_accuracy")?,
+        );
+        for line in lines.filter(|l| !l.is_empty()) {
+            let f: Vec<&str> = line.split(',').collect();
+            let num = |i: usize| -> Result<f64> {
+                f.get(i)
+                    .and_then(|x| x.parse().ok())
+                    .ok_or_else(|| anyhow::anyhow!("metrics.csv: bad row {line:?}"))
+            };
+            let row = (
+                f[m].to_string(),
+                f[k].to_string(),
+                num(e)?,
+                f[s].to_string(),
+                num(a)?,
+            );
+            writeln!(csv, "{},{},{},{},{}", row.0, row.1, row.2, row.3, row.4)?;
+            rows.push(row);
+        }
+    }
+    let mut splits: Vec<String> = Vec::new();
+    let mut modes: Vec<String> = Vec::new();
+    for r in &rows {
+        if !splits.contains(&r.3) {
+            splits.push(r.3.clone());
+        }
+        if !modes.contains(&r.0) {
+            modes.push(r.0.clone());
+        }
+    }
+    let mut panels = Vec::new();
+    for mode in &modes {
+        let mut series = Vec::new();
+        for (model, label, dashed) in [("exrm", "EX-RM", false), ("imrm", "IM-RM", true)] {
+            for (i, split) in splits.iter().enumerate() {
+                let points: Vec<(f64, f64)> = rows
+                    .iter()
+                    .filter(|r| &r.0 == mode && r.1 == model && &r.3 == split)
+                    .map(|r| (r.2, r.4))
+                    .collect();
+                if !points.is_empty() {
+                    series.push(Series {
+                        name: format!("{label} {split}"),
+                        points,
+                        color: i + 1,
+                        dashed,
+                        markers: true,
+                        ..Series::default()
+                    });
+                }
+            }
+        }
+        let mut p = Panel::lines(
+            &format!("{mode} training"),
+            "epoch",
+            "accuracy (exact ties ½)",
+            false,
+            false,
+            series,
+        );
+        p.y_range = Some((-0.02, 1.05));
+        p.legend = Legend::LowerRight;
+        p.notes = vec!["solid EX-RM, dashed IM-RM; ties (τ = 0) count ½".into()];
+        panels.push(p);
+    }
+    if panels.is_empty() {
+        anyhow::bail!("no rows in the metrics.csv files given");
+    }
+    Ok(FigureData {
+        figure: Figure {
+            columns: panels.len(),
+            panels,
+            caption: format!("{source} · rmflow {}", crate::io::layout::RMFLOW_VERSION),
+            panel_size: (640, 440),
+        },
+        csv,
+    })
+}

@@ -1,0 +1,441 @@
+//! Theorem 2's setting on a real transformer (`rmflow lm`, MATH.md §6): single-token answers in
+//! a `[MASK]` slot or after the prompt, representations extracted once and trained head-only
+//! with the engine's flows; with `--mode full`, full fine-tuning beside it.
+//!
+//! The response token fills a `[MASK]` slot after the prompt and a response prefix. IM-RM:
+//! `π(y|x) = softmax(E h_mask(x))_y` with the word-embedding matrix `E` as the (tied, trainable)
+//! unembedding, `π_ref = π_{E}`. EX-RM: a linear head on the final hidden state at the response
+//! token's position of `prompt + prefix + y`. Representations are extracted once (f32 forward,
+//! stored as f64), then the run is an ordinary [`crate::experiment::simulation::Simulation`].
+
+use super::model::LAST_EXTRACTION_TOKENS;
+use super::spec::{split_statements, LmFile, LmSpec};
+use crate::config::{Config, SetupConfig, UnembeddingInit};
+use crate::experiment::simulation::{max_margin_for, run_model, ModelKind, Simulation};
+use crate::lm::{alignment, chat, finetune, Architecture, Device, Forward, LanguageModel};
+use crate::problem::synthetic::{PairSet, Setup, TokenLabel, Vocabulary};
+use anyhow::Result;
+use ndarray::{Array1, Array2, Array3};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// The answer words and their token ids, as reported by `rmflow lm`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AnswerTokens {
+    pub train_chosen: Vec<(String, u32)>,
+    pub train_rejected: Vec<(String, u32)>,
+    pub unseen_chosen: Vec<(String, u32)>,
+    pub unseen_rejected: Vec<(String, u32)>,
+}
+
+/// One split's token sequences: per pair the prompt (with the position `π(·|x)` is read at)
+/// and the two responses `prompt + y±` (with the position of `y±`).
+#[derive(Debug, Clone)]
+pub struct SplitSequences {
+    pub name: String,
+    pub prompts: Vec<Vec<u32>>,
+    pub prompt_pos: Vec<usize>,
+    pub chosen: Vec<Vec<u32>>,
+    pub chosen_pos: Vec<usize>,
+    pub rejected: Vec<Vec<u32>>,
+    pub rejected_pos: Vec<usize>,
+    pub chosen_token: Vec<u32>,
+    pub rejected_token: Vec<u32>,
+}
+
+impl SplitSequences {
+    pub fn len(&self) -> usize {
+        self.prompts.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.prompts.is_empty()
+    }
+}
+
+/// Theorem 2's problem on a real model: the engine's [`Setup`] (representations extracted once)
+/// and the token sequences behind it (train first, then the eval splits, in `setup`'s order).
+pub struct RealProblem {
+    pub setup: Setup,
+    pub answers: AnswerTokens,
+    pub sequences: Vec<SplitSequences>,
+    /// How prompts were rendered: `"plain: question prefix"` or `"chat template of FILE"`.
+    pub prompt_format: String,
+}
+
+/// The pairs of every split as token sequences (seeded draw of prefixes and answers), and how
+/// the prompts were rendered ([`RealProblem::prompt_format`]).
+pub fn split_sequences(
+    file: &LmFile,
+    lm: &LanguageModel,
+) -> Result<(AnswerTokens, Vec<SplitSequences>, String)> {
+    let s = &file.lm;
+    let chat = prompt_template(s, lm)?;
+    let prompt_format = match &chat {
+        Some(t) => format!(
+            "chat template of {} (user turn + generation prompt + prefix)",
+            t.source
+        ),
+        None => "plain: question prefix".to_string(),
+    };
+    // The answer follows a space unless it opens the assistant turn (chat, empty prefixes).
+    let leading_space = lm.arch.is_causal() && !(chat.is_some() && s.prefixes[0].is_empty());
+    let ids = |words: &[String]| -> Result<Vec<(String, u32)>> {
+        words
+            .iter()
+            .map(|w| Ok((w.clone(), lm.answer_token(w, leading_space)?)))
+            .collect()
+    };
+    let answers = AnswerTokens {
+        train_chosen: ids(&s.train_chosen)?,
+        train_rejected: ids(&s.train_rejected)?,
+        unseen_chosen: ids(&s.unseen_chosen)?,
+        unseen_rejected: ids(&s.unseen_rejected)?,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(file.seed);
+    // (statement, persona disagrees): the answers are swapped for disagreeing statements.
+    let tag = |v: Vec<String>, flip: bool| v.into_iter().map(move |x| (x, flip));
+    let (t, e) = split_statements(s, &s.statements, &mut rng)?;
+    let mut train_statements: Vec<(String, bool)> = tag(t, false).collect();
+    let mut eval_statements: Vec<(String, bool)> = tag(e, false).collect();
+    if let Some(path) = &s.rejected_statements {
+        let (t, e) = split_statements(s, path, &mut rng)?;
+        train_statements.extend(tag(t, true));
+        eval_statements.extend(tag(e, true));
+    }
+    let make = |name: &str,
+                stmts: &[(String, bool)],
+                question: &str,
+                good: &[(String, u32)],
+                bad: &[(String, u32)],
+                rng: &mut ChaCha8Rng|
+     -> Result<SplitSequences> {
+        let mut out = SplitSequences {
+            name: name.to_string(),
+            prompts: vec![],
+            prompt_pos: vec![],
+            chosen: vec![],
+            chosen_pos: vec![],
+            rejected: vec![],
+            rejected_pos: vec![],
+            chosen_token: vec![],
+            rejected_token: vec![],
+        };
+        for (st, disagree) in stmts {
+            let (good, bad) = if *disagree { (bad, good) } else { (good, bad) };
+            let prefix = &s.prefixes[rng.random_range(0..s.prefixes.len())];
+            let user = question.replace("{statement}", st);
+            let text = match &chat {
+                Some(t) => format!(
+                    "{}{prefix}",
+                    t.render(
+                        &[chat::Message {
+                            role: "user",
+                            content: &user
+                        }],
+                        true
+                    )?
+                ),
+                None => format!("{user} {prefix}"),
+            };
+            let (prompt, p) = lm.prompt_ids(&text)?;
+            let (yp, ym) = (
+                good[rng.random_range(0..good.len())].1,
+                bad[rng.random_range(0..bad.len())].1,
+            );
+            let (c, cp) = lm.with_answer(&prompt, p, yp);
+            let (r, rp) = lm.with_answer(&prompt, p, ym);
+            out.prompts.push(prompt);
+            out.prompt_pos.push(p);
+            out.chosen.push(c);
+            out.chosen_pos.push(cp);
+            out.rejected.push(r);
+            out.rejected_pos.push(rp);
+            out.chosen_token.push(yp);
+            out.rejected_token.push(ym);
+        }
+        Ok(out)
+    };
+    // (split, statements, question, chosen words, rejected words), drawn in this order.
+    let (seen, unseen) = (
+        (&answers.train_chosen, &answers.train_rejected),
+        (&answers.unseen_chosen, &answers.unseen_rejected),
+    );
+    let splits = [
+        ("train", &train_statements, &s.question, seen),
+        ("seen", &eval_statements, &s.question, seen),
+        ("unseen", &eval_statements, &s.question, unseen),
+        ("domain", &eval_statements, &s.domain_question, seen),
+    ];
+    let seqs = splits
+        .into_iter()
+        .map(|(name, stmts, question, (good, bad))| {
+            make(name, stmts, question, good, bad, &mut rng)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((answers, seqs, prompt_format))
+}
+
+/// The chat template of `lm.chat_template = true`: the checkpoint's own, or an error naming the
+/// model folder when it has none (or is not causal).
+pub(super) fn prompt_template(
+    s: &LmSpec,
+    lm: &LanguageModel,
+) -> Result<Option<chat::ChatTemplate>> {
+    if !s.chat_template {
+        return Ok(None);
+    }
+    if !lm.arch.is_causal() {
+        return Err(crate::error::InputError(format!(
+            "lm.chat_template = true needs a causal checkpoint; {} is {}",
+            lm.dir.display(),
+            lm.arch.model_type()
+        ))
+        .into());
+    }
+    match chat::ChatTemplate::from_model_dir(&lm.dir)? {
+        Some(t) => Ok(Some(t)),
+        None => Err(crate::error::InputError(format!(
+            "lm.chat_template = true but {} has no chat template (tokenizer_config.json `chat_template` or chat_template.jinja)",
+            lm.dir.display()
+        ))
+        .into()),
+    }
+}
+
+/// Hidden representations of one split's sequences: `h_x` at the prompt's read position,
+/// `h_{x,y±}` at the answer's position (MATH.md §6).
+pub fn extract_pairs(lm: &LanguageModel, seq: &SplitSequences, batch: usize) -> Result<PairSet> {
+    let prompt_hidden = lm.hidden_at(&seq.prompts, &seq.prompt_pos, batch)?;
+    let chosen_hidden = lm.hidden_at(&seq.chosen, &seq.chosen_pos, batch)?;
+    let rejected_hidden = lm.hidden_at(&seq.rejected, &seq.rejected_pos, batch)?;
+    let (n, d) = prompt_hidden.dim();
+    let prefix = Array3::from_shape_fn((n, 1, d), |(i, _, j)| prompt_hidden[[i, j]]);
+    let tokens = |t: &[u32]| Array2::from_shape_fn((n, 1), |(i, _)| t[i] as usize);
+    Ok(PairSet {
+        name: seq.name.clone(),
+        chosen_prefix_hidden: prefix.clone(),
+        rejected_prefix_hidden: prefix,
+        prompt_hidden,
+        chosen_hidden,
+        rejected_hidden,
+        chosen_tokens: tokens(&seq.chosen_token),
+        rejected_tokens: tokens(&seq.rejected_token),
+    })
+}
+
+/// Builds Theorem 2's [`Setup`] on the model's representations (body frozen).
+pub fn build_setup(file: &LmFile, lm: &LanguageModel) -> Result<RealProblem> {
+    let (answers, sequences, prompt_format) = split_sequences(file, lm)?;
+    let mut sets = sequences
+        .iter()
+        .map(|q| extract_pairs(lm, q, file.lm.batch_size))
+        .collect::<Result<Vec<_>>>()?;
+    let train = sets.remove(0);
+    let evals = sets;
+    let unembedding = lm.unembedding_f64()?;
+    let (v, d) = unembedding.dim();
+    let mut labels = vec![TokenLabel::Filler; v];
+    let tok = |a: &[(String, u32)]| a.iter().map(|x| x.1 as usize).collect::<Vec<_>>();
+    for &t in tok(&answers.train_chosen)
+        .iter()
+        .chain(&tok(&answers.unseen_chosen))
+    {
+        labels[t] = TokenLabel::Good;
+    }
+    for &t in tok(&answers.train_rejected)
+        .iter()
+        .chain(&tok(&answers.unseen_rejected))
+    {
+        labels[t] = TokenLabel::Bad;
+    }
+    let vocab = Vocabulary {
+        labels,
+        good_seen: tok(&answers.train_chosen),
+        good_unseen: tok(&answers.unseen_chosen),
+        bad_seen: tok(&answers.train_rejected),
+        bad_unseen: tok(&answers.unseen_rejected),
+    };
+    let answer_count = vocab.good_seen.len()
+        + vocab.good_unseen.len()
+        + vocab.bad_seen.len()
+        + vocab.bad_unseen.len();
+    let config = SetupConfig {
+        dim: d,
+        good_seen: vocab.good_seen.len(),
+        good_unseen: vocab.good_unseen.len(),
+        bad_seen: vocab.bad_seen.len(),
+        bad_unseen: vocab.bad_unseen.len(),
+        filler_tokens: v.saturating_sub(answer_count),
+        unembedding_init: UnembeddingInit::Tied,
+        head_scale: 0.0,
+        beta: file.lm.beta,
+        train_pairs: train.len(),
+        eval_pairs: evals[0].len(),
+        ..SetupConfig::default()
+    };
+    let seen_tokens = train.tokens();
+    let setup = Setup {
+        config,
+        seed: file.seed,
+        vocab,
+        generator: None,
+        unembedding_init: crate::problem::synthetic::InitialUnembedding::Given(unembedding),
+        head_init: Array1::zeros(d),
+        train,
+        evals,
+        seen_tokens,
+    };
+    Ok(RealProblem {
+        setup,
+        answers,
+        sequences,
+        prompt_format,
+    })
+}
+
+/// Head-only training (body frozen): both reward models on the extracted representations.
+pub fn run_head_only(file: &LmFile, setup: Setup) -> Result<Simulation> {
+    let mut config = Config {
+        seed: file.seed,
+        train: file.train.clone(),
+        eval: file.eval.clone(),
+        ..Config::default()
+    };
+    config.setup = setup.config.clone();
+    config.validate()?;
+    let tau = config.eval.tie_tolerance;
+    let run = |kind| {
+        run_model(
+            kind,
+            &config,
+            &setup,
+            max_margin_for(kind, &setup, tau),
+            &mut |_| {},
+        )
+    };
+    let (explicit, implicit) = (run(ModelKind::Explicit)?, run(ModelKind::Implicit)?);
+    Simulation::new(config, setup, explicit, implicit)
+}
+
+/// `rmflow lm --mode`: head-only (Theorem 2) or head-only and full fine-tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Head,
+    Full,
+}
+
+/// Wall-clock seconds of each stage.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timing {
+    pub load: f64,
+    pub extract: f64,
+    pub train_head_only: f64,
+    /// Representations under the untrained differentiable forward, shared by both full runs.
+    pub full_initial_extract: f64,
+}
+
+/// A whole real-model experiment: the head-only run (a [`Simulation`]) and, in full mode, the
+/// fully fine-tuned EX-RM and IM-RM.
+pub struct RealModelRun {
+    pub model: PathBuf,
+    pub arch: Architecture,
+    pub device: String,
+    pub mode: Mode,
+    pub file: LmFile,
+    pub answers: AnswerTokens,
+    pub prompt_format: String,
+    pub sim: Simulation,
+    /// The footnote-3 statistics of the head-only run (training vs unseen pairs).
+    pub alignment: Option<alignment::Alignment>,
+    pub full: Vec<finetune::FullRun>,
+    pub sequences_encoded: usize,
+    pub tokens_encoded: usize,
+    pub timing: Timing,
+}
+
+/// [`alignment::alignment`] of the head-only run's training pairs with its `unseen` split.
+pub(super) fn head_only_alignment(sim: &Simulation) -> Option<alignment::Alignment> {
+    let unseen = sim.setup.evals.iter().find(|p| p.name == "unseen")?;
+    let u_star = sim
+        .explicit
+        .max_margin
+        .as_ref()
+        .ok()
+        .map(|m| m.params.as_slice());
+    Some(alignment::alignment(&sim.setup.train, unseen, u_star))
+}
+
+/// Runs the experiment of `file` on the model in `model_dir`; `on_step` sees every full
+/// fine-tuning step (progress bars).
+pub fn run_experiment(
+    model_dir: &Path,
+    file: &LmFile,
+    device: &Device,
+    mode: Mode,
+    on_step: &mut dyn FnMut(ModelKind, &finetune::StepRecord),
+) -> Result<RealModelRun> {
+    let t0 = std::time::Instant::now();
+    let lm = LanguageModel::load(model_dir, device, Forward::Reference)?;
+    let t1 = std::time::Instant::now();
+    let tokens_before = LAST_EXTRACTION_TOKENS.load(std::sync::atomic::Ordering::Relaxed);
+    let problem = build_setup(file, &lm)?;
+    let tokens_encoded =
+        LAST_EXTRACTION_TOKENS.load(std::sync::atomic::Ordering::Relaxed) - tokens_before;
+    let t2 = std::time::Instant::now();
+    let arch = lm.arch;
+    drop(lm);
+    let sequences = problem.sequences;
+    let sim = run_head_only(file, problem.setup)?;
+    let t3 = std::time::Instant::now();
+    let mut timing = Timing {
+        load: (t1 - t0).as_secs_f64(),
+        extract: (t2 - t1).as_secs_f64(),
+        train_head_only: (t3 - t2).as_secs_f64(),
+        full_initial_extract: 0.0,
+    };
+    let mut full = Vec::new();
+    if mode == Mode::Full {
+        let t = std::time::Instant::now();
+        let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
+        let initial: Vec<PairSet> = sequences
+            .iter()
+            .map(|q| extract_pairs(&lm, q, file.lm.batch_size))
+            .collect::<Result<_>>()?;
+        drop(lm);
+        timing.full_initial_extract = t.elapsed().as_secs_f64();
+        for kind in [ModelKind::Explicit, ModelKind::Implicit] {
+            let run = finetune::finetune(
+                kind,
+                model_dir,
+                device,
+                &sequences,
+                &initial,
+                &file.finetune,
+                file.lm.beta,
+                file.lm.batch_size,
+                file.seed,
+                file.eval.tie_tolerance,
+                &mut |r| on_step(kind, r),
+            )?;
+            full.push(run);
+        }
+    }
+    Ok(RealModelRun {
+        model: model_dir.to_path_buf(),
+        arch,
+        device: format!("{device:?}"),
+        mode,
+        file: file.clone(),
+        answers: problem.answers,
+        prompt_format: problem.prompt_format,
+        alignment: head_only_alignment(&sim),
+        sim,
+        full,
+        sequences_encoded: 3 * sequences.iter().map(SplitSequences::len).sum::<usize>(),
+        tokens_encoded,
+        timing,
+    })
+}
