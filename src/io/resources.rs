@@ -53,85 +53,31 @@ pub fn human_bytes(b: f64) -> String {
 
 /// Estimated peak memory of `workload` on `config` (assumed valid).
 pub fn estimate(config: &Config, workload: Workload) -> MemoryEstimate {
-    let s = &config.setup;
-    let f = |x: usize| x as f64;
-    let (v, d, n, e, k) = (
-        f(config.vocab_size()),
-        f(s.dim),
-        f(s.train_pairs),
-        f(s.eval_pairs),
-        f(s.response_length),
-    );
-    let splits = 3.0 + f(s.eval_overlap.len());
-    let threads = f(rayon::current_num_threads().max(1));
-    let word = 8.0;
-    let full = config.train.imrm_gradient == GradientPath::Full || s.response_length > 1;
-    // Copies of U held at once by one IM-RM run: setup (embeddings, U(0)), initial, observer θ0,
-    // max-margin ΔU* (and its clone as reference), the reduced model's U(0), per-observation
-    // embed and Δ, final, export.
-    let mut vd_copies = 12.0;
-    if full || config.train.optimizer != Optimizer::Flow {
-        // Integrator stages (7) and work vectors (3), or optimizer moments and gradient.
-        vd_copies += 10.0 + threads;
-    }
-    let mut logits = threads * 64.0 * (2.0 * k - 1.0) * v;
-    match workload {
-        Workload::Simulate | Workload::VerifySeenRows => {}
-        Workload::Dynamics => {
-            // Prefix distributions of every training and evaluation response, [rows, V].
-            logits += 2.0 * (n + e * splits) * k * v;
-            vd_copies += 4.0;
-        }
-        Workload::Verify => {
-            // Seven IM-RM runs (faithful flow, GD, Adam, AdamW, main, seen-row companion) kept to the end,
-            // two of them training at a time.
-            vd_copies = 7.0 * 4.0 + 2.0 * (10.0 + threads);
-            logits += 2.0 * (n + e * splits) * k * v;
-        }
-    }
+    let z = Sizes::of(config);
+    let (vd_copies, logits) = copies_and_logits(config, workload, &z);
     // The seen-row IM-RM (`simulate` with the seen-row gradient, K = 1, not AdamW) holds rows of
     // the pairs' tokens only, plus one streamed block of U(0) for the rewards; the full [V, D]
     // matrices only when the export asks for them.
     let seen_rows_run = matches!(workload, Workload::Simulate | Workload::VerifySeenRows)
         && config.trains_seen_rows();
-    let pair_tokens = f(s.good_seen + s.good_unseen + s.bad_seen + s.bad_unseen).min(v);
     let vd = if seen_rows_run {
+        let s = &config.setup;
+        let pair_tokens = (s.good_seen + s.good_unseen + s.bad_seen + s.bad_unseen) as f64;
+        let pair_tokens = pair_tokens.min(z.v);
         let exported = if config.export.full_unembedding {
-            3.0 * v * d
+            3.0 * z.v * z.d
         } else {
             0.0
         };
-        (vd_copies * pair_tokens * d + 512.0 * (d + n + e * splits) + exported) * word
+        (vd_copies * pair_tokens * z.d + 512.0 * (z.d + z.n + z.e * z.splits) + exported) * WORD
     } else {
-        vd_copies * v * d * word
+        vd_copies * z.v * z.d * WORD
     };
-    let mut reps = (n + e * splits) * (3.0 * d + 2.0 * k * d + 2.0 * k) * word * 3.0;
+    let mut reps = (z.n + z.e * z.splits) * (3.0 * z.d + 2.0 * z.k * z.d + 2.0 * z.k) * WORD * 3.0;
     if workload == Workload::VerifySeenRows {
         // The EX-RM features again for 2(b) and twice for the residual flow.
-        reps += 3.0 * n * d * word;
+        reps += 3.0 * z.n * z.d * WORD;
     }
-    // Max-margin QPs, each in its smaller form: the duals are [m, m] kernels (kernel, scaled
-    // copy, factor), the primals sparse with 2D (IM-RM) or D (EX-RM) entries per constraint.
-    // Past the working-set threshold m is the working set (budgeted at 2 048 pairs) and the
-    // features of its pairs are copied.
-    let seen_rows = f((s.good_seen + s.bad_seen).min(s.train_pairs * 2));
-    let m = if s.train_pairs >= crate::solve::max_margin::WORKING_SET_MIN_PAIRS {
-        n.min(2048.0)
-    } else {
-        n
-    };
-    let imrm_qp = if seen_rows * d <= m {
-        (2.0 * d * m + seen_rows * d) * 16.0 * 4.0
-    } else {
-        m * m * word * 4.0 + 2.0 * d * m * 16.0
-    };
-    let exrm_qp = if d <= m {
-        d * m * 16.0 * 4.0 + d * d * word * 4.0
-    } else {
-        m * m * word * 4.0 + d * m * word
-    };
-    let qp = imrm_qp + exrm_qp;
-    let logits = logits * word;
     let base = 64.0 * 1024.0 * 1024.0;
     let terms = vec![
         (
@@ -143,14 +89,99 @@ pub fn estimate(config: &Config, workload: Workload) -> MemoryEstimate {
             vd,
         ),
         ("representations", reps),
-        ("max-margin QPs", qp),
-        ("logit blocks", logits),
+        ("max-margin QPs", qp_bytes(config, &z)),
+        ("logit blocks", logits * WORD),
         ("program", base),
     ];
     MemoryEstimate {
         bytes: terms.iter().map(|(_, b)| b).sum(),
         terms,
     }
+}
+
+/// Bytes of an f64.
+const WORD: f64 = 8.0;
+
+/// A config's sizes as floats: `V`, `D`, `N`, evaluation pairs, `K`, the split count, threads.
+struct Sizes {
+    v: f64,
+    d: f64,
+    n: f64,
+    e: f64,
+    k: f64,
+    splits: f64,
+    threads: f64,
+}
+
+impl Sizes {
+    fn of(config: &Config) -> Sizes {
+        let s = &config.setup;
+        let f = |x: usize| x as f64;
+        Sizes {
+            v: f(config.vocab_size()),
+            d: f(s.dim),
+            n: f(s.train_pairs),
+            e: f(s.eval_pairs),
+            k: f(s.response_length),
+            splits: 3.0 + f(s.eval_overlap.len()),
+            threads: f(rayon::current_num_threads().max(1)),
+        }
+    }
+}
+
+/// `V × D` copies of `U` held at once, and the logit blocks (in words).
+fn copies_and_logits(config: &Config, workload: Workload, z: &Sizes) -> (f64, f64) {
+    let full = config.train.imrm_gradient == GradientPath::Full || config.setup.response_length > 1;
+    // Copies of U held at once by one IM-RM run: setup (embeddings, U(0)), initial, observer θ0,
+    // max-margin ΔU* (and its clone as reference), the reduced model's U(0), per-observation
+    // embed and Δ, final, export.
+    let mut vd_copies = 12.0;
+    if full || config.train.optimizer != Optimizer::Flow {
+        // Integrator stages (7) and work vectors (3), or optimizer moments and gradient.
+        vd_copies += 10.0 + z.threads;
+    }
+    let mut logits = z.threads * 64.0 * (2.0 * z.k - 1.0) * z.v;
+    match workload {
+        Workload::Simulate | Workload::VerifySeenRows => {}
+        Workload::Dynamics => {
+            // Prefix distributions of every training and evaluation response, [rows, V].
+            logits += 2.0 * (z.n + z.e * z.splits) * z.k * z.v;
+            vd_copies += 4.0;
+        }
+        Workload::Verify => {
+            // Seven IM-RM runs (faithful flow, GD, Adam, AdamW, main, seen-row companion) kept to
+            // the end, two of them training at a time.
+            vd_copies = 7.0 * 4.0 + 2.0 * (10.0 + z.threads);
+            logits += 2.0 * (z.n + z.e * z.splits) * z.k * z.v;
+        }
+    }
+    (vd_copies, logits)
+}
+
+/// Max-margin QPs, each in its smaller form: the duals are `[m, m]` kernels (kernel, scaled
+/// copy, factor), the primals sparse with `2D` (IM-RM) or `D` (EX-RM) entries per constraint.
+/// Past the working-set threshold `m` is the working set (budgeted at 2 048 pairs) and the
+/// features of its pairs are copied.
+fn qp_bytes(config: &Config, z: &Sizes) -> f64 {
+    let s = &config.setup;
+    let (d, n) = (z.d, z.n);
+    let seen_rows = ((s.good_seen + s.bad_seen).min(s.train_pairs * 2)) as f64;
+    let m = if s.train_pairs >= crate::solve::max_margin::WORKING_SET_MIN_PAIRS {
+        n.min(2048.0)
+    } else {
+        n
+    };
+    let imrm_qp = if seen_rows * d <= m {
+        (2.0 * d * m + seen_rows * d) * 16.0 * 4.0
+    } else {
+        m * m * WORD * 4.0 + 2.0 * d * m * 16.0
+    };
+    let exrm_qp = if d <= m {
+        d * m * 16.0 * 4.0 + d * d * WORD * 4.0
+    } else {
+        m * m * WORD * 4.0 + d * m * WORD
+    };
+    imrm_qp + exrm_qp
 }
 
 /// `MemAvailable` of `/proc/meminfo`, in bytes (`None` where it cannot be read).

@@ -94,23 +94,70 @@ pub fn split_sequences(
         unseen_rejected: ids(&s.unseen_rejected)?,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(file.seed);
-    // (statement, persona disagrees): the answers are swapped for disagreeing statements.
+    let (train_statements, eval_statements) = tagged_statements(s, &mut rng)?;
+    let builder = SplitBuilder {
+        spec: s,
+        lm,
+        chat: chat.as_ref(),
+    };
+    // (split, statements, question, chosen words, rejected words), drawn in this order.
+    let (seen, unseen) = (
+        (&answers.train_chosen, &answers.train_rejected),
+        (&answers.unseen_chosen, &answers.unseen_rejected),
+    );
+    let splits = [
+        ("train", &train_statements, &s.question, seen),
+        ("seen", &eval_statements, &s.question, seen),
+        ("unseen", &eval_statements, &s.question, unseen),
+        ("domain", &eval_statements, &s.domain_question, seen),
+    ];
+    let seqs = splits
+        .into_iter()
+        .map(|(name, stmts, question, (good, bad))| {
+            builder.split(name, stmts, question, good, bad, &mut rng)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((answers, seqs, prompt_format))
+}
+
+/// Training and evaluation statements, each tagged with whether the persona disagrees (the
+/// `rejected_statements`, whose pairs swap the answers).
+#[allow(clippy::type_complexity)]
+fn tagged_statements(
+    s: &LmSpec,
+    rng: &mut ChaCha8Rng,
+) -> Result<(Vec<(String, bool)>, Vec<(String, bool)>)> {
     let tag = |v: Vec<String>, flip: bool| v.into_iter().map(move |x| (x, flip));
-    let (t, e) = split_statements(s, &s.statements, &mut rng)?;
-    let mut train_statements: Vec<(String, bool)> = tag(t, false).collect();
-    let mut eval_statements: Vec<(String, bool)> = tag(e, false).collect();
+    let (t, e) = split_statements(s, &s.statements, rng)?;
+    let mut train: Vec<(String, bool)> = tag(t, false).collect();
+    let mut eval: Vec<(String, bool)> = tag(e, false).collect();
     if let Some(path) = &s.rejected_statements {
-        let (t, e) = split_statements(s, path, &mut rng)?;
-        train_statements.extend(tag(t, true));
-        eval_statements.extend(tag(e, true));
+        let (t, e) = split_statements(s, path, rng)?;
+        train.extend(tag(t, true));
+        eval.extend(tag(e, true));
     }
-    let make = |name: &str,
-                stmts: &[(String, bool)],
-                question: &str,
-                good: &[(String, u32)],
-                bad: &[(String, u32)],
-                rng: &mut ChaCha8Rng|
-     -> Result<SplitSequences> {
+    Ok((train, eval))
+}
+
+/// Builds one split's token sequences: per statement a prompt (the question, rendered through
+/// the chat template when there is one, and a drawn prefix) and the drawn answers appended.
+struct SplitBuilder<'a> {
+    spec: &'a LmSpec,
+    lm: &'a LanguageModel,
+    chat: Option<&'a chat::ChatTemplate>,
+}
+
+impl SplitBuilder<'_> {
+    fn split(
+        &self,
+        name: &str,
+        stmts: &[(String, bool)],
+        question: &str,
+        good: &[(String, u32)],
+        bad: &[(String, u32)],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<SplitSequences> {
+        let (s, lm) = (self.spec, self.lm);
         let mut out = SplitSequences {
             name: name.to_string(),
             prompts: vec![],
@@ -126,7 +173,7 @@ pub fn split_sequences(
             let (good, bad) = if *disagree { (bad, good) } else { (good, bad) };
             let prefix = &s.prefixes[rng.random_range(0..s.prefixes.len())];
             let user = question.replace("{statement}", st);
-            let text = match &chat {
+            let text = match self.chat {
                 Some(t) => format!(
                     "{}{prefix}",
                     t.render(
@@ -156,25 +203,7 @@ pub fn split_sequences(
             out.rejected_token.push(ym);
         }
         Ok(out)
-    };
-    // (split, statements, question, chosen words, rejected words), drawn in this order.
-    let (seen, unseen) = (
-        (&answers.train_chosen, &answers.train_rejected),
-        (&answers.unseen_chosen, &answers.unseen_rejected),
-    );
-    let splits = [
-        ("train", &train_statements, &s.question, seen),
-        ("seen", &eval_statements, &s.question, seen),
-        ("unseen", &eval_statements, &s.question, unseen),
-        ("domain", &eval_statements, &s.domain_question, seen),
-    ];
-    let seqs = splits
-        .into_iter()
-        .map(|(name, stmts, question, (good, bad))| {
-            make(name, stmts, question, good, bad, &mut rng)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((answers, seqs, prompt_format))
+    }
 }
 
 /// The chat template of `lm.chat_template = true`: the checkpoint's own, or an error naming the

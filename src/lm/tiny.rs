@@ -80,9 +80,40 @@ pub fn write_tiny_checkpoint(dir: &Path, spec: TinySpec, texts: &[String]) -> Re
     if spec.arch == Architecture::Bert {
         specials.extend(["[CLS]", "[SEP]", "[MASK]"]);
     }
+    let mut words = whitespace_words(texts);
+    words.remove("[mask]");
+    words.remove("mask");
+    let mut vocab: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+    vocab.extend(
+        words
+            .into_iter()
+            .filter(|w| !specials.contains(&w.as_str())),
+    );
+    // BERT needs the word pieces of "[MASK]" only as the special token itself.
+    let v = vocab.len().max(spec.dim);
+    while vocab.len() < v {
+        vocab.push(format!("[unused{}]", vocab.len()));
+    }
+    let tokenizer = word_level_tokenizer(spec.arch, &vocab, &specials);
+    let config = tiny_config(&spec, v);
+    let tensors = random_weights(&spec, &config, v)?;
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&config)?,
+    )?;
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_string_pretty(&tokenizer)?,
+    )?;
+    Ok(())
+}
+
+/// The lower-cased words of `texts`, split as the `Whitespace` pre-tokenizer splits: `\w+` and
+/// runs of punctuation.
+fn whitespace_words(texts: &[String]) -> BTreeSet<String> {
     let mut words = BTreeSet::new();
     for t in texts {
-        // Same split as the `Whitespace` pre-tokenizer below: \w+ and runs of punctuation.
         let lower = t.to_lowercase();
         let mut cur = String::new();
         let mut kind = 0u8;
@@ -106,25 +137,22 @@ pub fn write_tiny_checkpoint(dir: &Path, spec: TinySpec, texts: &[String]) -> Re
             words.insert(cur);
         }
     }
-    words.remove("[mask]");
-    words.remove("mask");
-    let mut vocab: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
-    vocab.extend(
-        words
-            .into_iter()
-            .filter(|w| !specials.contains(&w.as_str())),
-    );
-    // BERT needs the word pieces of "[MASK]" only as the special token itself.
-    let v = vocab.len().max(spec.dim);
-    while vocab.len() < v {
-        vocab.push(format!("[unused{}]", vocab.len()));
-    }
+    words
+}
+
+/// A word-level `tokenizer.json` over `vocab` (lower-casing, whitespace pre-tokenizer; BERT's
+/// `[CLS] … [SEP]` template).
+fn word_level_tokenizer(
+    arch: Architecture,
+    vocab: &[String],
+    specials: &[&str],
+) -> serde_json::Value {
     let id = |s: &str| vocab.iter().position(|w| w == s).expect("special token") as u32;
     let added: Vec<_> = specials
         .iter()
         .map(|s| json!({"id": id(s), "content": s, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
         .collect();
-    let post = if spec.arch == Architecture::Bert {
+    let post = if arch == Architecture::Bert {
         json!({
             "type": "TemplateProcessing",
             "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
@@ -152,8 +180,13 @@ pub fn write_tiny_checkpoint(dir: &Path, spec: TinySpec, texts: &[String]) -> Re
             "unk_token": "[UNK]"
         }
     });
+    tokenizer
+}
+
+/// `config.json` of a tiny checkpoint of `spec` with vocabulary size `v`.
+fn tiny_config(spec: &TinySpec, v: usize) -> serde_json::Value {
     let (d, l, h) = (spec.dim, spec.layers, spec.heads);
-    let config = match spec.arch {
+    match spec.arch {
         Architecture::Bert => json!({
             "model_type": "bert", "vocab_size": v, "hidden_size": d, "num_hidden_layers": l,
             "num_attention_heads": h, "intermediate_size": 4 * d, "hidden_act": "gelu",
@@ -190,7 +223,16 @@ pub fn write_tiny_checkpoint(dir: &Path, spec: TinySpec, texts: &[String]) -> Re
             "max_position_embeddings": 128, "tie_word_embeddings": false,
             "bos_token_id": null, "eos_token_id": null
         }),
-    };
+    }
+}
+
+/// Every tensor the family's loader asks for, drawn from `spec.seed` in the order it asks.
+fn random_weights(
+    spec: &TinySpec,
+    config: &serde_json::Value,
+    v: usize,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    let d = spec.dim;
     let backend = std::sync::Arc::new(RandomWeights {
         rng: Mutex::new(ChaCha8Rng::seed_from_u64(spec.seed)),
         drawn: Mutex::new(BTreeMap::new()),
@@ -218,45 +260,35 @@ pub fn write_tiny_checkpoint(dir: &Path, spec: TinySpec, texts: &[String]) -> Re
     let parse = |c: &serde_json::Value| c.clone();
     match spec.arch {
         Architecture::Bert => {
-            nets::Bert::load(vb, &serde_json::from_value(parse(&config))?)?;
+            nets::Bert::load(vb, &serde_json::from_value(parse(config))?)?;
         }
         Architecture::Llama => {
             let c: candle_transformers::models::llama::LlamaConfig =
-                serde_json::from_value(parse(&config))?;
+                serde_json::from_value(parse(config))?;
             nets::Llama::load(vb.clone(), &c.into_config(false), false)?;
             if !spec.tied {
                 vb.get((v, d), "lm_head.weight")?;
             }
         }
         Architecture::Gpt2 => {
-            nets::Gpt2::load(vb, &serde_json::from_value(parse(&config))?)?;
+            nets::Gpt2::load(vb, &serde_json::from_value(parse(config))?)?;
         }
         Architecture::Qwen2 => {
             let c: candle_transformers::models::llama::LlamaConfig =
-                serde_json::from_value(parse(&config))?;
+                serde_json::from_value(parse(config))?;
             nets::Llama::load(vb.clone(), &c.into_config(false), true)?;
             if !spec.tied {
                 vb.get((v, d), "lm_head.weight")?;
             }
         }
         Architecture::GptNeox => {
-            let c: nets::GptNeoxConfig = serde_json::from_value(parse(&config))?;
+            let c: nets::GptNeoxConfig = serde_json::from_value(parse(config))?;
             nets::GptNeox::load(vb.pp("gpt_neox"), &c)?;
             vb.get((v, d), "embed_out.weight")?;
         }
     }
     let tensors = backend.drawn.lock().expect("poisoned").clone();
-    let tensors: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
-    candle_core::safetensors::save(&tensors, dir.join("model.safetensors"))?;
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
-    )?;
-    std::fs::write(
-        dir.join("tokenizer.json"),
-        serde_json::to_string_pretty(&tokenizer)?,
-    )?;
-    Ok(())
+    Ok(tensors.into_iter().collect())
 }
 
 /// The tiny checkpoints the tests and `rmflow lm-tiny` write, one per family and variant:

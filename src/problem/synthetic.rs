@@ -446,19 +446,8 @@ impl Setup {
         let noise = 1.0 / (d as f64).sqrt();
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let vocab = Vocabulary::new(&s);
-        let v = vocab.size();
-
         let quality_direction = unit_vector(&mut rng, d);
-        let mut cluster_directions = [unit_vector(&mut rng, d), unit_vector(&mut rng, d)];
-        if let Some(a) = s.domain_alignment {
-            // ν_1 = a ν_0 + √(1 − a²) ν_⊥, with ν_⊥ the unit part of the drawn ν_1 orthogonal to ν_0.
-            let (n0, n1) = (&cluster_directions[0], &cluster_directions[1]);
-            let perp = n1 - &(n0 * n0.dot(n1));
-            let norm = perp.dot(&perp).sqrt();
-            if norm > 1e-12 {
-                cluster_directions[1] = n0 * a + &perp * ((1.0 - a * a).max(0.0).sqrt() / norm);
-            }
-        }
+        let cluster_directions = cluster_directions(&mut rng, d, s.domain_alignment);
         let embeddings = TokenEmbeddings {
             seed: config.seed,
             alpha: s.alpha,
@@ -476,50 +465,23 @@ impl Setup {
             },
             UnembeddingInit::Independent => InitialUnembedding::Independent {
                 seed: config.seed,
-                vocab_size: v,
+                vocab_size: vocab.size(),
                 dim: d,
                 scale: s.unembedding_scale,
             },
         };
         let head_init = gaussian_vector(&mut rng, d, s.head_scale * noise);
-
-        let k_len = s.response_length;
-        let mut draw = |name: &str, n: usize, cluster: usize, good: TokenPools, bad: TokenPools| {
-            let mut prompt_hidden = Array2::zeros((n, d));
-            let mut chosen_tokens = Array2::zeros((n, k_len));
-            let mut rejected_tokens = Array2::zeros((n, k_len));
-            for i in 0..n {
-                let h =
-                    &cluster_directions[cluster] * s.kappa + gaussian_vector(&mut rng, d, noise);
-                let respond = |pools: &TokenPools,
-                               tokens: &mut ndarray::ArrayViewMut1<usize>,
-                               rng: &mut ChaCha8Rng| {
-                    let from_seen = choose_positions(rng, k_len, pools.n_seen);
-                    for k in 0..k_len {
-                        let pool = if from_seen[k] {
-                            pools.seen
-                        } else {
-                            pools.unseen
-                        };
-                        tokens[k] = pool[rng.random_range(0..pool.len())];
-                    }
-                };
-                respond(&good, &mut chosen_tokens.row_mut(i), &mut rng);
-                respond(&bad, &mut rejected_tokens.row_mut(i), &mut rng);
-                prompt_hidden.row_mut(i).assign(&h);
-            }
-            respond_through_map(
-                name,
-                &recurrent,
-                &embeddings,
-                prompt_hidden,
-                chosen_tokens,
-                rejected_tokens,
-            )
+        let mut drawer = PairDrawer {
+            rng,
+            setup: &s,
+            noise,
+            cluster_directions: &cluster_directions,
+            recurrent: &recurrent,
+            embeddings: &embeddings,
         };
-
+        let k_len = s.response_length;
         let all = |seen| TokenPools::all(seen, k_len);
-        let train = draw(
+        let train = drawer.draw(
             "train",
             s.train_pairs,
             0,
@@ -527,43 +489,7 @@ impl Setup {
             all(&vocab.bad_seen),
         );
         let seen_tokens = train.tokens();
-        let seen_good: Vec<usize> = vocab
-            .good_seen
-            .iter()
-            .copied()
-            .filter(|t| seen_tokens.binary_search(t).is_ok())
-            .collect();
-        let seen_bad: Vec<usize> = vocab
-            .bad_seen
-            .iter()
-            .copied()
-            .filter(|t| seen_tokens.binary_search(t).is_ok())
-            .collect();
-        let mut evals = vec![
-            draw("seen", s.eval_pairs, 0, all(&seen_good), all(&seen_bad)),
-            draw(
-                "unseen",
-                s.eval_pairs,
-                0,
-                all(&vocab.good_unseen),
-                all(&vocab.bad_unseen),
-            ),
-            draw("domain", s.eval_pairs, 1, all(&seen_good), all(&seen_bad)),
-        ];
-        for &f in &s.eval_overlap {
-            let n_seen = (f * k_len as f64).round() as usize;
-            let good = TokenPools {
-                seen: &seen_good,
-                unseen: &vocab.good_unseen,
-                n_seen,
-            };
-            let bad = TokenPools {
-                seen: &seen_bad,
-                unseen: &vocab.bad_unseen,
-                n_seen,
-            };
-            evals.push(draw(&overlap_split_name(f), s.eval_pairs, 0, good, bad));
-        }
+        let evals = drawer.eval_splits(&vocab, &seen_tokens);
         Setup {
             config: s,
             seed: config.seed,
@@ -609,6 +535,122 @@ impl Setup {
         (0..self.vocab_size())
             .filter(|t| self.seen_tokens.binary_search(t).is_err())
             .collect()
+    }
+}
+
+/// The two prompt clusters' directions `ν_0`, `ν_1` (unit vectors drawn from `rng`); with
+/// `alignment = a`, `ν_1 = a ν_0 + √(1 − a²) ν_⊥`, `ν_⊥` the unit part of the drawn `ν_1`
+/// orthogonal to `ν_0`.
+fn cluster_directions(rng: &mut ChaCha8Rng, d: usize, alignment: Option<f64>) -> [Array1<f64>; 2] {
+    let mut directions = [unit_vector(rng, d), unit_vector(rng, d)];
+    if let Some(a) = alignment {
+        let (n0, n1) = (&directions[0], &directions[1]);
+        let perp = n1 - &(n0 * n0.dot(n1));
+        let norm = perp.dot(&perp).sqrt();
+        if norm > 1e-12 {
+            directions[1] = n0 * a + &perp * ((1.0 - a * a).max(0.0).sqrt() / norm);
+        }
+    }
+    directions
+}
+
+/// Draws the splits' pairs from the setup's stream 0, in a fixed order: per pair the prompt
+/// `h_x = κ ν_c + N(0, I/D)`, then the chosen and the rejected tokens.
+struct PairDrawer<'a> {
+    rng: ChaCha8Rng,
+    setup: &'a SetupConfig,
+    /// `1/√D`.
+    noise: f64,
+    cluster_directions: &'a [Array1<f64>; 2],
+    recurrent: &'a RecurrentMap,
+    embeddings: &'a TokenEmbeddings,
+}
+
+impl PairDrawer<'_> {
+    /// `n` pairs named `name` on prompt cluster `cluster`, responses from `good` and `bad`.
+    fn draw(
+        &mut self,
+        name: &str,
+        n: usize,
+        cluster: usize,
+        good: TokenPools,
+        bad: TokenPools,
+    ) -> PairSet {
+        let (d, k_len) = (self.setup.dim, self.setup.response_length);
+        let mut prompt_hidden = Array2::zeros((n, d));
+        let mut chosen_tokens = Array2::zeros((n, k_len));
+        let mut rejected_tokens = Array2::zeros((n, k_len));
+        let rng = &mut self.rng;
+        for i in 0..n {
+            let h = &self.cluster_directions[cluster] * self.setup.kappa
+                + gaussian_vector(rng, d, self.noise);
+            let respond = |pools: &TokenPools,
+                           tokens: &mut ndarray::ArrayViewMut1<usize>,
+                           rng: &mut ChaCha8Rng| {
+                let from_seen = choose_positions(rng, k_len, pools.n_seen);
+                for k in 0..k_len {
+                    let pool = if from_seen[k] {
+                        pools.seen
+                    } else {
+                        pools.unseen
+                    };
+                    tokens[k] = pool[rng.random_range(0..pool.len())];
+                }
+            };
+            respond(&good, &mut chosen_tokens.row_mut(i), rng);
+            respond(&bad, &mut rejected_tokens.row_mut(i), rng);
+            prompt_hidden.row_mut(i).assign(&h);
+        }
+        respond_through_map(
+            name,
+            self.recurrent,
+            self.embeddings,
+            prompt_hidden,
+            chosen_tokens,
+            rejected_tokens,
+        )
+    }
+
+    /// The evaluation splits, in order: `seen` (new prompts, the training pairs' tokens),
+    /// `unseen` (tokens absent from training), `domain` (the other prompt cluster), then one
+    /// `overlapP` split per `setup.eval_overlap` entry.
+    fn eval_splits(&mut self, vocab: &Vocabulary, seen_tokens: &[usize]) -> Vec<PairSet> {
+        let s = self.setup;
+        let k_len = s.response_length;
+        let in_training = |pool: &[usize]| -> Vec<usize> {
+            pool.iter()
+                .copied()
+                .filter(|t| seen_tokens.binary_search(t).is_ok())
+                .collect()
+        };
+        let (seen_good, seen_bad) = (in_training(&vocab.good_seen), in_training(&vocab.bad_seen));
+        let all = |seen| TokenPools::all(seen, k_len);
+        let mut evals = vec![
+            self.draw("seen", s.eval_pairs, 0, all(&seen_good), all(&seen_bad)),
+            self.draw(
+                "unseen",
+                s.eval_pairs,
+                0,
+                all(&vocab.good_unseen),
+                all(&vocab.bad_unseen),
+            ),
+            self.draw("domain", s.eval_pairs, 1, all(&seen_good), all(&seen_bad)),
+        ];
+        for &f in &s.eval_overlap {
+            let n_seen = (f * k_len as f64).round() as usize;
+            let good = TokenPools {
+                seen: &seen_good,
+                unseen: &vocab.good_unseen,
+                n_seen,
+            };
+            let bad = TokenPools {
+                seen: &seen_bad,
+                unseen: &vocab.bad_unseen,
+                n_seen,
+            };
+            evals.push(self.draw(&overlap_split_name(f), s.eval_pairs, 0, good, bad));
+        }
+        evals
     }
 }
 

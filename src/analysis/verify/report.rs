@@ -3,6 +3,7 @@
 use super::claim::{Bound, Claim, Status};
 use crate::config::Config;
 use serde::Serialize;
+use std::fmt::Write;
 
 /// Worst case of one claim over trials.
 #[derive(Debug, Clone, Serialize)]
@@ -46,7 +47,6 @@ pub(super) fn status_text(s: Status) -> &'static str {
 
 /// The table printed by `rmflow verify`.
 pub fn render(report: &Report) -> String {
-    use std::fmt::Write;
     let mut s = String::new();
     let c = &report.config;
     writeln!(
@@ -64,13 +64,23 @@ pub fn render(report: &Report) -> String {
         c.eval.tie_tolerance
     )
     .unwrap();
+    claims_table(&mut s, &report.claims);
+    if report.trials > 0 {
+        worst_case_table(&mut s, report);
+    }
+    summary(&mut s, report);
+    s
+}
+
+/// The configured setup's rows.
+fn claims_table(s: &mut String, claims: &[Claim]) {
     writeln!(
         s,
         "{:<28} {:>12} {:>14}  {:<6} claim",
         "id", "measured", "bound", "status"
     )
     .unwrap();
-    for cl in &report.claims {
+    for cl in claims {
         writeln!(
             s,
             "{:<28} {:>12.3e} {:>14}  {:<6} {}",
@@ -82,33 +92,39 @@ pub fn render(report: &Report) -> String {
         )
         .unwrap();
     }
-    if report.trials > 0 {
+}
+
+/// The worst case of every claim over the random trials.
+fn worst_case_table(s: &mut String, report: &Report) {
+    writeln!(
+        s,
+        "\nWorst case over {} random setups around it (seed, α, κ, D, N, seen tokens varied):",
+        report.trials
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "{:<28} {:>12} {:>14}  {:<6} failed / skipped trials",
+        "id", "worst", "bound", "status"
+    )
+    .unwrap();
+    for w in &report.worst_cases {
         writeln!(
             s,
-            "\nWorst case over {} random setups around it (seed, α, κ, D, N, seen tokens varied):",
-            report.trials
+            "{:<28} {:>12.3e} {:>14}  {:<6} {:?} / {}",
+            w.id,
+            w.worst,
+            w.bound.text(),
+            status_text(w.status),
+            w.failed_trials,
+            w.skipped_trials
         )
         .unwrap();
-        writeln!(
-            s,
-            "{:<28} {:>12} {:>14}  {:<6} failed / skipped trials",
-            "id", "worst", "bound", "status"
-        )
-        .unwrap();
-        for w in &report.worst_cases {
-            writeln!(
-                s,
-                "{:<28} {:>12.3e} {:>14}  {:<6} {:?} / {}",
-                w.id,
-                w.worst,
-                w.bound.text(),
-                status_text(w.status),
-                w.failed_trials,
-                w.skipped_trials
-            )
-            .unwrap();
-        }
     }
+}
+
+/// The verdict and the status counts of the configured setup.
+fn summary(s: &mut String, report: &Report) {
     let failed = report
         .claims
         .iter()
@@ -134,5 +150,4 @@ pub fn render(report: &Report) -> String {
         count(Status::Skip)
     )
     .unwrap();
-    s
 }

@@ -14,7 +14,7 @@ use crate::experiment::simulation::{
     max_margin_for, run_model, MaxMarginResult, ModelKind, ModelRun,
 };
 use crate::problem::synthetic::Setup;
-use crate::solve::max_margin::{MaxMarginError, CERTIFICATE_TOLERANCE};
+use crate::solve::max_margin::MaxMarginError;
 use anyhow::Result;
 use rayon::prelude::*;
 
@@ -419,24 +419,10 @@ pub(super) fn verify_multi_token(
     let tau = config.eval.tie_tolerance;
     let why =
         format!("K = {k} tokens per response: Theorem 2(a) holds for single-token responses only");
-    let mut claims: Vec<Claim> = [
-        "2a.flow_full.drift",
-        "2a.flow_full.unseen_margin",
-        "2a.flow_full.unseen_accuracy",
-        "2a.flow.drift",
-        "2a.flow.unseen_margin",
-        "2a.flow.unseen_accuracy",
-        "2a.gd.drift",
-        "2a.gd.unseen_accuracy",
-        "2a.adam.drift",
-        "2a.adam.unseen_accuracy",
-        "2a.adamw.drift",
-        "2a.adamw.unseen_accuracy",
-        "companion.paths_agree",
-    ]
-    .iter()
-    .map(|id| Claim::skipped(id, &why))
-    .collect();
+    let mut claims: Vec<Claim> = SINGLE_TOKEN_CLAIMS
+        .iter()
+        .map(|id| Claim::skipped(id, &why))
+        .collect();
     let mm_ex = max_margin_for(ModelKind::Explicit, setup, tau);
     let (ex, dynamics) = rayon::join(
         || {
@@ -462,25 +448,10 @@ pub(super) fn verify_multi_token(
     for _ in 0..SETUP_JOBS - 3 {
         on_job("IM-RM runs skipped (K > 1)");
     }
-    let imrm_placeholder = ModelRun {
-        kind: ModelKind::Implicit,
-        rows: None,
-        initial: vec![],
-        final_params: vec![],
-        trajectory: vec![],
-        steps: 0,
-        ode: None,
-        screening: None,
-        max_margin: Err(MaxMarginError::Setup {
-            space: "unembedding feature space of the IM-RM",
-            message: why.clone(),
-        }),
-        rewards: vec![],
-    };
     claims.extend(
         claims_2b(
             &ex,
-            &imrm_placeholder,
+            &untrained_imrm(&why),
             &setup.train.hidden_differences(),
             config.train.t_max,
         )
@@ -496,15 +467,48 @@ pub(super) fn verify_multi_token(
     claims.push(Claim::skipped("companion.dual_unseen", &why));
     claims.extend(residual?);
     claims.extend(dynamics?);
-    match &mm_ex {
-        Ok(MaxMarginResult { solution, .. }) => claims.push(Claim::judged(
-            "qp.exrm",
-            "EX-RM max-margin QP certificate: worst violation (margin, dual sign, slackness, gap, stationarity)",
-            solution.certificate.worst_violation(),
-            Bound::AtMost(CERTIFICATE_TOLERANCE),
-        )),
-        Err(e) => claims.push(Claim::skipped("qp.exrm", &format!("EX-RM: {e}"))),
-    }
+    claims.push(qp_claims(&mm_ex, &Err(untrained_reason(&why))).swap_remove(0));
     claims.push(Claim::skipped("qp.imrm", &why));
     Ok(claims)
+}
+
+/// The Theorem 2(a) rows, SKIP outside single-token responses.
+const SINGLE_TOKEN_CLAIMS: [&str; 13] = [
+    "2a.flow_full.drift",
+    "2a.flow_full.unseen_margin",
+    "2a.flow_full.unseen_accuracy",
+    "2a.flow.drift",
+    "2a.flow.unseen_margin",
+    "2a.flow.unseen_accuracy",
+    "2a.gd.drift",
+    "2a.gd.unseen_accuracy",
+    "2a.adam.drift",
+    "2a.adam.unseen_accuracy",
+    "2a.adamw.drift",
+    "2a.adamw.unseen_accuracy",
+    "companion.paths_agree",
+];
+
+/// Why the IM-RM has no separator when it is not trained (`why`).
+fn untrained_reason(why: &str) -> MaxMarginError {
+    MaxMarginError::Setup {
+        space: "unembedding feature space of the IM-RM",
+        message: why.to_string(),
+    }
+}
+
+/// An IM-RM that was not trained (for the rows of [`claims_2b`] that read it: SKIP).
+fn untrained_imrm(why: &str) -> ModelRun {
+    ModelRun {
+        kind: ModelKind::Implicit,
+        rows: None,
+        initial: vec![],
+        final_params: vec![],
+        trajectory: vec![],
+        steps: 0,
+        ode: None,
+        screening: None,
+        max_margin: Err(untrained_reason(why)),
+        rewards: vec![],
+    }
 }
