@@ -3,8 +3,9 @@
 use super::bars::{accuracy_bars, bars_panel};
 use super::figure::{caption, FigureData};
 use crate::config::Config;
-use crate::experiment::simulation::simulate;
-use crate::figures::plot::Figure;
+use crate::experiment::observables::SplitMetrics;
+use crate::experiment::simulation::{simulate, ModelRun};
+use crate::figures::plot::{Figure, Panel};
 use anyhow::Result;
 
 /// The paper's ablations on the synthetic model: the IM-RM without a reference model (`U(0)`
@@ -13,14 +14,37 @@ use anyhow::Result;
 pub fn ablations(single: &Config, multi: &Config) -> Result<FigureData> {
     let mut csv =
         String::from("setting,model,split,strict_accuracy,exact_tie_accuracy,tie_aware_accuracy\n");
+    let left = no_reference_panel(single, &mut csv)?;
+    let right = token_mean_panel(multi, &mut csv)?;
+    Ok(FigureData {
+        figure: Figure {
+            panels: vec![left, right],
+            columns: 2,
+            caption: format!(
+                "{}; right: experiments/multitoken.toml (K = {}, t = {:e})",
+                caption(single, "experiments/theorem2.toml", ", flow to t = 1e100"),
+                multi.setup.response_length,
+                multi.train.t_max
+            ),
+            panel_size: (820, 440),
+        },
+        csv,
+    })
+}
+
+/// The final accuracy per split of a run.
+fn final_splits(r: &ModelRun) -> Vec<SplitMetrics> {
+    r.trajectory.last().expect("observed").splits.clone()
+}
+
+/// `K = 1`: both models, and the IM-RM scored without its reference, with `U(0)` tied to the
+/// embeddings and independent of them.
+fn no_reference_panel(single: &Config, csv: &mut String) -> Result<Panel> {
     let sim = simulate(single, &mut |_| {})?;
     let mut independent = single.clone();
     independent.setup.unembedding_init = crate::config::UnembeddingInit::Independent;
     let sim_ind = simulate(&independent, &mut |_| {})?;
-    let last = |r: &crate::experiment::simulation::ModelRun| {
-        r.trajectory.last().expect("observed").splits.clone()
-    };
-    let (ex, im) = (last(&sim.explicit), last(&sim.implicit));
+    let (ex, im) = (final_splits(&sim.explicit), final_splits(&sim.implicit));
     let (categories, bars) = accuracy_bars(
         "single_token",
         &[
@@ -39,23 +63,26 @@ pub fn ablations(single: &Config, multi: &Config) -> Result<FigureData> {
                 true,
             ),
         ],
-        &mut csv,
+        csv,
     )?;
-    let tau = single.eval.tie_tolerance;
-    let left = bars_panel(
+    Ok(bars_panel(
         "K = 1: the IM-RM without its reference",
         categories,
         bars,
-        tau,
-    );
+        single.eval.tie_tolerance,
+    ))
+}
 
+/// `K > 1`: the EX-RM on the last token's and on the mean hidden state, the IM-RM with and
+/// without its reference.
+fn token_mean_panel(multi: &Config, csv: &mut String) -> Result<Panel> {
     let sim_m = simulate(multi, &mut |_| {})?;
-    let (ex_m, im_m) = (last(&sim_m.explicit), last(&sim_m.implicit));
+    let (ex_m, im_m) = (final_splits(&sim_m.explicit), final_splits(&sim_m.implicit));
     let mean = sim_m
         .ablations
         .exrm_token_mean
         .as_ref()
-        .map(last)
+        .map(final_splits)
         .ok_or_else(|| anyhow::anyhow!("the multi-token config must have K > 1"))?;
     let (categories, bars) = accuracy_bars(
         "multi_token",
@@ -70,9 +97,9 @@ pub fn ablations(single: &Config, multi: &Config) -> Result<FigureData> {
                 true,
             ),
         ],
-        &mut csv,
+        csv,
     )?;
-    let right = bars_panel(
+    Ok(bars_panel(
         &format!(
             "K = {}: EX-RM on the mean hidden state",
             multi.setup.response_length
@@ -80,19 +107,5 @@ pub fn ablations(single: &Config, multi: &Config) -> Result<FigureData> {
         categories,
         bars,
         multi.eval.tie_tolerance,
-    );
-    Ok(FigureData {
-        figure: Figure {
-            panels: vec![left, right],
-            columns: 2,
-            caption: format!(
-                "{}; right: experiments/multitoken.toml (K = {}, t = {:e})",
-                caption(single, "experiments/theorem2.toml", ", flow to t = 1e100"),
-                multi.setup.response_length,
-                multi.train.t_max
-            ),
-            panel_size: (820, 440),
-        },
-        csv,
-    })
+    ))
 }

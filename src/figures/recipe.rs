@@ -10,38 +10,10 @@ use std::fmt::Write as _;
 /// model on each split, EX-RM solid and IM-RM dashed, one colour per split. `source` names the
 /// run in the caption. The CSV holds the rows drawn.
 pub fn recipe_accuracy(metrics: &[String], source: &str) -> Result<FigureData> {
-    let mut rows: Vec<(String, String, f64, String, f64)> = Vec::new();
+    let mut rows: Vec<MetricsRow> = Vec::new();
     let mut csv = String::from("mode,model,epoch,split,exact_tie_accuracy\n");
     for text in metrics {
-        let mut lines = text.lines();
-        let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-        let col = |name: &str| {
-            header
-                .iter()
-                .position(|h| *h == name)
-                .ok_or_else(|| anyhow::anyhow!("metrics.csv has no column {name:?}"))
-        };
-        let (m, k, e, s, a) = (
-            col("mode")?,
-            col("model")?,
-            col("epoch")?,
-            col("split")?,
-            col("exact_tie_accuracy")?,
-        );
-        for line in lines.filter(|l| !l.is_empty()) {
-            let f: Vec<&str> = line.split(',').collect();
-            let num = |i: usize| -> Result<f64> {
-                f.get(i)
-                    .and_then(|x| x.parse().ok())
-                    .ok_or_else(|| anyhow::anyhow!("metrics.csv: bad row {line:?}"))
-            };
-            let row = (
-                f[m].to_string(),
-                f[k].to_string(),
-                num(e)?,
-                f[s].to_string(),
-                num(a)?,
-            );
+        for row in parse_metrics(text)? {
             writeln!(csv, "{},{},{},{},{}", row.0, row.1, row.2, row.3, row.4)?;
             rows.push(row);
         }
@@ -56,41 +28,10 @@ pub fn recipe_accuracy(metrics: &[String], source: &str) -> Result<FigureData> {
             modes.push(r.0.clone());
         }
     }
-    let mut panels = Vec::new();
-    for mode in &modes {
-        let mut series = Vec::new();
-        for (model, label, dashed) in [("exrm", "EX-RM", false), ("imrm", "IM-RM", true)] {
-            for (i, split) in splits.iter().enumerate() {
-                let points: Vec<(f64, f64)> = rows
-                    .iter()
-                    .filter(|r| &r.0 == mode && r.1 == model && &r.3 == split)
-                    .map(|r| (r.2, r.4))
-                    .collect();
-                if !points.is_empty() {
-                    series.push(Series {
-                        name: format!("{label} {split}"),
-                        points,
-                        color: i + 1,
-                        dashed,
-                        markers: true,
-                        ..Series::default()
-                    });
-                }
-            }
-        }
-        let mut p = Panel::lines(
-            &format!("{mode} training"),
-            "epoch",
-            "accuracy (exact ties ½)",
-            false,
-            false,
-            series,
-        );
-        p.y_range = Some((-0.02, 1.05));
-        p.legend = Legend::LowerRight;
-        p.notes = vec!["solid EX-RM, dashed IM-RM; ties (τ = 0) count ½".into()];
-        panels.push(p);
-    }
+    let panels: Vec<Panel> = modes
+        .iter()
+        .map(|mode| mode_panel(&rows, mode, &splits))
+        .collect();
     if panels.is_empty() {
         anyhow::bail!("no rows in the metrics.csv files given");
     }
@@ -103,4 +44,79 @@ pub fn recipe_accuracy(metrics: &[String], source: &str) -> Result<FigureData> {
         },
         csv,
     })
+}
+
+/// One row of a run's `metrics.csv`: mode, model, epoch, split, exact-tie accuracy.
+type MetricsRow = (String, String, f64, String, f64);
+
+/// The rows of one `metrics.csv`, columns found by their header names.
+fn parse_metrics(text: &str) -> Result<Vec<MetricsRow>> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| anyhow::anyhow!("metrics.csv has no column {name:?}"))
+    };
+    let (m, k, e, s, a) = (
+        col("mode")?,
+        col("model")?,
+        col("epoch")?,
+        col("split")?,
+        col("exact_tie_accuracy")?,
+    );
+    let mut rows = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |i: usize| -> Result<f64> {
+            f.get(i)
+                .and_then(|x| x.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("metrics.csv: bad row {line:?}"))
+        };
+        rows.push((
+            f[m].to_string(),
+            f[k].to_string(),
+            num(e)?,
+            f[s].to_string(),
+            num(a)?,
+        ));
+    }
+    Ok(rows)
+}
+
+/// Accuracy per epoch of both models on every split, for one training mode.
+fn mode_panel(rows: &[MetricsRow], mode: &str, splits: &[String]) -> Panel {
+    let mut series = Vec::new();
+    for (model, label, dashed) in [("exrm", "EX-RM", false), ("imrm", "IM-RM", true)] {
+        for (i, split) in splits.iter().enumerate() {
+            let points: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.0 == mode && r.1 == model && &r.3 == split)
+                .map(|r| (r.2, r.4))
+                .collect();
+            if !points.is_empty() {
+                series.push(Series {
+                    name: format!("{label} {split}"),
+                    points,
+                    color: i + 1,
+                    dashed,
+                    markers: true,
+                    ..Series::default()
+                });
+            }
+        }
+    }
+    let mut p = Panel::lines(
+        &format!("{mode} training"),
+        "epoch",
+        "accuracy (exact ties ½)",
+        false,
+        false,
+        series,
+    );
+    p.y_range = Some((-0.02, 1.05));
+    p.legend = Legend::LowerRight;
+    p.notes = vec!["solid EX-RM, dashed IM-RM; ties (τ = 0) count ½".into()];
+    p
 }

@@ -186,55 +186,22 @@ pub fn domain_vs_token_shift(base: &Config, seeds: usize) -> Result<FigureData> 
             writeln!(csv, "{name},{},{},{},{},{}", r.0, r.1, r.2, r.3, r.4)?;
         }
     }
-    let panel =
-        |title: &str, x: &str, rows: &[(f64, &str, &str, f64, f64)], log: bool, legend: Legend| {
-            let mut series = Vec::new();
-            for (mi, model) in ["exrm", "imrm"].into_iter().enumerate() {
-                for (si, split) in ["seen", "unseen", "domain"].into_iter().enumerate() {
-                    let r: Vec<_> = rows
-                        .iter()
-                        .filter(|r| r.1 == model && r.2 == split)
-                        .collect();
-                    series.push(Series {
-                        name: format!(
-                            "{} {}",
-                            if mi == 0 { "EX-RM" } else { "IM-RM (dashed)" },
-                            match split {
-                                "seen" => "in-distribution",
-                                "unseen" => "token shift",
-                                _ => "domain shift",
-                            }
-                        ),
-                        points: r.iter().map(|r| (r.0, r.3)).collect(),
-                        band: Some(r.iter().map(|r| (r.0, r.3 - r.4, r.3 + r.4)).collect()),
-                        color: [1, 3, 5][si],
-                        dashed: mi == 1,
-                        markers: true,
-                        ..Default::default()
-                    });
-                }
-            }
-            let mut p = Panel::lines(title, x, "tie-aware accuracy", log, false, series);
-            p.y_range = Some((-0.05, 1.05));
-            p.legend = legend;
-            p
-        };
     let panels = vec![
-        panel(
+        shift_panel(
             "vs the prompt's weight in h_{x,y} (recurrent gain)",
             "recurrent gain (A ~ N(0, gain²/D))",
             &by_gain,
             true,
             Legend::LowerLeft,
         ),
-        panel(
+        shift_panel(
             "vs the shared prompt component κ",
             "κ in h_x = κ ν_c + N(0, I/D)",
             &by_kappa,
             false,
             Legend::LowerRight,
         ),
-        panel(
+        shift_panel(
             "vs the domain cluster's alignment",
             "⟨ν_1, ν_0⟩ (domain vs training cluster)",
             &by_alignment,
@@ -255,4 +222,39 @@ pub fn domain_vs_token_shift(base: &Config, seeds: usize) -> Result<FigureData> 
         },
         csv,
     })
+}
+
+/// Tie-aware accuracy of both models on the in-distribution, token-shift and domain-shift
+/// splits against one swept parameter, with 95 % bands.
+fn shift_panel(title: &str, x: &str, rows: &[ShiftRow], log: bool, legend: Legend) -> Panel {
+    let mut series = Vec::new();
+    for (mi, model) in ["exrm", "imrm"].into_iter().enumerate() {
+        for (si, split) in ["seen", "unseen", "domain"].into_iter().enumerate() {
+            let r: Vec<_> = rows
+                .iter()
+                .filter(|r| r.1 == model && r.2 == split)
+                .collect();
+            series.push(Series {
+                name: format!(
+                    "{} {}",
+                    if mi == 0 { "EX-RM" } else { "IM-RM (dashed)" },
+                    match split {
+                        "seen" => "in-distribution",
+                        "unseen" => "token shift",
+                        _ => "domain shift",
+                    }
+                ),
+                points: r.iter().map(|r| (r.0, r.3)).collect(),
+                band: Some(r.iter().map(|r| (r.0, r.3 - r.4, r.3 + r.4)).collect()),
+                color: [1, 3, 5][si],
+                dashed: mi == 1,
+                markers: true,
+                ..Default::default()
+            });
+        }
+    }
+    let mut p = Panel::lines(title, x, "tie-aware accuracy", log, false, series);
+    p.y_range = Some((-0.05, 1.05));
+    p.legend = legend;
+    p
 }

@@ -4,7 +4,7 @@
 use super::figure::{caption, split_series, FigureData, SPLITS};
 use crate::analysis::verify::residual::{residual_to_horizon, RESIDUAL_HORIZON_LOG10};
 use crate::config::{Config, GradientPath, Optimizer};
-use crate::experiment::observables::{Convergence, Observation};
+use crate::experiment::observables::{Convergence, Observation, SplitMetrics};
 use crate::experiment::simulation::{max_margin_for, run_model, simulate, ModelKind, Simulation};
 use crate::figures::plot::{Figure, Legend, Panel, Series};
 use crate::problem::synthetic::Setup;
@@ -370,51 +370,23 @@ pub fn optimizers(config: &Config) -> Result<FigureData> {
             Optimizer::Adam => format!("Adam lr = {lr}"),
             Optimizer::Adamw => format!("AdamW lr = {lr}, wd = {}", c.train.weight_decay),
         };
-        let unseen = |o: &Observation| {
-            o.splits
-                .iter()
-                .find(|s| s.split == "unseen")
-                .expect("unseen")
-                .clone()
-        };
-        for o in &run.trajectory {
-            let u = unseen(o);
-            let tr = &o.splits[0];
-            writeln!(
-                csv,
-                "{},{:e},{},{:e},{},{},{}",
-                opt.name(),
-                o.t,
-                o.step,
-                o.unseen_row_drift.unwrap_or(f64::NAN),
-                u.tie_aware_accuracy,
-                u.strict_accuracy,
-                tr.tie_aware_accuracy
-            )?;
-        }
-        let pts = |f: &dyn Fn(&Observation) -> f64| {
-            run.trajectory
-                .iter()
-                .filter(|o| o.t > 0.0)
-                .map(|o| (o.t, f(o)))
-                .collect::<Vec<_>>()
-        };
-        drift.push(Series {
-            name: label.clone(),
-            points: pts(&|o| o.unseen_row_drift.unwrap_or(f64::NAN)),
+        optimizer_rows(&mut csv, opt, &run.trajectory)?;
+        let series = |name: String, points| Series {
+            name,
+            points,
             color: i + 1,
             dashed: i == 2,
             markers: i == 1,
             ..Default::default()
-        });
-        acc.push(Series {
-            name: label,
-            points: pts(&|o| unseen(o).tie_aware_accuracy),
-            color: i + 1,
-            dashed: i == 2,
-            markers: i == 1,
-            ..Default::default()
-        });
+        };
+        drift.push(series(
+            label.clone(),
+            positive_times(&run.trajectory, |o| o.unseen_row_drift.unwrap_or(f64::NAN)),
+        ));
+        acc.push(series(
+            label,
+            positive_times(&run.trajectory, |o| unseen(o).tie_aware_accuracy),
+        ));
     }
     let mut a = Panel::lines(
         "Unseen-row drift max_z∉T ‖U_z(t) − U_z(0)‖",
@@ -449,4 +421,42 @@ pub fn optimizers(config: &Config) -> Result<FigureData> {
         },
         csv,
     })
+}
+
+/// The `unseen` split's metrics of an observation.
+fn unseen(o: &Observation) -> SplitMetrics {
+    o.splits
+        .iter()
+        .find(|s| s.split == "unseen")
+        .expect("unseen")
+        .clone()
+}
+
+/// `(t, f(o))` for every observation at `t > 0`.
+fn positive_times(trajectory: &[Observation], f: impl Fn(&Observation) -> f64) -> Vec<(f64, f64)> {
+    trajectory
+        .iter()
+        .filter(|o| o.t > 0.0)
+        .map(|o| (o.t, f(o)))
+        .collect()
+}
+
+/// One CSV row per observation of an optimizer's run.
+fn optimizer_rows(csv: &mut String, opt: Optimizer, trajectory: &[Observation]) -> Result<()> {
+    for o in trajectory {
+        let u = unseen(o);
+        let tr = &o.splits[0];
+        writeln!(
+            csv,
+            "{},{:e},{},{:e},{},{},{}",
+            opt.name(),
+            o.t,
+            o.step,
+            o.unseen_row_drift.unwrap_or(f64::NAN),
+            u.tie_aware_accuracy,
+            u.strict_accuracy,
+            tr.tie_aware_accuracy
+        )?;
+    }
+    Ok(())
 }
