@@ -9,17 +9,20 @@
 //! | settings | [`config`]: the TOML config, its defaults, validation and CLI overrides | — |
 //! | problem | [`problem::synthetic`]: the synthetic LM (tokens, prompts, hidden states, splits) | §5 |
 //! | | [`problem::reward`]: EX-RM and IM-RM margins, the loss and its pull-back ([`problem::reward::MarginModel`]) | §1–§2 |
+//! | | [`problem::rows`]: blocks of rows of `U` (the seen-row IM-RM's state, `ΔU*`, exports) | §4 |
 //! | solvers | [`solve::ode`]: Dormand–Prince integration | §2 |
 //! | | [`solve::training`]: gradient flow in log-time, GD, Adam, AdamW, residual flow | §2 |
 //! | | [`solve::max_margin`]: max-margin separators with certificates | §4 |
 //! | experiment | [`experiment::simulation`]: one run end to end; ablations | §1, §4, §6 |
 //! | | [`experiment::observables`]: accuracy, ties, convergence to the max margin | §1, §4 |
 //! | analysis | [`analysis::dynamics`]: `ρ_{k,l}` and reward velocities | §3 |
-//! | | [`analysis::verify`]: Theorem 2, claim by claim | §4 |
+//! | | [`analysis::verify`]: Theorem 2, claim by claim (one file per claim family) | §3–§4 |
 //! | | [`analysis::sweep`]: parameter sweeps over seeds, shards | §4–§5 |
 //! | output | [`io`]: atomic writes, the run layout, memory estimates | — |
 //! | figures | [`figures`]: one function per figure, rendered by [`figures::plot`] | — |
 //! | real models | `lm` (feature `lm`): transformers, Theorem 2 and the paper's recipe on them | §6 |
+//!
+//! The binary (`src/main.rs`, `src/cli/`) is a thin caller: one file per command.
 //!
 //! [`numerics`] (stable log-sigmoid, log-softmax, row kernels) and [`error`] (exit codes) are
 //! shared by every stage.

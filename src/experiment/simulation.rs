@@ -5,6 +5,7 @@ use crate::experiment::observables::{
     convergence, reward_summary, split_metrics, Observation, RewardSummary, SplitMetrics,
 };
 use crate::problem::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel, SeenRowsImplicitRm};
+use crate::problem::rows::RowBlock;
 use crate::problem::synthetic::Setup;
 use crate::solve::max_margin::{
     implicit_separator_margins, max_margin_head, max_margin_unembedding_rows, MaxMarginError,
@@ -325,12 +326,7 @@ pub fn run_model_with(
 /// `rows` (sorted) of the flattened `[?, D]` block `values` whose rows are `from` (sorted,
 /// ⊇ `rows`).
 fn select_rows(values: &[f64], from: &[usize], rows: &[usize], d: usize) -> Vec<f64> {
-    rows.iter()
-        .flat_map(|t| {
-            let r = from.binary_search(t).expect("row present");
-            values[r * d..(r + 1) * d].iter().copied()
-        })
-        .collect()
+    RowBlock::new(Some(from), values, d).select(rows)
 }
 
 /// A hook that sees each observation with the whole parameters `θ(t)`.
@@ -456,9 +452,8 @@ fn objective(
             // ΔU* on the rows of T, scattered into [V, D].
             let reference = max_margin.as_ref().ok().map(|m| {
                 let mut full = vec![0.0; u0.len()];
-                for (r, &t) in m.rows.as_deref().unwrap_or_default().iter().enumerate() {
-                    full[t * d..(t + 1) * d].copy_from_slice(&m.params[r * d..(r + 1) * d]);
-                }
+                let rows = m.rows.as_deref().unwrap_or_default();
+                RowBlock::new(Some(rows), &m.params, d).scatter_into(&mut full, None);
                 full
             });
             let theta0: Vec<f64> = u0.iter().copied().collect();
@@ -486,17 +481,10 @@ fn pair_token_rows(
     let d = setup.dim();
     let rows = setup.pair_tokens();
     let initial = setup.unembedding_init.rows(&rows);
+    let initial = initial.into_raw_vec_and_offset().0;
     let mut last = initial.clone();
-    for (k, &t) in reduced.rows.iter().enumerate() {
-        let at = rows.binary_search(&t).expect("T ⊆ T ∪ E");
-        last.row_mut(at)
-            .assign(&ndarray::ArrayView1::from(&theta[k * d..(k + 1) * d]));
-    }
-    (
-        rows,
-        initial.into_raw_vec_and_offset().0,
-        last.into_raw_vec_and_offset().0,
-    )
+    RowBlock::new(Some(&reduced.rows), theta, d).scatter_into(&mut last, Some(&rows));
+    (rows, initial, last)
 }
 
 /// Per split, the EX-RM rewards `⟨u, h_{x,y}⟩` of every response at `u` summarised by
@@ -747,11 +735,8 @@ impl Simulation {
             .expect("V×D"),
             Some(rows) => {
                 let mut u = self.setup.unembedding_init.full();
-                for (r, &t) in rows.iter().enumerate() {
-                    u.row_mut(t).assign(&ndarray::ArrayView1::from(
-                        &self.implicit.final_params[r * d..(r + 1) * d],
-                    ));
-                }
+                RowBlock::new(Some(rows), &self.implicit.final_params, d)
+                    .scatter_into(u.as_slice_mut().expect("standard layout"), None);
                 u
             }
         }

@@ -5,6 +5,7 @@
 use crate::experiment::observables::Observation;
 use crate::experiment::simulation::{ModelRun, Simulation};
 use crate::io::atomic::{AtomicDir, Replace};
+use crate::problem::rows::RowBlock;
 use crate::problem::synthetic::PairSet;
 use anyhow::{Context, Result};
 use ndarray::{Array1, Array2, ArrayView1};
@@ -231,12 +232,8 @@ pub fn write_simulation_into(dir: &AtomicDir, sim: &Simulation) -> Result<()> {
         // ΔU* is 0 outside T; written on the same rows as the unembedding.
         let kept = m.rows.as_deref().unwrap_or_default();
         let mut delta = Array2::zeros((rows.len(), d));
-        for (r, &t) in kept.iter().enumerate() {
-            let at = rows.binary_search(&t).expect("T ⊆ T ∪ E");
-            delta
-                .row_mut(at)
-                .assign(&ArrayView1::from(&m.params[r * d..(r + 1) * d]));
-        }
+        RowBlock::new(Some(kept), &m.params, d)
+            .scatter_into(delta.as_slice_mut().expect("standard layout"), Some(&rows));
         dir.write_npy("final/max_margin_unembedding_delta_rows.npy", &delta)?;
     }
     dir.write_json(

@@ -283,37 +283,8 @@ pub fn finetune(
         batch_size,
         tie_tolerance,
     };
-    let (mut opt, mut head_opt) = optimizers(&trainee, spec)?;
-    let mut batches = Batches::new(train.len(), spec.batch_pairs, seed);
-    let mut history = Vec::with_capacity(spec.steps);
-    let mut checkpoints = vec![Checkpoint {
-        step: 0,
-        splits: initial
-            .iter()
-            .map(|p| split_metrics(&p.name, &vec![0.0; p.len()], tie_tolerance))
-            .collect(),
-    }];
-    let mut step_seconds = 0.0;
-    for step in 0..spec.steps {
-        let scheduled = spec.eval_every > 0 && step % spec.eval_every == 0;
-        if step > 0 && (scheduled || spec.eval_at.contains(&step)) {
-            checkpoints.push(Checkpoint {
-                step,
-                splits: evaluate(&ctx, &trainee.lm, &trainee.head)?.1,
-            });
-        }
-        let step_start = std::time::Instant::now();
-        let idx = batches.next();
-        let (loss, record) = step_loss(&trainee, train, &idx, reference.as_ref(), beta, step)?;
-        let grads = loss.backward()?;
-        opt.step(&grads)?;
-        if let Some(h) = head_opt.as_mut() {
-            h.step(&grads)?;
-        }
-        step_seconds += step_start.elapsed().as_secs_f64();
-        on_step(&record);
-        history.push(record);
-    }
+    let (history, mut checkpoints, step_seconds) =
+        train_steps(&trainee, &ctx, spec, reference.as_ref(), seed, on_step)?;
     let (pairs, splits) = evaluate(&ctx, &trainee.lm, &trainee.head)?;
     checkpoints.push(Checkpoint {
         step: spec.steps,
@@ -345,6 +316,52 @@ pub fn finetune(
         seconds: start.elapsed().as_secs_f64(),
         step_seconds,
     })
+}
+
+/// The optimizer steps of [`finetune`], evaluating every split at the scheduled steps: the
+/// step records, the checkpoints (step 0 included), and the seconds spent in steps.
+fn train_steps(
+    trainee: &Trainee,
+    ctx: &EvalContext,
+    spec: &FinetuneSpec,
+    reference: Option<&Tensor>,
+    seed: u64,
+    on_step: &mut dyn FnMut(&StepRecord),
+) -> Result<(Vec<StepRecord>, Vec<Checkpoint>, f64)> {
+    let train = &ctx.sequences[0];
+    let (mut opt, mut head_opt) = optimizers(trainee, spec)?;
+    let mut batches = Batches::new(train.len(), spec.batch_pairs, seed);
+    let mut history = Vec::with_capacity(spec.steps);
+    let mut checkpoints = vec![Checkpoint {
+        step: 0,
+        splits: ctx
+            .initial
+            .iter()
+            .map(|p| split_metrics(&p.name, &vec![0.0; p.len()], ctx.tie_tolerance))
+            .collect(),
+    }];
+    let mut step_seconds = 0.0;
+    for step in 0..spec.steps {
+        let scheduled = spec.eval_every > 0 && step % spec.eval_every == 0;
+        if step > 0 && (scheduled || spec.eval_at.contains(&step)) {
+            checkpoints.push(Checkpoint {
+                step,
+                splits: evaluate(ctx, &trainee.lm, &trainee.head)?.1,
+            });
+        }
+        let step_start = std::time::Instant::now();
+        let idx = batches.next();
+        let (loss, record) = step_loss(trainee, train, &idx, reference, ctx.beta, step)?;
+        let grads = loss.backward()?;
+        opt.step(&grads)?;
+        if let Some(h) = head_opt.as_mut() {
+            h.step(&grads)?;
+        }
+        step_seconds += step_start.elapsed().as_secs_f64();
+        on_step(&record);
+        history.push(record);
+    }
+    Ok((history, checkpoints, step_seconds))
 }
 
 /// The model being fine-tuned as one reward model, with what is kept of its start.

@@ -476,16 +476,7 @@ pub fn import_gguf(gguf: &Path, dest: &Path, replace: Replace) -> Result<Import>
     let vocab = tokenizer.get_vocab_size(true);
     let (tensors, tensor_types) = read_tensors(&content, &mut reader, &meta, &shape, vocab)?;
     let tied = !tensors.contains_key("lm_head.weight");
-    let id = |key: &str| meta.token_id(key, vocab);
-    let (bos, eos) = (
-        id("tokenizer.ggml.bos_token_id")?,
-        id("tokenizer.ggml.eos_token_id")?,
-    );
-    let (unk, pad) = (
-        id("tokenizer.ggml.unknown_token_id")?,
-        id("tokenizer.ggml.padding_token_id")?,
-    );
-    let name_of = |i: Option<u32>| i.map(|i| tokenizer.id_to_token(i).unwrap_or_default());
+    let tokens = SpecialIds::read(&meta, vocab)?;
     let chat_template = match content.metadata.get("tokenizer.chat_template") {
         Some(Value::String(s)) => Some(s.clone()),
         _ => None,
@@ -499,17 +490,18 @@ pub fn import_gguf(gguf: &Path, dest: &Path, replace: Replace) -> Result<Import>
         .context("cannot write model.safetensors")?;
     std::fs::write(
         dir.path("config.json")?,
-        serde_json::to_string_pretty(&config_json(&shape, vocab, tied, bos, eos))?,
+        serde_json::to_string_pretty(&config_json(&shape, vocab, tied, tokens.bos, tokens.eos))?,
     )?;
     tokenizer
         .save(dir.path("tokenizer.json")?, false)
         .map_err(|e| anyhow::anyhow!("cannot write tokenizer.json: {e}"))?;
+    let name_of = |i: Option<u32>| i.map(|i| tokenizer.id_to_token(i).unwrap_or_default());
     let tok_cfg = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": name_of(bos),
-        "eos_token": name_of(eos),
-        "unk_token": name_of(unk),
-        "pad_token": name_of(pad),
+        "bos_token": name_of(tokens.bos),
+        "eos_token": name_of(tokens.eos),
+        "unk_token": name_of(tokens.unk),
+        "pad_token": name_of(tokens.pad),
         "add_bos_token": add_bos,
         "add_prefix_space": false,
         "model_max_length": shape.context,
@@ -520,7 +512,6 @@ pub fn import_gguf(gguf: &Path, dest: &Path, replace: Replace) -> Result<Import>
         dir.path("tokenizer_config.json")?,
         serde_json::to_string_pretty(&tok_cfg)?,
     )?;
-    let parameters = tensors.values().map(|t| t.elem_count()).sum();
     let record = Import {
         source: file,
         sha256,
@@ -528,7 +519,7 @@ pub fn import_gguf(gguf: &Path, dest: &Path, replace: Replace) -> Result<Import>
         name: meta.string("general.name").ok().map(String::from),
         tensor_types,
         tensors: tensors.len(),
-        parameters,
+        parameters: tensors.values().map(|t| t.elem_count()).sum(),
         vocab_size: vocab,
         merges,
         pre_tokenizer: meta
@@ -540,6 +531,33 @@ pub fn import_gguf(gguf: &Path, dest: &Path, replace: Replace) -> Result<Import>
         chat_template: chat_template.is_some(),
         rotary_rows_unpermuted: true,
     };
+    write_import_record(&dir, &record)?;
+    dir.commit()?;
+    Ok(record)
+}
+
+/// The tokenizer's special token ids from the GGUF metadata (each checked against `vocab`).
+struct SpecialIds {
+    bos: Option<u32>,
+    eos: Option<u32>,
+    unk: Option<u32>,
+    pad: Option<u32>,
+}
+
+impl SpecialIds {
+    fn read(meta: &Metadata, vocab: usize) -> Result<SpecialIds> {
+        let id = |key: &str| meta.token_id(key, vocab);
+        Ok(SpecialIds {
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            unk: id("tokenizer.ggml.unknown_token_id")?,
+            pad: id("tokenizer.ggml.padding_token_id")?,
+        })
+    }
+}
+
+/// `rmflow-import.json`: what was imported, from which file, by which rmflow.
+fn write_import_record(dir: &AtomicDir, record: &Import) -> Result<()> {
     std::fs::write(
         dir.path("rmflow-import.json")?,
         serde_json::to_string_pretty(&serde_json::json!({
@@ -547,6 +565,5 @@ pub fn import_gguf(gguf: &Path, dest: &Path, replace: Replace) -> Result<Import>
             "import": record,
         }))?,
     )?;
-    dir.commit()?;
-    Ok(record)
+    Ok(())
 }

@@ -8,6 +8,7 @@ use crate::config::GradientPath;
 use crate::numerics::{
     bt_loss, logsumexp, row_axpy, row_axpy2, row_dot, row_dot2, sigmoid, softmax_in_place,
 };
+use crate::problem::rows::RowBlock;
 use crate::problem::synthetic::{InitialUnembedding, PairSet};
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
@@ -642,21 +643,14 @@ impl SeenRowsImplicitRm {
 
     /// The rows of `R` of a full `U` (flattened `[V, D]`).
     pub fn gather(&self, u: &[f64]) -> Vec<f64> {
-        let d = self.dim();
-        self.rows
-            .iter()
-            .flat_map(|&t| u[t * d..(t + 1) * d].iter().copied())
-            .collect()
+        RowBlock::new(None, u, self.dim()).select(&self.rows)
     }
 
     /// The full `U`: `U(0)` with the rows of `R` replaced by `θ_R` (`O(V·D)`: for the
     /// full-vocabulary paths and exports that ask for it).
     pub fn embed(&self, theta: &[f64], unembedding_init: &InitialUnembedding) -> Vec<f64> {
-        let d = self.dim();
         let mut u = unembedding_init.full().into_raw_vec_and_offset().0;
-        for (r, &t) in self.rows.iter().enumerate() {
-            u[t * d..(t + 1) * d].copy_from_slice(&theta[r * d..(r + 1) * d]);
-        }
+        RowBlock::new(Some(&self.rows), theta, self.dim()).scatter_into(&mut u, None);
         u
     }
 

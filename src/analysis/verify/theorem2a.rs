@@ -4,6 +4,7 @@
 
 use super::claim::{max_over, split, Bound, Claim};
 use crate::experiment::simulation::{MaxMarginResult, ModelRun};
+use crate::problem::rows::RowBlock;
 use crate::problem::synthetic::Setup;
 use crate::solve::max_margin::{implicit_dual_prediction, MaxMarginError};
 
@@ -62,13 +63,9 @@ pub(super) fn claims_2a(
 pub(super) fn unembedding_gap(setup: &Setup, a: &ModelRun, b: &ModelRun) -> f64 {
     let d = setup.dim();
     let row = |run: &ModelRun, z: usize| -> Option<Vec<f64>> {
-        match &run.rows {
-            None => Some(run.final_params[z * d..(z + 1) * d].to_vec()),
-            Some(rows) => rows
-                .binary_search(&z)
-                .ok()
-                .map(|r| run.final_params[r * d..(r + 1) * d].to_vec()),
-        }
+        RowBlock::new(run.rows.as_deref(), &run.final_params, d)
+            .row(z)
+            .map(<[f64]>::to_vec)
     };
     let mut gap = 0.0f64;
     let mut initial = None;

@@ -159,28 +159,8 @@ pub fn train_recipe(
         head: &head,
         reference: &reference,
     };
-    let (first, mut rewards) = session.evaluate(0, 0, on_event)?;
-    let mut checkpoints = vec![first];
-    let n = problem.splits[0].chosen.len();
-    let mut rng = ChaCha8Rng::seed_from_u64(file.seed ^ 0x5eed_f17e);
-    let mut history = Vec::new();
-    let mut step_seconds = 0.0;
-    for epoch in 1..=t.epochs {
-        let mut order: Vec<usize> = (0..n).collect();
-        order.shuffle(&mut rng);
-        for pairs in order.chunks(t.pairs_per_step) {
-            let t0 = std::time::Instant::now();
-            let record = session.optimizer_step(pairs, &mut optimizers, history.len(), epoch)?;
-            step_seconds += t0.elapsed().as_secs_f64();
-            on_event(RecipeEvent::Step(&record));
-            history.push(record);
-        }
-        if epoch % t.eval_every_epochs == 0 || epoch == t.epochs {
-            let (c, r) = session.evaluate(epoch, history.len(), on_event)?;
-            checkpoints.push(c);
-            rewards = r;
-        }
-    }
+    let (history, checkpoints, rewards, step_seconds) =
+        session.run_epochs(&mut optimizers, on_event)?;
     Ok(RecipeRun {
         mode,
         kind,
@@ -296,6 +276,42 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// Every epoch's optimizer steps (pairs shuffled by the seeded RNG), evaluating before the
+    /// first, every `eval_every_epochs` epochs and after the last: the steps, the checkpoints,
+    /// the last rewards of every sequence, and the seconds spent in steps.
+    #[allow(clippy::type_complexity)]
+    fn run_epochs(
+        &self,
+        optimizers: &mut Optimizers,
+        on_event: &mut dyn FnMut(RecipeEvent),
+    ) -> Result<(Vec<RecipeStep>, Vec<RecipeCheckpoint>, Vec<f64>, f64)> {
+        let (file, problem) = (self.file, self.problem);
+        let t = &file.train;
+        let (first, mut rewards) = self.evaluate(0, 0, on_event)?;
+        let mut checkpoints = vec![first];
+        let n = problem.splits[0].chosen.len();
+        let mut rng = ChaCha8Rng::seed_from_u64(file.seed ^ 0x5eed_f17e);
+        let mut history = Vec::new();
+        let mut step_seconds = 0.0;
+        for epoch in 1..=t.epochs {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut rng);
+            for pairs in order.chunks(t.pairs_per_step) {
+                let t0 = std::time::Instant::now();
+                let record = self.optimizer_step(pairs, optimizers, history.len(), epoch)?;
+                step_seconds += t0.elapsed().as_secs_f64();
+                on_event(RecipeEvent::Step(&record));
+                history.push(record);
+            }
+            if epoch % t.eval_every_epochs == 0 || epoch == t.epochs {
+                let (c, r) = self.evaluate(epoch, history.len(), on_event)?;
+                checkpoints.push(c);
+                rewards = r;
+            }
+        }
+        Ok((history, checkpoints, rewards, step_seconds))
+    }
+
     /// The unembedding the rewards read now.
     fn u_now(&self) -> Tensor {
         match self.frozen_u {
