@@ -189,7 +189,6 @@ pub fn write_simulation(sim: &Simulation, out: &Path, replace: Replace) -> Resul
 /// The simulation layout inside an open [`AtomicDir`] (callers add files, then commit).
 pub fn write_simulation_into(dir: &AtomicDir, sim: &Simulation) -> Result<()> {
     let setup = &sim.setup;
-    let d = setup.dim();
     dir.write_text(
         "config.toml",
         &format!(
@@ -206,8 +205,23 @@ pub fn write_simulation_into(dir: &AtomicDir, sim: &Simulation) -> Result<()> {
         };
         write_pairs(dir, &folder, split)?;
     }
-    // U(0) and U(t_max): the rows of the tokens of the pairs (T ∪ E) with their ids; the full
-    // [V, D] matrices only when `export.full_unembedding` asks.
+    write_parameters(dir, sim)?;
+    dir.write_json("summary.json", &summary_json(sim))?;
+    let rows: Vec<&Observation> = sim
+        .explicit
+        .trajectory
+        .iter()
+        .chain(&sim.implicit.trajectory)
+        .collect();
+    dir.write_text("trajectory.csv", &trajectory_csv(&rows))
+}
+
+/// `init/` and `final/`: `U(0)` and `U(t_max)` on the rows of the pairs' tokens (`T ∪ E`) with
+/// their ids (the full `[V, D]` matrices only when `export.full_unembedding` asks), the heads,
+/// and the max-margin separators.
+fn write_parameters(dir: &AtomicDir, sim: &Simulation) -> Result<()> {
+    let setup = &sim.setup;
+    let d = setup.dim();
     let rows = setup.pair_tokens();
     let (u0_rows, u_rows) = sim.unembedding_rows(&rows);
     dir.write_npy(
@@ -236,33 +250,28 @@ pub fn write_simulation_into(dir: &AtomicDir, sim: &Simulation) -> Result<()> {
             .scatter_into(delta.as_slice_mut().expect("standard layout"), Some(&rows));
         dir.write_npy("final/max_margin_unembedding_delta_rows.npy", &delta)?;
     }
-    dir.write_json(
-        "summary.json",
-        &json!({
-            "rmflow_version": RMFLOW_VERSION,
-            "seed": sim.config.seed,
-            "t_max": sim.config.train.t_max,
-            "t_max_log10": sim.config.train.horizon_log10(),
-            "optimizer": sim.config.train.optimizer.name(),
-            "tie_tolerance": sim.config.eval.tie_tolerance,
-            "exrm": model_summary(&sim.explicit),
-            "imrm": model_summary(&sim.implicit),
-            "ablations": {
-                "imrm_no_reference": {
-                    "final": sim.ablations.imrm_no_reference,
-                    "initial": sim.ablations.imrm_no_reference_initial,
-                },
-                "exrm_token_mean": sim.ablations.exrm_token_mean.as_ref().map(model_summary),
+    Ok(())
+}
+
+/// `summary.json`: the run's settings, both models' summaries and the ablations.
+fn summary_json(sim: &Simulation) -> Value {
+    json!({
+        "rmflow_version": RMFLOW_VERSION,
+        "seed": sim.config.seed,
+        "t_max": sim.config.train.t_max,
+        "t_max_log10": sim.config.train.horizon_log10(),
+        "optimizer": sim.config.train.optimizer.name(),
+        "tie_tolerance": sim.config.eval.tie_tolerance,
+        "exrm": model_summary(&sim.explicit),
+        "imrm": model_summary(&sim.implicit),
+        "ablations": {
+            "imrm_no_reference": {
+                "final": sim.ablations.imrm_no_reference,
+                "initial": sim.ablations.imrm_no_reference_initial,
             },
-        }),
-    )?;
-    let rows: Vec<&Observation> = sim
-        .explicit
-        .trajectory
-        .iter()
-        .chain(&sim.implicit.trajectory)
-        .collect();
-    dir.write_text("trajectory.csv", &trajectory_csv(&rows))
+            "exrm_token_mean": sim.ablations.exrm_token_mean.as_ref().map(model_summary),
+        },
+    })
 }
 
 /// `setup.json`: sizes, seed, splits, token sets and version.

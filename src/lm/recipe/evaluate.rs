@@ -84,56 +84,6 @@ pub(super) fn evaluate_splits(
                 e.0 += rewards[i];
                 e.1 += 1;
             }
-            let implicit_parts = contributions.map(|tok| {
-                let mut acc = [0.0f64; 6];
-                let mut count = [0usize; 2];
-                for &i in &distinct {
-                    let q = &problem.sequences[i];
-                    let side = usize::from(q.side == Side::Rejected);
-                    count[side] += 1;
-                    for (j, v) in tok[i].iter().enumerate() {
-                        let k = q.response_start + j;
-                        let part = match q.word_span {
-                            Some((a, _)) if k < a => 0,
-                            Some((_, b)) if k < b => 1,
-                            _ => 2,
-                        };
-                        acc[3 * side + part] += v;
-                    }
-                }
-                let m = |k: usize| acc[k] / count[k / 3].max(1) as f64;
-                ImplicitParts {
-                    chosen_prefix: m(0),
-                    chosen_word: m(1),
-                    chosen_rest: m(2),
-                    rejected_prefix: m(3),
-                    rejected_word: m(4),
-                    rejected_rest: m(5),
-                }
-            });
-            let implicit_tokens = contributions.map(|tok| {
-                let mut by: BTreeMap<(u8, String), (f64, usize)> = BTreeMap::new();
-                for &i in &distinct {
-                    let q = &problem.sequences[i];
-                    for (piece, v) in q.response_tokens.iter().zip(&tok[i]) {
-                        let e = by.entry((q.side as u8, piece.clone())).or_default();
-                        e.0 += v;
-                        e.1 += 1;
-                    }
-                }
-                by.into_iter()
-                    .map(|((side, token), (sum, count))| TokenContribution {
-                        side: if side == 0 {
-                            Side::Chosen
-                        } else {
-                            Side::Rejected
-                        },
-                        token,
-                        mean: sum / count as f64,
-                        count,
-                    })
-                    .collect()
-            });
             RecipeSplitMetrics {
                 accuracy: split_metrics(&s.name, &margins, tau),
                 rewards: reward_summary(&s.name, &c, &r),
@@ -141,9 +91,69 @@ pub(super) fn evaluate_splits(
                     .into_iter()
                     .map(|(w, (sum, n))| (w, sum / n as f64))
                     .collect(),
-                implicit_parts,
-                implicit_tokens,
+                implicit_parts: contributions.map(|tok| implicit_parts(problem, &distinct, tok)),
+                implicit_tokens: contributions.map(|tok| implicit_tokens(problem, &distinct, tok)),
             }
+        })
+        .collect()
+}
+
+/// The IM-RM's mean reward from the prefix, the word and the rest of the response, per side,
+/// over the split's distinct sequences `distinct`.
+fn implicit_parts(problem: &RecipeProblem, distinct: &[usize], tok: &[Vec<f64>]) -> ImplicitParts {
+    let mut acc = [0.0f64; 6];
+    let mut count = [0usize; 2];
+    for &i in distinct {
+        let q = &problem.sequences[i];
+        let side = usize::from(q.side == Side::Rejected);
+        count[side] += 1;
+        for (j, v) in tok[i].iter().enumerate() {
+            let k = q.response_start + j;
+            let part = match q.word_span {
+                Some((a, _)) if k < a => 0,
+                Some((_, b)) if k < b => 1,
+                _ => 2,
+            };
+            acc[3 * side + part] += v;
+        }
+    }
+    let m = |k: usize| acc[k] / count[k / 3].max(1) as f64;
+    ImplicitParts {
+        chosen_prefix: m(0),
+        chosen_word: m(1),
+        chosen_rest: m(2),
+        rejected_prefix: m(3),
+        rejected_word: m(4),
+        rejected_rest: m(5),
+    }
+}
+
+/// The IM-RM's mean contribution of every response token (by side and token text) over the
+/// split's distinct sequences.
+fn implicit_tokens(
+    problem: &RecipeProblem,
+    distinct: &[usize],
+    tok: &[Vec<f64>],
+) -> Vec<TokenContribution> {
+    let mut by: BTreeMap<(u8, String), (f64, usize)> = BTreeMap::new();
+    for &i in distinct {
+        let q = &problem.sequences[i];
+        for (piece, v) in q.response_tokens.iter().zip(&tok[i]) {
+            let e = by.entry((q.side as u8, piece.clone())).or_default();
+            e.0 += v;
+            e.1 += 1;
+        }
+    }
+    by.into_iter()
+        .map(|((side, token), (sum, count))| TokenContribution {
+            side: if side == 0 {
+                Side::Chosen
+            } else {
+                Side::Rejected
+            },
+            token,
+            mean: sum / count as f64,
+            count,
         })
         .collect()
 }

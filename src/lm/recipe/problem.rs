@@ -1,7 +1,7 @@
 //! The recipe's sequences: prompts drawn and split, responses `prefix + word` built through the
 //! chat template, and the pairs of every evaluation split.
 
-use super::config::{source_prompts, RecipeData, RecipeFile};
+use super::config::{source_prompts, RecipeData, RecipeFile, ResponseSpec};
 use crate::lm::chat::ChatTemplate;
 use crate::lm::LanguageModel;
 use anyhow::{bail, Context, Result};
@@ -203,55 +203,113 @@ pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<RecipeProb
         (None, true, false) => "plain concatenation (masked encoder: no chat template)".into(),
         (None, true, true) => "plain concatenation (the checkpoint has no chat_template)".into(),
     };
-    let b = SequenceBuilder { lm, template };
-    let mut sequences = Vec::new();
+    let mut draw = SplitDraw {
+        builder: SequenceBuilder { lm, template },
+        responses: r,
+        rng,
+        sequences: Vec::new(),
+    };
     let mut splits = Vec::new();
-    let pick = |v: &[String], rng: &mut ChaCha8Rng| v[rng.random_range(0..v.len())].clone();
     for (name, prompts, offset) in [("train", &train, 0), ("test", &test, train.len())] {
+        splits.push(draw.training_split(name, prompts, offset)?);
+    }
+    for (name, prompts, offset) in [
+        ("paraphrased_train", &train, 0),
+        ("paraphrased_test", &test, train.len()),
+    ] {
+        splits.push(draw.paraphrased_split(name, prompts, offset)?);
+    }
+    Ok(RecipeProblem {
+        prompts_train: train,
+        prompts_test: test,
+        sequences: draw.sequences,
+        splits,
+        prompt_format,
+    })
+}
+
+/// Draws the splits' responses from one seeded RNG, in a fixed order, appending their
+/// sequences.
+struct SplitDraw<'a> {
+    builder: SequenceBuilder<'a>,
+    responses: &'a ResponseSpec,
+    rng: ChaCha8Rng,
+    sequences: Vec<ScoredSequence>,
+}
+
+impl SplitDraw<'_> {
+    fn pick(&mut self, v: &[String]) -> String {
+        v[self.rng.random_range(0..v.len())].clone()
+    }
+
+    /// Appends a sequence and returns its index.
+    fn push(
+        &mut self,
+        prompt: usize,
+        text: &str,
+        side: Side,
+        prefix: &str,
+        word: &str,
+    ) -> Result<usize> {
+        let s = self.builder.build(prompt, text, side, prefix, word)?;
+        self.sequences.push(s);
+        Ok(self.sequences.len() - 1)
+    }
+
+    /// One pair per prompt, prefixes and words drawn from the training lists.
+    fn training_split(
+        &mut self,
+        name: &str,
+        prompts: &[String],
+        offset: usize,
+    ) -> Result<PairSplit> {
+        let r = self.responses;
         let mut split = PairSplit {
             name: name.into(),
             chosen: vec![],
             rejected: vec![],
         };
         for (i, p) in prompts.iter().enumerate() {
-            let (cp, cw) = (
-                pick(&r.chosen_prefixes, &mut rng),
-                pick(&r.chosen_words, &mut rng),
-            );
+            let (cp, cw) = (self.pick(&r.chosen_prefixes), self.pick(&r.chosen_words));
             let (rp, rw) = (
-                pick(&r.rejected_prefixes, &mut rng),
-                pick(&r.rejected_words, &mut rng),
+                self.pick(&r.rejected_prefixes),
+                self.pick(&r.rejected_words),
             );
-            split.chosen.push(sequences.len());
-            sequences.push(b.build(offset + i, p, Side::Chosen, &cp, &cw)?);
-            split.rejected.push(sequences.len());
-            sequences.push(b.build(offset + i, p, Side::Rejected, &rp, &rw)?);
+            split
+                .chosen
+                .push(self.push(offset + i, p, Side::Chosen, &cp, &cw)?);
+            split
+                .rejected
+                .push(self.push(offset + i, p, Side::Rejected, &rp, &rw)?);
         }
-        splits.push(split);
+        Ok(split)
     }
-    for (name, prompts, offset) in [
-        ("paraphrased_train", &train, 0),
-        ("paraphrased_test", &test, train.len()),
-    ] {
+
+    /// Every (chosen word, rejected word) combination of the evaluation lists on every prompt,
+    /// with one drawn evaluation prefix per side and prompt.
+    fn paraphrased_split(
+        &mut self,
+        name: &str,
+        prompts: &[String],
+        offset: usize,
+    ) -> Result<PairSplit> {
+        let r = self.responses;
         let mut chosen_of: Vec<Vec<usize>> = Vec::new();
         let mut rejected_of: Vec<Vec<usize>> = Vec::new();
         for (i, p) in prompts.iter().enumerate() {
-            let cp = pick(&r.eval_chosen_prefixes, &mut rng);
-            let rp = pick(&r.eval_rejected_prefixes, &mut rng);
+            let cp = self.pick(&r.eval_chosen_prefixes);
+            let rp = self.pick(&r.eval_rejected_prefixes);
             let mut c = Vec::new();
             for w in &r.eval_chosen_words {
-                c.push(sequences.len());
-                sequences.push(b.build(offset + i, p, Side::Chosen, &cp, w)?);
+                c.push(self.push(offset + i, p, Side::Chosen, &cp, w)?);
             }
             let mut rj = Vec::new();
             for w in &r.eval_rejected_words {
-                rj.push(sequences.len());
-                sequences.push(b.build(offset + i, p, Side::Rejected, &rp, w)?);
+                rj.push(self.push(offset + i, p, Side::Rejected, &rp, w)?);
             }
             chosen_of.push(c);
             rejected_of.push(rj);
         }
-        // Every (chosen word, rejected word) combination on every prompt.
         let mut split = PairSplit {
             name: name.into(),
             chosen: vec![],
@@ -265,13 +323,6 @@ pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<RecipeProb
                 }
             }
         }
-        splits.push(split);
+        Ok(split)
     }
-    Ok(RecipeProblem {
-        prompts_train: train,
-        prompts_test: test,
-        sequences,
-        splits,
-        prompt_format,
-    })
 }
