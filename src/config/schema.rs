@@ -338,3 +338,20 @@ impl Config {
         self.checked_vocab_size().unwrap_or(usize::MAX)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seen_row_path_is_written_sparse_and_read_under_both_names() {
+        for name in ["sparse", "seen_rows"] {
+            let c = Config::from_toml_str(&format!("[train]\nimrm_gradient = \"{name}\"\n"), "t")
+                .unwrap();
+            assert_eq!(c.train.imrm_gradient, GradientPath::SeenRows);
+            assert!(c.to_toml().contains("imrm_gradient = \"sparse\""));
+        }
+        let e = Config::from_toml_str("[train]\nimrm_gradient = \"rows\"\n", "t").unwrap_err();
+        assert!(e.to_string().contains("imrm_gradient"), "{e}");
+    }
+}
