@@ -55,7 +55,7 @@ fn token_mean_exrm_runs_for_multi_token_responses() {
         sim.explicit.trajectory.last().unwrap().splits.len()
     );
     // Its features differ from the last-token ones.
-    let m = rmflow::experiment::simulation::token_mean_setup(&sim.setup);
+    let m = rmflow::experiment::ablations::token_mean_setup(&sim.setup);
     assert_ne!(m.train.chosen_hidden, sim.setup.train.chosen_hidden);
 }
 

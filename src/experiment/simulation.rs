@@ -1,10 +1,12 @@
 //! One run end to end: setup → max-margin separators → both reward models trained → trajectory.
 
+use super::ablations::{seen_row_evaluation, token_mean_setup, Ablations};
+use super::observer::Observer;
 use crate::config::{Config, GradientPath};
 use crate::experiment::observables::{
-    convergence, reward_summary, split_metrics, Observation, RewardSummary, SplitMetrics,
+    reward_summary, split_metrics, Observation, RewardSummary, SplitMetrics,
 };
-use crate::problem::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel, SeenRowsImplicitRm};
+use crate::problem::reward::{ExplicitRm, ImplicitRm, MarginModel, SeenRowsImplicitRm};
 use crate::problem::rows::RowBlock;
 use crate::problem::synthetic::Setup;
 use crate::solve::max_margin::{
@@ -88,558 +90,6 @@ pub struct Simulation {
     pub explicit: ModelRun,
     pub implicit: ModelRun,
     pub ablations: Ablations,
-}
-
-/// The paper's ablations, read off the same setup (MATH.md §1, §6).
-#[derive(Debug, Clone)]
-pub struct Ablations {
-    /// IM-RM without a reference model, `r = β ln π_U(y|x)`: the same training (the reference
-    /// term has no gradient), scored without subtracting `β ln π_ref`. Per split at `t_max`.
-    pub imrm_no_reference: Vec<SplitMetrics>,
-    /// The same at `t = 0` (`U = U(0)`): on unseen tokens, whose rows never move, the two agree
-    /// exactly; the ranking there is `U(0)`'s.
-    pub imrm_no_reference_initial: Vec<SplitMetrics>,
-    /// `K > 1`: the EX-RM on the mean of the hidden states after each response token
-    /// (`(1/K) Σ_k h_{x,y≤k}`, the official code's alternative) instead of the last one, trained
-    /// by the same flow. `None` for `K = 1`, where the two coincide.
-    pub exrm_token_mean: Option<ModelRun>,
-}
-
-/// Measures a model on every split at parameters `θ`. The IM-RM's margins go through the
-/// faithful full-vocabulary log-softmax when `θ` is the whole `U` ([`Observer::new`]), and through
-/// the seen-row form otherwise ([`Observer::seen_rows`]).
-pub struct Observer {
-    kind: ModelKind,
-    split_models: Vec<(String, Box<dyn MarginModel>)>,
-    theta0: Vec<f64>,
-    /// Rows of `θ` of tokens in no training pair (full `U` only; on the seen rows there are none).
-    unseen_rows: Vec<usize>,
-    dim: usize,
-    reference: Option<Vec<f64>>,
-    tie_tolerance: f64,
-}
-
-impl Observer {
-    /// `θ` is `u` (EX-RM) or the whole `U` as [V, D] (IM-RM), `reference` in the same layout.
-    pub fn new(
-        kind: ModelKind,
-        setup: &Setup,
-        theta0: Vec<f64>,
-        reference: Option<Vec<f64>>,
-        tie_tolerance: f64,
-    ) -> Observer {
-        let u0 = (kind == ModelKind::Implicit).then(|| setup.unembedding_init.full());
-        let split_models: Vec<(String, Box<dyn MarginModel>)> = setup
-            .splits()
-            .map(|p| {
-                let m: Box<dyn MarginModel> = match &u0 {
-                    None => Box::new(ExplicitRm::new(p)),
-                    Some(u0) => Box::new(ImplicitRm::new(
-                        p,
-                        u0.view(),
-                        setup.config.beta,
-                        GradientPath::Full,
-                    )),
-                };
-                (p.name.clone(), m)
-            })
-            .collect();
-        Observer {
-            kind,
-            split_models,
-            theta0,
-            unseen_rows: if kind == ModelKind::Implicit {
-                setup.unseen_tokens()
-            } else {
-                vec![]
-            },
-            dim: setup.dim(),
-            reference,
-            tie_tolerance,
-        }
-    }
-
-    /// The IM-RM with `θ = U_T` (the rows of the training tokens, `T = rows`): every split's
-    /// margins in the seen-row form (MATH.md §2; the log-normaliser is shared by a pair's
-    /// two responses), tokens outside `T` at `U(0)`. `O(n·D)` per split, independent of `V`.
-    /// `reference` is `ΔU*_T`.
-    pub fn seen_rows(
-        setup: &Setup,
-        rows: &[usize],
-        reference: Option<Vec<f64>>,
-        tie_tolerance: f64,
-    ) -> Observer {
-        let split_models: Vec<(String, Box<dyn MarginModel>)> = setup
-            .splits()
-            .map(|p| {
-                let m: Box<dyn MarginModel> = Box::new(SeenRowsImplicitRm::on_rows(
-                    p,
-                    rows,
-                    &setup.unembedding_init,
-                    setup.config.beta,
-                ));
-                (p.name.clone(), m)
-            })
-            .collect();
-        Observer {
-            kind: ModelKind::Implicit,
-            split_models,
-            theta0: setup
-                .unembedding_init
-                .rows(rows)
-                .into_raw_vec_and_offset()
-                .0,
-            unseen_rows: vec![],
-            dim: setup.dim(),
-            reference,
-            tie_tolerance,
-        }
-    }
-
-    /// Margins of every split (`train` first) at `θ`.
-    pub fn split_margins(&self, theta: &[f64]) -> Vec<(String, Vec<f64>)> {
-        self.split_models
-            .iter()
-            .map(|(name, m)| {
-                let mut out = vec![0.0; m.n_pairs()];
-                m.margins(theta, &mut out);
-                (name.clone(), out)
-            })
-            .collect()
-    }
-
-    /// All observables at `(time, step, θ)`. On the seen rows, `unseen_row_drift` is 0 by
-    /// construction (those rows are not part of the state); the full path measures it.
-    pub fn observe(
-        &self,
-        time: crate::solve::training::ObsTime,
-        step: u64,
-        theta: &[f64],
-    ) -> Observation {
-        let margins = self.split_margins(theta);
-        let loss = mean_loss(&margins[0].1);
-        let splits = margins
-            .iter()
-            .map(|(n, m)| split_metrics(n, m, self.tie_tolerance))
-            .collect();
-        let delta: Vec<f64> = theta.iter().zip(&self.theta0).map(|(a, b)| a - b).collect();
-        let unseen_row_drift = (self.kind == ModelKind::Implicit).then(|| {
-            self.unseen_rows
-                .iter()
-                .map(|&z| crate::numerics::norm(&delta[z * self.dim..(z + 1) * self.dim]))
-                .fold(0.0, f64::max)
-        });
-        let convergence = self.reference.as_ref().map(|r| match self.kind {
-            ModelKind::Explicit => convergence(theta, r, time.ln_t()),
-            ModelKind::Implicit => convergence(&delta, r, time.ln_t()),
-        });
-        Observation {
-            model: self.kind.name(),
-            t: time.t,
-            log10_t: time.log10_t,
-            step,
-            loss,
-            splits,
-            param_distance: crate::numerics::norm(&delta),
-            unseen_row_drift,
-            convergence,
-        }
-    }
-}
-
-/// Max-margin separator of `kind` on the training pairs, with its accuracy on every split.
-pub fn max_margin_for(
-    kind: ModelKind,
-    setup: &Setup,
-    tie_tolerance: f64,
-) -> std::result::Result<MaxMarginResult, MaxMarginError> {
-    let beta = setup.config.beta;
-    match kind {
-        ModelKind::Explicit => {
-            let (u, solution) = max_margin_head(&setup.train.hidden_differences())?;
-            let accuracy = setup
-                .splits()
-                .map(|p| {
-                    split_metrics(
-                        &p.name,
-                        p.hidden_differences()
-                            .dot(&u)
-                            .as_slice()
-                            .expect("contiguous"),
-                        tie_tolerance,
-                    )
-                })
-                .collect();
-            Ok(MaxMarginResult {
-                params: u.to_vec(),
-                rows: None,
-                solution,
-                accuracy,
-            })
-        }
-        ModelKind::Implicit => {
-            let (rows, delta, solution) = max_margin_unembedding_rows(&setup.train, beta)?;
-            let accuracy = setup
-                .splits()
-                .map(|p| {
-                    split_metrics(
-                        &p.name,
-                        &implicit_separator_margins(&rows, &delta, beta, p),
-                        tie_tolerance,
-                    )
-                })
-                .collect();
-            Ok(MaxMarginResult {
-                params: delta.into_raw_vec_and_offset().0,
-                rows: Some(rows),
-                solution,
-                accuracy,
-            })
-        }
-    }
-}
-
-/// Trains one model on `setup` with `config.train`, calling `progress` after each observation.
-/// `max_margin` is the separator of `kind` on `setup` ([`max_margin_for`]), reused across runs.
-pub fn run_model(
-    kind: ModelKind,
-    config: &Config,
-    setup: &Setup,
-    max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
-    progress: &mut dyn FnMut(&Observation),
-) -> Result<ModelRun> {
-    run_model_observed(kind, config, setup, max_margin, progress, None)
-}
-
-/// [`run_model`] with a hook that also sees the whole parameters `θ(t)` (`u`, or `U` as [V, D],
-/// rebuilt from the seen rows when that is how the IM-RM is trained) at every observation.
-pub fn run_model_with(
-    kind: ModelKind,
-    config: &Config,
-    setup: &Setup,
-    max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
-    hook: &mut dyn FnMut(&Observation, &[f64]) -> Result<()>,
-) -> Result<ModelRun> {
-    run_model_observed(kind, config, setup, max_margin, &mut |_| {}, Some(hook))
-}
-
-/// `rows` (sorted) of the flattened `[?, D]` block `values` whose rows are `from` (sorted,
-/// ⊇ `rows`).
-fn select_rows(values: &[f64], from: &[usize], rows: &[usize], d: usize) -> Vec<f64> {
-    RowBlock::new(Some(from), values, d).select(rows)
-}
-
-/// A hook that sees each observation with the whole parameters `θ(t)`.
-type ParamsHook<'a> = dyn FnMut(&Observation, &[f64]) -> Result<()> + 'a;
-
-fn run_model_observed(
-    kind: ModelKind,
-    config: &Config,
-    setup: &Setup,
-    max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
-    progress: &mut dyn FnMut(&Observation),
-    mut hook: Option<&mut ParamsHook>,
-) -> Result<ModelRun> {
-    refuse_stiff_flow(kind, config, &max_margin)?;
-    let reduced = (kind == ModelKind::Implicit && config.trains_seen_rows())
-        .then(|| SeenRowsImplicitRm::new(&setup.train, &setup.unembedding_init, setup.config.beta));
-    let (built, start, observer) = objective(kind, config, setup, &max_margin, reduced.as_ref());
-    let objective: &dyn MarginModel = match (&built, &reduced) {
-        (Some(b), _) => b.as_ref(),
-        (None, Some(r)) => r,
-        (None, None) => unreachable!("a model is built unless the seen-row one is used"),
-    };
-    // The separator's direction in the trained state's layout: u*, or ΔU* on the rows of T
-    // (the seen-row state is T, sorted, like the separator's rows).
-    let direction: Option<&[f64]> = match (&max_margin, kind, &reduced) {
-        (Ok(m), ModelKind::Explicit, _) => Some(&m.params),
-        (Ok(m), ModelKind::Implicit, Some(r)) if m.rows.as_deref() == Some(&r.rows[..]) => {
-            Some(&m.params)
-        }
-        _ => None,
-    };
-    let mut trajectory = Vec::new();
-    let outcome = train_screened(
-        objective,
-        &start,
-        &config.train,
-        kind.label(),
-        direction.map(|direction| Screening { direction }),
-        &mut |t, step, theta| {
-            let obs = observer.observe(t, step, theta);
-            progress(&obs);
-            if let Some(hook) = hook.as_mut() {
-                match &reduced {
-                    Some(r) => hook(&obs, &r.embed(theta, &setup.unembedding_init))?,
-                    None => hook(&obs, theta)?,
-                }
-            }
-            trajectory.push(obs);
-            Ok(())
-        },
-    )?;
-    drop(built);
-    let (rows, initial, final_params) = match &reduced {
-        Some(r) => {
-            let (rows, initial, last) = pair_token_rows(setup, r, &outcome.theta);
-            (Some(rows), initial, last)
-        }
-        None => (None, start, outcome.theta),
-    };
-    Ok(ModelRun {
-        kind,
-        rows,
-        initial,
-        final_params,
-        trajectory,
-        steps: outcome.steps,
-        ode: outcome.ode,
-        screening: outcome.screening,
-        max_margin,
-        rewards: Vec::new(),
-    })
-}
-
-/// A long gradient flow on data certified not separable is refused (exit code 3): the loss has
-/// a finite minimiser there and the log-time flow turns stiff.
-fn refuse_stiff_flow(
-    kind: ModelKind,
-    config: &Config,
-    max_margin: &std::result::Result<MaxMarginResult, MaxMarginError>,
-) -> Result<()> {
-    if let Err(reason) = max_margin {
-        if config.train.optimizer == crate::config::Optimizer::Flow
-            && config.train.horizon_log10() > NON_SEPARABLE_FLOW_LIMIT.log10()
-            && matches!(reason, MaxMarginError::NotSeparable { .. })
-        {
-            return Err(crate::error::Refusal(format!(
-                "{}: {reason}. The loss then has a finite minimiser and the log-time gradient flow turns stiff; \
-                 refusing train.t_max = {} > {NON_SEPARABLE_FLOW_LIMIT:e} for the flow (lower train.t_max or use a discrete optimizer)",
-                kind.label(),
-                crate::solve::training::format_time(config.train.horizon_log10())
-            ))
-            .into());
-        }
-    }
-    Ok(())
-}
-
-/// The model trained (built here unless it is the seen-row one), its initial state, and the
-/// observer of its trajectory.
-fn objective(
-    kind: ModelKind,
-    config: &Config,
-    setup: &Setup,
-    max_margin: &std::result::Result<MaxMarginResult, MaxMarginError>,
-    reduced: Option<&SeenRowsImplicitRm>,
-) -> (Option<Box<dyn MarginModel>>, Vec<f64>, Observer) {
-    let tau = config.eval.tie_tolerance;
-    let reference = max_margin.as_ref().ok().map(|m| m.params.clone());
-    match (kind, reduced) {
-        (ModelKind::Explicit, _) => (
-            Some(Box::new(ExplicitRm::new(&setup.train))),
-            setup.head_init.to_vec(),
-            Observer::new(kind, setup, setup.head_init.to_vec(), reference, tau),
-        ),
-        (ModelKind::Implicit, Some(r)) => (
-            None,
-            r.initial(),
-            Observer::seen_rows(setup, &r.rows, reference, tau),
-        ),
-        (ModelKind::Implicit, None) => {
-            let u0 = setup.unembedding_init.full();
-            let d = setup.dim();
-            // ΔU* on the rows of T, scattered into [V, D].
-            let reference = max_margin.as_ref().ok().map(|m| {
-                let mut full = vec![0.0; u0.len()];
-                let rows = m.rows.as_deref().unwrap_or_default();
-                RowBlock::new(Some(rows), &m.params, d).scatter_into(&mut full, None);
-                full
-            });
-            let theta0: Vec<f64> = u0.iter().copied().collect();
-            (
-                Some(Box::new(ImplicitRm::new(
-                    &setup.train,
-                    u0.view(),
-                    setup.config.beta,
-                    config.train.imrm_gradient,
-                ))),
-                theta0.clone(),
-                Observer::new(kind, setup, theta0, reference, tau),
-            )
-        }
-    }
-}
-
-/// The seen-row IM-RM's stored rows `T ∪ E` (every pair's tokens): their ids, `U(0)` on them,
-/// and the final values (`T` trained, the others at `U(0)`), flattened.
-fn pair_token_rows(
-    setup: &Setup,
-    reduced: &SeenRowsImplicitRm,
-    theta: &[f64],
-) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
-    let d = setup.dim();
-    let rows = setup.pair_tokens();
-    let initial = setup.unembedding_init.rows(&rows);
-    let initial = initial.into_raw_vec_and_offset().0;
-    let mut last = initial.clone();
-    RowBlock::new(Some(&reduced.rows), theta, d).scatter_into(&mut last, Some(&rows));
-    (rows, initial, last)
-}
-
-/// Per split, the EX-RM rewards `⟨u, h_{x,y}⟩` of every response at `u` summarised by
-/// [`reward_summary`].
-fn explicit_rewards(setup: &Setup, u: &[f64]) -> Vec<RewardSummary> {
-    let u = ndarray::ArrayView1::from(u);
-    setup
-        .splits()
-        .map(|p| {
-            reward_summary(
-                &p.name,
-                p.chosen_hidden.dot(&u).as_slice().expect("owned"),
-                p.rejected_hidden.dot(&u).as_slice().expect("owned"),
-            )
-        })
-        .collect()
-}
-
-/// Generates the setup from `config` and trains both models.
-pub fn simulate(config: &Config, progress: &mut dyn FnMut(&Observation)) -> Result<Simulation> {
-    let setup = Setup::try_generate(config)?;
-    let tau = config.eval.tie_tolerance;
-    let explicit = run_model(
-        ModelKind::Explicit,
-        config,
-        &setup,
-        max_margin_for(ModelKind::Explicit, &setup, tau),
-        progress,
-    )?;
-    let implicit = run_model(
-        ModelKind::Implicit,
-        config,
-        &setup,
-        max_margin_for(ModelKind::Implicit, &setup, tau),
-        progress,
-    )?;
-    Simulation::new(config.clone(), setup, explicit, implicit)
-}
-
-/// The pair sets of `setup` with each response's hidden representation replaced by the mean of
-/// the states after each of its tokens, `(1/K) Σ_{k=1..K} s_k` (`s_K` is the last one).
-pub fn token_mean_setup(setup: &Setup) -> Setup {
-    let mut s = setup.clone();
-    for p in std::iter::once(&mut s.train).chain(s.evals.iter_mut()) {
-        let k = p.response_length();
-        for (last, prefixes) in [
-            (&mut p.chosen_hidden, &p.chosen_prefix_hidden),
-            (&mut p.rejected_hidden, &p.rejected_prefix_hidden),
-        ] {
-            for i in 0..last.nrows() {
-                let mut mean = last.row(i).to_owned();
-                for j in 1..k {
-                    mean += &prefixes.slice(ndarray::s![i, j, ..]);
-                }
-                last.row_mut(i).assign(&(mean / k as f64));
-            }
-        }
-    }
-    s
-}
-
-/// Rows of `U(0)` per block when the log-normaliser is streamed over the vocabulary.
-const NORMALISER_BLOCK_ROWS: usize = 512;
-
-/// Per prompt of `prompts` ([n, D]): `ln Σ_{z ∉ skip} exp⟨U(0)_z, h⟩`, streaming `U(0)` in blocks
-/// of [`NORMALISER_BLOCK_ROWS`] rows (`O(V·D)` time per prompt, `O(block·(n + D))` memory),
-/// accumulated block by block in vocabulary order.
-pub fn reference_normaliser_without(
-    setup: &Setup,
-    prompts: &ndarray::Array2<f64>,
-    skip: &[usize],
-) -> Vec<f64> {
-    let n = prompts.nrows();
-    let (mut max, mut sum) = (vec![f64::NEG_INFINITY; n], vec![0.0; n]);
-    setup
-        .unembedding_init
-        .for_each_block(NORMALISER_BLOCK_ROWS, &mut |start, block| {
-            let logits = crate::numerics::mat_mul_bt(prompts.view(), block);
-            let kept: Vec<usize> = (0..block.nrows())
-                .filter(|r| skip.binary_search(&(start + r)).is_err())
-                .collect();
-            for (i, row) in logits.rows().into_iter().enumerate() {
-                let m = kept.iter().map(|&r| row[r]).fold(max[i], f64::max);
-                if m == f64::NEG_INFINITY {
-                    continue;
-                }
-                let s: f64 = kept.iter().map(|&r| (row[r] - m).exp()).sum();
-                sum[i] = sum[i] * (max[i] - m).exp() + s;
-                max[i] = m;
-            }
-        });
-    max.iter().zip(&sum).map(|(m, s)| m + s.ln()).collect()
-}
-
-/// The IM-RM trained on its seen rows, read off per split without a `V × D` array: rewards
-/// (when asked; log-normalisers streamed, [`reference_normaliser_without`]), and the margins of
-/// the no-reference ablation at `t_max` and at `t = 0`. For `K = 1` the normaliser cancels in a
-/// margin, so the ablation is `β⟨U_{y⁺} − U_{y⁻}, h_x⟩`.
-struct SeenRowEvaluation {
-    rewards: Vec<RewardSummary>,
-    no_reference: Vec<Vec<f64>>,
-    reference: Vec<Vec<f64>>,
-}
-
-fn seen_row_evaluation(
-    setup: &Setup,
-    rows: &[usize],
-    final_rows: &[f64],
-    with_rewards: bool,
-) -> SeenRowEvaluation {
-    let (d, beta) = (setup.dim(), setup.config.beta);
-    let initial = setup.unembedding_init.rows(rows);
-    let final_rows = ndarray::ArrayView2::from_shape((rows.len(), d), final_rows).expect("rows×D");
-    let index = |t: usize| rows.binary_search(&t).expect("token of a pair");
-    let mut out = SeenRowEvaluation {
-        rewards: vec![],
-        no_reference: vec![],
-        reference: vec![],
-    };
-    for p in setup.splits() {
-        let (mut now, mut start) = (Vec::new(), Vec::new());
-        for i in 0..p.len() {
-            let (a, b) = p.token_pair(i);
-            let h = p.prompt_hidden.row(i);
-            let (ra, rb) = (index(a), index(b));
-            now.push(beta * (final_rows.row(ra).dot(&h) - final_rows.row(rb).dot(&h)));
-            start.push(beta * (initial.row(ra).dot(&h) - initial.row(rb).dot(&h)));
-        }
-        out.no_reference.push(now);
-        out.reference.push(start);
-        if with_rewards {
-            let rest = reference_normaliser_without(setup, &p.prompt_hidden, rows);
-            let logits_u = crate::numerics::mat_mul_bt(p.prompt_hidden.view(), final_rows);
-            let logits_0 = crate::numerics::mat_mul_bt(p.prompt_hidden.view(), initial.view());
-            let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
-            for i in 0..p.len() {
-                let with_rest = |row: ndarray::ArrayView1<f64>| {
-                    let mut v: Vec<f64> = row.to_vec();
-                    v.push(rest[i]);
-                    crate::numerics::logsumexp(&v)
-                };
-                let (lz, lz0) = (with_rest(logits_u.row(i)), with_rest(logits_0.row(i)));
-                let reward = |t: usize| {
-                    let r = index(t);
-                    beta * ((logits_u[[i, r]] - lz) - (logits_0[[i, r]] - lz0))
-                };
-                let (a, b) = p.token_pair(i);
-                chosen.push(reward(a));
-                rejected.push(reward(b));
-            }
-            out.rewards
-                .push(reward_summary(&p.name, &chosen, &rejected));
-        }
-    }
-    out
 }
 
 impl Simulation {
@@ -761,4 +211,281 @@ impl Simulation {
     pub fn final_head(&self) -> Array1<f64> {
         Array1::from(self.explicit.final_params.clone())
     }
+}
+
+/// Max-margin separator of `kind` on the training pairs, with its accuracy on every split.
+pub fn max_margin_for(
+    kind: ModelKind,
+    setup: &Setup,
+    tie_tolerance: f64,
+) -> std::result::Result<MaxMarginResult, MaxMarginError> {
+    let beta = setup.config.beta;
+    match kind {
+        ModelKind::Explicit => {
+            let (u, solution) = max_margin_head(&setup.train.hidden_differences())?;
+            let accuracy = setup
+                .splits()
+                .map(|p| {
+                    split_metrics(
+                        &p.name,
+                        p.hidden_differences()
+                            .dot(&u)
+                            .as_slice()
+                            .expect("contiguous"),
+                        tie_tolerance,
+                    )
+                })
+                .collect();
+            Ok(MaxMarginResult {
+                params: u.to_vec(),
+                rows: None,
+                solution,
+                accuracy,
+            })
+        }
+        ModelKind::Implicit => {
+            let (rows, delta, solution) = max_margin_unembedding_rows(&setup.train, beta)?;
+            let accuracy = setup
+                .splits()
+                .map(|p| {
+                    split_metrics(
+                        &p.name,
+                        &implicit_separator_margins(&rows, &delta, beta, p),
+                        tie_tolerance,
+                    )
+                })
+                .collect();
+            Ok(MaxMarginResult {
+                params: delta.into_raw_vec_and_offset().0,
+                rows: Some(rows),
+                solution,
+                accuracy,
+            })
+        }
+    }
+}
+
+/// Trains one model on `setup` with `config.train`, calling `progress` after each observation.
+/// `max_margin` is the separator of `kind` on `setup` ([`max_margin_for`]), reused across runs.
+pub fn run_model(
+    kind: ModelKind,
+    config: &Config,
+    setup: &Setup,
+    max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
+    progress: &mut dyn FnMut(&Observation),
+) -> Result<ModelRun> {
+    run_model_observed(kind, config, setup, max_margin, progress, None)
+}
+
+/// [`run_model`] with a hook that also sees the whole parameters `θ(t)` (`u`, or `U` as [V, D],
+/// rebuilt from the seen rows when that is how the IM-RM is trained) at every observation.
+pub fn run_model_with(
+    kind: ModelKind,
+    config: &Config,
+    setup: &Setup,
+    max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
+    hook: &mut dyn FnMut(&Observation, &[f64]) -> Result<()>,
+) -> Result<ModelRun> {
+    run_model_observed(kind, config, setup, max_margin, &mut |_| {}, Some(hook))
+}
+
+/// `rows` (sorted) of the flattened `[?, D]` block `values` whose rows are `from` (sorted,
+/// ⊇ `rows`).
+pub(super) fn select_rows(values: &[f64], from: &[usize], rows: &[usize], d: usize) -> Vec<f64> {
+    RowBlock::new(Some(from), values, d).select(rows)
+}
+
+/// A hook that sees each observation with the whole parameters `θ(t)`.
+pub(super) type ParamsHook<'a> = dyn FnMut(&Observation, &[f64]) -> Result<()> + 'a;
+
+pub(super) fn run_model_observed(
+    kind: ModelKind,
+    config: &Config,
+    setup: &Setup,
+    max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
+    progress: &mut dyn FnMut(&Observation),
+    mut hook: Option<&mut ParamsHook>,
+) -> Result<ModelRun> {
+    refuse_stiff_flow(kind, config, &max_margin)?;
+    let reduced = (kind == ModelKind::Implicit && config.trains_seen_rows())
+        .then(|| SeenRowsImplicitRm::new(&setup.train, &setup.unembedding_init, setup.config.beta));
+    let (built, start, observer) = objective(kind, config, setup, &max_margin, reduced.as_ref());
+    let objective: &dyn MarginModel = match (&built, &reduced) {
+        (Some(b), _) => b.as_ref(),
+        (None, Some(r)) => r,
+        (None, None) => unreachable!("a model is built unless the seen-row one is used"),
+    };
+    // The separator's direction in the trained state's layout: u*, or ΔU* on the rows of T
+    // (the seen-row state is T, sorted, like the separator's rows).
+    let direction: Option<&[f64]> = match (&max_margin, kind, &reduced) {
+        (Ok(m), ModelKind::Explicit, _) => Some(&m.params),
+        (Ok(m), ModelKind::Implicit, Some(r)) if m.rows.as_deref() == Some(&r.rows[..]) => {
+            Some(&m.params)
+        }
+        _ => None,
+    };
+    let mut trajectory = Vec::new();
+    let outcome = train_screened(
+        objective,
+        &start,
+        &config.train,
+        kind.label(),
+        direction.map(|direction| Screening { direction }),
+        &mut |t, step, theta| {
+            let obs = observer.observe(t, step, theta);
+            progress(&obs);
+            if let Some(hook) = hook.as_mut() {
+                match &reduced {
+                    Some(r) => hook(&obs, &r.embed(theta, &setup.unembedding_init))?,
+                    None => hook(&obs, theta)?,
+                }
+            }
+            trajectory.push(obs);
+            Ok(())
+        },
+    )?;
+    drop(built);
+    let (rows, initial, final_params) = match &reduced {
+        Some(r) => {
+            let (rows, initial, last) = pair_token_rows(setup, r, &outcome.theta);
+            (Some(rows), initial, last)
+        }
+        None => (None, start, outcome.theta),
+    };
+    Ok(ModelRun {
+        kind,
+        rows,
+        initial,
+        final_params,
+        trajectory,
+        steps: outcome.steps,
+        ode: outcome.ode,
+        screening: outcome.screening,
+        max_margin,
+        rewards: Vec::new(),
+    })
+}
+
+/// A long gradient flow on data certified not separable is refused (exit code 3): the loss has
+/// a finite minimiser there and the log-time flow turns stiff.
+pub(super) fn refuse_stiff_flow(
+    kind: ModelKind,
+    config: &Config,
+    max_margin: &std::result::Result<MaxMarginResult, MaxMarginError>,
+) -> Result<()> {
+    if let Err(reason) = max_margin {
+        if config.train.optimizer == crate::config::Optimizer::Flow
+            && config.train.horizon_log10() > NON_SEPARABLE_FLOW_LIMIT.log10()
+            && matches!(reason, MaxMarginError::NotSeparable { .. })
+        {
+            return Err(crate::error::Refusal(format!(
+                "{}: {reason}. The loss then has a finite minimiser and the log-time gradient flow turns stiff; \
+                 refusing train.t_max = {} > {NON_SEPARABLE_FLOW_LIMIT:e} for the flow (lower train.t_max or use a discrete optimizer)",
+                kind.label(),
+                crate::solve::training::format_time(config.train.horizon_log10())
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The model trained (built here unless it is the seen-row one), its initial state, and the
+/// observer of its trajectory.
+pub(super) fn objective(
+    kind: ModelKind,
+    config: &Config,
+    setup: &Setup,
+    max_margin: &std::result::Result<MaxMarginResult, MaxMarginError>,
+    reduced: Option<&SeenRowsImplicitRm>,
+) -> (Option<Box<dyn MarginModel>>, Vec<f64>, Observer) {
+    let tau = config.eval.tie_tolerance;
+    let reference = max_margin.as_ref().ok().map(|m| m.params.clone());
+    match (kind, reduced) {
+        (ModelKind::Explicit, _) => (
+            Some(Box::new(ExplicitRm::new(&setup.train))),
+            setup.head_init.to_vec(),
+            Observer::new(kind, setup, setup.head_init.to_vec(), reference, tau),
+        ),
+        (ModelKind::Implicit, Some(r)) => (
+            None,
+            r.initial(),
+            Observer::seen_rows(setup, &r.rows, reference, tau),
+        ),
+        (ModelKind::Implicit, None) => {
+            let u0 = setup.unembedding_init.full();
+            let d = setup.dim();
+            // ΔU* on the rows of T, scattered into [V, D].
+            let reference = max_margin.as_ref().ok().map(|m| {
+                let mut full = vec![0.0; u0.len()];
+                let rows = m.rows.as_deref().unwrap_or_default();
+                RowBlock::new(Some(rows), &m.params, d).scatter_into(&mut full, None);
+                full
+            });
+            let theta0: Vec<f64> = u0.iter().copied().collect();
+            (
+                Some(Box::new(ImplicitRm::new(
+                    &setup.train,
+                    u0.view(),
+                    setup.config.beta,
+                    config.train.imrm_gradient,
+                ))),
+                theta0.clone(),
+                Observer::new(kind, setup, theta0, reference, tau),
+            )
+        }
+    }
+}
+
+/// The seen-row IM-RM's stored rows `T ∪ E` (every pair's tokens): their ids, `U(0)` on them,
+/// and the final values (`T` trained, the others at `U(0)`), flattened.
+pub(super) fn pair_token_rows(
+    setup: &Setup,
+    reduced: &SeenRowsImplicitRm,
+    theta: &[f64],
+) -> (Vec<usize>, Vec<f64>, Vec<f64>) {
+    let d = setup.dim();
+    let rows = setup.pair_tokens();
+    let initial = setup.unembedding_init.rows(&rows);
+    let initial = initial.into_raw_vec_and_offset().0;
+    let mut last = initial.clone();
+    RowBlock::new(Some(&reduced.rows), theta, d).scatter_into(&mut last, Some(&rows));
+    (rows, initial, last)
+}
+
+/// Per split, the EX-RM rewards `⟨u, h_{x,y}⟩` of every response at `u` summarised by
+/// [`reward_summary`].
+pub(super) fn explicit_rewards(setup: &Setup, u: &[f64]) -> Vec<RewardSummary> {
+    let u = ndarray::ArrayView1::from(u);
+    setup
+        .splits()
+        .map(|p| {
+            reward_summary(
+                &p.name,
+                p.chosen_hidden.dot(&u).as_slice().expect("owned"),
+                p.rejected_hidden.dot(&u).as_slice().expect("owned"),
+            )
+        })
+        .collect()
+}
+
+/// Generates the setup from `config` and trains both models.
+pub fn simulate(config: &Config, progress: &mut dyn FnMut(&Observation)) -> Result<Simulation> {
+    let setup = Setup::try_generate(config)?;
+    let tau = config.eval.tie_tolerance;
+    let explicit = run_model(
+        ModelKind::Explicit,
+        config,
+        &setup,
+        max_margin_for(ModelKind::Explicit, &setup, tau),
+        progress,
+    )?;
+    let implicit = run_model(
+        ModelKind::Implicit,
+        config,
+        &setup,
+        max_margin_for(ModelKind::Implicit, &setup, tau),
+        progress,
+    )?;
+    Simulation::new(config.clone(), setup, explicit, implicit)
 }

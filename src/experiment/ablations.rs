@@ -1,0 +1,140 @@
+//! The ablations (MATH.md §6): the IM-RM scored without its reference, and the EX-RM on the mean
+//! hidden state over the response tokens; the seen-row IM-RM's rewards read without a `V × D`
+//! array.
+
+use super::simulation::ModelRun;
+use crate::experiment::observables::{reward_summary, RewardSummary, SplitMetrics};
+use crate::problem::synthetic::Setup;
+
+/// The paper's ablations, read off the same setup (MATH.md §1, §6).
+#[derive(Debug, Clone)]
+pub struct Ablations {
+    /// IM-RM without a reference model, `r = β ln π_U(y|x)`: the same training (the reference
+    /// term has no gradient), scored without subtracting `β ln π_ref`. Per split at `t_max`.
+    pub imrm_no_reference: Vec<SplitMetrics>,
+    /// The same at `t = 0` (`U = U(0)`): on unseen tokens, whose rows never move, the two agree
+    /// exactly; the ranking there is `U(0)`'s.
+    pub imrm_no_reference_initial: Vec<SplitMetrics>,
+    /// `K > 1`: the EX-RM on the mean of the hidden states after each response token
+    /// (`(1/K) Σ_k h_{x,y≤k}`, the official code's alternative) instead of the last one, trained
+    /// by the same flow. `None` for `K = 1`, where the two coincide.
+    pub exrm_token_mean: Option<ModelRun>,
+}
+
+/// The pair sets of `setup` with each response's hidden representation replaced by the mean of
+/// the states after each of its tokens, `(1/K) Σ_{k=1..K} s_k` (`s_K` is the last one).
+pub fn token_mean_setup(setup: &Setup) -> Setup {
+    let mut s = setup.clone();
+    for p in std::iter::once(&mut s.train).chain(s.evals.iter_mut()) {
+        let k = p.response_length();
+        for (last, prefixes) in [
+            (&mut p.chosen_hidden, &p.chosen_prefix_hidden),
+            (&mut p.rejected_hidden, &p.rejected_prefix_hidden),
+        ] {
+            for i in 0..last.nrows() {
+                let mut mean = last.row(i).to_owned();
+                for j in 1..k {
+                    mean += &prefixes.slice(ndarray::s![i, j, ..]);
+                }
+                last.row_mut(i).assign(&(mean / k as f64));
+            }
+        }
+    }
+    s
+}
+
+/// Rows of `U(0)` per block when the log-normaliser is streamed over the vocabulary.
+pub(super) const NORMALISER_BLOCK_ROWS: usize = 512;
+
+/// Per prompt of `prompts` ([n, D]): `ln Σ_{z ∉ skip} exp⟨U(0)_z, h⟩`, streaming `U(0)` in blocks
+/// of [`NORMALISER_BLOCK_ROWS`] rows (`O(V·D)` time per prompt, `O(block·(n + D))` memory),
+/// accumulated block by block in vocabulary order.
+pub fn reference_normaliser_without(
+    setup: &Setup,
+    prompts: &ndarray::Array2<f64>,
+    skip: &[usize],
+) -> Vec<f64> {
+    let n = prompts.nrows();
+    let (mut max, mut sum) = (vec![f64::NEG_INFINITY; n], vec![0.0; n]);
+    setup
+        .unembedding_init
+        .for_each_block(NORMALISER_BLOCK_ROWS, &mut |start, block| {
+            let logits = crate::numerics::mat_mul_bt(prompts.view(), block);
+            let kept: Vec<usize> = (0..block.nrows())
+                .filter(|r| skip.binary_search(&(start + r)).is_err())
+                .collect();
+            for (i, row) in logits.rows().into_iter().enumerate() {
+                let m = kept.iter().map(|&r| row[r]).fold(max[i], f64::max);
+                if m == f64::NEG_INFINITY {
+                    continue;
+                }
+                let s: f64 = kept.iter().map(|&r| (row[r] - m).exp()).sum();
+                sum[i] = sum[i] * (max[i] - m).exp() + s;
+                max[i] = m;
+            }
+        });
+    max.iter().zip(&sum).map(|(m, s)| m + s.ln()).collect()
+}
+
+/// The IM-RM trained on its seen rows, read off per split without a `V × D` array: rewards
+/// (when asked; log-normalisers streamed, [`reference_normaliser_without`]), and the margins of
+/// the no-reference ablation at `t_max` and at `t = 0`. For `K = 1` the normaliser cancels in a
+/// margin, so the ablation is `β⟨U_{y⁺} − U_{y⁻}, h_x⟩`.
+pub(super) struct SeenRowEvaluation {
+    pub(super) rewards: Vec<RewardSummary>,
+    pub(super) no_reference: Vec<Vec<f64>>,
+    pub(super) reference: Vec<Vec<f64>>,
+}
+
+pub(super) fn seen_row_evaluation(
+    setup: &Setup,
+    rows: &[usize],
+    final_rows: &[f64],
+    with_rewards: bool,
+) -> SeenRowEvaluation {
+    let (d, beta) = (setup.dim(), setup.config.beta);
+    let initial = setup.unembedding_init.rows(rows);
+    let final_rows = ndarray::ArrayView2::from_shape((rows.len(), d), final_rows).expect("rows×D");
+    let index = |t: usize| rows.binary_search(&t).expect("token of a pair");
+    let mut out = SeenRowEvaluation {
+        rewards: vec![],
+        no_reference: vec![],
+        reference: vec![],
+    };
+    for p in setup.splits() {
+        let (mut now, mut start) = (Vec::new(), Vec::new());
+        for i in 0..p.len() {
+            let (a, b) = p.token_pair(i);
+            let h = p.prompt_hidden.row(i);
+            let (ra, rb) = (index(a), index(b));
+            now.push(beta * (final_rows.row(ra).dot(&h) - final_rows.row(rb).dot(&h)));
+            start.push(beta * (initial.row(ra).dot(&h) - initial.row(rb).dot(&h)));
+        }
+        out.no_reference.push(now);
+        out.reference.push(start);
+        if with_rewards {
+            let rest = reference_normaliser_without(setup, &p.prompt_hidden, rows);
+            let logits_u = crate::numerics::mat_mul_bt(p.prompt_hidden.view(), final_rows);
+            let logits_0 = crate::numerics::mat_mul_bt(p.prompt_hidden.view(), initial.view());
+            let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+            for i in 0..p.len() {
+                let with_rest = |row: ndarray::ArrayView1<f64>| {
+                    let mut v: Vec<f64> = row.to_vec();
+                    v.push(rest[i]);
+                    crate::numerics::logsumexp(&v)
+                };
+                let (lz, lz0) = (with_rest(logits_u.row(i)), with_rest(logits_0.row(i)));
+                let reward = |t: usize| {
+                    let r = index(t);
+                    beta * ((logits_u[[i, r]] - lz) - (logits_0[[i, r]] - lz0))
+                };
+                let (a, b) = p.token_pair(i);
+                chosen.push(reward(a));
+                rejected.push(reward(b));
+            }
+            out.rewards
+                .push(reward_summary(&p.name, &chosen, &rejected));
+        }
+    }
+    out
+}
