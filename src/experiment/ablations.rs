@@ -47,7 +47,7 @@ pub fn token_mean_setup(setup: &Setup) -> Setup {
 pub(super) const NORMALISER_BLOCK_ROWS: usize = 512;
 
 /// Per prompt of `prompts` ([n, D]): `ln Σ_{z ∉ skip} exp⟨U(0)_z, h⟩`, streaming `U(0)` in blocks
-/// of [`NORMALISER_BLOCK_ROWS`] rows (`O(V·D)` time per prompt, `O(block·(n + D))` memory),
+/// of `NORMALISER_BLOCK_ROWS` rows (`O(V·D)` time per prompt, `O(block·(n + D))` memory),
 /// accumulated block by block in vocabulary order.
 pub fn reference_normaliser_without(
     setup: &Setup,

@@ -1,6 +1,6 @@
 //! The data and layout of every figure in `figures/` (one function per figure; the examples,
 //! tests and any other caller use the same code). Each returns the figure and the CSV of what it
-//! draws; [`write`] renders `NAME.png`, `NAME.svg` and writes `NAME.csv`. One file per part of
+//! draws; [`write`](fn@write) renders `NAME.png`, `NAME.svg` and writes `NAME.csv`. One file per part of
 //! the paper; [`plot`] draws.
 
 pub mod ablations;

@@ -203,7 +203,7 @@ fn gather_rows(
 }
 
 /// Input embeddings `e_y = α s_y μ + g_y`, `g_y ~ N(0, I/D)` (MATH.md §5), drawn per token from
-/// its own stream ([`row_rng`]).
+/// its own stream (`row_rng`).
 #[derive(Debug, Clone)]
 pub struct TokenEmbeddings {
     seed: u64,
@@ -346,7 +346,7 @@ pub struct Setup {
     /// `U(0)`; also the reference model `π_ref = π_{U(0)}`. Rows on demand
     /// ([`InitialUnembedding::row`]); the full `[V, D]` matrix only when asked.
     pub unembedding_init: InitialUnembedding,
-    /// `u(0)`, [D].
+    /// `u(0)`, `[D]`.
     pub head_init: Array1<f64>,
     pub train: PairSet,
     /// Evaluation splits: `seen`, `unseen`, `domain`, then one `overlapP` per `setup.eval_overlap`.

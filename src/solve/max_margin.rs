@@ -448,7 +448,7 @@ fn hard_margin(
     hard_margin_with(features, space, true)
 }
 
-/// [`hard_margin`], with the working set allowed or not.
+/// `hard_margin`, with the working set allowed or not.
 fn hard_margin_with(
     features: Features,
     space: &'static str,
@@ -661,7 +661,7 @@ fn working_set_solve(
 
 /// EX-RM max-margin head `u* = argmin{‖u‖ : ⟨u, z_i⟩ ≥ 1 ∀i}` from the primal QP
 /// `min ½‖u‖² s.t. −Z u + s = −1, s ≥ 0` or its dual, whichever is smaller (normalised,
-/// [`hard_margin`]); `α` are the constraint multipliers.
+/// `hard_margin`); `α` are the constraint multipliers.
 pub fn max_margin_head(
     features: &Array2<f64>,
 ) -> Result<(Array1<f64>, MaxMarginSolution), MaxMarginError> {
@@ -776,7 +776,7 @@ pub fn implicit_kernel(a: &PairSet, b: &PairSet, beta: f64) -> Array2<f64> {
 /// training tokens `T` (every other row is 0): returns `T` and `ΔU*_T`, [|T|, D]. Solved with
 /// `β = 1` and rescaled (`ΔU*_β = ΔU*_1/β`, `α_β = α_1/β²`), so separability and the solve do not
 /// depend on `β`; the features `(e_{y⁺} − e_{y⁻}) ⊗ h_x` live on the `|T|·D` seen-row block, and
-/// [`hard_margin`] picks the primal over that block or the dual with the product kernel
+/// `hard_margin` picks the primal over that block or the dual with the product kernel
 /// `K_IM(i,j) = ⟨e_{y_i⁺} − e_{y_i⁻}, e_{y_j⁺} − e_{y_j⁻}⟩ ⟨h_{x_i}, h_{x_j}⟩`, whichever is smaller
 /// (a working set past [`WORKING_SET_MIN_PAIRS`] pairs). No `V × D` array is formed.
 pub fn max_margin_unembedding_rows(

@@ -1,6 +1,6 @@
 //! Parameter sweeps over seeds: accuracy of both reward models as a function of one parameter,
 //! mean and 95 % interval (Student t) over seeds. One code path for the CLI and the figures.
-//! [`file`] reads a sweep, [`run`] runs and aggregates it, [`shard`] splits it into slices and
+//! [`file`](mod@file) reads a sweep, [`run`](mod@run) runs and aggregates it, [`shard`] splits it into slices and
 //! merges them.
 
 pub mod file;

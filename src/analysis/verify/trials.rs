@@ -45,7 +45,7 @@ pub fn trial_config(base: &Config, k: u64) -> Config {
 }
 
 /// Verifies `config`, then `trials` random setups around it in parallel.
-/// `on_job` is called as each job of the configured setup finishes ([`SETUP_JOBS`] of them), and
+/// `on_job` is called as each job of the configured setup finishes ([`SETUP_JOBS`](super::SETUP_JOBS) of them), and
 /// once per finished trial (`"trial"`).
 pub fn verify(
     config: &Config,

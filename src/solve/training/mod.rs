@@ -3,7 +3,7 @@
 //! Flow: `dθ/dt = −∇L(θ)` on `t ∈ [0, 1]`, then in log-time `s = ln t`,
 //! `dθ/ds = t·(−∇L) = (1/N) Σ_i exp(s − softplus(m_i)) ∂m_i/∂θ`, so `t σ(−m)` never over- or
 //! underflows and `t = 1e100` costs a few hundred steps. GD, Adam and AdamW use `t = k·η`.
-//! [`train`] is the entry point; [`flow`], [`discrete`] and [`residual`] are the methods,
+//! [`train`](mod@train) is the entry point; [`flow`], [`discrete`] and [`residual`] are the methods,
 //! [`screening`] skips negligible pairs of the flow field, [`time`] holds the observation grid.
 
 pub mod discrete;

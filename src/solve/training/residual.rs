@@ -9,10 +9,10 @@ use anyhow::Result;
 /// The EX-RM flow written for its residual `ρ = u − u* ln t` (MATH.md §4, Theorem 2(b)): in
 /// `s = ln t`, `dρ/ds = (1/N) Σ_i exp(s − softplus(m_i)) z_i − u*`, with
 /// `m_i = s⟨u*, z_i⟩ + ⟨ρ, z_i⟩`. Since `u = u* s + ρ` exactly for any fixed `u*`, this is the
-/// same flow as [`train`]'s; but the state stays bounded, so `ρ` is integrated to the integrator's
+/// same flow as [`train`](super::train())'s; but the state stays bounded, so `ρ` is integrated to the integrator's
 /// relative accuracy instead of being the difference of two vectors of size `‖u*‖ ln t`, and the
 /// horizon is limited only by `s` (`t = 10^100000` and beyond). Starts from `u(1)` (the flow's
-/// linear-time phase, [`train`] to `t = 1`); returns `ρ` at each `log10 t` of `log10_times`
+/// linear-time phase, [`train`](super::train()) to `t = 1`); returns `ρ` at each `log10 t` of `log10_times`
 /// (all > 0, increasing) and the integrator's counters.
 pub fn residual_flow(
     features: &ndarray::Array2<f64>,
