@@ -283,36 +283,8 @@ fn build_tokenizer(
         ))
     })?;
     let tokens = meta.strings("tokenizer.ggml.tokens")?;
-    let merges: Vec<(String, String)> = meta
-        .strings("tokenizer.ggml.merges")?
-        .iter()
-        .enumerate()
-        .map(|(k, m)| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| {
-                    meta.bad(format!("tokenizer.ggml.merges[{k}] = {m:?} is not \"a b\""))
-                })
-        })
-        .collect::<Result<_>>()?;
-    let types: Vec<i64> = match meta.map.get("tokenizer.ggml.token_type") {
-        Some(Value::Array(v)) => v
-            .iter()
-            .map(|x| match x {
-                Value::I32(t) => *t as i64,
-                Value::U32(t) => *t as i64,
-                _ => 1,
-            })
-            .collect(),
-        _ => vec![1; tokens.len()],
-    };
-    if types.len() != tokens.len() {
-        return Err(meta.bad(format!(
-            "tokenizer.ggml.token_type has {} entries for {} tokens",
-            types.len(),
-            tokens.len()
-        )));
-    }
+    let merges = bpe_merges(meta)?;
+    let types = token_types(meta, tokens.len())?;
     let vocab: Vocab = tokens
         .iter()
         .enumerate()
@@ -347,6 +319,44 @@ fn build_tokenizer(
         .collect();
     tok.add_special_tokens(&added);
     Ok((tok, special, merges.len(), pre_hf))
+}
+
+/// `tokenizer.ggml.merges` as pairs (each entry `"a b"`).
+fn bpe_merges(meta: &Metadata) -> Result<Vec<(String, String)>> {
+    meta.strings("tokenizer.ggml.merges")?
+        .iter()
+        .enumerate()
+        .map(|(k, m)| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| {
+                    meta.bad(format!("tokenizer.ggml.merges[{k}] = {m:?} is not \"a b\""))
+                })
+        })
+        .collect()
+}
+
+/// `tokenizer.ggml.token_type` (1 normal, 3 control; all normal when absent), one per token.
+fn token_types(meta: &Metadata, n_tokens: usize) -> Result<Vec<i64>> {
+    let types: Vec<i64> = match meta.map.get("tokenizer.ggml.token_type") {
+        Some(Value::Array(v)) => v
+            .iter()
+            .map(|x| match x {
+                Value::I32(t) => *t as i64,
+                Value::U32(t) => *t as i64,
+                _ => 1,
+            })
+            .collect(),
+        _ => vec![1; n_tokens],
+    };
+    if types.len() != n_tokens {
+        return Err(meta.bad(format!(
+            "tokenizer.ggml.token_type has {} entries for {} tokens",
+            types.len(),
+            n_tokens
+        )));
+    }
+    Ok(types)
 }
 
 fn sha256_of(path: &Path) -> Result<String> {
