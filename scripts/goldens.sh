@@ -23,7 +23,7 @@ target=${CARGO_TARGET_DIR:-$root/target}
 bin=$target/release/rmflow
 case $mode in
 capture) out=$golden; rm -rf "$out"; mkdir -p "$out" ;;
-compare) out=$(mktemp -d); trap 'rm -rf "$out"' EXIT ;;
+compare) out=$(mktemp -d) ;;
 *) echo "usage: scripts/goldens.sh capture|compare DIR" >&2; exit 2 ;;
 esac
 out=$(cd "$out" && pwd)

@@ -109,15 +109,6 @@ impl OutputFlags {
     }
 }
 
-/// `--force` of the commands that write one file: replace it only if it is an rmflow output.
-pub fn file_replace(force: bool) -> Replace {
-    if force {
-        Replace::RmflowOutput
-    } else {
-        Replace::Never
-    }
-}
-
 /// `--imrm-gradient full|sparse`.
 pub fn parse_gradient_path(s: &str) -> Result<GradientPath, String> {
     match s {

@@ -1,10 +1,10 @@
 //! The real-model commands that write model files: `lm-convert`, `lm-import-gguf`, `lm-tiny`,
 //! `lm-forward` (feature `lm`).
 
-use super::args::{file_replace, OutputFlags};
+use super::args::OutputFlags;
 use anyhow::Result;
 use rmflow::error::InputError;
-use rmflow::io::atomic::{check_not_overwriting_input, AtomicDir, AtomicFile};
+use rmflow::io::atomic::{check_not_overwriting_input, AtomicDir, AtomicFile, Replace};
 use rmflow::io::resources::human_bytes;
 use rmflow::lm::{convert, gguf, open_device, recipe, tiny};
 use std::path::PathBuf;
@@ -130,7 +130,7 @@ pub fn run_tiny(a: LmTinyArgs) -> Result<()> {
 
 pub fn run_forward(a: LmForwardArgs) -> Result<()> {
     let device = open_device(&a.device)?;
-    let file = AtomicFile::create(&a.out, file_replace(a.force))?;
+    let file = AtomicFile::create(&a.out, Replace::from_flags(a.force, false))?;
     let record = tiny::forward_record(&a.model, &device, &tiny::probe_texts())?;
     file.commit(&serde_json::to_string(&record)?)?;
     println!("wrote {}", a.out.display());

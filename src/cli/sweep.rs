@@ -138,7 +138,7 @@ fn one_shard(
     })?;
     let path = out.join(sweep::shard_file_name(i, n));
     check_not_overwriting_input(config, &path)?;
-    let target = AtomicFile::create(&path, super::args::file_replace(force))?;
+    let target = AtomicFile::create(&path, Replace::from_flags(force, false))?;
     let ids = sweep::shard_assignment(file, n)?.swap_remove(i);
     let bar = progress_bar(&format!("sweep shard {i}/{n}"), ids.len() as u64, "runs");
     let results = sweep::run_units(file, &ids, &|| bar.inc("run done"))?;

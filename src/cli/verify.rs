@@ -1,11 +1,11 @@
 //! `rmflow verify`: Theorem 2 checked claim by claim (MATH.md §4); exit 1 if a claim fails.
 
-use super::args::{file_replace, load_config};
+use super::args::load_config;
 use super::progress::progress_bar;
 use anyhow::Result;
 use rmflow::analysis::verify::{self, Fault, VerifyOptions};
 use rmflow::error::ClaimsFailed;
-use rmflow::io::atomic::{check_not_overwriting_input, AtomicFile};
+use rmflow::io::atomic::{check_not_overwriting_input, AtomicFile, Replace};
 use rmflow::io::resources::check_memory;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -63,7 +63,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
             if let Some(c) = &a.config {
                 check_not_overwriting_input(c, p)?;
             }
-            Some(AtomicFile::create(p, file_replace(a.force))?)
+            Some(AtomicFile::create(p, Replace::from_flags(a.force, false))?)
         }
         None => None,
     };

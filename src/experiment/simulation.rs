@@ -200,7 +200,7 @@ impl Simulation {
             None => self.final_unembedding().select(ndarray::Axis(0), rows),
             Some(kept) => ndarray::Array2::from_shape_vec(
                 (rows.len(), d),
-                select_rows(&self.implicit.final_params, kept, rows, d),
+                RowBlock::new(Some(kept), &self.implicit.final_params, d).select(rows),
             )
             .expect("rows×D"),
         };
@@ -287,12 +287,6 @@ pub fn run_model_with(
     hook: &mut dyn FnMut(&Observation, &[f64]) -> Result<()>,
 ) -> Result<ModelRun> {
     run_model_observed(kind, config, setup, max_margin, &mut |_| {}, Some(hook))
-}
-
-/// `rows` (sorted) of the flattened `[?, D]` block `values` whose rows are `from` (sorted,
-/// ⊇ `rows`).
-pub(super) fn select_rows(values: &[f64], from: &[usize], rows: &[usize], d: usize) -> Vec<f64> {
-    RowBlock::new(Some(from), values, d).select(rows)
 }
 
 /// A hook that sees each observation with the whole parameters `θ(t)`.

@@ -59,17 +59,24 @@ pub(super) fn split_series(
 ) -> Series {
     Series {
         name: split.to_string(),
-        points: traj
-            .iter()
-            .filter(|o| o.t > 0.0)
-            .map(|o| {
-                (
-                    o.t,
-                    f(o.splits.iter().find(|s| s.split == split).expect("split")),
-                )
-            })
-            .collect(),
+        points: after_zero(
+            traj,
+            |o| o.t,
+            |o| f(o.splits.iter().find(|s| s.split == split).expect("split")),
+        ),
         color,
         ..Default::default()
     }
+}
+
+/// `(t(row), f(row))` for every row at `t > 0` (the points of a curve on a log time axis).
+pub(super) fn after_zero<T>(
+    rows: &[T],
+    t: impl Fn(&T) -> f64,
+    f: impl Fn(&T) -> f64,
+) -> Vec<(f64, f64)> {
+    rows.iter()
+        .filter(|r| t(r) > 0.0)
+        .map(|r| (t(r), f(r)))
+        .collect()
 }

@@ -1,6 +1,6 @@
 //! Verification versus generation (MATH.md §7) in the single-token setting.
 
-use super::figure::{caption, FigureData};
+use super::figure::{after_zero, caption, FigureData};
 use crate::config::{Config, GradientPath};
 use crate::experiment::simulation::{max_margin_for, run_model_with, ModelKind};
 use crate::figures::plot::{Figure, Legend, Panel, Series};
@@ -160,14 +160,6 @@ fn from_on(rows: &[HeldOut], ok: impl Fn(&HeldOut) -> bool) -> Option<f64> {
     }
 }
 
-/// `(t, f(row))` for every observation at `t > 0`.
-fn points(rows: &[HeldOut], f: fn(&HeldOut) -> f64) -> Vec<(f64, f64)> {
-    rows.iter()
-        .filter(|r| r.t > 0.0)
-        .map(|r| (r.t, f(r)))
-        .collect()
-}
-
 /// Left panel: held-out accuracy against greedy generation, with the times each reaches 1.
 fn ranking_panel(rows: &[HeldOut], t_verify: Option<f64>, t_generate: Option<f64>) -> Panel {
     let mut a = Panel::lines(
@@ -179,13 +171,13 @@ fn ranking_panel(rows: &[HeldOut], t_verify: Option<f64>, t_generate: Option<f64
         vec![
             Series {
                 name: "IM-RM accuracy (strict)".into(),
-                points: points(rows, |r| r.accuracy),
+                points: after_zero(rows, |r| r.t, |r| r.accuracy),
                 color: 5,
                 ..Default::default()
             },
             Series {
                 name: "greedy token is a good one".into(),
-                points: points(rows, |r| r.greedy_good),
+                points: after_zero(rows, |r| r.t, |r| r.greedy_good),
                 color: 3,
                 dashed: true,
                 ..Default::default()
@@ -213,13 +205,13 @@ fn probability_panel(rows: &[HeldOut], t_verify: Option<f64>, pairs: usize) -> P
         vec![
             Series {
                 name: "mean π(y⁺|x)".into(),
-                points: points(rows, |r| r.pi_chosen),
+                points: after_zero(rows, |r| r.t, |r| r.pi_chosen),
                 color: 3,
                 ..Default::default()
             },
             Series {
                 name: "mean π(y⁻|x)".into(),
-                points: points(rows, |r| r.pi_rejected),
+                points: after_zero(rows, |r| r.t, |r| r.pi_rejected),
                 color: 4,
                 ..Default::default()
             },

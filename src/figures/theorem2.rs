@@ -1,7 +1,7 @@
 //! Theorem 2's figures (MATH.md §4): accuracy per split along training, convergence to the
 //! max-margin separators, the unseen margins, and the optimizers compared.
 
-use super::figure::{caption, split_series, FigureData, SPLITS};
+use super::figure::{after_zero, caption, split_series, FigureData, SPLITS};
 use crate::analysis::verify::residual::{residual_to_horizon, RESIDUAL_HORIZON_LOG10};
 use crate::config::{Config, GradientPath, Optimizer};
 use crate::experiment::observables::{Convergence, Observation, SplitMetrics};
@@ -381,11 +381,15 @@ pub fn optimizers(config: &Config) -> Result<FigureData> {
         };
         drift.push(series(
             label.clone(),
-            positive_times(&run.trajectory, |o| o.unseen_row_drift.unwrap_or(f64::NAN)),
+            after_zero(
+                &run.trajectory,
+                |o| o.t,
+                |o| o.unseen_row_drift.unwrap_or(f64::NAN),
+            ),
         ));
         acc.push(series(
             label,
-            positive_times(&run.trajectory, |o| unseen(o).tie_aware_accuracy),
+            after_zero(&run.trajectory, |o| o.t, |o| unseen(o).tie_aware_accuracy),
         ));
     }
     let mut a = Panel::lines(
@@ -430,15 +434,6 @@ fn unseen(o: &Observation) -> SplitMetrics {
         .find(|s| s.split == "unseen")
         .expect("unseen")
         .clone()
-}
-
-/// `(t, f(o))` for every observation at `t > 0`.
-fn positive_times(trajectory: &[Observation], f: impl Fn(&Observation) -> f64) -> Vec<(f64, f64)> {
-    trajectory
-        .iter()
-        .filter(|o| o.t > 0.0)
-        .map(|o| (o.t, f(o)))
-        .collect()
 }
 
 /// One CSV row per observation of an optimizer's run.

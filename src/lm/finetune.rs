@@ -329,7 +329,7 @@ fn train_steps(
     on_step: &mut dyn FnMut(&StepRecord),
 ) -> Result<(Vec<StepRecord>, Vec<Checkpoint>, f64)> {
     let train = &ctx.sequences[0];
-    let (mut opt, mut head_opt) = optimizers(trainee, spec)?;
+    let mut optimizers = optimizers(trainee, spec)?;
     let mut batches = Batches::new(train.len(), spec.batch_pairs, seed);
     let mut history = Vec::with_capacity(spec.steps);
     let mut checkpoints = vec![Checkpoint {
@@ -352,11 +352,7 @@ fn train_steps(
         let step_start = std::time::Instant::now();
         let idx = batches.next();
         let (loss, record) = step_loss(trainee, train, &idx, reference, ctx.beta, step)?;
-        let grads = loss.backward()?;
-        opt.step(&grads)?;
-        if let Some(h) = head_opt.as_mut() {
-            h.step(&grads)?;
-        }
+        optimizers.step(&loss.backward()?)?;
         step_seconds += step_start.elapsed().as_secs_f64();
         on_step(&record);
         history.push(record);
@@ -479,30 +475,61 @@ fn reference_log_ratios(
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// AdamW on the trained tensors, and on the EX-RM head (at `head_lr`).
-fn optimizers(trainee: &Trainee, spec: &FinetuneSpec) -> Result<(AdamW, Option<AdamW>)> {
-    let adamw = |vars: Vec<Var>, lr: f64| {
-        AdamW::new(
-            vars,
-            ParamsAdamW {
-                lr,
-                beta1: spec.beta1,
-                beta2: spec.beta2,
-                eps: spec.eps,
-                weight_decay: spec.weight_decay,
-            },
-        )
-    };
+/// AdamW on the trained tensors and, at its own learning rate, on the EX-RM head: the optimizers
+/// of full fine-tuning and of the paper's recipe.
+pub(crate) struct Optimizers {
+    body: AdamW,
+    head: Option<AdamW>,
+    /// Every trained variable, the head last (for gradient accumulation).
+    pub(crate) vars: Vec<Var>,
+}
+
+impl Optimizers {
+    /// `params` for the body (`vars`); the head, when trained, at `head_lr` (default: the same).
+    pub(crate) fn new(
+        vars: Vec<Var>,
+        head: Option<&Var>,
+        params: ParamsAdamW,
+        head_lr: Option<f64>,
+    ) -> Result<Optimizers> {
+        let body = AdamW::new(vars.clone(), params.clone())?;
+        let mut all = vars;
+        let head = match head {
+            Some(h) => {
+                all.push(h.clone());
+                let lr = head_lr.unwrap_or(params.lr);
+                Some(AdamW::new(vec![h.clone()], ParamsAdamW { lr, ..params })?)
+            }
+            None => None,
+        };
+        Ok(Optimizers {
+            body,
+            head,
+            vars: all,
+        })
+    }
+
+    pub(crate) fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
+        self.body.step(grads)?;
+        if let Some(h) = self.head.as_mut() {
+            h.step(grads)?;
+        }
+        Ok(())
+    }
+}
+
+/// The optimizers of [`finetune`]: the head is trained for the EX-RM only.
+fn optimizers(trainee: &Trainee, spec: &FinetuneSpec) -> Result<Optimizers> {
     let vars: Vec<Var> = trainee.params.iter().map(|(_, v)| v.clone()).collect();
-    let opt = adamw(vars, spec.lr)?;
-    let head_opt = match trainee.kind {
-        ModelKind::Explicit => Some(adamw(
-            vec![trainee.head.clone()],
-            spec.head_lr.unwrap_or(spec.lr),
-        )?),
-        ModelKind::Implicit => None,
+    let params = ParamsAdamW {
+        lr: spec.lr,
+        beta1: spec.beta1,
+        beta2: spec.beta2,
+        eps: spec.eps,
+        weight_decay: spec.weight_decay,
     };
-    Ok((opt, head_opt))
+    let head = (trainee.kind == ModelKind::Explicit).then_some(&trainee.head);
+    Optimizers::new(vars, head, params, spec.head_lr)
 }
 
 /// Mini-batches of training pairs: `per_step` indices a step, drawn without replacement within

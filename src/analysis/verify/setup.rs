@@ -7,7 +7,7 @@ use super::residual::residual_rows;
 use super::theorem2a::{
     claims_2a, dual_unseen_claim, full_vocabulary_skips, unembedding_gap, PATH_AGREEMENT_BOUND,
 };
-use super::theorem2b::{claims_2b, qp_claims};
+use super::theorem2b::{claims_2b, qp_claim, qp_claims};
 use crate::config::{Config, GradientPath, Optimizer};
 use crate::experiment::observables::Observation;
 use crate::experiment::simulation::{
@@ -237,7 +237,7 @@ fn train_runs(
     separators: &Separators,
     on_job: &(dyn Fn(&str) + Sync),
 ) -> Result<Runs> {
-    let trained: Vec<(Run, ModelRun)> = jobs
+    let mut trained: Vec<(Run, ModelRun)> = jobs
         .par_iter()
         .map(|&job| {
             let no_progress = &mut |_: &Observation| {};
@@ -255,12 +255,9 @@ fn train_runs(
             r.map(|r| (job, r))
         })
         .collect::<Result<_>>()?;
-    let mut trained: Vec<Option<(Run, ModelRun)>> = trained.into_iter().map(Some).collect();
     let mut take = |run: Run| -> Option<ModelRun> {
-        let slot = trained
-            .iter_mut()
-            .find(|s| s.as_ref().is_some_and(|(r, _)| *r == run))?;
-        slot.take().map(|(_, m)| m)
+        let at = trained.iter().position(|(r, _)| *r == run)?;
+        Some(trained.swap_remove(at).1)
     };
     let full = take(Run::Faithful).map(|faithful| FullRuns {
         faithful,
@@ -467,7 +464,7 @@ pub(super) fn verify_multi_token(
     claims.push(Claim::skipped("companion.dual_unseen", &why));
     claims.extend(residual?);
     claims.extend(dynamics?);
-    claims.push(qp_claims(&mm_ex, &Err(untrained_reason(&why))).swap_remove(0));
+    claims.push(qp_claim("qp.exrm", "EX-RM", &mm_ex));
     claims.push(Claim::skipped("qp.imrm", &why));
     Ok(claims)
 }
@@ -489,14 +486,6 @@ const SINGLE_TOKEN_CLAIMS: [&str; 13] = [
     "companion.paths_agree",
 ];
 
-/// Why the IM-RM has no separator when it is not trained (`why`).
-fn untrained_reason(why: &str) -> MaxMarginError {
-    MaxMarginError::Setup {
-        space: "unembedding feature space of the IM-RM",
-        message: why.to_string(),
-    }
-}
-
 /// An IM-RM that was not trained (for the rows of [`claims_2b`] that read it: SKIP).
 fn untrained_imrm(why: &str) -> ModelRun {
     ModelRun {
@@ -508,7 +497,10 @@ fn untrained_imrm(why: &str) -> ModelRun {
         steps: 0,
         ode: None,
         screening: None,
-        max_margin: Err(untrained_reason(why)),
+        max_margin: Err(MaxMarginError::Setup {
+            space: "unembedding feature space of the IM-RM",
+            message: why.to_string(),
+        }),
         rewards: vec![],
     }
 }

@@ -254,16 +254,25 @@ pub(super) fn qp_claims(
     mm_ex: &std::result::Result<MaxMarginResult, MaxMarginError>,
     mm_im: &std::result::Result<MaxMarginResult, MaxMarginError>,
 ) -> Vec<Claim> {
-    [("qp.exrm", "EX-RM", mm_ex), ("qp.imrm", "IM-RM", mm_im)]
-        .into_iter()
-        .map(|(id, what, mm)| match mm {
-            Ok(MaxMarginResult { solution, .. }) => Claim::judged(
-                id,
-                &format!("{what} max-margin QP certificate: worst violation (margin, dual sign, slackness, gap, stationarity)"),
-                solution.certificate.worst_violation(),
-                Bound::AtMost(CERTIFICATE_TOLERANCE),
-            ),
-            Err(e) => Claim::skipped(id, &format!("{what}: {e}")),
-        })
-        .collect()
+    vec![
+        qp_claim("qp.exrm", "EX-RM", mm_ex),
+        qp_claim("qp.imrm", "IM-RM", mm_im),
+    ]
+}
+
+/// One model's QP certificate row (`what`: the model's label), SKIP without a separator.
+pub(super) fn qp_claim(
+    id: &str,
+    what: &str,
+    mm: &std::result::Result<MaxMarginResult, MaxMarginError>,
+) -> Claim {
+    match mm {
+        Ok(MaxMarginResult { solution, .. }) => Claim::judged(
+            id,
+            &format!("{what} max-margin QP certificate: worst violation (margin, dual sign, slackness, gap, stationarity)"),
+            solution.certificate.worst_violation(),
+            Bound::AtMost(CERTIFICATE_TOLERANCE),
+        ),
+        Err(e) => Claim::skipped(id, &format!("{what}: {e}")),
+    }
 }

@@ -21,11 +21,9 @@ pub const TRIAL_TRAIN_PAIRS: [usize; 4] = [100, 150, 200, 300];
 pub fn largest_config(config: &Config, trials: usize) -> Config {
     let mut c = config.clone();
     if trials > 0 {
-        c.setup.dim = c.setup.dim.max(TRIAL_DIMS[TRIAL_DIMS.len() - 1]);
-        c.setup.train_pairs = c
-            .setup
-            .train_pairs
-            .max(TRIAL_TRAIN_PAIRS[TRIAL_TRAIN_PAIRS.len() - 1]);
+        let largest = |v: &[usize]| v.iter().copied().max().unwrap_or(0);
+        c.setup.dim = c.setup.dim.max(largest(&TRIAL_DIMS));
+        c.setup.train_pairs = c.setup.train_pairs.max(largest(&TRIAL_TRAIN_PAIRS));
     }
     c
 }

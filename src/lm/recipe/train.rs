@@ -1,16 +1,16 @@
 //! Training: Adam on every parameter (`full`) or on the head / unembedding (`head`), with the
 //! official code's mini-batches and gradient accumulation, evaluated along the way.
 
-use super::config::{RecipeFile, RecipeTrain};
+use super::config::RecipeFile;
 use super::evaluate::{evaluate_splits, RecipeCheckpoint, Scorer};
 use super::features::{FrozenFeatures, Need};
 use super::problem::{build_problem, RecipeProblem};
 use crate::experiment::simulation::ModelKind;
-use crate::lm::finetune::softplus_neg;
+use crate::lm::finetune::{softplus_neg, Optimizers};
 use crate::lm::{Forward, LanguageModel};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::ParamsAdamW;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -148,7 +148,14 @@ pub fn train_recipe(
     };
     let parameters =
         vars.iter().map(|v| v.elem_count()).sum::<usize>() + if head_trained { lm.dim } else { 0 };
-    let mut optimizers = Optimizers::new(t, vars, &head, head_trained)?;
+    let params = ParamsAdamW {
+        lr: t.lr,
+        beta1: t.beta1,
+        beta2: t.beta2,
+        eps: t.eps,
+        weight_decay: t.weight_decay,
+    };
+    let mut optimizers = Optimizers::new(vars, head_trained.then_some(&head), params, t.head_lr)?;
     let session = Session {
         kind,
         mode,
@@ -212,52 +219,6 @@ fn trained_vars(
             (vec![frozen_u.cloned().expect("head-only IM-RM U")], false)
         }
         (RecipeMode::Head, ModelKind::Explicit) => (vec![], true),
-    }
-}
-
-/// Adam (PyTorch's `AdamW` with the configured decay) on the trained tensors and on the head.
-struct Optimizers {
-    body: AdamW,
-    head: Option<AdamW>,
-    /// Every trained variable, the head last (the gradients accumulated per step).
-    vars: Vec<Var>,
-}
-
-impl Optimizers {
-    fn new(t: &RecipeTrain, vars: Vec<Var>, head: &Var, head_trained: bool) -> Result<Optimizers> {
-        let adam = |vars: Vec<Var>, lr: f64| {
-            AdamW::new(
-                vars,
-                ParamsAdamW {
-                    lr,
-                    beta1: t.beta1,
-                    beta2: t.beta2,
-                    eps: t.eps,
-                    weight_decay: t.weight_decay,
-                },
-            )
-        };
-        let body = adam(vars.clone(), t.lr)?;
-        let mut all = vars;
-        let head_opt = if head_trained {
-            all.push(head.clone());
-            Some(adam(vec![head.clone()], t.head_lr.unwrap_or(t.lr))?)
-        } else {
-            None
-        };
-        Ok(Optimizers {
-            body,
-            head: head_opt,
-            vars: all,
-        })
-    }
-
-    fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
-        self.body.step(grads)?;
-        if let Some(h) = self.head.as_mut() {
-            h.step(grads)?;
-        }
-        Ok(())
     }
 }
 
