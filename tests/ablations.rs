@@ -37,6 +37,85 @@ fn imrm_without_reference_ranks_unseen_tokens_by_the_initial_rows_forever() {
     }
 }
 
+/// The ablation is trained on its own margins: the loss weights σ(−m_i) see `β ln π_U`, so its
+/// trajectory differs from the referenced run's (which is what the scored variant reads), while
+/// its unseen rows stay at U(0) all the same.
+#[test]
+fn imrm_without_reference_is_trained_on_its_own_margins() {
+    let mut c = Config::embedded_default();
+    c.train.t_max = 1e4;
+    c.setup.unembedding_init = UnembeddingInit::Independent;
+    let sim = rmflow::experiment::simulation::simulate(&c, &mut |_| {}).unwrap();
+    let a = &sim.ablations;
+    let run = &a.imrm_no_reference_run;
+    // Same rows stored, different final values on the training tokens.
+    assert_eq!(run.rows, sim.implicit.rows);
+    let moved: f64 = run
+        .final_params
+        .iter()
+        .zip(&sim.implicit.final_params)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-3, "trained without reference = scored: {moved}");
+    // At t = 0 its training loss is that of the no-reference margins, not ln 2.
+    let first = run.trajectory.first().unwrap();
+    assert!(
+        (first.loss - std::f64::consts::LN_2).abs() > 1e-6,
+        "{}",
+        first.loss
+    );
+    assert!((sim.implicit.trajectory[0].loss - std::f64::consts::LN_2).abs() < 1e-12);
+    // Unseen rows of U are never part of the state: the stored non-training rows are U(0)'s.
+    let train = sim.setup.train.tokens();
+    let rows = run.rows.as_ref().unwrap();
+    let d = sim.setup.dim();
+    for (r, t) in rows.iter().enumerate() {
+        if train.binary_search(t).is_err() {
+            assert_eq!(
+                run.final_params[r * d..(r + 1) * d],
+                run.initial[r * d..(r + 1) * d]
+            );
+        }
+    }
+    // Trained and scored variants are different quantities on the training pairs.
+    let train_acc = |v: &[rmflow::experiment::observables::SplitMetrics]| {
+        v.iter().find(|s| s.split == "train").unwrap().mean_margin
+    };
+    assert_ne!(
+        train_acc(&a.imrm_no_reference),
+        train_acc(&a.imrm_scored_without_reference)
+    );
+}
+
+/// The full-vocabulary path and the seen-row path train the same ablation (K = 1).
+#[test]
+fn imrm_without_reference_agrees_on_both_gradient_paths() {
+    let mut c = Config::embedded_default();
+    c.train.t_max = 1e3;
+    c.setup.filler_tokens = 100;
+    c.setup.train_pairs = 40;
+    c.setup.eval_pairs = 20;
+    let mut runs = Vec::new();
+    for path in [
+        rmflow::config::GradientPath::SeenRows,
+        rmflow::config::GradientPath::Full,
+    ] {
+        c.train.imrm_gradient = path;
+        let sim = rmflow::experiment::simulation::simulate(&c, &mut |_| {}).unwrap();
+        runs.push(sim.ablations.imrm_no_reference);
+    }
+    for (a, b) in runs[0].iter().zip(&runs[1]) {
+        assert_eq!(a.split, b.split);
+        assert!(
+            (a.mean_margin - b.mean_margin).abs() <= 1e-6 * (1.0 + a.mean_margin.abs()),
+            "{}: {} vs {}",
+            a.split,
+            a.mean_margin,
+            b.mean_margin
+        );
+    }
+}
+
 #[test]
 fn token_mean_exrm_runs_for_multi_token_responses() {
     let mut c = Config::from_file(std::path::Path::new(concat!(

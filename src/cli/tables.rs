@@ -23,6 +23,7 @@ pub fn print_simulation_tables(sim: &Simulation) {
         .collect();
     let a = &sim.ablations;
     table.push(("imrm-noref", a.imrm_no_reference.as_slice()));
+    table.push(("imrm-scored", a.imrm_scored_without_reference.as_slice()));
     if let Some(run) = &a.exrm_token_mean {
         table.push((
             "exrm-mean",
@@ -34,7 +35,7 @@ pub fn print_simulation_tables(sim: &Simulation) {
         &rmflow::solve::training::format_time(finals[0].log10_t),
         sim.config.eval.tie_tolerance,
     );
-    println!("  imrm-noref: the IM-RM scored without its reference (r = β ln π_U); exrm-mean: the EX-RM on the mean hidden state over response tokens (K > 1 only)");
+    println!("  imrm-noref: the IM-RM without a reference (r = β ln π_U), trained on its own margins (the official no_ref_model); imrm-scored: the IM-RM's U(t) scored as β ln π_U (not an ablation the paper runs); exrm-mean: the EX-RM on the mean hidden state over response tokens (K > 1 only)");
     println!("normalised |reward margin| mean|r⁺ − r⁻| / (std of all rewards + 1e-8) (the official evaluator's):");
     let mut line = format!("{:<12}", "model");
     for r in &sim.explicit.rewards {

@@ -1,20 +1,25 @@
-//! The ablations (MATH.md §6): the IM-RM scored without its reference, and the EX-RM on the mean
-//! hidden state over the response tokens; the seen-row IM-RM's rewards read without a `V × D`
-//! array.
+//! The ablations (MATH.md §1, §6): the IM-RM trained without its reference, and the EX-RM on the
+//! mean hidden state over the response tokens; the seen-row IM-RM's rewards read without a
+//! `V × D` array.
 
 use super::simulation::ModelRun;
 use crate::experiment::observables::{reward_summary, RewardSummary, SplitMetrics};
 use crate::problem::synthetic::Setup;
 
-/// The paper's ablations, read off the same setup (MATH.md §1, §6).
+/// The paper's ablations (MATH.md §1, §6), trained as its code trains them.
 #[derive(Debug, Clone)]
 pub struct Ablations {
-    /// IM-RM without a reference model, `r = β ln π_U(y|x)`: the same training (the reference
-    /// term has no gradient), scored without subtracting `β ln π_ref`. Per split at `t_max`.
+    /// IM-RM without a reference model, `r = β ln π_U(y|x)` (the official `no_ref_model`),
+    /// trained on its own margins by the IM-RM's path and optimizer: per split at `t_max`.
     pub imrm_no_reference: Vec<SplitMetrics>,
-    /// The same at `t = 0` (`U = U(0)`): on unseen tokens, whose rows never move, the two agree
-    /// exactly; the ranking there is `U(0)`'s.
+    /// That run: trajectory, steps, final rows of `U`.
+    pub imrm_no_reference_run: ModelRun,
+    /// The same at `t = 0` (`U = U(0)`): on unseen tokens, whose rows never move, the ranking is
+    /// `U(0)`'s at every `t`.
     pub imrm_no_reference_initial: Vec<SplitMetrics>,
+    /// Not the paper's ablation: the referenced IM-RM's `U(t_max)` scored as `β ln π_U` (the
+    /// weights `σ(−m_i)` it was trained with saw the reference), kept for comparison.
+    pub imrm_scored_without_reference: Vec<SplitMetrics>,
     /// `K > 1`: the EX-RM on the mean of the hidden states after each response token
     /// (`(1/K) Σ_k h_{x,y≤k}`, the official code's alternative) instead of the last one, trained
     /// by the same flow. `None` for `K = 1`, where the two coincide.

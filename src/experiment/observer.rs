@@ -4,7 +4,9 @@
 use super::simulation::ModelKind;
 use crate::config::GradientPath;
 use crate::experiment::observables::{convergence, split_metrics, Observation};
-use crate::problem::reward::{mean_loss, ExplicitRm, ImplicitRm, MarginModel, SeenRowsImplicitRm};
+use crate::problem::reward::{
+    mean_loss, ExplicitRm, ImplicitRm, MarginModel, ReferenceTerm, SeenRowsImplicitRm,
+};
 use crate::problem::synthetic::Setup;
 
 /// Measures a model on every split at parameters `θ`. The IM-RM's margins go through the
@@ -22,13 +24,15 @@ pub struct Observer {
 }
 
 impl Observer {
-    /// `θ` is `u` (EX-RM) or the whole `U` as [V, D] (IM-RM), `reference` in the same layout.
+    /// `θ` is `u` (EX-RM) or the whole `U` as [V, D] (IM-RM, its rewards with `reference_term`),
+    /// `reference` (the max-margin separator) in the same layout.
     pub fn new(
         kind: ModelKind,
         setup: &Setup,
         theta0: Vec<f64>,
         reference: Option<Vec<f64>>,
         tie_tolerance: f64,
+        reference_term: ReferenceTerm,
     ) -> Observer {
         let u0 = (kind == ModelKind::Implicit).then(|| setup.unembedding_init.full());
         let split_models: Vec<(String, Box<dyn MarginModel>)> = setup
@@ -36,12 +40,10 @@ impl Observer {
             .map(|p| {
                 let m: Box<dyn MarginModel> = match &u0 {
                     None => Box::new(ExplicitRm::new(p)),
-                    Some(u0) => Box::new(ImplicitRm::new(
-                        p,
-                        u0.view(),
-                        setup.config.beta,
-                        GradientPath::Full,
-                    )),
+                    Some(u0) => Box::new(
+                        ImplicitRm::new(p, u0.view(), setup.config.beta, GradientPath::Full)
+                            .with_reference(reference_term),
+                    ),
                 };
                 (p.name.clone(), m)
             })
@@ -64,22 +66,26 @@ impl Observer {
     /// The IM-RM with `θ = U_T` (the rows of the training tokens, `T = rows`): every split's
     /// margins in the seen-row form (MATH.md §2; the log-normaliser is shared by a pair's
     /// two responses), tokens outside `T` at `U(0)`. `O(n·D)` per split, independent of `V`.
-    /// `reference` is `ΔU*_T`.
+    /// `reference` is `ΔU*_T`; the rewards are taken with `reference_term`.
     pub fn seen_rows(
         setup: &Setup,
         rows: &[usize],
         reference: Option<Vec<f64>>,
         tie_tolerance: f64,
+        reference_term: ReferenceTerm,
     ) -> Observer {
         let split_models: Vec<(String, Box<dyn MarginModel>)> = setup
             .splits()
             .map(|p| {
-                let m: Box<dyn MarginModel> = Box::new(SeenRowsImplicitRm::on_rows(
-                    p,
-                    rows,
-                    &setup.unembedding_init,
-                    setup.config.beta,
-                ));
+                let m: Box<dyn MarginModel> = Box::new(
+                    SeenRowsImplicitRm::on_rows(
+                        p,
+                        rows,
+                        &setup.unembedding_init,
+                        setup.config.beta,
+                    )
+                    .with_reference(reference_term),
+                );
                 (p.name.clone(), m)
             })
             .collect();

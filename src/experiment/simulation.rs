@@ -6,7 +6,9 @@ use crate::config::{Config, GradientPath};
 use crate::experiment::observables::{
     reward_summary, split_metrics, Observation, RewardSummary, SplitMetrics,
 };
-use crate::problem::reward::{ExplicitRm, ImplicitRm, MarginModel, SeenRowsImplicitRm};
+use crate::problem::reward::{
+    ExplicitRm, ImplicitRm, MarginModel, ReferenceTerm, SeenRowsImplicitRm,
+};
 use crate::problem::rows::RowBlock;
 use crate::problem::synthetic::Setup;
 use crate::solve::max_margin::{
@@ -142,6 +144,13 @@ impl Simulation {
                 start.push(split_metrics(&p.name, &reference, tau));
             }
         }
+        let imrm_no_reference_run =
+            run_implicit_without_reference(&config, &setup, implicit.max_margin.clone())?;
+        let imrm_no_reference = imrm_no_reference_run
+            .trajectory
+            .last()
+            .map(|o| o.splits.clone())
+            .unwrap_or_default();
         let exrm_token_mean = if setup.train.response_length() > 1 {
             let mean_setup = token_mean_setup(&setup);
             let mut run = run_model(
@@ -162,8 +171,10 @@ impl Simulation {
             explicit,
             implicit,
             ablations: Ablations {
-                imrm_no_reference: now,
+                imrm_no_reference,
+                imrm_no_reference_run,
                 imrm_no_reference_initial: start,
+                imrm_scored_without_reference: now,
                 exrm_token_mean,
             },
         })
@@ -274,7 +285,35 @@ pub fn run_model(
     max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
     progress: &mut dyn FnMut(&Observation),
 ) -> Result<ModelRun> {
-    run_model_observed(kind, config, setup, max_margin, progress, None)
+    run_model_observed(
+        kind,
+        config,
+        setup,
+        max_margin,
+        progress,
+        None,
+        ReferenceTerm::Subtracted,
+    )
+}
+
+/// The IM-RM without a reference, `r = β ln π_U` (the official `no_ref_model`, MATH.md §1),
+/// trained on its own margins by the same path, optimizer and observer as the IM-RM.
+/// `max_margin` is the IM-RM's separator: the reference only shifts every margin by a constant,
+/// so the direction is the same.
+pub fn run_implicit_without_reference(
+    config: &Config,
+    setup: &Setup,
+    max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
+) -> Result<ModelRun> {
+    run_model_observed(
+        ModelKind::Implicit,
+        config,
+        setup,
+        max_margin,
+        &mut |_| {},
+        None,
+        ReferenceTerm::Omitted,
+    )
 }
 
 /// [`run_model`] with a hook that also sees the whole parameters `θ(t)` (`u`, or `U` as [V, D],
@@ -286,7 +325,15 @@ pub fn run_model_with(
     max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
     hook: &mut dyn FnMut(&Observation, &[f64]) -> Result<()>,
 ) -> Result<ModelRun> {
-    run_model_observed(kind, config, setup, max_margin, &mut |_| {}, Some(hook))
+    run_model_observed(
+        kind,
+        config,
+        setup,
+        max_margin,
+        &mut |_| {},
+        Some(hook),
+        ReferenceTerm::Subtracted,
+    )
 }
 
 /// A hook that sees each observation with the whole parameters `θ(t)`.
@@ -299,11 +346,21 @@ pub(super) fn run_model_observed(
     max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
     progress: &mut dyn FnMut(&Observation),
     mut hook: Option<&mut ParamsHook>,
+    reference_term: ReferenceTerm,
 ) -> Result<ModelRun> {
     refuse_stiff_flow(kind, config, &max_margin)?;
-    let reduced = (kind == ModelKind::Implicit && config.trains_seen_rows())
-        .then(|| SeenRowsImplicitRm::new(&setup.train, &setup.unembedding_init, setup.config.beta));
-    let (built, start, observer) = objective(kind, config, setup, &max_margin, reduced.as_ref());
+    let reduced = (kind == ModelKind::Implicit && config.trains_seen_rows()).then(|| {
+        SeenRowsImplicitRm::new(&setup.train, &setup.unembedding_init, setup.config.beta)
+            .with_reference(reference_term)
+    });
+    let (built, start, observer) = objective(
+        kind,
+        config,
+        setup,
+        &max_margin,
+        reduced.as_ref(),
+        reference_term,
+    );
     let objective: &dyn MarginModel = match (&built, &reduced) {
         (Some(b), _) => b.as_ref(),
         (None, Some(r)) => r,
@@ -392,6 +449,7 @@ pub(super) fn objective(
     setup: &Setup,
     max_margin: &std::result::Result<MaxMarginResult, MaxMarginError>,
     reduced: Option<&SeenRowsImplicitRm>,
+    reference_term: ReferenceTerm,
 ) -> (Option<Box<dyn MarginModel>>, Vec<f64>, Observer) {
     let tau = config.eval.tie_tolerance;
     let reference = max_margin.as_ref().ok().map(|m| m.params.clone());
@@ -399,12 +457,19 @@ pub(super) fn objective(
         (ModelKind::Explicit, _) => (
             Some(Box::new(ExplicitRm::new(&setup.train))),
             setup.head_init.to_vec(),
-            Observer::new(kind, setup, setup.head_init.to_vec(), reference, tau),
+            Observer::new(
+                kind,
+                setup,
+                setup.head_init.to_vec(),
+                reference,
+                tau,
+                reference_term,
+            ),
         ),
         (ModelKind::Implicit, Some(r)) => (
             None,
             r.initial(),
-            Observer::seen_rows(setup, &r.rows, reference, tau),
+            Observer::seen_rows(setup, &r.rows, reference, tau, reference_term),
         ),
         (ModelKind::Implicit, None) => {
             let u0 = setup.unembedding_init.full();
@@ -418,14 +483,17 @@ pub(super) fn objective(
             });
             let theta0: Vec<f64> = u0.iter().copied().collect();
             (
-                Some(Box::new(ImplicitRm::new(
-                    &setup.train,
-                    u0.view(),
-                    setup.config.beta,
-                    config.train.imrm_gradient,
-                ))),
+                Some(Box::new(
+                    ImplicitRm::new(
+                        &setup.train,
+                        u0.view(),
+                        setup.config.beta,
+                        config.train.imrm_gradient,
+                    )
+                    .with_reference(reference_term),
+                )),
                 theta0.clone(),
-                Observer::new(kind, setup, theta0, reference, tau),
+                Observer::new(kind, setup, theta0, reference, tau, reference_term),
             )
         }
     }

@@ -37,7 +37,7 @@ fn final_splits(r: &ModelRun) -> Vec<SplitMetrics> {
     r.trajectory.last().expect("observed").splits.clone()
 }
 
-/// `K = 1`: both models, and the IM-RM scored without its reference, with `U(0)` tied to the
+/// `K = 1`: both models, and the IM-RM trained without its reference, with `U(0)` tied to the
 /// embeddings and independent of them.
 fn no_reference_panel(single: &Config, csv: &mut String) -> Result<Panel> {
     let sim = simulate(single, &mut |_| {})?;
@@ -51,13 +51,13 @@ fn no_reference_panel(single: &Config, csv: &mut String) -> Result<Panel> {
             ("EX-RM", &ex, 1, false),
             ("IM-RM", &im, 5, false),
             (
-                "IM-RM no reference, U(0) tied",
+                "IM-RM no reference (trained), U(0) tied",
                 &sim.ablations.imrm_no_reference,
                 5,
                 true,
             ),
             (
-                "IM-RM no reference, U(0) independent",
+                "IM-RM no reference (trained), U(0) independent",
                 &sim_ind.ablations.imrm_no_reference,
                 3,
                 true,
@@ -91,7 +91,7 @@ fn token_mean_panel(multi: &Config, csv: &mut String) -> Result<Panel> {
             ("EX-RM mean over tokens", &mean, 1, true),
             ("IM-RM", &im_m, 5, false),
             (
-                "IM-RM no reference",
+                "IM-RM no reference (trained)",
                 &sim_m.ablations.imrm_no_reference,
                 5,
                 true,

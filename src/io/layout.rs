@@ -266,8 +266,15 @@ fn summary_json(sim: &Simulation) -> Value {
         "imrm": model_summary(&sim.implicit),
         "ablations": {
             "imrm_no_reference": {
+                "trained": "r = β ln π_U trained on its own margins (the official no_ref_model)",
                 "final": sim.ablations.imrm_no_reference,
                 "initial": sim.ablations.imrm_no_reference_initial,
+                "steps": sim.ablations.imrm_no_reference_run.steps,
+                "ode": sim.ablations.imrm_no_reference_run.ode,
+            },
+            "imrm_scored_without_reference": {
+                "note": "not the paper's ablation: the referenced IM-RM's U(t_max) scored as β ln π_U",
+                "final": sim.ablations.imrm_scored_without_reference,
             },
             "exrm_token_mean": sim.ablations.exrm_token_mean.as_ref().map(model_summary),
         },

@@ -26,6 +26,18 @@ pub struct Position {
     pub minus: Option<usize>,
 }
 
+/// Whether the IM-RM subtracts its reference (MATH.md §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferenceTerm {
+    /// `r = β ln(π_U / π_ref)`, the IM-RM.
+    #[default]
+    Subtracted,
+    /// `r = β ln π_U`: the paper's ablation without a reference model (the official
+    /// `no_ref_model`), trained on its own margins.
+    Omitted,
+}
+
 /// IM-RM `r_U(x,y) = β Σ_k [ln π_U(y_k|h_{x,y<k}) − ln π_ref(y_k|h_{x,y<k})]`,
 /// `π_U(·|h) = softmax(U h)`, `π_ref = π_{U(0)}` (MATH.md §1). `θ = U ∈ R^{V×D}` flattened
 /// row-major. For `K = 1` this is `β[ln π_U(y|x) − ln π_ref(y|x)]`.
@@ -123,6 +135,16 @@ impl ImplicitRm {
         let u0s = u0.as_slice().expect("standard layout");
         model.ref_logprob = model.position_logprobs(u0s);
         model
+    }
+
+    /// The same model with the reference term `reference`: [`ReferenceTerm::Omitted`] drops
+    /// `β ln π_ref` from every reward (and so from the margins the loss weights see).
+    pub fn with_reference(mut self, reference: ReferenceTerm) -> ImplicitRm {
+        if reference == ReferenceTerm::Omitted {
+            self.ref_logprob.iter_mut().for_each(|r| *r = (0.0, 0.0));
+        }
+        self.seen_rows = self.seen_rows.map(|s| s.with_reference(reference));
+        self
     }
 
     pub(super) fn dim(&self) -> usize {

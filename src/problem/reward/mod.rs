@@ -11,6 +11,6 @@ pub mod margin;
 pub mod seen_rows;
 
 pub use explicit::ExplicitRm;
-pub use implicit::{ImplicitRm, Position};
+pub use implicit::{ImplicitRm, Position, ReferenceTerm};
 pub use margin::{loss_and_gradient, mean_loss, MarginModel};
 pub use seen_rows::SeenRowsImplicitRm;

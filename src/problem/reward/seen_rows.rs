@@ -1,6 +1,7 @@
 //! The seen-row IM-RM (single-token responses): the state is the block of rows of `U` of the
 //! training tokens; the log-normaliser is shared by a pair's two responses and cancels.
 
+use super::implicit::ReferenceTerm;
 use super::margin::MarginModel;
 use crate::numerics::{row_axpy, row_axpy2, row_dot, row_dot2};
 use crate::problem::rows::RowBlock;
@@ -29,6 +30,8 @@ pub struct SeenRowsImplicitRm {
     pub(super) ref_logits: Vec<(f64, f64)>,
     /// `U(0)_R`, flattened.
     pub(super) initial_rows: Vec<f64>,
+    /// Whether `β ln π_ref` is subtracted ([`ReferenceTerm`]).
+    pub(super) reference: ReferenceTerm,
 }
 
 impl SeenRowsImplicitRm {
@@ -83,7 +86,15 @@ impl SeenRowsImplicitRm {
             pair_rows,
             ref_logits,
             initial_rows: unembedding_init.rows(rows).into_raw_vec_and_offset().0,
+            reference: ReferenceTerm::Subtracted,
         }
+    }
+
+    /// The same model with the reference term `reference` (MATH.md §1: the ablation without a
+    /// reference, `r = β ln π_U`, trained on its own margins).
+    pub fn with_reference(mut self, reference: ReferenceTerm) -> SeenRowsImplicitRm {
+        self.reference = reference;
+        self
     }
 
     pub(super) fn dim(&self) -> usize {
@@ -153,7 +164,8 @@ impl SeenRowsImplicitRm {
         }
     }
 
-    /// `m_i = β[(⟨U_{y⁺}, h_{x_i}⟩ − ⟨U_{y⁻}, h_{x_i}⟩) − (⟨U(0)_{y⁺}, h_{x_i}⟩ − ⟨U(0)_{y⁻}, h_{x_i}⟩)]`.
+    /// `m_i = β[(⟨U_{y⁺}, h_{x_i}⟩ − ⟨U_{y⁻}, h_{x_i}⟩) − (⟨U(0)_{y⁺}, h_{x_i}⟩ − ⟨U(0)_{y⁻}, h_{x_i}⟩)]`;
+    /// without the reference, `β(⟨U_{y⁺}, h_{x_i}⟩ − ⟨U_{y⁻}, h_{x_i}⟩)` (the normaliser cancels).
     pub(super) fn pair_margin(&self, theta: &[f64], i: usize) -> f64 {
         let (p, q) = self.pair_rows[i];
         let (rp, rq) = self.ref_logits[i];
@@ -168,7 +180,10 @@ impl SeenRowsImplicitRm {
             }
             _ => (self.logit(theta, i, p, rp), self.logit(theta, i, q, rq)),
         };
-        self.beta * ((lp - lq) - (rp - rq))
+        match self.reference {
+            ReferenceTerm::Subtracted => self.beta * ((lp - lq) - (rp - rq)),
+            ReferenceTerm::Omitted => self.beta * (lp - lq),
+        }
     }
 
     /// The logit `⟨U_y, h_{x_i}⟩` of one side: from `θ_R` when `y ∈ R`, else `U(0)`'s.
