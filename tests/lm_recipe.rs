@@ -599,3 +599,158 @@ fn persona_jsonl_prompts_follow_the_official_filter() {
     assert!(!out_bad.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every reward model (`--reward all`: EX-RM, IM-RM, token-mean EX-RM, IM-RM without reference,
+/// EX-GRM) in both modes on a tiny causal checkpoint with a chat template, against independent
+/// computations of their rewards before training from candle-transformers' own forward:
+/// `β Σ_k ln π(y_k|·)` (no reference: not 0 at epoch 0, unlike the IM-RM's), `P(Yes | request)`
+/// for the EX-GRM on the official verification request. A masked encoder refuses the EX-GRM.
+#[test]
+fn every_reward_model_trains_and_starts_from_its_definition() {
+    let dir = temp("rewards");
+    let model = dir.join("qwen2");
+    checkpoint(&model, standard_specs()[4].1, true);
+    let cfg = config(&dir, &|f| f.train.epochs = 1);
+    let out = dir.join("out");
+    let o = run(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--mode",
+            "both",
+            "--reward",
+            "all",
+        ],
+        "2",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = metrics(&out);
+    // 2 modes × 5 models × 2 checkpoints × 4 splits.
+    assert_eq!(rows.len(), 80);
+    for m in ["exrm", "imrm", "exrm_token_mean", "imrm_no_ref", "exgrm"] {
+        for mode in ["head", "full"] {
+            let s = json(&out.join(format!("{mode}/{m}/summary.json")));
+            assert_eq!(s["history"].as_array().unwrap().len(), 3, "{mode} {m}");
+        }
+    }
+    // Epoch-0 mean chosen reward on the training pairs, from metrics.csv.
+    let text = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let header: Vec<&str> = text.lines().next().unwrap().split(',').collect();
+    let col = |n: &str| header.iter().position(|h| *h == n).unwrap();
+    let epoch0 = |model_name: &str| -> f64 {
+        text.lines()
+            .skip(1)
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| {
+                f[col("mode")] == "head"
+                    && f[col("model")] == model_name
+                    && f[col("epoch")] == "0"
+                    && f[col("split")] == "train"
+            })
+            .map(|f| f[col("mean_chosen_reward")].parse().unwrap())
+            .unwrap()
+    };
+    // Independent: candle-transformers' forward, one sequence at a time, f64 log-softmax.
+    let lm = LanguageModel::load(&model, &Device::Cpu, Forward::Reference).unwrap();
+    let file = RecipeFile::from_file(&cfg).unwrap();
+    let problem = build_problem(&file, &lm).unwrap();
+    let log_softmax = |row: ndarray::ArrayView1<f64>| -> Vec<f64> {
+        let m = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+        let z = m + row.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        row.iter().map(|x| x - z).collect()
+    };
+    let train = &problem.splits[0];
+    let (mut no_ref, mut grm) = (0.0, 0.0);
+    let yes = lm.tokenizer.token_to_id("Yes").unwrap() as usize;
+    for &i in &train.chosen {
+        let s = &problem.sequences[i];
+        let logits = lm.logits(std::slice::from_ref(&s.ids)).unwrap().remove(0);
+        for k in s.response_start..s.response_end {
+            no_ref += file.train.beta * log_softmax(logits.row(k - 1))[s.ids[k] as usize];
+        }
+        let v = &problem.verification[i];
+        let logits = lm.logits(std::slice::from_ref(&v.ids)).unwrap().remove(0);
+        grm += log_softmax(logits.row(v.ids.len() - 1))[yes].exp();
+    }
+    let n = train.chosen.len() as f64;
+    let (no_ref, grm) = (no_ref / n, grm / n);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1e-3);
+    assert!(no_ref < 0.0);
+    assert!(
+        close(epoch0("imrm_no_ref"), no_ref),
+        "{} vs {no_ref}",
+        epoch0("imrm_no_ref")
+    );
+    assert!(grm > 0.0 && grm < 1.0);
+    assert!(close(epoch0("exgrm"), grm), "{} vs {grm}", epoch0("exgrm"));
+    assert_eq!(epoch0("imrm"), 0.0);
+    // The verification request is the official format in the chat template, token for token.
+    let s = &problem.sequences[train.chosen[0]];
+    let q = &problem.prompts_train[s.prompt];
+    let text = format!(
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nQuestion: {q}\nAnswer: {}{}\nVerification: Is the answer correct (Yes/No)?<|im_end|>\n<|im_start|>assistant\n",
+        s.prefix, s.word
+    );
+    let ids = lm.tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+    assert_eq!(problem.verification[train.chosen[0]].ids, ids);
+    assert!(out.join("verification.jsonl").is_file());
+    // BERT: no EX-GRM.
+    let bert = dir.join("bert");
+    checkpoint(&bert, standard_specs()[0].1, false);
+    let o = run(
+        &[
+            "--model",
+            bert.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            dir.join("out-bert").to_str().unwrap(),
+            "--reward",
+            "exgrm",
+        ],
+        "2",
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("EX-GRM"));
+    assert!(!dir.join("out-bert").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The token-mean EX-RM reads the mean of `h` over the response tokens themselves (the official
+/// loss mask: positions of the response tokens), checked against candle-transformers' forward.
+#[test]
+fn token_mean_exrm_reads_the_response_positions() {
+    let dir = temp("token-mean");
+    let model = dir.join("llama");
+    checkpoint(&model, standard_specs()[1].1, false);
+    let cfg = config(&dir, &|_| {});
+    let file = RecipeFile::from_file(&cfg).unwrap();
+    let lm = LanguageModel::load(&model, &Device::Cpu, Forward::Differentiable).unwrap();
+    let problem = build_problem(&file, &lm).unwrap();
+    let seqs = &problem.sequences[..12];
+    let mean = rmflow::lm::recipe::response_hidden_mean(&lm, seqs).unwrap();
+    let reference = LanguageModel::load(&model, &Device::Cpu, Forward::Reference).unwrap();
+    for (i, s) in seqs.iter().enumerate() {
+        assert!(
+            s.response_end - s.response_start > 1,
+            "multi-token responses"
+        );
+        // Causal: h at position k reads ids[..=k] only, so each prefix is read at its end.
+        let positions: Vec<usize> = (s.response_start..s.response_end).collect();
+        let prefixes: Vec<Vec<u32>> = positions.iter().map(|&k| s.ids[..=k].to_vec()).collect();
+        let h = reference.hidden_at(&prefixes, &positions, 64).unwrap();
+        let want = h.mean_axis(ndarray::Axis(0)).unwrap();
+        let gap = (&mean.row(i) - &want).fold(0.0f64, |a, x| a.max(x.abs()));
+        assert!(gap < 1e-4, "sequence {i}: {gap}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

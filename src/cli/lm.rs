@@ -6,9 +6,8 @@ use super::progress::{progress_bar, Progress};
 use super::tables::print_simulation_tables;
 use anyhow::Result;
 use rmflow::error::InputError;
-use rmflow::experiment::simulation::ModelKind;
 use rmflow::io::atomic::{check_not_overwriting_input, AtomicDir, Replace};
-use rmflow::lm::recipe::{self, RecipeFile, RecipeMode};
+use rmflow::lm::recipe::{self, RecipeFile, RecipeMode, RecipeReward};
 use rmflow::lm::{open_device, Architecture, Device, LmFile};
 use std::path::{Path, PathBuf};
 
@@ -63,9 +62,11 @@ pub struct LmRecipeArgs {
     /// history, as the official `validate_every = 1`), and after the last.
     #[arg(long)]
     eval_every: Option<usize>,
-    /// Which reward models to train: exrm, imrm, or both (each from the same pretrained
-    /// weights, so one at a time gives the same numbers as both).
-    #[arg(long, default_value = "both", value_parser = ["exrm", "imrm", "both"])]
+    /// Reward models to train, comma-separated: exrm (last token), imrm, exrm_token_mean
+    /// (mean reward over response tokens), imrm_no_ref (no reference model, trained so),
+    /// exgrm (generative RM, P("Yes"), causal LMs); both = exrm,imrm; all = every one. Each
+    /// starts from the same pretrained weights, so one at a time gives the same numbers.
+    #[arg(long, default_value = "both")]
     reward: String,
     /// Take the prompts from Anthropic's persona JSONL (e.g. `anthropics/evals`
     /// persona/agreeableness.jsonl) instead of data.statements: records whose
@@ -201,20 +202,40 @@ pub fn run_recipe(a: LmRecipeArgs) -> Result<()> {
         "both" => &[RecipeMode::Head, RecipeMode::Full],
         _ => &[RecipeMode::Full],
     };
-    let kinds: &[ModelKind] = match a.reward.as_str() {
-        "exrm" => &[ModelKind::Explicit],
-        "imrm" => &[ModelKind::Implicit],
-        _ => &[ModelKind::Explicit, ModelKind::Implicit],
-    };
+    let kinds = reward_list(&a.reward)?;
     train_recipe(
         &a.model,
         &file,
         &a.out,
         device,
         modes,
-        kinds,
+        &kinds,
         a.output.replace(),
     )
+}
+
+/// `--reward`: names separated by commas (`both`, `all` as shorthands), each once, in the
+/// order given.
+fn reward_list(arg: &str) -> Result<Vec<RecipeReward>> {
+    let mut out: Vec<RecipeReward> = Vec::new();
+    for name in arg.split(',').map(str::trim) {
+        let add: Vec<RecipeReward> = match name {
+            "both" => vec![RecipeReward::Exrm, RecipeReward::Imrm],
+            "all" => RecipeReward::ALL.to_vec(),
+            _ => vec![RecipeReward::from_name(name).ok_or_else(|| {
+                InputError(format!(
+                    "--reward: unknown reward model {name:?} (one of {}, both, all)",
+                    RecipeReward::ALL.map(|r| r.name()).join(", ")
+                ))
+            })?],
+        };
+        for r in add {
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn train_recipe(
@@ -223,7 +244,7 @@ fn train_recipe(
     out: &Path,
     device: Device,
     modes: &[RecipeMode],
-    kinds: &[ModelKind],
+    kinds: &[RecipeReward],
     replace: Replace,
 ) -> Result<()> {
     let dir = AtomicDir::create(out, replace)?;
@@ -275,7 +296,7 @@ fn print_recipe_outcome(outcome: &recipe::RecipeOutcome) {
         println!(
             "{} {}: {} parameters trained, {} steps, {:.1} s ({:.3} s per step)",
             r.mode.name(),
-            r.kind.label(),
+            r.reward.label(),
             r.parameters,
             r.history.len(),
             r.seconds,

@@ -79,6 +79,13 @@ pub fn write_tiny_checkpoint(dir: &Path, spec: TinySpec, texts: &[String]) -> Re
     let mut specials = vec!["[PAD]", "[UNK]"];
     if spec.arch == Architecture::Bert {
         specials.extend(["[CLS]", "[SEP]", "[MASK]"]);
+    } else {
+        // The EX-GRM's verdicts, cased as it looks them up (the word-level vocabulary is
+        // lower-cased): matched in the text before normalisation.
+        specials.extend([
+            crate::lm::recipe::reward::YES_TOKEN,
+            crate::lm::recipe::reward::NO_TOKEN,
+        ]);
     }
     let mut words = whitespace_words(texts);
     words.remove("[mask]");

@@ -305,12 +305,20 @@ impl RecipeFile {
     }
 }
 
-/// Every text a recipe tokenizes (questions with their statements, prefixes, words): the
-/// vocabulary a tiny word-level checkpoint needs to run the recipe (`rmflow lm-tiny --recipe`).
+/// Every text a recipe tokenizes (questions with their statements, prefixes, words, the EX-GRM's
+/// verification request and its verdicts): the vocabulary a tiny word-level checkpoint needs to
+/// run the recipe (`rmflow lm-tiny --recipe`).
 pub fn vocabulary_texts(file: &RecipeFile) -> Result<Vec<String>> {
     let d = &file.data;
     let r = &file.responses;
     let mut texts: Vec<String> = source_prompts(d)?;
+    use super::reward::{NO_TOKEN, VERIFICATION_FORMAT, YES_TOKEN};
+    texts.push(
+        VERIFICATION_FORMAT
+            .replace("{question}", "")
+            .replace("{answer}", ""),
+    );
+    texts.push(format!("{YES_TOKEN} {NO_TOKEN}"));
     for v in [
         &r.chosen_prefixes,
         &r.rejected_prefixes,

@@ -5,11 +5,11 @@ use super::features::{
     live_features, per_sequence_sum, token_logprobs, Features, FrozenFeatures, Need,
 };
 use super::problem::{RecipeProblem, ScoredSequence, Side};
+use super::reward::RecipeReward;
 use crate::experiment::observables::{reward_summary, split_metrics, RewardSummary, SplitMetrics};
-use crate::experiment::simulation::ModelKind;
 use crate::lm::LanguageModel;
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{Tensor, D};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -163,16 +163,18 @@ pub(super) type Scores = (Vec<f64>, Option<Vec<Vec<f64>>>);
 
 /// Scores sequences for one reward model: from live forwards (`full`) or frozen features.
 pub(super) struct Scorer<'a> {
-    pub(super) kind: ModelKind,
+    pub(super) reward: RecipeReward,
     pub(super) lm: &'a LanguageModel,
     pub(super) frozen: Option<&'a FrozenFeatures>,
     pub(super) beta: f64,
     pub(super) batch: usize,
+    /// EX-GRM: the ids of "Yes" and "No".
+    pub(super) yes_no: Option<(u32, u32)>,
 }
 
 impl Scorer<'_> {
     pub(super) fn features(&self, seqs: &[ScoredSequence], idx: &[usize]) -> Result<Features> {
-        let need = Need::of(self.kind);
+        let need = Need::of(self.reward);
         match self.frozen {
             Some(f) => f.features(idx, need),
             None => {
@@ -183,7 +185,8 @@ impl Scorer<'_> {
     }
 
     /// Differentiable rewards of the sequences `idx` `[n]`: IM-RM `β Σ_k (ln π − ln π_ref)`
-    /// (difference taken per token, then summed), EX-RM `u·h_last`.
+    /// (difference taken per token, then summed; `reference` holds zeros without a reference),
+    /// EX-RM `u·h_last`, token-mean EX-RM `(1/K) Σ_k u·h_k`, EX-GRM `P(Yes | ·)`.
     pub(super) fn rewards(
         &self,
         seqs: &[ScoredSequence],
@@ -193,8 +196,8 @@ impl Scorer<'_> {
         reference: &[Vec<f64>],
     ) -> Result<Tensor> {
         let f = self.features(seqs, idx)?;
-        match self.kind {
-            ModelKind::Implicit => {
+        match self.reward {
+            RecipeReward::Imrm | RecipeReward::ImrmNoRef => {
                 let lp = token_logprobs(&f, u)?;
                 let r: Vec<f32> = idx
                     .iter()
@@ -204,8 +207,30 @@ impl Scorer<'_> {
                 let sums = per_sequence_sum(&(lp - r)?, &f.owner, idx.len())?;
                 Ok((sums * self.beta)?)
             }
-            ModelKind::Explicit => Ok(f.last.matmul(&head.unsqueeze(1)?)?.squeeze(1)?),
+            RecipeReward::Exrm => Ok(f.last.matmul(&head.unsqueeze(1)?)?.squeeze(1)?),
+            RecipeReward::ExrmTokenMean => {
+                let per_token = f.response.matmul(&head.unsqueeze(1)?)?.squeeze(1)?;
+                let sums = per_sequence_sum(&per_token, &f.owner, idx.len())?;
+                let counts: Vec<f32> = idx
+                    .iter()
+                    .map(|&i| (seqs[i].response_end - seqs[i].response_start) as f32)
+                    .collect();
+                Ok((sums / Tensor::from_vec(counts, idx.len(), u.device())?)?)
+            }
+            RecipeReward::Exgrm => Ok(self
+                .verdict_logprobs(&f, u)?
+                .narrow(1, 0, 1)?
+                .squeeze(1)?
+                .exp()?),
         }
+    }
+
+    /// EX-GRM: `(ln P(Yes | ·), ln P(No | ·))` at the last token of each verification sequence,
+    /// `[n, 2]`.
+    pub(super) fn verdict_logprobs(&self, f: &Features, u: &Tensor) -> Result<Tensor> {
+        let (yes, no) = self.yes_no.expect("the EX-GRM scorer knows Yes and No");
+        let lp = candle_nn::ops::log_softmax(&f.last.matmul(&u.t()?)?, D::Minus1)?;
+        Ok(lp.index_select(&Tensor::new(&[yes, no], u.device())?, 1)?)
     }
 
     /// `ln π` of every scored token of every sequence, f64 (no gradient).
@@ -229,7 +254,7 @@ impl Scorer<'_> {
         Ok(out)
     }
 
-    /// Rewards of every sequence (f64) and, for the IM-RM, each token's contribution
+    /// Rewards of every sequence (f64) and, for the IM-RMs, each token's contribution
     /// `β (ln π − ln π_ref)` (no gradient).
     pub(super) fn score_all(
         &self,
@@ -238,26 +263,21 @@ impl Scorer<'_> {
         head: &Tensor,
         reference: &[Vec<f64>],
     ) -> Result<Scores> {
-        match self.kind {
-            ModelKind::Implicit => {
-                let now = self.token_logprob_table(seqs, u)?;
-                let parts: Vec<Vec<f64>> = now
-                    .iter()
-                    .zip(reference)
-                    .map(|(a, b)| a.iter().zip(b).map(|(x, y)| self.beta * (x - y)).collect())
-                    .collect();
-                Ok((parts.iter().map(|p| p.iter().sum()).collect(), Some(parts)))
-            }
-            ModelKind::Explicit => {
-                let all: Vec<usize> = (0..seqs.len()).collect();
-                let mut out = Vec::with_capacity(seqs.len());
-                for idx in all.chunks(self.batch) {
-                    let f = self.features(seqs, idx)?;
-                    let r = f.last.matmul(&head.unsqueeze(1)?)?.squeeze(1)?.detach();
-                    out.extend(r.to_vec1::<f32>()?.into_iter().map(f64::from));
-                }
-                Ok((out, None))
-            }
+        if self.reward.is_implicit() {
+            let now = self.token_logprob_table(seqs, u)?;
+            let parts: Vec<Vec<f64>> = now
+                .iter()
+                .zip(reference)
+                .map(|(a, b)| a.iter().zip(b).map(|(x, y)| self.beta * (x - y)).collect())
+                .collect();
+            return Ok((parts.iter().map(|p| p.iter().sum()).collect(), Some(parts)));
         }
+        let all: Vec<usize> = (0..seqs.len()).collect();
+        let mut out = Vec::with_capacity(seqs.len());
+        for idx in all.chunks(self.batch) {
+            let r = self.rewards(seqs, idx, u, head, reference)?.detach();
+            out.extend(r.to_vec1::<f32>()?.into_iter().map(f64::from));
+        }
+        Ok((out, None))
     }
 }

@@ -1,35 +1,38 @@
-//! What the rewards read from the transformer: response-token log-probabilities (IM-RM) and the
-//! last response token's hidden state (EX-RM), live (full fine-tuning) or frozen (head-only).
+//! What the rewards read from the transformer: response-token log-probabilities (IM-RMs), the
+//! hidden states at the response tokens (token-mean EX-RM) and at the last token (EX-RM, EX-GRM),
+//! live (full fine-tuning) or frozen (head-only).
 
 use super::evaluate::Scorer;
 use super::problem::ScoredSequence;
-use crate::experiment::simulation::ModelKind;
+use super::reward::RecipeReward;
 use crate::lm::LanguageModel;
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 
 /// Representations a batch of sequences is scored from.
 pub(super) struct Features {
-    /// Hidden states that predict each scored response token `[M, D]`.
+    /// Hidden states that predict each scored response token `[M, D]` (IM-RMs; empty otherwise).
     pub(super) predict: Tensor,
+    /// Hidden states at each response token `[M, D]` (the token-mean EX-RM; empty otherwise).
+    pub(super) response: Tensor,
     /// The scored tokens, `[M]`.
     pub(super) targets: Vec<u32>,
     /// Which sequence of the batch each scored token belongs to.
     pub(super) owner: Vec<usize>,
-    /// Hidden state at the last response token `[n, D]`.
+    /// Hidden state at the last token `[n, D]` (EX-RM, EX-GRM; zeros otherwise).
     pub(super) last: Tensor,
 }
 
 /// The body's representations of `seqs` (differentiable): causal — `h` at the position before
-/// each response token and at the last one, one forward per sequence; masked — each response
-/// token masked in turn (one forward per token) and the unmasked sequence for the EX-RM.
+/// each response token, at each response token and at the last one, one padded forward; masked —
+/// each response token masked in turn (one forward per token) for the IM-RM and the unmasked
+/// sequence for the EX-RMs.
 pub(super) fn live_features(
     lm: &LanguageModel,
     seqs: &[&ScoredSequence],
     need: Need,
 ) -> Result<Features> {
-    let dev = &lm.device;
-    let d = lm.dim;
+    let (dev, d) = (&lm.device, lm.dim);
     let mut targets = Vec::new();
     let mut owner = Vec::new();
     for (i, s) in seqs.iter().enumerate() {
@@ -38,88 +41,106 @@ pub(super) fn live_features(
             owner.push(i);
         }
     }
-    let select = |h: &Tensor, rows: Vec<u32>| -> Result<Tensor> {
-        let (n, l, _) = h.dims3()?;
-        Ok(h.reshape((n * l, d))?
-            .index_select(&Tensor::new(rows, dev)?, 0)?)
-    };
+    let empty = || Tensor::zeros((0, d), DType::F32, dev);
     let ids: Vec<Vec<u32>> = seqs.iter().map(|s| s.ids.clone()).collect();
-    match lm.mask_id {
-        None => {
-            let h = lm.padded_hidden_states(&ids)?;
-            let len = h.dim(1)?;
-            let mut rows = Vec::new();
-            for (i, s) in seqs.iter().enumerate() {
-                for k in s.response_start..s.response_end {
-                    rows.push((i * len + k - 1) as u32);
-                }
-            }
-            let last_rows = seqs
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (i * len + s.response_end - 1) as u32)
-                .collect();
-            Ok(Features {
-                predict: select(&h, rows)?,
-                targets,
-                owner,
-                last: select(&h, last_rows)?,
-            })
-        }
-        Some(mask) => {
-            let predict = if need.implicit {
-                let mut masked = Vec::new();
-                let mut rows = Vec::new();
-                let len = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(1);
-                for s in seqs {
-                    for k in s.response_start..s.response_end {
-                        let mut m = s.ids.clone();
-                        m[k] = mask;
-                        rows.push((masked.len() * len + k) as u32);
-                        masked.push(m);
-                    }
-                }
-                let h = lm.padded_hidden_states(&masked)?;
-                // Padding to the batch's longest sequence keeps `len` the row stride.
-                debug_assert_eq!(h.dim(1)?, len);
-                select(&h, rows)?
-            } else {
-                Tensor::zeros((0, d), DType::F32, dev)?
-            };
-            let last = if need.explicit {
-                let h = lm.padded_hidden_states(&ids)?;
-                let len = h.dim(1)?;
-                select(
-                    &h,
-                    seqs.iter()
-                        .enumerate()
-                        .map(|(i, s)| (i * len + s.response_end - 1) as u32)
-                        .collect(),
-                )?
-            } else {
-                Tensor::zeros((seqs.len(), d), DType::F32, dev)?
-            };
-            Ok(Features {
-                predict,
-                targets,
-                owner,
-                last,
-            })
-        }
-    }
+    let unmasked = if need.last || need.response || lm.mask_id.is_none() {
+        Some(lm.padded_hidden_states(&ids)?)
+    } else {
+        None
+    };
+    // Rows of the unmasked `h` at offset `shift` from each response token (−1: the predicting
+    // position of a causal LM; 0: the token itself).
+    let response_rows = |shift: usize| -> Result<Tensor> {
+        let h = unmasked.as_ref().expect("unmasked forward");
+        rows_at(h, seqs, |s| {
+            (s.response_start..s.response_end)
+                .map(|k| k - shift)
+                .collect()
+        })
+    };
+    let predict = match (need.implicit, lm.mask_id) {
+        (false, _) => empty()?,
+        (true, None) => response_rows(1)?,
+        (true, Some(mask)) => masked_predict(lm, seqs, mask)?,
+    };
+    let response = if need.response {
+        response_rows(0)?
+    } else {
+        empty()?
+    };
+    let last = if need.last {
+        let h = unmasked.as_ref().expect("unmasked forward");
+        rows_at(h, seqs, |s| vec![s.response_end - 1])?
+    } else {
+        Tensor::zeros((seqs.len(), d), DType::F32, dev)?
+    };
+    Ok(Features {
+        predict,
+        response,
+        targets,
+        owner,
+        last,
+    })
 }
 
+/// The rows `positions(s)` of every sequence's hidden states `h` `[n, L, D]`, in order, `[·, D]`.
+fn rows_at(
+    h: &Tensor,
+    seqs: &[&ScoredSequence],
+    positions: impl Fn(&ScoredSequence) -> Vec<usize>,
+) -> Result<Tensor> {
+    let (n, l, d) = h.dims3()?;
+    let rows: Vec<u32> = seqs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| positions(s).into_iter().map(move |k| (i * l + k) as u32))
+        .collect();
+    Ok(h.reshape((n * l, d))?
+        .index_select(&Tensor::new(rows, h.device())?, 0)?)
+}
+
+/// A masked encoder's pseudo-likelihood states: each response token masked in turn and read at
+/// its own position, one sequence per token, `[M, D]`.
+fn masked_predict(lm: &LanguageModel, seqs: &[&ScoredSequence], mask: u32) -> Result<Tensor> {
+    let mut masked = Vec::new();
+    let mut at = Vec::new();
+    for s in seqs {
+        for k in s.response_start..s.response_end {
+            let mut m = s.ids.clone();
+            m[k] = mask;
+            at.push(k);
+            masked.push(m);
+        }
+    }
+    let h = lm.padded_hidden_states(&masked)?;
+    let (n, l, d) = h.dims3()?;
+    // Padding to the batch's longest sequence keeps `l` the row stride.
+    let rows: Vec<u32> = at
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| (j * l + k) as u32)
+        .collect();
+    Ok(h.reshape((n * l, d))?
+        .index_select(&Tensor::new(rows, h.device())?, 0)?)
+}
+
+/// Which representations a reward model reads.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Need {
+    /// The states predicting each response token (IM-RMs).
     pub(super) implicit: bool,
-    pub(super) explicit: bool,
+    /// The states at each response token (the token-mean EX-RM).
+    pub(super) response: bool,
+    /// The state at the last token (EX-RM; EX-GRM on its verification sequence).
+    pub(super) last: bool,
 }
 
 impl Need {
-    pub(super) fn of(kind: ModelKind) -> Need {
+    pub(super) fn of(reward: RecipeReward) -> Need {
         Need {
-            implicit: kind == ModelKind::Implicit,
-            explicit: kind == ModelKind::Explicit,
+            implicit: reward.is_implicit(),
+            response: reward == RecipeReward::ExrmTokenMean,
+            last: matches!(reward, RecipeReward::Exrm | RecipeReward::Exgrm),
         }
     }
 }
@@ -146,7 +167,8 @@ pub(super) fn per_sequence_sum(values: &Tensor, owner: &[usize], n: usize) -> Re
 /// Representations of every sequence under the initial (frozen) body, for head-only training.
 pub(super) struct FrozenFeatures {
     pub(super) predict: Tensor,
-    /// Range of each sequence's scored tokens in `predict`.
+    pub(super) response: Tensor,
+    /// Range of each sequence's scored tokens in `predict` / `response`.
     pub(super) spans: Vec<(usize, usize)>,
     pub(super) targets: Vec<u32>,
     pub(super) last: Tensor,
@@ -159,8 +181,8 @@ impl FrozenFeatures {
         batch: usize,
         need: Need,
     ) -> Result<FrozenFeatures> {
-        let (mut predict, mut last, mut spans, mut targets) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut predict, mut response, mut last) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut spans, mut targets) = (Vec::new(), Vec::new());
         let mut at = 0;
         for chunk in seqs.chunks(batch) {
             let refs: Vec<&ScoredSequence> = chunk.iter().collect();
@@ -172,10 +194,12 @@ impl FrozenFeatures {
             }
             targets.extend(f.targets);
             predict.push(f.predict.detach());
+            response.push(f.response.detach());
             last.push(f.last.detach());
         }
         Ok(FrozenFeatures {
             predict: Tensor::cat(&predict, 0)?,
+            response: Tensor::cat(&response, 0)?,
             spans,
             targets,
             last: Tensor::cat(&last, 0)?,
@@ -183,7 +207,8 @@ impl FrozenFeatures {
     }
 
     pub(super) fn features(&self, idx: &[usize], need: Need) -> Result<Features> {
-        let dev = self.predict.device();
+        let dev = self.last.device();
+        let d = self.last.dim(1)?;
         let (mut rows, mut owner, mut targets) = (Vec::new(), Vec::new(), Vec::new());
         for (i, &s) in idx.iter().enumerate() {
             let (a, r) = self.spans[s];
@@ -193,14 +218,18 @@ impl FrozenFeatures {
                 targets.push(self.targets[j]);
             }
         }
-        let predict = if need.implicit {
-            self.predict.index_select(&Tensor::new(rows, dev)?, 0)?
-        } else {
-            Tensor::zeros((0, self.last.dim(1)?), DType::F32, dev)?
+        let rows = Tensor::new(rows, dev)?;
+        let pick = |t: &Tensor, wanted: bool| -> Result<Tensor> {
+            Ok(if wanted {
+                t.index_select(&rows, 0)?
+            } else {
+                Tensor::zeros((0, d), DType::F32, dev)?
+            })
         };
         let last_rows: Vec<u32> = idx.iter().map(|&s| s as u32).collect();
         Ok(Features {
-            predict,
+            predict: pick(&self.predict, need.implicit)?,
+            response: pick(&self.response, need.response)?,
             targets,
             owner,
             last: self.last.index_select(&Tensor::new(last_rows, dev)?, 0)?,
@@ -216,11 +245,12 @@ pub fn response_token_logprobs(
     batch: usize,
 ) -> Result<Vec<Vec<f64>>> {
     let scorer = Scorer {
-        kind: ModelKind::Implicit,
+        reward: RecipeReward::Imrm,
         lm,
         frozen: None,
         beta: 1.0,
         batch: batch.max(1),
+        yes_no: None,
     };
     scorer.token_logprob_table(seqs, lm.unembedding())
 }
@@ -231,6 +261,23 @@ pub fn last_response_hidden(
     seqs: &[ScoredSequence],
 ) -> Result<ndarray::Array2<f64>> {
     let refs: Vec<&ScoredSequence> = seqs.iter().collect();
-    let f = live_features(lm, &refs, Need::of(ModelKind::Explicit))?;
+    let f = live_features(lm, &refs, Need::of(RecipeReward::Exrm))?;
     crate::lm::model::to_array2(&f.last.detach())
+}
+
+/// The token-mean EX-RM's representation of each sequence: the mean of `h` at its response tokens
+/// (`(1/K) Σ_k h_k`, so that `u·` of it is the mean reward), f64 `[n, D]`.
+pub fn response_hidden_mean(
+    lm: &LanguageModel,
+    seqs: &[ScoredSequence],
+) -> Result<ndarray::Array2<f64>> {
+    let refs: Vec<&ScoredSequence> = seqs.iter().collect();
+    let f = live_features(lm, &refs, Need::of(RecipeReward::ExrmTokenMean))?;
+    let rows = crate::lm::model::to_array2(&f.response.detach())?;
+    let mut out = ndarray::Array2::zeros((seqs.len(), lm.dim));
+    for (row, &i) in rows.rows().into_iter().zip(&f.owner) {
+        let k = (seqs[i].response_end - seqs[i].response_start) as f64;
+        out.row_mut(i).scaled_add(1.0 / k, &row);
+    }
+    Ok(out)
 }

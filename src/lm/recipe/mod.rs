@@ -6,8 +6,12 @@
 //!   tokens, `ln π = log_softmax(U h)` at the position before each token (causal families), or
 //!   for a masked encoder the pseudo-log-likelihood proxy: each response token masked in turn and
 //!   read at its own position through the tied word embeddings (not a language model's `π`).
-//! - EX-RM: `r(x, y) = u·h` at the last response token (the official code's read-out).
-//! - Loss `mean softplus(r⁻ − r⁺)` (MATH.md §2), Adam on every parameter (`full`), or on the
+//! - EX-RM: `r(x, y) = u·h` at the last response token (the official code's read-out); the
+//!   token-mean EX-RM `(1/K) Σ_k u·h_k` (`use_all_response_hidden_embeddings`).
+//! - IM-RM without reference: `β Σ_k ln π(y_k | ·)`, trained on its own margins (`no_ref_model`).
+//! - EX-GRM (the paper's appendix A): `r = P("Yes" | verification request)`, trained by
+//!   cross-entropy towards "Yes" (chosen) and "No" (rejected).
+//! - Loss `mean softplus(r⁻ − r⁺)` (MATH.md §2; the EX-GRM's: its cross-entropy), Adam on every parameter (`full`), or on the
 //!   head / the unembedding alone over frozen representations (`head`).
 //! - Metrics per split: accuracy with exact ties (τ = 0, `1{m > 0} + ½·1{m = 0}`) beside the
 //!   τ-tolerant one, the official evaluator's normalised absolute margin, mean rewards per answer.
@@ -20,6 +24,7 @@ pub mod evaluate;
 pub mod features;
 pub mod output;
 pub mod problem;
+pub mod reward;
 pub mod train;
 
 pub use config::{
@@ -27,9 +32,10 @@ pub use config::{
     ResponseSpec, StatementFormat,
 };
 pub use evaluate::{ImplicitParts, RecipeCheckpoint, RecipeSplitMetrics, TokenContribution};
-pub use features::{last_response_hidden, response_token_logprobs};
+pub use features::{last_response_hidden, response_hidden_mean, response_token_logprobs};
 pub use output::{final_table, write_outputs};
 pub use problem::{build_problem, PairSplit, RecipeProblem, ScoredSequence, Side};
+pub use reward::RecipeReward;
 pub use train::{
     run_recipe, steps_per_run, train_recipe, RecipeEvent, RecipeMode, RecipeOutcome, RecipeRun,
     RecipeStep, PSEUDO_LIKELIHOOD_NOTE,

@@ -24,7 +24,7 @@ pub fn write_outputs(dir: &crate::io::atomic::AtomicDir, o: &RecipeOutcome) -> R
                 "name": s.name, "pairs": s.chosen.len(),
             })).collect::<Vec<_>>(),
             "runs": o.runs.iter().map(|r| serde_json::json!({
-                "mode": r.mode, "model": r.kind.name(), "parameters": r.parameters,
+                "mode": r.mode, "model": r.reward.name(), "parameters": r.parameters,
                 "steps": r.history.len(), "seconds": r.seconds,
                 "seconds_per_step": r.step_seconds / r.history.len().max(1) as f64,
                 "final": r.checkpoints.last().map(|c| &c.splits),
@@ -41,11 +41,25 @@ pub fn write_outputs(dir: &crate::io::atomic::AtomicDir, o: &RecipeOutcome) -> R
         jsonl.push('\n');
     }
     dir.write_text("sequences.jsonl", &jsonl)?;
+    if o.runs
+        .iter()
+        .any(|r| r.reward == super::RecipeReward::Exgrm)
+    {
+        let mut v = String::new();
+        for (i, s) in o.problem.verification.iter().enumerate() {
+            v.push_str(&serde_json::to_string(&serde_json::json!({
+                "index": i, "prompt": s.prompt, "side": s.side, "prefix": s.prefix,
+                "word": s.word, "ids": s.ids,
+            }))?);
+            v.push('\n');
+        }
+        dir.write_text("verification.jsonl", &v)?;
+    }
     let mut metrics = String::from("mode,model,epoch,step,split,pairs,exact_tie_accuracy,tie_aware_accuracy,strict_accuracy,ties,normalised_abs_margin,mean_chosen_reward,mean_rejected_reward,mean_margin\n");
     let mut history = String::from("mode,model,step,epoch,loss,batch_accuracy\n");
     let mut rewards = String::from("mode,model,sequence,reward\n");
     for r in &o.runs {
-        let (mode, model) = (r.mode.name(), r.kind.name());
+        let (mode, model) = (r.mode.name(), r.reward.name());
         for c in &r.checkpoints {
             for (s, split) in c.splits.iter().zip(&o.problem.splits) {
                 metrics.push_str(&format!(
@@ -89,16 +103,16 @@ pub fn write_outputs(dir: &crate::io::atomic::AtomicDir, o: &RecipeOutcome) -> R
 /// normalised margin.
 pub fn final_table(o: &RecipeOutcome) -> String {
     let mut s = format!(
-        "{:<6} {:<8} {:<18} {:>9} {:>9} {:>11}\n",
+        "{:<6} {:<16} {:<18} {:>9} {:>9} {:>11}\n",
         "mode", "model", "split", "acc(τ=0)", "acc(τ)", "norm|Δr|"
     );
     for r in &o.runs {
         if let Some(c) = r.checkpoints.last() {
             for m in &c.splits {
                 s.push_str(&format!(
-                    "{:<6} {:<8} {:<18} {:>9.3} {:>9.3} {:>11.3}\n",
+                    "{:<6} {:<16} {:<18} {:>9.3} {:>9.3} {:>11.3}\n",
                     r.mode.name(),
-                    r.kind.name(),
+                    r.reward.name(),
                     m.accuracy.split,
                     m.accuracy.exact_tie_accuracy,
                     m.accuracy.tie_aware_accuracy,

@@ -56,6 +56,29 @@ pub struct RecipeProblem {
     pub splits: Vec<PairSplit>,
     /// Where the chat template came from, or why none was used.
     pub prompt_format: String,
+    /// The EX-GRM's input for each of `sequences` (same index): the official verification
+    /// request as a user turn with the generation prompt, scored at its last token (causal LMs
+    /// only; empty for a masked encoder).
+    #[serde(skip)]
+    pub verification: Vec<ScoredSequence>,
+}
+
+impl RecipeProblem {
+    /// The sequences `reward` reads: the verification requests (EX-GRM) or the responses.
+    pub fn scored_sequences(
+        &self,
+        reward: super::reward::RecipeReward,
+    ) -> Result<&[ScoredSequence]> {
+        if reward != super::reward::RecipeReward::Exgrm {
+            return Ok(&self.sequences);
+        }
+        if self.verification.len() != self.sequences.len() {
+            bail!(
+                "the EX-GRM needs a causal language model (no verification sequences were built)"
+            );
+        }
+        Ok(&self.verification)
+    }
 }
 
 /// Train and test statements: groups in seeded order, train filled first (a group cut at the
@@ -175,6 +198,49 @@ impl SequenceBuilder<'_> {
         })
     }
 
+    /// The EX-GRM's input for the response `prefix + word` to `prompt` (the official
+    /// `convert_preference_batch_to_gen_rm_format`): the verification request rendered as a user
+    /// turn with the generation prompt, tokenized on its own; the reward is read at its last
+    /// token, so the "response" is empty (`response_start = response_end = len`).
+    pub(super) fn verification(
+        &self,
+        prompt_index: usize,
+        prompt: &str,
+        side: Side,
+        prefix: &str,
+        word: &str,
+    ) -> Result<ScoredSequence> {
+        let request = super::reward::VERIFICATION_FORMAT
+            .replace("{question}", prompt)
+            .replace("{answer}", &format!("{prefix}{word}"));
+        let text = match &self.template {
+            Some(t) => t.render(
+                &[crate::lm::chat::Message {
+                    role: "user",
+                    content: &request,
+                }],
+                true,
+            )?,
+            None => request,
+        };
+        let ids = self.encode(&text)?;
+        if ids.is_empty() {
+            bail!("verification request {text:?} encodes to no tokens");
+        }
+        Ok(ScoredSequence {
+            response_start: ids.len(),
+            response_end: ids.len(),
+            ids,
+            word_span: None,
+            prompt: prompt_index,
+            side,
+            prefix: prefix.to_string(),
+            word: word.to_string(),
+            response_text: String::new(),
+            response_tokens: vec![],
+        })
+    }
+
     pub(super) fn special(&self, token: &str) -> Result<u32> {
         self.lm.tokenizer.token_to_id(token).with_context(|| {
             format!(
@@ -219,13 +285,38 @@ pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<RecipeProb
     ] {
         splits.push(draw.paraphrased_split(name, prompts, offset)?);
     }
+    let verification = match lm.arch.is_causal() {
+        true => verification_sequences(&draw.builder, &draw.sequences, &train, &test)?,
+        false => vec![],
+    };
     Ok(RecipeProblem {
         prompts_train: train,
         prompts_test: test,
         sequences: draw.sequences,
         splits,
         prompt_format,
+        verification,
     })
+}
+
+/// The EX-GRM's verification request for each sequence (prompts indexed train first).
+fn verification_sequences(
+    builder: &SequenceBuilder,
+    sequences: &[ScoredSequence],
+    train: &[String],
+    test: &[String],
+) -> Result<Vec<ScoredSequence>> {
+    sequences
+        .iter()
+        .map(|s| {
+            let prompt = train
+                .iter()
+                .chain(test)
+                .nth(s.prompt)
+                .expect("prompt index");
+            builder.verification(s.prompt, prompt, s.side, &s.prefix, &s.word)
+        })
+        .collect()
 }
 
 /// Draws the splits' responses from one seeded RNG, in a fixed order, appending their

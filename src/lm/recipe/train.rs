@@ -4,8 +4,8 @@
 use super::config::RecipeFile;
 use super::evaluate::{evaluate_splits, RecipeCheckpoint, Scorer};
 use super::features::{FrozenFeatures, Need};
-use super::problem::{build_problem, RecipeProblem};
-use crate::experiment::simulation::ModelKind;
+use super::problem::{build_problem, RecipeProblem, ScoredSequence};
+use super::reward::RecipeReward;
 use crate::lm::finetune::{softplus_neg, Optimizers};
 use crate::lm::{Forward, LanguageModel};
 use anyhow::{bail, Result};
@@ -57,7 +57,7 @@ pub struct RecipeStep {
 #[derive(Debug, Clone, Serialize)]
 pub struct RecipeRun {
     pub mode: RecipeMode,
-    pub kind: ModelKind,
+    pub reward: RecipeReward,
     pub parameters: usize,
     pub history: Vec<RecipeStep>,
     pub checkpoints: Vec<RecipeCheckpoint>,
@@ -92,11 +92,11 @@ pub(super) fn accumulate(
     Ok(())
 }
 
-/// Trains one reward model (`kind`) under the recipe in `mode` on a fresh copy of the model in
+/// Trains one reward model (`reward`) under the recipe in `mode` on a fresh copy of the model in
 /// `model_dir`, evaluating every split before training, every `eval_every_epochs` epochs and
 /// after the last; `on_event` sees every stage and optimizer step (progress).
 pub fn train_recipe(
-    kind: ModelKind,
+    reward: RecipeReward,
     mode: RecipeMode,
     model_dir: &Path,
     device: &Device,
@@ -107,7 +107,7 @@ pub fn train_recipe(
     let start = std::time::Instant::now();
     let t = &file.train;
     let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
-    let seqs = &problem.sequences;
+    let seqs = problem.scored_sequences(reward)?;
     let frozen = match mode {
         RecipeMode::Head => {
             on_event(RecipeEvent::Stage(format!(
@@ -118,33 +118,39 @@ pub fn train_recipe(
                 &lm,
                 seqs,
                 t.eval_batch,
-                Need::of(kind),
+                Need::of(reward),
             )?)
         }
         RecipeMode::Full => None,
     };
     let scorer = Scorer {
-        kind,
+        reward,
         lm: &lm,
         frozen: frozen.as_ref(),
         beta: t.beta,
         batch: t.eval_batch,
+        yes_no: verdict_tokens(reward, &lm)?,
     };
     let u0 = lm.unembedding().detach().copy()?;
-    let frozen_u = match (mode, kind) {
-        (RecipeMode::Head, ModelKind::Implicit) => Some(Var::from_tensor(&u0)?),
+    let frozen_u = match mode {
+        RecipeMode::Head if reward.reads_unembedding() => Some(Var::from_tensor(&u0)?),
         _ => None,
     };
     let head = initial_head(file, lm.dim, device)?;
-    let (vars, head_trained) = trained_vars(mode, kind, &lm, frozen_u.as_ref());
-    let reference: Vec<Vec<f64>> = match kind {
-        ModelKind::Implicit => {
+    let (vars, head_trained) = trained_vars(mode, reward, &lm, frozen_u.as_ref());
+    let reference: Vec<Vec<f64>> = match reward {
+        RecipeReward::Imrm => {
             on_event(RecipeEvent::Stage(
                 "reference log-probabilities of every sequence".into(),
             ));
             scorer.token_logprob_table(seqs, &u0)?
         }
-        ModelKind::Explicit => vec![vec![]; seqs.len()],
+        // No reference: the same sums with `ln π_ref` replaced by 0.
+        RecipeReward::ImrmNoRef => seqs
+            .iter()
+            .map(|s| vec![0.0; s.response_end - s.response_start])
+            .collect(),
+        _ => vec![vec![]; seqs.len()],
     };
     let parameters =
         vars.iter().map(|v| v.elem_count()).sum::<usize>() + if head_trained { lm.dim } else { 0 };
@@ -157,10 +163,11 @@ pub fn train_recipe(
     };
     let mut optimizers = Optimizers::new(vars, head_trained.then_some(&head), params, t.head_lr)?;
     let session = Session {
-        kind,
+        reward,
         mode,
         file,
         problem,
+        seqs,
         scorer: &scorer,
         frozen_u: frozen_u.as_ref(),
         head: &head,
@@ -170,7 +177,7 @@ pub fn train_recipe(
         session.run_epochs(&mut optimizers, on_event)?;
     Ok(RecipeRun {
         mode,
-        kind,
+        reward,
         parameters,
         history,
         checkpoints,
@@ -198,36 +205,55 @@ fn initial_head(file: &RecipeFile, dim: usize, device: &Device) -> Result<Var> {
     )?)?)
 }
 
+/// EX-GRM: the ids of "Yes" and "No" in the checkpoint's vocabulary (the official
+/// `convert_tokens_to_ids`); an input error where either is missing.
+fn verdict_tokens(reward: RecipeReward, lm: &LanguageModel) -> Result<Option<(u32, u32)>> {
+    if reward != RecipeReward::Exgrm {
+        return Ok(None);
+    }
+    let id = |t: &str| {
+        lm.tokenizer.token_to_id(t).ok_or_else(|| {
+            crate::error::InputError(format!(
+                "{}: the EX-GRM needs the token {t:?} in the vocabulary (its reward is P({:?} | ·))",
+                lm.dir.join("tokenizer.json").display(),
+                super::reward::YES_TOKEN
+            ))
+        })
+    };
+    Ok(Some((
+        id(super::reward::YES_TOKEN)?,
+        id(super::reward::NO_TOKEN)?,
+    )))
+}
+
 /// The tensors Adam trains besides the head, and whether the head is trained: every parameter
-/// (full IM-RM), the body (full EX-RM), the unembedding alone (head-only IM-RM), or nothing
-/// but the head (head-only EX-RM).
+/// (full IM-RMs, EX-GRM), the body (full EX-RMs), the unembedding alone (head-only IM-RMs and
+/// EX-GRM), or nothing but the head (head-only EX-RMs).
 fn trained_vars(
     mode: RecipeMode,
-    kind: ModelKind,
+    reward: RecipeReward,
     lm: &LanguageModel,
     frozen_u: Option<&Var>,
 ) -> (Vec<Var>, bool) {
-    match (mode, kind) {
-        (RecipeMode::Full, ModelKind::Implicit) => {
-            (lm.parameters().into_iter().map(|(_, v)| v).collect(), false)
-        }
-        (RecipeMode::Full, ModelKind::Explicit) => (
+    match (mode, reward.has_head()) {
+        (RecipeMode::Full, false) => (lm.parameters().into_iter().map(|(_, v)| v).collect(), false),
+        (RecipeMode::Full, true) => (
             lm.body_parameters().into_iter().map(|(_, v)| v).collect(),
             true,
         ),
-        (RecipeMode::Head, ModelKind::Implicit) => {
-            (vec![frozen_u.cloned().expect("head-only IM-RM U")], false)
-        }
-        (RecipeMode::Head, ModelKind::Explicit) => (vec![], true),
+        (RecipeMode::Head, false) => (vec![frozen_u.cloned().expect("head-only U")], false),
+        (RecipeMode::Head, true) => (vec![], true),
     }
 }
 
 /// One reward model's training under the recipe: what a step and an evaluation read.
 struct Session<'a> {
-    kind: ModelKind,
+    reward: RecipeReward,
     mode: RecipeMode,
     file: &'a RecipeFile,
     problem: &'a RecipeProblem,
+    /// The sequences the reward reads (the EX-GRM's verification prompts, else the problem's).
+    seqs: &'a [ScoredSequence],
     scorer: &'a Scorer<'a>,
     /// The head-only IM-RM's trained copy of `U` (the model's own `U` otherwise).
     frozen_u: Option<&'a Var>,
@@ -291,14 +317,14 @@ impl Session<'_> {
         on_event(RecipeEvent::Stage(format!(
             "evaluating every split after epoch {epoch}"
         )));
-        let seqs = &self.problem.sequences;
+        let seqs = self.seqs;
         let (rewards, parts) =
             self.scorer
                 .score_all(seqs, &self.u_now(), self.head.as_tensor(), self.reference)?;
         if let Some(i) = rewards.iter().position(|r| !r.is_finite()) {
             bail!(
                 "{} ({} mode): reward of sequence {i} is {} after {step} steps (lower train.lr?)",
-                self.kind.name(),
+                self.reward.name(),
                 self.mode.name(),
                 rewards[i]
             );
@@ -325,38 +351,26 @@ impl Session<'_> {
         epoch: usize,
     ) -> Result<RecipeStep> {
         let t = &self.file.train;
-        let train = &self.problem.splits[0];
-        let seqs = &self.problem.sequences;
         let mut grads = None;
         let (mut loss_sum, mut wins) = (0.0, 0usize);
         // accelerate divides every micro-batch's mean loss by the configured accumulation
         // steps, the last, smaller step of an epoch included (MATH.md §6).
         let accumulation = t.pairs_per_step.div_ceil(t.micro_batch) as f64;
         for micro in pairs.chunks(t.micro_batch) {
-            let mut idx: Vec<usize> = micro.iter().map(|&p| train.chosen[p]).collect();
-            idx.extend(micro.iter().map(|&p| train.rejected[p]));
-            let r = self.scorer.rewards(
-                seqs,
-                &idx,
-                &self.u_now(),
-                self.head.as_tensor(),
-                self.reference,
-            )?;
-            let b = micro.len();
-            let m = (r.narrow(0, 0, b)? - r.narrow(0, b, b)?)?;
-            let total = softplus_neg(&m)?.sum_all()?;
-            let loss = (&total / (b as f64 * accumulation))?;
-            // Reported: the mean loss over the step's pairs.
-            let value = f64::from(total.to_scalar::<f32>()?) / pairs.len() as f64;
+            let (total, terms, margins) = self.micro_batch_loss(micro)?;
+            let loss = (&total / (terms as f64 * accumulation))?;
+            // Reported: the mean loss term over the step (per pair; the EX-GRM's per response).
+            let value = f64::from(total.to_scalar::<f32>()?) * (micro.len() as f64 / terms as f64)
+                / pairs.len() as f64;
             if !value.is_finite() {
                 bail!(
                     "{} ({} mode): loss is {value} at step {done} (epoch {epoch}; lower train.lr?)",
-                    self.kind.name(),
+                    self.reward.name(),
                     self.mode.name()
                 );
             }
             loss_sum += value;
-            wins += m.to_vec1::<f32>()?.into_iter().filter(|&x| x > 0.0).count();
+            wins += margins.into_iter().filter(|&x| x > 0.0).count();
             accumulate(&mut grads, loss.backward()?, &optimizers.vars)?;
         }
         optimizers.step(&grads.expect("a step has at least one micro-batch"))?;
@@ -366,6 +380,33 @@ impl Session<'_> {
             loss: loss_sum,
             batch_accuracy: wins as f64 / pairs.len() as f64,
         })
+    }
+
+    /// One micro-batch of training pairs: the summed loss terms (differentiable), how many terms
+    /// the official mean divides by, and the pairs' reward margins. Bradley–Terry
+    /// `Σ softplus(r⁻ − r⁺)` over the pairs; EX-GRM cross-entropy
+    /// `−Σ [ln P(Yes | x, y⁺) + ln P(No | x, y⁻)]` over the `2b` responses.
+    fn micro_batch_loss(&self, micro: &[usize]) -> Result<(Tensor, usize, Vec<f32>)> {
+        let train = &self.problem.splits[0];
+        let mut idx: Vec<usize> = micro.iter().map(|&p| train.chosen[p]).collect();
+        idx.extend(micro.iter().map(|&p| train.rejected[p]));
+        let b = micro.len();
+        let scorer = self.scorer;
+        let (u, head) = (self.u_now(), self.head.as_tensor());
+        if self.reward == RecipeReward::Exgrm {
+            let f = scorer.features(self.seqs, &idx)?;
+            let lp = scorer.verdict_logprobs(&f, &u)?;
+            let yes = lp.narrow(1, 0, 1)?.squeeze(1)?;
+            let chosen_yes = yes.narrow(0, 0, b)?;
+            let rejected_no = lp.narrow(1, 1, 1)?.squeeze(1)?.narrow(0, b, b)?;
+            let total = (chosen_yes.sum_all()? + rejected_no.sum_all()?)?.neg()?;
+            let p = yes.exp()?;
+            let m = (p.narrow(0, 0, b)? - p.narrow(0, b, b)?)?;
+            return Ok((total, 2 * b, m.to_vec1::<f32>()?));
+        }
+        let r = scorer.rewards(self.seqs, &idx, &u, head, self.reference)?;
+        let m = (r.narrow(0, 0, b)? - r.narrow(0, b, b)?)?;
+        Ok((softplus_neg(&m)?.sum_all()?, b, m.to_vec1::<f32>()?))
     }
 }
 
@@ -391,26 +432,37 @@ pub fn run_recipe(
     file: &RecipeFile,
     device: &Device,
     modes: &[RecipeMode],
-    kinds: &[ModelKind],
-    on_event: &mut dyn FnMut(RecipeMode, ModelKind, RecipeEvent),
+    rewards: &[RecipeReward],
+    on_event: &mut dyn FnMut(RecipeMode, RecipeReward, RecipeEvent),
 ) -> Result<RecipeOutcome> {
     let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
     // Statements, prompts, tokenization and chat template: all input errors (exit code 2).
     let problem =
         build_problem(file, &lm).map_err(|e| crate::error::InputError(format!("{e:#}")))?;
     let arch = lm.arch;
+    if arch.is_causal() && rewards.contains(&RecipeReward::Exgrm) {
+        // Before any run: a missing verdict token is an input error, not a late failure.
+        verdict_tokens(RecipeReward::Exgrm, &lm)?;
+    }
     drop(lm);
+    if rewards.contains(&RecipeReward::Exgrm) && !arch.is_causal() {
+        return Err(crate::error::InputError(format!(
+            "{}: the EX-GRM reads P(\"Yes\" | ·) from a causal language model; a masked encoder has none",
+            model_dir.display()
+        ))
+        .into());
+    }
     let mut runs = Vec::new();
     for &mode in modes {
-        for &kind in kinds {
+        for &reward in rewards {
             runs.push(train_recipe(
-                kind,
+                reward,
                 mode,
                 model_dir,
                 device,
                 file,
                 &problem,
-                &mut |e| on_event(mode, kind, e),
+                &mut |e| on_event(mode, reward, e),
             )?);
         }
     }
