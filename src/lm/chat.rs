@@ -1,7 +1,8 @@
 //! Chat templates (MATH.md §6, the recipe's prompt format): the Jinja `chat_template` of a
 //! checkpoint's `tokenizer_config.json`, rendered with minijinja in Hugging Face's environment
-//! (`trim_blocks`, `lstrip_blocks`, Python string methods, `raise_exception`), checked against
-//! `apply_chat_template` on the fixtures of `tests/fixtures/reference/chat_templates.json`.
+//! (`trim_blocks`, `lstrip_blocks`, Python string methods, `raise_exception`, `strftime_now` on a
+//! fixed date), checked against `apply_chat_template` on the fixtures of
+//! `tests/fixtures/reference/chat_templates.json`.
 
 use anyhow::{bail, Context, Result};
 use minijinja::{context, Environment, Error, ErrorKind};
@@ -15,6 +16,39 @@ pub struct Message<'a> {
     pub content: &'a str,
 }
 
+/// The date `strftime_now` renders unless one is given: Llama-3.2-Instruct's template's own
+/// fallback ("26 Jul 2024", used where `strftime_now` is undefined), so that a run renders the
+/// same text with or without it, and never the wall clock.
+pub const DEFAULT_TEMPLATE_DATE: &str = "2024-07-26";
+
+/// `date` (`YYYY-MM-DD`) as a calendar date; an error naming the value otherwise.
+pub fn parse_template_date(date: &str) -> Result<chrono::NaiveDate> {
+    chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+        .map_err(|e| anyhow::anyhow!("template date {date:?} is not a YYYY-MM-DD date: {e}"))
+}
+
+/// `date` formatted by the strftime pattern `format` (`transformers`' `strftime_now`, on a fixed
+/// date); an unknown directive is a template error, not a panic.
+fn strftime(date: chrono::NaiveDate, format: &str) -> Result<String, Error> {
+    use chrono::format::{Item, StrftimeItems};
+    let items: Vec<Item> = StrftimeItems::new(format).collect();
+    if items.iter().any(|i| matches!(i, Item::Error)) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: invalid format {format:?}"),
+        ));
+    }
+    let mut out = String::new();
+    use std::fmt::Write;
+    write!(out, "{}", date.format_with_items(items.into_iter())).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: {format:?} does not apply to a date"),
+        )
+    })?;
+    Ok(out)
+}
+
 /// A compiled chat template with the special tokens it may refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -24,16 +58,14 @@ pub struct ChatTemplate {
     pub source: String,
 }
 
-fn special(cfg: &serde_json::Value, name: &str) -> String {
-    match cfg.get(name) {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(v) => v
-            .get("content")
-            .and_then(|c| c.as_str())
-            .unwrap_or("")
-            .to_string(),
-        None => String::new(),
-    }
+/// The special token `name` of a `tokenizer_config.json` (a string, or an object with
+/// `content`); `None` where it is absent, null or empty.
+pub fn special_token(cfg: &serde_json::Value, name: &str) -> Option<String> {
+    let s = match cfg.get(name)? {
+        serde_json::Value::String(s) => s.clone(),
+        v => v.get("content")?.as_str()?.to_string(),
+    };
+    (!s.is_empty()).then_some(s)
 }
 
 impl ChatTemplate {
@@ -48,12 +80,22 @@ impl ChatTemplate {
         });
         env.add_template_owned("chat", source.to_string())
             .with_context(|| format!("{origin}: chat_template does not compile"))?;
-        Ok(ChatTemplate {
+        let mut template = ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
             source: origin.to_string(),
-        })
+        };
+        template.set_date(parse_template_date(DEFAULT_TEMPLATE_DATE)?);
+        Ok(template)
+    }
+
+    /// `strftime_now(format)` renders `date` (fixed, so runs stay reproducible).
+    pub fn set_date(&mut self, date: chrono::NaiveDate) {
+        self.env
+            .add_function("strftime_now", move |format: String| {
+                strftime(date, &format)
+            });
     }
 
     /// The checkpoint's template, from `tokenizer_config.json` (`chat_template` as a string, or
@@ -69,7 +111,10 @@ impl ChatTemplate {
         } else {
             serde_json::Value::Null
         };
-        let (bos, eos) = (special(&cfg, "bos_token"), special(&cfg, "eos_token"));
+        let (bos, eos) = (
+            special_token(&cfg, "bos_token").unwrap_or_default(),
+            special_token(&cfg, "eos_token").unwrap_or_default(),
+        );
         let origin = cfg_path.display().to_string();
         match cfg.get("chat_template") {
             Some(serde_json::Value::String(s)) => Ok(Some(Self::new(s, &bos, &eos, &origin)?)),

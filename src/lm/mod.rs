@@ -16,6 +16,7 @@ pub mod recipe;
 pub mod single_token;
 pub mod spec;
 pub mod tiny;
+pub mod vocabulary;
 
 pub use candle_core::Device;
 pub use model::{open_device, Architecture, Forward, LanguageModel};

@@ -86,6 +86,8 @@ struct CheckpointVars {
     /// Requested name → name in the file.
     aliases: HashMap<String, String>,
     vars: Arc<Mutex<BTreeMap<String, Var>>>,
+    /// Tokens were added: vocabulary matrices are resized on load.
+    resize: Option<super::vocabulary::Resize>,
 }
 
 impl CheckpointVars {
@@ -121,7 +123,15 @@ impl SimpleBackend for CheckpointVars {
                 self.source
             ))
         })?;
-        let t = self.files.load(&stored, dev)?;
+        let mut t = self.files.load(&stored, dev)?;
+        if let Some(r) = self.resize {
+            if super::vocabulary::is_vocabulary_matrix(&stored)
+                && t.dims().first() == Some(&r.from)
+                && s.dims().first() == Some(&r.to)
+            {
+                t = super::vocabulary::resize_rows(&t, r, &stored)?;
+            }
+        }
         if t.shape() != &s {
             candle_core::bail!(
                 "{}: tensor `{stored}` has shape {:?} but config.json implies {:?}",
@@ -182,6 +192,18 @@ pub static LAST_EXTRACTION_TOKENS: std::sync::atomic::AtomicUsize =
 impl LanguageModel {
     /// Loads `config.json`, every `*.safetensors` and `tokenizer.json` from `dir` (f32 on `device`).
     pub fn load(dir: &Path, device: &Device, forward: Forward) -> Result<LanguageModel> {
+        Self::load_with(dir, device, forward, None)
+    }
+
+    /// [`Self::load`] with `added` special tokens in the tokenizer and the vocabulary matrices
+    /// resized to the tokenizer's new size (`transformers`' `add_special_tokens` +
+    /// `resize_token_embeddings`, [`super::vocabulary`]).
+    pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        forward: Forward,
+        added: Option<&super::vocabulary::AddedTokens>,
+    ) -> Result<LanguageModel> {
         let found = ModelFiles::find(dir)?;
         let cfg_path = &found.config;
         // SAFETY: the files are memory-mapped read-only; tensors are copied into variables.
@@ -192,6 +214,24 @@ impl LanguageModel {
         let (arch, model_type) = architecture(&raw, cfg_path)?;
         normalise_config(arch, &mut raw)
             .map_err(|e| anyhow::anyhow!("{}: {e}", cfg_path.display()))?;
+        let mut tokenizer = read_tokenizer(&found.tokenizer)?;
+        let resize = match added {
+            Some(a) => {
+                let from = raw
+                    .get("vocab_size")
+                    .and_then(|v| v.as_u64())
+                    .with_context(|| format!("{}: no vocab_size", cfg_path.display()))?
+                    as usize;
+                let to = super::vocabulary::add_special_tokens(&mut tokenizer, &a.tokens);
+                raw["vocab_size"] = to.into();
+                (to != from).then_some(super::vocabulary::Resize {
+                    from,
+                    to,
+                    seed: a.seed,
+                })
+            }
+            None => None,
+        };
         let config = RawConfig {
             raw: &raw,
             path: cfg_path,
@@ -205,6 +245,7 @@ impl LanguageModel {
             constants: HashMap::new(),
             aliases: HashMap::new(),
             vars: vars.clone(),
+            resize,
         };
         let layout = UnembeddingLayout::of(arch, &config, &mut backend, device)?;
         let mismatch = |e: candle_core::Error| {
@@ -222,7 +263,7 @@ impl LanguageModel {
         let unembedding = vb
             .get((layout.vocab_size, layout.dim), layout.name)
             .map_err(mismatch)?;
-        let tokenizer = load_tokenizer(&found.tokenizer, layout.vocab_size, cfg_path)?;
+        check_tokenizer_size(&tokenizer, &found.tokenizer, layout.vocab_size, cfg_path)?;
         let mask_id = match arch {
             Architecture::Bert => Some(
                 tokenizer
@@ -294,6 +335,12 @@ impl ModelFiles {
             source,
         })
     }
+}
+
+/// The family of the checkpoint in `dir` (its `config.json`'s `model_type`).
+pub fn architecture_of(dir: &Path) -> Result<Architecture> {
+    let path = dir.join("config.json");
+    Ok(architecture(&read_json(&path)?, &path)?.0)
 }
 
 /// The family of `config.json`'s `model_type`, and the `model_type` itself.
@@ -498,9 +545,8 @@ fn build_network(
     })
 }
 
-/// `tokenizer.json` without padding or truncation (sequences are padded per batch here); it
-/// must not have more tokens than the weights' `vocab_size`.
-fn load_tokenizer(tok_path: &Path, vocab_size: usize, cfg_path: &Path) -> Result<Tokenizer> {
+/// `tokenizer.json` without padding or truncation (sequences are padded per batch here).
+fn read_tokenizer(tok_path: &Path) -> Result<Tokenizer> {
     let mut tokenizer = Tokenizer::from_file(tok_path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
     // Sentence-transformers ship fixed-length padding.
@@ -508,6 +554,16 @@ fn load_tokenizer(tok_path: &Path, vocab_size: usize, cfg_path: &Path) -> Result
     tokenizer
         .with_truncation(None)
         .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+    Ok(tokenizer)
+}
+
+/// The tokenizer must not have more tokens than the weights' `vocab_size`.
+fn check_tokenizer_size(
+    tokenizer: &Tokenizer,
+    tok_path: &Path,
+    vocab_size: usize,
+    cfg_path: &Path,
+) -> Result<()> {
     if tokenizer.get_vocab_size(true) > vocab_size {
         bail!(
             "{} has {} tokens but {} declares vocab_size = {vocab_size}: tokenizer and weights do not match",
@@ -516,7 +572,7 @@ fn load_tokenizer(tok_path: &Path, vocab_size: usize, cfg_path: &Path) -> Result
             cfg_path.display(),
         );
     }
-    Ok(tokenizer)
+    Ok(())
 }
 
 impl LanguageModel {

@@ -122,6 +122,15 @@ pub struct ResponseSpec {
     /// prompt and the response text are concatenated as they are).
     #[serde(default = "yes")]
     pub chat_template: bool,
+    /// The date a template's `strftime_now` renders (`YYYY-MM-DD`; Llama-3.2-Instruct's system
+    /// header carries it). Fixed, never the wall clock; default 2024-07-26, the date that
+    /// template renders where `strftime_now` is undefined.
+    #[serde(default = "template_date")]
+    pub template_date: String,
+}
+
+fn template_date() -> String {
+    crate::lm::chat::DEFAULT_TEMPLATE_DATE.to_string()
 }
 
 /// `[train]`: the optimisation (defaults: the paper's recipe).
@@ -278,6 +287,8 @@ impl RecipeFile {
                 bail!("field `{name}` must be ≥ 1");
             }
         }
+        crate::lm::chat::parse_template_date(&r.template_date)
+            .map_err(|e| anyhow::anyhow!("field `responses.template_date`: {e}"))?;
         if d.format == StatementFormat::PersonaJsonl && d.group_size != 1 {
             bail!("field `data.group_size` must be 1 with `data.format = \"persona_jsonl\"` (records are not grouped)");
         }

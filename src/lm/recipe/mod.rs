@@ -25,6 +25,7 @@ pub mod features;
 pub mod output;
 pub mod problem;
 pub mod reward;
+pub mod template;
 pub mod train;
 
 pub use config::{
@@ -36,6 +37,7 @@ pub use features::{last_response_hidden, response_hidden_mean, response_token_lo
 pub use output::{final_table, write_outputs};
 pub use problem::{build_problem, PairSplit, RecipeProblem, ScoredSequence, Side};
 pub use reward::RecipeReward;
+pub use template::{load_recipe_model, PromptFormat};
 pub use train::{
     run_recipe, steps_per_run, train_recipe, RecipeEvent, RecipeMode, RecipeOutcome, RecipeRun,
     RecipeStep, PSEUDO_LIKELIHOOD_NOTE,

@@ -17,6 +17,7 @@ pub fn write_outputs(dir: &crate::io::atomic::AtomicDir, o: &RecipeOutcome) -> R
             "seed": o.file.seed,
             "config": o.file,
             "prompt_format": o.problem.prompt_format,
+            "added_tokens": o.problem.added_tokens.iter().map(|(t, id)| serde_json::json!({"token": t, "id": id})).collect::<Vec<_>>(),
             "note": if masked { Some(PSEUDO_LIKELIHOOD_NOTE) } else { None },
             "train_prompts": o.problem.prompts_train,
             "test_prompts": o.problem.prompts_test,

@@ -56,6 +56,8 @@ pub struct RecipeProblem {
     pub splits: Vec<PairSplit>,
     /// Where the chat template came from, or why none was used.
     pub prompt_format: String,
+    /// Tokens the default template added to the tokenizer, with their ids.
+    pub added_tokens: Vec<(String, u32)>,
     /// The EX-GRM's input for each of `sequences` (same index): the official verification
     /// request as a user turn with the generation prompt, scored at its last token (causal LMs
     /// only; empty for a masked encoder).
@@ -258,17 +260,10 @@ pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<RecipeProb
     let mut rng = ChaCha8Rng::seed_from_u64(file.seed);
     let (train, test) = select_prompts(&file.data, &mut rng)?;
     let r = &file.responses;
-    let template = if r.chat_template && lm.arch.is_causal() {
-        ChatTemplate::from_model_dir(&lm.dir)?
-    } else {
-        None
-    };
-    let prompt_format = match (&template, r.chat_template, lm.arch.is_causal()) {
-        (Some(t), _, _) => format!("chat template of {}", t.source),
-        (None, false, _) => "plain concatenation (responses.chat_template = false)".into(),
-        (None, true, false) => "plain concatenation (masked encoder: no chat template)".into(),
-        (None, true, true) => "plain concatenation (the checkpoint has no chat_template)".into(),
-    };
+    let format = super::template::PromptFormat::of(&lm.dir, lm.arch, file)?;
+    let added_tokens = added_token_ids(lm, &format)?;
+    let template = format.template;
+    let prompt_format = format.description;
     let mut draw = SplitDraw {
         builder: SequenceBuilder { lm, template },
         responses: r,
@@ -295,8 +290,33 @@ pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<RecipeProb
         sequences: draw.sequences,
         splits,
         prompt_format,
+        added_tokens,
         verification,
     })
+}
+
+/// The ids of the tokens `format` adds, which `lm` must have been loaded with
+/// ([`super::template::load_recipe_model`]).
+fn added_token_ids(
+    lm: &LanguageModel,
+    format: &super::template::PromptFormat,
+) -> Result<Vec<(String, u32)>> {
+    let Some(added) = &format.added else {
+        return Ok(vec![]);
+    };
+    added
+        .tokens
+        .iter()
+        .map(|t| {
+            let id = lm.tokenizer.token_to_id(t).with_context(|| {
+                format!(
+                    "{}: the default template's token {t:?} is not in the tokenizer (load the model with recipe::load_recipe_model)",
+                    lm.dir.display()
+                )
+            })?;
+            Ok((t.clone(), id))
+        })
+        .collect()
 }
 
 /// The EX-GRM's verification request for each sequence (prompts indexed train first).

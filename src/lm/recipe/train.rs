@@ -6,6 +6,7 @@ use super::evaluate::{evaluate_splits, RecipeCheckpoint, Scorer};
 use super::features::{FrozenFeatures, Need};
 use super::problem::{build_problem, RecipeProblem, ScoredSequence};
 use super::reward::RecipeReward;
+use super::template::load_recipe_model;
 use crate::lm::finetune::{softplus_neg, Optimizers};
 use crate::lm::{Forward, LanguageModel};
 use anyhow::{bail, Result};
@@ -106,7 +107,7 @@ pub fn train_recipe(
 ) -> Result<RecipeRun> {
     let start = std::time::Instant::now();
     let t = &file.train;
-    let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
+    let (lm, _) = load_recipe_model(model_dir, device, Forward::Differentiable, file)?;
     let seqs = problem.scored_sequences(reward)?;
     let frozen = match mode {
         RecipeMode::Head => {
@@ -435,7 +436,7 @@ pub fn run_recipe(
     rewards: &[RecipeReward],
     on_event: &mut dyn FnMut(RecipeMode, RecipeReward, RecipeEvent),
 ) -> Result<RecipeOutcome> {
-    let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
+    let (lm, _) = load_recipe_model(model_dir, device, Forward::Differentiable, file)?;
     // Statements, prompts, tokenization and chat template: all input errors (exit code 2).
     let problem =
         build_problem(file, &lm).map_err(|e| crate::error::InputError(format!("{e:#}")))?;

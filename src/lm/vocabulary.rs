@@ -1,0 +1,89 @@
+//! Tokens added to a checkpoint's tokenizer and its vocabulary matrices resized to match, as
+//! `transformers` does it (`add_special_tokens`, then `resize_token_embeddings(len(tokenizer))`
+//! with its default mean-resizing): the official recipe's `update_tokenizer` +
+//! `update_model_num_embeddings_and_special_tokens` (MATH.md §6).
+
+use candle_core::{DType, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use tokenizers::{AddedToken, Tokenizer};
+
+/// Special tokens to add to a checkpoint's tokenizer (each a new id unless already in the
+/// vocabulary), and the seed of the new rows' draws.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedTokens {
+    pub tokens: Vec<String>,
+    pub seed: u64,
+}
+
+/// The vocabulary matrices `[from, D]` of a checkpoint resized to `[to, D]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resize {
+    pub(crate) from: usize,
+    pub(crate) to: usize,
+    pub(crate) seed: u64,
+}
+
+/// Adds `tokens` as special tokens (`normalized = false`, matched before pre-tokenization, as
+/// `add_special_tokens` registers them); returns the tokenizer's size after (`len(tokenizer)`).
+pub(crate) fn add_special_tokens(tokenizer: &mut Tokenizer, tokens: &[String]) -> usize {
+    let added: Vec<AddedToken> = tokens
+        .iter()
+        .map(|t| AddedToken::from(t.clone(), true))
+        .collect();
+    tokenizer.add_special_tokens(&added);
+    tokenizer.get_vocab_size(true)
+}
+
+/// The checkpoint tensors with one row per token: input embeddings and untied output heads of
+/// every family rmflow loads.
+pub(crate) fn is_vocabulary_matrix(stored_name: &str) -> bool {
+    [
+        "word_embeddings.weight",
+        "embed_tokens.weight",
+        "lm_head.weight",
+        "wte.weight",
+        "embed_in.weight",
+        "embed_out.weight",
+    ]
+    .iter()
+    .any(|s| stored_name.ends_with(s))
+}
+
+/// `t` `[from, D]` resized to `[to, D]` as `resize_token_embeddings` does: the first
+/// `min(from, to)` rows kept; each new row drawn from `N(μ, 1e-9 Σ)` with `μ` and `Σ` the old
+/// rows' mean and covariance (`Σ = CᵀC / from`, `C` the centred rows), computed in f32. The draw
+/// is `μ + √(1e-9 / from) · gᵀC` with `g ~ N(0, I_from)` (exactly that distribution, no
+/// factorisation of `Σ`), seeded by `seed` and the tensor's name, so a reload gives the same
+/// rows. `transformers` falls back to `μ` when `1e-9 Σ` fails its positive-definiteness check;
+/// here that is when `Σ` is singular by rank (`from ≤ D`).
+pub(crate) fn resize_rows(t: &Tensor, r: Resize, name: &str) -> candle_core::Result<Tensor> {
+    let (from, d) = t.dims2()?;
+    if r.to <= from {
+        return t.narrow(0, 0, r.to);
+    }
+    let added = r.to - from;
+    let t32 = t.to_dtype(DType::F32)?;
+    let mean = t32.mean_keepdim(0)?;
+    let new = if from > d {
+        let centred = t32.broadcast_sub(&mean)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(r.seed ^ name_hash(name));
+        let g: Vec<f32> = (0..added * from)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
+        let g = Tensor::from_vec(g, (added, from), t.device())?;
+        let scale = (1e-9 / from as f64).sqrt();
+        (g.matmul(&centred)? * scale)?.broadcast_add(&mean)?
+    } else {
+        mean.repeat((added, 1))?
+    };
+    Tensor::cat(&[&t32, &new.to_dtype(t.dtype())?], 0)
+}
+
+/// The first 8 bytes of SHA-256(`name`): a per-tensor stream of the seeded draws.
+fn name_hash(name: &str) -> u64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(name.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
