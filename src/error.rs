@@ -50,3 +50,14 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     }
     EXIT_RUNTIME
 }
+
+/// The error and its causes on one line (`a: b: c`), each cause's own line breaks (candle
+/// joins a context and its error with one) turned into `; `.
+pub fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -3,6 +3,7 @@
 //! Exit codes (also in `--help` and the README): 0 success, 1 a `verify` claim failed, 2 usage or
 //! input error, 3 refused (would not fit in memory, or cannot end well), 4 failed while running.
 
+#[macro_use]
 mod cli;
 
 use clap::Parser;
@@ -29,18 +30,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LmForward(a) => cli::lm_files::run_forward(a),
         Command::Check(a) => cli::check::run(a),
         Command::DefaultConfig => {
-            print!("{}", rmflow::config::DEFAULT_CONFIG_TOML);
+            out!("{}", rmflow::config::DEFAULT_CONFIG_TOML);
             Ok(())
         }
     }
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
+    // Library errors (candle's) carry no backtrace text, even under RUST_BACKTRACE=1: an
+    // error is one line naming the file. Panics keep their backtraces.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+    cli::threads::cap_rayon_threads();
+    let result = run(Cli::parse());
+    let written = cli::stdout::finish();
+    match (result, written) {
+        (Err(e), _) => {
+            eprintln!("error: {}", rmflow::error::one_line(&e));
             ExitCode::from(rmflow::error::exit_code(&e))
         }
+        (Ok(()), Some(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        (Ok(()), Some(e)) => {
+            eprintln!("error: cannot write the results to stdout: {e}");
+            ExitCode::from(rmflow::error::EXIT_RUNTIME)
+        }
+        (Ok(()), None) => ExitCode::SUCCESS,
     }
 }

@@ -493,9 +493,10 @@ fn output_paths_are_checked_before_computing() {
 #[test]
 fn stale_temporaries_of_dead_processes_are_cleaned() {
     let dir = temp("stale");
-    // PIDs above Linux's largest pid_max (2^22) never belong to a live process.
-    let stale = dir.join(".run.tmp-4194999");
+    // A killed run's temporary: its lock file exists but nobody holds the lock.
+    let stale = dir.join(".run.tmp-somehost-4194999-1");
     std::fs::create_dir_all(stale.join("train")).unwrap();
+    std::fs::write(dir.join(".run.tmp-somehost-4194999-1.lock"), "").unwrap();
     let cfg = small(&dir, "ok", "", "");
     let o = simulate(&cfg, &dir.join("run"), &[]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));

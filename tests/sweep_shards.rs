@@ -26,6 +26,7 @@ fn rmflow(args: &[&str], env: &[(&str, &str)]) -> Output {
         "SLURM_ARRAY_TASK_ID",
         "SLURM_ARRAY_TASK_COUNT",
         "SLURM_ARRAY_TASK_MIN",
+        "SLURM_ARRAY_TASK_STEP",
     ] {
         cmd.env_remove(k);
     }

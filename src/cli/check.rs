@@ -26,7 +26,7 @@ const WORKLOADS: [(&str, Workload); 4] = [
 pub fn run(a: CheckArgs) -> Result<()> {
     let cfg = load_config(a.config.as_deref())?;
     let s = &cfg.setup;
-    println!(
+    outln!(
         "config {} is valid: V = {}, D = {}, N = {}, {} evaluation splits of {} pairs, K = {}, β = {}, {} to t = {:e}",
         a.config.as_deref().map_or("(embedded default)".into(), |p| p.display().to_string()),
         cfg.vocab_size(),
@@ -47,13 +47,13 @@ pub fn run(a: CheckArgs) -> Result<()> {
             Some(_) => "fits",
             None => "available memory unknown",
         };
-        println!(
+        outln!(
             "  {name:<44} estimated peak memory {} — {fits}",
             e.describe()
         );
     }
     if let Some(a) = avail {
-        println!("  memory available: {}", human_bytes(a));
+        outln!("  memory available: {}", human_bytes(a));
     }
     Ok(())
 }

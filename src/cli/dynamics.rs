@@ -53,9 +53,9 @@ pub fn run(a: DynamicsArgs) -> Result<()> {
     rmflow::io::layout::write_dynamics_into(&dir, &run)?;
     let written = dir.commit()?;
     let (t, last) = run.tracked.last().expect("observed");
-    println!("learning dynamics at t = {t:e}: share of the IM-RM velocity from token identity (margins, rewards) and mean |dm/dt|:");
+    outln!("learning dynamics at t = {t:e}: share of the IM-RM velocity from token identity (margins, rewards) and mean |dm/dt|:");
     for s in last {
-        println!(
+        outln!(
             "  {:<10} identity share {:.3} (margins) {:.3} (rewards)   IM-RM {:.3e}   EX-RM {:.3e}",
             s.split,
             s.imrm_identity_share,
@@ -64,6 +64,6 @@ pub fn run(a: DynamicsArgs) -> Result<()> {
             s.exrm_margin_velocity_mean_abs
         );
     }
-    println!("wrote {}", written.display());
+    outln!("wrote {}", written.display());
     Ok(())
 }

@@ -6,7 +6,7 @@ use super::progress::{progress_bar, Progress};
 use super::tables::print_simulation_tables;
 use anyhow::Result;
 use rmflow::error::InputError;
-use rmflow::io::atomic::{check_not_overwriting_input, AtomicDir, Replace};
+use rmflow::io::atomic::{check_inputs, check_not_overwriting_input, AtomicDir, Replace};
 use rmflow::lm::recipe::{self, RecipeFile, RecipeMode, RecipeReward};
 use rmflow::lm::{open_device, Architecture, Device, LmFile};
 use std::path::{Path, PathBuf};
@@ -110,6 +110,16 @@ pub fn run_lm(a: LmArgs) -> Result<()> {
     let device = open_device(&a.device)?;
     check_not_overwriting_input(&a.config, &a.out)?;
     let file = LmFile::from_file(&a.config)?;
+    let statements = [
+        Some(&file.lm.statements),
+        file.lm.rejected_statements.as_ref(),
+    ];
+    check_inputs(
+        [a.model.as_path()]
+            .into_iter()
+            .chain(statements.into_iter().flatten().map(PathBuf::as_path)),
+        &a.out,
+    )?;
     let mode = if a.mode == "full" {
         rmflow::lm::Mode::Full
     } else {
@@ -117,12 +127,18 @@ pub fn run_lm(a: LmArgs) -> Result<()> {
     };
     let dir = AtomicDir::create(&a.out, a.output.replace())?;
     let mut bars = StageBars::new();
-    eprintln!(
-        "rmflow lm: loading {} and extracting representations",
-        a.model.display()
-    );
+    let mut head = Some(progress_bar("lm", 0, "steps"));
+    if let Some(h) = &head {
+        h.stage(&format!(
+            "loading {}, extracting representations, training the heads (body frozen)",
+            a.model.display()
+        ));
+    }
     let steps = file.finetune.steps as u64;
     let run = rmflow::lm::run_experiment(&a.model, &file, &device, mode, &mut |kind, r| {
+        if let Some(h) = head.take() {
+            h.finish();
+        }
         bars.bar(kind, || {
             progress_bar(
                 &format!("lm full fine-tuning {}", kind.label()),
@@ -132,18 +148,21 @@ pub fn run_lm(a: LmArgs) -> Result<()> {
         })
         .inc(&format!("loss {:.4}", r.loss));
     })?;
+    if let Some(h) = head.take() {
+        h.finish();
+    }
     bars.finish();
     rmflow::lm::export::write_run(&dir, &run)?;
     let written = dir.commit()?;
     print_lm_run(&run, &file);
-    println!("wrote {}", written.display());
+    outln!("wrote {}", written.display());
     Ok(())
 }
 
 fn print_lm_run(run: &rmflow::lm::RealModelRun, file: &LmFile) {
     let t = &run.timing;
-    println!("answer tokens (word → id): {:?}", run.answers);
-    println!(
+    outln!("answer tokens (word → id): {:?}", run.answers);
+    outln!(
         "load {:.1} s, extraction {:.1} s for {} sequences, {} tokens ({:.0} tokens/s), head-only training {:.1} s",
         t.load,
         t.extract,
@@ -152,18 +171,18 @@ fn print_lm_run(run: &rmflow::lm::RealModelRun, file: &LmFile) {
         run.tokens_encoded as f64 / t.extract,
         t.train_head_only
     );
-    println!("prompts: {}", run.prompt_format);
-    println!("head-only (body frozen, single-token answers: Theorem 2's setting):");
+    outln!("prompts: {}", run.prompt_format);
+    outln!("head-only (body frozen, single-token answers: Theorem 2's setting):");
     print_simulation_tables(&run.sim);
     if let Some(a) = &run.alignment {
-        print!("{}", rmflow::lm::alignment::describe(a));
+        out!("{}", rmflow::lm::alignment::describe(a));
     }
     if run.arch == Architecture::Bert {
-        println!("note: {}", rmflow::lm::export::MASKED_REFERENCE_NOTE);
+        outln!("note: {}", rmflow::lm::export::MASKED_REFERENCE_NOTE);
     }
     if !run.full.is_empty() {
-        println!("note: {}", rmflow::lm::export::NOT_THE_PAPER_NOTE);
-        println!(
+        outln!("note: {}", rmflow::lm::export::NOT_THE_PAPER_NOTE);
+        outln!(
             "full fine-tuning ({} AdamW steps, lr {:e}; {}):",
             file.finetune.steps,
             file.finetune.lr,
@@ -173,7 +192,7 @@ fn print_lm_run(run: &rmflow::lm::RealModelRun, file: &LmFile) {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        print!("{}", rmflow::lm::export::full_table(&run.full));
+        out!("{}", rmflow::lm::export::full_table(&run.full));
     }
 }
 
@@ -182,9 +201,9 @@ pub fn run_recipe(a: LmRecipeArgs) -> Result<()> {
     check_not_overwriting_input(&a.config, &a.out)?;
     let mut file = RecipeFile::from_file(&a.config)?;
     if let Some(path) = &a.persona_jsonl {
-        check_not_overwriting_input(path, &a.out)?;
         file.use_persona_jsonl(path.clone());
     }
+    check_inputs([a.model.as_path(), file.data.statements.as_path()], &a.out)?;
     if a.epochs == Some(0) || a.eval_every == Some(0) {
         return Err(InputError(
             "--epochs and --eval-every must be ≥ 1 (an untrained model is not a run)".into(),
@@ -250,7 +269,13 @@ fn train_recipe(
     let dir = AtomicDir::create(out, replace)?;
     let total = recipe::steps_per_run(file) as u64;
     let mut bars = StageBars::new();
-    eprintln!("rmflow lm-recipe: loading {}", model.display());
+    let mut loading = Some(progress_bar("lm-recipe", 0, "steps"));
+    if let Some(l) = &loading {
+        l.stage(&format!(
+            "loading {} and building the pairs",
+            model.display()
+        ));
+    }
     let outcome = recipe::run_recipe(
         model,
         file,
@@ -258,6 +283,9 @@ fn train_recipe(
         modes,
         kinds,
         &mut |mode, kind, event| {
+            if let Some(l) = loading.take() {
+                l.finish();
+            }
             let bar = bars.bar((mode, kind), || {
                 progress_bar(
                     &format!("lm-recipe {} {}", mode.name(), kind.label()),
@@ -277,12 +305,12 @@ fn train_recipe(
     recipe::write_outputs(&dir, &outcome)?;
     let written = dir.commit()?;
     print_recipe_outcome(&outcome);
-    println!("wrote {}", written.display());
+    outln!("wrote {}", written.display());
     Ok(())
 }
 
 fn print_recipe_outcome(outcome: &recipe::RecipeOutcome) {
-    println!(
+    outln!(
         "{} ({:?}), prompts: {}; {} sequences",
         outcome.model.display(),
         outcome.arch,
@@ -290,10 +318,10 @@ fn print_recipe_outcome(outcome: &recipe::RecipeOutcome) {
         outcome.problem.sequences.len()
     );
     if outcome.arch == Architecture::Bert {
-        println!("note: {}", recipe::PSEUDO_LIKELIHOOD_NOTE);
+        outln!("note: {}", recipe::PSEUDO_LIKELIHOOD_NOTE);
     }
     for r in &outcome.runs {
-        println!(
+        outln!(
             "{} {}: {} parameters trained, {} steps, {:.1} s ({:.3} s per step)",
             r.mode.name(),
             r.reward.label(),
@@ -303,5 +331,5 @@ fn print_recipe_outcome(outcome: &recipe::RecipeOutcome) {
             r.step_seconds / r.history.len().max(1) as f64
         );
     }
-    print!("{}", recipe::final_table(outcome));
+    out!("{}", recipe::final_table(outcome));
 }

@@ -4,7 +4,7 @@
 use super::args::OutputFlags;
 use anyhow::Result;
 use rmflow::error::InputError;
-use rmflow::io::atomic::{check_not_overwriting_input, AtomicDir, AtomicFile, Replace};
+use rmflow::io::atomic::{check_not_overwriting_input, AtomicDir, AtomicFile, OutputKind, Replace};
 use rmflow::io::resources::human_bytes;
 use rmflow::lm::{convert, gguf, open_device, recipe, tiny};
 use std::path::PathBuf;
@@ -68,15 +68,9 @@ pub struct LmForwardArgs {
 
 pub fn run_convert(a: LmConvertArgs) -> Result<()> {
     let dtype = convert::parse_half_dtype(&a.dtype).map_err(|e| InputError(e.to_string()))?;
-    if a.out == a.model {
-        return Err(InputError(format!(
-            "--out {} is the --model folder itself; write the copy elsewhere",
-            a.out.display()
-        ))
-        .into());
-    }
+    check_not_overwriting_input(&a.model, &a.out)?;
     let c = convert::convert_checkpoint(&a.model, &a.out, dtype, a.output.replace())?;
-    println!(
+    outln!(
         "wrote {}: {} tensors cast to {}, {} kept, {} other files copied; safetensors {} → {}",
         a.out.display(),
         c.cast,
@@ -97,7 +91,7 @@ pub fn run_import_gguf(a: LmImportGgufArgs) -> Result<()> {
         a.gguf.display()
     );
     let r = gguf::import_gguf(&a.gguf, &a.out, a.output.replace())?;
-    println!(
+    outln!(
         "wrote {}: {} tensors ({}), {:.1} M parameters as f32, vocabulary {} with {} merges, pre-tokenizer {:?}, chat template {}; {:.1} s",
         a.out.display(),
         r.tensors,
@@ -119,20 +113,23 @@ pub fn run_import_gguf(a: LmImportGgufArgs) -> Result<()> {
 pub fn run_tiny(a: LmTinyArgs) -> Result<()> {
     let mut texts = tiny::probe_texts();
     if let Some(path) = &a.recipe {
+        check_not_overwriting_input(path, &a.out)?;
         let file = recipe::RecipeFile::from_file(path)?;
+        check_not_overwriting_input(&file.data.statements, &a.out)?;
         texts.extend(recipe::vocabulary_texts(&file)?);
     }
-    let dir = AtomicDir::create(&a.out, a.output.replace())?;
+    let dir = AtomicDir::create_as(&a.out, a.output.replace(), OutputKind::Checkpoint)?;
     tiny::write_standard_set(&dir, &texts)?;
-    println!("wrote {}", dir.commit()?.display());
+    outln!("wrote {}", dir.commit()?.display());
     Ok(())
 }
 
 pub fn run_forward(a: LmForwardArgs) -> Result<()> {
     let device = open_device(&a.device)?;
+    check_not_overwriting_input(&a.model, &a.out)?;
     let file = AtomicFile::create(&a.out, Replace::from_flags(a.force, false))?;
     let record = tiny::forward_record(&a.model, &device, &tiny::probe_texts())?;
     file.commit(&serde_json::to_string(&record)?)?;
-    println!("wrote {}", a.out.display());
+    outln!("wrote {}", a.out.display());
     Ok(())
 }

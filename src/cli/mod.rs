@@ -1,5 +1,9 @@
 //! The command line (binary only): one file per command, each with its arguments and a `run`
-//! that calls the library; shared flags, progress reporting and the printed tables beside them.
+//! that calls the library; shared flags, progress reporting, the printed tables and stdout
+//! handling beside them.
+
+#[macro_use]
+pub mod stdout;
 
 pub mod args;
 pub mod check;
@@ -12,4 +16,5 @@ pub mod progress;
 pub mod simulate;
 pub mod sweep;
 pub mod tables;
+pub mod threads;
 pub mod verify;

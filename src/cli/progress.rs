@@ -3,14 +3,24 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use rmflow::config::Config;
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Progress of a long step: a bar on a terminal, otherwise a plain line on stderr at the start,
-/// at most every 10 s, and at the end (so logs of batch jobs show where a run is).
+/// at every stage, at most every 10 s while units advance, and at the end (so logs of batch jobs
+/// show where a run is). A stage in which nothing advances (loading a model, drawing a setup,
+/// solving a QP, an evaluation pass) is reported every 10 s by a heartbeat, with the time spent
+/// in it.
 pub struct Progress {
     bar: Option<ProgressBar>,
+    shared: Arc<Shared>,
+    heartbeat: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
     plain: Mutex<PlainState>,
+    done: AtomicBool,
     label: String,
     len: u64,
     unit: &'static str,
@@ -20,6 +30,8 @@ pub struct Progress {
 struct PlainState {
     pos: u64,
     last_print: Instant,
+    stage: String,
+    stage_start: Instant,
 }
 
 const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -39,25 +51,70 @@ pub fn progress_bar(label: &str, len: u64, unit: &'static str) -> Progress {
     if bar.is_none() {
         eprintln!("rmflow {label}: started ({len} {unit})");
     }
-    Progress {
-        bar,
+    let shared = Arc::new(Shared {
         plain: Mutex::new(PlainState {
             pos: 0,
             last_print: Instant::now(),
+            stage: "starting".into(),
+            stage_start: Instant::now(),
         }),
+        done: AtomicBool::new(false),
         label: label.to_string(),
         len,
         unit,
         start: Instant::now(),
+    });
+    let heartbeat = bar.is_none().then(|| {
+        let shared = shared.clone();
+        std::thread::spawn(move || shared.beat())
+    });
+    Progress {
+        bar,
+        shared,
+        heartbeat,
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PlainState> {
+        self.plain.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every 10 s without a line: `still STAGE, N s in it`.
+    fn beat(&self) {
+        while !self.done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(250));
+            let mut s = self.lock();
+            if s.last_print.elapsed() >= PLAIN_PROGRESS_EVERY && !self.done.load(Ordering::Relaxed)
+            {
+                s.last_print = Instant::now();
+                eprintln!(
+                    "rmflow {}: still {} ({:.0} s in this stage, {}/{} {}, {:.0} s elapsed)",
+                    self.label,
+                    s.stage,
+                    s.stage_start.elapsed().as_secs_f64(),
+                    s.pos,
+                    self.len,
+                    self.unit,
+                    self.start.elapsed().as_secs_f64()
+                );
+            }
+        }
     }
 }
 
 impl Progress {
-    /// A stage message (shown at once, without advancing).
+    /// A stage message (shown at once, without advancing); times are then also counted from it.
     pub fn stage(&self, msg: &str) {
+        let mut s = self.shared.lock();
+        s.stage = msg.to_string();
+        s.stage_start = Instant::now();
         match &self.bar {
             Some(b) => b.set_message(msg.to_string()),
-            None => eprintln!("rmflow {}: {msg}", self.label),
+            None => {
+                s.last_print = Instant::now();
+                eprintln!("rmflow {}: {msg}", self.shared.label);
+            }
         }
     }
 
@@ -69,32 +126,48 @@ impl Progress {
                 b.inc(1);
             }
             None => {
-                let mut s = self.plain.lock().unwrap_or_else(|e| e.into_inner());
+                let sh = &self.shared;
+                let mut s = sh.lock();
                 s.pos += 1;
                 if s.last_print.elapsed() >= PLAIN_PROGRESS_EVERY {
                     s.last_print = Instant::now();
                     eprintln!(
-                        "rmflow {}: {}/{} {} ({msg}), {:.0} s elapsed",
-                        self.label,
+                        "rmflow {}: {}/{} {} ({msg}), {:.0} s in this stage, {:.0} s elapsed",
+                        sh.label,
                         s.pos,
-                        self.len,
-                        self.unit,
-                        self.start.elapsed().as_secs_f64()
+                        sh.len,
+                        sh.unit,
+                        s.stage_start.elapsed().as_secs_f64(),
+                        sh.start.elapsed().as_secs_f64()
                     );
                 }
             }
         }
     }
 
-    pub fn finish(self) {
+    pub fn finish(mut self) {
+        self.stop();
         match &self.bar {
             Some(b) => b.finish_and_clear(),
             None => eprintln!(
                 "rmflow {}: done in {:.1} s",
-                self.label,
-                self.start.elapsed().as_secs_f64()
+                self.shared.label,
+                self.shared.start.elapsed().as_secs_f64()
             ),
         }
+    }
+
+    fn stop(&mut self) {
+        self.shared.done.store(true, Ordering::Relaxed);
+        if let Some(h) = self.heartbeat.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -75,8 +75,8 @@ pub fn run(a: SimulateArgs) -> Result<()> {
         .last()
         .and_then(|o| o.unseen_row_drift)
     {
-        println!("IM-RM unseen-row drift max_z‖U_z(t) − U_z(0)‖ at t_max: {d:e}");
+        outln!("IM-RM unseen-row drift max_z‖U_z(t) − U_z(0)‖ at t_max: {d:e}");
     }
-    println!("wrote {}", written.display());
+    outln!("wrote {}", written.display());
     Ok(())
 }

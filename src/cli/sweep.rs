@@ -98,12 +98,13 @@ fn shard_of(flag: Option<&str>) -> Result<Option<(usize, usize)>> {
 }
 
 fn merge(shard_dir: &Path, out: &Path, replace: Replace) -> Result<()> {
+    check_not_overwriting_input(shard_dir, out)?;
     let dir = AtomicDir::create(out, replace)?;
     let merged = sweep::merge_shards(shard_dir)?;
     print_sweep_table(&merged.rows);
     sweep::write_sweep_into(&dir, &merged.file, &merged.source, &merged.rows)?;
     let written = dir.commit()?;
-    println!(
+    outln!(
         "merged {} shards into {} (sweep.csv, sweep.toml)",
         merged.shards,
         written.display()
@@ -119,7 +120,7 @@ fn whole(file: &SweepFile, config: &Path, out: &Path, replace: Replace) -> Resul
     print_sweep_table(&rows);
     sweep::write_sweep_into(&dir, file, &config.display().to_string(), &rows)?;
     let written = dir.commit()?;
-    println!("wrote {} (sweep.csv, sweep.toml)", written.display());
+    outln!("wrote {} (sweep.csv, sweep.toml)", written.display());
     Ok(())
 }
 
@@ -130,12 +131,6 @@ fn one_shard(
     (i, n): (usize, usize),
     force: bool,
 ) -> Result<()> {
-    std::fs::create_dir_all(out).map_err(|e| {
-        InputError(format!(
-            "cannot create the shard folder {}: {e}",
-            out.display()
-        ))
-    })?;
     let path = out.join(sweep::shard_file_name(i, n));
     check_not_overwriting_input(config, &path)?;
     let target = AtomicFile::create(&path, Replace::from_flags(force, false))?;
@@ -145,7 +140,7 @@ fn one_shard(
     bar.finish();
     let shard_file = sweep::ShardFile::new(file, config, (i, n), ids, &results)?;
     let written = target.commit(&(serde_json::to_string_pretty(&shard_file)? + "\n"))?;
-    println!(
+    outln!(
         "wrote {} ({} of {} runs; merge with: rmflow sweep merge {} --out DIR)",
         written.display(),
         shard_file.units.len(),

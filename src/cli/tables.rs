@@ -4,10 +4,10 @@ use rmflow::experiment::observables::{accuracy_table, Observation, SplitMetrics}
 use rmflow::experiment::simulation::Simulation;
 
 pub fn print_named_accuracy_table(table: &[(&str, &[SplitMetrics])], at: &str, tau: f64) {
-    println!(
+    outln!(
         "accuracy at t = {at} (strict / exact ties count ½ [τ = 0, the paper's] / tie-aware with τ = {tau:e}):"
     );
-    print!("{}", accuracy_table(table));
+    out!("{}", accuracy_table(table));
 }
 
 /// The accuracy table of a simulation with its ablations, then the reward statistics.
@@ -35,30 +35,33 @@ pub fn print_simulation_tables(sim: &Simulation) {
         &rmflow::solve::training::format_time(finals[0].log10_t),
         sim.config.eval.tie_tolerance,
     );
-    println!("  imrm-noref: the IM-RM without a reference (r = β ln π_U), trained on its own margins (the official no_ref_model); imrm-scored: the IM-RM's U(t) scored as β ln π_U (not an ablation the paper runs); exrm-mean: the EX-RM on the mean hidden state over response tokens (K > 1 only)");
-    println!("normalised |reward margin| mean|r⁺ − r⁻| / (std of all rewards + 1e-8) (the official evaluator's):");
+    outln!("  imrm-noref: the IM-RM without a reference (r = β ln π_U), trained on its own margins (the official no_ref_model); imrm-scored: the IM-RM's U(t) scored as β ln π_U (not an ablation the paper runs); exrm-mean: the EX-RM on the mean hidden state over response tokens (K > 1 only)");
+    outln!("normalised |reward margin| mean|r⁺ − r⁻| / (std of all rewards + 1e-8) (the official evaluator's):");
     let mut line = format!("{:<12}", "model");
     for r in &sim.explicit.rewards {
         line.push_str(&format!("{:>12}", r.split));
     }
-    println!("{line}");
+    outln!("{line}");
     for run in sim.runs() {
         let mut line = format!("{:<12}", run.kind.name());
         for r in &run.rewards {
             line.push_str(&format!("{:>12.3}", r.normalised_abs_margin));
         }
-        println!("{line}");
+        outln!("{line}");
     }
 }
 
 /// Mean and 95 % interval of both accuracies per swept value and model.
 pub fn print_sweep_table(rows: &[rmflow::analysis::sweep::SweepRow]) {
-    println!(
+    outln!(
         "{:>8} {:<6} {:>22} {:>22}",
-        "value", "model", "tie-aware (95% CI)", "strict (95% CI)"
+        "value",
+        "model",
+        "tie-aware (95% CI)",
+        "strict (95% CI)"
     );
     for r in rows {
-        println!(
+        outln!(
             "{:>8} {:<6} {:>22} {:>22}",
             r.value,
             r.model,

@@ -77,7 +77,7 @@ pub fn run(a: VerifyArgs) -> Result<()> {
         bar.inc(&format!("{job} done"))
     })?;
     bar.finish();
-    print!("{}", verify::render(&report));
+    out!("{}", verify::render(&report));
     eprintln!("verified in {:.2} s", t0.elapsed().as_secs_f64());
     if let Some(f) = json_file {
         f.commit(&(serde_json::to_string_pretty(&report)? + "\n"))?;

@@ -3,8 +3,9 @@
 /// A configuration error: which field, and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {error}")]
-    Read { path: String, error: std::io::Error },
+    /// The file is missing, not a regular file, too large or not UTF-8 (the message says which).
+    #[error("{0}")]
+    Read(crate::error::InputError),
     #[error("invalid config {origin}: {message}")]
     Parse { origin: String, message: String },
     #[error("invalid config{}: field `{field}` {expected} (got {got})", origin.as_ref().map(|o| format!(" {o}")).unwrap_or_default())]

@@ -224,7 +224,7 @@ impl Default for TrainConfig {
             first_observation: 1e-2,
             rtol: 1e-8,
             atol: 1e-10,
-            dense_output: false,
+            dense_output: true,
             max_steps: 1_000_000,
             imrm_gradient: GradientPath::Full,
             flow_screening: true,
@@ -298,10 +298,7 @@ impl Config {
 
     /// Reads and validates a TOML config file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.display().to_string(),
-            error,
-        })?;
+        let text = crate::io::input::read_text(path, "config file").map_err(ConfigError::Read)?;
         Config::from_toml_str(&text, &path.display().to_string())
     }
 

@@ -52,32 +52,49 @@ pub fn token_mean_setup(setup: &Setup) -> Setup {
 pub(super) const NORMALISER_BLOCK_ROWS: usize = 512;
 
 /// Per prompt of `prompts` ([n, D]): `ln Σ_{z ∉ skip} exp⟨U(0)_z, h⟩`, streaming `U(0)` in blocks
-/// of `NORMALISER_BLOCK_ROWS` rows (`O(V·D)` time per prompt, `O(block·(n + D))` memory),
-/// accumulated block by block in vocabulary order.
+/// of `NORMALISER_BLOCK_ROWS` rows (`O(V·D)` time per prompt, `O(V/block · n + block·(n + D))`
+/// memory). Blocks run in parallel; each gives per prompt its maximum and the sum of
+/// `exp(logit − max)`, and the partial sums are merged in vocabulary order, so the result does
+/// not depend on the thread count.
 pub fn reference_normaliser_without(
     setup: &Setup,
     prompts: &ndarray::Array2<f64>,
     skip: &[usize],
 ) -> Vec<f64> {
-    let n = prompts.nrows();
-    let (mut max, mut sum) = (vec![f64::NEG_INFINITY; n], vec![0.0; n]);
-    setup
-        .unembedding_init
-        .for_each_block(NORMALISER_BLOCK_ROWS, &mut |start, block| {
-            let logits = crate::numerics::mat_mul_bt(prompts.view(), block);
-            let kept: Vec<usize> = (0..block.nrows())
-                .filter(|r| skip.binary_search(&(start + r)).is_err())
+    use rayon::prelude::*;
+    let (n, v) = (prompts.nrows(), setup.vocab_size());
+    let starts: Vec<usize> = (0..v).step_by(NORMALISER_BLOCK_ROWS).collect();
+    let partial: Vec<(Vec<f64>, Vec<f64>)> = starts
+        .par_iter()
+        .map(|&start| {
+            let end = (start + NORMALISER_BLOCK_ROWS).min(v);
+            let kept: Vec<usize> = (start..end)
+                .filter(|z| skip.binary_search(z).is_err())
                 .collect();
+            let block = setup.unembedding_init.rows(&kept);
+            let logits = crate::numerics::mat_mul_bt(prompts.view(), block.view());
+            let mut max = vec![f64::NEG_INFINITY; n];
+            let mut sum = vec![0.0; n];
             for (i, row) in logits.rows().into_iter().enumerate() {
-                let m = kept.iter().map(|&r| row[r]).fold(max[i], f64::max);
-                if m == f64::NEG_INFINITY {
-                    continue;
+                max[i] = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                if max[i] > f64::NEG_INFINITY {
+                    sum[i] = row.iter().map(|x| (x - max[i]).exp()).sum();
                 }
-                let s: f64 = kept.iter().map(|&r| (row[r] - m).exp()).sum();
-                sum[i] = sum[i] * (max[i] - m).exp() + s;
-                max[i] = m;
             }
-        });
+            (max, sum)
+        })
+        .collect();
+    let (mut max, mut sum) = (vec![f64::NEG_INFINITY; n], vec![0.0; n]);
+    for (bm, bs) in &partial {
+        for i in 0..n {
+            let m = max[i].max(bm[i]);
+            if m == f64::NEG_INFINITY {
+                continue;
+            }
+            sum[i] = sum[i] * (max[i] - m).exp() + bs[i] * (bm[i] - m).exp();
+            max[i] = m;
+        }
+    }
     max.iter().zip(&sum).map(|(m, s)| m + s.ln()).collect()
 }
 
@@ -106,7 +123,24 @@ pub(super) fn seen_row_evaluation(
         no_reference: vec![],
         reference: vec![],
     };
-    for p in setup.splits() {
+    // One pass over U(0) for the prompts of every split (the unseen rows never move: this
+    // part of every log-normaliser is fixed by U(0)).
+    let rests: Vec<Vec<f64>> = if with_rewards {
+        let views: Vec<_> = setup.splits().map(|p| p.prompt_hidden.view()).collect();
+        let all = ndarray::concatenate(ndarray::Axis(0), &views).expect("same width");
+        let rest = reference_normaliser_without(setup, &all, rows);
+        let mut at = 0;
+        setup
+            .splits()
+            .map(|p| {
+                at += p.len();
+                rest[at - p.len()..at].to_vec()
+            })
+            .collect()
+    } else {
+        vec![]
+    };
+    for (k, p) in setup.splits().enumerate() {
         let (mut now, mut start) = (Vec::new(), Vec::new());
         for i in 0..p.len() {
             let (a, b) = p.token_pair(i);
@@ -118,7 +152,7 @@ pub(super) fn seen_row_evaluation(
         out.no_reference.push(now);
         out.reference.push(start);
         if with_rewards {
-            let rest = reference_normaliser_without(setup, &p.prompt_hidden, rows);
+            let rest = &rests[k];
             let logits_u = crate::numerics::mat_mul_bt(p.prompt_hidden.view(), final_rows);
             let logits_0 = crate::numerics::mat_mul_bt(p.prompt_hidden.view(), initial.view());
             let (mut chosen, mut rejected) = (Vec::new(), Vec::new());

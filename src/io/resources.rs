@@ -79,6 +79,11 @@ pub fn estimate(config: &Config, workload: Workload) -> MemoryEstimate {
         reps += 3.0 * z.n * z.d * WORD;
     }
     let base = 64.0 * 1024.0 * 1024.0;
+    let dynamics = if workload == Workload::Dynamics {
+        dynamics_bytes(config, &z)
+    } else {
+        0.0
+    };
     let terms = vec![
         (
             if seen_rows_run {
@@ -91,6 +96,7 @@ pub fn estimate(config: &Config, workload: Workload) -> MemoryEstimate {
         ("representations", reps),
         ("max-margin QPs", qp_bytes(config, &z)),
         ("logit blocks", logits * WORD),
+        ("ρ and velocity blocks", dynamics),
         ("program", base),
     ];
     MemoryEstimate {
@@ -156,6 +162,22 @@ fn copies_and_logits(config: &Config, workload: Workload, z: &Sizes) -> (f64, f6
         }
     }
     (vd_copies, logits)
+}
+
+/// `dynamics`' ρ matrices `[2 n_e K, 2 N K]` and velocity blocks `[2 n_e, N]` (IM-RM total and
+/// identity part, EX-RM): those of every split are held at each observation and kept at every
+/// snapshot time; one split's transients beside them (the prefix similarities, same shape as ρ,
+/// and ρ's entries sorted by token equality).
+fn dynamics_bytes(config: &Config, z: &Sizes) -> f64 {
+    let rho = (2.0 * z.e * z.k) * (2.0 * z.n * z.k);
+    let velocity = 3.0 * 2.0 * z.e * z.n;
+    let snapshots = match config.dynamics.snapshot_times.len() {
+        0 => 3.0,
+        n => n as f64,
+    };
+    let held = z.splits * (rho + velocity) * (1.0 + snapshots);
+    let transient = 3.0 * rho;
+    (held + transient) * WORD
 }
 
 /// Max-margin QPs, each in its smaller form: the duals are `[m, m]` kernels (kernel, scaled

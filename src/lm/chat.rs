@@ -104,8 +104,7 @@ impl ChatTemplate {
     pub fn from_model_dir(dir: &Path) -> Result<Option<Self>> {
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.is_file() {
-            let text = std::fs::read_to_string(&cfg_path)
-                .with_context(|| format!("cannot read {}", cfg_path.display()))?;
+            let text = crate::io::input::read_text(&cfg_path, "tokenizer config")?;
             serde_json::from_str(&text)
                 .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?
         } else {
@@ -134,8 +133,7 @@ impl ChatTemplate {
             Some(serde_json::Value::Null) | None => {
                 let jinja = dir.join("chat_template.jinja");
                 if jinja.is_file() {
-                    let s = std::fs::read_to_string(&jinja)
-                        .with_context(|| format!("cannot read {}", jinja.display()))?;
+                    let s = crate::io::input::read_text(&jinja, "chat template")?;
                     Ok(Some(Self::new(
                         &s,
                         &bos,

@@ -63,7 +63,7 @@ pub fn convert_checkpoint(
             src.display()
         );
     }
-    let dir = AtomicDir::create(dest, replace)?;
+    let dir = AtomicDir::create_as(dest, replace, crate::io::atomic::OutputKind::Checkpoint)?;
     let mut out = Conversion {
         source: src.display().to_string(),
         dtype: format!("{dtype:?}").to_lowercase(),

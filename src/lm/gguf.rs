@@ -495,7 +495,7 @@ pub fn import_gguf(gguf: &Path, dest: &Path, replace: Replace) -> Result<Import>
         content.metadata.get("tokenizer.ggml.add_bos_token"),
         Some(Value::Bool(true))
     );
-    let dir = AtomicDir::create(dest, replace)?;
+    let dir = AtomicDir::create_as(dest, replace, crate::io::atomic::OutputKind::Checkpoint)?;
     candle_core::safetensors::save(&tensors, dir.path("model.safetensors")?)
         .context("cannot write model.safetensors")?;
     std::fs::write(

@@ -177,11 +177,12 @@ pub struct LanguageModel {
     /// The variable name of an untied unembedding (not part of the body that computes `h`).
     untied_unembedding: Option<String>,
     vars: Arc<Mutex<BTreeMap<String, Var>>>,
+    /// Positions the forward supports (`max_position_embeddings` / `n_positions`), if stated.
+    max_positions: Option<usize>,
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::input::read_text(path, "model file")?;
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
@@ -198,7 +199,23 @@ impl LanguageModel {
     /// [`Self::load`] with `added` special tokens in the tokenizer and the vocabulary matrices
     /// resized to the tokenizer's new size (`transformers`' `add_special_tokens` +
     /// `resize_token_embeddings`, [`super::vocabulary`]).
+    ///
+    /// Every failure here is a problem of the folder (missing or malformed files, a config the
+    /// forwards do not implement, weights that do not match it): an [`InputError`](crate::error::InputError)
+    /// naming the file, exit code 2.
     pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        forward: Forward,
+        added: Option<&super::vocabulary::AddedTokens>,
+    ) -> Result<LanguageModel> {
+        Self::load_files(dir, device, forward, added).map_err(|e| {
+            crate::error::InputError(format!("cannot load model folder {}: {e:#}", dir.display()))
+                .into()
+        })
+    }
+
+    fn load_files(
         dir: &Path,
         device: &Device,
         forward: Forward,
@@ -206,14 +223,15 @@ impl LanguageModel {
     ) -> Result<LanguageModel> {
         let found = ModelFiles::find(dir)?;
         let cfg_path = &found.config;
+        let names = unique_tensor_names(&found.weights)?;
         // SAFETY: the files are memory-mapped read-only; tensors are copied into variables.
         let files = unsafe { MmapedSafetensors::multi(&found.weights) }
             .with_context(|| format!("{}: not a safetensors file", found.source))?;
-        let names = files.tensors().into_iter().map(|(n, _)| n).collect();
         let mut raw = read_json(cfg_path)?;
         let (arch, model_type) = architecture(&raw, cfg_path)?;
         normalise_config(arch, &mut raw)
             .map_err(|e| anyhow::anyhow!("{}: {e}", cfg_path.display()))?;
+        let max_positions = positions_of(&raw);
         let mut tokenizer = read_tokenizer(&found.tokenizer)?;
         let resize = match added {
             Some(a) => {
@@ -284,8 +302,51 @@ impl LanguageModel {
             unembedding,
             untied_unembedding: layout.untied,
             vars,
+            max_positions,
         })
     }
+
+    /// Errors unless every sequence fits the model's positions (`max_position_embeddings`,
+    /// GPT-2's `n_positions`); `what` names the sequences ("statement 3 with prefix 1", …).
+    pub fn check_length(&self, len: usize, what: &dyn Fn() -> String) -> Result<()> {
+        match self.max_positions {
+            Some(max) if len > max => Err(crate::error::InputError(format!(
+                "{} is {len} tokens, longer than the {max} positions of {} (max_position_embeddings); shorten it or use a model with a longer context",
+                what(),
+                self.dir.display()
+            ))
+            .into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The number of positions the model's forward supports, where its config says.
+fn positions_of(raw: &serde_json::Value) -> Option<usize> {
+    ["max_position_embeddings", "n_positions"]
+        .iter()
+        .find_map(|k| raw.get(k).and_then(|v| v.as_u64()))
+        .map(|n| n as usize)
+}
+
+/// The tensor names of every safetensors file; a name in two files is an error naming both.
+fn unique_tensor_names(weights: &[PathBuf]) -> Result<std::collections::HashSet<String>> {
+    let mut seen: HashMap<String, &Path> = HashMap::new();
+    for path in weights {
+        // SAFETY: memory-mapped read-only, only the header is read.
+        let file = unsafe { MmapedSafetensors::new(path) }
+            .with_context(|| format!("{}: not a safetensors file", path.display()))?;
+        for (name, _) in file.tensors() {
+            if let Some(first) = seen.insert(name.clone(), path) {
+                bail!(
+                    "tensor `{name}` is in both {} and {}; a checkpoint holds each tensor once",
+                    first.display(),
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(seen.into_keys().collect())
 }
 
 /// The files of a checkpoint folder.
@@ -613,6 +674,11 @@ impl LanguageModel {
             .encode(text.as_str(), false)
             .map_err(|e| anyhow::anyhow!("tokenizing {word:?}: {e}"))?;
         match enc.get_ids() {
+            [id] if Some(*id) == self.unknown_token() => bail!(
+                "answer word {word:?} is not in the vocabulary of {}: it encodes to the unknown token {:?} (id {id}), which every such word shares",
+                self.dir.join("tokenizer.json").display(),
+                enc.get_tokens()[0]
+            ),
             [id] => Ok(*id),
             ids => bail!(
                 "answer word {word:?} is not a single token of {} (it splits into {:?})",
@@ -620,6 +686,19 @@ impl LanguageModel {
                 enc.get_tokens().iter().zip(ids).collect::<Vec<_>>()
             ),
         }
+    }
+
+    /// The id of the tokenizer's unknown token (WordPiece `[UNK]`, a BPE or word-level `unk`),
+    /// if it has one.
+    pub fn unknown_token(&self) -> Option<u32> {
+        use tokenizers::models::ModelWrapper;
+        let name = match self.tokenizer.get_model() {
+            ModelWrapper::WordPiece(m) => Some(m.unk_token.clone()),
+            ModelWrapper::BPE(m) => m.unk_token.clone(),
+            ModelWrapper::WordLevel(m) => Some(m.unk_token.clone()),
+            ModelWrapper::Unigram(_) => None,
+        }?;
+        self.tokenizer.token_to_id(&name)
     }
 
     /// The token ids of `prompt` (prompt and response prefix) ready for an answer, and the
@@ -639,6 +718,12 @@ impl LanguageModel {
         if ids.is_empty() {
             bail!("prompt {text:?} encodes to no tokens");
         }
+        // A causal answer is one more token (`with_answer`).
+        let answered = ids.len() + usize::from(self.mask_id.is_none());
+        self.check_length(answered, &|| {
+            let head: String = prompt.chars().take(60).collect();
+            format!("the prompt {head:?}… with its answer")
+        })?;
         let pos = match self.mask_id {
             Some(m) => ids
                 .iter()
@@ -687,7 +772,9 @@ impl LanguageModel {
                 let ids = Tensor::from_vec(ids, (group.len(), len), &self.device)?;
                 parts.push(model.forward(&ids, 0, &mut cache)?.narrow(1, 0, self.dim)?);
             }
-            let sorted = Tensor::cat(&parts, 0)?;
+            // One group (every sequence of one length) is a narrowed view: index_select needs
+            // it contiguous.
+            let sorted = Tensor::cat(&parts, 0)?.contiguous()?;
             let mut inverse = vec![0u32; n];
             for (k, &i) in order.iter().enumerate() {
                 inverse[i] = k as u32;
@@ -807,6 +894,7 @@ fn normalise_config(arch: Architecture, raw: &mut serde_json::Value) -> Result<(
     if let Some(f) = obj.get("partial_rotary_factor").cloned() {
         obj.entry("rotary_pct").or_insert(f);
     }
+    check_sizes(arch, obj)?;
     let flag = |name: &str| obj.get(name).and_then(|v| v.as_bool()).unwrap_or(false);
     match arch {
         Architecture::Llama if flag("attention_bias") || flag("mlp_bias") => {
@@ -845,15 +933,69 @@ fn normalise_config(arch: Architecture, raw: &mut serde_json::Value) -> Result<(
     Ok(())
 }
 
+/// Refuses sizes no forward can run: zero layers, heads, widths or vocabulary, a width not
+/// divisible by the heads, key/value heads that do not divide the heads.
+fn check_sizes(arch: Architecture, obj: &serde_json::Map<String, serde_json::Value>) -> Result<()> {
+    fn get(
+        obj: &serde_json::Map<String, serde_json::Value>,
+        names: &[&'static str],
+    ) -> Option<(&'static str, u64)> {
+        names
+            .iter()
+            .find_map(|n| obj.get(*n).and_then(|v| v.as_u64()).map(|v| (*n, v)))
+    }
+    let get = |names: &[&'static str]| get(obj, names);
+    let (width, heads, layers) = if arch == Architecture::Gpt2 {
+        (
+            ["n_embd"].as_slice(),
+            ["n_head"].as_slice(),
+            ["n_layer"].as_slice(),
+        )
+    } else {
+        (
+            ["hidden_size"].as_slice(),
+            ["num_attention_heads"].as_slice(),
+            ["num_hidden_layers"].as_slice(),
+        )
+    };
+    for names in [
+        width,
+        heads,
+        layers,
+        &["vocab_size"],
+        &["max_position_embeddings", "n_positions"],
+        &["intermediate_size"],
+    ] {
+        if let Some((n, 0)) = get(names) {
+            bail!("{n} = 0: a model needs at least one");
+        }
+    }
+    if let (Some((wn, w)), Some((hn, h))) = (get(width), get(heads)) {
+        if w % h != 0 {
+            bail!("{wn} = {w} is not divisible by {hn} = {h}");
+        }
+        if let Some((kn, k)) = get(&["num_key_value_heads"]) {
+            if k == 0 || h % k != 0 {
+                bail!("{kn} = {k} does not divide {hn} = {h}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The device of `--device cpu|cuda`; the error says why CUDA could not be opened.
 pub fn open_device(name: &str) -> Result<Device> {
     Ok(match name {
         "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).context(if cfg!(feature = "cuda") {
-            "--device cuda: CUDA device 0 could not be opened (is a GPU visible, and libcuda.so.1 from its driver on the library path?)"
-        } else {
-            "--device cuda: this binary was built without CUDA support (rebuild with --features cuda; see the README's GPU section)"
-        })?,
+        "cuda" if !cfg!(feature = "cuda") => {
+            return Err(crate::error::InputError(
+                "--device cuda: this binary was built without CUDA support (rebuild with --features cuda; see the README's GPU section)".into(),
+            )
+            .into())
+        }
+        "cuda" => Device::new_cuda(0).context(
+            "--device cuda: CUDA device 0 could not be opened (is a GPU visible, and libcuda.so.1 from its driver on the library path?)",
+        )?,
         other => {
             return Err(crate::error::InputError(format!(
                 "--device must be cpu or cuda, got {other:?}"

@@ -93,6 +93,20 @@ pub fn split_sequences(
         unseen_chosen: ids(&s.unseen_chosen)?,
         unseen_rejected: ids(&s.unseen_rejected)?,
     };
+    let only_ids = |w: &[(String, u32)]| w.iter().map(|p| p.1).collect::<Vec<_>>();
+    crate::lm::spec::disjoint(&[
+        ("lm.train_chosen", &only_ids(&answers.train_chosen)),
+        ("lm.train_rejected", &only_ids(&answers.train_rejected)),
+        ("lm.unseen_chosen", &only_ids(&answers.unseen_chosen)),
+        ("lm.unseen_rejected", &only_ids(&answers.unseen_rejected)),
+    ])
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "answer words of two lists encode to the same token of {} ({e}); the token ids are: {:?}",
+            lm.dir.join("tokenizer.json").display(),
+            answers
+        )
+    })?;
     let mut rng = ChaCha8Rng::seed_from_u64(file.seed);
     let (train_statements, eval_statements) = tagged_statements(s, &mut rng)?;
     let builder = SplitBuilder {
@@ -256,7 +270,9 @@ pub fn extract_pairs(lm: &LanguageModel, seq: &SplitSequences, batch: usize) -> 
 
 /// Builds Theorem 2's [`Setup`] on the model's representations (body frozen).
 pub fn build_setup(file: &LmFile, lm: &LanguageModel) -> Result<RealProblem> {
-    let (answers, sequences, prompt_format) = split_sequences(file, lm)?;
+    // Statements, answer words, prompts and their lengths: all input errors (exit code 2).
+    let (answers, sequences, prompt_format) =
+        split_sequences(file, lm).map_err(|e| crate::error::InputError(format!("{e:#}")))?;
     let mut sets = sequences
         .iter()
         .map(|q| extract_pairs(lm, q, file.lm.batch_size))

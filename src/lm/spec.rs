@@ -2,7 +2,7 @@
 //! validated on load; the statements files it names.
 
 use crate::lm::finetune;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -70,8 +70,7 @@ impl LmFile {
     }
 
     pub(super) fn read_and_validate(path: &Path) -> Result<LmFile> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = crate::io::input::read_text(path, "real-model config")?;
         let f: LmFile = toml::from_str(&text).map_err(|e| {
             anyhow::anyhow!(
                 "invalid real-model config {}: {}",
@@ -79,6 +78,16 @@ impl LmFile {
                 crate::config::one_line_toml_error(&text, &e)
             )
         })?;
+        // The engine's tables, checked before any model is loaded (the setup comes later, from
+        // the model; the default stands in for it here).
+        crate::config::Config {
+            seed: f.seed,
+            train: f.train.clone(),
+            eval: f.eval.clone(),
+            ..crate::config::Config::default()
+        }
+        .validate()
+        .map_err(|e| e.in_origin(&path.display().to_string()))?;
         let s = &f.lm;
         if !(s.train_fraction > 0.0 && s.train_fraction < 1.0) {
             bail!(
@@ -121,13 +130,32 @@ impl LmFile {
                 );
             }
         }
+        disjoint(&[
+            ("lm.train_chosen", &s.train_chosen),
+            ("lm.train_rejected", &s.train_rejected),
+            ("lm.unseen_chosen", &s.unseen_chosen),
+            ("lm.unseen_rejected", &s.unseen_rejected),
+        ])
+        .map_err(|e| anyhow::anyhow!("invalid real-model config {}: {e}", path.display()))?;
         Ok(f)
     }
 }
 
+/// Errors if an entry appears in two of the named lists: a word on both sides makes its pairs
+/// ties by construction, and an "unseen" word that is trained on is not unseen.
+pub(crate) fn disjoint<T: PartialEq + std::fmt::Debug>(lists: &[(&str, &[T])]) -> Result<()> {
+    for (i, (a, xs)) in lists.iter().enumerate() {
+        for (b, ys) in &lists[i + 1..] {
+            if let Some(x) = xs.iter().find(|x| ys.contains(x)) {
+                bail!("{x:?} is in both `{a}` and `{b}`; the lists must not share an entry");
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn read_statements(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read statements file {}", path.display()))?;
+    let text = crate::io::input::read_text(path, "statements file")?;
     let s: Vec<String> = text
         .lines()
         .map(str::trim)

@@ -81,8 +81,7 @@ pub struct SweepFile {
 impl SweepFile {
     /// Reads and validates a sweep file; errors name the file and the field (exit code 2).
     pub fn from_file(path: &Path) -> Result<SweepFile> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| InputError(format!("cannot read sweep file {}: {e}", path.display())))?;
+        let text = crate::io::input::read_text(path, "sweep file")?;
         let file: SweepFile = toml::from_str(&text).map_err(|e| {
             InputError(format!(
                 "invalid sweep file {}: {}",

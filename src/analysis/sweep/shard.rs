@@ -49,7 +49,7 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
         i.trim().parse().map_err(|_| bad())?,
         n.trim().parse().map_err(|_| bad())?,
     );
-    if n == 0 || n > 10_000 || i >= n {
+    if n == 0 || n > MAX_SHARDS || i >= n {
         return Err(bad().into());
     }
     Ok((i, n))
@@ -81,7 +81,28 @@ pub fn slurm_shard(var: impl Fn(&str) -> Option<String>) -> Result<Option<SlurmS
     let task_id: usize = id
         .parse()
         .map_err(|_| InputError(format!("SLURM_ARRAY_TASK_ID is not a number: {id:?}")))?;
-    let shard = parse_shard(&format!("{}/{count}", task_id.saturating_sub(task_min)))?;
+    let step: usize = match var("SLURM_ARRAY_TASK_STEP") {
+        Some(s) => s.parse().ok().filter(|&s| s >= 1).ok_or_else(|| {
+            InputError(format!("SLURM_ARRAY_TASK_STEP is not a number ≥ 1: {s:?}"))
+        })?,
+        None => 1,
+    };
+    let offset = task_id.checked_sub(task_min).ok_or_else(|| {
+        InputError(format!(
+            "SLURM_ARRAY_TASK_ID = {task_id} is below SLURM_ARRAY_TASK_MIN = {task_min}: not a task of this array"
+        ))
+    })?;
+    if offset % step != 0 {
+        return Err(InputError(format!(
+            "SLURM_ARRAY_TASK_ID = {task_id} is not SLURM_ARRAY_TASK_MIN = {task_min} plus a multiple of SLURM_ARRAY_TASK_STEP = {step}"
+        ))
+        .into());
+    }
+    let shard = parse_shard(&format!("{}/{count}", offset / step)).map_err(|e| {
+        InputError(format!(
+            "the Slurm array task (SLURM_ARRAY_TASK_ID = {task_id}, MIN = {task_min}, STEP = {step}, COUNT = {count}) does not give a shard: {e:#}"
+        ))
+    })?;
     Ok(Some(SlurmShard {
         shard,
         task_id,
@@ -95,12 +116,17 @@ pub fn shard_file_name(i: usize, n: usize) -> String {
     format!("shard-{i:04}-of-{n:04}.json")
 }
 
-/// Format tag of shard files.
-pub const SHARD_FORMAT: &str = "rmflow-sweep-shard/1";
+/// Format tag of shard files (2: bit patterns as hex strings, results digested).
+pub const SHARD_FORMAT: &str = "rmflow-sweep-shard/2";
+
+/// The largest shard count (`--shard I/N`, a shard file's `shards`).
+pub const MAX_SHARDS: usize = 10_000;
 
 /// One shard's results as written by `rmflow sweep --shard I/N` (JSON). Accuracies are stored
-/// as IEEE-754 bit patterns (`accuracy_bits`) so that a merge reproduces the unsharded table to
-/// the bit; `accuracy` repeats them as numbers for reading.
+/// as IEEE-754 bit patterns in hex strings (`accuracy_bits`: JSON numbers are doubles, and tools
+/// such as `jq` round 64-bit integers) so that a merge reproduces the unsharded table to the bit;
+/// `accuracy` repeats them as numbers for reading, and must agree with them. `results_digest`
+/// (SHA-256 of the results as rmflow writes them) detects any edit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardFile {
     pub format: String,
@@ -116,6 +142,23 @@ pub struct ShardFile {
     /// Unit ids of this shard (see `experiments/README.md`).
     pub units: Vec<usize>,
     pub results: Vec<ShardUnit>,
+    /// [`results_digest`] of `results`.
+    pub results_digest: String,
+}
+
+/// SHA-256 (hex) of the results as rmflow serialises them.
+pub fn results_digest(results: &[ShardUnit]) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let text = serde_json::to_string(results)?;
+    Ok(Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// `f64` bits as 16 hex digits.
+fn hex_bits(x: f64) -> String {
+    format!("{:016x}", x.to_bits())
 }
 
 impl ShardFile {
@@ -129,7 +172,21 @@ impl ShardFile {
     ) -> Result<ShardFile> {
         let units = file.units();
         let flat = |a: &[(f64, f64); 2]| [a[0].0, a[0].1, a[1].0, a[1].1];
+        let results: Vec<ShardUnit> = results
+            .iter()
+            .map(|r| ShardUnit {
+                unit: r.id,
+                seed: units[r.id].seed,
+                accuracy: r.values.iter().map(|(vi, a)| (*vi, flat(a))).collect(),
+                accuracy_bits: r
+                    .values
+                    .iter()
+                    .map(|(vi, a)| (*vi, flat(a).map(hex_bits)))
+                    .collect(),
+            })
+            .collect();
         Ok(ShardFile {
+            results_digest: results_digest(&results)?,
             format: SHARD_FORMAT.to_string(),
             rmflow_version: crate::io::layout::RMFLOW_VERSION.to_string(),
             config_digest: file.digest()?,
@@ -138,36 +195,51 @@ impl ShardFile {
             shards: n,
             sweep: toml::to_string(file)?,
             units: ids,
-            results: results
-                .iter()
-                .map(|r| ShardUnit {
-                    unit: r.id,
-                    seed: units[r.id].seed,
-                    accuracy: r.values.iter().map(|(vi, a)| (*vi, flat(a))).collect(),
-                    accuracy_bits: r
-                        .values
-                        .iter()
-                        .map(|(vi, a)| (*vi, flat(a).map(f64::to_bits)))
-                        .collect(),
-                })
-                .collect(),
+            results,
         })
     }
 
-    /// The unit results, from the bit patterns.
-    pub fn unit_results(&self) -> Vec<UnitResult> {
+    /// The unit results, from the bit patterns, each checked: the value indices its unit of
+    /// `file` has, bits that agree with `accuracy`, accuracies in [0, 1]. Errors name `path`.
+    pub fn unit_results(&self, file: &SweepFile, path: &Path) -> Result<Vec<UnitResult>> {
+        let units = file.units();
+        let values = file.sweep.values.len();
         self.results
             .iter()
-            .map(|u| UnitResult {
-                id: u.unit,
-                values: u
-                    .accuracy_bits
-                    .iter()
-                    .map(|(vi, b)| {
-                        let f = b.map(f64::from_bits);
-                        (*vi, [(f[0], f[1]), (f[2], f[3])])
-                    })
-                    .collect(),
+            .map(|u| {
+                let bad = |why: String| {
+                    InputError(format!("{}: unit {}: {why}", path.display(), u.unit))
+                };
+                let unit = units
+                    .get(u.unit)
+                    .ok_or_else(|| bad(format!("not a unit of this sweep ({} units)", units.len())))?;
+                let expected: Vec<usize> = match unit.value {
+                    Some(v) => vec![v],
+                    None => (0..values).collect(),
+                };
+                let got: Vec<usize> = u.accuracy_bits.iter().map(|(vi, _)| *vi).collect();
+                if got != expected || u.accuracy.iter().map(|(vi, _)| *vi).ne(expected.iter().copied()) {
+                    return Err(bad(format!("value indices {got:?}, expected {expected:?}")).into());
+                }
+                let mut out = Vec::new();
+                for ((vi, bits), (_, shown)) in u.accuracy_bits.iter().zip(&u.accuracy) {
+                    let mut f = [0.0; 4];
+                    for k in 0..4 {
+                        let b = u64::from_str_radix(&bits[k], 16).map_err(|_| {
+                            bad(format!("accuracy_bits {:?} is not 16 hex digits", bits[k]))
+                        })?;
+                        f[k] = f64::from_bits(b);
+                        if f[k].to_bits() != shown[k].to_bits() || !(0.0..=1.0).contains(&f[k]) {
+                            return Err(bad(format!(
+                                "accuracy {} (bits {}) disagrees with accuracy {} or is outside [0, 1]",
+                                f[k], bits[k], shown[k]
+                            ))
+                            .into());
+                        }
+                    }
+                    out.push((*vi, [(f[0], f[1]), (f[2], f[3])]));
+                }
+                Ok(UnitResult { id: u.unit, values: out })
             })
             .collect()
     }
@@ -180,8 +252,8 @@ pub struct ShardUnit {
     pub seed: usize,
     /// Per value index: `[exrm tie-aware, exrm strict, imrm tie-aware, imrm strict]`.
     pub accuracy: Vec<(usize, [f64; 4])>,
-    /// The same as `f64::to_bits`.
-    pub accuracy_bits: Vec<(usize, [u64; 4])>,
+    /// The same as `f64::to_bits`, 16 hex digits each.
+    pub accuracy_bits: Vec<(usize, [String; 4])>,
 }
 
 /// A merged sweep: the sweep file, its source path and the table.
@@ -202,7 +274,7 @@ pub fn merge_shards(dir: &Path) -> Result<Merged> {
     let n = first.shards;
     let file = embedded_sweep(first_path, first)?;
     let assignment = shard_assignment(&file, n)?;
-    let results = shard_results(dir, &shards, &assignment)?;
+    let results = shard_results(dir, &file, &shards, &assignment)?;
     let rows = aggregate(&file, &results)?;
     Ok(Merged {
         source: first.source.clone(),
@@ -234,8 +306,7 @@ pub(super) fn read_shards(dir: &Path) -> Result<Vec<(std::path::PathBuf, ShardFi
     }
     let mut shards = Vec::new();
     for p in &paths {
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| InputError(format!("cannot read shard {}: {e}", p.display())))?;
+        let text = crate::io::input::read_text(p, "shard file")?;
         let s: ShardFile = serde_json::from_str(&text)
             .map_err(|e| InputError(format!("{} is not an rmflow shard file: {e}", p.display())))?;
         if s.format != SHARD_FORMAT {
@@ -243,6 +314,22 @@ pub(super) fn read_shards(dir: &Path) -> Result<Vec<(std::path::PathBuf, ShardFi
                 "{} has format {:?}, expected {SHARD_FORMAT:?}",
                 p.display(),
                 s.format
+            ))
+            .into());
+        }
+        if s.shards == 0 || s.shards > MAX_SHARDS || s.shard >= s.shards {
+            return Err(InputError(format!(
+                "{}: shard {} of {} is impossible (0 ≤ shard < shards ≤ {MAX_SHARDS})",
+                p.display(),
+                s.shard,
+                s.shards
+            ))
+            .into());
+        }
+        if results_digest(&s.results)? != s.results_digest {
+            return Err(InputError(format!(
+                "{}: the results do not match their digest (the file was edited or damaged; rerun the shard)",
+                p.display()
             ))
             .into());
         }
@@ -298,6 +385,7 @@ pub(super) fn embedded_sweep(path: &Path, shard: &ShardFile) -> Result<SweepFile
 /// it; a missing shard is named with the command that reruns it.
 pub(super) fn shard_results(
     dir: &Path,
+    file: &SweepFile,
     shards: &[(std::path::PathBuf, ShardFile)],
     assignment: &[Vec<usize>],
 ) -> Result<Vec<UnitResult>> {
@@ -323,7 +411,7 @@ pub(super) fn shard_results(
             ))
             .into());
         }
-        results.extend(s.unit_results());
+        results.extend(s.unit_results(file, p)?);
     }
     let missing: Vec<String> = (0..n)
         .filter(|&i| !seen[i])

@@ -2,7 +2,7 @@
 //! evaluation tables, validated on load; the prompts' sources.
 
 use crate::lm::spec::read_statements;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -52,8 +52,7 @@ pub enum StatementFormat {
 /// "yes" (trimmed, any case: the official `answer_matching_behavior_to_use = "Yes"` filter), in
 /// file order. A malformed line is an error naming the file and the line.
 pub fn read_persona_jsonl(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read persona file {}", path.display()))?;
+    let text = crate::io::input::read_text(path, "persona file")?;
     let mut out = Vec::new();
     for (k, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -230,8 +229,7 @@ impl RecipeFile {
     }
 
     pub(super) fn read_and_validate(path: &Path) -> Result<RecipeFile> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = crate::io::input::read_text(path, "recipe config")?;
         let f: RecipeFile = toml::from_str(&text).map_err(|e| {
             anyhow::anyhow!(
                 "invalid recipe config {}: {}",
@@ -312,6 +310,12 @@ impl RecipeFile {
                 bail!("field `{name}` must list at least one entry");
             }
         }
+        crate::lm::spec::disjoint(&[
+            ("responses.chosen_words", &r.chosen_words),
+            ("responses.rejected_words", &r.rejected_words),
+            ("responses.eval_chosen_words", &r.eval_chosen_words),
+            ("responses.eval_rejected_words", &r.eval_rejected_words),
+        ])?;
         Ok(())
     }
 }

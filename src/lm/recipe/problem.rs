@@ -156,6 +156,12 @@ impl SequenceBuilder<'_> {
         if response_ids.is_empty() {
             bail!("response {response_text:?} encodes to no tokens");
         }
+        if let Some(unk) = self.lm.unknown_token().filter(|u| response_ids.contains(u)) {
+            bail!(
+                "response {answer:?} contains a token outside the vocabulary of {} (it encodes to the unknown token, id {unk}, which every such word shares): choose words the tokenizer knows",
+                self.lm.dir.join("tokenizer.json").display()
+            );
+        }
         // The word's tokens: where `prefix` and `prefix + word` tokenize on their own boundaries
         // into leading parts of the response's tokens.
         let (prefix_ids, answer_ids) = (self.encode(prefix)?, self.encode(&answer)?);
@@ -186,6 +192,9 @@ impl SequenceBuilder<'_> {
                 (ids, start, end)
             }
         };
+        self.lm.check_length(ids.len(), &|| {
+            format!("the sequence of prompt {prompt_index} with response {answer:?}")
+        })?;
         Ok(ScoredSequence {
             ids,
             response_start: start,
@@ -229,6 +238,9 @@ impl SequenceBuilder<'_> {
         if ids.is_empty() {
             bail!("verification request {text:?} encodes to no tokens");
         }
+        self.lm.check_length(ids.len(), &|| {
+            format!("the EX-GRM verification request of prompt {prompt_index}")
+        })?;
         Ok(ScoredSequence {
             response_start: ids.len(),
             response_end: ids.len(),

@@ -111,8 +111,7 @@ fn read_tokenizer_config(dir: &Path) -> Result<serde_json::Value> {
     if !path.is_file() {
         return Ok(serde_json::Value::Null);
     }
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::io::input::read_text(&path, "tokenizer config")?;
     serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
 }
 
