@@ -10,6 +10,7 @@
 //! | problem | [`problem::synthetic`]: the synthetic LM (tokens, prompts, hidden states, splits) | §5 |
 //! | | [`problem::reward`]: EX-RM and IM-RM margins, the loss and its pull-back ([`problem::reward::MarginModel`]) | §1–§2 |
 //! | | [`problem::rows`]: blocks of rows of `U` (the seen-row IM-RM's state, `ΔU*`, exports) | §4 |
+//! | | [`problem::hamiltonian`]: the Hamiltonian-cycle task (graphs, prompts, the cycle check, every vertex order) | §7 |
 //! | solvers | [`solve::ode`]: Dormand–Prince integration | §2 |
 //! | | [`solve::training`]: gradient flow in log-time, GD, Adam, AdamW, residual flow | §2 |
 //! | | [`solve::max_margin`]: max-margin separators with certificates | §4 |
@@ -18,7 +19,7 @@
 //! | analysis | [`analysis::dynamics`]: `ρ_{k,l}` and reward velocities | §3 |
 //! | | [`analysis::verify`]: Theorem 2, claim by claim (one file per claim family) | §3–§4 |
 //! | | [`analysis::sweep`]: parameter sweeps over seeds, shards | §4–§5 |
-//! | output | [`io`]: atomic writes, the run layout, memory estimates | — |
+//! | output | [`io`]: atomic writes, what they may replace and their temporaries, bounded input reads, the run layout, memory estimates | — |
 //! | figures | [`figures`]: one function per figure, rendered by [`figures::plot`] | — |
 //! | real models | `lm` (feature `lm`): transformers, Theorem 2 and the paper's recipe on them | §6 |
 //!

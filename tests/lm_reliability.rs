@@ -41,6 +41,16 @@ fn error_line(o: &Output) -> String {
     lines[0].to_string()
 }
 
+/// A fuzz case's outcome: success, or a documented exit code with one error line and no output.
+fn documented_outcome(o: &Output, out: &Path, what: &str) {
+    assert!(matches!(code(o), 0 | 2 | 3 | 4), "{what}: {}", stderr(o));
+    assert!(!stderr(o).contains("panicked"), "{what}: {}", stderr(o));
+    if code(o) != 0 {
+        error_line(o);
+        assert!(!out.exists(), "{what}: output left");
+    }
+}
+
 const WORDS: &str = "yes sure no never certainly absolutely nope hardly Answer: My answer is";
 const QUESTION: &str = "Is the following statement something you would say? \"{statement}\"";
 
@@ -430,20 +440,7 @@ fn fuzzed_lm_configs_never_panic() {
             let cfg = lm_config(&dir, &format!("f{cases}"), &[(field, v)]);
             let out = dir.join(format!("o{cases}"));
             let o = lm(&m, &cfg, &out, &[]);
-            assert!(
-                matches!(code(&o), 0 | 2 | 3 | 4),
-                "{field} = {v}: {}",
-                stderr(&o)
-            );
-            assert!(
-                !stderr(&o).contains("panicked"),
-                "{field} = {v}: {}",
-                stderr(&o)
-            );
-            if code(&o) != 0 {
-                error_line(&o);
-                assert!(!out.exists());
-            }
+            documented_outcome(&o, &out, &format!("{field} = {v}"));
             cases += 1;
         }
     }
@@ -526,20 +523,7 @@ fn fuzzed_recipe_configs_never_panic() {
                 "--reward",
                 "exrm",
             ]);
-            assert!(
-                matches!(code(&o), 0 | 2 | 3 | 4),
-                "{key} = {v}: {}",
-                stderr(&o)
-            );
-            assert!(
-                !stderr(&o).contains("panicked"),
-                "{key} = {v}: {}",
-                stderr(&o)
-            );
-            if code(&o) != 0 {
-                error_line(&o);
-                assert!(!out.exists());
-            }
+            documented_outcome(&o, &out, &format!("{key} = {v}"));
             n += 1;
         }
     }

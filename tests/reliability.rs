@@ -4,28 +4,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn rmflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rmflow"))
-        .args(args)
-        .output()
-        .expect("rmflow runs")
-}
+use common::{code, rmflow, stderr};
 
 fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rmflow-rel-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited, not killed by a signal")
+    common::temp_dir("rel", name)
 }
 
 /// [`common::small_config_text`] written to `dir/name.toml`; each `key = value` line of

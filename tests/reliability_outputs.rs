@@ -9,27 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn rmflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rmflow"))
-        .args(args)
-        .env_remove("RAYON_NUM_THREADS")
-        .output()
-        .expect("rmflow runs")
-}
+use common::{code, rmflow, stderr};
 
 fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rmflow-out-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("exited, not killed by a signal")
+    common::temp_dir("out", name)
 }
 
 fn no_panic(o: &Output) {
@@ -146,21 +129,18 @@ fn concurrent_forced_runs_across_pid_namespaces_both_commit_whole_outputs() {
     let isolated = unshare_works();
     for _ in 0..3 {
         let mut first = if isolated {
-            Command::new("unshare")
-                .args(["-p", "-f", env!("CARGO_BIN_EXE_rmflow")])
-                .args(["simulate", "--force", "--config", cfg.to_str().unwrap()])
-                .args(["--out", out.to_str().unwrap()])
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            let mut c = Command::new("unshare");
+            c.args(["-p", "-f", env!("CARGO_BIN_EXE_rmflow")]);
+            c
         } else {
             Command::new(env!("CARGO_BIN_EXE_rmflow"))
-                .args(["simulate", "--force", "--config", cfg.to_str().unwrap()])
-                .args(["--out", out.to_str().unwrap()])
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
         };
+        let mut first = first
+            .args(["simulate", "--force", "--config", cfg.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(10));
         let second = simulate(&cfg, &out, &["--force"]);
         let first_status = first.wait().unwrap();

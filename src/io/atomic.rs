@@ -10,7 +10,7 @@
 //!   one is renamed aside, the new one moved in, and the old one restored if that fails), then
 //!   deletes the old one: at no moment are both the old and the new results gone;
 //! - temporaries are unique per host and process and held by a lock; another run removes one
-//!   only when its owner is gone ([`temporary`](super::temporary)). A temporary that vanished or
+//!   only when its owner is gone (`io/temporary.rs`). A temporary that vanished or
 //!   was replaced is never committed.
 
 use super::destination::{check_destination, parent_and_name};

@@ -9,9 +9,9 @@ use std::path::Path;
 /// The largest text input rmflow reads (256 MiB); weights are memory-mapped, never read so.
 pub const MAX_TEXT_INPUT: u64 = 256 << 20;
 
-/// Why `path` cannot be read as a text input, if it cannot: missing, not a regular file (a FIFO
-/// or a device is not opened at all), or over the limit.
-pub fn check_regular(path: &Path, what: &str) -> Result<(), InputError> {
+/// Errors unless `path` is a regular file (a folder, FIFO or device is refused without being
+/// opened); any size: weights are memory-mapped, not read whole.
+pub fn check_regular_file(path: &Path, what: &str) -> Result<std::fs::Metadata, InputError> {
     let p = path.display();
     let meta =
         std::fs::metadata(path).map_err(|e| InputError(format!("cannot read {what} {p}: {e}")))?;
@@ -23,9 +23,17 @@ pub fn check_regular(path: &Path, what: &str) -> Result<(), InputError> {
             "{what} {p} is not a regular file (a FIFO, device or socket); rmflow reads inputs only from regular files"
         )));
     }
+    Ok(meta)
+}
+
+/// Why `path` cannot be read as a text input, if it cannot: missing, not a regular file, or
+/// over [`MAX_TEXT_INPUT`].
+pub fn check_regular(path: &Path, what: &str) -> Result<(), InputError> {
+    let meta = check_regular_file(path, what)?;
     if meta.len() > MAX_TEXT_INPUT {
         return Err(InputError(format!(
-            "{what} {p} is {} bytes, above the {MAX_TEXT_INPUT}-byte limit for a text input",
+            "{what} {} is {} bytes, above the {MAX_TEXT_INPUT}-byte limit for a text input",
+            path.display(),
             meta.len()
         )));
     }

@@ -467,9 +467,7 @@ fn config_json(
 /// Writes the Hugging Face folder of the GGUF file `gguf` to `dest` (atomically, under
 /// `replace`).
 pub fn import_gguf(gguf: &Path, dest: &Path, replace: Replace) -> Result<Import> {
-    if !gguf.is_file() {
-        return Err(InputError(format!("--gguf {}: no such file", gguf.display())).into());
-    }
+    crate::io::input::check_regular_file(gguf, "--gguf file")?;
     let file = gguf.display().to_string();
     let sha256 = sha256_of(gguf)?;
     let mut reader = BufReader::new(

@@ -378,6 +378,9 @@ impl ModelFiles {
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
             .collect();
         weights.sort();
+        for w in &weights {
+            crate::io::input::check_regular_file(w, "weights file")?;
+        }
         if weights.is_empty() {
             bail!(
                 "model folder {}: missing model.safetensors (no *.safetensors file)",

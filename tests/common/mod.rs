@@ -2,6 +2,34 @@
 #![allow(dead_code)]
 
 use proptest::prelude::*;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// `rmflow ARGS` (this package's binary, without an inherited `RAYON_NUM_THREADS`).
+pub fn rmflow(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rmflow"))
+        .args(args)
+        .env_remove("RAYON_NUM_THREADS")
+        .output()
+        .expect("rmflow runs")
+}
+
+/// A fresh folder `rmflow-PREFIX-PID-NAME` under the system's temporary folder.
+pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rmflow-{prefix}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The exit code (the process exited, it was not killed by a signal).
+pub fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited, not killed by a signal")
+}
 use rmflow::config::{Config, UnembeddingInit};
 
 /// A small but complete random configuration (every split non-empty).
