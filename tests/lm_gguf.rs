@@ -244,7 +244,7 @@ fn broken_gguf_files_are_refused_with_nothing_left_behind() {
         (&gpt2, "general.architecture \"gpt2\""),
         (&pre, "tokenizer.ggml.pre \"mystery\""),
         (&heads, "inconsistent llama shape"),
-        (&dir.join("missing.gguf"), "no such file"),
+        (&dir.join("missing.gguf"), "No such file"),
     ] {
         let out = dir.join("out");
         let o = import(file, &out);

@@ -22,12 +22,13 @@ pub fn write_outputs(dir: &crate::io::atomic::AtomicDir, o: &RecipeOutcome) -> R
             "train_prompts": o.problem.prompts_train,
             "test_prompts": o.problem.prompts_test,
             "splits": o.problem.splits.iter().map(|s| serde_json::json!({
-                "name": s.name, "pairs": s.chosen.len(),
+                "name": s.name, "pairs": s.chosen.len(), "chosen": s.chosen, "rejected": s.rejected,
             })).collect::<Vec<_>>(),
             "runs": o.runs.iter().map(|r| serde_json::json!({
                 "mode": r.mode, "model": r.reward.name(), "parameters": r.parameters,
                 "steps": r.history.len(), "seconds": r.seconds,
                 "seconds_per_step": r.step_seconds / r.history.len().max(1) as f64,
+                "step_pairs": r.history.iter().map(|h| &h.pairs).collect::<Vec<_>>(),
                 "final": r.checkpoints.last().map(|c| &c.splits),
             })).collect::<Vec<_>>(),
         }),

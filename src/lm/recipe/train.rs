@@ -52,6 +52,8 @@ pub struct RecipeStep {
     pub epoch: usize,
     pub loss: f64,
     pub batch_accuracy: f64,
+    /// The training pairs of the step (indices into the `train` split), in micro-batch order.
+    pub pairs: Vec<usize>,
 }
 
 /// A trained reward model under the recipe.
@@ -380,6 +382,7 @@ impl Session<'_> {
             epoch,
             loss: loss_sum,
             batch_accuracy: wins as f64 / pairs.len() as f64,
+            pairs: pairs.to_vec(),
         })
     }
 
