@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::{code, rmflow, stderr};
+use common::{code, rmflow, simulate, stderr};
 
 fn temp(name: &str) -> PathBuf {
     common::temp_dir("rel", name)
@@ -28,18 +28,6 @@ fn small(dir: &Path, name: &str, setup_extra: &str, train_extra: &str) -> PathBu
 }
 
 /// `rmflow simulate --config CFG --out OUT` plus `extra` arguments.
-fn simulate(cfg: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "simulate",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    rmflow(&args)
-}
-
 fn no_temporaries_left(dir: &Path) {
     let left: Vec<String> = std::fs::read_dir(dir)
         .unwrap()

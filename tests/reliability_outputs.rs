@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{code, rmflow, stderr};
+use common::{code, rmflow, simulate, stderr};
 
 fn temp(name: &str) -> PathBuf {
     common::temp_dir("out", name)
@@ -26,18 +26,6 @@ fn small(dir: &Path, name: &str, train: &[(&str, &str)]) -> PathBuf {
     let p = dir.join(format!("{name}.toml"));
     std::fs::write(&p, common::small_config_text(&overrides)).unwrap();
     p
-}
-
-fn simulate(cfg: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "simulate",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    rmflow(&args)
 }
 
 fn listing(dir: &Path) -> Vec<String> {
@@ -114,6 +102,29 @@ fn unshare_works() -> bool {
         .unwrap_or(false)
 }
 
+/// `rmflow simulate` started in the background (stderr captured); in a new PID namespace when
+/// `isolated`.
+fn spawn_simulate(isolated: bool, cfg: &Path, out: &Path, extra: &[&str]) -> std::process::Child {
+    let mut cmd = if isolated {
+        let mut c = Command::new("unshare");
+        c.args(["-p", "-f", env!("CARGO_BIN_EXE_rmflow")]);
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_rmflow"))
+    };
+    cmd.args([
+        "simulate",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .args(extra)
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
 #[test]
 fn concurrent_forced_runs_across_pid_namespaces_both_commit_whole_outputs() {
     let dir = temp("concurrent");
@@ -128,19 +139,7 @@ fn concurrent_forced_runs_across_pid_namespaces_both_commit_whole_outputs() {
     let out = dir.join("run");
     let isolated = unshare_works();
     for _ in 0..3 {
-        let mut first = if isolated {
-            let mut c = Command::new("unshare");
-            c.args(["-p", "-f", env!("CARGO_BIN_EXE_rmflow")]);
-            c
-        } else {
-            Command::new(env!("CARGO_BIN_EXE_rmflow"))
-        };
-        let mut first = first
-            .args(["simulate", "--force", "--config", cfg.to_str().unwrap()])
-            .args(["--out", out.to_str().unwrap()])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut first = spawn_simulate(isolated, &cfg, &out, &["--force"]);
         std::thread::sleep(Duration::from_millis(10));
         let second = simulate(&cfg, &out, &["--force"]);
         let first_status = first.wait().unwrap();
@@ -167,17 +166,7 @@ fn a_temporary_removed_under_a_run_is_never_committed() {
         &[("t_max", "1e8"), ("observations_per_decade", "8")],
     );
     let out = dir.join("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rmflow"))
-        .args([
-            "simulate",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_simulate(false, &cfg, &out, &[]);
     // Wait for the temporary folder, then remove it (as a careless cleaner on another node would).
     let start = Instant::now();
     let temp_dir = loop {
@@ -324,25 +313,13 @@ fn a_shard_folder_is_never_the_merge_output() {
 
 const SWEEP: &str = "[sweep]\nparameter = \"alpha\"\nvalues = [0.0, 2.0]\nseeds = 2\n[base.setup]\ndim = 4\nfiller_tokens = 8\ntrain_pairs = 12\neval_pairs = 6\n[base.train]\nt_max = 1e3\nobservations_per_decade = 1\n";
 
-fn sweep_env(cmd: &mut Command) -> &mut Command {
-    for k in [
-        "SLURM_ARRAY_TASK_ID",
-        "SLURM_ARRAY_TASK_COUNT",
-        "SLURM_ARRAY_TASK_MIN",
-        "SLURM_ARRAY_TASK_STEP",
-    ] {
-        cmd.env_remove(k);
-    }
-    cmd
-}
-
 /// Two shards of [`SWEEP`] in `dir/shards`, and the unsharded table in `dir/whole`.
 fn make_shards(dir: &Path) -> PathBuf {
     let cfg = dir.join("sweep.toml");
     std::fs::write(&cfg, SWEEP).unwrap();
     let shards = dir.join("shards");
     for i in 0..2 {
-        let o = sweep_env(&mut Command::new(env!("CARGO_BIN_EXE_rmflow")))
+        let o = common::without_slurm(&mut Command::new(env!("CARGO_BIN_EXE_rmflow")))
             .args([
                 "sweep",
                 "--config",
@@ -445,7 +422,7 @@ fn slurm_task_ids_below_the_minimum_are_refused_and_stepped_arrays_run() {
     std::fs::write(&cfg, SWEEP).unwrap();
     let run = |vars: &[(&str, &str)]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rmflow"));
-        sweep_env(&mut cmd).args(["sweep", "--config", cfg.to_str().unwrap()]);
+        common::without_slurm(&mut cmd).args(["sweep", "--config", cfg.to_str().unwrap()]);
         cmd.args(["--out", dir.join("shards").to_str().unwrap()]);
         for (k, v) in vars {
             cmd.env(k, v);
@@ -590,7 +567,7 @@ fn failed_runs_leave_no_folders_they_created() {
     )
     .unwrap();
     let shards = dir.join("shards");
-    let o = sweep_env(&mut Command::new(env!("CARGO_BIN_EXE_rmflow")))
+    let o = common::without_slurm(&mut Command::new(env!("CARGO_BIN_EXE_rmflow")))
         .args([
             "sweep",
             "--config",

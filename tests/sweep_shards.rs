@@ -1,5 +1,7 @@
 //! Sharded sweeps (`--shard I/N`, Slurm array tasks) merge to exactly the unsharded table.
 
+mod common;
+
 use proptest::prelude::*;
 use rmflow::analysis::sweep::{
     aggregate, merge_shards, run_units, shard_assignment, shard_file_name, sweep_csv, ShardFile,
@@ -20,16 +22,7 @@ fn temp(name: &str) -> PathBuf {
 
 fn rmflow(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rmflow"));
-    cmd.args(args);
-    // The test may itself run inside a Slurm job: only the variables given here count.
-    for k in [
-        "SLURM_ARRAY_TASK_ID",
-        "SLURM_ARRAY_TASK_COUNT",
-        "SLURM_ARRAY_TASK_MIN",
-        "SLURM_ARRAY_TASK_STEP",
-    ] {
-        cmd.env_remove(k);
-    }
+    common::without_slurm(&mut cmd).args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -201,7 +201,7 @@ impl Temporary {
 
     /// Errors unless the temporary is still the one created (not removed or replaced).
     pub(crate) fn check(&self) -> Result<()> {
-        if Identity::of(&self.path).is_none() || Identity::of(&self.path) != self.identity {
+        if self.identity.is_none() || Identity::of(&self.path) != self.identity {
             bail!(
                 "the temporary output {} was removed or replaced by another process (another run writing the same output, on this or another host?); nothing was committed",
                 self.path.display()

@@ -22,6 +22,33 @@ pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
     dir
 }
 
+/// `rmflow simulate --config CFG --out OUT` plus `extra` arguments.
+pub fn simulate(cfg: &std::path::Path, out: &std::path::Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "simulate",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    rmflow(&args)
+}
+
+/// Removes the Slurm array variables from `cmd` (the tests may run inside a Slurm job: only the
+/// variables a test sets count).
+pub fn without_slurm(cmd: &mut Command) -> &mut Command {
+    for k in [
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_COUNT",
+        "SLURM_ARRAY_TASK_MIN",
+        "SLURM_ARRAY_TASK_STEP",
+    ] {
+        cmd.env_remove(k);
+    }
+    cmd
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
