@@ -21,7 +21,7 @@
 //! | | [`analysis::sweep`]: parameter sweeps over seeds, shards | §4–§5 |
 //! | output | [`io`]: atomic writes, what they may replace and their temporaries, bounded input reads, the run layout, memory estimates | — |
 //! | figures | [`figures`]: one function per figure, rendered by [`figures::plot`] | — |
-//! | real models | `lm` (feature `lm`): transformers, Theorem 2 and the paper's recipe on them | §6 |
+//! | real models | `lm` (feature `lm`): transformers, Theorem 2 and the paper's recipe on them; the Hamiltonian-cycle experiment (`lm::cycle`) | §6, §7 |
 //!
 //! The binary (`src/main.rs`, `src/cli/`) is a thin caller: one file per command.
 //!

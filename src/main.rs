@@ -21,6 +21,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "lm")]
         Command::LmRecipe(a) => cli::lm::run_recipe(a),
         #[cfg(feature = "lm")]
+        Command::HamCycle(a) => cli::ham_cycle::run(a),
+        #[cfg(feature = "lm")]
         Command::LmConvert(a) => cli::lm_files::run_convert(a),
         #[cfg(feature = "lm")]
         Command::LmImportGguf(a) => cli::lm_files::run_import_gguf(a),

@@ -57,6 +57,13 @@ pub enum Command {
     #[cfg(feature = "lm")]
     #[command(name = "lm-recipe", after_help = EXIT_CODES)]
     LmRecipe(super::lm::LmRecipeArgs),
+    /// The Hamiltonian-cycle experiment (MATH.md §7, feature `lm`): does an IM-RM that verifies
+    /// Hamiltonian cycles generate them? A small Llama pretrained on random vertex orders is
+    /// `π_ref`; the IM-RM and the EX-RM are trained from it by the recipe; every epoch measures
+    /// verification accuracy, sampled and greedy generation and, for n ≤ 8, the exact `π(C|x)`.
+    #[cfg(feature = "lm")]
+    #[command(name = "ham-cycle", after_help = EXIT_CODES)]
+    HamCycle(super::ham_cycle::HamCycleArgs),
     /// Write a copy of a checkpoint folder with its f32 weights cast to f16 or bf16 (feature
     /// `lm`): half the bytes, for carrying a model where the f32 file does not fit. rmflow loads
     /// either copy as f32; the copy differs by the weights' rounding only.

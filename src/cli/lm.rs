@@ -79,17 +79,17 @@ pub struct LmRecipeArgs {
 }
 
 /// One progress bar per (stage, reward model), replaced when the training moves to the next.
-struct StageBars<K: PartialEq + Copy> {
+pub(super) struct StageBars<K: PartialEq + Copy> {
     current: Option<(K, Progress)>,
 }
 
 impl<K: PartialEq + Copy> StageBars<K> {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         StageBars { current: None }
     }
 
     /// The bar of `key`, started (and the previous one finished) on first use.
-    fn bar(&mut self, key: K, start: impl FnOnce() -> Progress) -> &Progress {
+    pub(super) fn bar(&mut self, key: K, start: impl FnOnce() -> Progress) -> &Progress {
         if self.current.as_ref().map(|c| c.0) != Some(key) {
             if let Some((_, b)) = self.current.take() {
                 b.finish();
@@ -99,7 +99,7 @@ impl<K: PartialEq + Copy> StageBars<K> {
         &self.current.as_ref().expect("just set").1
     }
 
-    fn finish(self) {
+    pub(super) fn finish(self) {
         if let Some((_, b)) = self.current {
             b.finish();
         }
@@ -298,6 +298,7 @@ fn train_recipe(
                 recipe::RecipeEvent::Step(r) => {
                     bar.inc(&format!("epoch {} loss {:.4}", r.epoch, r.loss))
                 }
+                recipe::RecipeEvent::Evaluated { .. } => {}
             }
         },
     )?;

@@ -9,6 +9,8 @@ pub mod args;
 pub mod check;
 pub mod dynamics;
 #[cfg(feature = "lm")]
+pub mod ham_cycle;
+#[cfg(feature = "lm")]
 pub mod lm;
 #[cfg(feature = "lm")]
 pub mod lm_files;

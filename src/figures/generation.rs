@@ -1,4 +1,7 @@
-//! Verification versus generation (MATH.md §7) in the single-token setting.
+//! Verification versus generation (MATH.md §7) in the single-token setting: a transient where the
+//! IM-RM ranks held-out pairs before greedy generation is right. Generation is easy there (one
+//! token of 1 024), so this is not Theorem 1's setting; the Hamiltonian-cycle figure is
+//! ([`super::hamiltonian`]).
 
 use super::figure::{after_zero, caption, FigureData};
 use crate::config::{Config, GradientPath};
@@ -55,7 +58,7 @@ pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
                 config,
                 "experiments/theorem2.toml",
                 &format!(
-                    ", full-softmax IM-RM, held-out prompts (`seen` split, {} pairs), flow to t = {:e}",
+                    ", full-softmax IM-RM, held-out prompts (`seen` split, {} pairs), flow to t = {:e}; not Theorem 1's setting",
                     held_out.len(),
                     config.train.t_max
                 ),
@@ -163,7 +166,7 @@ fn from_on(rows: &[HeldOut], ok: impl Fn(&HeldOut) -> bool) -> Option<f64> {
 /// Left panel: held-out accuracy against greedy generation, with the times each reaches 1.
 fn ranking_panel(rows: &[HeldOut], t_verify: Option<f64>, t_generate: Option<f64>) -> Panel {
     let mut a = Panel::lines(
-        "Held-out prompts: ranking vs greedy generation",
+        "Single-token responses (generation is easy): ranking vs greedy",
         "time t",
         "fraction",
         true,

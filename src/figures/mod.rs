@@ -8,6 +8,7 @@ pub mod bars;
 pub mod dynamics;
 pub mod figure;
 pub mod generation;
+pub mod hamiltonian;
 pub mod plot;
 #[cfg(feature = "lm")]
 pub mod real_model;
@@ -19,6 +20,7 @@ pub use ablations::ablations;
 pub use dynamics::rho_heatmap;
 pub use figure::{run_example, write, FigureData};
 pub use generation::verification_without_generation;
+pub use hamiltonian::verification_without_generation_hamiltonian;
 #[cfg(feature = "lm")]
 pub use real_model::real_model;
 pub use recipe::recipe_accuracy;

@@ -1,12 +1,14 @@
 //! Real-model mode (MATH.md §6), behind the `lm` feature: pretrained transformers (BERT, Llama,
 //! Qwen2, GPT-2, GPT-NeoX via candle) loaded from Hugging Face folders ([`model`], [`nets`],
 //! [`gguf`] for llama.cpp files), Theorem 2's setting on their frozen representations
-//! ([`single_token`]), full fine-tuning of the whole model ([`finetune`]), and the paper's prefix
-//! + word recipe ([`recipe`]).
+//! ([`single_token`]), full fine-tuning of the whole model ([`finetune`]), the paper's
+//! prefix-and-word recipe ([`recipe`]), and the Hamiltonian-cycle experiment on a model rmflow
+//! trains itself ([`cycle`], MATH.md §7).
 
 pub mod alignment;
 pub mod chat;
 pub mod convert;
+pub mod cycle;
 pub mod export;
 pub mod finetune;
 pub mod gguf;

@@ -486,14 +486,13 @@ impl UnembeddingLayout {
             Architecture::Llama => {
                 let c: LlamaConfig = config.parse()?;
                 let (d, v) = (c.hidden_size, c.vocab_size);
-                if v < d {
-                    bail!(
-                        "{}: vocab_size {v} < hidden_size {d}: the hidden-state read-out needs V ≥ D",
-                        config.path.display()
-                    );
+                // The reference forward's hidden-state read-out (`[I_D; 0]` as lm_head) needs
+                // V ≥ D; the differentiable forward does not (checked in `build_network`).
+                if v >= d {
+                    let readout =
+                        Tensor::eye(d, DType::F32, device)?.pad_with_zeros(0, 0, v - d)?;
+                    backend.constants.insert(LLAMA_READOUT.into(), readout);
                 }
-                let readout = Tensor::eye(d, DType::F32, device)?.pad_with_zeros(0, 0, v - d)?;
-                backend.constants.insert(LLAMA_READOUT.into(), readout);
                 if c.tie_word_embeddings == Some(true) {
                     layout(d, v, "model.embed_tokens.weight", None)
                 } else {
@@ -586,6 +585,14 @@ fn build_network(
             // `Llama::load` panics on a missing one).
             let diff = nets::Llama::load(vb.clone(), &c, false)?;
             if forward == Forward::Reference {
+                if c.vocab_size < c.hidden_size {
+                    return Err(LoadError::Config(anyhow::anyhow!(
+                        "{}: vocab_size {} < hidden_size {}: the reference forward's hidden-state read-out needs V ≥ D (the differentiable forward has no such limit)",
+                        config.path.display(),
+                        c.vocab_size,
+                        c.hidden_size
+                    )));
+                }
                 // The read-out replaces lm_head; the true unembedding is requested separately.
                 c.tie_word_embeddings = false;
                 Network::Llama(Llama::load(vb.clone(), &c)?, c)
@@ -818,6 +825,32 @@ impl LanguageModel {
                 bail!("every-position hidden states need the differentiable Llama forward")
             }
         })
+    }
+
+    /// Final hidden states of `prefix ++ cont_b` for every continuation, the prefix computed
+    /// once ([`nets::Llama::forward_continuations`]): `h` at the prefix's last position [D] and
+    /// at every continuation position [B, C, D]. Differentiable Llama / Qwen2 forwards only;
+    /// the continuations have equal length.
+    pub fn continuation_hidden_states(
+        &self,
+        prefix: &[u32],
+        conts: &[Vec<u32>],
+    ) -> Result<(Tensor, Tensor)> {
+        let Network::DiffLlama(m) = &self.network else {
+            bail!("shared-prefix hidden states need the differentiable Llama forward");
+        };
+        let c = conts.first().map_or(0, Vec::len);
+        if prefix.is_empty() || c == 0 || conts.iter().any(|s| s.len() != c) {
+            bail!("shared-prefix forward: a non-empty prefix and continuations of one non-zero length are needed");
+        }
+        self.check_length(prefix.len() + c, &|| {
+            "a prefix with its continuations".into()
+        })?;
+        let p = Tensor::new(prefix, &self.device)?.unsqueeze(0)?;
+        let ids: Vec<u32> = conts.iter().flatten().copied().collect();
+        let ids = Tensor::from_vec(ids, (conts.len(), c), &self.device)?;
+        let (hp, hc) = m.forward_continuations(&p, &ids)?;
+        Ok((hp.squeeze(0)?.get(prefix.len() - 1)?, hc))
     }
 
     /// Next-token logits `U h_t` of every position of each sequence, f64 `[len_i, V]` (one padded

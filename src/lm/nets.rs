@@ -55,6 +55,26 @@ impl Norm {
     }
 }
 
+impl Norm {
+    /// The same norm through candle's fused kernel (no backward; inference only).
+    fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(b) => candle_nn::ops::layer_norm(x, &self.weight, b, self.eps),
+            None => candle_nn::ops::rms_norm(x, &self.weight, self.eps),
+        }
+    }
+}
+
+/// [`attention`] through candle's fused softmax (no backward; inference only).
+fn attention_fused(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (b, h, l, hd) = q.dims4()?;
+    let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
+    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    att.matmul(&v.contiguous()?)?
+        .transpose(1, 2)?
+        .reshape((b, l, h * hd))
+}
+
 /// The `hidden_act` values of config.json these forwards implement.
 const ACTIVATIONS: [&str; 5] = ["gelu", "relu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh"];
 
@@ -346,6 +366,83 @@ impl Llama {
             x = (layer.down.forward(&m)? + x)?;
         }
         self.norm.forward(&x)
+    }
+}
+
+impl Llama {
+    /// Final hidden states of sequences that share one prefix: `prefix` [1, P] and the
+    /// continuations `cont` [B, C]. The prefix's keys and values are computed once and broadcast
+    /// to every continuation; the result equals [`Llama::forward`] of each `prefix ++ cont_b`
+    /// (checked in `tests/lm_cycle.rs`): the prefix's states [1, P, D] and the continuations'
+    /// [B, C, D] (positions `P..P+C`). For scoring every continuation of one prompt (the
+    /// Hamiltonian-cycle enumeration) at `C/(P+C)` of the cost. Inference only: candle's fused
+    /// norm, rotary and softmax kernels (no backward), equal to the differentiable ops up to f32
+    /// rounding.
+    pub fn forward_continuations(
+        &self,
+        prefix: &Tensor,
+        cont: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (_, p) = prefix.dims2()?;
+        let (b, c) = cont.dims2()?;
+        let dev = cont.device();
+        let (cos, sin) = rotary_tables(p + c, &self.inv_freq, dev)?;
+        let (cos_p, sin_p) = (
+            cos.narrow(0, 0, p)?.contiguous()?,
+            sin.narrow(0, 0, p)?.contiguous()?,
+        );
+        let (cos_c, sin_c) = (
+            cos.narrow(0, p, c)?.contiguous()?,
+            sin.narrow(0, p, c)?.contiguous()?,
+        );
+        let mask_p = causal_mask(p, dev)?;
+        // Continuation position i (absolute p + i) sees every prefix position and 0..=i.
+        let m: Vec<f32> = (0..c * (p + c))
+            .map(|k| {
+                if k % (p + c) > p + k / (p + c) {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask_c = Tensor::from_vec(m, (c, p + c), dev)?;
+        let rep = self.heads / self.kv_heads;
+        let (mut xp, mut xc) = (self.embed.forward(prefix)?, self.embed.forward(cont)?);
+        for layer in &self.layers {
+            let qkv =
+                |x: &Tensor, cos: &Tensor, sin: &Tensor| -> Result<(Tensor, Tensor, Tensor)> {
+                    let h = layer.norm1.forward_fused(x)?;
+                    let q = heads(&layer.q.forward(&h)?, self.heads)?;
+                    let k = heads(&layer.k.forward(&h)?, self.kv_heads)?;
+                    let v = heads(&layer.v.forward(&h)?, self.kv_heads)?;
+                    let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+                    let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+                    Ok((
+                        q,
+                        candle_transformers::utils::repeat_kv(k, rep)?,
+                        candle_transformers::utils::repeat_kv(v, rep)?,
+                    ))
+                };
+            let (qp, kp, vp) = qkv(&xp, &cos_p, &sin_p)?;
+            let (qc, kc, vc) = qkv(&xc, &cos_c, &sin_c)?;
+            let ctx_p = attention_fused(&qp, &kp, &vp, &mask_p)?;
+            let shape = (b, self.heads, p, self.head_dim);
+            // `cat` along a later dimension leaves a layout the batched matmul refuses.
+            let k_all = Tensor::cat(&[&kp.broadcast_as(shape)?, &kc], 2)?.contiguous()?;
+            let v_all = Tensor::cat(&[&vp.broadcast_as(shape)?, &vc], 2)?.contiguous()?;
+            let ctx_c = attention_fused(&qc, &k_all, &v_all, &mask_c)?;
+            let mlp = |ctx: &Tensor, x: &Tensor| -> Result<Tensor> {
+                let x = (layer.o.forward(ctx)? + x)?;
+                let h = layer.norm2.forward_fused(&x)?;
+                let m =
+                    (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+                layer.down.forward(&m)? + x
+            };
+            xp = mlp(&ctx_p, &xp)?;
+            xc = mlp(&ctx_c, &xc)?;
+        }
+        Ok((self.norm.forward_fused(&xp)?, self.norm.forward_fused(&xc)?))
     }
 }
 

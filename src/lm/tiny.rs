@@ -191,7 +191,7 @@ fn word_level_tokenizer(
 }
 
 /// `config.json` of a tiny checkpoint of `spec` with vocabulary size `v`.
-fn tiny_config(spec: &TinySpec, v: usize) -> serde_json::Value {
+pub(crate) fn tiny_config(spec: &TinySpec, v: usize) -> serde_json::Value {
     let (d, l, h) = (spec.dim, spec.layers, spec.heads);
     match spec.arch {
         Architecture::Bert => json!({
@@ -234,7 +234,7 @@ fn tiny_config(spec: &TinySpec, v: usize) -> serde_json::Value {
 }
 
 /// Every tensor the family's loader asks for, drawn from `spec.seed` in the order it asks.
-fn random_weights(
+pub(crate) fn random_weights(
     spec: &TinySpec,
     config: &serde_json::Value,
     v: usize,

@@ -187,6 +187,20 @@ fn random_order(rng: &mut ChaCha8Rng, n: usize) -> Vec<usize> {
 /// One pair, drawn as the official loader does (see the module doc); `None` when ten drawn
 /// orders were all Hamiltonian cycles (the official loader raises).
 fn draw_pair(rng: &mut ChaCha8Rng, n: usize, p: f64) -> Option<CyclePair> {
+    let (graph, cycle) = draw_graph(rng, n, p);
+    let rejected = (0..MAX_REJECTED_DRAWS)
+        .map(|_| random_order(rng, n))
+        .find(|o| !graph.is_cycle(o))?;
+    Some(CyclePair {
+        graph,
+        chosen: cycle,
+        rejected,
+    })
+}
+
+/// A graph with a planted cycle (returned with it), drawn as the official loader does: the
+/// cycle's order, one Bernoulli(`p`) per other pair in `(i, j)` order, the edge shuffle.
+fn draw_graph(rng: &mut ChaCha8Rng, n: usize, p: f64) -> (Graph, Vec<usize>) {
     let cycle = random_order(rng, n);
     let mut edges: Vec<(usize, usize)> = (0..n)
         .map(|i| {
@@ -202,15 +216,17 @@ fn draw_pair(rng: &mut ChaCha8Rng, n: usize, p: f64) -> Option<CyclePair> {
         }
     }
     edges.shuffle(rng);
-    let graph = Graph::new(n, edges);
-    let rejected = (0..MAX_REJECTED_DRAWS)
-        .map(|_| random_order(rng, n))
-        .find(|o| !graph.is_cycle(o))?;
-    Some(CyclePair {
-        graph,
-        chosen: cycle,
-        rejected,
-    })
+    (Graph::new(n, edges), cycle)
+}
+
+/// `count` graphs of `spec`'s size and density drawn from `seed` (not `spec.seed`, so they are
+/// independent of the training and test pairs): the prompts of the reference model's
+/// pretraining, whose responses are random vertex orders.
+pub fn pretraining_graphs(spec: &CycleSpec, count: usize, seed: u64) -> Vec<Graph> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| draw_graph(&mut rng, spec.vertices, spec.edge_probability).0)
+        .collect()
 }
 
 /// The training and test pairs of `spec` (one stream: training pairs first).

@@ -119,17 +119,17 @@ pub(super) fn select_prompts(
 /// Tokenizes prompts and responses as the official code does (each text on its own, no special
 /// tokens added), with the chat template where there is one; masked encoders get
 /// `[CLS] prompt response [SEP]`.
-pub(super) struct SequenceBuilder<'a> {
-    pub(super) lm: &'a LanguageModel,
-    pub(super) template: Option<ChatTemplate>,
+pub(crate) struct SequenceBuilder<'a> {
+    pub(crate) lm: &'a LanguageModel,
+    pub(crate) template: Option<ChatTemplate>,
 }
 
 impl SequenceBuilder<'_> {
-    pub(super) fn encode(&self, text: &str) -> Result<Vec<u32>> {
+    pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self.encode_with_pieces(text)?.0)
     }
 
-    pub(super) fn encode_with_pieces(&self, text: &str) -> Result<(Vec<u32>, Vec<String>)> {
+    pub(crate) fn encode_with_pieces(&self, text: &str) -> Result<(Vec<u32>, Vec<String>)> {
         let e = self
             .lm
             .tokenizer
@@ -138,7 +138,7 @@ impl SequenceBuilder<'_> {
         Ok((e.get_ids().to_vec(), e.get_tokens().to_vec()))
     }
 
-    pub(super) fn build(
+    pub(crate) fn build(
         &self,
         prompt_index: usize,
         prompt: &str,

@@ -37,12 +37,22 @@ impl RecipeMode {
 }
 
 /// What a run reports as it goes.
-#[derive(Debug)]
 pub enum RecipeEvent<'a> {
     /// A stage without steps (feature extraction, reference scoring, evaluation).
     Stage(String),
     /// An optimizer step done.
     Step(&'a RecipeStep),
+    /// An evaluation done (before training and after each evaluated epoch): every sequence's
+    /// reward (index as in the problem's sequences) and the model as it stands, for what an
+    /// observer measures beyond the splits' accuracies (generation, exact probabilities).
+    Evaluated {
+        epoch: usize,
+        step: usize,
+        rewards: &'a [f64],
+        model: &'a LanguageModel,
+        /// The unembedding the rewards read (the head-only IM-RM's trained copy of `U`).
+        unembedding: &'a Tensor,
+    },
 }
 
 /// One optimizer step.
@@ -334,6 +344,13 @@ impl Session<'_> {
         }
         let tau = self.file.eval.tie_tolerance;
         let splits = evaluate_splits(self.problem, &rewards, parts.as_deref(), tau);
+        on_event(RecipeEvent::Evaluated {
+            epoch,
+            step,
+            rewards: &rewards,
+            model: self.scorer.lm,
+            unembedding: &self.u_now(),
+        });
         Ok((
             RecipeCheckpoint {
                 epoch,

@@ -1,0 +1,31 @@
+//! `cargo run --release --features lm --example verification_without_generation_hamiltonian
+//! [RUN_DIR ...]`: verification accuracy, generation success and the exact `π(C|x)` over
+//! training of `rmflow ham-cycle` runs (default: the committed runs under
+//! `experiments/results/ham_cycle/`), into figures/verification_without_generation_hamiltonian.
+//! Reads the runs' `metrics.csv` only; the runs' commands are in
+//! experiments/results/ham_cycle/README.md.
+
+fn main() -> anyhow::Result<()> {
+    let mut dirs: Vec<String> = std::env::args().skip(1).collect();
+    if dirs.is_empty() {
+        dirs = ["n6", "n10"]
+            .iter()
+            .map(|d| format!("experiments/results/ham_cycle/{d}"))
+            .collect();
+    }
+    rmflow::figures::run_example("verification_without_generation_hamiltonian", || {
+        let runs = dirs
+            .iter()
+            .filter(|d| std::path::Path::new(d).join("metrics.csv").is_file())
+            .map(|d| {
+                let text = std::fs::read_to_string(std::path::Path::new(d).join("metrics.csv"))
+                    .map_err(|e| anyhow::anyhow!("{d}/metrics.csv: {e}"))?;
+                let label = std::path::Path::new(d)
+                    .file_name()
+                    .map_or(d.clone(), |n| n.to_string_lossy().into_owned());
+                Ok((label, text))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        rmflow::figures::verification_without_generation_hamiltonian(&runs)
+    })
+}

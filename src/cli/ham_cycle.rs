@@ -1,0 +1,93 @@
+//! `rmflow ham-cycle` (feature `lm`): the Hamiltonian-cycle experiment of MATH.md §7.
+
+use super::args::OutputFlags;
+use super::lm::StageBars;
+use super::progress::progress_bar;
+use anyhow::Result;
+use rmflow::io::atomic::AtomicDir;
+use rmflow::lm::cycle::{self, CycleEvent, CycleFile};
+use rmflow::lm::open_device;
+use rmflow::lm::recipe::RecipeReward;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct HamCycleArgs {
+    /// Config (TOML; every field optional, defaults in experiments/ham_cycle.toml: the official
+    /// n = 10, p = 0.2, 1000/200 pairs). Without it: those defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override `data.vertices` (n ≤ 8 also computes the exact probabilities).
+    #[arg(long)]
+    vertices: Option<usize>,
+    /// Output folder, written atomically (layout: experiments/README.md).
+    #[arg(long)]
+    out: PathBuf,
+    /// cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[command(flatten)]
+    output: OutputFlags,
+}
+
+/// The config of `a`: the file (or the defaults) with the flags' overrides, validated.
+fn config_of(a: &HamCycleArgs) -> Result<CycleFile> {
+    let mut file = match &a.config {
+        Some(p) => CycleFile::from_file(p)?,
+        None => CycleFile::from_text(
+            cycle::DEFAULT_CYCLE_TOML,
+            "(embedded experiments/ham_cycle.toml)",
+        )?,
+    };
+    if let Some(n) = a.vertices {
+        file.data.vertices = n;
+        file.validate()
+            .map_err(|e| rmflow::error::InputError(format!("--vertices {n}: {e:#}")))?;
+    }
+    Ok(file)
+}
+
+pub fn run(a: HamCycleArgs) -> Result<()> {
+    let file = config_of(&a)?;
+    let device = open_device(&a.device)?;
+    let dir = AtomicDir::create(&a.out, a.output.replace())?;
+    let (initial, reference) = (
+        dir.path("initial/config.json")?,
+        dir.path("reference/config.json")?,
+    );
+    let (initial, reference) = (
+        initial.parent().expect("in a folder"),
+        reference.parent().expect("in a folder"),
+    );
+    let epochs_steps =
+        file.train.epochs * file.data.train_pairs.div_ceil(file.train.pairs_per_step);
+    let mut bars: StageBars<u8> = StageBars::new();
+    let steps = file.pretrain.steps as u64;
+    let reward_bar = |reward: RecipeReward| {
+        move || {
+            progress_bar(
+                &format!("ham-cycle {}", reward.label()),
+                epochs_steps as u64,
+                "steps",
+            )
+        }
+    };
+    let key = |reward: RecipeReward| 1 + u8::from(reward.is_implicit());
+    let outcome = cycle::run_cycle(&file, initial, reference, &device, &mut |e| match e {
+        CycleEvent::Stage(None, msg) => bars
+            .bar(0, || progress_bar("ham-cycle pretrain", steps, "steps"))
+            .stage(&msg),
+        CycleEvent::Stage(Some(r), msg) => bars.bar(key(r), reward_bar(r)).stage(&msg),
+        CycleEvent::Pretrain(s) => bars
+            .bar(0, || progress_bar("ham-cycle pretrain", steps, "steps"))
+            .inc(&format!("loss {:.4}", s.loss)),
+        CycleEvent::Step(r, s) => bars
+            .bar(key(r), reward_bar(r))
+            .inc(&format!("epoch {} loss {:.4}", s.epoch, s.loss)),
+    })?;
+    bars.finish();
+    cycle::write_outputs(&dir, &outcome)?;
+    let written = dir.commit()?;
+    out!("{}", cycle::output::final_table(&outcome));
+    outln!("wrote {}", written.display());
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! Decoding from the policy, as the official evaluator scores it: one sample at temperature 1
+//! (no top-k or top-p) and, beside it, greedy decoding; generation stops at eos or after
+//! `2n + extra` new tokens; the text (special tokens skipped) is checked by
+//! [`crate::problem::hamiltonian::is_correct_generation`].
+
+use super::checkpoint::CycleTokens;
+use crate::lm::LanguageModel;
+use crate::problem::hamiltonian::{is_correct_generation, Graph};
+use anyhow::Result;
+use candle_core::Tensor;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+/// What decoding one prompt gave.
+#[derive(Debug, Clone)]
+pub struct Decoding {
+    /// The generated text (special tokens skipped).
+    pub text: String,
+    /// Whether it is a Hamiltonian cycle of the prompt's graph (the official check).
+    pub correct: bool,
+}
+
+/// What decoding reads: the policy (its network and unembedding `U`), the vocabulary, the
+/// token budget and the batch size.
+pub struct Decoder<'a> {
+    pub lm: &'a LanguageModel,
+    pub unembedding: &'a Tensor,
+    pub tokens: &'a CycleTokens,
+    /// New tokens at most (eos stops earlier).
+    pub max_new: usize,
+    /// Prompts per forward.
+    pub batch: usize,
+}
+
+impl Decoder<'_> {
+    /// Decodes a continuation of every prompt (`prompts[i]` the ids of the rendered prompt of
+    /// `graphs[i]`): sampled at temperature 1 from `rng`, or greedily (`rng = None`; ties go to
+    /// the lowest id).
+    pub fn decode(
+        &self,
+        prompts: &[Vec<u32>],
+        graphs: &[&Graph],
+        mut rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<Vec<Decoding>> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for (chunk, g) in prompts.chunks(self.batch).zip(graphs.chunks(self.batch)) {
+            let generated = self.continue_batch(chunk, rng.as_deref_mut())?;
+            for (ids, graph) in generated.iter().zip(g) {
+                let text = self.tokens.decode(ids);
+                let correct = is_correct_generation(graph, &text);
+                out.push(Decoding { text, correct });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The new tokens of each prompt of one batch (eos not included).
+    fn continue_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        mut rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<Vec<Vec<u32>>> {
+        let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
+        let mut done = vec![false; seqs.len()];
+        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); seqs.len()];
+        for _ in 0..self.max_new {
+            let live: Vec<usize> = (0..seqs.len()).filter(|&i| !done[i]).collect();
+            if live.is_empty() {
+                break;
+            }
+            let ids: Vec<Vec<u32>> = live.iter().map(|&i| seqs[i].clone()).collect();
+            let pos: Vec<usize> = ids.iter().map(|s| s.len() - 1).collect();
+            let h = self.lm.hidden_states(&ids, &pos)?;
+            let logits = crate::lm::model::to_array2(&h.matmul(&self.unembedding.t()?)?)?;
+            for (row, &i) in live.iter().enumerate() {
+                let next = choose(logits.row(row), rng.as_deref_mut());
+                if next == self.tokens.eos {
+                    done[i] = true;
+                } else {
+                    seqs[i].push(next);
+                    generated[i].push(next);
+                }
+            }
+        }
+        Ok(generated)
+    }
+}
+
+/// A token from `logits`: sampled from `softmax(logits)` (f64, max-shifted), or the argmax.
+fn choose(logits: ndarray::ArrayView1<f64>, rng: Option<&mut ChaCha8Rng>) -> u32 {
+    let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    match rng {
+        None => logits.iter().position(|&x| x == max).unwrap_or(0) as u32,
+        Some(rng) => {
+            let weights: Vec<f64> = logits.iter().map(|&x| (x - max).exp()).collect();
+            let total: f64 = weights.iter().sum();
+            let mut u = rng.random::<f64>() * total;
+            for (k, w) in weights.iter().enumerate() {
+                u -= w;
+                if u < 0.0 {
+                    return k as u32;
+                }
+            }
+            // Rounding left `u` ≥ 0 past the last weight: the last token with weight.
+            weights.iter().rposition(|&w| w > 0.0).unwrap_or(0) as u32
+        }
+    }
+}

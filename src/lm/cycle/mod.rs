@@ -1,0 +1,34 @@
+//! The Hamiltonian-cycle experiment (MATH.md §7; `rmflow ham-cycle`,
+//! `experiments/ham_cycle.toml`) on a causal transformer rmflow trains itself: does an IM-RM
+//! that verifies Hamiltonian cycles also generate them?
+//!
+//! - [`checkpoint`]: a small Llama with a word-level vocabulary of vertex ids, `<sep>`,
+//!   `<edge_sep>` and the official default chat template's tokens, written as a Hugging Face
+//!   folder.
+//! - [`pretrain`]: next-token training of that model on prompts of the task's format with random
+//!   vertex orders as responses, so that `π_ref` spreads over orderings; written as a folder.
+//! - [`problem`]: the official pairs as the recipe's sequences (chat template, response + eos).
+//! - The reward models: the recipe's trainer ([`crate::lm::recipe::train_recipe`], full
+//!   fine-tuning, Adam), observed at every evaluated epoch.
+//! - [`generate`]: sampled (T = 1) and greedy decoding, scored by the official evaluator's check.
+//! - [`enumerate`]: the exact `π(C|x)` and `π(orders|x)` by scoring every vertex order (`n ≤ 8`),
+//!   the prompt's keys and values shared by all orders.
+//! - [`run`] ties them together; [`output`] writes the run.
+
+pub mod checkpoint;
+pub mod config;
+pub mod enumerate;
+pub mod generate;
+pub mod output;
+pub mod pretrain;
+pub mod problem;
+pub mod run;
+
+pub use checkpoint::{write_initial_checkpoint, CycleTokens};
+pub use config::{CycleEval, CycleFile, CycleModel, CyclePretrain, CycleTrain, DEFAULT_CYCLE_TOML};
+pub use enumerate::{order_masses, OrderMass};
+pub use generate::{Decoder, Decoding};
+pub use output::write_outputs;
+pub use pretrain::pretrain;
+pub use problem::cycle_problem;
+pub use run::{run_cycle, CycleEpoch, CycleEvent, CycleOutcome, PromptRecord};

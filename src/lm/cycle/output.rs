@@ -1,0 +1,186 @@
+//! A run's files (layout in experiments/README.md): `config.toml`, `metrics.csv` (one row per
+//! reward model and evaluation), `prompts.csv` (the IM-RM's per-prompt generations and masses),
+//! `pretrain.csv`, `steps.csv`, `pairs.jsonl`, `summary.json`, and the checkpoints `initial/`
+//! and `reference/` (Hugging Face folders).
+
+use super::run::CycleOutcome;
+use crate::io::atomic::AtomicDir;
+use crate::problem::hamiltonian::{count_cycle_orders, response};
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::fmt::Write;
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or(String::new(), |x| x.to_string())
+}
+
+/// `metrics.csv`.
+pub fn metrics_csv(o: &CycleOutcome) -> String {
+    let mut s = String::from("reward,epoch,step,train_accuracy,test_accuracy,min_test_margin,mean_test_margin,sampled_success,greedy_success,mean_cycle_mass,mean_reference_cycle_mass,mean_order_mass,bound_holds,max_bound_excess,max_restricted_error,generation_seconds\n");
+    for e in &o.epochs {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{:e},{:e},{},{},{},{},{},{},{},{},{:.3}",
+            e.reward,
+            e.epoch,
+            e.step,
+            e.train_accuracy,
+            e.test_accuracy,
+            e.min_test_margin,
+            e.mean_test_margin,
+            opt(&e.sampled_success),
+            opt(&e.greedy_success),
+            opt(&e.mean_cycle_mass),
+            opt(&e.mean_reference_cycle_mass),
+            opt(&e.mean_order_mass),
+            opt(&e.bound_holds),
+            opt(&e.max_bound_excess),
+            opt(&e.max_restricted_error),
+            e.generation_seconds
+        );
+    }
+    s
+}
+
+/// `prompts.csv`.
+fn prompts_csv(o: &CycleOutcome) -> String {
+    let mut s = String::from("epoch,prompt,sampled_correct,greedy_correct,cycle_orders,ln_cycle_mass,ln_reference_cycle_mass,ln_order_mass,sampled_text,greedy_text\n");
+    for p in &o.prompts {
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{},{},{},{},{}",
+            p.epoch,
+            p.prompt,
+            u8::from(p.sampled_correct),
+            u8::from(p.greedy_correct),
+            opt(&p.cycle_orders),
+            opt(&p.ln_cycle_mass),
+            opt(&p.ln_reference_cycle_mass),
+            opt(&p.ln_order_mass),
+            p.sampled_text,
+            p.greedy_text
+        );
+    }
+    s
+}
+
+fn steps_csv(o: &CycleOutcome) -> String {
+    let mut s = String::from("reward,step,epoch,loss,batch_accuracy\n");
+    for r in &o.runs {
+        for h in &r.history {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{}",
+                r.reward.name(),
+                h.step,
+                h.epoch,
+                h.loss,
+                h.batch_accuracy
+            );
+        }
+    }
+    s
+}
+
+fn pairs_jsonl(o: &CycleOutcome) -> Result<String> {
+    let mut s = String::new();
+    for (split, pairs) in [("train", &o.train), ("test", &o.test)] {
+        for (i, p) in pairs.iter().enumerate() {
+            let line = json!({
+                "split": split, "index": i, "prompt": p.graph.prompt(),
+                "chosen": response(&p.chosen), "rejected": response(&p.rejected),
+                "cycle_orders": count_cycle_orders(&p.graph),
+            });
+            s.push_str(&serde_json::to_string(&line)?);
+            s.push('\n');
+        }
+    }
+    Ok(s)
+}
+
+/// `summary.json`: version, config, timings and the last evaluation of each reward model.
+fn summary(o: &CycleOutcome) -> serde_json::Value {
+    let last = |name: &str| o.epochs.iter().rev().find(|e| e.reward == name);
+    let runs: Vec<_> = o
+        .runs
+        .iter()
+        .map(|r| {
+            json!({
+                "reward": r.reward.name(), "parameters": r.parameters, "steps": r.history.len(),
+                "seconds": r.seconds, "step_seconds": r.step_seconds,
+                "final": last(r.reward.name()),
+            })
+        })
+        .collect();
+    json!({
+        "rmflow_version": env!("CARGO_PKG_VERSION"),
+        "experiment": "hamiltonian-cycle verification vs generation (MATH.md §7)",
+        "config": o.file,
+        "vocabulary": o.tokens.vocab,
+        "pretrain": {
+            "seconds": o.pretrain_seconds,
+            "first_loss": o.pretrain.first().map(|s| s.loss),
+            "last_loss": o.pretrain.last().map(|s| s.loss),
+            "uniform_order_loss_per_token": uniform_order_loss(o.file.data.vertices),
+        },
+        "runs": runs,
+        "differences_from_official": [
+            "model: a small Llama trained from scratch (config [model]) and pretrained on random vertex orders, not Pythia-1B",
+            "train.lr: for the small model (official 1e-6)",
+            "draws: ChaCha8 from data.seed, not torch.Generator (same distribution, other graphs)",
+            "generation: at most 2n + eval.extra_new_tokens new tokens (official 300); decoded by joining the tokens' strings, special tokens skipped",
+            "generation is scored on the test prompts only (official: train and test)",
+        ],
+    })
+}
+
+/// `ln n! / (2n)`: the per-token loss of a model that is uniform over vertex orders and certain
+/// of every separator and the eos (`2n` response tokens): what pretraining can reach.
+pub fn uniform_order_loss(n: usize) -> f64 {
+    (1..=n).map(|k| (k as f64).ln()).sum::<f64>() / (2 * n) as f64
+}
+
+/// Writes every file of `o` into `dir` (the checkpoints are already there).
+pub fn write_outputs(dir: &AtomicDir, o: &CycleOutcome) -> Result<()> {
+    let put = |name: &str, text: &str| -> Result<()> {
+        let p = dir.path(name)?;
+        std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
+    };
+    put("config.toml", &toml::to_string(&o.file)?)?;
+    put("metrics.csv", &metrics_csv(o))?;
+    put("prompts.csv", &prompts_csv(o))?;
+    put("steps.csv", &steps_csv(o))?;
+    let mut pre = String::from("step,loss\n");
+    for s in &o.pretrain {
+        let _ = writeln!(pre, "{},{}", s.step, s.loss);
+    }
+    put("pretrain.csv", &pre)?;
+    put("pairs.jsonl", &pairs_jsonl(o)?)?;
+    put("summary.json", &serde_json::to_string_pretty(&summary(o))?)?;
+    Ok(())
+}
+
+/// The printed table: the first and last evaluation of each reward model.
+pub fn final_table(o: &CycleOutcome) -> String {
+    let mut s = String::from("reward  epoch  test acc  min margin δ  sampled  greedy  π(C|x)    π_ref(C|x)  bound holds\n");
+    let f = |v: Option<f64>, w: usize| v.map_or(format!("{:>w$}", "-"), |x| format!("{x:>w$.4}"));
+    for name in ["imrm", "exrm"] {
+        let rows: Vec<_> = o.epochs.iter().filter(|e| e.reward == name).collect();
+        for e in [rows.first(), rows.last()].into_iter().flatten() {
+            let _ = writeln!(
+                s,
+                "{:<6}  {:>5}  {:>8.4}  {:>12.3e}  {}  {}  {}  {}  {}",
+                e.reward,
+                e.epoch,
+                e.test_accuracy,
+                e.min_test_margin,
+                f(e.sampled_success, 7),
+                f(e.greedy_success, 6),
+                f(e.mean_cycle_mass, 8),
+                f(e.mean_reference_cycle_mass, 10),
+                f(e.bound_holds, 11)
+            );
+        }
+    }
+    s
+}

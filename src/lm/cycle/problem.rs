@@ -1,0 +1,79 @@
+//! The official pairs as the recipe's sequences: the prompt rendered as a user turn with the
+//! generation prompt, the response (a vertex order joined by `<sep>`) with the template's eos.
+
+use crate::lm::chat::ChatTemplate;
+use crate::lm::recipe::problem::SequenceBuilder;
+use crate::lm::recipe::{PairSplit, RecipeProblem, ScoredSequence, Side};
+use crate::lm::LanguageModel;
+use crate::problem::hamiltonian::{response, CyclePair};
+use anyhow::{Context, Result};
+
+/// The checkpoint's chat template (the cycle model carries the official default one).
+pub fn template_of(lm: &LanguageModel) -> Result<ChatTemplate> {
+    ChatTemplate::from_model_dir(&lm.dir)?.with_context(|| {
+        format!(
+            "{}: no chat_template in tokenizer_config.json (the ham-cycle model is written with the official default template)",
+            lm.dir.display()
+        )
+    })
+}
+
+/// The sequences of the pairs: `train` then `test`, chosen then rejected per pair; splits
+/// `train` and `test`.
+pub fn cycle_problem(
+    lm: &LanguageModel,
+    train: &[CyclePair],
+    test: &[CyclePair],
+) -> Result<RecipeProblem> {
+    let builder = SequenceBuilder {
+        lm,
+        template: Some(template_of(lm)?),
+    };
+    let mut sequences: Vec<ScoredSequence> = Vec::new();
+    let mut splits = Vec::new();
+    for (name, pairs, offset) in [("train", train, 0), ("test", test, train.len())] {
+        let mut split = PairSplit {
+            name: name.into(),
+            chosen: vec![],
+            rejected: vec![],
+        };
+        for (k, pair) in pairs.iter().enumerate() {
+            let prompt = pair.graph.prompt();
+            for (side, order) in [
+                (Side::Chosen, &pair.chosen),
+                (Side::Rejected, &pair.rejected),
+            ] {
+                let s = builder.build(offset + k, &prompt, side, "", &response(order))?;
+                match side {
+                    Side::Chosen => split.chosen.push(sequences.len()),
+                    Side::Rejected => split.rejected.push(sequences.len()),
+                }
+                sequences.push(s);
+            }
+        }
+        splits.push(split);
+    }
+    let prompts = |p: &[CyclePair]| p.iter().map(|x| x.graph.prompt()).collect();
+    Ok(RecipeProblem {
+        prompts_train: prompts(train),
+        prompts_test: prompts(test),
+        sequences,
+        splits,
+        prompt_format: format!(
+            "chat template of {}",
+            lm.dir.join("tokenizer_config.json").display()
+        ),
+        added_tokens: vec![],
+        verification: vec![],
+    })
+}
+
+/// The token ids of `prompt` rendered as the user turn with the generation prompt.
+pub fn prompt_ids(lm: &LanguageModel, template: &ChatTemplate, prompt: &str) -> Result<Vec<u32>> {
+    let (text, _) = template.prompt_and_response(prompt, "")?;
+    let enc = lm
+        .tokenizer
+        .encode(text.as_str(), false)
+        .map_err(|e| anyhow::anyhow!("tokenizing {text:?}: {e}"))?;
+    Ok(enc.get_ids().to_vec())
+}

@@ -1,0 +1,371 @@
+//! The experiment end to end: data, the initial model, its pretraining into `π_ref`, then the
+//! IM-RM and the EX-RM trained by the recipe's trainer from `π_ref`, measured at every evaluated
+//! epoch: verification accuracy and the smallest test margin `δ` (both reward models); sampled
+//! and greedy generation success, the exact `π(C|x)` and `π(orders|x)`, and the check of
+//! `π(C|x) ≤ e^{δ/β} π_ref(C|x)` per prompt (the IM-RM, whose policy generates).
+
+use super::checkpoint::{check_response_encoding, write_initial_checkpoint, CycleTokens};
+use super::config::CycleFile;
+use super::enumerate::{order_masses, OrderMass};
+use super::generate::{Decoder, Decoding};
+use super::pretrain::{pretrain, PretrainStep};
+use super::problem::{cycle_problem, prompt_ids, template_of};
+use crate::experiment::observables::split_metrics;
+use crate::lm::recipe::{
+    train_recipe, RecipeEvent, RecipeMode, RecipeReward, RecipeRun, RecipeStep,
+};
+use crate::lm::{Forward, LanguageModel};
+use crate::problem::hamiltonian::{generate, vertex_orders, CyclePair};
+use anyhow::Result;
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::path::Path;
+
+/// What a run reports as it goes (progress).
+pub enum CycleEvent<'a> {
+    /// A stage of the pretraining (`None`) or of one reward model's training.
+    Stage(Option<RecipeReward>, String),
+    Pretrain(&'a PretrainStep),
+    Step(RecipeReward, &'a RecipeStep),
+}
+
+/// One evaluation of one reward model.
+#[derive(Debug, Clone, Serialize)]
+pub struct CycleEpoch {
+    pub reward: &'static str,
+    pub epoch: usize,
+    pub step: usize,
+    /// Accuracy with exact ties ½ (the paper's), train and test pairs.
+    pub train_accuracy: f64,
+    pub test_accuracy: f64,
+    /// `δ`: the smallest reward margin over the test pairs.
+    pub min_test_margin: f64,
+    pub mean_test_margin: f64,
+    /// IM-RM: fraction of the evaluated prompts whose one sample (T = 1) is a correct cycle.
+    pub sampled_success: Option<f64>,
+    /// IM-RM: the same for greedy decoding.
+    pub greedy_success: Option<f64>,
+    /// IM-RM, exact: mean over prompts of `π(C|x)`.
+    pub mean_cycle_mass: Option<f64>,
+    /// IM-RM, exact: mean of `π_ref(C|x)` (the reference is the epoch-0 policy).
+    pub mean_reference_cycle_mass: Option<f64>,
+    /// IM-RM, exact: mean of `π(orders|x)`.
+    pub mean_order_mass: Option<f64>,
+    /// IM-RM, exact: fraction of prompts with `ln π(C|x) − ln π_ref(C|x) ≤ δ/β`.
+    pub bound_holds: Option<f64>,
+    /// IM-RM, exact: the largest `ln π(C|x) − ln π_ref(C|x) − δ/β` (> 0 where the bound fails).
+    pub max_bound_excess: Option<f64>,
+    /// IM-RM, exact: `max |restricted total − 1|` (the enumeration's bookkeeping check).
+    pub max_restricted_error: Option<f64>,
+    /// Seconds of the generation and enumeration of this evaluation.
+    pub generation_seconds: f64,
+}
+
+/// One prompt at one IM-RM evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptRecord {
+    pub epoch: usize,
+    pub prompt: usize,
+    pub sampled_correct: bool,
+    pub greedy_correct: bool,
+    pub sampled_text: String,
+    pub greedy_text: String,
+    pub cycle_orders: Option<usize>,
+    pub ln_cycle_mass: Option<f64>,
+    pub ln_reference_cycle_mass: Option<f64>,
+    pub ln_order_mass: Option<f64>,
+}
+
+/// A finished experiment.
+pub struct CycleOutcome {
+    pub file: CycleFile,
+    pub pretrain: Vec<PretrainStep>,
+    pub pretrain_seconds: f64,
+    pub runs: Vec<RecipeRun>,
+    pub epochs: Vec<CycleEpoch>,
+    pub prompts: Vec<PromptRecord>,
+    pub train: Vec<CyclePair>,
+    pub test: Vec<CyclePair>,
+    pub tokens: CycleTokens,
+}
+
+/// The evaluated test prompts and what measuring them needs.
+struct Probe<'a> {
+    file: &'a CycleFile,
+    tokens: &'a CycleTokens,
+    pairs: &'a [CyclePair],
+    prompts: Vec<Vec<u32>>,
+    orders: Option<Vec<Vec<usize>>>,
+    /// `ln π_ref(C|x)` per prompt, from the IM-RM's epoch-0 evaluation.
+    reference: Option<Vec<f64>>,
+}
+
+impl Probe<'_> {
+    /// Generation and exact masses under `lm` with unembedding `u`.
+    fn measure(
+        &mut self,
+        lm: &LanguageModel,
+        u: &Tensor,
+        epoch: usize,
+        delta: f64,
+    ) -> Result<(CycleEpochParts, Vec<PromptRecord>)> {
+        let t0 = std::time::Instant::now();
+        let n = self.file.data.vertices;
+        let max_new = 2 * n + self.file.eval.extra_new_tokens;
+        let graphs: Vec<_> = self.pairs.iter().map(|p| &p.graph).collect();
+        let batch = self.file.train.eval_batch;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.file.seed ^ 0x5a3b_1e00 ^ epoch as u64);
+        let decoder = Decoder {
+            lm,
+            unembedding: u,
+            tokens: self.tokens,
+            max_new,
+            batch,
+        };
+        let sampled = decoder.decode(&self.prompts, &graphs, Some(&mut rng))?;
+        let greedy = decoder.decode(&self.prompts, &graphs, None)?;
+        let masses: Option<Vec<OrderMass>> = match &self.orders {
+            Some(orders) => Some(
+                self.prompts
+                    .iter()
+                    .zip(&graphs)
+                    .map(|(p, g)| {
+                        order_masses(lm, u, self.tokens, p, g, orders, self.file.eval.exact_batch)
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            None => None,
+        };
+        if let (Some(m), None) = (&masses, &self.reference) {
+            self.reference = Some(m.iter().map(|x| x.ln_cycles).collect());
+        }
+        let beta = self.file.train.beta;
+        let parts = CycleEpochParts::of(
+            &sampled,
+            &greedy,
+            masses.as_deref(),
+            self.reference.as_deref(),
+            delta / beta,
+            t0.elapsed().as_secs_f64(),
+        );
+        let records = (0..self.prompts.len())
+            .map(|i| PromptRecord {
+                epoch,
+                prompt: i,
+                sampled_correct: sampled[i].correct,
+                greedy_correct: greedy[i].correct,
+                sampled_text: sampled[i].text.clone(),
+                greedy_text: greedy[i].text.clone(),
+                cycle_orders: masses.as_ref().map(|m| m[i].cycle_orders),
+                ln_cycle_mass: masses.as_ref().map(|m| m[i].ln_cycles),
+                ln_reference_cycle_mass: self.reference.as_ref().map(|r| r[i]),
+                ln_order_mass: masses.as_ref().map(|m| m[i].ln_orders),
+            })
+            .collect();
+        Ok((parts, records))
+    }
+}
+
+/// The generation columns of a [`CycleEpoch`].
+struct CycleEpochParts {
+    sampled: f64,
+    greedy: f64,
+    cycle: Option<f64>,
+    reference: Option<f64>,
+    orders: Option<f64>,
+    holds: Option<f64>,
+    excess: Option<f64>,
+    restricted: Option<f64>,
+    seconds: f64,
+}
+
+impl CycleEpochParts {
+    fn of(
+        sampled: &[Decoding],
+        greedy: &[Decoding],
+        masses: Option<&[OrderMass]>,
+        reference: Option<&[f64]>,
+        bound: f64,
+        seconds: f64,
+    ) -> CycleEpochParts {
+        let rate = |d: &[Decoding]| d.iter().filter(|x| x.correct).count() as f64 / d.len() as f64;
+        let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
+        let (mut holds, mut excess) = (None, None);
+        if let (Some(m), Some(r)) = (masses, reference) {
+            let ex: Vec<f64> = m
+                .iter()
+                .zip(r)
+                .map(|(a, b)| a.ln_cycles - b - bound)
+                .collect();
+            holds = Some(ex.iter().filter(|&&e| e <= 0.0).count() as f64 / ex.len() as f64);
+            excess = Some(ex.iter().copied().fold(f64::NEG_INFINITY, f64::max));
+        }
+        CycleEpochParts {
+            sampled: rate(sampled),
+            greedy: rate(greedy),
+            cycle: masses.map(|m| mean(m.iter().map(|x| x.ln_cycles.exp()).collect())),
+            reference: reference.map(|r| mean(r.iter().map(|x| x.exp()).collect())),
+            orders: masses.map(|m| mean(m.iter().map(|x| x.ln_orders.exp()).collect())),
+            holds,
+            excess,
+            restricted: masses.map(|m| {
+                m.iter()
+                    .map(|x| (x.restricted_total - 1.0).abs())
+                    .fold(0.0, f64::max)
+            }),
+            seconds,
+        }
+    }
+}
+
+/// Accuracy (ties ½) and margins of a split from every sequence's reward.
+fn split_scores(
+    problem: &crate::lm::recipe::RecipeProblem,
+    rewards: &[f64],
+    split: usize,
+) -> (f64, f64, f64) {
+    let s = &problem.splits[split];
+    let m: Vec<f64> = s
+        .chosen
+        .iter()
+        .zip(&s.rejected)
+        .map(|(&c, &r)| rewards[c] - rewards[r])
+        .collect();
+    let metrics = split_metrics(&s.name, &m, 0.0);
+    (
+        metrics.exact_tie_accuracy,
+        metrics.min_margin,
+        metrics.mean_margin,
+    )
+}
+
+/// Runs the experiment of `file`, writing the initial and the pretrained checkpoints into
+/// `initial` and `reference` (folders created); `on_event` sees the stages and steps.
+pub fn run_cycle(
+    file: &CycleFile,
+    initial: &Path,
+    reference: &Path,
+    device: &Device,
+    on_event: &mut dyn FnMut(CycleEvent),
+) -> Result<CycleOutcome> {
+    on_event(CycleEvent::Stage(None, "drawing the graphs".into()));
+    let (train, test) = generate(&file.data)?;
+    let tokens = write_initial_checkpoint(initial, file)?;
+    on_event(CycleEvent::Stage(
+        None,
+        "pretraining the reference model".into(),
+    ));
+    let t0 = std::time::Instant::now();
+    let history = pretrain(initial, reference, file, device, &mut |s| {
+        on_event(CycleEvent::Pretrain(s))
+    })?;
+    let pretrain_seconds = t0.elapsed().as_secs_f64();
+    let lm = LanguageModel::load(reference, device, Forward::Differentiable)?;
+    check_response_encoding(&lm.tokenizer, &tokens, &train[0].chosen)?;
+    let problem = cycle_problem(&lm, &train, &test)?;
+    let template = template_of(&lm)?;
+    let count = match file.eval.prompts {
+        0 => test.len(),
+        k => k,
+    };
+    let pairs = &test[..count];
+    let mut probe = Probe {
+        file,
+        tokens: &tokens,
+        pairs,
+        prompts: pairs
+            .iter()
+            .map(|p| prompt_ids(&lm, &template, &p.graph.prompt()))
+            .collect::<Result<_>>()?,
+        orders: if file.exact() {
+            Some(vertex_orders(file.data.vertices)?)
+        } else {
+            None
+        },
+        reference: None,
+    };
+    drop(lm);
+    let recipe = file.recipe_file();
+    let (mut runs, mut epochs, mut prompts) = (Vec::new(), Vec::new(), Vec::new());
+    for reward in [RecipeReward::Imrm, RecipeReward::Exrm] {
+        let mut failure = None;
+        let run = train_recipe(
+            reward,
+            RecipeMode::Full,
+            reference,
+            device,
+            &recipe,
+            &problem,
+            &mut |e| match e {
+                RecipeEvent::Stage(s) => on_event(CycleEvent::Stage(Some(reward), s)),
+                RecipeEvent::Step(s) => on_event(CycleEvent::Step(reward, s)),
+                RecipeEvent::Evaluated {
+                    epoch,
+                    step,
+                    rewards,
+                    model,
+                    unembedding,
+                } => {
+                    if failure.is_some() {
+                        return;
+                    }
+                    let (train_accuracy, _, _) = split_scores(&problem, rewards, 0);
+                    let (test_accuracy, delta, mean_margin) = split_scores(&problem, rewards, 1);
+                    let parts = if reward == RecipeReward::Imrm {
+                        on_event(CycleEvent::Stage(
+                            Some(reward),
+                            format!("generating and enumerating after epoch {epoch}"),
+                        ));
+                        match probe.measure(model, unembedding, epoch, delta) {
+                            Ok((p, r)) => {
+                                prompts.extend(r);
+                                Some(p)
+                            }
+                            Err(e) => {
+                                failure = Some(e);
+                                return;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    epochs.push(CycleEpoch {
+                        reward: reward.name(),
+                        epoch,
+                        step,
+                        train_accuracy,
+                        test_accuracy,
+                        min_test_margin: delta,
+                        mean_test_margin: mean_margin,
+                        sampled_success: parts.as_ref().map(|p| p.sampled),
+                        greedy_success: parts.as_ref().map(|p| p.greedy),
+                        mean_cycle_mass: parts.as_ref().and_then(|p| p.cycle),
+                        mean_reference_cycle_mass: parts.as_ref().and_then(|p| p.reference),
+                        mean_order_mass: parts.as_ref().and_then(|p| p.orders),
+                        bound_holds: parts.as_ref().and_then(|p| p.holds),
+                        max_bound_excess: parts.as_ref().and_then(|p| p.excess),
+                        max_restricted_error: parts.as_ref().and_then(|p| p.restricted),
+                        generation_seconds: parts.as_ref().map_or(0.0, |p| p.seconds),
+                    });
+                }
+            },
+        )?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        runs.push(run);
+    }
+    Ok(CycleOutcome {
+        file: file.clone(),
+        pretrain: history,
+        pretrain_seconds,
+        runs,
+        epochs,
+        prompts,
+        train,
+        test,
+        tokens,
+    })
+}

@@ -1,0 +1,246 @@
+//! The Hamiltonian-cycle experiment (feature `lm`, no download): the shared-prefix forward
+//! against the plain one, the exact enumeration's bookkeeping, and `rmflow ham-cycle` end to end
+//! (outputs, bit-for-bit reproducibility, bad configs).
+#![cfg(feature = "lm")]
+
+mod common;
+
+use rmflow::lm::cycle::{order_masses, write_initial_checkpoint, CycleFile, CycleTokens};
+use rmflow::lm::{Device, Forward, LanguageModel};
+use rmflow::problem::hamiltonian::{generate, vertex_orders, CycleSpec};
+use std::path::Path;
+
+/// A cycle checkpoint on `n` vertices written into `dir`, and its tokens.
+fn checkpoint(dir: &Path, n: usize) -> (CycleFile, CycleTokens) {
+    let mut file = CycleFile::default();
+    file.data.vertices = n;
+    file.model.dim = 32;
+    let tokens = write_initial_checkpoint(dir, &file).unwrap();
+    (file, tokens)
+}
+
+/// The rendered prompt ids of `pair`'s graph.
+fn prompt(lm: &LanguageModel, graph: &rmflow::problem::hamiltonian::Graph) -> Vec<u32> {
+    let t = rmflow::lm::cycle::problem::template_of(lm).unwrap();
+    rmflow::lm::cycle::problem::prompt_ids(lm, &t, &graph.prompt()).unwrap()
+}
+
+/// The shared-prefix forward equals the plain forward of each whole sequence, and the
+/// enumeration's `ln π(σ|x)` equals the sum of the plain forward's token log-probabilities.
+#[test]
+fn shared_prefix_scores_equal_whole_sequence_scores() {
+    let dir = common::temp_dir("cycle", "prefix");
+    let (file, tokens) = checkpoint(&dir, 5);
+    let lm = LanguageModel::load(&dir, &Device::Cpu, Forward::Differentiable).unwrap();
+    let spec = CycleSpec {
+        vertices: 5,
+        train_pairs: 1,
+        test_pairs: 1,
+        ..file.data.clone()
+    };
+    let (pairs, _) = generate(&spec).unwrap();
+    let graph = &pairs[0].graph;
+    let p = prompt(&lm, graph);
+    let orders = vertex_orders(5).unwrap();
+    let conts: Vec<Vec<u32>> = orders[..7].iter().map(|o| tokens.response_ids(o)).collect();
+    let (h_last, h) = lm.continuation_hidden_states(&p, &conts).unwrap();
+    let whole: Vec<Vec<u32>> = conts
+        .iter()
+        .map(|c| [p.clone(), c.clone()].concat())
+        .collect();
+    let full = lm.padded_hidden_states(&whole).unwrap();
+    let c = conts[0].len();
+    let tail = full.narrow(1, p.len(), c).unwrap();
+    let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    // f32 tolerance: the fused and the differentiable kernels round differently.
+    assert!(
+        diff(&h, &tail) < 1e-4,
+        "continuations differ by {}",
+        diff(&h, &tail)
+    );
+    let last = full.get(0).unwrap().get(p.len() - 1).unwrap();
+    assert!(diff(&h_last, &last) < 1e-4);
+    // ln π(σ|x) of the enumeration = Σ_k ln π(y_k|·) from the plain forward's logits.
+    let logits = lm.logits(&whole).unwrap();
+    let mass = order_masses(&lm, lm.unembedding(), &tokens, &p, graph, &orders[..1], 64).unwrap();
+    let row = &logits[0];
+    let mut lp = 0.0;
+    for (k, &t) in conts[0].iter().enumerate() {
+        let r = row.row(p.len() - 1 + k);
+        let lse = rmflow::numerics::logsumexp(r.as_slice().unwrap());
+        lp += r[t as usize] - lse;
+    }
+    assert!(
+        (mass.ln_orders - lp).abs() < 1e-4 * lp.abs().max(1.0),
+        "{} vs {lp}",
+        mass.ln_orders
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The grammar-restricted conditionals sum to 1 over every order (each order scored once, at the
+/// right positions); the raw masses are probabilities (≤ 1) and the cycles' mass is part of the
+/// orders'.
+#[test]
+fn enumeration_probabilities_sum_to_one() {
+    let dir = common::temp_dir("cycle", "enumeration");
+    let (file, tokens) = checkpoint(&dir, 6);
+    let lm = LanguageModel::load(&dir, &Device::Cpu, Forward::Differentiable).unwrap();
+    let spec = CycleSpec {
+        vertices: 6,
+        train_pairs: 3,
+        test_pairs: 1,
+        ..file.data.clone()
+    };
+    let (pairs, _) = generate(&spec).unwrap();
+    let orders = vertex_orders(6).unwrap();
+    for pair in &pairs {
+        let p = prompt(&lm, &pair.graph);
+        // Batches that split the orders unevenly (720 = 7 · 100 + 20).
+        let m = order_masses(
+            &lm,
+            lm.unembedding(),
+            &tokens,
+            &p,
+            &pair.graph,
+            &orders,
+            100,
+        )
+        .unwrap();
+        assert!(
+            (m.restricted_total - 1.0).abs() < 1e-6,
+            "restricted total {}",
+            m.restricted_total
+        );
+        assert!(m.ln_orders <= 1e-6 && m.ln_cycles <= m.ln_orders);
+        assert_eq!(
+            m.cycle_orders as u64,
+            rmflow::problem::hamiltonian::count_cycle_orders(&pair.graph)
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const TINY: &str = "seed = 3
+[data]
+vertices = 5
+train_pairs = 16
+test_pairs = 6
+[model]
+dim = 16
+heads = 2
+[pretrain]
+steps = 4
+batch = 8
+graphs = 32
+[train]
+epochs = 2
+pairs_per_step = 8
+micro_batch = 4
+lr = 1e-3
+";
+
+/// `rmflow ham-cycle` end to end on a tiny config, twice: every output, the same bytes.
+#[test]
+fn ham_cycle_runs_end_to_end_reproducibly() {
+    let dir = common::temp_dir("cycle", "e2e");
+    let cfg = dir.join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let run = |name: &str| {
+        let out = dir.join(name);
+        let o = common::rmflow(&[
+            "ham-cycle",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(common::code(&o), 0, "{}", common::stderr(&o));
+        out
+    };
+    let (a, b) = (run("a"), run("b"));
+    for f in [
+        "prompts.csv",
+        "steps.csv",
+        "pretrain.csv",
+        "pairs.jsonl",
+        "config.toml",
+        "reference/model.safetensors",
+    ] {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
+        assert!(x == y, "{f} differs between two runs of one config");
+    }
+    // metrics.csv: every column but the last (generation_seconds, wall time).
+    let strip = |d: &Path| -> Vec<String> {
+        let text = std::fs::read_to_string(d.join("metrics.csv")).unwrap();
+        text.lines()
+            .map(|l| l.rsplit_once(',').unwrap().0.to_string())
+            .collect()
+    };
+    assert_eq!(strip(&a), strip(&b), "metrics.csv differs between two runs");
+    let metrics = std::fs::read_to_string(a.join("metrics.csv")).unwrap();
+    // Epochs 0, 1, 2 for each reward model.
+    assert_eq!(metrics.lines().count(), 1 + 6, "{metrics}");
+    let imrm0: Vec<&str> = metrics.lines().nth(1).unwrap().split(',').collect();
+    assert_eq!(imrm0[0], "imrm");
+    // Before training the IM-RM is exactly the reference: every test margin is 0 (accuracy ½)
+    // and π(C|x) = π_ref(C|x).
+    assert_eq!(imrm0[4], "0.5");
+    assert_eq!(imrm0[9], imrm0[10]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["rmflow_version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        a.join("reference/tokenizer.json").is_file() && a.join("initial/config.json").is_file()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Bad configs: exit 2 naming the field, nothing written.
+#[test]
+fn bad_configs_are_refused_naming_the_field() {
+    let dir = common::temp_dir("cycle", "bad");
+    for (text, field) in [
+        ("[data]\nvertices = 3\n", "data.vertices"),
+        (
+            "[data]\nvertices = 10\n[eval]\nexact = true\n",
+            "eval.exact",
+        ),
+        ("[model]\ndim = 30\nheads = 4\n", "model.heads"),
+        ("[train]\nlr = -1.0\n", "train.lr"),
+        ("[train]\nlearning_rate = 1.0\n", "learning_rate"),
+    ] {
+        let cfg = dir.join("bad.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let out = dir.join("out");
+        let o = common::rmflow(&[
+            "ham-cycle",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(common::code(&o), 2, "{text}: {}", common::stderr(&o));
+        assert!(
+            common::stderr(&o).contains(field),
+            "{text}: {}",
+            common::stderr(&o)
+        );
+        assert!(!out.exists(), "{text}: output left behind");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
