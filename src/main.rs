@@ -44,6 +44,7 @@ fn main() -> ExitCode {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
+    cli::allocator::tune();
     cli::threads::cap_rayon_threads();
     let result = run(Cli::parse());
     let written = cli::stdout::finish();

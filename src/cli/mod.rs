@@ -5,6 +5,7 @@
 #[macro_use]
 pub mod stdout;
 
+pub mod allocator;
 pub mod args;
 pub mod check;
 pub mod dynamics;
