@@ -1,14 +1,15 @@
 //! `cargo run --release --features lm --example verification_without_generation_hamiltonian
 //! [RUN_DIR ...]`: verification accuracy, generation success and the exact `π(C|x)` over
 //! training of `rmflow ham-cycle` runs (default: the committed runs under
-//! `experiments/results/ham_cycle/`), into figures/verification_without_generation_hamiltonian.
+//! `experiments/results/ham_cycle/n6_first` and `n10` where present), into
+//! figures/verification_without_generation_hamiltonian.
 //! Reads the runs' `metrics.csv` only; the runs' commands are in
 //! experiments/results/ham_cycle/README.md.
 
 fn main() -> anyhow::Result<()> {
     let mut dirs: Vec<String> = std::env::args().skip(1).collect();
     if dirs.is_empty() {
-        dirs = ["n6", "n10"]
+        dirs = ["n6_first", "n10"]
             .iter()
             .map(|d| format!("experiments/results/ham_cycle/{d}"))
             .collect();
