@@ -50,14 +50,8 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
     let file = config_of(&a)?;
     let device = open_device(&a.device)?;
     let dir = AtomicDir::create(&a.out, a.output.replace())?;
-    let (initial, reference) = (
-        dir.path("initial/config.json")?,
-        dir.path("reference/config.json")?,
-    );
-    let (initial, reference) = (
-        initial.parent().expect("in a folder"),
-        reference.parent().expect("in a folder"),
-    );
+    // The checkpoints' folders inside the output (the run creates them).
+    let (initial, reference) = (dir.path("initial")?, dir.path("reference")?);
     let epochs_steps =
         file.train.epochs * file.data.train_pairs.div_ceil(file.train.pairs_per_step);
     let mut bars: StageBars<u8> = StageBars::new();
@@ -72,7 +66,7 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
         }
     };
     let key = |reward: RecipeReward| 1 + u8::from(reward.is_implicit());
-    let outcome = cycle::run_cycle(&file, initial, reference, &device, &mut |e| match e {
+    let outcome = cycle::run_cycle(&file, &initial, &reference, &device, &mut |e| match e {
         CycleEvent::Stage(None, msg) => bars
             .bar(0, || progress_bar("ham-cycle pretrain", steps, "steps"))
             .stage(&msg),

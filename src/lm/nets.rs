@@ -55,24 +55,42 @@ impl Norm {
     }
 }
 
-impl Norm {
-    /// The same norm through candle's fused kernel (no backward; inference only).
-    fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.bias {
-            Some(b) => candle_nn::ops::layer_norm(x, &self.weight, b, self.eps),
-            None => candle_nn::ops::rms_norm(x, &self.weight, self.eps),
-        }
-    }
+/// Which kernels a forward uses: the differentiable compositions (training), or candle's fused
+/// norm, rotary and softmax kernels (no backward; equal up to f32 rounding), for inference.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kernels {
+    Differentiable,
+    Fused,
 }
 
-/// [`attention`] through candle's fused softmax (no backward; inference only).
-fn attention_fused(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let (b, h, l, hd) = q.dims4()?;
-    let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
-    let att = candle_nn::ops::softmax_last_dim(&att)?;
-    att.matmul(&v.contiguous()?)?
-        .transpose(1, 2)?
-        .reshape((b, l, h * hd))
+impl Kernels {
+    fn norm(self, n: &Norm, x: &Tensor) -> Result<Tensor> {
+        match (self, &n.bias) {
+            (Kernels::Differentiable, _) => n.forward(x),
+            (Kernels::Fused, Some(b)) => candle_nn::ops::layer_norm(x, &n.weight, b, n.eps),
+            (Kernels::Fused, None) => candle_nn::ops::rms_norm(x, &n.weight, n.eps),
+        }
+    }
+
+    fn rope(self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        match self {
+            Kernels::Differentiable => candle_nn::rotary_emb::rope_slow(x, cos, sin),
+            Kernels::Fused => candle_nn::rotary_emb::rope(x, cos, sin),
+        }
+    }
+
+    /// `softmax(q kᵀ/√hd + mask) v`, heads merged back to `[B, L, H·hd]`.
+    fn attention(self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        if self == Kernels::Differentiable {
+            return attention(q, k, v, mask);
+        }
+        let (b, h, l, hd) = q.dims4()?;
+        let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        att.matmul(&v.contiguous()?)?
+            .transpose(1, 2)?
+            .reshape((b, l, h * hd))
+    }
 }
 
 /// The `hidden_act` values of config.json these forwards implement.
@@ -345,31 +363,56 @@ impl Llama {
         let dev = ids.device();
         let (cos, sin) = rotary_tables(l, &self.inv_freq, dev)?;
         let mask = causal_mask(l, dev)?;
-        let rep = self.heads / self.kv_heads;
+        let kernels = Kernels::Differentiable;
         let mut x = self.embed.forward(ids)?;
         for layer in &self.layers {
-            let h = layer.norm1.forward(&x)?;
-            let q = heads(&layer.q.forward(&h)?, self.heads)?;
-            let k = heads(&layer.k.forward(&h)?, self.kv_heads)?;
-            let v = heads(&layer.v.forward(&h)?, self.kv_heads)?;
-            let q = candle_nn::rotary_emb::rope_slow(&q, &cos, &sin)?;
-            let k = candle_nn::rotary_emb::rope_slow(&k, &cos, &sin)?;
-            let (k, v) = (
-                candle_transformers::utils::repeat_kv(k, rep)?,
-                candle_transformers::utils::repeat_kv(v, rep)?,
-            );
-            let ctx = attention(&q, &k, &v, &mask)?;
+            let (q, k, v) = self.qkv(layer, &x, &cos, &sin, kernels)?;
+            let ctx = kernels.attention(&q, &k, &v, &mask)?;
             debug_assert_eq!(ctx.dims3()?, (b, l, self.heads * self.head_dim));
-            x = (layer.o.forward(&ctx)? + x)?;
-            let h = layer.norm2.forward(&x)?;
-            let m = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-            x = (layer.down.forward(&m)? + x)?;
+            x = self.output_and_mlp(layer, &ctx, &x, kernels)?;
         }
         self.norm.forward(&x)
     }
-}
 
-impl Llama {
+    /// A layer's queries, keys and values of `x` (rotated; keys and values repeated to every
+    /// query head).
+    fn qkv(
+        &self,
+        layer: &LlamaLayer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        kernels: Kernels,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let rep = self.heads / self.kv_heads;
+        let h = kernels.norm(&layer.norm1, x)?;
+        let q = heads(&layer.q.forward(&h)?, self.heads)?;
+        let k = heads(&layer.k.forward(&h)?, self.kv_heads)?;
+        let v = heads(&layer.v.forward(&h)?, self.kv_heads)?;
+        let q = kernels.rope(&q, cos, sin)?;
+        let k = kernels.rope(&k, cos, sin)?;
+        Ok((
+            q,
+            candle_transformers::utils::repeat_kv(k, rep)?,
+            candle_transformers::utils::repeat_kv(v, rep)?,
+        ))
+    }
+
+    /// The rest of a layer after attention: output projection and residual, then the gated MLP
+    /// and its residual.
+    fn output_and_mlp(
+        &self,
+        layer: &LlamaLayer,
+        ctx: &Tensor,
+        x: &Tensor,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
+        let x = (layer.o.forward(ctx)? + x)?;
+        let h = kernels.norm(&layer.norm2, &x)?;
+        let m = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+        layer.down.forward(&m)? + x
+    }
+
     /// Final hidden states of sequences that share one prefix: `prefix` [1, P] and the
     /// continuations `cont` [B, C]. The prefix's keys and values are computed once and broadcast
     /// to every continuation; the result equals [`Llama::forward`] of each `prefix ++ cont_b`
@@ -387,14 +430,9 @@ impl Llama {
         let (b, c) = cont.dims2()?;
         let dev = cont.device();
         let (cos, sin) = rotary_tables(p + c, &self.inv_freq, dev)?;
-        let (cos_p, sin_p) = (
-            cos.narrow(0, 0, p)?.contiguous()?,
-            sin.narrow(0, 0, p)?.contiguous()?,
-        );
-        let (cos_c, sin_c) = (
-            cos.narrow(0, p, c)?.contiguous()?,
-            sin.narrow(0, p, c)?.contiguous()?,
-        );
+        let part = |t: &Tensor, start, len| t.narrow(0, start, len)?.contiguous();
+        let (cos_p, sin_p) = (part(&cos, 0, p)?, part(&sin, 0, p)?);
+        let (cos_c, sin_c) = (part(&cos, p, c)?, part(&sin, p, c)?);
         let mask_p = causal_mask(p, dev)?;
         // Continuation position i (absolute p + i) sees every prefix position and 0..=i.
         let m: Vec<f32> = (0..c * (p + c))
@@ -407,42 +445,24 @@ impl Llama {
             })
             .collect();
         let mask_c = Tensor::from_vec(m, (c, p + c), dev)?;
-        let rep = self.heads / self.kv_heads;
+        let kernels = Kernels::Fused;
         let (mut xp, mut xc) = (self.embed.forward(prefix)?, self.embed.forward(cont)?);
         for layer in &self.layers {
-            let qkv =
-                |x: &Tensor, cos: &Tensor, sin: &Tensor| -> Result<(Tensor, Tensor, Tensor)> {
-                    let h = layer.norm1.forward_fused(x)?;
-                    let q = heads(&layer.q.forward(&h)?, self.heads)?;
-                    let k = heads(&layer.k.forward(&h)?, self.kv_heads)?;
-                    let v = heads(&layer.v.forward(&h)?, self.kv_heads)?;
-                    let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-                    let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-                    Ok((
-                        q,
-                        candle_transformers::utils::repeat_kv(k, rep)?,
-                        candle_transformers::utils::repeat_kv(v, rep)?,
-                    ))
-                };
-            let (qp, kp, vp) = qkv(&xp, &cos_p, &sin_p)?;
-            let (qc, kc, vc) = qkv(&xc, &cos_c, &sin_c)?;
-            let ctx_p = attention_fused(&qp, &kp, &vp, &mask_p)?;
+            let (qp, kp, vp) = self.qkv(layer, &xp, &cos_p, &sin_p, kernels)?;
+            let (qc, kc, vc) = self.qkv(layer, &xc, &cos_c, &sin_c, kernels)?;
+            let ctx_p = kernels.attention(&qp, &kp, &vp, &mask_p)?;
             let shape = (b, self.heads, p, self.head_dim);
             // `cat` along a later dimension leaves a layout the batched matmul refuses.
             let k_all = Tensor::cat(&[&kp.broadcast_as(shape)?, &kc], 2)?.contiguous()?;
             let v_all = Tensor::cat(&[&vp.broadcast_as(shape)?, &vc], 2)?.contiguous()?;
-            let ctx_c = attention_fused(&qc, &k_all, &v_all, &mask_c)?;
-            let mlp = |ctx: &Tensor, x: &Tensor| -> Result<Tensor> {
-                let x = (layer.o.forward(ctx)? + x)?;
-                let h = layer.norm2.forward_fused(&x)?;
-                let m =
-                    (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
-                layer.down.forward(&m)? + x
-            };
-            xp = mlp(&ctx_p, &xp)?;
-            xc = mlp(&ctx_c, &xc)?;
+            let ctx_c = kernels.attention(&qc, &k_all, &v_all, &mask_c)?;
+            xp = self.output_and_mlp(layer, &ctx_p, &xp, kernels)?;
+            xc = self.output_and_mlp(layer, &ctx_c, &xc, kernels)?;
         }
-        Ok((self.norm.forward_fused(&xp)?, self.norm.forward_fused(&xc)?))
+        Ok((
+            kernels.norm(&self.norm, &xp)?,
+            kernels.norm(&self.norm, &xc)?,
+        ))
     }
 }
 

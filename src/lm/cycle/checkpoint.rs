@@ -54,11 +54,18 @@ impl CycleTokens {
         let first = vocab.len() as u32;
         vocab.extend((0..vertices).map(|v| v.to_string()));
         special.resize(vocab.len(), false);
+        let id = |t: &str| {
+            vocab
+                .iter()
+                .position(|w| w == t)
+                .expect("in the vocabulary") as u32
+        };
+        let (sep, eos) = (id(SEP), id(DEFAULT_EOS_TOKEN));
         CycleTokens {
             vocab,
             special,
-            sep: 4,
-            eos: 1,
+            sep,
+            eos,
             vertex: (0..vertices as u32).map(|v| first + v).collect(),
         }
     }

@@ -15,7 +15,7 @@ use crate::lm::LanguageModel;
 use crate::numerics::logsumexp;
 use crate::problem::hamiltonian::Graph;
 use anyhow::Result;
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use ndarray::ArrayView1;
 use serde::Serialize;
 
@@ -32,10 +32,19 @@ pub struct OrderMass {
     pub cycle_orders: usize,
 }
 
-/// `log_softmax` of each row of `logits` [R, V], f64.
-fn log_softmax_rows(logits: &Tensor) -> Result<ndarray::Array2<f64>> {
-    let lp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    crate::lm::model::to_array2(&lp)
+/// The logits of each row of `h` [R, D] under `unembedding`, f64, and their log-softmax
+/// (`logit − logsumexp(row)`, in f64).
+fn logits_and_log_probs(
+    h: &Tensor,
+    unembedding: &Tensor,
+) -> Result<(ndarray::Array2<f64>, ndarray::Array2<f64>)> {
+    let logits = crate::lm::model::to_array2(&h.matmul(&unembedding.t()?)?)?;
+    let mut lp = logits.clone();
+    for mut row in lp.rows_mut() {
+        let lse = logsumexp(row.as_slice().expect("standard layout"));
+        row.mapv_inplace(|x| x - lse);
+    }
+    Ok((logits, lp))
 }
 
 /// The exact masses of `graph`'s prompt (`prompt` its rendered ids) under the policy with
@@ -59,13 +68,9 @@ pub fn order_masses(
             .map(|r| r[..r.len() - 1].to_vec())
             .collect();
         let (h_last, h) = lm.continuation_hidden_states(prompt, &inputs)?;
-        let ut = unembedding.t()?;
-        let first = log_softmax_rows(&h_last.unsqueeze(0)?.matmul(&ut)?)?;
-        let first_logits = crate::lm::model::to_array2(&h_last.unsqueeze(0)?.matmul(&ut)?)?;
+        let (first_logits, first) = logits_and_log_probs(&h_last.unsqueeze(0)?, unembedding)?;
         let (b, c, d) = h.dims3()?;
-        let flat = h.reshape((b * c, d))?.matmul(&ut)?;
-        let rest = log_softmax_rows(&flat)?;
-        let rest_logits = crate::lm::model::to_array2(&flat)?;
+        let (rest_logits, rest) = logits_and_log_probs(&h.reshape((b * c, d))?, unembedding)?;
         for (j, (order, resp)) in chunk.iter().zip(&responses).enumerate() {
             let row = |k: usize| -> (ArrayView1<f64>, ArrayView1<f64>) {
                 if k == 0 {
