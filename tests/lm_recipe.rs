@@ -228,6 +228,8 @@ fn response_logprobs_and_readout_match_an_independent_computation() {
         let lm = load_recipe_model(&model, &Device::Cpu, Forward::Differentiable, &paper())
             .unwrap()
             .0;
+        let causal_llama = name.starts_with("llama") || name.starts_with("qwen2");
+        assert_eq!(lm.shares_prefixes(), causal_llama, "{name}");
         let problem = build_problem(&paper(), &lm).unwrap();
         // Sequences of different lengths in one padded batch, multi-token answers included.
         let seqs = problem.sequences.iter();
@@ -236,9 +238,21 @@ fn response_logprobs_and_readout_match_an_independent_computation() {
             .filter(|s| s.prompt % 37 == 0)
             .take(3)
             .collect();
-        pick.extend(seqs.filter(|s| s.word == "not really").take(3));
+        pick.extend(seqs.clone().filter(|s| s.word == "not really").take(3));
+        // Every sequence of one prompt (chosen, rejected, paraphrases: responses of different
+        // lengths), which the shared-prompt forward scores from one prompt computation.
+        pick.extend(seqs.filter(|s| s.prompt == 1));
         let pick: Vec<_> = pick.into_iter().cloned().collect();
         assert!(pick.iter().any(|s| s.word == "not really"));
+        let lengths: std::collections::BTreeSet<usize> = pick
+            .iter()
+            .filter(|s| s.prompt == 1)
+            .map(|s| s.response_end - s.response_start)
+            .collect();
+        assert!(
+            lengths.len() > 1,
+            "{name}: prompt 1's responses differ in length"
+        );
         let got = response_token_logprobs(&lm, &pick, 4).unwrap();
         let hidden = last_response_hidden(&lm, &pick).unwrap();
         let mut worst: f64 = 0.0;

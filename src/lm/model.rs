@@ -827,6 +827,12 @@ impl LanguageModel {
         })
     }
 
+    /// Whether [`continuation_hidden_states`](Self::continuation_hidden_states) is available:
+    /// the differentiable Llama / Qwen2 forward.
+    pub fn shares_prefixes(&self) -> bool {
+        matches!(self.network, Network::DiffLlama(_))
+    }
+
     /// Final hidden states of `prefix ++ cont_b` for every continuation, the prefix computed
     /// once ([`nets::Llama::forward_continuations`]): `h` at the prefix's last position [D] and
     /// at every continuation position [B, C, D]. Differentiable Llama / Qwen2 forwards only;

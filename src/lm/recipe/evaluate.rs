@@ -2,7 +2,8 @@
 //! evaluator's normalised margins, and the IM-RM's per-token parts.
 
 use super::features::{
-    live_features, per_sequence_sum, token_logprobs, Features, FrozenFeatures, Need,
+    inference_features, live_features, per_sequence_sum, prompt_chunks, token_logprobs, Features,
+    FrozenFeatures, Need,
 };
 use super::problem::{RecipeProblem, ScoredSequence, Side};
 use super::reward::RecipeReward;
@@ -184,6 +185,18 @@ impl Scorer<'_> {
         }
     }
 
+    /// [`features`](Self::features) for scoring without a gradient: live ones through
+    /// [`inference_features`] (each prompt computed once).
+    fn inference_features(&self, seqs: &[ScoredSequence], idx: &[usize]) -> Result<Features> {
+        match self.frozen {
+            Some(_) => self.features(seqs, idx),
+            None => {
+                let refs: Vec<&ScoredSequence> = idx.iter().map(|&i| &seqs[i]).collect();
+                inference_features(self.lm, &refs, Need::of(self.reward))
+            }
+        }
+    }
+
     /// Differentiable rewards of the sequences `idx` `[n]`: IM-RM `β Σ_k (ln π − ln π_ref)`
     /// (difference taken per token, then summed; `reference` holds zeros without a reference),
     /// EX-RM `u·h_last`, token-mean EX-RM `(1/K) Σ_k u·h_k`, EX-GRM `P(Yes | ·)`.
@@ -195,10 +208,22 @@ impl Scorer<'_> {
         head: &Tensor,
         reference: &[Vec<f64>],
     ) -> Result<Tensor> {
-        let f = self.features(seqs, idx)?;
+        self.rewards_of(&self.features(seqs, idx)?, seqs, idx, u, head, reference)
+    }
+
+    /// [`rewards`](Self::rewards) from the sequences' features `f`.
+    fn rewards_of(
+        &self,
+        f: &Features,
+        seqs: &[ScoredSequence],
+        idx: &[usize],
+        u: &Tensor,
+        head: &Tensor,
+        reference: &[Vec<f64>],
+    ) -> Result<Tensor> {
         match self.reward {
             RecipeReward::Imrm | RecipeReward::ImrmNoRef => {
-                let lp = token_logprobs(&f, u)?;
+                let lp = token_logprobs(f, u)?;
                 let r: Vec<f32> = idx
                     .iter()
                     .flat_map(|&i| reference[i].iter().map(|&x| x as f32))
@@ -218,7 +243,7 @@ impl Scorer<'_> {
                 Ok((sums / Tensor::from_vec(counts, idx.len(), u.device())?)?)
             }
             RecipeReward::Exgrm => Ok(self
-                .verdict_logprobs(&f, u)?
+                .verdict_logprobs(f, u)?
                 .narrow(1, 0, 1)?
                 .squeeze(1)?
                 .exp()?),
@@ -240,14 +265,14 @@ impl Scorer<'_> {
         u: &Tensor,
     ) -> Result<Vec<Vec<f64>>> {
         let all: Vec<usize> = (0..seqs.len()).collect();
-        let mut out = Vec::with_capacity(seqs.len());
-        for idx in all.chunks(self.batch) {
-            let f = self.features(seqs, idx)?;
+        let mut out = vec![Vec::new(); seqs.len()];
+        for idx in prompt_chunks(seqs, &all, self.batch) {
+            let f = self.inference_features(seqs, &idx)?;
             let lp = token_logprobs(&f, u)?.detach().to_vec1::<f32>()?;
             let mut at = 0;
-            for &i in idx {
+            for &i in &idx {
                 let r = seqs[i].response_end - seqs[i].response_start;
-                out.push(lp[at..at + r].iter().map(|&x| f64::from(x)).collect());
+                out[i] = lp[at..at + r].iter().map(|&x| f64::from(x)).collect();
                 at += r;
             }
         }
@@ -273,10 +298,13 @@ impl Scorer<'_> {
             return Ok((parts.iter().map(|p| p.iter().sum()).collect(), Some(parts)));
         }
         let all: Vec<usize> = (0..seqs.len()).collect();
-        let mut out = Vec::with_capacity(seqs.len());
-        for idx in all.chunks(self.batch) {
-            let r = self.rewards(seqs, idx, u, head, reference)?.detach();
-            out.extend(r.to_vec1::<f32>()?.into_iter().map(f64::from));
+        let mut out = vec![0.0; seqs.len()];
+        for idx in prompt_chunks(seqs, &all, self.batch) {
+            let f = self.inference_features(seqs, &idx)?;
+            let r = self.rewards_of(&f, seqs, &idx, u, head, reference)?;
+            for (&i, v) in idx.iter().zip(r.detach().to_vec1::<f32>()?) {
+                out[i] = f64::from(v);
+            }
         }
         Ok((out, None))
     }

@@ -33,14 +33,7 @@ pub(super) fn live_features(
     need: Need,
 ) -> Result<Features> {
     let (dev, d) = (&lm.device, lm.dim);
-    let mut targets = Vec::new();
-    let mut owner = Vec::new();
-    for (i, s) in seqs.iter().enumerate() {
-        for k in s.response_start..s.response_end {
-            targets.push(s.ids[k]);
-            owner.push(i);
-        }
-    }
+    let (targets, owner) = scored_tokens(seqs);
     let empty = || Tensor::zeros((0, d), DType::F32, dev);
     let ids: Vec<Vec<u32>> = seqs.iter().map(|s| s.ids.clone()).collect();
     let unmasked = if need.last || need.response || lm.mask_id.is_none() {
@@ -81,6 +74,136 @@ pub(super) fn live_features(
         owner,
         last,
     })
+}
+
+/// The body's representations of `seqs` for scoring without a gradient. A causal Llama-family
+/// forward computes each distinct prompt (`ids[..response_start]`) once for all its sequences
+/// ([`LanguageModel::continuation_hidden_states`], fused inference kernels, equal to
+/// [`live_features`] up to f32 rounding); other bodies fall back to [`live_features`].
+pub(super) fn inference_features(
+    lm: &LanguageModel,
+    seqs: &[&ScoredSequence],
+    need: Need,
+) -> Result<Features> {
+    if !lm.shares_prefixes() || seqs.iter().any(|s| s.response_start == 0) {
+        return live_features(lm, seqs, need);
+    }
+    let d = lm.dim;
+    let mut tables = Vec::new();
+    // Per sequence: the row of `h` at its prompt's last position and of its first response token.
+    let mut rows_of = vec![(0usize, 0usize); seqs.len()];
+    let mut offset = 0;
+    for members in prompt_groups(seqs) {
+        let (first, width) = (seqs[members[0]], continuation_width(seqs, &members));
+        let conts: Vec<Vec<u32>> = members
+            .iter()
+            .map(|&i| {
+                let s = seqs[i];
+                let mut c = s.ids[s.response_start..s.response_end].to_vec();
+                // Right padding: causal attention never lets a real position see it.
+                c.resize(width, 0);
+                c
+            })
+            .collect();
+        let prompt = &first.ids[..first.response_start];
+        let (h_last, h) = lm.continuation_hidden_states(prompt, &conts)?;
+        tables.push(h_last.unsqueeze(0)?);
+        tables.push(h.reshape((members.len() * width, d))?);
+        for (j, &i) in members.iter().enumerate() {
+            rows_of[i] = (offset, offset + 1 + j * width);
+        }
+        offset += 1 + members.len() * width;
+    }
+    let table = Tensor::cat(&tables, 0)?.detach();
+    // The row of absolute position `k` of sequence `i` (the prompt's last, or a response token).
+    let row = |i: usize, k: usize| -> u32 {
+        let (last, start) = rows_of[i];
+        let s = seqs[i];
+        (if k + 1 == s.response_start {
+            last
+        } else {
+            start + k - s.response_start
+        }) as u32
+    };
+    let pick = |wanted: bool, positions: &dyn Fn(usize) -> Vec<usize>| -> Result<Tensor> {
+        if !wanted {
+            return Ok(Tensor::zeros((0, d), DType::F32, &lm.device)?);
+        }
+        let rows: Vec<u32> = (0..seqs.len())
+            .flat_map(|i| positions(i).into_iter().map(move |k| row(i, k)))
+            .collect();
+        Ok(table.index_select(&Tensor::new(rows, &lm.device)?, 0)?)
+    };
+    let span = |i: usize| seqs[i].response_start..seqs[i].response_end;
+    let (targets, owner) = scored_tokens(seqs);
+    Ok(Features {
+        predict: pick(need.implicit, &|i| span(i).map(|k| k - 1).collect())?,
+        response: pick(need.response, &|i| span(i).collect())?,
+        targets,
+        owner,
+        last: if need.last {
+            pick(true, &|i| vec![seqs[i].response_end - 1])?
+        } else {
+            Tensor::zeros((seqs.len(), d), DType::F32, &lm.device)?
+        },
+    })
+}
+
+/// The sequences of each distinct prompt (token ids before the response), in order of first
+/// appearance.
+fn prompt_groups(seqs: &[&ScoredSequence]) -> Vec<Vec<usize>> {
+    let mut index: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, s) in seqs.iter().enumerate() {
+        let g = *index.entry(&s.ids[..s.response_start]).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    groups
+}
+
+/// The longest response of `members` (at least one token, the continuation forward's minimum).
+fn continuation_width(seqs: &[&ScoredSequence], members: &[usize]) -> usize {
+    members
+        .iter()
+        .map(|&i| seqs[i].response_end - seqs[i].response_start)
+        .max()
+        .unwrap_or(0)
+        .max(1)
+}
+
+/// Every scored response token of `seqs` and the sequence it belongs to.
+fn scored_tokens(seqs: &[&ScoredSequence]) -> (Vec<u32>, Vec<usize>) {
+    seqs.iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            s.ids[s.response_start..s.response_end]
+                .iter()
+                .map(move |&t| (t, i))
+        })
+        .unzip()
+}
+
+/// `idx` reordered so that the sequences of one prompt are adjacent, cut into chunks of whole
+/// prompt groups of at most `batch` sequences (a larger group is cut on its own): the shared
+/// prompt forward of [`inference_features`] then computes each prompt about once.
+pub(super) fn prompt_chunks(
+    seqs: &[ScoredSequence],
+    idx: &[usize],
+    batch: usize,
+) -> Vec<Vec<usize>> {
+    let refs: Vec<&ScoredSequence> = idx.iter().map(|&i| &seqs[i]).collect();
+    let mut chunks: Vec<Vec<usize>> = Vec::new();
+    for group in prompt_groups(&refs) {
+        let members: Vec<usize> = group.iter().map(|&j| idx[j]).collect();
+        match chunks.last_mut() {
+            Some(c) if c.len() + members.len() <= batch => c.extend(members),
+            _ => chunks.extend(members.chunks(batch.max(1)).map(<[usize]>::to_vec)),
+        }
+    }
+    chunks
 }
 
 /// The rows `positions(s)` of every sequence's hidden states `h` `[n, L, D]`, in order, `[·, D]`.
@@ -181,28 +304,48 @@ impl FrozenFeatures {
         batch: usize,
         need: Need,
     ) -> Result<FrozenFeatures> {
+        let all: Vec<usize> = (0..seqs.len()).collect();
         let (mut predict, mut response, mut last) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut spans, mut targets) = (Vec::new(), Vec::new());
-        let mut at = 0;
-        for chunk in seqs.chunks(batch) {
-            let refs: Vec<&ScoredSequence> = chunk.iter().collect();
-            let f = live_features(lm, &refs, need)?;
-            for s in chunk {
-                let r = s.response_end - s.response_start;
-                spans.push((at, r));
-                at += r;
+        // Per sequence, in computation order: its first scored row and its last-token row.
+        let mut rows_of = vec![(0u32, 0u32); seqs.len()];
+        let (mut scored, mut done) = (0u32, 0u32);
+        for chunk in prompt_chunks(seqs, &all, batch) {
+            let refs: Vec<&ScoredSequence> = chunk.iter().map(|&i| &seqs[i]).collect();
+            let f = inference_features(lm, &refs, need)?;
+            for &i in &chunk {
+                rows_of[i] = (scored, done);
+                scored += (seqs[i].response_end - seqs[i].response_start) as u32;
+                done += 1;
             }
-            targets.extend(f.targets);
             predict.push(f.predict.detach());
             response.push(f.response.detach());
             last.push(f.last.detach());
         }
+        // Back to sequence order.
+        let dev = &lm.device;
+        let (mut scored_rows, mut spans, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        for (s, &(first, _)) in seqs.iter().zip(&rows_of) {
+            let r = s.response_end - s.response_start;
+            spans.push((scored_rows.len(), r));
+            scored_rows.extend(first..first + r as u32);
+            targets.extend_from_slice(&s.ids[s.response_start..s.response_end]);
+        }
+        let scored_rows = Tensor::new(scored_rows, dev)?;
+        let reorder = |parts: Vec<Tensor>, wanted: bool| -> Result<Tensor> {
+            let t = Tensor::cat(&parts, 0)?;
+            Ok(if wanted {
+                t.index_select(&scored_rows, 0)?
+            } else {
+                t
+            })
+        };
+        let last_rows: Vec<u32> = rows_of.iter().map(|&(_, l)| l).collect();
         Ok(FrozenFeatures {
-            predict: Tensor::cat(&predict, 0)?,
-            response: Tensor::cat(&response, 0)?,
+            predict: reorder(predict, need.implicit)?,
+            response: reorder(response, need.response)?,
             spans,
             targets,
-            last: Tensor::cat(&last, 0)?,
+            last: Tensor::cat(&last, 0)?.index_select(&Tensor::new(last_rows, dev)?, 0)?,
         })
     }
 
