@@ -859,6 +859,44 @@ impl LanguageModel {
         Ok((hp.squeeze(0)?.get(prefix.len() - 1)?, hc))
     }
 
+    /// [`continuation_hidden_states`](Self::continuation_hidden_states) for several prompts in
+    /// one batch ([`nets::Llama::forward_prompt_groups`], the prompts left-padded): `h` at each
+    /// prompt's last position [G, D] and at every continuation position [N, C, D], where
+    /// `group[n]` is continuation `n`'s prompt and the continuations have one length.
+    pub fn prompt_group_hidden_states(
+        &self,
+        prompts: &[&[u32]],
+        conts: &[Vec<u32>],
+        group: &[usize],
+    ) -> Result<(Tensor, Tensor)> {
+        let Network::DiffLlama(m) = &self.network else {
+            bail!("shared-prompt hidden states need the differentiable Llama forward");
+        };
+        let p = prompts.iter().map(|s| s.len()).max().unwrap_or(0);
+        let c = conts.first().map_or(0, Vec::len);
+        if prompts.iter().any(|s| s.is_empty())
+            || c == 0
+            || conts.iter().any(|s| s.len() != c)
+            || group.len() != conts.len()
+            || group.iter().any(|&g| g >= prompts.len())
+        {
+            bail!("shared-prompt forward: non-empty prompts, continuations of one non-zero length and a prompt for each are needed");
+        }
+        self.check_length(p + c, &|| "a prompt with its continuations".into())?;
+        let pad: Vec<usize> = prompts.iter().map(|s| p - s.len()).collect();
+        let mut ids = vec![0u32; prompts.len() * p];
+        for (g, s) in prompts.iter().enumerate() {
+            ids[g * p + pad[g]..(g + 1) * p].copy_from_slice(s);
+        }
+        let prefix = Tensor::from_vec(ids, (prompts.len(), p), &self.device)?;
+        let flat: Vec<u32> = conts.iter().flatten().copied().collect();
+        let cont = Tensor::from_vec(flat, (conts.len(), c), &self.device)?;
+        let group: Vec<u32> = group.iter().map(|&g| g as u32).collect();
+        let group = Tensor::from_vec(group, conts.len(), &self.device)?;
+        let (hp, hc) = m.forward_prompt_groups(&prefix, &pad, &cont, &group)?;
+        Ok((hp.narrow(1, p - 1, 1)?.squeeze(1)?, hc))
+    }
+
     /// Next-token logits `U h_t` of every position of each sequence, f64 `[len_i, V]` (one padded
     /// batch): what `tests/lm_reference.rs` compares with `transformers`.
     pub fn logits(&self, seqs: &[Vec<u32>]) -> Result<Vec<Array2<f64>>> {

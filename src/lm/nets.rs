@@ -426,35 +426,50 @@ impl Llama {
         prefix: &Tensor,
         cont: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        let (_, p) = prefix.dims2()?;
-        let (b, c) = cont.dims2()?;
+        let b = cont.dim(0)?;
+        let group = Tensor::zeros(b, DType::U32, cont.device())?;
+        self.forward_prompt_groups(prefix, &[0], cont, &group)
+    }
+
+    /// [`forward_continuations`](Self::forward_continuations) for several prefixes in one batch:
+    /// `prefix` [G, P] holds the prefixes left-padded to one length, `pad[g]` padding positions
+    /// before prefix `g`; `cont` [N, C] the continuations and `group` [N] (u32) the prefix of
+    /// each. Padding is masked as a key (a padding query sees only itself, so no row is all
+    /// `−∞`). Rotary attention depends on relative positions only, so a prefix shifted right by
+    /// its padding gives the same states up to f32 rounding; every prefix ends at `P − 1` and
+    /// every continuation starts at `P`. The prefixes' states [G, P, D] and the continuations'
+    /// [N, C, D].
+    pub fn forward_prompt_groups(
+        &self,
+        prefix: &Tensor,
+        pad: &[usize],
+        cont: &Tensor,
+        group: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let (g, p) = prefix.dims2()?;
+        let (n, c) = cont.dims2()?;
         let dev = cont.device();
         let (cos, sin) = rotary_tables(p + c, &self.inv_freq, dev)?;
         let part = |t: &Tensor, start, len| t.narrow(0, start, len)?.contiguous();
         let (cos_p, sin_p) = (part(&cos, 0, p)?, part(&sin, 0, p)?);
         let (cos_c, sin_c) = (part(&cos, p, c)?, part(&sin, p, c)?);
-        let mask_p = causal_mask(p, dev)?;
-        // Continuation position i (absolute p + i) sees every prefix position and 0..=i.
-        let m: Vec<f32> = (0..c * (p + c))
-            .map(|k| {
-                if k % (p + c) > p + k / (p + c) {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask_c = Tensor::from_vec(m, (c, p + c), dev)?;
+        let (mask_p, mask_c) = prompt_group_masks(pad, p, c, &group.to_vec1::<u32>()?, dev)?;
         let kernels = Kernels::Fused;
         let (mut xp, mut xc) = (self.embed.forward(prefix)?, self.embed.forward(cont)?);
         for layer in &self.layers {
             let (qp, kp, vp) = self.qkv(layer, &xp, &cos_p, &sin_p, kernels)?;
             let (qc, kc, vc) = self.qkv(layer, &xc, &cos_c, &sin_c, kernels)?;
             let ctx_p = kernels.attention(&qp, &kp, &vp, &mask_p)?;
-            let shape = (b, self.heads, p, self.head_dim);
+            let own = |t: &Tensor| -> Result<Tensor> {
+                if g == 1 {
+                    t.broadcast_as((n, self.heads, p, self.head_dim))
+                } else {
+                    t.index_select(group, 0)
+                }
+            };
             // `cat` along a later dimension leaves a layout the batched matmul refuses.
-            let k_all = Tensor::cat(&[&kp.broadcast_as(shape)?, &kc], 2)?.contiguous()?;
-            let v_all = Tensor::cat(&[&vp.broadcast_as(shape)?, &vc], 2)?.contiguous()?;
+            let k_all = Tensor::cat(&[&own(&kp)?, &kc], 2)?.contiguous()?;
+            let v_all = Tensor::cat(&[&own(&vp)?, &vc], 2)?.contiguous()?;
             let ctx_c = kernels.attention(&qc, &k_all, &v_all, &mask_c)?;
             xp = self.output_and_mlp(layer, &ctx_p, &xp, kernels)?;
             xc = self.output_and_mlp(layer, &ctx_c, &xc, kernels)?;
@@ -464,6 +479,45 @@ impl Llama {
             kernels.norm(&self.norm, &xc)?,
         ))
     }
+}
+
+/// The additive masks of [`Llama::forward_prompt_groups`]: the prefixes' [G, 1, P, P] (causal;
+/// padding keys hidden from real queries) and the continuations' [N, 1, C, P + C] (their
+/// prefix's real positions, then causal among themselves).
+fn prompt_group_masks(
+    pad: &[usize],
+    p: usize,
+    c: usize,
+    group: &[u32],
+    dev: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let hidden = f32::NEG_INFINITY;
+    let mut mp = vec![0f32; pad.len() * p * p];
+    for (g, &lead) in pad.iter().enumerate() {
+        for i in 0..p {
+            for j in 0..p {
+                if j > i || (j < lead && j != i) {
+                    mp[(g * p + i) * p + j] = hidden;
+                }
+            }
+        }
+    }
+    let w = p + c;
+    let mut mc = vec![0f32; group.len() * c * w];
+    for (r, &g) in group.iter().enumerate() {
+        let lead = pad[g as usize];
+        for i in 0..c {
+            for j in 0..w {
+                if j < lead || j > p + i {
+                    mc[(r * c + i) * w + j] = hidden;
+                }
+            }
+        }
+    }
+    Ok((
+        Tensor::from_vec(mp, (pad.len(), 1, p, p), dev)?,
+        Tensor::from_vec(mc, (group.len(), 1, c, w), dev)?,
+    ))
 }
 
 // ---------------------------------------------------------------- GPT-2

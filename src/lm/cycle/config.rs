@@ -42,6 +42,11 @@ pub struct CyclePretrain {
     pub lr: f64,
     /// Distinct graphs the prompts are drawn from (each step draws fresh orders).
     pub graphs: usize,
+    /// Steps of linear learning-rate warm-up (`lr · min(1, step / warmup_steps)`; 0: none).
+    pub warmup_steps: usize,
+    /// Global gradient-norm clipping before each AdamW step (as `torch.nn.utils.clip_grad_norm_`;
+    /// 0: none).
+    pub clip_norm: f64,
 }
 
 impl Default for CyclePretrain {
@@ -51,6 +56,8 @@ impl Default for CyclePretrain {
             batch: 32,
             lr: 1e-3,
             graphs: 4096,
+            warmup_steps: 200,
+            clip_norm: 1.0,
         }
     }
 }
@@ -214,6 +221,12 @@ impl CycleFile {
             if !(v > 0.0 && v.is_finite()) {
                 bail!("field `{name}` must be a finite number > 0, got {v}");
             }
+        }
+        if !(p.clip_norm >= 0.0 && p.clip_norm.is_finite()) {
+            bail!(
+                "field `pretrain.clip_norm` must be finite and ≥ 0 (0: no clipping), got {}",
+                p.clip_norm
+            );
         }
         if !(t.head_init_std >= 0.0 && t.head_init_std.is_finite()) {
             bail!(

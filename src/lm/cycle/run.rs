@@ -349,12 +349,6 @@ pub fn run_cycle(
                         max_restricted_error: parts.as_ref().and_then(|p| p.restricted),
                         generation_seconds: parts.as_ref().map_or(0.0, |p| p.seconds),
                     });
-                    if epoch < file.train.epochs {
-                        on_event(CycleEvent::Stage(
-                            Some(reward),
-                            format!("training from epoch {}", epoch + 1),
-                        ));
-                    }
                 }
             },
         )?;

@@ -89,32 +89,34 @@ pub(super) fn inference_features(
         return live_features(lm, seqs, need);
     }
     let d = lm.dim;
-    let mut tables = Vec::new();
-    // Per sequence: the row of `h` at its prompt's last position and of its first response token.
-    let mut rows_of = vec![(0usize, 0usize); seqs.len()];
-    let mut offset = 0;
-    for members in prompt_groups(seqs) {
-        let (first, width) = (seqs[members[0]], continuation_width(seqs, &members));
-        let conts: Vec<Vec<u32>> = members
-            .iter()
-            .map(|&i| {
-                let s = seqs[i];
-                let mut c = s.ids[s.response_start..s.response_end].to_vec();
-                // Right padding: causal attention never lets a real position see it.
-                c.resize(width, 0);
-                c
-            })
-            .collect();
-        let prompt = &first.ids[..first.response_start];
-        let (h_last, h) = lm.continuation_hidden_states(prompt, &conts)?;
-        tables.push(h_last.unsqueeze(0)?);
-        tables.push(h.reshape((members.len() * width, d))?);
-        for (j, &i) in members.iter().enumerate() {
-            rows_of[i] = (offset, offset + 1 + j * width);
+    let groups = prompt_groups(seqs);
+    let width = seqs
+        .iter()
+        .map(|s| s.response_end - s.response_start)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let mut prompts = Vec::with_capacity(groups.len());
+    let (mut conts, mut group) = (vec![Vec::new(); seqs.len()], vec![0; seqs.len()]);
+    for (g, members) in groups.iter().enumerate() {
+        let first = seqs[members[0]];
+        prompts.push(&first.ids[..first.response_start]);
+        for &i in members {
+            let s = seqs[i];
+            let mut c = s.ids[s.response_start..s.response_end].to_vec();
+            // Right padding: causal attention never lets a real position see it.
+            c.resize(width, 0);
+            conts[i] = c;
+            group[i] = g;
         }
-        offset += 1 + members.len() * width;
     }
-    let table = Tensor::cat(&tables, 0)?.detach();
+    let (h_last, h) = lm.prompt_group_hidden_states(&prompts, &conts, &group)?;
+    // Rows: every prompt's last position, then each sequence's `width` response positions.
+    let g = prompts.len();
+    let table = Tensor::cat(&[h_last, h.reshape((seqs.len() * width, d))?], 0)?.detach();
+    let rows_of: Vec<(usize, usize)> = (0..seqs.len())
+        .map(|i| (group[i], g + i * width))
+        .collect();
     // The row of absolute position `k` of sequence `i` (the prompt's last, or a response token).
     let row = |i: usize, k: usize| -> u32 {
         let (last, start) = rows_of[i];
@@ -162,16 +164,6 @@ fn prompt_groups(seqs: &[&ScoredSequence]) -> Vec<Vec<usize>> {
         groups[g].push(i);
     }
     groups
-}
-
-/// The longest response of `members` (at least one token, the continuation forward's minimum).
-fn continuation_width(seqs: &[&ScoredSequence], members: &[usize]) -> usize {
-    members
-        .iter()
-        .map(|&i| seqs[i].response_end - seqs[i].response_start)
-        .max()
-        .unwrap_or(0)
-        .max(1)
 }
 
 /// Every scored response token of `seqs` and the sequence it belongs to.

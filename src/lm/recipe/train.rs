@@ -294,6 +294,10 @@ impl Session<'_> {
         let mut history = Vec::new();
         let mut step_seconds = 0.0;
         for epoch in 1..=t.epochs {
+            on_event(RecipeEvent::Stage(format!(
+                "training epoch {epoch} of {}",
+                t.epochs
+            )));
             let mut order: Vec<usize> = (0..n).collect();
             order.shuffle(&mut rng);
             for pairs in order.chunks(t.pairs_per_step) {
