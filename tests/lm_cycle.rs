@@ -249,3 +249,10 @@ fn bad_configs_are_refused_naming_the_field() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The committed `experiments/ham_cycle.toml` states every default (`CycleFile::default()`).
+#[test]
+fn committed_default_config_is_the_default() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/ham_cycle.toml");
+    assert_eq!(CycleFile::from_file(&path).unwrap(), CycleFile::default());
+}

@@ -205,6 +205,15 @@ fn paper_recipe_full_fine_tuning_on_a_tiny_checkpoint() {
         let h = s["history"].as_array().unwrap();
         assert_eq!(h.len(), 150, "{m}");
         if m == "imrm" {
+            // π = π_ref before the first update: every margin of step 1 is exactly 0 (training's
+            // reference is computed by training's forward), so no pair is won and the loss is
+            // ln 2 (f32).
+            assert_eq!(h[0]["batch_accuracy"].as_f64().unwrap(), 0.0);
+            let loss = h[0]["loss"].as_f64().unwrap();
+            assert!(
+                (loss - std::f64::consts::LN_2).abs() < 1e-7,
+                "step 1 loss {loss}"
+            );
             let first: f64 = h[..3].iter().map(|r| r["loss"].as_f64().unwrap()).sum();
             let last: f64 = h[h.len() - 3..]
                 .iter()

@@ -24,9 +24,9 @@ pub struct CycleModel {
 impl Default for CycleModel {
     fn default() -> Self {
         CycleModel {
-            dim: 64,
+            dim: 128,
             layers: 2,
-            heads: 4,
+            heads: 8,
         }
     }
 }
@@ -68,7 +68,7 @@ impl Default for CyclePretrain {
 pub struct CycleTrain {
     /// IM-RM `β` (official: 0.01).
     pub beta: f64,
-    /// Adam learning rate (official: 1e-6 for Pythia-1B; a 10⁵-parameter model needs more).
+    /// Adam learning rate (official: 1e-6 for Pythia-1B; a 4·10⁵-parameter model needs more).
     pub lr: f64,
     /// Official: 15.
     pub epochs: usize,

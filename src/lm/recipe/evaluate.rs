@@ -269,12 +269,26 @@ impl Scorer<'_> {
         for idx in prompt_chunks(seqs, &all, self.batch) {
             let f = self.inference_features(seqs, &idx)?;
             let lp = token_logprobs(&f, u)?.detach().to_vec1::<f32>()?;
-            let mut at = 0;
-            for &i in &idx {
-                let r = seqs[i].response_end - seqs[i].response_start;
-                out[i] = lp[at..at + r].iter().map(|&x| f64::from(x)).collect();
-                at += r;
+            for (&i, part) in idx.iter().zip(per_sequence(&lp, seqs, &idx)) {
+                out[i] = part;
             }
+        }
+        Ok(out)
+    }
+
+    /// `ln π` of every scored token of the sequences `idx` through the training forward
+    /// ([`features`](Self::features)), f64, in `idx` order (no gradient kept).
+    pub(super) fn training_logprob_table(
+        &self,
+        seqs: &[ScoredSequence],
+        idx: &[usize],
+        u: &Tensor,
+    ) -> Result<Vec<Vec<f64>>> {
+        let mut out = Vec::with_capacity(idx.len());
+        for chunk in idx.chunks(self.batch) {
+            let f = self.features(seqs, chunk)?;
+            let lp = token_logprobs(&f, u)?.detach().to_vec1::<f32>()?;
+            out.extend(per_sequence(&lp, seqs, chunk));
         }
         Ok(out)
     }
@@ -308,4 +322,17 @@ impl Scorer<'_> {
         }
         Ok((out, None))
     }
+}
+
+/// The per-token values `lp` of the sequences `idx` (concatenated in `idx` order) cut back into
+/// one f64 vector per sequence.
+fn per_sequence(lp: &[f32], seqs: &[ScoredSequence], idx: &[usize]) -> Vec<Vec<f64>> {
+    let mut at = 0;
+    idx.iter()
+        .map(|&i| {
+            let r = seqs[i].response_end - seqs[i].response_start;
+            at += r;
+            lp[at - r..at].iter().map(|&x| f64::from(x)).collect()
+        })
+        .collect()
 }

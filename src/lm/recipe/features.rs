@@ -114,9 +114,7 @@ pub(super) fn inference_features(
     // Rows: every prompt's last position, then each sequence's `width` response positions.
     let g = prompts.len();
     let table = Tensor::cat(&[h_last, h.reshape((seqs.len() * width, d))?], 0)?.detach();
-    let rows_of: Vec<(usize, usize)> = (0..seqs.len())
-        .map(|i| (group[i], g + i * width))
-        .collect();
+    let rows_of: Vec<(usize, usize)> = (0..seqs.len()).map(|i| (group[i], g + i * width)).collect();
     // The row of absolute position `k` of sequence `i` (the prompt's last, or a response token).
     let row = |i: usize, k: usize| -> u32 {
         let (last, start) = rows_of[i];

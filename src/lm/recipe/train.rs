@@ -165,6 +165,29 @@ pub fn train_recipe(
             .collect(),
         _ => vec![vec![]; seqs.len()],
     };
+    // Training scores the pairs through the differentiable forward; its own `ln π_ref` of the
+    // training sequences makes every initial training margin exactly 0 (evaluation's fused
+    // forward agrees only up to f32 rounding).
+    let train_reference = match (reward, mode) {
+        (RecipeReward::Imrm, RecipeMode::Full) => {
+            let train = &problem.splits[0];
+            let idx: Vec<usize> = train
+                .chosen
+                .iter()
+                .chain(&train.rejected)
+                .copied()
+                .collect();
+            let mut table = reference.clone();
+            for (i, lp) in idx
+                .iter()
+                .zip(scorer.training_logprob_table(seqs, &idx, &u0)?)
+            {
+                table[*i] = lp;
+            }
+            Some(table)
+        }
+        _ => None,
+    };
     let parameters =
         vars.iter().map(|v| v.elem_count()).sum::<usize>() + if head_trained { lm.dim } else { 0 };
     let params = ParamsAdamW {
@@ -185,6 +208,7 @@ pub fn train_recipe(
         frozen_u: frozen_u.as_ref(),
         head: &head,
         reference: &reference,
+        train_reference: train_reference.as_ref().unwrap_or(&reference),
     };
     let (history, checkpoints, rewards, step_seconds) =
         session.run_epochs(&mut optimizers, on_event)?;
@@ -271,8 +295,10 @@ struct Session<'a> {
     /// The head-only IM-RM's trained copy of `U` (the model's own `U` otherwise).
     frozen_u: Option<&'a Var>,
     head: &'a Var,
-    /// `ln π_ref` of every response token of every sequence (IM-RM).
+    /// `ln π_ref` of every response token of every sequence (IM-RM), as evaluation scores them.
     reference: &'a [Vec<f64>],
+    /// The same as training scores them (the training sequences through the training forward).
+    train_reference: &'a [Vec<f64>],
 }
 
 impl Session<'_> {
@@ -429,7 +455,7 @@ impl Session<'_> {
             let m = (p.narrow(0, 0, b)? - p.narrow(0, b, b)?)?;
             return Ok((total, 2 * b, m.to_vec1::<f32>()?));
         }
-        let r = scorer.rewards(self.seqs, &idx, &u, head, self.reference)?;
+        let r = scorer.rewards(self.seqs, &idx, &u, head, self.train_reference)?;
         let m = (r.narrow(0, 0, b)? - r.narrow(0, b, b)?)?;
         Ok((softplus_neg(&m)?.sum_all()?, b, m.to_vec1::<f32>()?))
     }
