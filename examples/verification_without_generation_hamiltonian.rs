@@ -1,7 +1,7 @@
 //! `cargo run --release --features lm --example verification_without_generation_hamiltonian
 //! [RUN_DIR ...]`: verification accuracy, generation success and the exact `π(C|x)` over
 //! training of `rmflow ham-cycle` runs (default: the committed runs under
-//! `experiments/results/ham_cycle/n6_first` and `n10` where present), into
+//! `experiments/results/ham_cycle/n6` and `n10` where present), into
 //! figures/verification_without_generation_hamiltonian.
 //! Reads the runs' `metrics.csv` only; the runs' commands are in
 //! experiments/results/ham_cycle/README.md.
@@ -9,7 +9,7 @@
 fn main() -> anyhow::Result<()> {
     let mut dirs: Vec<String> = std::env::args().skip(1).collect();
     if dirs.is_empty() {
-        dirs = ["n6_first", "n10"]
+        dirs = ["n6", "n10"]
             .iter()
             .map(|d| format!("experiments/results/ham_cycle/{d}"))
             .collect();

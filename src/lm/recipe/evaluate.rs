@@ -197,22 +197,11 @@ impl Scorer<'_> {
         }
     }
 
-    /// Differentiable rewards of the sequences `idx` `[n]`: IM-RM `β Σ_k (ln π − ln π_ref)`
-    /// (difference taken per token, then summed; `reference` holds zeros without a reference),
-    /// EX-RM `u·h_last`, token-mean EX-RM `(1/K) Σ_k u·h_k`, EX-GRM `P(Yes | ·)`.
+    /// Differentiable rewards of the sequences `idx` `[n]` from their features `f`: IM-RM
+    /// `β Σ_k (ln π − ln π_ref)` (difference taken per token, then summed; `reference` holds
+    /// zeros without a reference), EX-RM `u·h_last`, token-mean EX-RM `(1/K) Σ_k u·h_k`, EX-GRM
+    /// `P(Yes | ·)`.
     pub(super) fn rewards(
-        &self,
-        seqs: &[ScoredSequence],
-        idx: &[usize],
-        u: &Tensor,
-        head: &Tensor,
-        reference: &[Vec<f64>],
-    ) -> Result<Tensor> {
-        self.rewards_of(&self.features(seqs, idx)?, seqs, idx, u, head, reference)
-    }
-
-    /// [`rewards`](Self::rewards) from the sequences' features `f`.
-    fn rewards_of(
         &self,
         f: &Features,
         seqs: &[ScoredSequence],
@@ -315,7 +304,7 @@ impl Scorer<'_> {
         let mut out = vec![0.0; seqs.len()];
         for idx in prompt_chunks(seqs, &all, self.batch) {
             let f = self.inference_features(seqs, &idx)?;
-            let r = self.rewards_of(&f, seqs, &idx, u, head, reference)?;
+            let r = self.rewards(&f, seqs, &idx, u, head, reference)?;
             for (&i, v) in idx.iter().zip(r.detach().to_vec1::<f32>()?) {
                 out[i] = f64::from(v);
             }

@@ -455,7 +455,8 @@ impl Session<'_> {
             let m = (p.narrow(0, 0, b)? - p.narrow(0, b, b)?)?;
             return Ok((total, 2 * b, m.to_vec1::<f32>()?));
         }
-        let r = scorer.rewards(self.seqs, &idx, &u, head, self.train_reference)?;
+        let f = scorer.features(self.seqs, &idx)?;
+        let r = scorer.rewards(&f, self.seqs, &idx, &u, head, self.train_reference)?;
         let m = (r.narrow(0, 0, b)? - r.narrow(0, b, b)?)?;
         Ok((softplus_neg(&m)?.sum_all()?, b, m.to_vec1::<f32>()?))
     }
