@@ -827,40 +827,28 @@ impl LanguageModel {
         })
     }
 
-    /// Whether [`continuation_hidden_states`](Self::continuation_hidden_states) is available:
+    /// Whether [`prompt_group_hidden_states`](Self::prompt_group_hidden_states) is available:
     /// the differentiable Llama / Qwen2 forward.
     pub fn shares_prefixes(&self) -> bool {
         matches!(self.network, Network::DiffLlama(_))
     }
 
     /// Final hidden states of `prefix ++ cont_b` for every continuation, the prefix computed
-    /// once ([`nets::Llama::forward_continuations`]): `h` at the prefix's last position [D] and
-    /// at every continuation position [B, C, D]. Differentiable Llama / Qwen2 forwards only;
-    /// the continuations have equal length.
+    /// once ([`prompt_group_hidden_states`](Self::prompt_group_hidden_states) with one prompt):
+    /// `h` at the prefix's last position [D] and at every continuation position [B, C, D].
+    /// Differentiable Llama / Qwen2 forwards only; the continuations have equal length.
     pub fn continuation_hidden_states(
         &self,
         prefix: &[u32],
         conts: &[Vec<u32>],
     ) -> Result<(Tensor, Tensor)> {
-        let Network::DiffLlama(m) = &self.network else {
-            bail!("shared-prefix hidden states need the differentiable Llama forward");
-        };
-        let c = conts.first().map_or(0, Vec::len);
-        if prefix.is_empty() || c == 0 || conts.iter().any(|s| s.len() != c) {
-            bail!("shared-prefix forward: a non-empty prefix and continuations of one non-zero length are needed");
-        }
-        self.check_length(prefix.len() + c, &|| {
-            "a prefix with its continuations".into()
-        })?;
-        let p = Tensor::new(prefix, &self.device)?.unsqueeze(0)?;
-        let ids: Vec<u32> = conts.iter().flatten().copied().collect();
-        let ids = Tensor::from_vec(ids, (conts.len(), c), &self.device)?;
-        let (hp, hc) = m.forward_continuations(&p, &ids)?;
-        Ok((hp.squeeze(0)?.get(prefix.len() - 1)?, hc))
+        let (h_last, h) =
+            self.prompt_group_hidden_states(&[prefix], conts, &vec![0; conts.len()])?;
+        Ok((h_last.squeeze(0)?, h))
     }
 
-    /// [`continuation_hidden_states`](Self::continuation_hidden_states) for several prompts in
-    /// one batch ([`nets::Llama::forward_prompt_groups`], the prompts left-padded): `h` at each
+    /// Final hidden states of several prompts' continuations in one batch, each prompt computed
+    /// once ([`nets::Llama::forward_prompt_groups`], the prompts left-padded): `h` at each
     /// prompt's last position [G, D] and at every continuation position [N, C, D], where
     /// `group[n]` is continuation `n`'s prompt and the continuations have one length.
     pub fn prompt_group_hidden_states(
@@ -892,7 +880,6 @@ impl LanguageModel {
         let flat: Vec<u32> = conts.iter().flatten().copied().collect();
         let cont = Tensor::from_vec(flat, (conts.len(), c), &self.device)?;
         let group: Vec<u32> = group.iter().map(|&g| g as u32).collect();
-        let group = Tensor::from_vec(group, conts.len(), &self.device)?;
         let (hp, hc) = m.forward_prompt_groups(&prefix, &pad, &cont, &group)?;
         Ok((hp.narrow(1, p - 1, 1)?.squeeze(1)?, hc))
     }

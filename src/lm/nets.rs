@@ -413,38 +413,23 @@ impl Llama {
         layer.down.forward(&m)? + x
     }
 
-    /// Final hidden states of sequences that share one prefix: `prefix` [1, P] and the
-    /// continuations `cont` [B, C]. The prefix's keys and values are computed once and broadcast
-    /// to every continuation; the result equals [`Llama::forward`] of each `prefix ++ cont_b`
-    /// (checked in `tests/lm_cycle.rs`): the prefix's states [1, P, D] and the continuations'
-    /// [B, C, D] (positions `P..P+C`). For scoring every continuation of one prompt (the
-    /// Hamiltonian-cycle enumeration) at `C/(P+C)` of the cost. Inference only: candle's fused
-    /// norm, rotary and softmax kernels (no backward), equal to the differentiable ops up to f32
-    /// rounding.
-    pub fn forward_continuations(
-        &self,
-        prefix: &Tensor,
-        cont: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
-        let b = cont.dim(0)?;
-        let group = Tensor::zeros(b, DType::U32, cont.device())?;
-        self.forward_prompt_groups(prefix, &[0], cont, &group)
-    }
-
-    /// [`forward_continuations`](Self::forward_continuations) for several prefixes in one batch:
-    /// `prefix` [G, P] holds the prefixes left-padded to one length, `pad[g]` padding positions
-    /// before prefix `g`; `cont` [N, C] the continuations and `group` [N] (u32) the prefix of
-    /// each. Padding is masked as a key (a padding query sees only itself, so no row is all
-    /// `−∞`). Rotary attention depends on relative positions only, so a prefix shifted right by
-    /// its padding gives the same states up to f32 rounding; every prefix ends at `P − 1` and
-    /// every continuation starts at `P`. The prefixes' states [G, P, D] and the continuations'
-    /// [N, C, D].
+    /// Final hidden states of sequences that share prefixes, each prefix computed once and its
+    /// keys and values given to all of its continuations. `prefix` [G, P] holds the prefixes
+    /// left-padded to one length, `pad[g]` padding positions before prefix `g`; `cont` [N, C] the
+    /// continuations and `group[n]` the prefix of each. Padding is masked as a key (a padding
+    /// query sees only itself, so no row is all `−∞`). Rotary attention depends on relative
+    /// positions only, so a prefix shifted right by its padding gives the same states up to f32
+    /// rounding; every prefix ends at `P − 1` and every continuation starts at `P`. The
+    /// prefixes' states [G, P, D] and the continuations' [N, C, D], equal to [`Llama::forward`]
+    /// of each `prefix ++ cont` (checked in `tests/lm_cycle.rs` and `tests/lm_recipe.rs`).
+    /// Inference only: candle's fused norm, rotary and softmax kernels (no backward), equal to
+    /// the differentiable ops up to f32 rounding.
     pub fn forward_prompt_groups(
         &self,
         prefix: &Tensor,
         pad: &[usize],
         cont: &Tensor,
-        group: &Tensor,
+        group: &[u32],
     ) -> Result<(Tensor, Tensor)> {
         let (g, p) = prefix.dims2()?;
         let (n, c) = cont.dims2()?;
@@ -453,7 +438,8 @@ impl Llama {
         let part = |t: &Tensor, start, len| t.narrow(0, start, len)?.contiguous();
         let (cos_p, sin_p) = (part(&cos, 0, p)?, part(&sin, 0, p)?);
         let (cos_c, sin_c) = (part(&cos, p, c)?, part(&sin, p, c)?);
-        let (mask_p, mask_c) = prompt_group_masks(pad, p, c, &group.to_vec1::<u32>()?, dev)?;
+        let (mask_p, mask_c) = prompt_group_masks(pad, p, c, group, dev)?;
+        let group = Tensor::new(group, dev)?;
         let kernels = Kernels::Fused;
         let (mut xp, mut xc) = (self.embed.forward(prefix)?, self.embed.forward(cont)?);
         for layer in &self.layers {
@@ -464,7 +450,7 @@ impl Llama {
                 if g == 1 {
                     t.broadcast_as((n, self.heads, p, self.head_dim))
                 } else {
-                    t.index_select(group, 0)
+                    t.index_select(&group, 0)
                 }
             };
             // `cat` along a later dimension leaves a layout the batched matmul refuses.

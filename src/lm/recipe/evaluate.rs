@@ -162,6 +162,15 @@ fn implicit_tokens(
 /// Per-sequence rewards and, for the IM-RM, each token's contribution.
 pub(super) type Scores = (Vec<f64>, Option<Vec<Vec<f64>>>);
 
+/// Which forward scores sequences without a gradient: the training one ([`Scorer::features`],
+/// differentiable), or the shared-prompt one (each prompt computed once, fused kernels; equal up to
+/// f32 rounding).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum ScoringPath {
+    Training,
+    SharedPrompt,
+}
+
 /// Scores sequences for one reward model: from live forwards (`full`) or frozen features.
 pub(super) struct Scorer<'a> {
     pub(super) reward: RecipeReward,
@@ -247,39 +256,40 @@ impl Scorer<'_> {
         Ok(lp.index_select(&Tensor::new(&[yes, no], u.device())?, 1)?)
     }
 
-    /// `ln π` of every scored token of every sequence, f64 (no gradient).
+    /// `ln π` of every scored token of every sequence, f64 (no gradient), through the
+    /// shared-prompt forward ([`ScoringPath::SharedPrompt`]).
     pub(super) fn token_logprob_table(
         &self,
         seqs: &[ScoredSequence],
         u: &Tensor,
     ) -> Result<Vec<Vec<f64>>> {
         let all: Vec<usize> = (0..seqs.len()).collect();
-        let mut out = vec![Vec::new(); seqs.len()];
-        for idx in prompt_chunks(seqs, &all, self.batch) {
-            let f = self.inference_features(seqs, &idx)?;
-            let lp = token_logprobs(&f, u)?.detach().to_vec1::<f32>()?;
-            for (&i, part) in idx.iter().zip(per_sequence(&lp, seqs, &idx)) {
-                out[i] = part;
-            }
-        }
-        Ok(out)
+        self.logprob_table(seqs, &all, u, ScoringPath::SharedPrompt)
     }
 
-    /// `ln π` of every scored token of the sequences `idx` through the training forward
-    /// ([`features`](Self::features)), f64, in `idx` order (no gradient kept).
-    pub(super) fn training_logprob_table(
+    /// `ln π` of every scored token of the sequences `idx`, f64, in `idx` order (no gradient
+    /// kept), through `path`.
+    pub(super) fn logprob_table(
         &self,
         seqs: &[ScoredSequence],
         idx: &[usize],
         u: &Tensor,
+        path: ScoringPath,
     ) -> Result<Vec<Vec<f64>>> {
-        let mut out = Vec::with_capacity(idx.len());
-        for chunk in idx.chunks(self.batch) {
-            let f = self.features(seqs, chunk)?;
+        let chunks = match path {
+            ScoringPath::SharedPrompt => prompt_chunks(seqs, idx, self.batch),
+            ScoringPath::Training => idx.chunks(self.batch).map(<[usize]>::to_vec).collect(),
+        };
+        let mut by_sequence = std::collections::HashMap::with_capacity(idx.len());
+        for chunk in chunks {
+            let f = match path {
+                ScoringPath::SharedPrompt => self.inference_features(seqs, &chunk)?,
+                ScoringPath::Training => self.features(seqs, &chunk)?,
+            };
             let lp = token_logprobs(&f, u)?.detach().to_vec1::<f32>()?;
-            out.extend(per_sequence(&lp, seqs, chunk));
+            by_sequence.extend(chunk.iter().copied().zip(per_sequence(&lp, seqs, &chunk)));
         }
-        Ok(out)
+        Ok(idx.iter().map(|i| by_sequence[i].clone()).collect())
     }
 
     /// Rewards of every sequence (f64) and, for the IM-RMs, each token's contribution

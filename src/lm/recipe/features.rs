@@ -78,7 +78,7 @@ pub(super) fn live_features(
 
 /// The body's representations of `seqs` for scoring without a gradient. A causal Llama-family
 /// forward computes each distinct prompt (`ids[..response_start]`) once for all its sequences
-/// ([`LanguageModel::continuation_hidden_states`], fused inference kernels, equal to
+/// ([`LanguageModel::prompt_group_hidden_states`], fused inference kernels, equal to
 /// [`live_features`] up to f32 rounding); other bodies fall back to [`live_features`].
 pub(super) fn inference_features(
     lm: &LanguageModel,

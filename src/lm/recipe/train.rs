@@ -2,7 +2,7 @@
 //! official code's mini-batches and gradient accumulation, evaluated along the way.
 
 use super::config::RecipeFile;
-use super::evaluate::{evaluate_splits, RecipeCheckpoint, Scorer};
+use super::evaluate::{evaluate_splits, RecipeCheckpoint, Scorer, ScoringPath};
 use super::features::{FrozenFeatures, Need};
 use super::problem::{build_problem, RecipeProblem, ScoredSequence};
 use super::reward::RecipeReward;
@@ -178,9 +178,9 @@ pub fn train_recipe(
                 .copied()
                 .collect();
             let mut table = reference.clone();
-            for (i, lp) in idx
-                .iter()
-                .zip(scorer.training_logprob_table(seqs, &idx, &u0)?)
+            for (i, lp) in
+                idx.iter()
+                    .zip(scorer.logprob_table(seqs, &idx, &u0, ScoringPath::Training)?)
             {
                 table[*i] = lp;
             }
