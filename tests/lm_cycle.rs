@@ -98,6 +98,121 @@ fn shared_prefix_scores_equal_whole_sequence_scores() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The training step's shared-prompt forward (differentiable kernels, several prompts of
+/// different lengths left-padded, each with continuations in interleaved order) gives the same
+/// states and the same gradient of every parameter as the padded forward of each whole sequence.
+#[test]
+fn shared_prompt_training_forward_has_the_whole_sequence_gradient() {
+    use candle_core::Tensor;
+    use rmflow::lm::nets::Kernels;
+    let dir = common::temp_dir("cycle", "prefix-grad");
+    let (lm, tokens, pairs) = fixture(&dir, 5, 3);
+    let prompts: Vec<Vec<u32>> = pairs.iter().map(|p| prompt(&lm, &p.graph)).collect();
+    let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    assert!(
+        lens.iter().any(|&l| l != lens[0]),
+        "prompts of one length {lens:?} test no padding"
+    );
+    let orders = vertex_orders(5).unwrap();
+    let group = [0usize, 1, 2, 0, 1, 2];
+    let conts: Vec<Vec<u32>> = (0..group.len())
+        .map(|i| tokens.response_ids(&orders[3 * i + 1]))
+        .collect();
+    let c = conts[0].len();
+    let d = lm.dim;
+    // A fixed linear read-out of the prompts' last states and every continuation state.
+    let w: Vec<f32> = (0..d)
+        .map(|k| ((k * 7 + 3) % 11) as f32 / 11.0 - 0.5)
+        .collect();
+    let w = Tensor::new(w.as_slice(), &lm.device)
+        .unwrap()
+        .unsqueeze(1)
+        .unwrap();
+    let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let (h_last, h) = lm
+        .prompt_group_hidden_states(&refs, &conts, &group, Kernels::Differentiable)
+        .unwrap();
+    let loss_shared = (h_last.matmul(&w).unwrap().sum_all().unwrap()
+        + h.reshape((group.len() * c, d))
+            .unwrap()
+            .matmul(&w)
+            .unwrap()
+            .sum_all()
+            .unwrap())
+    .unwrap();
+    let whole: Vec<Vec<u32>> = group
+        .iter()
+        .zip(&conts)
+        .map(|(&g, c)| [prompts[g].clone(), c.clone()].concat())
+        .collect();
+    let full = lm.padded_hidden_states(&whole).unwrap();
+    let mut rows = Vec::new();
+    // Each prompt's last state once (from its first continuation), then every continuation's.
+    for (g, len) in lens.iter().enumerate() {
+        let i = group.iter().position(|&x| x == g).unwrap();
+        rows.push(full.get(i).unwrap().get(len - 1).unwrap());
+    }
+    for (i, &g) in group.iter().enumerate() {
+        rows.push(full.get(i).unwrap().narrow(0, lens[g], c).unwrap());
+    }
+    let picked = Tensor::cat(
+        &rows
+            .iter()
+            .map(|r| {
+                if r.rank() == 1 {
+                    r.unsqueeze(0).unwrap()
+                } else {
+                    r.clone()
+                }
+            })
+            .collect::<Vec<_>>(),
+        0,
+    )
+    .unwrap();
+    let loss_full = picked.matmul(&w).unwrap().sum_all().unwrap();
+    let (a, b) = (
+        loss_shared.to_scalar::<f32>().unwrap(),
+        loss_full.to_scalar::<f32>().unwrap(),
+    );
+    assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "loss {a} vs {b}");
+    let (ga, gb) = (
+        loss_shared.backward().unwrap(),
+        loss_full.backward().unwrap(),
+    );
+    let mut worst = (0f32, String::new());
+    for (name, v) in lm.parameters() {
+        let (x, y) = (ga.get(v.as_tensor()), gb.get(v.as_tensor()));
+        let (Some(x), Some(y)) = (x, y) else {
+            assert!(
+                x.is_none() && y.is_none(),
+                "{name}: gradient on one side only"
+            );
+            continue;
+        };
+        let max = |t: &Tensor| -> f32 {
+            t.abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        };
+        let rel = max(&(x - y).unwrap()) / max(y).max(1e-6);
+        if rel > worst.0 {
+            worst = (rel, name);
+        }
+    }
+    eprintln!("largest relative gradient difference: {worst:?}");
+    // f32: the two forwards sum in different orders (left padding, rotary positions shifted).
+    assert!(
+        worst.0 < 1e-3,
+        "largest relative gradient difference {worst:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The grammar-restricted conditionals sum to 1 over every order (each order scored once, at the
 /// right positions); the raw masses are probabilities (≤ 1) and the cycles' mass is part of the
 /// orders'.

@@ -5,7 +5,7 @@
 //! Families: BERT (masked: the answer fills a `[MASK]` slot), Llama, Qwen2, GPT-2 and GPT-NeoX
 //! (causal: `π(y|x)` is read at the last prompt position, the EX-RM at the position of `y`).
 
-use super::nets::{self, BertShape, Gpt2, Gpt2Config, GptNeox, GptNeoxConfig};
+use super::nets::{self, BertShape, Gpt2, Gpt2Config, GptNeox, GptNeoxConfig, Kernels};
 use anyhow::{bail, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor, Var};
@@ -836,14 +836,19 @@ impl LanguageModel {
     /// Final hidden states of `prefix ++ cont_b` for every continuation, the prefix computed
     /// once ([`prompt_group_hidden_states`](Self::prompt_group_hidden_states) with one prompt):
     /// `h` at the prefix's last position [D] and at every continuation position [B, C, D].
-    /// Differentiable Llama / Qwen2 forwards only; the continuations have equal length.
+    /// Differentiable Llama / Qwen2 forwards only (fused kernels, no gradient); the continuations
+    /// have equal length.
     pub fn continuation_hidden_states(
         &self,
         prefix: &[u32],
         conts: &[Vec<u32>],
     ) -> Result<(Tensor, Tensor)> {
-        let (h_last, h) =
-            self.prompt_group_hidden_states(&[prefix], conts, &vec![0; conts.len()])?;
+        let (h_last, h) = self.prompt_group_hidden_states(
+            &[prefix],
+            conts,
+            &vec![0; conts.len()],
+            Kernels::Fused,
+        )?;
         Ok((h_last.squeeze(0)?, h))
     }
 
@@ -851,11 +856,13 @@ impl LanguageModel {
     /// once ([`nets::Llama::forward_prompt_groups`], the prompts left-padded): `h` at each
     /// prompt's last position [G, D] and at every continuation position [N, C, D], where
     /// `group[n]` is continuation `n`'s prompt and the continuations have one length.
+    /// `kernels`: differentiable (training) or fused (scoring without a gradient).
     pub fn prompt_group_hidden_states(
         &self,
         prompts: &[&[u32]],
         conts: &[Vec<u32>],
         group: &[usize],
+        kernels: Kernels,
     ) -> Result<(Tensor, Tensor)> {
         let Network::DiffLlama(m) = &self.network else {
             bail!("shared-prompt hidden states need the differentiable Llama forward");
@@ -880,7 +887,7 @@ impl LanguageModel {
         let flat: Vec<u32> = conts.iter().flatten().copied().collect();
         let cont = Tensor::from_vec(flat, (conts.len(), c), &self.device)?;
         let group: Vec<u32> = group.iter().map(|&g| g as u32).collect();
-        let (hp, hc) = m.forward_prompt_groups(&prefix, &pad, &cont, &group)?;
+        let (hp, hc) = m.forward_prompt_groups(&prefix, &pad, &cont, &group, kernels)?;
         Ok((hp.narrow(1, p - 1, 1)?.squeeze(1)?, hc))
     }
 

@@ -57,8 +57,8 @@ impl Norm {
 
 /// Which kernels a forward uses: the differentiable compositions (training), or candle's fused
 /// norm, rotary and softmax kernels (no backward; equal up to f32 rounding), for inference.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kernels {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
     Differentiable,
     Fused,
 }
@@ -422,14 +422,15 @@ impl Llama {
     /// rounding; every prefix ends at `P − 1` and every continuation starts at `P`. The
     /// prefixes' states [G, P, D] and the continuations' [N, C, D], equal to [`Llama::forward`]
     /// of each `prefix ++ cont` (checked in `tests/lm_cycle.rs` and `tests/lm_recipe.rs`).
-    /// Inference only: candle's fused norm, rotary and softmax kernels (no backward), equal to
-    /// the differentiable ops up to f32 rounding.
+    /// `kernels`: differentiable (a training step: the gradient reaches each prefix through all
+    /// of its continuations) or fused (scoring without a gradient; equal up to f32 rounding).
     pub fn forward_prompt_groups(
         &self,
         prefix: &Tensor,
         pad: &[usize],
         cont: &Tensor,
         group: &[u32],
+        kernels: Kernels,
     ) -> Result<(Tensor, Tensor)> {
         let (g, p) = prefix.dims2()?;
         let (n, c) = cont.dims2()?;
@@ -440,7 +441,6 @@ impl Llama {
         let (cos_c, sin_c) = (part(&cos, p, c)?, part(&sin, p, c)?);
         let (mask_p, mask_c) = prompt_group_masks(pad, p, c, group, dev)?;
         let group = Tensor::new(group, dev)?;
-        let kernels = Kernels::Fused;
         let (mut xp, mut xc) = (self.embed.forward(prefix)?, self.embed.forward(cont)?);
         for layer in &self.layers {
             let (qp, kp, vp) = self.qkv(layer, &xp, &cos_p, &sin_p, kernels)?;

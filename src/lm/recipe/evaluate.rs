@@ -2,12 +2,13 @@
 //! evaluator's normalised margins, and the IM-RM's per-token parts.
 
 use super::features::{
-    inference_features, live_features, per_sequence_sum, prompt_chunks, token_logprobs, Features,
+    per_sequence_sum, prompt_chunks, shared_prompt_features, token_logprobs, Features,
     FrozenFeatures, Need,
 };
 use super::problem::{RecipeProblem, ScoredSequence, Side};
 use super::reward::RecipeReward;
 use crate::experiment::observables::{reward_summary, split_metrics, RewardSummary, SplitMetrics};
+use crate::lm::nets::Kernels;
 use crate::lm::LanguageModel;
 use anyhow::Result;
 use candle_core::{Tensor, D};
@@ -163,12 +164,12 @@ fn implicit_tokens(
 pub(super) type Scores = (Vec<f64>, Option<Vec<Vec<f64>>>);
 
 /// Which forward scores sequences without a gradient: the training one ([`Scorer::features`],
-/// differentiable), or the shared-prompt one (each prompt computed once, fused kernels; equal up to
-/// f32 rounding).
+/// differentiable kernels), or the fused inference one (equal up to f32 rounding). Both compute
+/// each prompt once on a causal Llama-family body.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum ScoringPath {
     Training,
-    SharedPrompt,
+    Inference,
 }
 
 /// Scores sequences for one reward model: from live forwards (`full`) or frozen features.
@@ -183,25 +184,29 @@ pub(super) struct Scorer<'a> {
 }
 
 impl Scorer<'_> {
+    /// The representations of the sequences `idx` as a training step reads them
+    /// (differentiable; each prompt computed once where the body allows).
     pub(super) fn features(&self, seqs: &[ScoredSequence], idx: &[usize]) -> Result<Features> {
+        self.features_through(seqs, idx, Kernels::Differentiable)
+    }
+
+    /// [`features`](Self::features) for scoring without a gradient (fused kernels).
+    fn inference_features(&self, seqs: &[ScoredSequence], idx: &[usize]) -> Result<Features> {
+        self.features_through(seqs, idx, Kernels::Fused)
+    }
+
+    fn features_through(
+        &self,
+        seqs: &[ScoredSequence],
+        idx: &[usize],
+        kernels: Kernels,
+    ) -> Result<Features> {
         let need = Need::of(self.reward);
         match self.frozen {
             Some(f) => f.features(idx, need),
             None => {
                 let refs: Vec<&ScoredSequence> = idx.iter().map(|&i| &seqs[i]).collect();
-                live_features(self.lm, &refs, need)
-            }
-        }
-    }
-
-    /// [`features`](Self::features) for scoring without a gradient: live ones through
-    /// [`inference_features`] (each prompt computed once).
-    fn inference_features(&self, seqs: &[ScoredSequence], idx: &[usize]) -> Result<Features> {
-        match self.frozen {
-            Some(_) => self.features(seqs, idx),
-            None => {
-                let refs: Vec<&ScoredSequence> = idx.iter().map(|&i| &seqs[i]).collect();
-                inference_features(self.lm, &refs, Need::of(self.reward))
+                shared_prompt_features(self.lm, &refs, need, kernels)
             }
         }
     }
@@ -257,39 +262,41 @@ impl Scorer<'_> {
     }
 
     /// `ln π` of every scored token of every sequence, f64 (no gradient), through the
-    /// shared-prompt forward ([`ScoringPath::SharedPrompt`]).
+    /// inference forward ([`ScoringPath::Inference`]).
     pub(super) fn token_logprob_table(
         &self,
         seqs: &[ScoredSequence],
         u: &Tensor,
     ) -> Result<Vec<Vec<f64>>> {
         let all: Vec<usize> = (0..seqs.len()).collect();
-        self.logprob_table(seqs, &all, u, ScoringPath::SharedPrompt)
+        let mut table = vec![Vec::new(); seqs.len()];
+        let chunks = prompt_chunks(seqs, &all, self.batch);
+        for (i, lp) in self.logprob_table(seqs, &chunks, u, ScoringPath::Inference)? {
+            table[i] = lp;
+        }
+        Ok(table)
     }
 
-    /// `ln π` of every scored token of the sequences `idx`, f64, in `idx` order (no gradient
-    /// kept), through `path`.
+    /// `ln π` of every scored token of the sequences of each chunk (one forward per chunk),
+    /// f64, by sequence index in chunk order (no gradient kept), through `path`. A sequence's
+    /// values depend on its chunk only through f32 rounding; the same chunks give the same bits.
     pub(super) fn logprob_table(
         &self,
         seqs: &[ScoredSequence],
-        idx: &[usize],
+        chunks: &[Vec<usize>],
         u: &Tensor,
         path: ScoringPath,
-    ) -> Result<Vec<Vec<f64>>> {
-        let chunks = match path {
-            ScoringPath::SharedPrompt => prompt_chunks(seqs, idx, self.batch),
-            ScoringPath::Training => idx.chunks(self.batch).map(<[usize]>::to_vec).collect(),
-        };
-        let mut by_sequence = std::collections::HashMap::with_capacity(idx.len());
+    ) -> Result<Vec<(usize, Vec<f64>)>> {
+        let mut out = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
         for chunk in chunks {
             let f = match path {
-                ScoringPath::SharedPrompt => self.inference_features(seqs, &chunk)?,
-                ScoringPath::Training => self.features(seqs, &chunk)?,
+                ScoringPath::Inference => self.inference_features(seqs, chunk)?,
+                ScoringPath::Training => self.features(seqs, chunk)?,
             };
             let lp = token_logprobs(&f, u)?.detach().to_vec1::<f32>()?;
-            by_sequence.extend(chunk.iter().copied().zip(per_sequence(&lp, seqs, &chunk)));
+            out.extend(chunk.iter().copied().zip(per_sequence(&lp, seqs, chunk)));
         }
-        Ok(idx.iter().map(|i| by_sequence[i].clone()).collect())
+        Ok(out)
     }
 
     /// Rewards of every sequence (f64) and, for the IM-RMs, each token's contribution

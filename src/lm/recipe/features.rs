@@ -5,6 +5,7 @@
 use super::evaluate::Scorer;
 use super::problem::ScoredSequence;
 use super::reward::RecipeReward;
+use crate::lm::nets::Kernels;
 use crate::lm::LanguageModel;
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
@@ -76,14 +77,17 @@ pub(super) fn live_features(
     })
 }
 
-/// The body's representations of `seqs` for scoring without a gradient. A causal Llama-family
-/// forward computes each distinct prompt (`ids[..response_start]`) once for all its sequences
-/// ([`LanguageModel::prompt_group_hidden_states`], fused inference kernels, equal to
-/// [`live_features`] up to f32 rounding); other bodies fall back to [`live_features`].
-pub(super) fn inference_features(
+/// The body's representations of `seqs` with each distinct prompt (`ids[..response_start]`)
+/// computed once for all its sequences, on a causal Llama-family forward
+/// ([`LanguageModel::prompt_group_hidden_states`]; equal to [`live_features`] up to f32
+/// rounding): differentiable `kernels` for a training step (a pair's chosen and rejected
+/// responses share their prompt, so a step runs about half the tokens of the padded forward),
+/// fused ones for scoring without a gradient. Other bodies fall back to [`live_features`].
+pub(super) fn shared_prompt_features(
     lm: &LanguageModel,
     seqs: &[&ScoredSequence],
     need: Need,
+    kernels: Kernels,
 ) -> Result<Features> {
     if !lm.shares_prefixes() || seqs.iter().any(|s| s.response_start == 0) {
         return live_features(lm, seqs, need);
@@ -110,10 +114,10 @@ pub(super) fn inference_features(
             group[i] = g;
         }
     }
-    let (h_last, h) = lm.prompt_group_hidden_states(&prompts, &conts, &group)?;
+    let (h_last, h) = lm.prompt_group_hidden_states(&prompts, &conts, &group, kernels)?;
     // Rows: every prompt's last position, then each sequence's `width` response positions.
     let g = prompts.len();
-    let table = Tensor::cat(&[h_last, h.reshape((seqs.len() * width, d))?], 0)?.detach();
+    let table = Tensor::cat(&[h_last, h.reshape((seqs.len() * width, d))?], 0)?;
     let rows_of: Vec<(usize, usize)> = (0..seqs.len()).map(|i| (group[i], g + i * width)).collect();
     // The row of absolute position `k` of sequence `i` (the prompt's last, or a response token).
     let row = |i: usize, k: usize| -> u32 {
@@ -178,7 +182,7 @@ fn scored_tokens(seqs: &[&ScoredSequence]) -> (Vec<u32>, Vec<usize>) {
 
 /// `idx` reordered so that the sequences of one prompt are adjacent, cut into chunks of whole
 /// prompt groups of at most `batch` sequences (a larger group is cut on its own): the shared
-/// prompt forward of [`inference_features`] then computes each prompt about once.
+/// prompt forward of [`shared_prompt_features`] then computes each prompt about once.
 pub(super) fn prompt_chunks(
     seqs: &[ScoredSequence],
     idx: &[usize],
@@ -301,7 +305,7 @@ impl FrozenFeatures {
         let (mut scored, mut done) = (0u32, 0u32);
         for chunk in prompt_chunks(seqs, &all, batch) {
             let refs: Vec<&ScoredSequence> = chunk.iter().map(|&i| &seqs[i]).collect();
-            let f = inference_features(lm, &refs, need)?;
+            let f = shared_prompt_features(lm, &refs, need, Kernels::Fused)?;
             for &i in &chunk {
                 rows_of[i] = (scored, done);
                 scored += (seqs[i].response_end - seqs[i].response_start) as u32;

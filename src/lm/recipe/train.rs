@@ -165,27 +165,10 @@ pub fn train_recipe(
             .collect(),
         _ => vec![vec![]; seqs.len()],
     };
-    // Training scores the pairs through the differentiable forward; its own `ln π_ref` of the
-    // training sequences makes every initial training margin exactly 0 (evaluation's fused
-    // forward agrees only up to f32 rounding).
     let train_reference = match (reward, mode) {
-        (RecipeReward::Imrm, RecipeMode::Full) => {
-            let train = &problem.splits[0];
-            let idx: Vec<usize> = train
-                .chosen
-                .iter()
-                .chain(&train.rejected)
-                .copied()
-                .collect();
-            let mut table = reference.clone();
-            for (i, lp) in
-                idx.iter()
-                    .zip(scorer.logprob_table(seqs, &idx, &u0, ScoringPath::Training)?)
-            {
-                table[*i] = lp;
-            }
-            Some(table)
-        }
+        (RecipeReward::Imrm, RecipeMode::Full) => Some(training_reference(
+            &scorer, file, problem, seqs, &u0, &reference,
+        )?),
         _ => None,
     };
     let parameters =
@@ -240,6 +223,55 @@ fn initial_head(file: &RecipeFile, dim: usize, device: &Device) -> Result<Var> {
         dim,
         device,
     )?)?)
+}
+
+/// The IM-RM's `ln π_ref` of the training sequences as the training step computes them: the
+/// first epoch's micro-batches replayed through the training forward before any update, so that
+/// every margin of the first step is exactly 0 (as the official code's in-batch reference
+/// forward makes it); other sequences keep `reference`. Later micro-batches group the sequences
+/// differently and agree with it up to f32 rounding.
+fn training_reference(
+    scorer: &Scorer,
+    file: &RecipeFile,
+    problem: &RecipeProblem,
+    seqs: &[ScoredSequence],
+    u0: &Tensor,
+    reference: &[Vec<f64>],
+) -> Result<Vec<Vec<f64>>> {
+    let t = &file.train;
+    let train = &problem.splits[0];
+    let order = epoch_orders(file.seed, train.chosen.len())
+        .next()
+        .expect("an endless iterator");
+    let chunks: Vec<Vec<usize>> = order
+        .chunks(t.pairs_per_step)
+        .flat_map(|step| step.chunks(t.micro_batch))
+        .map(|micro| micro_batch_sequences(problem, micro))
+        .collect();
+    let mut table = reference.to_vec();
+    for (i, lp) in scorer.logprob_table(seqs, &chunks, u0, ScoringPath::Training)? {
+        table[i] = lp;
+    }
+    Ok(table)
+}
+
+/// The training pairs' order in each epoch: one seeded shuffle per epoch.
+fn epoch_orders(seed: u64, pairs: usize) -> impl Iterator<Item = Vec<usize>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f17e);
+    std::iter::repeat_with(move || {
+        let mut order: Vec<usize> = (0..pairs).collect();
+        order.shuffle(&mut rng);
+        order
+    })
+}
+
+/// The sequences a micro-batch of training pairs scores: the chosen responses, then the
+/// rejected ones.
+fn micro_batch_sequences(problem: &RecipeProblem, micro: &[usize]) -> Vec<usize> {
+    let train = &problem.splits[0];
+    let mut idx: Vec<usize> = micro.iter().map(|&p| train.chosen[p]).collect();
+    idx.extend(micro.iter().map(|&p| train.rejected[p]));
+    idx
 }
 
 /// EX-GRM: the ids of "Yes" and "No" in the checkpoint's vocabulary (the official
@@ -315,17 +347,14 @@ impl Session<'_> {
         let t = &file.train;
         let (first, mut rewards) = self.evaluate(0, 0, on_event)?;
         let mut checkpoints = vec![first];
-        let n = problem.splits[0].chosen.len();
-        let mut rng = ChaCha8Rng::seed_from_u64(file.seed ^ 0x5eed_f17e);
+        let orders = epoch_orders(file.seed, problem.splits[0].chosen.len());
         let mut history = Vec::new();
         let mut step_seconds = 0.0;
-        for epoch in 1..=t.epochs {
+        for (epoch, order) in (1..=t.epochs).zip(orders) {
             on_event(RecipeEvent::Stage(format!(
                 "training epoch {epoch} of {}",
                 t.epochs
             )));
-            let mut order: Vec<usize> = (0..n).collect();
-            order.shuffle(&mut rng);
             for pairs in order.chunks(t.pairs_per_step) {
                 let t0 = std::time::Instant::now();
                 let record = self.optimizer_step(pairs, optimizers, history.len(), epoch)?;
@@ -438,9 +467,7 @@ impl Session<'_> {
     /// `Σ softplus(r⁻ − r⁺)` over the pairs; EX-GRM cross-entropy
     /// `−Σ [ln P(Yes | x, y⁺) + ln P(No | x, y⁻)]` over the `2b` responses.
     fn micro_batch_loss(&self, micro: &[usize]) -> Result<(Tensor, usize, Vec<f32>)> {
-        let train = &self.problem.splits[0];
-        let mut idx: Vec<usize> = micro.iter().map(|&p| train.chosen[p]).collect();
-        idx.extend(micro.iter().map(|&p| train.rejected[p]));
+        let idx = micro_batch_sequences(self.problem, micro);
         let b = micro.len();
         let scorer = self.scorer;
         let (u, head) = (self.u_now(), self.head.as_tensor());
