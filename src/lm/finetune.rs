@@ -8,13 +8,14 @@
 //! with single-token answers the normaliser still cancels and the unseen rows of `U` get no
 //! gradient, but `m = β[(U_{y⁺}−U_{y⁻})·h_x(T) − (U_{y⁺}−U_{y⁻})(0)·h_x(0)]` changes with `h_x`.
 
+use super::adam::Adam;
 use super::{extract_pairs, Forward, LanguageModel, SplitSequences};
 use crate::experiment::observables::{split_metrics, SplitMetrics};
 use crate::experiment::simulation::ModelKind;
 use crate::problem::synthetic::PairSet;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::ParamsAdamW;
 use ndarray::{Array1, Array2};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -475,11 +476,11 @@ fn reference_log_ratios(
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// AdamW on the trained tensors and, at its own learning rate, on the EX-RM head: the optimizers
-/// of full fine-tuning and of the paper's recipe.
+/// AdamW ([`Adam`], fused) on the trained tensors and, at its own learning rate, on the EX-RM
+/// head: the optimizers of full fine-tuning and of the paper's recipe.
 pub(crate) struct Optimizers {
-    body: AdamW,
-    head: Option<AdamW>,
+    body: Adam,
+    head: Option<Adam>,
     /// Every trained variable, the head last (for gradient accumulation).
     pub(crate) vars: Vec<Var>,
 }
@@ -492,13 +493,13 @@ impl Optimizers {
         params: ParamsAdamW,
         head_lr: Option<f64>,
     ) -> Result<Optimizers> {
-        let body = AdamW::new(vars.clone(), params.clone())?;
+        let body = Adam::new(vars.clone(), params.clone())?;
         let mut all = vars;
         let head = match head {
             Some(h) => {
                 all.push(h.clone());
                 let lr = head_lr.unwrap_or(params.lr);
-                Some(AdamW::new(vec![h.clone()], ParamsAdamW { lr, ..params })?)
+                Some(Adam::new(vec![h.clone()], ParamsAdamW { lr, ..params })?)
             }
             None => None,
         };

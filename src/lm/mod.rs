@@ -5,6 +5,7 @@
 //! prefix-and-word recipe ([`recipe`]), and the Hamiltonian-cycle experiment on a model rmflow
 //! trains itself ([`cycle`], MATH.md §7).
 
+pub mod adam;
 pub mod alignment;
 pub mod chat;
 pub mod convert;
