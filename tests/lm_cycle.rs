@@ -36,6 +36,18 @@ fn fixture(
     (lm, tokens, train)
 }
 
+/// The largest absolute entry of `t`.
+fn max_abs(t: &candle_core::Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
 /// The rendered prompt ids of `pair`'s graph.
 fn prompt(lm: &LanguageModel, graph: &rmflow::problem::hamiltonian::Graph) -> Vec<u32> {
     let t = rmflow::lm::cycle::problem::template_of(lm).unwrap();
@@ -60,18 +72,7 @@ fn shared_prefix_scores_equal_whole_sequence_scores() {
     let full = lm.padded_hidden_states(&whole).unwrap();
     let c = conts[0].len();
     let tail = full.narrow(1, p.len(), c).unwrap();
-    let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    };
+    let diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| max_abs(&(a - b).unwrap());
     // f32 tolerance: the fused and the differentiable kernels round differently.
     assert!(
         diff(&h, &tail) < 1e-4,
@@ -189,17 +190,7 @@ fn shared_prompt_training_forward_has_the_whole_sequence_gradient() {
             );
             continue;
         };
-        let max = |t: &Tensor| -> f32 {
-            t.abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
-        };
-        let rel = max(&(x - y).unwrap()) / max(y).max(1e-6);
+        let rel = max_abs(&(x - y).unwrap()) / max_abs(y).max(1e-6);
         if rel > worst.0 {
             worst = (rel, name);
         }

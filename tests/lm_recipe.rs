@@ -905,3 +905,64 @@ fn default_template_matches_update_tokenizer() {
     assert!(bad.render(&[], false).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The fused step equals candle-nn's `AdamW` bit for bit over several steps, weight decay
+/// and a variable without a gradient included.
+#[test]
+fn fused_adamw_equals_candle_adamw_bit_for_bit() {
+    use candle_core::Tensor;
+    use candle_nn::Optimizer;
+    let dev = candle_core::Device::Cpu;
+    let params = candle_nn::ParamsAdamW {
+        lr: 3e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+    };
+    let make = |seed: u64| -> Vec<candle_core::Var> {
+        let mut x = seed;
+        let mut next = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        [(7usize, 5usize), (3, 1), (4, 4)]
+            .iter()
+            .map(|&(r, c)| {
+                let v: Vec<f32> = (0..r * c).map(|_| next()).collect();
+                candle_core::Var::from_tensor(&Tensor::from_vec(v, (r, c), &dev).unwrap()).unwrap()
+            })
+            .collect()
+    };
+    let (ours, theirs) = (make(1), make(1));
+    let mut fused = rmflow::lm::adam::Adam::new(ours.clone(), params.clone()).unwrap();
+    let mut candle = candle_nn::AdamW::new(theirs.clone(), params).unwrap();
+    for step in 0..6 {
+        let loss = |vars: &[candle_core::Var]| -> Tensor {
+            // The third variable gets no gradient on odd steps.
+            let used = if step % 2 == 1 { 2 } else { 3 };
+            let mut total = Tensor::new(0f32, &dev).unwrap();
+            for (k, v) in vars[..used].iter().enumerate() {
+                let t = v.as_tensor();
+                let term = ((t * (k as f64 + 1.0)).unwrap().sin().unwrap() * t)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap();
+                total = (total + term).unwrap();
+            }
+            total
+        };
+        fused.step(&loss(&ours).backward().unwrap()).unwrap();
+        candle.step(&loss(&theirs).backward().unwrap()).unwrap();
+        for (a, b) in ours.iter().zip(&theirs) {
+            let (a, b) = (
+                a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "step {step}: {a:?} vs {b:?}");
+        }
+    }
+}
