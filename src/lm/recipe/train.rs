@@ -249,8 +249,12 @@ fn training_reference(
         .map(|micro| micro_batch_sequences(problem, micro))
         .collect();
     let mut table = reference.to_vec();
+    let mut done = vec![false; seqs.len()];
+    // A sequence in several pairs keeps the values of its first micro-batch (step 1's first).
     for (i, lp) in scorer.logprob_table(seqs, &chunks, u0, ScoringPath::Training)? {
-        table[i] = lp;
+        if !std::mem::replace(&mut done[i], true) {
+            table[i] = lp;
+        }
     }
     Ok(table)
 }
