@@ -163,15 +163,6 @@ fn implicit_tokens(
 /// Per-sequence rewards and, for the IM-RM, each token's contribution.
 pub(super) type Scores = (Vec<f64>, Option<Vec<Vec<f64>>>);
 
-/// Which forward scores sequences without a gradient: the training one ([`Scorer::features`],
-/// differentiable kernels), or the fused inference one (equal up to f32 rounding). Both compute
-/// each prompt once on a causal Llama-family body.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum ScoringPath {
-    Training,
-    Inference,
-}
-
 /// Scores sequences for one reward model: from live forwards (`full`) or frozen features.
 pub(super) struct Scorer<'a> {
     pub(super) reward: RecipeReward,
@@ -190,11 +181,8 @@ impl Scorer<'_> {
         self.features_through(seqs, idx, Kernels::Differentiable)
     }
 
-    /// [`features`](Self::features) for scoring without a gradient (fused kernels).
-    fn inference_features(&self, seqs: &[ScoredSequence], idx: &[usize]) -> Result<Features> {
-        self.features_through(seqs, idx, Kernels::Fused)
-    }
-
+    /// The representations of the sequences `idx` through `kernels`: differentiable (as a
+    /// training step reads them) or fused (scoring without a gradient; equal up to f32 rounding).
     fn features_through(
         &self,
         seqs: &[ScoredSequence],
@@ -262,7 +250,7 @@ impl Scorer<'_> {
     }
 
     /// `ln π` of every scored token of every sequence, f64 (no gradient), through the
-    /// inference forward ([`ScoringPath::Inference`]).
+    /// fused inference kernels.
     pub(super) fn token_logprob_table(
         &self,
         seqs: &[ScoredSequence],
@@ -271,28 +259,26 @@ impl Scorer<'_> {
         let all: Vec<usize> = (0..seqs.len()).collect();
         let mut table = vec![Vec::new(); seqs.len()];
         let chunks = prompt_chunks(seqs, &all, self.batch);
-        for (i, lp) in self.logprob_table(seqs, &chunks, u, ScoringPath::Inference)? {
+        for (i, lp) in self.logprob_table(seqs, &chunks, u, Kernels::Fused)? {
             table[i] = lp;
         }
         Ok(table)
     }
 
     /// `ln π` of every scored token of the sequences of each chunk (one forward per chunk),
-    /// f64, by sequence index in chunk order (no gradient kept), through `path`. A sequence's
+    /// f64, by sequence index in chunk order (no gradient kept), through `kernels`
+    /// (differentiable: exactly as the training step scores the same chunks). A sequence's
     /// values depend on its chunk only through f32 rounding; the same chunks give the same bits.
     pub(super) fn logprob_table(
         &self,
         seqs: &[ScoredSequence],
         chunks: &[Vec<usize>],
         u: &Tensor,
-        path: ScoringPath,
+        kernels: Kernels,
     ) -> Result<Vec<(usize, Vec<f64>)>> {
         let mut out = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
         for chunk in chunks {
-            let f = match path {
-                ScoringPath::Inference => self.inference_features(seqs, chunk)?,
-                ScoringPath::Training => self.features(seqs, chunk)?,
-            };
+            let f = self.features_through(seqs, chunk, kernels)?;
             let lp = token_logprobs(&f, u)?.detach().to_vec1::<f32>()?;
             out.extend(chunk.iter().copied().zip(per_sequence(&lp, seqs, chunk)));
         }
@@ -320,7 +306,7 @@ impl Scorer<'_> {
         let all: Vec<usize> = (0..seqs.len()).collect();
         let mut out = vec![0.0; seqs.len()];
         for idx in prompt_chunks(seqs, &all, self.batch) {
-            let f = self.inference_features(seqs, &idx)?;
+            let f = self.features_through(seqs, &idx, Kernels::Fused)?;
             let r = self.rewards(&f, seqs, &idx, u, head, reference)?;
             for (&i, v) in idx.iter().zip(r.detach().to_vec1::<f32>()?) {
                 out[i] = f64::from(v);

@@ -2,12 +2,13 @@
 //! official code's mini-batches and gradient accumulation, evaluated along the way.
 
 use super::config::RecipeFile;
-use super::evaluate::{evaluate_splits, RecipeCheckpoint, Scorer, ScoringPath};
+use super::evaluate::{evaluate_splits, RecipeCheckpoint, Scorer};
 use super::features::{FrozenFeatures, Need};
 use super::problem::{build_problem, RecipeProblem, ScoredSequence};
 use super::reward::RecipeReward;
 use super::template::load_recipe_model;
 use crate::lm::finetune::{softplus_neg, Optimizers};
+use crate::lm::nets::Kernels;
 use crate::lm::{Forward, LanguageModel};
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, Var};
@@ -251,7 +252,7 @@ fn training_reference(
     let mut table = reference.to_vec();
     let mut done = vec![false; seqs.len()];
     // A sequence in several pairs keeps the values of its first micro-batch (step 1's first).
-    for (i, lp) in scorer.logprob_table(seqs, &chunks, u0, ScoringPath::Training)? {
+    for (i, lp) in scorer.logprob_table(seqs, &chunks, u0, Kernels::Differentiable)? {
         if !std::mem::replace(&mut done[i], true) {
             table[i] = lp;
         }
