@@ -14,7 +14,7 @@
 //! [`MAX_GRAPH_DRAWS`] times.
 
 use crate::error::InputError;
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -219,6 +219,29 @@ fn draw_graph(rng: &mut ChaCha8Rng, n: usize, p: f64) -> (Graph, Vec<usize>) {
     (Graph::new(n, edges), cycle)
 }
 
+/// A simple random walk of `len` vertices on `graph`: a uniformly random start, then each step
+/// to a uniformly random neighbour of the current vertex (going back allowed, so vertices
+/// repeat). The pretraining responses that teach the reference model which pairs are edges
+/// (`pretrain.walk_fraction`). A vertex without neighbours ends the walk early; a graph with a
+/// planted cycle has none.
+pub fn random_walk(rng: &mut ChaCha8Rng, graph: &Graph, len: usize) -> Vec<usize> {
+    let n = graph.vertices;
+    let mut walk = Vec::with_capacity(len);
+    if n == 0 || len == 0 {
+        return walk;
+    }
+    walk.push(rng.random_range(0..n));
+    while walk.len() < len {
+        let here = walk[walk.len() - 1];
+        let next: Vec<usize> = (0..n).filter(|&v| graph.has_edge(here, v)).collect();
+        match next.choose(rng) {
+            Some(&v) => walk.push(v),
+            None => break,
+        }
+    }
+    walk
+}
+
 /// `count` graphs of `spec`'s size and density drawn from `seed` (not `spec.seed`, so they are
 /// independent of the training and test pairs): the prompts of the reference model's
 /// pretraining, whose responses are random vertex orders.
@@ -409,5 +432,33 @@ mod tests {
             ..spec
         };
         assert!(three.validate().unwrap_err().0.contains("data.vertices"));
+    }
+
+    #[test]
+    fn random_walks_follow_edges_and_reach_every_neighbour() {
+        let graphs = pretraining_graphs(&CycleSpec::default(), 20, 11);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for g in &graphs {
+            let mut used = vec![false; g.vertices * g.vertices];
+            for _ in 0..200 {
+                let w = random_walk(&mut rng, g, g.vertices);
+                assert_eq!(w.len(), g.vertices);
+                for s in w.windows(2) {
+                    assert!(g.has_edge(s[0], s[1]), "step {s:?} is not an edge");
+                    used[s[0] * g.vertices + s[1]] = true;
+                }
+            }
+            // 200 walks of 9 steps go along every edge both ways: near stationarity a step
+            // takes a given direction with probability 1/(2m), m ≈ 17 edges, so one is missed
+            // with probability about e^(-1800/34) ≈ 1e-23.
+            for &(u, v) in &g.edges {
+                assert!(
+                    used[u * g.vertices + v] && used[v * g.vertices + u],
+                    "({u}, {v})"
+                );
+            }
+        }
+        let lonely = Graph::new(3, vec![]);
+        assert_eq!(random_walk(&mut rng, &lonely, 3).len(), 1);
     }
 }

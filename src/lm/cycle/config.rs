@@ -47,6 +47,11 @@ pub struct CyclePretrain {
     /// Global gradient-norm clipping before each AdamW step (as `torch.nn.utils.clip_grad_norm_`;
     /// 0: none).
     pub clip_norm: f64,
+    /// Share of the pretraining responses that are random walks along the graph's edges
+    /// (`n` vertices, repeats allowed) instead of random vertex orders: they teach the model
+    /// which vertex pairs are edges, the lookup a pretrained LM brings and verification needs,
+    /// at the cost of a `π_ref` that follows edges more often (0: orders only, as before).
+    pub walk_fraction: f64,
 }
 
 impl Default for CyclePretrain {
@@ -58,6 +63,7 @@ impl Default for CyclePretrain {
             graphs: 4096,
             warmup_steps: 200,
             clip_norm: 1.0,
+            walk_fraction: 0.0,
         }
     }
 }
@@ -226,6 +232,12 @@ impl CycleFile {
             bail!(
                 "field `pretrain.clip_norm` must be finite and ≥ 0 (0: no clipping), got {}",
                 p.clip_norm
+            );
+        }
+        if !(0.0..=1.0).contains(&p.walk_fraction) {
+            bail!(
+                "field `pretrain.walk_fraction` must be in [0, 1], got {}",
+                p.walk_fraction
             );
         }
         if !(t.head_init_std >= 0.0 && t.head_init_std.is_finite()) {

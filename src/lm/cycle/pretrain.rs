@@ -6,13 +6,15 @@
 //! and global gradient-norm clipping: without them a small model sits for thousands of steps on
 //! the plateau `ln n` per vertex token (uniform over vertices, repeats included) before it learns
 //! that an order never repeats a vertex (measured: experiments/results/ham_cycle/README.md).
+//! With `pretrain.walk_fraction > 0` that share of the responses are random walks along the
+//! graph's edges instead, so that the model also learns which vertex pairs are edges.
 
 use super::config::CycleFile;
 use super::problem::template_of;
 use crate::lm::recipe::problem::SequenceBuilder;
 use crate::lm::recipe::Side;
 use crate::lm::{Forward, LanguageModel};
-use crate::problem::hamiltonian::{pretraining_graphs, response};
+use crate::problem::hamiltonian::{pretraining_graphs, random_walk, response, Graph};
 use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
@@ -62,8 +64,7 @@ pub fn pretrain(
         let mut seqs = Vec::with_capacity(p.batch);
         for _ in 0..p.batch {
             let g = rng.random_range(0..graphs.len());
-            let mut order: Vec<usize> = (0..file.data.vertices).collect();
-            order.shuffle(&mut rng);
+            let order = pretraining_response(&mut rng, &graphs[g], p.walk_fraction);
             seqs.push(builder.build(g, &prompts[g], Side::Chosen, "", &response(&order))?);
         }
         let loss = response_loss(&lm, &seqs)?;
@@ -83,6 +84,18 @@ pub fn pretrain(
     }
     save(&lm, init, out)?;
     Ok(history)
+}
+
+/// One pretraining response for `graph`: a random walk along its edges with probability
+/// `walk_fraction`, else a uniformly random vertex order. No Bernoulli draw when `walk_fraction`
+/// is 0, so order-only runs keep the random stream they had before walks existed.
+fn pretraining_response(rng: &mut ChaCha8Rng, graph: &Graph, walk_fraction: f64) -> Vec<usize> {
+    if walk_fraction > 0.0 && rng.random::<f64>() < walk_fraction {
+        return random_walk(rng, graph, graph.vertices);
+    }
+    let mut order: Vec<usize> = (0..graph.vertices).collect();
+    order.shuffle(rng);
+    order
 }
 
 /// The warm-up factor of `step` (1-based): `min(1, step / warmup_steps)`, 1 without warm-up.
