@@ -64,7 +64,17 @@ class TorchStep:
         self.seqs = seqs
         train = next(s for s in recipe["splits"] if s["name"] == "train")
         self.chosen, self.rejected = train["chosen"], train["rejected"]
-        self.model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32)
+        kind = json.load(open(os.path.join(args.model, "config.json"))).get("model_type")
+        # A masked encoder (BERT): rmflow's IM-RM is its pseudo-likelihood proxy (each response
+        # token masked in turn, read at its own position through the tied word embeddings) and its
+        # EX-RM reads the unmasked last response token (src/lm/recipe/features.rs).
+        self.masked = kind == "bert"
+        if self.masked:
+            from transformers import AutoModel, AutoTokenizer
+            self.model = AutoModel.from_pretrained(args.model, dtype=torch.float32, add_pooling_layer=False)
+            self.mask_id = AutoTokenizer.from_pretrained(args.model).mask_token_id
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
         self.model.train()
         params = [{"params": list(self.model.parameters()), "lr": self.t["lr"]}]
         if self.reward == "exrm":
@@ -89,6 +99,8 @@ class TorchStep:
 
     def token_logprobs(self, idx):
         """ln π(y_k | ·) of every response token, one tensor per sequence."""
+        if self.masked:
+            return self.masked_logprobs(idx)
         x, mask = self.batch(idx)
         logp = self.torch.log_softmax(self.model(input_ids=x, attention_mask=mask).logits, dim=-1)
         out = []
@@ -98,13 +110,38 @@ class TorchStep:
             out.append(logp[r, pos - 1, x[r, pos]])
         return out
 
+    def masked_logprobs(self, idx):
+        """The pseudo-likelihood proxy: each response token masked in turn, one padded forward."""
+        torch = self.torch
+        rows, at, owner = [], [], []
+        for r, i in enumerate(idx):
+            s = self.seqs[i]
+            for k in range(s["response_start"], s["response_end"]):
+                m = list(s["ids"])
+                m[k] = self.mask_id
+                rows.append(m)
+                at.append(k)
+                owner.append((r, s["ids"][k]))
+        n = max(map(len, rows))
+        x = torch.zeros((len(rows), n), dtype=torch.long)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for j, m in enumerate(rows):
+            x[j, :len(m)] = torch.tensor(m)
+            mask[j, :len(m)] = 1
+        h = self.model(input_ids=x, attention_mask=mask).last_hidden_state
+        h = h[torch.arange(len(rows)), torch.tensor(at)]
+        logp = torch.log_softmax(h @ self.model.embeddings.word_embeddings.weight.T, dim=-1)
+        picked = logp[torch.arange(len(rows)), torch.tensor([t for _, t in owner])]
+        return [picked[[j for j, (r, _) in enumerate(owner) if r == q]] for q in range(len(idx))]
+
     def rewards(self, idx):
         torch = self.torch
         if self.reward == "imrm":
             lp = self.token_logprobs(idx)
             return torch.stack([self.t["beta"] * (a - self.ref[i]).sum() for a, i in zip(lp, idx)])
         x, mask = self.batch(idx)
-        h = self.model.model(input_ids=x, attention_mask=mask).last_hidden_state
+        body = self.model if self.masked else self.model.model
+        h = body(input_ids=x, attention_mask=mask).last_hidden_state
         last = torch.tensor([self.seqs[i]["response_end"] - 1 for i in idx])
         return h[torch.arange(len(idx)), last] @ self.head
 

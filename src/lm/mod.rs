@@ -15,6 +15,7 @@ pub mod finetune;
 pub mod gguf;
 pub mod model;
 pub mod nets;
+pub mod ops;
 pub mod recipe;
 pub mod single_token;
 pub mod spec;

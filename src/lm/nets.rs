@@ -5,12 +5,15 @@
 //! backward op (candle issues #2168, #3011): the models of candle-transformers run forward
 //! correctly but a loss's gradient stops at their first norm, so a "full" fine-tuning of them
 //! would silently train only what sits after the last one. These re-implementations use only
-//! differentiable ops (`layer_norm_slow`, `rms_norm_slow`, `softmax`, `rope_slow`), read the same
-//! Hugging Face weight names, and are checked against candle-transformers' forward in
+//! differentiable ops (`layer_norm_slow`, `rms_norm_slow`, `softmax`, `rope_slow`) or, on the
+//! CPU in f32, the fused kernels of [`super::ops`] that record their own backward (attention's
+//! masked softmax, RMSNorm, rotary, `silu(g)·u`: the same formulas, one pass each, far fewer
+//! tensors kept for the backward), read the same Hugging Face weight names, and are checked against candle-transformers' forward in
 //! `tests/lm.rs` and `tests/lm_tiny.rs`, and against `transformers`' logits on the fixtures of
 //! `tests/fixtures/reference` (`tests/lm_reference.rs`). GPT-2, GPT-NeoX and Qwen2 are served by
 //! these forwards in both modes.
 
+use super::ops;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
@@ -47,10 +50,14 @@ impl Norm {
             eps: eps as f32,
         })
     }
+    /// Differentiable: the fused kernels of [`ops`] on the CPU in f32, else candle's
+    /// compositions.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.bias {
-            Some(b) => candle_nn::ops::layer_norm_slow(x, &self.weight, b, self.eps),
-            None => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps),
+        match (&self.bias, ops::fused(x)) {
+            (Some(b), true) => ops::layer_norm(x, &self.weight, b, self.eps),
+            (Some(b), false) => candle_nn::ops::layer_norm_slow(x, &self.weight, b, self.eps),
+            (None, true) => ops::rms_norm(x, &self.weight, self.eps),
+            (None, false) => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps),
         }
     }
 }
@@ -74,6 +81,7 @@ impl Kernels {
 
     fn rope(self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         match self {
+            Kernels::Differentiable if ops::fused(x) => ops::rope(x, cos, sin),
             Kernels::Differentiable => candle_nn::rotary_emb::rope_slow(x, cos, sin),
             Kernels::Fused => candle_nn::rotary_emb::rope(x, cos, sin),
         }
@@ -142,11 +150,17 @@ fn heads(x: &Tensor, h: usize) -> Result<Tensor> {
     x.reshape((b, l, h, d / h))?.transpose(1, 2)?.contiguous()
 }
 
-/// `softmax(q kᵀ/√hd + mask) v`, heads merged back to `[B, L, H·hd]`.
+/// `softmax(q kᵀ/√hd + mask) v`, heads merged back to `[B, L, H·hd]`; the softmax fused
+/// (with its backward) on the CPU.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let (b, h, l, hd) = q.dims4()?;
-    let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
-    let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+    let scores = q.matmul(&k.t()?)?;
+    let att = if ops::fused(&scores) {
+        ops::masked_softmax(&scores, mask, hd)?
+    } else {
+        let att = (scores / (hd as f64).sqrt())?.broadcast_add(mask)?;
+        candle_nn::ops::softmax(&att, D::Minus1)?
+    };
     att.matmul(&v.contiguous()?)?
         .transpose(1, 2)?
         .reshape((b, l, h * hd))
@@ -371,7 +385,7 @@ impl Llama {
             debug_assert_eq!(ctx.dims3()?, (b, l, self.heads * self.head_dim));
             x = self.output_and_mlp(layer, &ctx, &x, kernels)?;
         }
-        self.norm.forward(&x)
+        kernels.norm(&self.norm, &x)
     }
 
     /// A layer's queries, keys and values of `x` (rotated; keys and values repeated to every
@@ -409,7 +423,11 @@ impl Llama {
     ) -> Result<Tensor> {
         let x = (layer.o.forward(ctx)? + x)?;
         let h = kernels.norm(&layer.norm2, &x)?;
-        let m = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
+        let (gate, up) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
+        let m = match kernels {
+            _ if ops::fused(&gate) => ops::silu_gate(&gate, &up)?,
+            _ => (candle_nn::ops::silu(&gate)? * up)?,
+        };
         layer.down.forward(&m)? + x
     }
 

@@ -1,0 +1,589 @@
+//! Fused CPU kernels that record their own backward pass, for the differentiable forwards of
+//! [`super::nets`]: the masked, scaled softmax of attention, RMSNorm, LayerNorm, the rotary
+//! embedding and the gated MLP's `silu(g) · u`.
+//!
+//! candle's autograd keeps every intermediate tensor of a composition alive until the backward
+//! returns: `softmax(q kᵀ/√hd + mask)` built from candle ops keeps five attention-sized tensors
+//! per layer, `rms_norm_slow` three hidden-sized ones per norm, `rope_slow` four per rotated
+//! tensor. Each op here is one pass over its input that keeps only what its backward reads (its
+//! inputs and output), and its backward is one pass too. Every op computes the same formula, in
+//! the same order of f32 operations where that is cheap, as the composition it replaces
+//! (checked, forward and gradients, in `tests/lm_tiny.rs`). Rows are independent and each is
+//! computed by one thread, so results do not depend on the thread count; the one reduction
+//! across rows (RMSNorm's weight gradient) sums fixed blocks of rows in a fixed order.
+//!
+//! Only f32 tensors on the CPU: [`fused`] says when a tensor qualifies; elsewhere the forwards
+//! keep candle's compositions.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Whether the fused kernels serve `t`: f32 on the CPU.
+pub fn fused(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32
+}
+
+/// The f32 elements of a contiguous `storage`.
+fn slice<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = storage else {
+        candle_core::bail!("{what}: f32 expected, got {:?}", storage.dtype())
+    };
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: contiguous input expected"),
+    }
+}
+
+fn last_dim(layout: &Layout) -> Result<usize> {
+    match layout.dims().last() {
+        Some(&w) if w > 0 => Ok(w),
+        _ => candle_core::bail!("fused op: empty last dimension in {:?}", layout.dims()),
+    }
+}
+
+fn output(dst: Vec<f32>, shape: &Shape) -> (CpuStorage, Shape) {
+    (CpuStorage::F32(dst), shape.clone())
+}
+
+// ------------------------------------------------------------ masked softmax
+
+/// `softmax(s · scale + mask)` over the last dimension; `mask` broadcast to `s`'s shape (any
+/// strides), `s` contiguous. `scale` is `(1/√hd) as f32`, the factor of candle's `s / √hd`
+/// (`affine(1/√hd, 0)`).
+struct MaskedSoftmax {
+    scale: f32,
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = slice(s1, l1, "masked softmax scores")?;
+        let CpuStorage::F32(mask) = s2 else {
+            candle_core::bail!("masked softmax: f32 mask expected")
+        };
+        if l2.dims() != l1.dims() {
+            candle_core::bail!(
+                "masked softmax: mask {:?} vs scores {:?}",
+                l2.dims(),
+                l1.dims()
+            );
+        }
+        let w = last_dim(l1)?;
+        let (dims, strides) = (l2.dims(), l2.stride());
+        let step = strides[dims.len() - 1];
+        let row_start = |mut r: usize| {
+            let mut at = l2.start_offset();
+            for k in (0..dims.len() - 1).rev() {
+                at += (r % dims[k]) * strides[k];
+                r /= dims[k];
+            }
+            at
+        };
+        let mut dst = vec![0f32; s.len()];
+        dst.par_chunks_mut(w)
+            .zip(s.par_chunks(w))
+            .enumerate()
+            .for_each(|(r, (d, s))| {
+                let m0 = row_start(r);
+                let mut max = f32::NEG_INFINITY;
+                for (j, (d, &s)) in d.iter_mut().zip(s).enumerate() {
+                    *d = (s * self.scale + 0.0) + mask[m0 + j * step];
+                    max = max.max(*d);
+                }
+                let mut sum = 0f32;
+                for d in d.iter_mut() {
+                    *d = (*d - max).exp();
+                    sum += *d;
+                }
+                for d in d.iter_mut() {
+                    *d /= sum;
+                }
+            });
+        Ok(output(dst, l1.shape()))
+    }
+
+    fn bwd(
+        &self,
+        _s: &Tensor,
+        _mask: &Tensor,
+        y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let ds = y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBackward { scale: self.scale })?;
+        Ok((Some(ds), None))
+    }
+}
+
+/// `∂L/∂s = y ∘ (g − Σ_j g_j y_j) · scale` row by row, from the softmax's output `y` and its
+/// gradient `g`.
+struct SoftmaxBackward {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "masked-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = slice(s1, l1, "softmax backward output")?;
+        let g = slice(s2, l2, "softmax backward gradient")?;
+        let w = last_dim(l1)?;
+        let mut dst = vec![0f32; y.len()];
+        dst.par_chunks_mut(w)
+            .zip(y.par_chunks(w).zip(g.par_chunks(w)))
+            .for_each(|(d, (y, g))| {
+                let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
+                for ((d, y), g) in d.iter_mut().zip(y).zip(g) {
+                    *d = y * (g - dot) * self.scale;
+                }
+            });
+        Ok(output(dst, l1.shape()))
+    }
+}
+
+/// `softmax(s / √hd + mask)` over the last dimension of `s` [.., L, W], `mask` broadcastable to
+/// it; gradient to `s` only.
+pub fn masked_softmax(s: &Tensor, mask: &Tensor, head_dim: usize) -> Result<Tensor> {
+    let mask = mask.broadcast_as(s.shape())?;
+    let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
+    s.contiguous()?.apply_op2(&mask, MaskedSoftmax { scale })
+}
+
+// ------------------------------------------------------------ RMSNorm
+
+/// `x / √(Σx²/d + eps) · w` over the last dimension, as `candle_nn::ops::rms_norm_slow`.
+struct RmsNorm {
+    eps: f32,
+}
+
+/// `1 / √(Σx²/d + eps)`, the order of operations of `rms_norm_slow`'s.
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let sum: f32 = x.iter().map(|v| v * v).sum();
+    let ms = sum * (1.0 / x.len() as f64) as f32;
+    (ms + eps).sqrt()
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm-with-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "rms norm input")?;
+        let w = slice(s2, l2, "rms norm weight")?;
+        let d = last_dim(l1)?;
+        if w.len() != d {
+            candle_core::bail!("rms norm: weight of {} for rows of {d}", w.len());
+        }
+        let mut dst = vec![0f32; x.len()];
+        dst.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(y, x)| {
+                let rms = rms_scale(x, self.eps);
+                for ((y, x), w) in y.iter_mut().zip(x).zip(w) {
+                    *y = x / rms * w;
+                }
+            });
+        Ok(output(dst, l1.shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = x.apply_op3_no_bwd(w, &g.contiguous()?, &RmsBackward { eps: self.eps })?;
+        let rows = x.elem_count() / w.elem_count();
+        let dx = both.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = both.narrow(0, rows, 1)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// Rows of a norm's weight gradient summed per block before the blocks are summed in order:
+/// fixed, so the sum does not depend on the thread count.
+const RMS_BLOCK: usize = 64;
+
+/// RMSNorm's gradients `[rows + 1, d]`: the rows of `∂L/∂x = (g∘w)/r − x (Σ_j g_j w_j x_j)/(d r³)`
+/// (`r` the row's rms), then `∂L/∂w = Σ_rows g ∘ x / r`.
+struct RmsBackward {
+    eps: f32,
+}
+
+impl CustomOp3 for RmsBackward {
+    fn name(&self) -> &'static str {
+        "rms-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "rms norm backward input")?;
+        let w = slice(s2, l2, "rms norm backward weight")?;
+        let g = slice(s3, l3, "rms norm backward gradient")?;
+        let d = w.len();
+        let rows = x.len() / d;
+        let mut dst = vec![0f32; x.len() + d];
+        let (dx, dw) = dst.split_at_mut(x.len());
+        let blocks: Vec<Vec<f32>> = dx
+            .par_chunks_mut(RMS_BLOCK * d)
+            .zip(x.par_chunks(RMS_BLOCK * d).zip(g.par_chunks(RMS_BLOCK * d)))
+            .map(|(dx, (x, g))| {
+                let mut part = vec![0f32; d];
+                for (dx, (x, g)) in dx.chunks_mut(d).zip(x.chunks(d).zip(g.chunks(d))) {
+                    let rms = rms_scale(x, self.eps);
+                    let dot: f32 = x.iter().zip(g).zip(w).map(|((x, g), w)| g * w * x).sum();
+                    let c = dot / (d as f32 * rms * rms * rms);
+                    for (k, dx) in dx.iter_mut().enumerate() {
+                        *dx = g[k] * w[k] / rms - x[k] * c;
+                        part[k] += g[k] * x[k] / rms;
+                    }
+                }
+                part
+            })
+            .collect();
+        for part in &blocks {
+            for (a, b) in dw.iter_mut().zip(part) {
+                *a += b;
+            }
+        }
+        Ok(output(dst, &Shape::from((rows + 1, d))))
+    }
+}
+
+/// RMSNorm over the last dimension of `x` with weight `w` [d], gradients to both.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm { eps })
+}
+
+// ------------------------------------------------------------ LayerNorm
+
+/// A row's mean and `√(Σ(x − μ)²/d + eps)`, in `layer_norm_slow`'s order of operations.
+fn layer_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let inv = (1.0 / x.len() as f64) as f32;
+    let mean = x.iter().sum::<f32>() * inv;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() * inv;
+    (mean, (var + eps).sqrt())
+}
+
+/// `(x − μ) / σ · w + b` over the last dimension, as `candle_nn::ops::layer_norm_slow`.
+struct LayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layer-norm-with-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "layer norm input")?;
+        let w = slice(s2, l2, "layer norm weight")?;
+        let b = slice(s3, l3, "layer norm bias")?;
+        let d = last_dim(l1)?;
+        if w.len() != d || b.len() != d {
+            candle_core::bail!(
+                "layer norm: weight of {} and bias of {} for rows of {d}",
+                w.len(),
+                b.len()
+            );
+        }
+        let mut dst = vec![0f32; x.len()];
+        dst.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .for_each(|(y, x)| {
+                let (mean, sd) = layer_stats(x, self.eps);
+                for (k, y) in y.iter_mut().enumerate() {
+                    *y = (x[k] - mean) / sd * w[k] + b[k];
+                }
+            });
+        Ok(output(dst, l1.shape()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let all = x.apply_op3_no_bwd(w, &g.contiguous()?, &LayerBackward { eps: self.eps })?;
+        let rows = x.elem_count() / w.elem_count();
+        let dx = all.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = all.narrow(0, rows, 1)?.reshape(w.shape())?;
+        let db = all.narrow(0, rows + 1, 1)?.reshape(b.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+/// LayerNorm's gradients `[rows + 2, d]`: the rows of
+/// `∂L/∂x = (ĝ − mean(ĝ) − x̂ · mean(ĝ ∘ x̂)) / σ` (`ĝ = g ∘ w`, `x̂ = (x − μ)/σ`), then
+/// `∂L/∂w = Σ_rows g ∘ x̂` and `∂L/∂b = Σ_rows g`, summed in fixed blocks of rows.
+struct LayerBackward {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerBackward {
+    fn name(&self) -> &'static str {
+        "layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "layer norm backward input")?;
+        let w = slice(s2, l2, "layer norm backward weight")?;
+        let g = slice(s3, l3, "layer norm backward gradient")?;
+        let d = w.len();
+        let rows = x.len() / d;
+        let mut dst = vec![0f32; x.len() + 2 * d];
+        let (dx, dwb) = dst.split_at_mut(x.len());
+        let blocks: Vec<Vec<f32>> = dx
+            .par_chunks_mut(RMS_BLOCK * d)
+            .zip(x.par_chunks(RMS_BLOCK * d).zip(g.par_chunks(RMS_BLOCK * d)))
+            .map(|(dx, (x, g))| {
+                let mut part = vec![0f32; 2 * d];
+                let mut xhat = vec![0f32; d];
+                for (dx, (x, g)) in dx.chunks_mut(d).zip(x.chunks(d).zip(g.chunks(d))) {
+                    let (mean, sd) = layer_stats(x, self.eps);
+                    let (mut m1, mut m2) = (0f32, 0f32);
+                    for k in 0..d {
+                        xhat[k] = (x[k] - mean) / sd;
+                        let gh = g[k] * w[k];
+                        m1 += gh;
+                        m2 += gh * xhat[k];
+                        part[k] += g[k] * xhat[k];
+                        part[d + k] += g[k];
+                    }
+                    let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+                    for (k, dx) in dx.iter_mut().enumerate() {
+                        *dx = (g[k] * w[k] - m1 - xhat[k] * m2) / sd;
+                    }
+                }
+                part
+            })
+            .collect();
+        for part in &blocks {
+            for (a, b) in dwb.iter_mut().zip(part) {
+                *a += b;
+            }
+        }
+        Ok(output(dst, &Shape::from((rows + 2, d))))
+    }
+}
+
+/// LayerNorm over the last dimension of `x` with weight `w` and bias `b` [d], gradients to all.
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &b.contiguous()?, LayerNorm { eps })
+}
+
+// ------------------------------------------------------------ rotary embedding
+
+/// The rotary embedding of `x` [B, H, L, hd] (halves rotated, as `rope_slow`) by `cos`, `sin`
+/// [L, hd/2]; its own transpose with `sin` negated, which is its backward.
+struct Rope;
+
+impl CustomOp3 for Rope {
+    fn name(&self) -> &'static str {
+        "rope-with-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "rope input")?;
+        let cos = slice(s2, l2, "rope cos")?;
+        let sin = slice(s3, l3, "rope sin")?;
+        let dims = l1.dims();
+        let (l, hd) = match dims {
+            [_, _, l, hd] if hd % 2 == 0 => (*l, *hd),
+            _ => candle_core::bail!("rope: input [B, H, L, even hd] expected, got {dims:?}"),
+        };
+        let half = hd / 2;
+        if cos.len() != l * half || sin.len() != l * half {
+            candle_core::bail!(
+                "rope: tables of {} and {} for L = {l}, hd = {hd}",
+                cos.len(),
+                sin.len()
+            );
+        }
+        let mut dst = vec![0f32; x.len()];
+        dst.par_chunks_mut(l * hd)
+            .zip(x.par_chunks(l * hd))
+            .for_each(|(y, x)| {
+                for t in 0..l {
+                    let (c, s) = (&cos[t * half..][..half], &sin[t * half..][..half]);
+                    let (x, y) = (&x[t * hd..][..hd], &mut y[t * hd..][..hd]);
+                    for i in 0..half {
+                        let (x1, x2) = (x[i], x[i + half]);
+                        y[i] = x1 * c[i] + -x2 * s[i];
+                        y[i + half] = x2 * c[i] + x1 * s[i];
+                    }
+                }
+            });
+        Ok(output(dst, l1.shape()))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = g.contiguous()?.apply_op3_no_bwd(cos, &sin.neg()?, &Rope)?;
+        Ok((Some(dx), None, None))
+    }
+}
+
+/// The rotary embedding of `x` [B, H, L, hd] by tables `cos`, `sin` [L, hd/2]; gradient to `x`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope)
+}
+
+// ------------------------------------------------------------ gated MLP
+
+/// `silu(g) · u` elementwise (`silu(g) = g / (1 + e^{−g})`, candle's formula).
+struct SiluGate;
+
+impl CustomOp2 for SiluGate {
+    fn name(&self) -> &'static str {
+        "silu-gate"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = slice(s1, l1, "silu gate")?;
+        let u = slice(s2, l2, "silu up")?;
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("silu gate: {:?} vs {:?}", l1.dims(), l2.dims());
+        }
+        let mut dst = vec![0f32; g.len()];
+        dst.par_chunks_mut(4096)
+            .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
+            .for_each(|(y, (g, u))| {
+                for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
+                    *y = g / (1.0 + (-g).exp()) * u;
+                }
+            });
+        Ok(output(dst, l1.shape()))
+    }
+
+    fn bwd(
+        &self,
+        g: &Tensor,
+        u: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = g.apply_op3_no_bwd(u, &grad.contiguous()?, &SiluGateBackward)?;
+        Ok((Some(both.get(0)?), Some(both.get(1)?)))
+    }
+}
+
+/// `[2, ..]`: `∂L/∂g = dy · u · σ(g)(1 + g(1 − σ(g)))`, then `∂L/∂u = dy · silu(g)`.
+struct SiluGateBackward;
+
+impl CustomOp3 for SiluGateBackward {
+    fn name(&self) -> &'static str {
+        "silu-gate-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = slice(s1, l1, "silu gate backward gate")?;
+        let u = slice(s2, l2, "silu gate backward up")?;
+        let dy = slice(s3, l3, "silu gate backward gradient")?;
+        let n = g.len();
+        let mut dst = vec![0f32; 2 * n];
+        let (dg, du) = dst.split_at_mut(n);
+        dg.par_chunks_mut(4096)
+            .zip(du.par_chunks_mut(4096))
+            .zip(
+                g.par_chunks(4096)
+                    .zip(u.par_chunks(4096).zip(dy.par_chunks(4096))),
+            )
+            .for_each(|((dg, du), (g, (u, dy)))| {
+                for k in 0..g.len() {
+                    let s = 1.0 / (1.0 + (-g[k]).exp());
+                    dg[k] = dy[k] * u[k] * s * (1.0 + g[k] * (1.0 - s));
+                    du[k] = dy[k] * (g[k] / (1.0 + (-g[k]).exp()));
+                }
+            });
+        let mut dims = vec![2];
+        dims.extend_from_slice(l1.dims());
+        Ok(output(dst, &Shape::from(dims)))
+    }
+}
+
+/// `silu(g) · u`, gradients to both.
+pub fn silu_gate(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    g.contiguous()?.apply_op2(&u.contiguous()?, SiluGate)
+}
