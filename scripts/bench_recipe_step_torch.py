@@ -11,7 +11,8 @@ transformers; never run by tests.
     python scripts/bench_recipe_step_torch.py --model models/SmolLM2-135M-Instruct \
         [--rmflow target/release/rmflow] [--reward imrm|exrm] [--repeats 2] [--threads 2]
 
-The EX-RM head starts at zero on both sides (`train.head_init_std = 0`): rmflow's seeded random
+Causal LMs and BERT checkpoints (BERT's IM-RM is rmflow's pseudo-likelihood proxy, its dropout
+off as in rmflow; MiniLM needs --plain). The EX-RM head starts at zero on both sides (`train.head_init_std = 0`): rmflow's seeded random
 head cannot be drawn in PyTorch. Timed: each optimizer step (forwards, backwards, update); not
 timed: loading, the reference log-probabilities, evaluation (rmflow's `seconds_per_step` counts
 the same). Peak RSS: rmflow's from GNU time (`/usr/bin/time`, else n/a), PyTorch's of this
@@ -75,7 +76,9 @@ class TorchStep:
             self.mask_id = AutoTokenizer.from_pretrained(args.model).mask_token_id
         else:
             self.model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-        self.model.train()
+        # rmflow's forwards have no dropout; BERT's config has 0.1, so its dropout is switched
+        # off (eval mode keeps the gradients). SmolLM2, Pythia and the tiny checkpoints have none.
+        self.model.eval() if self.masked else self.model.train()
         params = [{"params": list(self.model.parameters()), "lr": self.t["lr"]}]
         if self.reward == "exrm":
             d = self.model.config.hidden_size

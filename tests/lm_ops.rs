@@ -132,6 +132,18 @@ fn silu_gate_matches_silu_times_up() -> Res<()> {
 }
 
 #[test]
+fn gelu_erf_matches_candles_gelu_erf() -> Res<()> {
+    let x = Var::from_tensor(&(random(&[3, 7000], 17)? * 2.5)?)?;
+    check(
+        "gelu erf",
+        &[&x],
+        || ops::gelu_erf(x.as_tensor()),
+        || x.as_tensor().gelu_erf(),
+        1e-5,
+    )
+}
+
+#[test]
 fn fused_ops_are_bit_identical_across_thread_counts() -> Res<()> {
     let x = Var::from_tensor(&random(&[5, 200, 32], 8)?)?;
     let w = Var::from_tensor(&random(&[32], 9)?)?;

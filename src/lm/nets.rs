@@ -7,8 +7,9 @@
 //! would silently train only what sits after the last one. These re-implementations use only
 //! differentiable ops (`layer_norm_slow`, `rms_norm_slow`, `softmax`, `rope_slow`) or, on the
 //! CPU in f32, the fused kernels of [`super::ops`] that record their own backward (attention's
-//! masked softmax, RMSNorm, rotary, `silu(g)·u`: the same formulas, one pass each, far fewer
-//! tensors kept for the backward), read the same Hugging Face weight names, and are checked against candle-transformers' forward in
+//! masked softmax, RMSNorm, LayerNorm, rotary, `silu(g)·u`, exact GELU: the same formulas, one
+//! pass each, far fewer tensors kept for the backward). They read the same Hugging Face weight
+//! names, and are checked against candle-transformers' forward in
 //! `tests/lm.rs` and `tests/lm_tiny.rs`, and against `transformers`' logits on the fixtures of
 //! `tests/fixtures/reference` (`tests/lm_reference.rs`). GPT-2, GPT-NeoX and Qwen2 are served by
 //! these forwards in both modes.
@@ -115,6 +116,7 @@ fn check_activation(act: &str) -> Result<()> {
 /// `hidden_act`: "gelu" is the exact (erf) GELU, "relu", the others the tanh approximation.
 fn activation(u: &Tensor, act: &str) -> Result<Tensor> {
     match act {
+        "gelu" if ops::fused(u) => ops::gelu_erf(u),
         "gelu" => u.gelu_erf(),
         "relu" => u.relu(),
         _ => u.gelu(),

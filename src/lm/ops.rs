@@ -1,6 +1,6 @@
 //! Fused CPU kernels that record their own backward pass, for the differentiable forwards of
 //! [`super::nets`]: the masked, scaled softmax of attention, RMSNorm, LayerNorm, the rotary
-//! embedding and the gated MLP's `silu(g) · u`.
+//! embedding, the gated MLP's `silu(g) · u` and the exact (erf) GELU.
 //!
 //! candle's autograd keeps every intermediate tensor of a composition alive until the backward
 //! returns: `softmax(q kᵀ/√hd + mask)` built from candle ops keeps five attention-sized tensors
@@ -16,7 +16,7 @@
 //! keep candle's compositions.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Whether the fused kernels serve `t`: f32 on the CPU.
@@ -519,8 +519,8 @@ impl CustomOp2 for SiluGate {
             candle_core::bail!("silu gate: {:?} vs {:?}", l1.dims(), l2.dims());
         }
         let mut dst = vec![0f32; g.len()];
-        dst.par_chunks_mut(4096)
-            .zip(g.par_chunks(4096).zip(u.par_chunks(4096)))
+        dst.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
             .for_each(|(y, (g, u))| {
                 for ((y, g), u) in y.iter_mut().zip(g).zip(u) {
                     *y = g / (1.0 + (-g).exp()) * u;
@@ -564,11 +564,11 @@ impl CustomOp3 for SiluGateBackward {
         let n = g.len();
         let mut dst = vec![0f32; 2 * n];
         let (dg, du) = dst.split_at_mut(n);
-        dg.par_chunks_mut(4096)
-            .zip(du.par_chunks_mut(4096))
+        dg.par_chunks_mut(CHUNK)
+            .zip(du.par_chunks_mut(CHUNK))
             .zip(
-                g.par_chunks(4096)
-                    .zip(u.par_chunks(4096).zip(dy.par_chunks(4096))),
+                g.par_chunks(CHUNK)
+                    .zip(u.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK))),
             )
             .for_each(|((dg, du), (g, (u, dy)))| {
                 for k in 0..g.len() {
@@ -586,4 +586,78 @@ impl CustomOp3 for SiluGateBackward {
 /// `silu(g) · u`, gradients to both.
 pub fn silu_gate(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     g.contiguous()?.apply_op2(&u.contiguous()?, SiluGate)
+}
+
+// ------------------------------------------------------------ exact GELU
+
+/// Elements per parallel task of the element-wise kernels.
+const CHUNK: usize = 4096;
+
+/// `x Φ(x) = (erf(x/√2) + 1) · x/2` elementwise, candle's `gelu_erf` formula, in parallel
+/// (candle's unary ops run on one thread).
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "gelu-erf-with-backward"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(storage, layout, "gelu input")?;
+        let mut dst = vec![0f32; x.len()];
+        dst.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| {
+                for (y, &v) in y.iter_mut().zip(x) {
+                    *y = (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.)
+                        * 0.5
+                        * v;
+                }
+            });
+        Ok(output(dst, layout.shape()))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(
+            x.apply_op2_no_bwd(&g.contiguous()?, &GeluErfBackward)?,
+        ))
+    }
+}
+
+/// `∂L/∂x = g · (Φ(x) + x φ(x))`, `φ(x) = e^{−x²/2}/√(2π)`.
+struct GeluErfBackward;
+
+impl CustomOp2 for GeluErfBackward {
+    fn name(&self) -> &'static str {
+        "gelu-erf-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "gelu backward input")?;
+        let g = slice(s2, l2, "gelu backward gradient")?;
+        const INV_SQRT_2PI: f32 = 0.398_942_28;
+        let mut dst = vec![0f32; x.len()];
+        dst.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+            .for_each(|(d, (x, g))| {
+                for ((d, &v), &g) in d.iter_mut().zip(x).zip(g) {
+                    let cdf = 0.5
+                        * (1.0
+                            + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
+                    *d = g * (cdf + v * INV_SQRT_2PI * (-0.5 * v * v).exp());
+                }
+            });
+        Ok(output(dst, l1.shape()))
+    }
+}
+
+/// The exact GELU `x Φ(x)`, with its gradient.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(GeluErf)
 }
