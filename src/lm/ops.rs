@@ -641,7 +641,7 @@ impl CustomOp2 for GeluErfBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, "gelu backward input")?;
         let g = slice(s2, l2, "gelu backward gradient")?;
-        const INV_SQRT_2PI: f32 = 0.398_942_28;
+        const INV_SQRT_2PI: f32 = 0.398_942_3;
         let mut dst = vec![0f32; x.len()];
         dst.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
