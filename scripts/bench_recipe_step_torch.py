@@ -90,8 +90,11 @@ class TorchStep:
         self.opt = torch.optim.Adam(params, betas=(self.t["beta1"], self.t["beta2"]), eps=self.t["eps"])
 
     def batch(self, idx):
+        return self.pad([self.seqs[i]["ids"] for i in idx])
+
+    def pad(self, ids):
+        """Right-padded ids and their attention mask."""
         torch = self.torch
-        ids = [self.seqs[i]["ids"] for i in idx]
         n = max(map(len, ids))
         x = torch.zeros((len(ids), n), dtype=torch.long)
         mask = torch.zeros((len(ids), n), dtype=torch.long)
@@ -125,12 +128,7 @@ class TorchStep:
                 rows.append(m)
                 at.append(k)
                 owner.append((r, s["ids"][k]))
-        n = max(map(len, rows))
-        x = torch.zeros((len(rows), n), dtype=torch.long)
-        mask = torch.zeros((len(rows), n), dtype=torch.long)
-        for j, m in enumerate(rows):
-            x[j, :len(m)] = torch.tensor(m)
-            mask[j, :len(m)] = 1
+        x, mask = self.pad(rows)
         h = self.model(input_ids=x, attention_mask=mask).last_hidden_state
         h = h[torch.arange(len(rows)), torch.tensor(at)]
         logp = torch.log_softmax(h @ self.model.embeddings.word_embeddings.weight.T, dim=-1)
