@@ -426,9 +426,10 @@ impl Llama {
         let x = (layer.o.forward(ctx)? + x)?;
         let h = kernels.norm(&layer.norm2, &x)?;
         let (gate, up) = (layer.gate.forward(&h)?, layer.up.forward(&h)?);
-        let m = match kernels {
-            _ if ops::fused(&gate) => ops::silu_gate(&gate, &up)?,
-            _ => (candle_nn::ops::silu(&gate)? * up)?,
+        let m = if ops::fused(&gate) {
+            ops::silu_gate(&gate, &up)?
+        } else {
+            (candle_nn::ops::silu(&gate)? * up)?
         };
         layer.down.forward(&m)? + x
     }

@@ -8,9 +8,10 @@
 //! tensor. Each op here is one pass over its input that keeps only what its backward reads (its
 //! inputs and output), and its backward is one pass too. Every op computes the same formula, in
 //! the same order of f32 operations where that is cheap, as the composition it replaces
-//! (checked, forward and gradients, in `tests/lm_tiny.rs`). Rows are independent and each is
-//! computed by one thread, so results do not depend on the thread count; the one reduction
-//! across rows (RMSNorm's weight gradient) sums fixed blocks of rows in a fixed order.
+//! (checked, forward and gradients, in `tests/lm_ops.rs`). Rows are independent and each is
+//! computed by one thread, so results do not depend on the thread count; the reductions across
+//! rows (the norms' weight and bias gradients, [`norm_backward`]) sum fixed blocks of rows in a
+//! fixed order.
 //!
 //! Only f32 tensors on the CPU: [`fused`] says when a tensor qualifies; elsewhere the forwards
 //! keep candle's compositions.
@@ -168,6 +169,54 @@ pub fn masked_softmax(s: &Tensor, mask: &Tensor, head_dim: usize) -> Result<Tens
 
 // ------------------------------------------------------------ RMSNorm
 
+/// Rows of a norm's parameter gradients summed per block before the blocks are summed in order:
+/// fixed, so the sums do not depend on the thread count.
+const NORM_BLOCK: usize = 64;
+
+/// A norm's backward over rows of `d`: `row(dx, x, g, sums)` writes one row's `∂L/∂x` and adds
+/// its terms to the `params · d` parameter-gradient sums. Returns `[rows + params, d]`: the
+/// input gradient's rows, then the parameter gradients.
+fn norm_backward(
+    x: &[f32],
+    g: &[f32],
+    d: usize,
+    params: usize,
+    row: impl Fn(&mut [f32], &[f32], &[f32], &mut [f32]) + Sync,
+) -> (CpuStorage, Shape) {
+    let mut dst = vec![0f32; x.len() + params * d];
+    let (dx, sums) = dst.split_at_mut(x.len());
+    let blocks: Vec<Vec<f32>> = dx
+        .par_chunks_mut(NORM_BLOCK * d)
+        .zip(
+            x.par_chunks(NORM_BLOCK * d)
+                .zip(g.par_chunks(NORM_BLOCK * d)),
+        )
+        .map(|(dx, (x, g))| {
+            let mut part = vec![0f32; params * d];
+            for (dx, (x, g)) in dx.chunks_mut(d).zip(x.chunks(d).zip(g.chunks(d))) {
+                row(dx, x, g, &mut part);
+            }
+            part
+        })
+        .collect();
+    for part in &blocks {
+        for (a, b) in sums.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
+    output(dst, &Shape::from((x.len() / d + params, d)))
+}
+
+/// Splits [`norm_backward`]'s output into the gradient of `x` and those of `params`.
+fn split_norm_grads(all: &Tensor, x: &Tensor, params: &[&Tensor]) -> Result<Vec<Tensor>> {
+    let rows = x.elem_count() / params[0].elem_count();
+    let mut out = vec![all.narrow(0, 0, rows)?.reshape(x.shape())?];
+    for (k, p) in params.iter().enumerate() {
+        out.push(all.narrow(0, rows + k, 1)?.reshape(p.shape())?);
+    }
+    Ok(out)
+}
+
 /// `x / √(Σx²/d + eps) · w` over the last dimension, as `candle_nn::ops::rms_norm_slow`.
 struct RmsNorm {
     eps: f32,
@@ -217,17 +266,11 @@ impl CustomOp2 for RmsNorm {
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let both = x.apply_op3_no_bwd(w, &g.contiguous()?, &RmsBackward { eps: self.eps })?;
-        let rows = x.elem_count() / w.elem_count();
-        let dx = both.narrow(0, 0, rows)?.reshape(x.shape())?;
-        let dw = both.narrow(0, rows, 1)?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw)))
+        let all = x.apply_op3_no_bwd(w, &g.contiguous()?, &RmsBackward { eps: self.eps })?;
+        let mut grads = split_norm_grads(&all, x, &[w])?.into_iter().map(Some);
+        Ok((grads.next().flatten(), grads.next().flatten()))
     }
 }
-
-/// Rows of a norm's weight gradient summed per block before the blocks are summed in order:
-/// fixed, so the sum does not depend on the thread count.
-const RMS_BLOCK: usize = 64;
 
 /// RMSNorm's gradients `[rows + 1, d]`: the rows of `∂L/∂x = (g∘w)/r − x (Σ_j g_j w_j x_j)/(d r³)`
 /// (`r` the row's rms), then `∂L/∂w = Σ_rows g ∘ x / r`.
@@ -253,32 +296,15 @@ impl CustomOp3 for RmsBackward {
         let w = slice(s2, l2, "rms norm backward weight")?;
         let g = slice(s3, l3, "rms norm backward gradient")?;
         let d = w.len();
-        let rows = x.len() / d;
-        let mut dst = vec![0f32; x.len() + d];
-        let (dx, dw) = dst.split_at_mut(x.len());
-        let blocks: Vec<Vec<f32>> = dx
-            .par_chunks_mut(RMS_BLOCK * d)
-            .zip(x.par_chunks(RMS_BLOCK * d).zip(g.par_chunks(RMS_BLOCK * d)))
-            .map(|(dx, (x, g))| {
-                let mut part = vec![0f32; d];
-                for (dx, (x, g)) in dx.chunks_mut(d).zip(x.chunks(d).zip(g.chunks(d))) {
-                    let rms = rms_scale(x, self.eps);
-                    let dot: f32 = x.iter().zip(g).zip(w).map(|((x, g), w)| g * w * x).sum();
-                    let c = dot / (d as f32 * rms * rms * rms);
-                    for (k, dx) in dx.iter_mut().enumerate() {
-                        *dx = g[k] * w[k] / rms - x[k] * c;
-                        part[k] += g[k] * x[k] / rms;
-                    }
-                }
-                part
-            })
-            .collect();
-        for part in &blocks {
-            for (a, b) in dw.iter_mut().zip(part) {
-                *a += b;
+        Ok(norm_backward(x, g, d, 1, |dx, x, g, dw| {
+            let rms = rms_scale(x, self.eps);
+            let dot: f32 = x.iter().zip(g).zip(w).map(|((x, g), w)| g * w * x).sum();
+            let c = dot / (d as f32 * rms * rms * rms);
+            for (k, dx) in dx.iter_mut().enumerate() {
+                *dx = g[k] * w[k] / rms - x[k] * c;
+                dw[k] += g[k] * x[k] / rms;
             }
-        }
-        Ok(output(dst, &Shape::from((rows + 1, d))))
+        }))
     }
 }
 
@@ -348,11 +374,12 @@ impl CustomOp3 for LayerNorm {
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let all = x.apply_op3_no_bwd(w, &g.contiguous()?, &LayerBackward { eps: self.eps })?;
-        let rows = x.elem_count() / w.elem_count();
-        let dx = all.narrow(0, 0, rows)?.reshape(x.shape())?;
-        let dw = all.narrow(0, rows, 1)?.reshape(w.shape())?;
-        let db = all.narrow(0, rows + 1, 1)?.reshape(b.shape())?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let mut grads = split_norm_grads(&all, x, &[w, b])?.into_iter().map(Some);
+        Ok((
+            grads.next().flatten(),
+            grads.next().flatten(),
+            grads.next().flatten(),
+        ))
     }
 }
 
@@ -381,40 +408,22 @@ impl CustomOp3 for LayerBackward {
         let w = slice(s2, l2, "layer norm backward weight")?;
         let g = slice(s3, l3, "layer norm backward gradient")?;
         let d = w.len();
-        let rows = x.len() / d;
-        let mut dst = vec![0f32; x.len() + 2 * d];
-        let (dx, dwb) = dst.split_at_mut(x.len());
-        let blocks: Vec<Vec<f32>> = dx
-            .par_chunks_mut(RMS_BLOCK * d)
-            .zip(x.par_chunks(RMS_BLOCK * d).zip(g.par_chunks(RMS_BLOCK * d)))
-            .map(|(dx, (x, g))| {
-                let mut part = vec![0f32; 2 * d];
-                let mut xhat = vec![0f32; d];
-                for (dx, (x, g)) in dx.chunks_mut(d).zip(x.chunks(d).zip(g.chunks(d))) {
-                    let (mean, sd) = layer_stats(x, self.eps);
-                    let (mut m1, mut m2) = (0f32, 0f32);
-                    for k in 0..d {
-                        xhat[k] = (x[k] - mean) / sd;
-                        let gh = g[k] * w[k];
-                        m1 += gh;
-                        m2 += gh * xhat[k];
-                        part[k] += g[k] * xhat[k];
-                        part[d + k] += g[k];
-                    }
-                    let (m1, m2) = (m1 / d as f32, m2 / d as f32);
-                    for (k, dx) in dx.iter_mut().enumerate() {
-                        *dx = (g[k] * w[k] - m1 - xhat[k] * m2) / sd;
-                    }
-                }
-                part
-            })
-            .collect();
-        for part in &blocks {
-            for (a, b) in dwb.iter_mut().zip(part) {
-                *a += b;
+        Ok(norm_backward(x, g, d, 2, |dx, x, g, sums| {
+            let (mean, sd) = layer_stats(x, self.eps);
+            let (mut m1, mut m2) = (0f32, 0f32);
+            for k in 0..d {
+                let xh = (x[k] - mean) / sd;
+                let gh = g[k] * w[k];
+                m1 += gh;
+                m2 += gh * xh;
+                sums[k] += g[k] * xh;
+                sums[d + k] += g[k];
             }
-        }
-        Ok(output(dst, &Shape::from((rows + 2, d))))
+            let (m1, m2) = (m1 / d as f32, m2 / d as f32);
+            for (k, dx) in dx.iter_mut().enumerate() {
+                *dx = (g[k] * w[k] - m1 - (x[k] - mean) / sd * m2) / sd;
+            }
+        }))
     }
 }
 

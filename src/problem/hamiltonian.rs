@@ -244,7 +244,7 @@ pub fn random_walk(rng: &mut ChaCha8Rng, graph: &Graph, len: usize) -> Vec<usize
 
 /// `count` graphs of `spec`'s size and density drawn from `seed` (not `spec.seed`, so they are
 /// independent of the training and test pairs): the prompts of the reference model's
-/// pretraining, whose responses are random vertex orders.
+/// pretraining, whose responses are random vertex orders (and walks, `pretrain.walk_fraction`).
 pub fn pretraining_graphs(spec: &CycleSpec, count: usize, seed: u64) -> Vec<Graph> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..count)
