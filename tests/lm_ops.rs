@@ -53,26 +53,95 @@ fn check(
     Ok(())
 }
 
-#[test]
-fn masked_softmax_matches_the_composition_with_a_broadcast_mask() -> Res<()> {
-    let s = Var::from_tensor(&random(&[2, 3, 5, 9], 1)?)?;
-    // [2, 1, 5, 9] additive mask, −∞ on a causal-like pattern, never a whole row.
-    let m: Vec<f32> = (0..2 * 5 * 9)
+/// Attention as the compositions compute it: keys and values repeated to every query head,
+/// `softmax(q kᵀ/√hd + mask) v`, heads merged.
+fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Res<Tensor> {
+    let (b, h, lq, hd) = q.dims4()?;
+    let rep = h / k.dim(1)?;
+    let k = candle_transformers::utils::repeat_kv(k.clone(), rep)?;
+    let v = candle_transformers::utils::repeat_kv(v.clone(), rep)?;
+    let s = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
+    candle_nn::ops::softmax(&s, D::Minus1)?
+        .matmul(&v.contiguous()?)?
+        .transpose(1, 2)?
+        .reshape((b, lq, h * hd))
+}
+
+/// An additive mask of `shape` [.., Lq, Lk], −∞ where `hide(matrix, row, col)`.
+fn mask_of(shape: &[usize], hide: impl Fn(usize, usize, usize) -> bool) -> Res<Tensor> {
+    let (lq, lk) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+    let n: usize = shape[..shape.len() - 2].iter().product();
+    let m: Vec<f32> = (0..n * lq * lk)
         .map(|k| {
-            if (k % 9) > (k / 9) % 5 + 4 * (k / 45) {
+            let (b, i, j) = (k / (lq * lk), (k / lk) % lq, k % lk);
+            if hide(b, i, j) {
                 f32::NEG_INFINITY
             } else {
                 0.0
             }
         })
         .collect();
-    let mask = Tensor::from_vec(m, (2, 1, 5, 9), &Device::Cpu)?;
+    Tensor::from_vec(m, shape, &Device::Cpu)
+}
+
+fn check_attention(name: &str, q: &[usize], kv: &[usize], mask: &Tensor) -> Res<()> {
+    let q = Var::from_tensor(&random(q, 1)?)?;
+    let k = Var::from_tensor(&random(kv, 2)?)?;
+    let v = Var::from_tensor(&random(kv, 3)?)?;
+    let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
     check(
-        "masked softmax",
-        &[&s],
-        || ops::masked_softmax(s.as_tensor(), &mask, 16),
-        || candle_nn::ops::softmax(&(s.as_tensor() / 4.0)?.broadcast_add(&mask)?, D::Minus1),
-        1e-6,
+        name,
+        &[&q, &k, &v],
+        || ops::attention(qt, kt, vt, mask),
+        || attention_composed(qt, kt, vt, mask),
+        1e-5,
+    )
+}
+
+#[test]
+fn attention_matches_the_composition_with_a_padding_key_mask() -> Res<()> {
+    // BERT's [B, 1, 1, L] key mask: f32::MIN on padding keys (the last 3 of sequence 1).
+    let m: Vec<f32> = (0..2 * 7)
+        .map(|k| if k >= 11 { f32::MIN } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(m, (2, 1, 1, 7), &Device::Cpu)?;
+    check_attention("padding mask", &[2, 4, 7, 8], &[2, 4, 7, 8], &mask)
+}
+
+#[test]
+fn attention_matches_the_composition_with_grouped_queries_and_a_causal_mask() -> Res<()> {
+    // Three query heads per key/value head, one [L, L] causal mask broadcast to all.
+    let mask = mask_of(&[9, 9], |_, i, j| j > i)?;
+    check_attention("grouped causal", &[3, 6, 9, 16], &[3, 2, 9, 16], &mask)
+}
+
+#[test]
+fn attention_matches_the_composition_with_more_keys_than_queries() -> Res<()> {
+    // The prompt-group continuations' [N, 1, C, P + C]: a prefix with padding, then causal.
+    let mask = mask_of(&[2, 1, 5, 11], |b, i, j| j < b * 2 || j > 6 + i)?;
+    check_attention("continuations", &[2, 3, 5, 4], &[2, 1, 11, 4], &mask)
+}
+
+#[test]
+fn affine_matches_candle_nn_linear_with_and_without_bias() -> Res<()> {
+    use candle_nn::Module;
+    let x = Var::from_tensor(&random(&[3, 70, 24], 4)?)?;
+    let w = Var::from_tensor(&random(&[40, 24], 5)?)?;
+    let b = Var::from_tensor(&random(&[40], 6)?)?;
+    let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+    check(
+        "affine with bias",
+        &[&x, &w, &b],
+        || ops::affine(xt, wt, Some(bt)),
+        || candle_nn::Linear::new(wt.clone(), Some(bt.clone())).forward(xt),
+        1e-5,
+    )?;
+    check(
+        "affine",
+        &[&x, &w],
+        || ops::affine(xt, wt, None),
+        || candle_nn::Linear::new(wt.clone(), None).forward(xt),
+        1e-5,
     )
 }
 
@@ -147,6 +216,8 @@ fn gelu_erf_matches_candles_gelu_erf() -> Res<()> {
 fn fused_ops_are_bit_identical_across_thread_counts() -> Res<()> {
     let x = Var::from_tensor(&random(&[5, 200, 32], 8)?)?;
     let w = Var::from_tensor(&random(&[32], 9)?)?;
+    let causal = mask_of(&[200, 200], |_, i, j| j > i)?;
+    let wa = random(&[12, 32], 16)?;
     let run = |threads: usize| -> Vec<f32> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -154,17 +225,20 @@ fn fused_ops_are_bit_identical_across_thread_counts() -> Res<()> {
             .unwrap();
         pool.install(|| {
             let y = ops::rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap();
-            let g = (y.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
-            let mut out = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            out.extend(g.get(&w).unwrap().to_vec1::<f32>().unwrap());
-            out.extend(
-                g.get(&x)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap(),
-            );
+            // Attention over the normed rows: 5 sequences, 4 query heads on 2 key/value heads.
+            let q = y.reshape((5, 4, 200, 8)).unwrap();
+            let kv = y.narrow(2, 0, 16).unwrap().reshape((5, 2, 200, 8)).unwrap();
+            let a = ops::attention(&q, &kv, &kv.sin().unwrap(), &causal).unwrap();
+            // An affine map of the attention's output (rows: 5 · 200).
+            let a = ops::affine(&a, &wa, Some(&w.narrow(0, 0, 12).unwrap())).unwrap();
+            let loss = (y.sqr().unwrap().sum_all().unwrap() + a.sqr().unwrap().sum_all().unwrap())
+                .unwrap();
+            let g = loss.backward().unwrap();
+            let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut out = flat(&y);
+            out.extend(flat(&a));
+            out.extend(flat(g.get(&w).unwrap()));
+            out.extend(flat(g.get(&x).unwrap()));
             out
         })
     };
@@ -185,5 +259,13 @@ fn fused_ops_refuse_what_they_cannot_compute() -> Res<()> {
     assert!(format!("{e}").contains("[B, H, L, even hd]"), "{e}");
     let e = ops::rms_norm(&x, &random(&[4], 13)?, 1e-6).unwrap_err();
     assert!(format!("{e}").contains("weight of 4"), "{e}");
+    let (q, kv) = (random(&[2, 3, 5, 4], 14)?, random(&[2, 2, 5, 4], 15)?);
+    let mask = Tensor::zeros((5, 5), candle_core::DType::F32, &Device::Cpu)?;
+    let e = ops::attention(&q, &kv, &kv, &mask).unwrap_err();
+    assert!(format!("{e}").contains("do not fit"), "{e}");
+    let e = ops::affine(&x, &random(&[4, 6], 17)?, None).unwrap_err();
+    assert!(format!("{e}").contains("do not fit"), "{e}");
+    let e = ops::affine(&x, &random(&[4, 5], 18)?, Some(&random(&[3], 19)?)).unwrap_err();
+    assert!(format!("{e}").contains("do not fit"), "{e}");
     Ok(())
 }

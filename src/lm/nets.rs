@@ -16,13 +16,29 @@
 
 use super::ops;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
 use serde::Deserialize;
 
+/// `x wᵀ + b`: one fused op with its backward on the CPU in f32 ([`ops::affine`]), else
+/// candle-nn's `Linear`.
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if ops::fused(x) {
+            return ops::affine(x, &self.weight, self.bias.as_ref());
+        }
+        candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)
+    }
+}
+
 fn linear(i: usize, o: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
-    let w = vb.get((o, i), "weight")?;
-    let b = if bias { Some(vb.get(o, "bias")?) } else { None };
-    Ok(Linear::new(w, b))
+    let weight = vb.get((o, i), "weight")?;
+    let bias = if bias { Some(vb.get(o, "bias")?) } else { None };
+    Ok(Linear { weight, bias })
 }
 
 fn embedding(n: usize, d: usize, vb: VarBuilder) -> Result<Embedding> {
@@ -88,12 +104,14 @@ impl Kernels {
         }
     }
 
-    /// `softmax(q kᵀ/√hd + mask) v`, heads merged back to `[B, L, H·hd]`.
+    /// `softmax(q kᵀ/√hd + mask) v`, heads merged back to `[B, L, H·hd]`; `k`, `v` with
+    /// `H / Hkv` query heads per key/value head.
     fn attention(self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        if self == Kernels::Differentiable {
+        if self == Kernels::Differentiable || ops::fused(q) {
             return attention(q, k, v, mask);
         }
         let (b, h, l, hd) = q.dims4()?;
+        let (k, v) = repeat_kv(q, k, v)?;
         let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         att.matmul(&v.contiguous()?)?
@@ -152,18 +170,27 @@ fn heads(x: &Tensor, h: usize) -> Result<Tensor> {
     x.reshape((b, l, h, d / h))?.transpose(1, 2)?.contiguous()
 }
 
-/// `softmax(q kᵀ/√hd + mask) v`, heads merged back to `[B, L, H·hd]`; the softmax fused
-/// (with its backward) on the CPU.
+/// Keys and values repeated to every query head of `q` (grouped-query attention), for the
+/// compositions; the fused attention reads each key/value head directly.
+fn repeat_kv(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+    let rep = q.dim(1)? / k.dim(1)?;
+    Ok((
+        candle_transformers::utils::repeat_kv(k.clone(), rep)?,
+        candle_transformers::utils::repeat_kv(v.clone(), rep)?,
+    ))
+}
+
+/// `softmax(q kᵀ/√hd + mask) v`, heads merged back to `[B, L, H·hd]`, differentiable: one fused
+/// op with its backward on the CPU ([`ops::attention`]), else candle's composition.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if ops::fused(q) {
+        return ops::attention(q, k, v, mask);
+    }
     let (b, h, l, hd) = q.dims4()?;
-    let scores = q.matmul(&k.t()?)?;
-    let att = if ops::fused(&scores) {
-        ops::masked_softmax(&scores, mask, hd)?
-    } else {
-        let att = (scores / (hd as f64).sqrt())?.broadcast_add(mask)?;
-        candle_nn::ops::softmax(&att, D::Minus1)?
-    };
-    att.matmul(&v.contiguous()?)?
+    let (k, v) = repeat_kv(q, k, v)?;
+    let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
+    candle_nn::ops::softmax(&att, D::Minus1)?
+        .matmul(&v.contiguous()?)?
         .transpose(1, 2)?
         .reshape((b, l, h * hd))
 }
@@ -390,8 +417,7 @@ impl Llama {
         kernels.norm(&self.norm, &x)
     }
 
-    /// A layer's queries, keys and values of `x` (rotated; keys and values repeated to every
-    /// query head).
+    /// A layer's queries, keys and values of `x` (rotated; `kv_heads` key/value heads).
     fn qkv(
         &self,
         layer: &LlamaLayer,
@@ -400,18 +426,11 @@ impl Llama {
         sin: &Tensor,
         kernels: Kernels,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let rep = self.heads / self.kv_heads;
         let h = kernels.norm(&layer.norm1, x)?;
         let q = heads(&layer.q.forward(&h)?, self.heads)?;
         let k = heads(&layer.k.forward(&h)?, self.kv_heads)?;
         let v = heads(&layer.v.forward(&h)?, self.kv_heads)?;
-        let q = kernels.rope(&q, cos, sin)?;
-        let k = kernels.rope(&k, cos, sin)?;
-        Ok((
-            q,
-            candle_transformers::utils::repeat_kv(k, rep)?,
-            candle_transformers::utils::repeat_kv(v, rep)?,
-        ))
+        Ok((kernels.rope(&q, cos, sin)?, kernels.rope(&k, cos, sin)?, v))
     }
 
     /// The rest of a layer after attention: output projection and residual, then the gated MLP
@@ -469,7 +488,7 @@ impl Llama {
             let ctx_p = kernels.attention(&qp, &kp, &vp, &mask_p)?;
             let own = |t: &Tensor| -> Result<Tensor> {
                 if g == 1 {
-                    t.broadcast_as((n, self.heads, p, self.head_dim))
+                    t.broadcast_as((n, self.kv_heads, p, self.head_dim))
                 } else {
                     t.index_select(&group, 0)
                 }

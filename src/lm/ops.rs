@@ -1,17 +1,18 @@
 //! Fused CPU kernels that record their own backward pass, for the differentiable forwards of
-//! [`super::nets`]: the masked, scaled softmax of attention, RMSNorm, LayerNorm, the rotary
-//! embedding, the gated MLP's `silu(g) · u` and the exact (erf) GELU.
+//! [`super::nets`]: the affine maps `x wᵀ + b` ([`affine`]), attention
+//! (`softmax(q kᵀ/√hd + mask) v`, [`attention`]), RMSNorm,
+//! LayerNorm, the rotary embedding, the gated MLP's `silu(g) · u` and the exact (erf) GELU.
 //!
 //! candle's autograd keeps every intermediate tensor of a composition alive until the backward
-//! returns: `softmax(q kᵀ/√hd + mask)` built from candle ops keeps five attention-sized tensors
-//! per layer, `rms_norm_slow` three hidden-sized ones per norm, `rope_slow` four per rotated
-//! tensor. Each op here is one pass over its input that keeps only what its backward reads (its
-//! inputs and output), and its backward is one pass too. Every op computes the same formula, in
-//! the same order of f32 operations where that is cheap, as the composition it replaces
-//! (checked, forward and gradients, in `tests/lm_ops.rs`). Rows are independent and each is
-//! computed by one thread, so results do not depend on the thread count; the reductions across
-//! rows (the norms' weight and bias gradients, [`norm_backward`]) sum fixed blocks of rows in a
-//! fixed order.
+//! returns: attention built from candle ops keeps the scores and five more attention-sized
+//! tensors per layer, `rms_norm_slow` three hidden-sized ones per norm, `rope_slow` four per
+//! rotated tensor. Each op here keeps only its inputs and output (attention recomputes its
+//! probabilities in the backward), and its forward and backward are one parallel pass each.
+//! Every op computes the formula of the composition it replaces, in the same order of f32
+//! operations where that is cheap (checked, forward and gradients, in `tests/lm_ops.rs`).
+//! Rows (attention: heads) are independent and each is computed by one thread, so results do
+//! not depend on the thread count; the reductions across rows (the norms' weight and bias
+//! gradients, [`norm_backward`]) sum fixed blocks of rows in a fixed order.
 //!
 //! Only f32 tensors on the CPU: [`fused`] says when a tensor qualifies; elsewhere the forwards
 //! keep candle's compositions.
@@ -19,6 +20,12 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use rten_simd::SimdUnaryOp;
+
+mod attention;
+mod linear;
+pub use attention::attention;
+pub use linear::affine;
 
 /// Whether the fused kernels serve `t`: f32 on the CPU.
 pub fn fused(t: &Tensor) -> bool {
@@ -45,126 +52,6 @@ fn last_dim(layout: &Layout) -> Result<usize> {
 
 fn output(dst: Vec<f32>, shape: &Shape) -> (CpuStorage, Shape) {
     (CpuStorage::F32(dst), shape.clone())
-}
-
-// ------------------------------------------------------------ masked softmax
-
-/// `softmax(s · scale + mask)` over the last dimension; `mask` broadcast to `s`'s shape (any
-/// strides), `s` contiguous. `scale` is `(1/√hd) as f32`, the factor of candle's `s / √hd`
-/// (`affine(1/√hd, 0)`).
-struct MaskedSoftmax {
-    scale: f32,
-}
-
-impl CustomOp2 for MaskedSoftmax {
-    fn name(&self) -> &'static str {
-        "masked-softmax"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let s = slice(s1, l1, "masked softmax scores")?;
-        let CpuStorage::F32(mask) = s2 else {
-            candle_core::bail!("masked softmax: f32 mask expected")
-        };
-        if l2.dims() != l1.dims() {
-            candle_core::bail!(
-                "masked softmax: mask {:?} vs scores {:?}",
-                l2.dims(),
-                l1.dims()
-            );
-        }
-        let w = last_dim(l1)?;
-        let (dims, strides) = (l2.dims(), l2.stride());
-        let step = strides[dims.len() - 1];
-        let row_start = |mut r: usize| {
-            let mut at = l2.start_offset();
-            for k in (0..dims.len() - 1).rev() {
-                at += (r % dims[k]) * strides[k];
-                r /= dims[k];
-            }
-            at
-        };
-        let mut dst = vec![0f32; s.len()];
-        dst.par_chunks_mut(w)
-            .zip(s.par_chunks(w))
-            .enumerate()
-            .for_each(|(r, (d, s))| {
-                let m0 = row_start(r);
-                let mut max = f32::NEG_INFINITY;
-                for (j, (d, &s)) in d.iter_mut().zip(s).enumerate() {
-                    *d = (s * self.scale + 0.0) + mask[m0 + j * step];
-                    max = max.max(*d);
-                }
-                let mut sum = 0f32;
-                for d in d.iter_mut() {
-                    *d = (*d - max).exp();
-                    sum += *d;
-                }
-                for d in d.iter_mut() {
-                    *d /= sum;
-                }
-            });
-        Ok(output(dst, l1.shape()))
-    }
-
-    fn bwd(
-        &self,
-        _s: &Tensor,
-        _mask: &Tensor,
-        y: &Tensor,
-        g: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let ds = y.apply_op2_no_bwd(&g.contiguous()?, &SoftmaxBackward { scale: self.scale })?;
-        Ok((Some(ds), None))
-    }
-}
-
-/// `∂L/∂s = y ∘ (g − Σ_j g_j y_j) · scale` row by row, from the softmax's output `y` and its
-/// gradient `g`.
-struct SoftmaxBackward {
-    scale: f32,
-}
-
-impl CustomOp2 for SoftmaxBackward {
-    fn name(&self) -> &'static str {
-        "masked-softmax-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = slice(s1, l1, "softmax backward output")?;
-        let g = slice(s2, l2, "softmax backward gradient")?;
-        let w = last_dim(l1)?;
-        let mut dst = vec![0f32; y.len()];
-        dst.par_chunks_mut(w)
-            .zip(y.par_chunks(w).zip(g.par_chunks(w)))
-            .for_each(|(d, (y, g))| {
-                let dot: f32 = y.iter().zip(g).map(|(y, g)| y * g).sum();
-                for ((d, y), g) in d.iter_mut().zip(y).zip(g) {
-                    *d = y * (g - dot) * self.scale;
-                }
-            });
-        Ok(output(dst, l1.shape()))
-    }
-}
-
-/// `softmax(s / √hd + mask)` over the last dimension of `s` [.., L, W], `mask` broadcastable to
-/// it; gradient to `s` only.
-pub fn masked_softmax(s: &Tensor, mask: &Tensor, head_dim: usize) -> Result<Tensor> {
-    let mask = mask.broadcast_as(s.shape())?;
-    let scale = (1.0 / (head_dim as f64).sqrt()) as f32;
-    s.contiguous()?.apply_op2(&mask, MaskedSoftmax { scale })
 }
 
 // ------------------------------------------------------------ RMSNorm
@@ -603,7 +490,9 @@ pub fn silu_gate(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 const CHUNK: usize = 4096;
 
 /// `x Φ(x) = (erf(x/√2) + 1) · x/2` elementwise, candle's `gelu_erf` formula, in parallel
-/// (candle's unary ops run on one thread).
+/// (candle's unary ops run on one thread) and vectorised: `erf` and `exp` are rten-vecmath's
+/// SIMD kernels (Abramowitz–Stegun 7.1.26 for `erf`, as PyTorch's vectorised CPU `erf`; within
+/// 6.7e-7 absolute of libm's `erff`, which candle calls one element at a time).
 struct GeluErf;
 
 impl CustomOp1 for GeluErf {
@@ -613,16 +502,9 @@ impl CustomOp1 for GeluErf {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(storage, layout, "gelu input")?;
-        let mut dst = vec![0f32; x.len()];
+        let mut dst = x.to_vec();
         dst.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(y, x)| {
-                for (y, &v) in y.iter_mut().zip(x) {
-                    *y = (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.)
-                        * 0.5
-                        * v;
-                }
-            });
+            .for_each(|y| rten_vecmath::Gelu {}.map_mut(y));
         Ok(output(dst, layout.shape()))
     }
 
@@ -655,11 +537,15 @@ impl CustomOp2 for GeluErfBackward {
         dst.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
             .for_each(|(d, (x, g))| {
-                for ((d, &v), &g) in d.iter_mut().zip(x).zip(g) {
-                    let cdf = 0.5
-                        * (1.0
-                            + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2));
-                    *d = g * (cdf + v * INV_SQRT_2PI * (-0.5 * v * v).exp());
+                let mut e: Vec<f32> = x.iter().map(|v| -0.5 * v * v).collect();
+                rten_vecmath::Exp {}.map_mut(&mut e);
+                for (d, &v) in d.iter_mut().zip(x) {
+                    *d = v * std::f32::consts::FRAC_1_SQRT_2;
+                }
+                rten_vecmath::Erf {}.map_mut(d);
+                for (((d, &v), &g), e) in d.iter_mut().zip(x).zip(g).zip(e) {
+                    let cdf = 0.5 * (1.0 + *d);
+                    *d = g * (cdf + v * INV_SQRT_2PI * e);
                 }
             });
         Ok(output(dst, l1.shape()))
