@@ -53,13 +53,16 @@ fn check(
     Ok(())
 }
 
-/// Attention as the compositions compute it: keys and values repeated to every query head,
-/// `softmax(q kᵀ/√hd + mask) v`, heads merged.
+/// Attention as the compositions compute it, from `[B, L, heads, hd]` operands: heads-major
+/// copies, keys and values repeated to every query head, `softmax(q kᵀ/√hd + mask) v`, heads
+/// merged.
 fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Res<Tensor> {
-    let (b, h, lq, hd) = q.dims4()?;
+    let (b, lq, h, hd) = q.dims4()?;
+    let major = |t: &Tensor| t.transpose(1, 2)?.contiguous();
+    let (q, k, v) = (major(q)?, major(k)?, major(v)?);
     let rep = h / k.dim(1)?;
-    let k = candle_transformers::utils::repeat_kv(k.clone(), rep)?;
-    let v = candle_transformers::utils::repeat_kv(v.clone(), rep)?;
+    let k = candle_transformers::utils::repeat_kv(k, rep)?;
+    let v = candle_transformers::utils::repeat_kv(v, rep)?;
     let s = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
     candle_nn::ops::softmax(&s, D::Minus1)?
         .matmul(&v.contiguous()?)?
@@ -84,16 +87,33 @@ fn mask_of(shape: &[usize], hide: impl Fn(usize, usize, usize) -> bool) -> Res<T
     Tensor::from_vec(m, shape, &Device::Cpu)
 }
 
-fn check_attention(name: &str, q: &[usize], kv: &[usize], mask: &Tensor) -> Res<()> {
-    let q = Var::from_tensor(&random(q, 1)?)?;
-    let k = Var::from_tensor(&random(kv, 2)?)?;
-    let v = Var::from_tensor(&random(kv, 3)?)?;
-    let (qt, kt, vt) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+/// The fused attention against the composition on `q` [B, Lq, H, hd], `k`, `v` [B, Lk, Hkv,
+/// hd]; `heads_major`: the operands are transposed views of heads-major tensors (strided rows).
+fn check_attention(
+    name: &str,
+    q: &[usize],
+    kv: &[usize],
+    mask: &Tensor,
+    heads_major: bool,
+) -> Res<()> {
+    let var = |dims: &[usize], seed| {
+        let major = [dims[0], dims[2], dims[1], dims[3]];
+        Var::from_tensor(&random(if heads_major { &major } else { dims }, seed)?)
+    };
+    let (q, k, v) = (var(q, 1)?, var(kv, 2)?, var(kv, 3)?);
+    let rows = |t: &Var| -> Res<Tensor> {
+        if heads_major {
+            t.as_tensor().transpose(1, 2)
+        } else {
+            Ok(t.as_tensor().clone())
+        }
+    };
+    let (qt, kt, vt) = (rows(&q)?, rows(&k)?, rows(&v)?);
     check(
         name,
         &[&q, &k, &v],
-        || ops::attention(qt, kt, vt, mask),
-        || attention_composed(qt, kt, vt, mask),
+        || ops::attention(&qt, &kt, &vt, mask),
+        || attention_composed(&qt, &kt, &vt, mask),
         1e-5,
     )
 }
@@ -105,21 +125,34 @@ fn attention_matches_the_composition_with_a_padding_key_mask() -> Res<()> {
         .map(|k| if k >= 11 { f32::MIN } else { 0.0 })
         .collect();
     let mask = Tensor::from_vec(m, (2, 1, 1, 7), &Device::Cpu)?;
-    check_attention("padding mask", &[2, 4, 7, 8], &[2, 4, 7, 8], &mask)
+    check_attention("padding mask", &[2, 7, 4, 8], &[2, 7, 4, 8], &mask, false)
 }
 
 #[test]
 fn attention_matches_the_composition_with_grouped_queries_and_a_causal_mask() -> Res<()> {
     // Three query heads per key/value head, one [L, L] causal mask broadcast to all.
     let mask = mask_of(&[9, 9], |_, i, j| j > i)?;
-    check_attention("grouped causal", &[3, 6, 9, 16], &[3, 2, 9, 16], &mask)
+    check_attention(
+        "grouped causal",
+        &[3, 9, 6, 16],
+        &[3, 9, 2, 16],
+        &mask,
+        false,
+    )?;
+    check_attention(
+        "grouped causal, heads-major",
+        &[3, 9, 6, 16],
+        &[3, 9, 2, 16],
+        &mask,
+        true,
+    )
 }
 
 #[test]
 fn attention_matches_the_composition_with_more_keys_than_queries() -> Res<()> {
     // The prompt-group continuations' [N, 1, C, P + C]: a prefix with padding, then causal.
     let mask = mask_of(&[2, 1, 5, 11], |b, i, j| j < b * 2 || j > 6 + i)?;
-    check_attention("continuations", &[2, 3, 5, 4], &[2, 1, 11, 4], &mask)
+    check_attention("continuations", &[2, 5, 3, 4], &[2, 11, 1, 4], &mask, true)
 }
 
 #[test]
@@ -226,8 +259,8 @@ fn fused_ops_are_bit_identical_across_thread_counts() -> Res<()> {
         pool.install(|| {
             let y = ops::rms_norm(x.as_tensor(), w.as_tensor(), 1e-6).unwrap();
             // Attention over the normed rows: 5 sequences, 4 query heads on 2 key/value heads.
-            let q = y.reshape((5, 4, 200, 8)).unwrap();
-            let kv = y.narrow(2, 0, 16).unwrap().reshape((5, 2, 200, 8)).unwrap();
+            let q = y.reshape((5, 200, 4, 8)).unwrap();
+            let kv = y.narrow(2, 0, 16).unwrap().reshape((5, 200, 2, 8)).unwrap();
             let a = ops::attention(&q, &kv, &kv.sin().unwrap(), &causal).unwrap();
             // An affine map of the attention's output (rows: 5 · 200).
             let a = ops::affine(&a, &wa, Some(&w.narrow(0, 0, 12).unwrap())).unwrap();
@@ -259,7 +292,7 @@ fn fused_ops_refuse_what_they_cannot_compute() -> Res<()> {
     assert!(format!("{e}").contains("[B, H, L, even hd]"), "{e}");
     let e = ops::rms_norm(&x, &random(&[4], 13)?, 1e-6).unwrap_err();
     assert!(format!("{e}").contains("weight of 4"), "{e}");
-    let (q, kv) = (random(&[2, 3, 5, 4], 14)?, random(&[2, 2, 5, 4], 15)?);
+    let (q, kv) = (random(&[2, 5, 3, 4], 14)?, random(&[2, 5, 2, 4], 15)?);
     let mask = Tensor::zeros((5, 5), candle_core::DType::F32, &Device::Cpu)?;
     let e = ops::attention(&q, &kv, &kv, &mask).unwrap_err();
     assert!(format!("{e}").contains("do not fit"), "{e}");

@@ -104,19 +104,14 @@ impl Kernels {
         }
     }
 
-    /// `softmax(q kᵀ/√hd + mask) v`, heads merged back to `[B, L, H·hd]`; `k`, `v` with
-    /// `H / Hkv` query heads per key/value head.
+    /// `softmax(q kᵀ/√hd + mask) v` of heads-major `q` [B, H, L, hd], `k`, `v` [B, Hkv, L, hd],
+    /// heads merged back to `[B, L, H·hd]`.
     fn attention(self, q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
         if self == Kernels::Differentiable || ops::fused(q) {
-            return attention(q, k, v, mask);
+            let rows = |t: &Tensor| t.transpose(1, 2);
+            return attention(&rows(q)?, &rows(k)?, &rows(v)?, mask);
         }
-        let (b, h, l, hd) = q.dims4()?;
-        let (k, v) = repeat_kv(q, k, v)?;
-        let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        att.matmul(&v.contiguous()?)?
-            .transpose(1, 2)?
-            .reshape((b, l, h * hd))
+        composed_attention(q, k, v, mask, false)
     }
 }
 
@@ -170,29 +165,46 @@ fn heads(x: &Tensor, h: usize) -> Result<Tensor> {
     x.reshape((b, l, h, d / h))?.transpose(1, 2)?.contiguous()
 }
 
-/// Keys and values repeated to every query head of `q` (grouped-query attention), for the
-/// compositions; the fused attention reads each key/value head directly.
-fn repeat_kv(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
-    let rep = q.dim(1)? / k.dim(1)?;
-    Ok((
-        candle_transformers::utils::repeat_kv(k.clone(), rep)?,
-        candle_transformers::utils::repeat_kv(v.clone(), rep)?,
-    ))
+/// `[B, L, H·hd] → [B, L, H, hd]`, a view of the same rows.
+fn split_heads(x: &Tensor, h: usize) -> Result<Tensor> {
+    let (b, l, d) = x.dims3()?;
+    x.reshape((b, l, h, d / h))
 }
 
-/// `softmax(q kᵀ/√hd + mask) v`, heads merged back to `[B, L, H·hd]`, differentiable: one fused
-/// op with its backward on the CPU ([`ops::attention`]), else candle's composition.
+/// `softmax(q kᵀ/√hd + mask) v` as candle ops over heads-major `q` [B, H, L, hd], `k`, `v`
+/// [B, Hkv, L, hd] (repeated to every query head), heads merged back to `[B, L, H·hd]`;
+/// `differentiable`: candle's softmax composition, else its fused softmax (no backward).
+fn composed_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    differentiable: bool,
+) -> Result<Tensor> {
+    let (b, h, l, hd) = q.dims4()?;
+    let rep = h / k.dim(1)?;
+    let k = candle_transformers::utils::repeat_kv(k.contiguous()?, rep)?;
+    let v = candle_transformers::utils::repeat_kv(v.contiguous()?, rep)?;
+    let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
+    let att = if differentiable {
+        candle_nn::ops::softmax(&att, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&att)?
+    };
+    att.matmul(&v.contiguous()?)?
+        .transpose(1, 2)?
+        .reshape((b, l, h * hd))
+}
+
+/// `softmax(q kᵀ/√hd + mask) v` of `q` [B, L, H, hd], `k`, `v` [B, L, Hkv, hd] (any views),
+/// heads merged back to `[B, L, H·hd]`, differentiable: one fused op with its backward on the
+/// CPU that reads the views in place ([`ops::attention`]), else candle's composition.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
     if ops::fused(q) {
         return ops::attention(q, k, v, mask);
     }
-    let (b, h, l, hd) = q.dims4()?;
-    let (k, v) = repeat_kv(q, k, v)?;
-    let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(mask)?;
-    candle_nn::ops::softmax(&att, D::Minus1)?
-        .matmul(&v.contiguous()?)?
-        .transpose(1, 2)?
-        .reshape((b, l, h * hd))
+    let major = |t: &Tensor| t.transpose(1, 2)?.contiguous();
+    composed_attention(&major(q)?, &major(k)?, &major(v)?, mask, true)
 }
 
 // ---------------------------------------------------------------- BERT
@@ -292,9 +304,9 @@ impl Bert {
             .unsqueeze(1)?;
         for layer in &self.layers {
             let ctx = attention(
-                &heads(&layer.q.forward(&x)?, self.heads)?,
-                &heads(&layer.k.forward(&x)?, self.heads)?,
-                &heads(&layer.v.forward(&x)?, self.heads)?,
+                &split_heads(&layer.q.forward(&x)?, self.heads)?,
+                &split_heads(&layer.k.forward(&x)?, self.heads)?,
+                &split_heads(&layer.v.forward(&x)?, self.heads)?,
                 &mask,
             )?;
             let x1 = layer
@@ -636,8 +648,10 @@ impl Gpt2 {
         let mask = causal_mask(l, dev)?;
         for b in &self.blocks {
             let qkv = b.c_attn.forward(&b.ln_1.forward(&x)?)?;
-            let d = qkv.dim(2)? / 3;
-            let part = |k: usize| heads(&qkv.narrow(2, k * d, d)?, self.heads);
+            // [B, L, 3 · D] as [B, L, 3, H, hd]: query, key and value rows viewed in place.
+            let (bs, l, d) = (qkv.dim(0)?, qkv.dim(1)?, qkv.dim(2)? / 3);
+            let qkv = qkv.reshape((bs, l, 3, self.heads, d / self.heads))?;
+            let part = |k: usize| qkv.narrow(2, k, 1)?.squeeze(2);
             let ctx = attention(&part(0)?, &part(1)?, &part(2)?, &mask)?;
             x = (b.attn_proj.forward(&ctx)? + x)?;
             // GPT-2's "gelu_new" is the tanh approximation.
@@ -786,7 +800,8 @@ impl GptNeox {
             let part = |k: usize| qkv.narrow(3, k * hd, hd)?.contiguous();
             let q = self.rotate(&part(0)?, &cos, &sin)?;
             let k = self.rotate(&part(1)?, &cos, &sin)?;
-            let ctx = attention(&q, &k, &part(2)?, &mask)?;
+            let rows = |t: &Tensor| t.transpose(1, 2);
+            let ctx = attention(&rows(&q)?, &rows(&k)?, &rows(&part(2)?)?, &mask)?;
             let attn = layer.dense.forward(&ctx)?;
             let mlp = |h: &Tensor| -> Result<Tensor> {
                 layer

@@ -7,9 +7,12 @@
 //! product of a few dozen rows, and its autograd keeps the scores and the probabilities
 //! (`B · H · L²` each) of every layer until the backward returns. Grouped-query attention reads
 //! each key/value head directly (no repeated copies); the output comes merged, `[B, L, H·hd]`.
-//! A task's results depend only on its inputs, so they do not depend on the thread count.
+//! The operands are read in place through their strides (`[B, L, heads, hd]` views), so the
+//! projections' rows need no copy into heads-major order. A task's results depend only on its
+//! inputs, so they do not depend on the thread count.
 
 use super::slice;
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
@@ -33,6 +36,43 @@ impl Sizes {
     }
 }
 
+/// Where the rows of a `[B, L, heads, hd]` operand lie in its storage: element `(s, i, h, c)`
+/// at `offset + s·seq + i·row + h·head + c`.
+#[derive(Debug, Clone, Copy)]
+struct Strides {
+    offset: usize,
+    seq: usize,
+    row: usize,
+    head: usize,
+}
+
+/// An operand's storage and strides; its last dimension must be contiguous.
+fn operand<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(&'a [f32], Strides)> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("attention {what}: f32 expected, got {:?}", s.dtype())
+    };
+    match *l.stride() {
+        [seq, row, head, 1] => Ok((
+            v.as_slice(),
+            Strides {
+                offset: l.start_offset(),
+                seq,
+                row,
+                head,
+            },
+        )),
+        _ => candle_core::bail!("attention {what}: [B, L, H, hd] with contiguous hd expected"),
+    }
+}
+
+/// Head `h` of sequence `s` of an operand, `[rows, hd]`.
+fn head<'a>(v: &'a [f32], at: Strides, s: usize, h: usize, rows: usize, hd: usize) -> View<'a> {
+    let start = at.offset + s * at.seq + h * at.head;
+    ArrayView2::from_shape((rows, hd).strides((at.row, 1)), &v[start..]).expect("attention head")
+}
+
+type View<'a> = ArrayView2<'a, f32>;
+
 /// The additive mask, a contiguous copy of the caller's and the strides that broadcast it to
 /// `[B, H, Lq, Lk]` (0 along broadcast dimensions).
 struct Mask {
@@ -54,17 +94,39 @@ struct Attention {
     scale: f32,
 }
 
-fn view(v: &[f32], rows: usize, cols: usize, row_stride: usize) -> ArrayView2<'_, f32> {
-    ArrayView2::from_shape((rows, cols).strides((row_stride, 1)), v).expect("attention view")
-}
-
 fn view_mut(v: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
     ArrayViewMut2::from_shape((rows, cols), v).expect("attention view")
 }
 
+fn contiguous(v: &[f32], rows: usize, cols: usize) -> View<'_> {
+    ArrayView2::from_shape((rows, cols), v).expect("attention view")
+}
+
+/// A task's operands: the queries, keys and values with their strides.
+#[derive(Clone, Copy)]
+struct Operands<'a> {
+    q: (&'a [f32], Strides),
+    k: (&'a [f32], Strides),
+    v: (&'a [f32], Strides),
+}
+
+impl<'a> Operands<'a> {
+    fn of(
+        (s1, l1): (&'a CpuStorage, &Layout),
+        (s2, l2): (&'a CpuStorage, &Layout),
+        (s3, l3): (&'a CpuStorage, &Layout),
+    ) -> Result<Operands<'a>> {
+        Ok(Operands {
+            q: operand(s1, l1, "queries")?,
+            k: operand(s2, l2, "keys")?,
+            v: operand(s3, l3, "values")?,
+        })
+    }
+}
+
 impl Attention {
     /// Row-wise `p = softmax(s · scale + mask)` in place over `p` [Lq, Lk] (holding `q kᵀ`), as
-    /// the fused masked softmax computes it.
+    /// candle's `softmax(s / √hd + mask)` computes it.
     fn softmax(&self, p: &mut [f32], b: usize, h: usize) {
         let lk = self.sizes.lk;
         for (i, row) in p.chunks_mut(lk).enumerate() {
@@ -85,32 +147,24 @@ impl Attention {
         }
     }
 
-    /// The probabilities [Lq, Lk] of head `h` of sequence `b`, from its queries and keys.
-    fn probabilities(&self, qh: &[f32], kh: &[f32], b: usize, h: usize) -> Vec<f32> {
+    /// Query head `h` of sequence `b`, its key and value heads, `[L, hd]` each.
+    fn heads<'a>(&self, x: Operands<'a>, b: usize, h: usize) -> [View<'a>; 3] {
         let Sizes { lq, lk, hd, .. } = self.sizes;
-        let mut p = vec![0f32; lq * lk];
-        let k = view(kh, lk, hd, hd);
-        general_mat_mul(
-            1.0,
-            &view(qh, lq, hd, hd),
-            &k.t(),
-            0.0,
-            &mut view_mut(&mut p, lq, lk),
-        );
-        self.softmax(&mut p, b, h);
-        p
+        let g = h / self.sizes.rep();
+        [
+            head(x.q.0, x.q.1, b, h, lq, hd),
+            head(x.k.0, x.k.1, b, g, lk, hd),
+            head(x.v.0, x.v.1, b, g, lk, hd),
+        ]
     }
 
-    /// The (sequence, key/value head) task's queries and keys/values: `q` [rep, Lq, hd] of its
-    /// query heads, `k`, `v` [Lk, hd].
-    fn task<'a>(&self, t: usize, q: &'a [f32], k: &'a [f32], v: &'a [f32]) -> [&'a [f32]; 3] {
-        let Sizes { lq, lk, hd, .. } = self.sizes;
-        let (qn, kn) = (self.sizes.rep() * lq * hd, lk * hd);
-        [
-            &q[t * qn..(t + 1) * qn],
-            &k[t * kn..(t + 1) * kn],
-            &v[t * kn..(t + 1) * kn],
-        ]
+    /// The probabilities [Lq, Lk] of head `h` of sequence `b`, from its queries and keys.
+    fn probabilities(&self, q: &View, k: &View, b: usize, h: usize) -> Vec<f32> {
+        let Sizes { lq, lk, .. } = self.sizes;
+        let mut p = vec![0f32; lq * lk];
+        general_mat_mul(1.0, q, &k.t(), 0.0, &mut view_mut(&mut p, lq, lk));
+        self.softmax(&mut p, b, h);
+        p
     }
 }
 
@@ -128,11 +182,7 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            slice(s1, l1, "attention queries")?,
-            slice(s2, l2, "attention keys")?,
-            slice(s3, l3, "attention values")?,
-        );
+        let x = Operands::of((s1, l1), (s2, l2), (s3, l3))?;
         let z = self.sizes;
         let (rep, hn) = (z.rep(), z.lq * z.hd);
         // Heads' outputs [B, H, Lq, hd], one chunk of `rep` heads per task.
@@ -141,21 +191,17 @@ impl CustomOp3 for Attention {
             .par_chunks_mut(rep * hn)
             .enumerate()
             .for_each(|(t, out)| {
-                let [qt, kt, vt] = self.task(t, q, k, v);
                 let (b, g) = (t / z.kv, t % z.kv);
                 for (r, out) in out.chunks_mut(hn).enumerate() {
-                    let p = self.probabilities(&qt[r * hn..(r + 1) * hn], kt, b, g * rep + r);
-                    general_mat_mul(
-                        1.0,
-                        &view(&p, z.lq, z.lk, z.lk),
-                        &view(vt, z.lk, z.hd, z.hd),
-                        0.0,
-                        &mut view_mut(out, z.lq, z.hd),
-                    );
+                    let h = g * rep + r;
+                    let [q, k, v] = self.heads(x, b, h);
+                    let p = self.probabilities(&q, &k, b, h);
+                    let out = &mut view_mut(out, z.lq, z.hd);
+                    general_mat_mul(1.0, &contiguous(&p, z.lq, z.lk), &v, 0.0, out);
                 }
             });
         Ok((
-            CpuStorage::F32(merge_heads(&heads, z)),
+            CpuStorage::F32(merge_heads(&heads, z.h, z.lq, z.hd)),
             Shape::from((z.b, z.lq, z.h * z.hd)),
         ))
     }
@@ -188,16 +234,16 @@ impl CustomOp3 for Attention {
     }
 }
 
-/// `[B, H, Lq, hd] → [B, Lq, H·hd]`, one task per sequence.
-fn merge_heads(heads: &[f32], z: Sizes) -> Vec<f32> {
-    let w = z.h * z.hd;
+/// `[B, n, L, hd] → [B, L, n, hd]` (heads merged: `[B, L, n·hd]`), one task per sequence.
+fn merge_heads(heads: &[f32], n: usize, l: usize, hd: usize) -> Vec<f32> {
+    let w = n * hd;
     let mut out = vec![0f32; heads.len()];
-    out.par_chunks_mut(z.lq * w)
-        .zip(heads.par_chunks(z.lq * w))
+    out.par_chunks_mut(l * w)
+        .zip(heads.par_chunks(l * w))
         .for_each(|(out, src)| {
-            for (h, head) in src.chunks(z.lq * z.hd).enumerate() {
-                for (i, row) in head.chunks(z.hd).enumerate() {
-                    out[i * w + h * z.hd..i * w + (h + 1) * z.hd].copy_from_slice(row);
+            for (h, head) in src.chunks(l * hd).enumerate() {
+                for (i, row) in head.chunks(hd).enumerate() {
+                    out[i * w + h * hd..i * w + (h + 1) * hd].copy_from_slice(row);
                 }
             }
         });
@@ -205,7 +251,8 @@ fn merge_heads(heads: &[f32], z: Sizes) -> Vec<f32> {
 }
 
 /// The backward of [`Attention`]: from `q`, `k`, `v` and the output's gradient, the gradients
-/// `[∂q, ∂k, ∂v]` flattened into one vector (split by [`Attention::bwd`]).
+/// `[∂q, ∂k, ∂v]`, each `[B, L, heads, hd]` contiguous, flattened into one vector (split by
+/// [`Attention::bwd`]).
 struct AttentionBackward<'a> {
     forward: &'a Attention,
     grad: &'a Tensor,
@@ -225,96 +272,71 @@ impl CustomOp3 for AttentionBackward<'_> {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            slice(s1, l1, "attention queries")?,
-            slice(s2, l2, "attention keys")?,
-            slice(s3, l3, "attention values")?,
-        );
+        let x = Operands::of((s1, l1), (s2, l2), (s3, l3))?;
         let (gs, gl) = self.grad.storage_and_layout();
         let candle_core::Storage::Cpu(gs) = &*gs else {
             candle_core::bail!("attention backward: gradient not on the CPU")
         };
         let g = slice(gs, gl, "attention output gradient")?;
         let z = self.forward.sizes;
-        let (rep, qn, kn) = (z.rep(), z.rep() * z.lq * z.hd, z.lk * z.hd);
-        let mut dst = vec![0f32; z.b * z.h * z.lq * z.hd + 2 * z.b * z.kv * kn];
-        let (dq, dkv) = dst.split_at_mut(z.b * z.h * z.lq * z.hd);
-        let (dk, dv) = dkv.split_at_mut(z.b * z.kv * kn);
-        dq.par_chunks_mut(qn)
+        let (rep, hn, kn) = (z.rep(), z.lq * z.hd, z.lk * z.hd);
+        // Heads-major [B, H, Lq, hd] and [B, Hkv, Lk, hd], one chunk per task.
+        let mut dq = vec![0f32; z.b * z.h * hn];
+        let (mut dk, mut dv) = (vec![0f32; z.b * z.kv * kn], vec![0f32; z.b * z.kv * kn]);
+        dq.par_chunks_mut(rep * hn)
             .zip(dk.par_chunks_mut(kn).zip(dv.par_chunks_mut(kn)))
             .enumerate()
             .for_each(|(t, (dq, (dk, dv)))| {
                 let (b, grp) = (t / z.kv, t % z.kv);
-                let [qt, kt, vt] = self.forward.task(t, q, k, v);
-                for r in 0..rep {
+                for (r, dq) in dq.chunks_mut(hn).enumerate() {
                     let h = grp * rep + r;
                     let at = b * z.lq * z.h * z.hd + h * z.hd;
-                    let go = view(&g[at..], z.lq, z.hd, z.h * z.hd);
-                    let rows = r * z.lq * z.hd..(r + 1) * z.lq * z.hd;
-                    let heads = Head {
-                        q: &qt[rows.clone()],
-                        k: kt,
-                        v: vt,
-                    };
-                    self.head(heads, go, b, h, &mut dq[rows], dk, dv);
+                    let go =
+                        ArrayView2::from_shape((z.lq, z.hd).strides((z.h * z.hd, 1)), &g[at..])
+                            .expect("attention gradient head");
+                    self.head(self.forward.heads(x, b, h), go, (b, h), [dq, dk, dv]);
                 }
             });
-        Ok((CpuStorage::F32(dst), Shape::from(dst_len(z))))
+        let mut dst = merge_heads(&dq, z.h, z.lq, z.hd);
+        dst.extend(merge_heads(&dk, z.kv, z.lk, z.hd));
+        dst.extend(merge_heads(&dv, z.kv, z.lk, z.hd));
+        let n = dst.len();
+        Ok((CpuStorage::F32(dst), Shape::from(n)))
     }
-}
-
-fn dst_len(z: Sizes) -> usize {
-    z.b * z.h * z.lq * z.hd + 2 * z.b * z.kv * z.lk * z.hd
-}
-
-/// One query head's inputs: `q` [Lq, hd], its key/value head's `k`, `v` [Lk, hd].
-struct Head<'a> {
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
 }
 
 impl AttentionBackward<'_> {
     /// One head's backward: `∂v += pᵀ g`, `∂p = g vᵀ`, `∂s = p ∘ (∂p − Σ_j ∂p_j p_j) · scale`
-    /// (as the fused softmax's backward), `∂q = ∂s k`, `∂k += ∂sᵀ q`.
-    #[allow(clippy::too_many_arguments)]
-    fn head(
-        &self,
-        x: Head,
-        go: ArrayView2<f32>,
-        b: usize,
-        h: usize,
-        dq: &mut [f32],
-        dk: &mut [f32],
-        dv: &mut [f32],
-    ) {
+    /// (candle's softmax backward), `∂q = ∂s k`, `∂k += ∂sᵀ q`.
+    fn head(&self, [q, k, v]: [View; 3], go: View, (b, h): (usize, usize), out: [&mut [f32]; 3]) {
         let z = self.forward.sizes;
-        let p = self.forward.probabilities(x.q, x.k, b, h);
-        let pv = view(&p, z.lq, z.lk, z.lk);
+        let [dq, dk, dv] = out;
+        let p = self.forward.probabilities(&q, &k, b, h);
+        let pv = contiguous(&p, z.lq, z.lk);
         general_mat_mul(1.0, &pv.t(), &go, 1.0, &mut view_mut(dv, z.lk, z.hd));
         let mut ds = vec![0f32; z.lq * z.lk];
-        let vv = view(x.v, z.lk, z.hd, z.hd);
-        general_mat_mul(1.0, &go, &vv.t(), 0.0, &mut view_mut(&mut ds, z.lq, z.lk));
+        general_mat_mul(1.0, &go, &v.t(), 0.0, &mut view_mut(&mut ds, z.lq, z.lk));
         for (d, y) in ds.chunks_mut(z.lk).zip(p.chunks(z.lk)) {
             let dot: f32 = y.iter().zip(d.iter()).map(|(y, g)| y * g).sum();
             for (d, y) in d.iter_mut().zip(y) {
                 *d = y * (*d - dot) * self.forward.scale;
             }
         }
-        let dsv = view(&ds, z.lq, z.lk, z.lk);
-        let (kv, qv) = (view(x.k, z.lk, z.hd, z.hd), view(x.q, z.lq, z.hd, z.hd));
-        general_mat_mul(1.0, &dsv, &kv, 0.0, &mut view_mut(dq, z.lq, z.hd));
-        general_mat_mul(1.0, &dsv.t(), &qv, 1.0, &mut view_mut(dk, z.lk, z.hd));
+        let dsv = contiguous(&ds, z.lq, z.lk);
+        general_mat_mul(1.0, &dsv, &k, 0.0, &mut view_mut(dq, z.lq, z.hd));
+        general_mat_mul(1.0, &dsv.t(), &q, 1.0, &mut view_mut(dk, z.lk, z.hd));
     }
 }
 
-/// `softmax(q kᵀ/√hd + mask) v` with heads merged, `[B, Lq, H·hd]`: `q` [B, H, Lq, hd], `k`
-/// and `v` [B, Hkv, Lk, hd] with `Hkv` dividing `H` (query head `h` reads key/value head
-/// `h / (H/Hkv)`), `mask` broadcastable to [B, H, Lq, Lk]. Gradients to `q`, `k`, `v`. The
-/// scale is `(1/√hd) as f32`, as [`super::masked_softmax`]'s.
+/// `softmax(q kᵀ/√hd + mask) v` with heads merged, `[B, Lq, H·hd]`: `q` [B, Lq, H, hd], `k`
+/// and `v` [B, Lk, Hkv, hd] with `Hkv` dividing `H` (query head `h` reads key/value head
+/// `h / (H/Hkv)`), `mask` broadcastable to [B, H, Lq, Lk]. The operands may be any views whose
+/// last dimension is contiguous (the rows of a projection reshaped to heads, or heads-major
+/// tensors transposed): they are read in place. Gradients to `q`, `k`, `v`. The scale is
+/// `(1/√hd) as f32`, the factor of candle's `s / √hd`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let (b, h, lq, hd) = q.dims4()?;
-    let (bk, kv, lk, hdk) = k.dims4()?;
+    let (b, lq, h, hd) = q.dims4()?;
+    let (bk, lk, kv, hdk) = k.dims4()?;
     if bk != b || hdk != hd || kv == 0 || h % kv != 0 || v.dims() != k.dims() {
         candle_core::bail!(
             "attention: queries {:?}, keys {:?}, values {:?} do not fit",
@@ -342,6 +364,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Te
         },
         scale: (1.0 / (hd as f64).sqrt()) as f32,
     };
-    q.contiguous()?
-        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    let rows = |t: &Tensor| -> Result<Tensor> {
+        match t.stride().last() {
+            Some(1) => Ok(t.clone()),
+            _ => t.contiguous(),
+        }
+    };
+    rows(q)?.apply_op3(&rows(k)?, &rows(v)?, op)
 }
