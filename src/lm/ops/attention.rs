@@ -353,8 +353,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Te
         lk,
         hd,
     };
-    let values = mask.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-    let wide = mask.contiguous()?.broadcast_as((b, h, lq, lk))?;
+    let mask = mask.contiguous()?;
+    let values = mask.flatten_all()?.to_vec1::<f32>()?;
+    let wide = mask.broadcast_as((b, h, lq, lk))?;
     let s = wide.stride();
     let op = Attention {
         sizes,
