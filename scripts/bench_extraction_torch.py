@@ -1,25 +1,108 @@
 #!/usr/bin/env python3
-"""PyTorch + transformers' no-grad forward over the sequences of an `rmflow lm-recipe` run
-(its `sequences.jsonl`), padded batches of 32 with an attention mask, final hidden states only:
-the peer of rmflow's feature extraction (docs/performance.md). Run in a throw-away venv with torch
-and transformers; never run by tests.
+"""Feature extraction (head mode) against PyTorch + transformers' no-grad forward.
 
-    python scripts/bench_extraction_torch.py MODEL_DIR RUN_DIR/sequences.jsonl
+PyTorch's side: a no-grad forward over the sequences of an `rmflow lm-recipe` run (its
+`sequences.jsonl`), padded batches of 32 with an attention mask, final hidden states only (the
+body: `AutoModel` for BERT, `AutoModelForCausalLM(...).model` for the causal families), every
+token of every sequence.
+
+rmflow's side (with --rmflow): `lm-recipe --mode head --reward exrm --epochs 1` on the same
+model, whose `recipe.json` records the extraction's wall time and tokens (`runs[0].extraction`).
+The two are alternated `--repeats` times and the medians compared. Run in a throw-away venv with
+torch and transformers; never run by tests (docs/performance.md).
+
+    python scripts/bench_extraction_torch.py MODEL_DIR [RUN_DIR/sequences.jsonl]
+        [--rmflow target/release/rmflow --config experiments/persona_paper.toml --plain]
+        [--repeats 2] [--threads 2]
+
+Without a sequences file, the one of rmflow's first run is used (so --rmflow is needed).
 """
-import json, time, sys, torch, resource
-from transformers import AutoModelForCausalLM
-torch.set_num_threads(2)
-m = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32).eval()
-rows = [json.loads(l) for l in open(sys.argv[2])]
-seqs = [r['ids'] for r in rows]
-tokens = sum(len(s) for s in seqs)
-t0 = time.time()
-with torch.no_grad():
-    for i in range(0, len(seqs), 32):
-        b = seqs[i:i+32]; L = max(len(s) for s in b)
-        ids = torch.zeros(len(b), L, dtype=torch.long); att = torch.zeros(len(b), L, dtype=torch.long)
-        for r, s in enumerate(b):
-            ids[r, :len(s)] = torch.tensor(s); att[r, :len(s)] = 1
-        h = m.model(input_ids=ids, attention_mask=att).last_hidden_state
-dt = time.time() - t0
-print(f"pytorch no-grad forward: {len(seqs)} sequences, {tokens} tokens, {dt:.1f} s, {tokens/dt:.0f} tok/s, peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1e6:.2f} GB")
+import argparse, json, os, re, resource, statistics, subprocess, sys, tempfile, time
+
+
+def torch_forward(model_dir, seqs, threads, batch):
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+    torch.set_num_threads(threads)
+    kind = json.load(open(os.path.join(model_dir, "config.json"))).get("model_type")
+    if kind == "bert":
+        body = AutoModel.from_pretrained(model_dir, dtype=torch.float32, add_pooling_layer=False).eval()
+    else:
+        body = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval().model
+    t0 = time.time()
+    with torch.no_grad():
+        for i in range(0, len(seqs), batch):
+            b = seqs[i:i + batch]
+            n = max(map(len, b))
+            ids = torch.zeros(len(b), n, dtype=torch.long)
+            att = torch.zeros(len(b), n, dtype=torch.long)
+            for r, s in enumerate(b):
+                ids[r, :len(s)] = torch.tensor(s)
+                att[r, :len(s)] = 1
+            body(input_ids=ids, attention_mask=att).last_hidden_state
+    return time.time() - t0
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def rmflow_extraction(args, work):
+    text = open(args.config).read()
+    if args.plain:
+        text = re.sub(r"(?m)^chat_template\s*=.*$", "chat_template = false", text)
+    text = re.sub(r'(?m)^statements\s*=\s*"(.*)"', lambda m: f'statements = "{os.path.join(ROOT, m.group(1))}"', text)
+    config = os.path.join(work, "extract.toml")
+    open(config, "w").write(text)
+    out = os.path.join(work, "rmflow")
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    subprocess.run([args.rmflow, "lm-recipe", "--model", args.model, "--config", config,
+                    "--out", out, "--mode", "head", "--reward", "exrm", "--epochs", "1", "--force"],
+                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    e = json.load(open(os.path.join(out, "recipe.json")))["runs"][0]["extraction"]
+    return e, os.path.join(out, "sequences.jsonl")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("sequences", nargs="?")
+    ap.add_argument("--rmflow", help="rmflow binary (a --features lm build)")
+    ap.add_argument("--config", default=os.path.join(ROOT, "experiments/persona_paper.toml"))
+    ap.add_argument("--plain", action="store_true", help="chat_template = false (models without one)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    args = ap.parse_args()
+    if not args.sequences and not args.rmflow:
+        sys.exit("give a sequences.jsonl or --rmflow")
+    ours, theirs = [], []
+    with tempfile.TemporaryDirectory(prefix="rmflow-extract-") as work:
+        path = args.sequences
+        for r in range(args.repeats):
+            if args.rmflow:
+                e, produced = rmflow_extraction(args, work)
+                path = path or produced
+                ours.append(e)
+            seqs = [json.loads(l)["ids"] for l in open(path)]
+            tokens = sum(map(len, seqs))
+            dt = torch_forward(args.model, seqs, args.threads, args.batch)
+            theirs.append(tokens / dt)
+            line = f"repeat {r + 1}: PyTorch {tokens / dt:.0f} tok/s ({dt:.1f} s)"
+            if ours:
+                line += f", rmflow {ours[-1]['tokens_per_second']:.0f} tok/s ({ours[-1]['seconds']:.1f} s)"
+            print(line, flush=True)
+    print(f"model {args.model}: {len(seqs)} sequences, {tokens} tokens, {args.threads} threads, "
+          f"batches of {args.batch}, {args.repeats} alternated repeats")
+    t = statistics.median(theirs)
+    print(f"PyTorch no-grad forward: {t:.0f} tok/s (median), peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
+    if ours:
+        if ours[0]["tokens"] != tokens:
+            print(f"warning: rmflow read {ours[0]['tokens']} tokens, PyTorch {tokens}")
+        o = statistics.median(e["tokens_per_second"] for e in ours)
+        print(f"rmflow extraction:       {o:.0f} tok/s (median)")
+        print(f"ratio rmflow / PyTorch tokens per second: {o / t:.2f}")
+
+
+if __name__ == "__main__":
+    main()

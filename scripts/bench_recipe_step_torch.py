@@ -9,7 +9,7 @@ side and the per-step loss agreement (relative). Run in a throw-away venv with t
 transformers; never run by tests.
 
     python scripts/bench_recipe_step_torch.py --model models/SmolLM2-135M-Instruct \
-        [--rmflow target/release/rmflow] [--reward imrm|exrm] [--repeats 2] [--threads 2]
+        [--rmflow target/release/rmflow] [--reward imrm|exrm] [--repeats 2] [--threads 2] [--epochs 2]
 
 Causal LMs and BERT checkpoints (BERT's IM-RM is rmflow's pseudo-likelihood proxy, its dropout
 off as in rmflow; MiniLM needs --plain). The EX-RM head starts at zero on both sides (`train.head_init_std = 0`): rmflow's seeded random
@@ -36,7 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def rmflow_run(args, work, config):
     out = os.path.join(work, "rmflow")
     cmd = [args.rmflow, "lm-recipe", "--model", args.model, "--config", config, "--out", out,
-           "--mode", "full", "--epochs", "1", "--reward", args.reward, "--force"]
+           "--mode", "full", "--epochs", str(args.epochs), "--reward", args.reward, "--force"]
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     # rmflow's own peak RSS through GNU time (getrusage of a child would count the forked Python).
     timed = os.path.exists("/usr/bin/time")
@@ -169,6 +169,9 @@ def main():
     ap.add_argument("--reward", default="imrm", choices=["imrm", "exrm"])
     ap.add_argument("--repeats", type=int, default=2, help="alternated runs of each side")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=2,
+                    help="epochs of rmflow's run, replayed step by step in PyTorch (one epoch of persona_paper.toml: 3 steps; "
+                         "the default 2 gives 6 steps, so the loss agreement covers at least 5)")
     ap.add_argument("--plain", action="store_true",
                     help="responses.chat_template = false (checkpoints without a template, such as lm-tiny's)")
     args = ap.parse_args()

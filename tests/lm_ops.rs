@@ -155,6 +155,101 @@ fn attention_matches_the_composition_with_more_keys_than_queries() -> Res<()> {
     check_attention("continuations", &[2, 5, 3, 4], &[2, 11, 1, 4], &mask, true)
 }
 
+/// A packed batch `[T, heads, hd]` of sequences of `lens` as a padded one `[B, L, heads, hd]`
+/// (padding rows repeat row 0, hidden by the key mask), differentiably.
+fn padded(x: &Tensor, lens: &[usize]) -> Res<Tensor> {
+    let l = *lens.iter().max().unwrap();
+    let mut rows = Vec::new();
+    let mut start = 0;
+    for &n in lens {
+        rows.extend((0..l).map(|i| if i < n { (start + i) as u32 } else { 0 }));
+        start += n;
+    }
+    let (_, h, hd) = x.dims3()?;
+    x.index_select(&Tensor::new(rows, &Device::Cpu)?, 0)?
+        .reshape((lens.len(), l, h, hd))
+}
+
+/// The rows `rows` of each padded sequence's `[B, L, W]` output, packed `[·, W]`.
+fn unpadded(y: &Tensor, rows: &[Vec<usize>]) -> Res<Tensor> {
+    let (_, l, w) = y.dims3()?;
+    let idx: Vec<u32> = rows
+        .iter()
+        .enumerate()
+        .flat_map(|(s, r)| r.iter().map(move |&i| (s * l + i) as u32))
+        .collect();
+    y.reshape(((), w))?
+        .index_select(&Tensor::new(idx, &Device::Cpu)?, 0)
+}
+
+#[test]
+fn packed_attention_matches_the_padded_composition() -> Res<()> {
+    // Three sequences of 5, 3 and 7 tokens, 4 query heads on 2 key/value heads.
+    let lens = [5usize, 3, 7];
+    let (t, l) = (15, 7);
+    let starts = [0usize, 5, 8];
+    let k = Var::from_tensor(&random(&[t, 2, 8], 21)?)?;
+    let v = Var::from_tensor(&random(&[t, 2, 8], 22)?)?;
+    let m: Vec<f32> = (0..3 * l)
+        .map(|j| if j % l >= lens[j / l] { f32::MIN } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(m, (3, 1, 1, l), &Device::Cpu)?;
+    let whole: Vec<ops::Span> = (0..3)
+        .map(|s| ops::Span {
+            q0: starts[s],
+            lq: lens[s],
+            k0: starts[s],
+            lk: lens[s],
+        })
+        .collect();
+    // Every row attends.
+    let q = Var::from_tensor(&random(&[t, 4, 8], 20)?)?;
+    let all: Vec<Vec<usize>> = lens.iter().map(|&n| (0..n).collect()).collect();
+    check(
+        "packed, every row",
+        &[&q, &k, &v],
+        || ops::attention_packed(&q, &k, &v, &whole),
+        || {
+            let y = attention_composed(
+                &padded(&q, &lens)?,
+                &padded(&k, &lens)?,
+                &padded(&v, &lens)?,
+                &mask,
+            )?;
+            unpadded(&y, &all)
+        },
+        1e-5,
+    )?;
+    // One query row per sequence (the read-out rows of the last layer).
+    let qr = Var::from_tensor(&random(&[3, 4, 8], 23)?)?;
+    let spans: Vec<ops::Span> = whole
+        .iter()
+        .enumerate()
+        .map(|(s, w)| ops::Span { q0: s, lq: 1, ..*w })
+        .collect();
+    check(
+        "packed, one query each",
+        &[&qr, &k, &v],
+        || ops::attention_packed(&qr, &k, &v, &spans),
+        || {
+            let q1 = qr.as_tensor().unsqueeze(1)?;
+            let y = attention_composed(&q1, &padded(&k, &lens)?, &padded(&v, &lens)?, &mask)?;
+            y.squeeze(1)
+        },
+        1e-5,
+    )?;
+    // Spans out of order, past the rows, or without keys are refused.
+    for bad in [
+        vec![whole[1], whole[0]],
+        vec![ops::Span { lk: 16, ..whole[0] }],
+        vec![ops::Span { lk: 0, ..whole[0] }],
+    ] {
+        let e = ops::attention_packed(&q, &k, &v, &bad).unwrap_err();
+        assert!(format!("{e}").contains("do not fit"), "{e}");
+    }
+    Ok(())
+}
+
 #[test]
 fn affine_matches_candle_nn_linear_with_and_without_bias() -> Res<()> {
     use candle_nn::Module;
@@ -264,12 +359,26 @@ fn fused_ops_are_bit_identical_across_thread_counts() -> Res<()> {
             let a = ops::attention(&q, &kv, &kv.sin().unwrap(), &causal).unwrap();
             // An affine map of the attention's output (rows: 5 · 200).
             let a = ops::affine(&a, &wa, Some(&w.narrow(0, 0, 12).unwrap())).unwrap();
+            // The same rows packed as sequences of 100, 350, 50 and 500 tokens.
+            let spans: Vec<ops::Span> = [(0, 100), (100, 350), (450, 50), (500, 500)]
+                .map(|(s, n)| ops::Span {
+                    q0: s,
+                    lq: n,
+                    k0: s,
+                    lk: n,
+                })
+                .to_vec();
+            let flat = |t: &Tensor, h: usize| t.reshape((1000, h, 8)).unwrap();
+            let p =
+                ops::attention_packed(&flat(&q, 4), &flat(&kv, 2), &flat(&kv, 2), &spans).unwrap();
             let loss = (y.sqr().unwrap().sum_all().unwrap() + a.sqr().unwrap().sum_all().unwrap())
                 .unwrap();
+            let loss = (loss + p.sum_all().unwrap()).unwrap();
             let g = loss.backward().unwrap();
             let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let mut out = flat(&y);
             out.extend(flat(&a));
+            out.extend(flat(&p));
             out.extend(flat(g.get(&w).unwrap()));
             out.extend(flat(g.get(&x).unwrap()));
             out

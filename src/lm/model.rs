@@ -762,7 +762,9 @@ impl LanguageModel {
 
     /// Final hidden states `h` [n, D] at `pos[i]` of each sequence, in one batch (differentiable
     /// under [`Forward::Differentiable`]). Right-padded; padding is masked (BERT) or never looked
-    /// at (causal).
+    /// at (causal). The differentiable BERT packs the sequences instead (no padding rows,
+    /// [`nets::Bert::forward_packed`]; padded on other devices, [`nets::Bert::forward_at`]) and
+    /// computes its last layer at the read rows only.
     pub fn hidden_states(&self, seqs: &[Vec<u32>], pos: &[usize]) -> Result<Tensor> {
         let n = seqs.len();
         if let Network::Llama(model, config) = &self.network {
@@ -791,6 +793,16 @@ impl LanguageModel {
             }
             return Ok(sorted.index_select(&Tensor::new(inverse, &self.device)?, 0)?);
         }
+        if let Network::DiffBert(m) = &self.network {
+            if m.packs() {
+                let flat: Vec<u32> = seqs.iter().flatten().copied().collect();
+                let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
+                let ids = Tensor::new(flat, &self.device)?;
+                return Ok(m.forward_packed(&ids, &lens, Some(pos))?);
+            }
+            let (ids, mask) = self.padded(seqs)?;
+            return Ok(m.forward_at(&ids, &mask, pos)?);
+        }
         let h = self.padded_hidden_states(seqs)?;
         let len = h.dim(1)?;
         let index: Vec<u32> = pos
@@ -806,15 +818,7 @@ impl LanguageModel {
     /// (padding masked for BERT, never looked at by the causal families). Not available for the
     /// candle-transformers Llama, which returns the last position only.
     pub fn padded_hidden_states(&self, seqs: &[Vec<u32>]) -> Result<Tensor> {
-        let n = seqs.len();
-        let len = seqs.iter().map(Vec::len).max().unwrap_or(1);
-        let (mut ids, mut mask) = (vec![0u32; n * len], vec![0u32; n * len]);
-        for (r, s) in seqs.iter().enumerate() {
-            ids[r * len..r * len + s.len()].copy_from_slice(s);
-            mask[r * len..r * len + s.len()].fill(1);
-        }
-        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
-        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
+        let (ids, mask) = self.padded(seqs)?;
         Ok(match &self.network {
             Network::Bert(m) => m.forward(&ids, &ids.zeros_like()?, Some(&mask))?,
             Network::DiffBert(m) => m.forward(&ids, &mask)?,
@@ -825,6 +829,21 @@ impl LanguageModel {
                 bail!("every-position hidden states need the differentiable Llama forward")
             }
         })
+    }
+
+    /// `seqs` right-padded with 0 to the longest, `[n, L]`, and the mask (1 on tokens), u32.
+    fn padded(&self, seqs: &[Vec<u32>]) -> Result<(Tensor, Tensor)> {
+        let n = seqs.len();
+        let len = seqs.iter().map(Vec::len).max().unwrap_or(1);
+        let (mut ids, mut mask) = (vec![0u32; n * len], vec![0u32; n * len]);
+        for (r, s) in seqs.iter().enumerate() {
+            ids[r * len..r * len + s.len()].copy_from_slice(s);
+            mask[r * len..r * len + s.len()].fill(1);
+        }
+        Ok((
+            Tensor::from_vec(ids, (n, len), &self.device)?,
+            Tensor::from_vec(mask, (n, len), &self.device)?,
+        ))
     }
 
     /// Whether [`prompt_group_hidden_states`](Self::prompt_group_hidden_states) is available:

@@ -165,10 +165,12 @@ fn heads(x: &Tensor, h: usize) -> Result<Tensor> {
     x.reshape((b, l, h, d / h))?.transpose(1, 2)?.contiguous()
 }
 
-/// `[B, L, H·hd] → [B, L, H, hd]`, a view of the same rows.
+/// `[…, H·hd] → […, H, hd]`, a view of the same rows.
 fn split_heads(x: &Tensor, h: usize) -> Result<Tensor> {
-    let (b, l, d) = x.dims3()?;
-    x.reshape((b, l, h, d / h))
+    let mut dims = x.dims().to_vec();
+    let d = dims.pop().unwrap_or(0);
+    dims.extend([h, d / h.max(1)]);
+    x.reshape(dims)
 }
 
 /// `softmax(q kᵀ/√hd + mask) v` as candle ops over heads-major `q` [B, H, L, hd], `k`, `v`
@@ -290,6 +292,127 @@ impl Bert {
 
     /// `ids`, `mask` [B, L] (u32, mask 1 on real tokens); token types 0.
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (mut x, mask) = self.embed(ids, mask)?;
+        let batch = Batch::Padded(&mask);
+        for layer in &self.layers {
+            x = layer.forward(&x, &x, batch, self.heads, &self.act)?;
+        }
+        Ok(x)
+    }
+
+    /// Whether [`forward_packed`](Self::forward_packed) serves this model: the fused kernels'
+    /// device and dtype (CPU, f32).
+    pub fn packs(&self) -> bool {
+        ops::fused(self.words.embeddings())
+    }
+
+    /// The final hidden states at position `at[b]` of each sequence, `[B, D]`: the rows of
+    /// [`forward`](Self::forward) there, with the last layer's queries, attention output and MLP
+    /// computed at those rows only (its keys and values at every row). The same formulas; the
+    /// products over fewer rows may round differently in the last bits.
+    pub fn forward_at(&self, ids: &Tensor, mask: &Tensor, at: &[usize]) -> Result<Tensor> {
+        let (b, l) = ids.dims2()?;
+        if at.len() != b || at.iter().any(|&p| p >= l) {
+            candle_core::bail!("forward_at: positions {at:?} do not fit a batch of {b} × {l}");
+        }
+        let (x, mask) = self.embed(ids, mask)?;
+        let rows: Vec<u32> = at
+            .iter()
+            .enumerate()
+            .map(|(r, &p)| (r * l + p) as u32)
+            .collect();
+        let d = x.dim(2)?;
+        let pick = |x: &Tensor| -> Result<Tensor> {
+            x.reshape((b * l, d))?
+                .index_select(&Tensor::new(rows.as_slice(), x.device())?, 0)?
+                .reshape((b, 1, d))
+        };
+        let h = self.last_layer_at(x, Batch::Padded(&mask), Batch::Padded(&mask), pick)?;
+        h.reshape((b, d))
+    }
+
+    /// The final hidden states of a packed batch: `ids` [T] holds the sequences of `lens` one
+    /// after the other (no padding), and each sequence attends to its own tokens only
+    /// ([`ops::attention_packed`]). Every row `[T, D]`, or with `at` (a position in each
+    /// sequence) those rows `[B, D]`, the last layer computed at them only, as
+    /// [`forward_at`](Self::forward_at). The same formulas as the padded forward's real rows
+    /// (whose padding keys get probability 0 exactly), with no padding rows computed. CPU, f32
+    /// ([`packs`](Self::packs)).
+    pub fn forward_packed(
+        &self,
+        ids: &Tensor,
+        lens: &[usize],
+        at: Option<&[usize]>,
+    ) -> Result<Tensor> {
+        let t = ids.dims1()?;
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |acc, &n| {
+                *acc += n;
+                Some(*acc - n)
+            })
+            .collect();
+        if lens.iter().sum::<usize>() != t || lens.contains(&0) {
+            candle_core::bail!("forward_packed: lengths {lens:?} do not tile {t} tokens");
+        }
+        let whole: Vec<ops::Span> = starts
+            .iter()
+            .zip(lens)
+            .map(|(&s, &n)| ops::Span {
+                q0: s,
+                lq: n,
+                k0: s,
+                lk: n,
+            })
+            .collect();
+        let pos: Vec<u32> = lens.iter().flat_map(|&n| 0..n as u32).collect();
+        let pos = Tensor::new(pos, ids.device())?;
+        let x = self.embed_rows(ids, &pos)?;
+        let Some(at) = at else {
+            let mut x = x;
+            for layer in &self.layers {
+                x = layer.forward(&x, &x, Batch::Packed(&whole), self.heads, &self.act)?;
+            }
+            return Ok(x);
+        };
+        if at.len() != lens.len() || at.iter().zip(lens).any(|(&p, &n)| p >= n) {
+            candle_core::bail!("forward_packed: positions {at:?} do not fit lengths {lens:?}");
+        }
+        let rows: Vec<u32> = at
+            .iter()
+            .zip(&starts)
+            .map(|(&p, &s)| (s + p) as u32)
+            .collect();
+        let read: Vec<ops::Span> = whole
+            .iter()
+            .enumerate()
+            .map(|(r, w)| ops::Span { q0: r, lq: 1, ..*w })
+            .collect();
+        let pick = |x: &Tensor| x.index_select(&Tensor::new(rows.as_slice(), x.device())?, 0);
+        self.last_layer_at(x, Batch::Packed(&whole), Batch::Packed(&read), pick)
+    }
+
+    /// Every layer but the last over `x`, then the last at the rows `pick` selects (`last`: the
+    /// batch those queries form).
+    fn last_layer_at(
+        &self,
+        mut x: Tensor,
+        batch: Batch,
+        last: Batch,
+        pick: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let Some((final_layer, first)) = self.layers.split_last() else {
+            candle_core::bail!("a BERT without layers has no read-out rows");
+        };
+        for layer in first {
+            x = layer.forward(&x, &x, batch, self.heads, &self.act)?;
+        }
+        final_layer.forward(&x, &pick(&x)?, last, self.heads, &self.act)
+    }
+
+    /// The embeddings' normed sum `[B, L, D]` and the additive key mask `[B, 1, 1, L]`: 0 on
+    /// tokens, f32::MIN on padding (as Hugging Face).
+    fn embed(&self, ids: &Tensor, mask: &Tensor) -> Result<(Tensor, Tensor)> {
         let (_, l) = ids.dims2()?;
         let pos = Tensor::arange(0u32, l as u32, ids.device())?;
         let x = self
@@ -297,25 +420,51 @@ impl Bert {
             .forward(ids)?
             .broadcast_add(&self.positions.forward(&pos)?)?
             .broadcast_add(&self.types.forward(&ids.zeros_like()?)?)?;
-        let mut x = self.norm.forward(&x)?;
-        // Additive key mask [B, 1, 1, L]: 0 on tokens, f32::MIN on padding (as Hugging Face).
         let mask = ((mask.to_dtype(DType::F32)? - 1.0)? * f64::from(-f32::MIN))?
             .unsqueeze(1)?
             .unsqueeze(1)?;
-        for layer in &self.layers {
-            let ctx = attention(
-                &split_heads(&layer.q.forward(&x)?, self.heads)?,
-                &split_heads(&layer.k.forward(&x)?, self.heads)?,
-                &split_heads(&layer.v.forward(&x)?, self.heads)?,
-                &mask,
-            )?;
-            let x1 = layer
-                .attn_norm
-                .forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
-            let u = activation(&layer.up.forward(&x1)?, &self.act)?;
-            x = layer.out_norm.forward(&(layer.down.forward(&u)? + &x1)?)?;
-        }
-        Ok(x)
+        Ok((self.norm.forward(&x)?, mask))
+    }
+
+    /// The embeddings' normed sum of tokens `ids` at positions `pos` (both [T]), `[T, D]`.
+    fn embed_rows(&self, ids: &Tensor, pos: &Tensor) -> Result<Tensor> {
+        let x = ((self.words.forward(ids)? + self.positions.forward(pos)?)?
+            .broadcast_add(&self.types.forward(&ids.zeros_like()?)?))?;
+        self.norm.forward(&x)
+    }
+}
+
+/// How a layer's rows form sequences: a padded batch `[B, L, ·]` under an additive key mask,
+/// or a packed one `[T, ·]` with each sequence's query and key rows ([`ops::attention_packed`]).
+#[derive(Clone, Copy)]
+enum Batch<'a> {
+    Padded(&'a Tensor),
+    Packed(&'a [ops::Span]),
+}
+
+impl BertLayer {
+    /// One encoder layer at the rows `xq` (queries and everything after the attention), its
+    /// keys and values at every row of `x`; `xq = x` is the whole layer.
+    fn forward(
+        &self,
+        x: &Tensor,
+        xq: &Tensor,
+        batch: Batch,
+        heads: usize,
+        act: &str,
+    ) -> Result<Tensor> {
+        let q = split_heads(&self.q.forward(xq)?, heads)?;
+        let k = split_heads(&self.k.forward(x)?, heads)?;
+        let v = split_heads(&self.v.forward(x)?, heads)?;
+        let ctx = match batch {
+            Batch::Padded(mask) => attention(&q, &k, &v, mask)?,
+            Batch::Packed(spans) => ops::attention_packed(&q, &k, &v, spans)?,
+        };
+        let x1 = self
+            .attn_norm
+            .forward(&(self.attn_out.forward(&ctx)? + xq)?)?;
+        let u = activation(&self.up.forward(&x1)?, act)?;
+        self.out_norm.forward(&(self.down.forward(&u)? + &x1)?)
     }
 }
 

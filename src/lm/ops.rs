@@ -24,7 +24,7 @@ use rten_simd::SimdUnaryOp;
 
 mod attention;
 mod linear;
-pub use attention::attention;
+pub use attention::{attention, attention_packed, Span};
 pub use linear::affine;
 
 /// Whether the fused kernels serve `t`: f32 on the CPU.

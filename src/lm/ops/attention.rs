@@ -1,15 +1,21 @@
 //! Fused attention `softmax(q kᵀ/√hd + mask) v` with its own backward (CPU, f32): one task per
-//! (sequence, key/value head), each computing its heads' products serially
-//! (`ndarray::linalg::general_mat_mul`, matrixmultiply's kernels), so no attention-sized tensor
-//! is kept for the backward, which recomputes the probabilities from `q` and `k`.
+//! sequence, computing its heads' products serially (`ndarray::linalg::general_mat_mul`,
+//! matrixmultiply's kernels) straight into the sequence's rows of the merged output, so no
+//! attention-sized tensor is kept for the backward, which recomputes the probabilities from `q`
+//! and `k`.
 //!
 //! Why: candle's batched matmul runs one thread-parallel GEMM per (sequence, head), each a
 //! product of a few dozen rows, and its autograd keeps the scores and the probabilities
 //! (`B · H · L²` each) of every layer until the backward returns. Grouped-query attention reads
-//! each key/value head directly (no repeated copies); the output comes merged, `[B, L, H·hd]`.
-//! The operands are read in place through their strides (`[B, L, heads, hd]` views), so the
-//! projections' rows need no copy into heads-major order. A task's results depend only on its
-//! inputs, so they do not depend on the thread count.
+//! each key/value head directly (no repeated copies); the output comes merged, `[·, H·hd]`.
+//! The operands are read in place through their strides, so the projections' rows need no copy
+//! into heads-major order.
+//!
+//! Two layouts: padded batches (`[B, L, heads, hd]` views and an additive mask, [`attention`])
+//! and packed ones (every sequence's rows one after the other, `[T, heads, hd]`, each sequence
+//! attending to its own keys only, [`attention_packed`]), which compute no padding rows at
+//! all. A task's results depend only on its sequence's inputs, so they do not depend on the
+//! thread count.
 
 use super::slice;
 use candle_core::backend::BackendStorage;
@@ -18,26 +24,48 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
-/// The sizes of one attention: `b` sequences, `h` query heads over `kv` key/value heads, `lq`
-/// queries and `lk` keys per sequence, head width `hd`.
-#[derive(Debug, Clone, Copy)]
+/// One sequence of a packed batch: its queries are rows `q0..q0 + lq` of the queries (and of
+/// the output), its keys and values rows `k0..k0 + lk` of theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub q0: usize,
+    pub lq: usize,
+    pub k0: usize,
+    pub lk: usize,
+}
+
+/// The geometry of one attention: `h` query heads over `kv` key/value heads of width `hd`, the
+/// sequences' rows, and how many query and key rows the outputs have.
+#[derive(Debug, Clone)]
 struct Sizes {
-    b: usize,
     h: usize,
     kv: usize,
-    lq: usize,
-    lk: usize,
     hd: usize,
+    spans: Vec<Span>,
+    /// Rows of the output (and of `∂q`) and of `∂k`, `∂v`.
+    q_rows: usize,
+    k_rows: usize,
+    /// Rows sequence `s`'s output starts after: `s · per_seq.0` (padded; 0 when packed), keys
+    /// `s · per_seq.1`.
+    per_seq: (usize, usize),
+    /// The output's shape: `[B, Lq, H·hd]` or `[Tq, H·hd]`.
+    out: Shape,
 }
 
 impl Sizes {
     fn rep(&self) -> usize {
         self.h / self.kv
     }
+    /// Sequence `s`'s first output row and first key-gradient row.
+    fn out_rows(&self, s: usize) -> (usize, usize) {
+        let sp = self.spans[s];
+        (s * self.per_seq.0 + sp.q0, s * self.per_seq.1 + sp.k0)
+    }
 }
 
-/// Where the rows of a `[B, L, heads, hd]` operand lie in its storage: element `(s, i, h, c)`
-/// at `offset + s·seq + i·row + h·head + c`.
+/// Where the rows of an operand lie in its storage: element `(s, i, h, c)` (sequence, row,
+/// head, column) at `offset + s·seq + i·row + h·head + c`; `seq` is 0 for a packed operand,
+/// whose rows are absolute.
 #[derive(Debug, Clone, Copy)]
 struct Strides {
     offset: usize,
@@ -51,30 +79,87 @@ fn operand<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(&'a [f32], 
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("attention {what}: f32 expected, got {:?}", s.dtype())
     };
-    match *l.stride() {
-        [seq, row, head, 1] => Ok((
-            v.as_slice(),
-            Strides {
-                offset: l.start_offset(),
-                seq,
-                row,
-                head,
-            },
-        )),
-        _ => candle_core::bail!("attention {what}: [B, L, H, hd] with contiguous hd expected"),
-    }
-}
-
-/// Head `h` of sequence `s` of an operand, `[rows, hd]`.
-fn head<'a>(v: &'a [f32], at: Strides, s: usize, h: usize, rows: usize, hd: usize) -> View<'a> {
-    let start = at.offset + s * at.seq + h * at.head;
-    ArrayView2::from_shape((rows, hd).strides((at.row, 1)), &v[start..]).expect("attention head")
+    let (seq, row, head) = match *l.stride() {
+        [seq, row, head, 1] => (seq, row, head),
+        [row, head, 1] => (0, row, head),
+        _ => candle_core::bail!(
+            "attention {what}: [B, L, H, hd] or [T, H, hd] with contiguous hd expected"
+        ),
+    };
+    let offset = l.start_offset();
+    Ok((
+        v.as_slice(),
+        Strides {
+            offset,
+            seq,
+            row,
+            head,
+        },
+    ))
 }
 
 type View<'a> = ArrayView2<'a, f32>;
 
-/// The additive mask, a contiguous copy of the caller's and the strides that broadcast it to
-/// `[B, H, Lq, Lk]` (0 along broadcast dimensions).
+/// Rows `first..first + rows` of head `h` of sequence `s` of an operand, `[rows, hd]`.
+fn head(
+    x: (&[f32], Strides),
+    s: usize,
+    first: usize,
+    h: usize,
+    rows: usize,
+    hd: usize,
+) -> View<'_> {
+    let (v, at) = x;
+    let start = at.offset + s * at.seq + first * at.row + h * at.head;
+    ArrayView2::from_shape((rows, hd).strides((at.row, 1)), &v[start..]).expect("attention head")
+}
+
+/// Columns `h·hd..(h + 1)·hd` of `rows` rows of width `width`, writable.
+fn columns(
+    v: &mut [f32],
+    rows: usize,
+    width: usize,
+    h: usize,
+    hd: usize,
+) -> ArrayViewMut2<'_, f32> {
+    ArrayViewMut2::from_shape((rows, hd).strides((width, 1)), &mut v[h * hd..])
+        .expect("attention output head")
+}
+
+/// Columns `h·hd..(h + 1)·hd` of `rows` rows of width `width`.
+fn columns_of(v: &[f32], rows: usize, width: usize, h: usize, hd: usize) -> View<'_> {
+    ArrayView2::from_shape((rows, hd).strides((width, 1)), &v[h * hd..])
+        .expect("attention gradient head")
+}
+
+fn view_mut(v: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
+    ArrayViewMut2::from_shape((rows, cols), v).expect("attention view")
+}
+
+fn contiguous(v: &[f32], rows: usize, cols: usize) -> View<'_> {
+    ArrayView2::from_shape((rows, cols), v).expect("attention view")
+}
+
+/// `dst` (rows of `width`) cut into each sequence's rows `[start, start + len)`, given in
+/// ascending, non-overlapping order; the rows between them are left out.
+fn per_sequence(
+    mut dst: &mut [f32],
+    rows: impl Iterator<Item = (usize, usize)>,
+    width: usize,
+) -> Vec<&mut [f32]> {
+    let (mut out, mut at) = (Vec::new(), 0);
+    for (start, len) in rows {
+        let rest = std::mem::take(&mut dst);
+        let (mine, rest) = rest[(start - at) * width..].split_at_mut(len * width);
+        out.push(mine);
+        dst = rest;
+        at = start + len;
+    }
+    out
+}
+
+/// The additive mask of a padded batch, a contiguous copy of the caller's and the strides that
+/// broadcast it to `[B, H, Lq, Lk]` (0 along broadcast dimensions).
 struct Mask {
     values: Vec<f32>,
     strides: [usize; 4],
@@ -90,16 +175,9 @@ impl Mask {
 
 struct Attention {
     sizes: Sizes,
-    mask: Mask,
+    /// The padded batch's mask; none for a packed batch (each sequence sees its own keys).
+    mask: Option<Mask>,
     scale: f32,
-}
-
-fn view_mut(v: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
-    ArrayViewMut2::from_shape((rows, cols), v).expect("attention view")
-}
-
-fn contiguous(v: &[f32], rows: usize, cols: usize) -> View<'_> {
-    ArrayView2::from_shape((rows, cols), v).expect("attention view")
 }
 
 /// A task's operands: the queries, keys and values with their strides.
@@ -125,16 +203,25 @@ impl<'a> Operands<'a> {
 }
 
 impl Attention {
-    /// Row-wise `p = softmax(s · scale + mask)` in place over `p` [Lq, Lk] (holding `q kᵀ`), as
-    /// candle's `softmax(s / √hd + mask)` computes it.
-    fn softmax(&self, p: &mut [f32], b: usize, h: usize) {
-        let lk = self.sizes.lk;
+    /// Row-wise `p = softmax(s · scale + mask) in place over `p` [Lq, Lk] (holding `q kᵀ`), as
+    /// candle's `softmax(s / √hd + mask)` computes it (a packed batch's mask is 0).
+    fn softmax(&self, p: &mut [f32], lk: usize, b: usize, h: usize) {
         for (i, row) in p.chunks_mut(lk).enumerate() {
-            let (m0, step) = self.mask.row(b, h, i);
             let mut max = f32::NEG_INFINITY;
-            for (j, d) in row.iter_mut().enumerate() {
-                *d = (*d * self.scale + 0.0) + self.mask.values[m0 + j * step];
-                max = max.max(*d);
+            match &self.mask {
+                Some(mask) => {
+                    let (m0, step) = mask.row(b, h, i);
+                    for (j, d) in row.iter_mut().enumerate() {
+                        *d = (*d * self.scale + 0.0) + mask.values[m0 + j * step];
+                        max = max.max(*d);
+                    }
+                }
+                None => {
+                    for d in row.iter_mut() {
+                        *d = (*d * self.scale + 0.0) + 0.0;
+                        max = max.max(*d);
+                    }
+                }
             }
             let mut sum = 0f32;
             for d in row.iter_mut() {
@@ -147,24 +234,39 @@ impl Attention {
         }
     }
 
-    /// Query head `h` of sequence `b`, its key and value heads, `[L, hd]` each.
-    fn heads<'a>(&self, x: Operands<'a>, b: usize, h: usize) -> [View<'a>; 3] {
-        let Sizes { lq, lk, hd, .. } = self.sizes;
-        let g = h / self.sizes.rep();
+    /// Query head `h` of sequence `s`, its key and value heads, `[Lq, hd]`, `[Lk, hd]`.
+    fn heads<'a>(&self, x: Operands<'a>, s: usize, h: usize) -> [View<'a>; 3] {
+        let z = &self.sizes;
+        let (sp, g) = (z.spans[s], h / z.rep());
         [
-            head(x.q.0, x.q.1, b, h, lq, hd),
-            head(x.k.0, x.k.1, b, g, lk, hd),
-            head(x.v.0, x.v.1, b, g, lk, hd),
+            head(x.q, s, sp.q0, h, sp.lq, z.hd),
+            head(x.k, s, sp.k0, g, sp.lk, z.hd),
+            head(x.v, s, sp.k0, g, sp.lk, z.hd),
         ]
     }
 
-    /// The probabilities [Lq, Lk] of head `h` of sequence `b`, from its queries and keys.
-    fn probabilities(&self, q: &View, k: &View, b: usize, h: usize) -> Vec<f32> {
-        let Sizes { lq, lk, .. } = self.sizes;
+    /// The probabilities [Lq, Lk] of head `h` of sequence `s`, from its queries and keys.
+    fn probabilities(&self, q: &View, k: &View, s: usize, h: usize) -> Vec<f32> {
+        let (lq, lk) = (q.nrows(), k.nrows());
         let mut p = vec![0f32; lq * lk];
         general_mat_mul(1.0, q, &k.t(), 0.0, &mut view_mut(&mut p, lq, lk));
-        self.softmax(&mut p, b, h);
+        self.softmax(&mut p, lk, s, h);
         p
+    }
+
+    /// Sequence `s`'s output rows `[Lq, H·hd]`, every head.
+    fn sequence(&self, x: Operands, s: usize, out: &mut [f32]) {
+        let z = &self.sizes;
+        let lq = z.spans[s].lq;
+        if lq == 0 {
+            return;
+        }
+        for h in 0..z.h {
+            let [q, k, v] = self.heads(x, s, h);
+            let p = self.probabilities(&q, &k, s, h);
+            let out = &mut columns(out, lq, z.h * z.hd, h, z.hd);
+            general_mat_mul(1.0, &contiguous(&p, lq, k.nrows()), &v, 0.0, out);
+        }
     }
 }
 
@@ -183,27 +285,15 @@ impl CustomOp3 for Attention {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let x = Operands::of((s1, l1), (s2, l2), (s3, l3))?;
-        let z = self.sizes;
-        let (rep, hn) = (z.rep(), z.lq * z.hd);
-        // Heads' outputs [B, H, Lq, hd], one chunk of `rep` heads per task.
-        let mut heads = vec![0f32; z.b * z.h * hn];
-        heads
-            .par_chunks_mut(rep * hn)
+        let z = &self.sizes;
+        let width = z.h * z.hd;
+        let mut dst = vec![0f32; z.q_rows * width];
+        let rows = (0..z.spans.len()).map(|s| (z.out_rows(s).0, z.spans[s].lq));
+        per_sequence(&mut dst, rows, width)
+            .into_par_iter()
             .enumerate()
-            .for_each(|(t, out)| {
-                let (b, g) = (t / z.kv, t % z.kv);
-                for (r, out) in out.chunks_mut(hn).enumerate() {
-                    let h = g * rep + r;
-                    let [q, k, v] = self.heads(x, b, h);
-                    let p = self.probabilities(&q, &k, b, h);
-                    let out = &mut view_mut(out, z.lq, z.hd);
-                    general_mat_mul(1.0, &contiguous(&p, z.lq, z.lk), &v, 0.0, out);
-                }
-            });
-        Ok((
-            CpuStorage::F32(merge_heads(&heads, z.h, z.lq, z.hd)),
-            Shape::from((z.b, z.lq, z.h * z.hd)),
-        ))
+            .for_each(|(s, out)| self.sequence(x, s, out));
+        Ok((CpuStorage::F32(dst), z.out.clone()))
     }
 
     fn bwd(
@@ -223,8 +313,8 @@ impl CustomOp3 for Attention {
                 grad: &g,
             },
         )?;
-        let z = self.sizes;
-        let (nq, nk) = (z.b * z.h * z.lq * z.hd, z.b * z.kv * z.lk * z.hd);
+        let z = &self.sizes;
+        let (nq, nk) = (z.q_rows * z.h * z.hd, z.k_rows * z.kv * z.hd);
         let part = |start, len, shape: &Shape| grads.narrow(0, start, len)?.reshape(shape);
         Ok((
             Some(part(0, nq, q.shape())?),
@@ -234,24 +324,8 @@ impl CustomOp3 for Attention {
     }
 }
 
-/// `[B, n, L, hd] → [B, L, n, hd]` (heads merged: `[B, L, n·hd]`), one task per sequence.
-fn merge_heads(heads: &[f32], n: usize, l: usize, hd: usize) -> Vec<f32> {
-    let w = n * hd;
-    let mut out = vec![0f32; heads.len()];
-    out.par_chunks_mut(l * w)
-        .zip(heads.par_chunks(l * w))
-        .for_each(|(out, src)| {
-            for (h, head) in src.chunks(l * hd).enumerate() {
-                for (i, row) in head.chunks(hd).enumerate() {
-                    out[i * w + h * hd..i * w + (h + 1) * hd].copy_from_slice(row);
-                }
-            }
-        });
-    out
-}
-
 /// The backward of [`Attention`]: from `q`, `k`, `v` and the output's gradient, the gradients
-/// `[∂q, ∂k, ∂v]`, each `[B, L, heads, hd]` contiguous, flattened into one vector (split by
+/// `[∂q, ∂k, ∂v]`, each in its operand's shape, contiguous, flattened into one vector (split by
 /// [`Attention::bwd`]).
 struct AttentionBackward<'a> {
     forward: &'a Attention,
@@ -278,54 +352,86 @@ impl CustomOp3 for AttentionBackward<'_> {
             candle_core::bail!("attention backward: gradient not on the CPU")
         };
         let g = slice(gs, gl, "attention output gradient")?;
-        let z = self.forward.sizes;
-        let (rep, hn, kn) = (z.rep(), z.lq * z.hd, z.lk * z.hd);
-        // Heads-major [B, H, Lq, hd] and [B, Hkv, Lk, hd], one chunk per task.
-        let mut dq = vec![0f32; z.b * z.h * hn];
-        let (mut dk, mut dv) = (vec![0f32; z.b * z.kv * kn], vec![0f32; z.b * z.kv * kn]);
-        dq.par_chunks_mut(rep * hn)
-            .zip(dk.par_chunks_mut(kn).zip(dv.par_chunks_mut(kn)))
+        let z = &self.forward.sizes;
+        let (qw, kw) = (z.h * z.hd, z.kv * z.hd);
+        let (nq, nk) = (z.q_rows * qw, z.k_rows * kw);
+        let mut dst = vec![0f32; nq + 2 * nk];
+        let (dq, dkv) = dst.split_at_mut(nq);
+        let (dk, dv) = dkv.split_at_mut(nk);
+        let n = z.spans.len();
+        let q_rows = (0..n).map(|s| (z.out_rows(s).0, z.spans[s].lq));
+        let k_rows = || (0..n).map(|s| (z.out_rows(s).1, z.spans[s].lk));
+        per_sequence(dq, q_rows, qw)
+            .into_par_iter()
+            .zip(per_sequence(dk, k_rows(), kw).into_par_iter())
+            .zip(per_sequence(dv, k_rows(), kw).into_par_iter())
             .enumerate()
-            .for_each(|(t, (dq, (dk, dv)))| {
-                let (b, grp) = (t / z.kv, t % z.kv);
-                for (r, dq) in dq.chunks_mut(hn).enumerate() {
-                    let h = grp * rep + r;
-                    let at = b * z.lq * z.h * z.hd + h * z.hd;
-                    let go =
-                        ArrayView2::from_shape((z.lq, z.hd).strides((z.h * z.hd, 1)), &g[at..])
-                            .expect("attention gradient head");
-                    self.head(self.forward.heads(x, b, h), go, (b, h), [dq, dk, dv]);
+            .for_each(|(s, ((dq, dk), dv))| {
+                let at = z.out_rows(s).0 * qw;
+                let go = &g[at..at + z.spans[s].lq * qw];
+                for h in (0..z.h).filter(|_| !go.is_empty()) {
+                    self.head(x, go, (s, h), [&mut *dq, &mut *dk, &mut *dv]);
                 }
             });
-        let mut dst = merge_heads(&dq, z.h, z.lq, z.hd);
-        dst.extend(merge_heads(&dk, z.kv, z.lk, z.hd));
-        dst.extend(merge_heads(&dv, z.kv, z.lk, z.hd));
-        let n = dst.len();
-        Ok((CpuStorage::F32(dst), Shape::from(n)))
+        let len = dst.len();
+        Ok((CpuStorage::F32(dst), Shape::from(len)))
     }
 }
 
 impl AttentionBackward<'_> {
     /// One head's backward: `∂v += pᵀ g`, `∂p = g vᵀ`, `∂s = p ∘ (∂p − Σ_j ∂p_j p_j) · scale`
-    /// (candle's softmax backward), `∂q = ∂s k`, `∂k += ∂sᵀ q`.
-    fn head(&self, [q, k, v]: [View; 3], go: View, (b, h): (usize, usize), out: [&mut [f32]; 3]) {
-        let z = self.forward.sizes;
-        let [dq, dk, dv] = out;
-        let p = self.forward.probabilities(&q, &k, b, h);
-        let pv = contiguous(&p, z.lq, z.lk);
-        general_mat_mul(1.0, &pv.t(), &go, 1.0, &mut view_mut(dv, z.lk, z.hd));
-        let mut ds = vec![0f32; z.lq * z.lk];
-        general_mat_mul(1.0, &go, &v.t(), 0.0, &mut view_mut(&mut ds, z.lq, z.lk));
-        for (d, y) in ds.chunks_mut(z.lk).zip(p.chunks(z.lk)) {
+    /// (candle's softmax backward), `∂q = ∂s k`, `∂k += ∂sᵀ q`; `go` is the sequence's output
+    /// gradient rows, `out` its rows of `∂q`, `∂k`, `∂v`.
+    fn head(&self, x: Operands, go: &[f32], (s, h): (usize, usize), out: [&mut [f32]; 3]) {
+        let f = self.forward;
+        let z = &f.sizes;
+        let (g, [dq, dk, dv]) = (h / z.rep(), out);
+        let [q, k, v] = f.heads(x, s, h);
+        let (lq, lk, hd) = (q.nrows(), k.nrows(), z.hd);
+        let (qw, kw) = (z.h * hd, z.kv * hd);
+        let go = columns_of(go, lq, qw, h, hd);
+        let p = f.probabilities(&q, &k, s, h);
+        let pv = contiguous(&p, lq, lk);
+        general_mat_mul(1.0, &pv.t(), &go, 1.0, &mut columns(dv, lk, kw, g, hd));
+        let mut ds = vec![0f32; lq * lk];
+        general_mat_mul(1.0, &go, &v.t(), 0.0, &mut view_mut(&mut ds, lq, lk));
+        for (d, y) in ds.chunks_mut(lk).zip(p.chunks(lk)) {
             let dot: f32 = y.iter().zip(d.iter()).map(|(y, g)| y * g).sum();
             for (d, y) in d.iter_mut().zip(y) {
-                *d = y * (*d - dot) * self.forward.scale;
+                *d = y * (*d - dot) * f.scale;
             }
         }
-        let dsv = contiguous(&ds, z.lq, z.lk);
-        general_mat_mul(1.0, &dsv, &k, 0.0, &mut view_mut(dq, z.lq, z.hd));
-        general_mat_mul(1.0, &dsv.t(), &q, 1.0, &mut view_mut(dk, z.lk, z.hd));
+        let dsv = contiguous(&ds, lq, lk);
+        general_mat_mul(1.0, &dsv, &k, 0.0, &mut columns(dq, lq, qw, h, hd));
+        general_mat_mul(1.0, &dsv.t(), &q, 1.0, &mut columns(dk, lk, kw, g, hd));
     }
+}
+
+/// The operands `t` with a contiguous last dimension (read in place when they have one).
+fn rows(t: &Tensor) -> Result<Tensor> {
+    match t.stride().last() {
+        Some(1) => Ok(t.clone()),
+        _ => t.contiguous(),
+    }
+}
+
+/// Checks that `h` query heads can read `kv` key/value heads of one width.
+fn check_heads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (h, kv): (usize, usize),
+    fits: bool,
+) -> Result<()> {
+    if !fits || kv == 0 || h % kv != 0 || v.dims() != k.dims() {
+        candle_core::bail!(
+            "attention: queries {:?}, keys {:?}, values {:?} do not fit",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
+    }
+    Ok(())
 }
 
 /// `softmax(q kᵀ/√hd + mask) v` with heads merged, `[B, Lq, H·hd]`: `q` [B, Lq, H, hd], `k`
@@ -337,39 +443,81 @@ impl AttentionBackward<'_> {
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let (b, lq, h, hd) = q.dims4()?;
     let (bk, lk, kv, hdk) = k.dims4()?;
-    if bk != b || hdk != hd || kv == 0 || h % kv != 0 || v.dims() != k.dims() {
-        candle_core::bail!(
-            "attention: queries {:?}, keys {:?}, values {:?} do not fit",
-            q.dims(),
-            k.dims(),
-            v.dims()
-        );
-    }
+    check_heads(q, k, v, (h, kv), bk == b && hdk == hd && lk > 0)?;
+    let span = Span {
+        q0: 0,
+        lq,
+        k0: 0,
+        lk,
+    };
     let sizes = Sizes {
-        b,
         h,
         kv,
-        lq,
-        lk,
         hd,
+        spans: vec![span; b],
+        q_rows: b * lq,
+        k_rows: b * lk,
+        per_seq: (lq, lk),
+        out: Shape::from((b, lq, h * hd)),
     };
     let mask = mask.contiguous()?;
     let values = mask.flatten_all()?.to_vec1::<f32>()?;
     let wide = mask.broadcast_as((b, h, lq, lk))?;
     let s = wide.stride();
+    let mask = Mask {
+        values,
+        strides: [s[0], s[1], s[2], s[3]],
+    };
     let op = Attention {
         sizes,
-        mask: Mask {
-            values,
-            strides: [s[0], s[1], s[2], s[3]],
-        },
+        mask: Some(mask),
         scale: (1.0 / (hd as f64).sqrt()) as f32,
     };
-    let rows = |t: &Tensor| -> Result<Tensor> {
-        match t.stride().last() {
-            Some(1) => Ok(t.clone()),
-            _ => t.contiguous(),
-        }
+    rows(q)?.apply_op3(&rows(k)?, &rows(v)?, op)
+}
+
+/// Whether the row ranges `(start, len)` ascend without overlapping and end by `total`.
+fn ascending(mut ranges: impl Iterator<Item = (usize, usize)>, total: usize) -> bool {
+    let mut at = 0;
+    ranges.all(|(start, len)| {
+        let ok = start >= at && start + len <= total;
+        at = start + len;
+        ok
+    })
+}
+
+/// Attention over a packed batch: `q` [Tq, H, hd], `k` and `v` [Tk, Hkv, hd] hold every
+/// sequence's rows one after the other, and sequence `s`'s queries (rows `q0..q0 + lq` of
+/// `spans[s]`) attend to its own keys (rows `k0..k0 + lk`) with no mask, as a padded batch's
+/// real rows do under a key mask (whose padding gets probability 0 exactly). The spans ascend
+/// without overlapping, each with at least one key; query rows outside every span get 0. The
+/// output `[Tq, H·hd]`; views read in place and gradients as [`attention`].
+pub fn attention_packed(q: &Tensor, k: &Tensor, v: &Tensor, spans: &[Span]) -> Result<Tensor> {
+    let (tq, h, hd) = q.dims3()?;
+    let (tk, kv, hdk) = k.dims3()?;
+    check_heads(q, k, v, (h, kv), hdk == hd)?;
+    let fit = ascending(spans.iter().map(|s| (s.q0, s.lq)), tq)
+        && ascending(spans.iter().map(|s| (s.k0, s.lk)), tk)
+        && spans.iter().all(|s| s.lk > 0);
+    if !fit {
+        candle_core::bail!(
+            "attention_packed: spans {spans:?} do not fit {tq} query and {tk} key rows (ascending, disjoint, each with a key)"
+        );
+    }
+    let sizes = Sizes {
+        h,
+        kv,
+        hd,
+        spans: spans.to_vec(),
+        q_rows: tq,
+        k_rows: tk,
+        per_seq: (0, 0),
+        out: Shape::from((tq, h * hd)),
+    };
+    let op = Attention {
+        sizes,
+        mask: None,
+        scale: (1.0 / (hd as f64).sqrt()) as f32,
     };
     rows(q)?.apply_op3(&rows(k)?, &rows(v)?, op)
 }

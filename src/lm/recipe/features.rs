@@ -37,7 +37,8 @@ pub(super) fn live_features(
     let (targets, owner) = scored_tokens(seqs);
     let empty = || Tensor::zeros((0, d), DType::F32, dev);
     let ids: Vec<Vec<u32>> = seqs.iter().map(|s| s.ids.clone()).collect();
-    let unmasked = if need.last || need.response || lm.mask_id.is_none() {
+    // Every position's states, where more than the last token's are read.
+    let unmasked = if need.response || (need.implicit && lm.mask_id.is_none()) {
         Some(lm.padded_hidden_states(&ids)?)
     } else {
         None
@@ -63,8 +64,13 @@ pub(super) fn live_features(
         empty()?
     };
     let last = if need.last {
-        let h = unmasked.as_ref().expect("unmasked forward");
-        rows_at(h, seqs, |s| vec![s.response_end - 1])?
+        match &unmasked {
+            Some(h) => rows_at(h, seqs, |s| vec![s.response_end - 1])?,
+            None => {
+                let at: Vec<usize> = seqs.iter().map(|s| s.response_end - 1).collect();
+                lm.hidden_states(&ids, &at)?
+            }
+        }
     } else {
         Tensor::zeros((seqs.len(), d), DType::F32, dev)?
     };
@@ -229,16 +235,7 @@ fn masked_predict(lm: &LanguageModel, seqs: &[&ScoredSequence], mask: u32) -> Re
             masked.push(m);
         }
     }
-    let h = lm.padded_hidden_states(&masked)?;
-    let (n, l, d) = h.dims3()?;
-    // Padding to the batch's longest sequence keeps `l` the row stride.
-    let rows: Vec<u32> = at
-        .iter()
-        .enumerate()
-        .map(|(j, &k)| (j * l + k) as u32)
-        .collect();
-    Ok(h.reshape((n * l, d))?
-        .index_select(&Tensor::new(rows, h.device())?, 0)?)
+    lm.hidden_states(&masked, &at)
 }
 
 /// Which representations a reward model reads.

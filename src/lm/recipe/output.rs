@@ -28,6 +28,10 @@ pub fn write_outputs(dir: &crate::io::atomic::AtomicDir, o: &RecipeOutcome) -> R
                 "mode": r.mode, "model": r.reward.name(), "parameters": r.parameters,
                 "steps": r.history.len(), "seconds": r.seconds,
                 "seconds_per_step": r.step_seconds / r.history.len().max(1) as f64,
+                "extraction": r.extraction.map(|e| serde_json::json!({
+                    "seconds": e.seconds, "tokens": e.tokens,
+                    "tokens_per_second": e.tokens as f64 / e.seconds.max(f64::MIN_POSITIVE),
+                })),
                 "step_pairs": r.history.iter().map(|h| &h.pairs).collect::<Vec<_>>(),
                 "final": r.checkpoints.last().map(|c| &c.splits),
             })).collect::<Vec<_>>(),

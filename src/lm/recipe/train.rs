@@ -81,6 +81,16 @@ pub struct RecipeRun {
     pub seconds: f64,
     /// Wall time of the optimizer steps alone (no evaluation), for the per-step cost.
     pub step_seconds: f64,
+    /// Head mode: the frozen features' extraction, its wall time and the tokens of the
+    /// sequences it read (their `ids`), for tokens per second.
+    pub extraction: Option<Extraction>,
+}
+
+/// The cost of head mode's feature extraction.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Extraction {
+    pub seconds: f64,
+    pub tokens: usize,
 }
 
 /// Adds `new`'s gradients of `vars` into `acc` (gradient accumulation over micro-batches).
@@ -122,20 +132,21 @@ pub fn train_recipe(
     let t = &file.train;
     let (lm, _) = load_recipe_model(model_dir, device, Forward::Differentiable, file)?;
     let seqs = problem.scored_sequences(reward)?;
-    let frozen = match mode {
+    let (frozen, extraction) = match mode {
         RecipeMode::Head => {
             on_event(RecipeEvent::Stage(format!(
                 "extracting the frozen features of {} sequences",
                 seqs.len()
             )));
-            Some(FrozenFeatures::extract(
-                &lm,
-                seqs,
-                t.eval_batch,
-                Need::of(reward),
-            )?)
+            let t0 = std::time::Instant::now();
+            let f = FrozenFeatures::extract(&lm, seqs, t.eval_batch, Need::of(reward))?;
+            let extraction = Extraction {
+                seconds: t0.elapsed().as_secs_f64(),
+                tokens: seqs.iter().map(|s| s.ids.len()).sum(),
+            };
+            (Some(f), Some(extraction))
         }
-        RecipeMode::Full => None,
+        RecipeMode::Full => (None, None),
     };
     let scorer = Scorer {
         reward,
@@ -205,6 +216,7 @@ pub fn train_recipe(
         rewards,
         seconds: start.elapsed().as_secs_f64(),
         step_seconds,
+        extraction,
     })
 }
 
