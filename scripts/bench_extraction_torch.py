@@ -7,12 +7,14 @@ body: `AutoModel` for BERT, `AutoModelForCausalLM(...).model` for the causal fam
 token of every sequence.
 
 rmflow's side (with --rmflow): `lm-recipe --mode head --reward exrm --epochs 1` on the same
-model, whose `recipe.json` records the extraction's wall time and tokens (`runs[0].extraction`).
+model, whose `recipe.json` records the extraction's wall time and tokens (`runs[0].extraction`);
+with `--command lm`, Theorem 2's head-only `rmflow lm` (config experiments/persona.toml unless
+--config), whose `lm.json` records `seconds.extract` and `tokens_encoded`.
 The two are alternated `--repeats` times and the medians compared. Run in a throw-away venv with
 torch and transformers; never run by tests (docs/performance.md).
 
     python scripts/bench_extraction_torch.py MODEL_DIR [RUN_DIR/sequences.jsonl]
-        [--rmflow target/release/rmflow --config experiments/persona_paper.toml --plain]
+        [--rmflow target/release/rmflow [--command lm-recipe|lm] [--config FILE] [--plain]]
         [--repeats 2] [--threads 2]
 
 Without a sequences file, the one of rmflow's first run is used (so --rmflow is needed).
@@ -55,10 +57,18 @@ def rmflow_extraction(args, work):
     open(config, "w").write(text)
     out = os.path.join(work, "rmflow")
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
-    subprocess.run([args.rmflow, "lm-recipe", "--model", args.model, "--config", config,
-                    "--out", out, "--mode", "head", "--reward", "exrm", "--epochs", "1", "--force"],
-                   check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    e = json.load(open(os.path.join(out, "recipe.json")))["runs"][0]["extraction"]
+    if args.command == "lm":
+        cmd = [args.rmflow, "lm", "--model", args.model, "--config", config, "--out", out, "--force"]
+    else:
+        cmd = [args.rmflow, "lm-recipe", "--model", args.model, "--config", config, "--out", out,
+               "--mode", "head", "--reward", "exrm", "--epochs", "1", "--force"]
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if args.command == "lm":
+        run = json.load(open(os.path.join(out, "lm.json")))
+        seconds, tokens = run["seconds"]["extract"], run["tokens_encoded"]
+        e = {"seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds}
+    else:
+        e = json.load(open(os.path.join(out, "recipe.json")))["runs"][0]["extraction"]
     return e, os.path.join(out, "sequences.jsonl")
 
 
@@ -67,12 +77,18 @@ def main():
     ap.add_argument("model")
     ap.add_argument("sequences", nargs="?")
     ap.add_argument("--rmflow", help="rmflow binary (a --features lm build)")
-    ap.add_argument("--config", default=os.path.join(ROOT, "experiments/persona_paper.toml"))
+    ap.add_argument("--command", choices=["lm-recipe", "lm"], default="lm-recipe",
+                    help="rmflow's head-only run: the recipe's (default) or Theorem 2's `lm`")
+    ap.add_argument("--config", help="default: experiments/persona_paper.toml (lm-recipe), "
+                    "experiments/persona.toml (lm)")
     ap.add_argument("--plain", action="store_true", help="chat_template = false (models without one)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
+    if not args.config:
+        name = "persona.toml" if args.command == "lm" else "persona_paper.toml"
+        args.config = os.path.join(ROOT, "experiments", name)
     if not args.sequences and not args.rmflow:
         sys.exit("give a sequences.jsonl or --rmflow")
     ours, theirs = [], []

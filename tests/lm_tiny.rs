@@ -249,6 +249,65 @@ fn differentiable_forwards_match_candle_transformers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Theorem 2's extraction on a causal Llama-family body computes each prompt once (pairs sorted
+/// by prompt length, repeated prompts within a chunk): the same `h_x`, `h_{x,y±}` as reading
+/// every sequence on its own, up to f32 rounding, in the pairs' own order.
+#[test]
+fn shared_prompt_extraction_matches_the_per_sequence_forward() {
+    let dir = temp("shared");
+    let mut checked = 0;
+    for (name, spec) in specs() {
+        if !matches!(spec.arch, Architecture::Llama | Architecture::Qwen2) {
+            continue;
+        }
+        let model = dir.join(name);
+        write_tiny_checkpoint(&model, spec, &texts()).unwrap();
+        let lm = LanguageModel::load(&model, &Device::Cpu, Forward::Differentiable).unwrap();
+        let word = |w: &str| lm.answer_token(w, true).unwrap();
+        let mut seq = rmflow::lm::SplitSequences::new("train");
+        // Each statement twice, with different answers: chunks of 4 hold repeated prompts.
+        for (k, s) in STATEMENTS.lines().take(7).enumerate() {
+            let (p, pos) = lm.prompt_ids(&format!("{s} Answer:")).unwrap();
+            for (yes, no) in [("yes", "no"), ("certainly", "nope")] {
+                let (y, n) = (word(yes), word(if k % 2 == 0 { no } else { "hardly" }));
+                seq.push_pair(&lm, p.clone(), pos, y, n);
+            }
+        }
+        assert!(
+            rmflow::lm::single_token::answers_continue_prompts(&lm, &seq),
+            "{name}: the shared-prompt path is not taken"
+        );
+        let shared = rmflow::lm::extract_pairs(&lm, &seq, 4).unwrap();
+        for (what, got, seqs, pos) in [
+            ("h_x", &shared.prompt_hidden, &seq.prompts, &seq.prompt_pos),
+            (
+                "h_x,y+",
+                &shared.chosen_hidden,
+                &seq.chosen,
+                &seq.chosen_pos,
+            ),
+            (
+                "h_x,y-",
+                &shared.rejected_hidden,
+                &seq.rejected,
+                &seq.rejected_pos,
+            ),
+        ] {
+            let want = lm.hidden_at(seqs, pos, 4).unwrap();
+            let gap = (&want - got).iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            let scale = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            eprintln!("{name} {what}: max |Δh| = {gap:e} (max |h| = {scale:.3})");
+            assert!(
+                gap <= 1e-5 * scale.max(1.0),
+                "{name} {what}: max |Δh| = {gap:e}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked >= 2, "no Llama-family tiny checkpoint checked");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A checkpoint whose config asks for more layers than the weights hold: an error naming the
 /// missing tensor and the file, not a panic.
 #[test]

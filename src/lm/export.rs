@@ -2,7 +2,7 @@
 //! run's simulate layout (experiments/README.md, "Real-model output").
 
 use super::finetune::FullRun;
-use super::RealModelRun;
+use super::{RealModelRun, SplitSequences};
 use crate::io::atomic::AtomicDir;
 use crate::io::layout::write_pairs;
 use anyhow::Result;
@@ -136,7 +136,30 @@ pub fn write_run(dir: &AtomicDir, run: &RealModelRun) -> Result<()> {
             toml::to_string(&run.file)?
         ),
     )?;
+    dir.write_text("sequences.jsonl", &sequences_jsonl(&run.sequences)?)?;
     dir.write_json("lm.json", &lm_json(run))
+}
+
+/// One JSON line per extracted sequence, in the order the per-sequence forward reads them
+/// (per split: every prompt, then every chosen, then every rejected sequence): `split`, `pair`,
+/// `role` (`prompt`, `chosen`, `rejected`), token `ids` and the position `read`.
+pub fn sequences_jsonl(sequences: &[SplitSequences]) -> Result<String> {
+    let mut out = String::new();
+    for q in sequences {
+        for (role, seqs, read) in [
+            ("prompt", &q.prompts, &q.prompt_pos),
+            ("chosen", &q.chosen, &q.chosen_pos),
+            ("rejected", &q.rejected, &q.rejected_pos),
+        ] {
+            for (pair, (ids, read)) in seqs.iter().zip(read).enumerate() {
+                out.push_str(&serde_json::to_string(&json!({
+                    "split": q.name, "pair": pair, "role": role, "ids": ids, "read": read,
+                }))?);
+                out.push('\n');
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What a full fine-tuning run of `rmflow lm` is not (printed and in `lm.json`).

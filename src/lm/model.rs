@@ -53,9 +53,11 @@ impl Architecture {
 /// Which forward runs the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forward {
-    /// candle-transformers' own models (fused kernels, no backward): extraction, head-only runs.
+    /// candle-transformers' own models (fused kernels, no backward): the second implementation
+    /// the differentiable one is checked against (`rmflow lm-forward`, `tests/lm_tiny.rs`).
     Reference,
-    /// [`nets`]: the same networks from differentiable ops, for full fine-tuning.
+    /// [`nets`]: rmflow's own networks, differentiable for training, with fused no-gradient
+    /// paths (shared prompts, packed BERT) for extraction and scoring; every run uses these.
     Differentiable,
 }
 

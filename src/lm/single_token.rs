@@ -12,6 +12,8 @@ use super::model::LAST_EXTRACTION_TOKENS;
 use super::spec::{split_statements, LmFile, LmSpec};
 use crate::config::{Config, SetupConfig, UnembeddingInit};
 use crate::experiment::simulation::{max_margin_for, run_model, ModelKind, Simulation};
+use crate::lm::model::to_array2;
+use crate::lm::nets::Kernels;
 use crate::lm::{alignment, chat, finetune, Architecture, Device, Forward, LanguageModel};
 use crate::problem::synthetic::{PairSet, Setup, TokenLabel, Vocabulary};
 use anyhow::Result;
@@ -46,6 +48,43 @@ pub struct SplitSequences {
 }
 
 impl SplitSequences {
+    /// A split with no pairs yet.
+    pub fn new(name: &str) -> SplitSequences {
+        SplitSequences {
+            name: name.to_string(),
+            prompts: vec![],
+            prompt_pos: vec![],
+            chosen: vec![],
+            chosen_pos: vec![],
+            rejected: vec![],
+            rejected_pos: vec![],
+            chosen_token: vec![],
+            rejected_token: vec![],
+        }
+    }
+
+    /// Adds the pair `(prompt + y⁺, prompt + y⁻)` with `π(·|x)` read at `pos` of `prompt`
+    /// ([`LanguageModel::with_answer`]).
+    pub fn push_pair(
+        &mut self,
+        lm: &LanguageModel,
+        prompt: Vec<u32>,
+        pos: usize,
+        yp: u32,
+        ym: u32,
+    ) {
+        let (c, cp) = lm.with_answer(&prompt, pos, yp);
+        let (r, rp) = lm.with_answer(&prompt, pos, ym);
+        self.prompts.push(prompt);
+        self.prompt_pos.push(pos);
+        self.chosen.push(c);
+        self.chosen_pos.push(cp);
+        self.rejected.push(r);
+        self.rejected_pos.push(rp);
+        self.chosen_token.push(yp);
+        self.rejected_token.push(ym);
+    }
+
     pub fn len(&self) -> usize {
         self.prompts.len()
     }
@@ -172,17 +211,7 @@ impl SplitBuilder<'_> {
         rng: &mut ChaCha8Rng,
     ) -> Result<SplitSequences> {
         let (s, lm) = (self.spec, self.lm);
-        let mut out = SplitSequences {
-            name: name.to_string(),
-            prompts: vec![],
-            prompt_pos: vec![],
-            chosen: vec![],
-            chosen_pos: vec![],
-            rejected: vec![],
-            rejected_pos: vec![],
-            chosen_token: vec![],
-            rejected_token: vec![],
-        };
+        let mut out = SplitSequences::new(name);
         for (st, disagree) in stmts {
             let (good, bad) = if *disagree { (bad, good) } else { (good, bad) };
             let prefix = &s.prefixes[rng.random_range(0..s.prefixes.len())];
@@ -205,16 +234,7 @@ impl SplitBuilder<'_> {
                 good[rng.random_range(0..good.len())].1,
                 bad[rng.random_range(0..bad.len())].1,
             );
-            let (c, cp) = lm.with_answer(&prompt, p, yp);
-            let (r, rp) = lm.with_answer(&prompt, p, ym);
-            out.prompts.push(prompt);
-            out.prompt_pos.push(p);
-            out.chosen.push(c);
-            out.chosen_pos.push(cp);
-            out.rejected.push(r);
-            out.rejected_pos.push(rp);
-            out.chosen_token.push(yp);
-            out.rejected_token.push(ym);
+            out.push_pair(lm, prompt, p, yp, ym);
         }
         Ok(out)
     }
@@ -248,11 +268,19 @@ pub(super) fn prompt_template(
 }
 
 /// Hidden representations of one split's sequences: `h_x` at the prompt's read position,
-/// `h_{x,y±}` at the answer's position (MATH.md §6).
+/// `h_{x,y±}` at the answer's position (MATH.md §6). On a causal Llama-family body the answers
+/// continue their prompts, and [`shared_prompt_hidden`] computes each prompt once; other bodies
+/// read each sequence in batches of `batch`.
 pub fn extract_pairs(lm: &LanguageModel, seq: &SplitSequences, batch: usize) -> Result<PairSet> {
-    let prompt_hidden = lm.hidden_at(&seq.prompts, &seq.prompt_pos, batch)?;
-    let chosen_hidden = lm.hidden_at(&seq.chosen, &seq.chosen_pos, batch)?;
-    let rejected_hidden = lm.hidden_at(&seq.rejected, &seq.rejected_pos, batch)?;
+    let (prompt_hidden, chosen_hidden, rejected_hidden) = if answers_continue_prompts(lm, seq) {
+        shared_prompt_hidden(lm, seq, batch)?
+    } else {
+        (
+            lm.hidden_at(&seq.prompts, &seq.prompt_pos, batch)?,
+            lm.hidden_at(&seq.chosen, &seq.chosen_pos, batch)?,
+            lm.hidden_at(&seq.rejected, &seq.rejected_pos, batch)?,
+        )
+    };
     let (n, d) = prompt_hidden.dim();
     let prefix = Array3::from_shape_fn((n, 1, d), |(i, _, j)| prompt_hidden[[i, j]]);
     let tokens = |t: &[u32]| Array2::from_shape_fn((n, 1), |(i, _)| t[i] as usize);
@@ -266,6 +294,75 @@ pub fn extract_pairs(lm: &LanguageModel, seq: &SplitSequences, batch: usize) -> 
         chosen_tokens: tokens(&seq.chosen_token),
         rejected_tokens: tokens(&seq.rejected_token),
     })
+}
+
+/// Whether every pair of `seq` is `prompt`, `prompt + y⁺`, `prompt + y⁻` read at the prompt's
+/// last position and at the answer, on a body with a shared-prompt forward.
+pub fn answers_continue_prompts(lm: &LanguageModel, seq: &SplitSequences) -> bool {
+    let continues = |s: &[u32], pos: usize, p: &[u32], y: u32| {
+        s.len() == p.len() + 1 && s[..p.len()] == *p && s[p.len()] == y && pos == p.len()
+    };
+    lm.shares_prefixes()
+        && (0..seq.len()).all(|i| {
+            let p = &seq.prompts[i];
+            !p.is_empty()
+                && seq.prompt_pos[i] + 1 == p.len()
+                && continues(&seq.chosen[i], seq.chosen_pos[i], p, seq.chosen_token[i])
+                && continues(
+                    &seq.rejected[i],
+                    seq.rejected_pos[i],
+                    p,
+                    seq.rejected_token[i],
+                )
+        })
+}
+
+/// `h_x`, `h_{x,y⁺}` and `h_{x,y⁻}` [n, D] of causal pairs, no gradient: the pairs ordered by
+/// prompt length, in chunks of `batch` pairs, each chunk's distinct prompts computed once and
+/// the two answers as one-token continuations ([`LanguageModel::prompt_group_hidden_states`],
+/// fused kernels; equal to the per-sequence forward up to f32 rounding). Counts the tokens of
+/// the three sequences per pair, as the per-sequence path does.
+fn shared_prompt_hidden(
+    lm: &LanguageModel,
+    seq: &SplitSequences,
+    batch: usize,
+) -> Result<(Array2<f64>, Array2<f64>, Array2<f64>)> {
+    let (n, d) = (seq.len(), lm.dim);
+    let tokens: usize = (0..n)
+        .map(|i| seq.prompts[i].len() + seq.chosen[i].len() + seq.rejected[i].len())
+        .sum();
+    LAST_EXTRACTION_TOKENS.fetch_add(tokens, std::sync::atomic::Ordering::Relaxed);
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (seq.prompts[i].len(), i));
+    let mut out = [(); 3].map(|_| Array2::zeros((n, d)));
+    for chunk in order.chunks(batch.max(1)) {
+        let mut index: std::collections::HashMap<&[u32], usize> = Default::default();
+        let mut prompts: Vec<&[u32]> = Vec::new();
+        let group: Vec<usize> = chunk
+            .iter()
+            .map(|&i| {
+                *index.entry(&seq.prompts[i]).or_insert_with(|| {
+                    prompts.push(&seq.prompts[i]);
+                    prompts.len() - 1
+                })
+            })
+            .collect();
+        let conts: Vec<Vec<u32>> = (chunk.iter().map(|&i| seq.chosen_token[i]))
+            .chain(chunk.iter().map(|&i| seq.rejected_token[i]))
+            .map(|y| vec![y])
+            .collect();
+        let both: Vec<usize> = group.iter().chain(&group).copied().collect();
+        let (h_last, h) = lm.prompt_group_hidden_states(&prompts, &conts, &both, Kernels::Fused)?;
+        let h_last = to_array2(&h_last)?;
+        let h = to_array2(&h.reshape((2 * chunk.len(), d))?)?;
+        for (k, &i) in chunk.iter().enumerate() {
+            out[0].row_mut(i).assign(&h_last.row(group[k]));
+            out[1].row_mut(i).assign(&h.row(k));
+            out[2].row_mut(i).assign(&h.row(chunk.len() + k));
+        }
+    }
+    let [prompt, chosen, rejected] = out;
+    Ok((prompt, chosen, rejected))
 }
 
 /// Builds Theorem 2's [`Setup`] on the model's representations (body frozen).
@@ -399,6 +496,8 @@ pub struct RealModelRun {
     pub sequences_encoded: usize,
     pub tokens_encoded: usize,
     pub timing: Timing,
+    /// The token sequences of every split, as extracted (`sequences.jsonl`).
+    pub sequences: Vec<SplitSequences>,
 }
 
 /// [`alignment::alignment`] of the head-only run's training pairs with its `unseen` split.
@@ -423,7 +522,7 @@ pub fn run_experiment(
     on_step: &mut dyn FnMut(ModelKind, &finetune::StepRecord),
 ) -> Result<RealModelRun> {
     let t0 = std::time::Instant::now();
-    let lm = LanguageModel::load(model_dir, device, Forward::Reference)?;
+    let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
     let t1 = std::time::Instant::now();
     let tokens_before = LAST_EXTRACTION_TOKENS.load(std::sync::atomic::Ordering::Relaxed);
     let problem = build_setup(file, &lm)?;
@@ -482,5 +581,6 @@ pub fn run_experiment(
         sequences_encoded: 3 * sequences.iter().map(SplitSequences::len).sum::<usize>(),
         tokens_encoded,
         timing,
+        sequences,
     })
 }
