@@ -194,7 +194,6 @@ pub fn lm_json(run: &RealModelRun) -> Value {
             "load": run.timing.load,
             "extract": run.timing.extract,
             "train_head_only": run.timing.train_head_only,
-            "full_initial_extract": run.timing.full_initial_extract,
             "full_finetune": run.full.iter().map(|r| (r.kind.name(), r.seconds)).collect::<std::collections::BTreeMap<_, _>>(),
         },
         "full": run.full.iter().map(full_summary).collect::<Vec<_>>(),

@@ -945,6 +945,26 @@ impl LanguageModel {
     }
 }
 
+/// The distinct sequences among `prompts`, in order of first appearance, and the index of each
+/// prompt's among them: the grouping of the shared-prompt forward
+/// ([`LanguageModel::prompt_group_hidden_states`]).
+pub fn distinct_prompts<'a>(
+    prompts: impl IntoIterator<Item = &'a [u32]>,
+) -> (Vec<&'a [u32]>, Vec<usize>) {
+    let mut index: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
+    let mut distinct = Vec::new();
+    let group = prompts
+        .into_iter()
+        .map(|p| {
+            *index.entry(p).or_insert_with(|| {
+                distinct.push(p);
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    (distinct, group)
+}
+
 /// A 2-D f32 tensor as an f64 array.
 pub fn to_array2(t: &Tensor) -> Result<Array2<f64>> {
     let (r, c) = t.dims2()?;

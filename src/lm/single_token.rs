@@ -12,7 +12,7 @@ use super::model::LAST_EXTRACTION_TOKENS;
 use super::spec::{split_statements, LmFile, LmSpec};
 use crate::config::{Config, SetupConfig, UnembeddingInit};
 use crate::experiment::simulation::{max_margin_for, run_model, ModelKind, Simulation};
-use crate::lm::model::to_array2;
+use crate::lm::model::{distinct_prompts, to_array2};
 use crate::lm::nets::Kernels;
 use crate::lm::{alignment, chat, finetune, Architecture, Device, Forward, LanguageModel};
 use crate::problem::synthetic::{PairSet, Setup, TokenLabel, Vocabulary};
@@ -336,17 +336,7 @@ fn shared_prompt_hidden(
     order.sort_by_key(|&i| (seq.prompts[i].len(), i));
     let mut out = [(); 3].map(|_| Array2::zeros((n, d)));
     for chunk in order.chunks(batch.max(1)) {
-        let mut index: std::collections::HashMap<&[u32], usize> = Default::default();
-        let mut prompts: Vec<&[u32]> = Vec::new();
-        let group: Vec<usize> = chunk
-            .iter()
-            .map(|&i| {
-                *index.entry(&seq.prompts[i]).or_insert_with(|| {
-                    prompts.push(&seq.prompts[i]);
-                    prompts.len() - 1
-                })
-            })
-            .collect();
+        let (prompts, group) = distinct_prompts(chunk.iter().map(|&i| seq.prompts[i].as_slice()));
         let conts: Vec<Vec<u32>> = (chunk.iter().map(|&i| seq.chosen_token[i]))
             .chain(chunk.iter().map(|&i| seq.rejected_token[i]))
             .map(|y| vec![y])
@@ -475,8 +465,6 @@ pub struct Timing {
     pub load: f64,
     pub extract: f64,
     pub train_head_only: f64,
-    /// Representations under the untrained differentiable forward, shared by both full runs.
-    pub full_initial_extract: f64,
 }
 
 /// A whole real-model experiment: the head-only run (a [`Simulation`]) and, in full mode, the
@@ -534,22 +522,19 @@ pub fn run_experiment(
     let sequences = problem.sequences;
     let sim = run_head_only(file, problem.setup)?;
     let t3 = std::time::Instant::now();
-    let mut timing = Timing {
+    let timing = Timing {
         load: (t1 - t0).as_secs_f64(),
         extract: (t2 - t1).as_secs_f64(),
         train_head_only: (t3 - t2).as_secs_f64(),
-        full_initial_extract: 0.0,
     };
     let mut full = Vec::new();
     if mode == Mode::Full {
-        let t = std::time::Instant::now();
-        let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
-        let initial: Vec<PairSet> = sequences
-            .iter()
-            .map(|q| extract_pairs(&lm, q, file.lm.batch_size))
-            .collect::<Result<_>>()?;
-        drop(lm);
-        timing.full_initial_extract = t.elapsed().as_secs_f64();
+        // The untrained model's representations, shared by both full runs: the head-only
+        // run's, extracted by the same forward.
+        let initial: Vec<PairSet> = std::iter::once(&sim.setup.train)
+            .chain(&sim.setup.evals)
+            .cloned()
+            .collect();
         for kind in [ModelKind::Explicit, ModelKind::Implicit] {
             let run = finetune::finetune(
                 kind,

@@ -162,13 +162,10 @@ pub(super) fn shared_prompt_features(
 /// The sequences of each distinct prompt (token ids before the response), in order of first
 /// appearance.
 fn prompt_groups(seqs: &[&ScoredSequence]) -> Vec<Vec<usize>> {
-    let mut index: std::collections::HashMap<&[u32], usize> = std::collections::HashMap::new();
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    for (i, s) in seqs.iter().enumerate() {
-        let g = *index.entry(&s.ids[..s.response_start]).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
+    let (distinct, group) =
+        crate::lm::model::distinct_prompts(seqs.iter().map(|s| &s.ids[..s.response_start]));
+    let mut groups = vec![Vec::new(); distinct.len()];
+    for (i, g) in group.into_iter().enumerate() {
         groups[g].push(i);
     }
     groups
