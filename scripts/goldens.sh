@@ -7,8 +7,9 @@
 # Commands: simulate, dynamics, verify --trials 2 (JSON and stdout), a small sweep, the same
 # sweep as --shard 0/2 + 1/2 then merge, check, default-config, --help of every subcommand,
 # the synthetic examples' CSVs, and with the `lm` feature: lm-tiny, lm (head-only and full) and
-# lm-recipe --epochs 1 on the tiny checkpoints. Wall-clock fields (`seconds`, `step_seconds`,
-# `seconds_per_step`, `timing`, `tokens_per_second`) and timing lines of stdout are stripped.
+# lm-recipe --epochs 1 on the tiny checkpoints, and ham-cycle on a 5-vertex config. Wall-clock
+# fields (`seconds`, `step_seconds`, `seconds_per_step`, `timing`, `tokens_per_second`, CSV
+# columns whose name ends in `seconds`) and timing lines of stdout are stripped.
 # Builds with `cargo build --release --features lm --bins --examples` (set NO_LM=1 to leave
 # the lm commands out). Exits 1 when compare finds a difference.
 set -euo pipefail
@@ -73,7 +74,7 @@ run check check
 run check-overlap check --config experiments/overlap_sweep.toml
 run default-config default-config
 run help --help
-for c in simulate verify dynamics sweep lm lm-recipe lm-convert lm-import-gguf lm-tiny lm-forward check default-config; do
+for c in simulate verify dynamics sweep lm lm-recipe lm-convert lm-import-gguf lm-tiny lm-forward ham-cycle check default-config; do
   run "help-$c" "$c" --help
 done
 run help-sweep-merge sweep merge --help
@@ -95,6 +96,41 @@ if [ "${NO_LM:-0}" != 1 ]; then
   run lm-recipe-llama lm-recipe --model runs/tiny/llama-tied --config experiments/persona_paper.toml --out runs/recipe-llama --epochs 1
   run lm-recipe-bert lm-recipe --model runs/tiny/bert --config experiments/persona_paper.toml --out runs/recipe-bert --epochs 1 --mode both
   run lm-forward lm-forward --model runs/tiny/qwen2 --out runs/forward.json
+  cat > cycle.toml <<'EOF2'
+seed = 3
+[data]
+vertices = 5
+edge_probability = 0.2
+train_pairs = 16
+test_pairs = 6
+seed = 517
+[model]
+dim = 16
+layers = 2
+heads = 2
+[pretrain]
+steps = 4
+batch = 8
+lr = 0.001
+graphs = 32
+warmup_steps = 200
+clip_norm = 1.0
+walk_fraction = 0.0
+[train]
+beta = 0.01
+lr = 0.001
+epochs = 2
+pairs_per_step = 8
+micro_batch = 4
+head_init_std = 0.02
+eval_every_epochs = 1
+eval_batch = 64
+[eval]
+extra_new_tokens = 8
+exact_batch = 2048
+prompts = 0
+EOF2
+  run ham-cycle ham-cycle --config cycle.toml --out runs/ham-cycle
 fi
 
 # Normalise: drop wall-clock keys from JSON, timing from stdout; copy the runs.
@@ -118,6 +154,13 @@ for d, _, files in os.walk(sys.argv[1]):
             except ValueError:
                 continue
             json.dump(strip(v), open(p, "w"), indent=1, sort_keys=True)
+        elif f.endswith(".csv"):
+            rows = open(p).read().split("\n")
+            head = rows[0].split(",")
+            keep = [i for i, h in enumerate(head) if not h.endswith("seconds")]
+            if len(keep) < len(head):
+                cut = lambda r: ",".join(c for i, c in enumerate(r.split(",")) if i in keep) if r else r
+                open(p, "w").write("\n".join(cut(r) for r in rows))
         elif f.endswith(".stdout"):
             t = open(p).read()
             t = re.sub(r"\b\d+(\.\d+)? ?(s|ms|tok/s|tokens/s)\b", "<t>", t)

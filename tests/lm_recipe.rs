@@ -4,12 +4,12 @@
 //! `transformers`' renderings, determinism and config errors.
 #![cfg(feature = "lm")]
 
-use rmflow::lm::chat::{ChatTemplate, Message};
+use rmflow::lm::checkpoint::chat_template::{ChatTemplate, Message};
+use rmflow::lm::checkpoint::tiny::{standard_specs, write_tiny_checkpoint, TinySpec, PROBE_TEXTS};
 use rmflow::lm::recipe::{
     build_problem, last_response_hidden, load_recipe_model, response_token_logprobs,
     vocabulary_texts, RecipeFile,
 };
-use rmflow::lm::tiny::{standard_specs, write_tiny_checkpoint, TinySpec, PROBE_TEXTS};
 use rmflow::lm::{Architecture, Device, Forward, LanguageModel};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -458,7 +458,7 @@ fn recipe_config_errors_name_the_field() {
 #[test]
 fn loss_gradient_is_minus_sigmoid_of_minus_margin() {
     use candle_core::{Tensor, Var};
-    use rmflow::lm::finetune::softplus_neg;
+    use rmflow::lm::train::loss::softplus_neg;
     let ms: Vec<f32> = vec![
         0.0, -0.0, 1e-8, -1e-8, 0.5, -0.5, 3.0, -3.0, 40.0, -40.0, 200.0, -200.0,
     ];
@@ -899,7 +899,7 @@ fn default_template_matches_update_tokenizer() {
     // strftime_now: the configured date, fixed; the default is Llama-3.2's fallback date.
     let mut t = ChatTemplate::new("{{ strftime_now('%d %b %Y') }}", "", "", "date").unwrap();
     assert_eq!(t.render(&[], false).unwrap(), "26 Jul 2024");
-    t.set_date(rmflow::lm::chat::parse_template_date("2026-12-01").unwrap());
+    t.set_date(rmflow::lm::checkpoint::chat_template::parse_template_date("2026-12-01").unwrap());
     assert_eq!(t.render(&[], false).unwrap(), "01 Dec 2026");
     let bad = ChatTemplate::new("{{ strftime_now('%Q') }}", "", "", "date").unwrap();
     assert!(bad.render(&[], false).is_err());
@@ -937,7 +937,7 @@ fn fused_adamw_equals_candle_adamw_bit_for_bit() {
             .collect()
     };
     let (ours, theirs) = (make(1), make(1));
-    let mut fused = rmflow::lm::adam::Adam::new(ours.clone(), params.clone()).unwrap();
+    let mut fused = rmflow::lm::train::adamw::Adam::new(ours.clone(), params.clone()).unwrap();
     let mut candle = candle_nn::AdamW::new(theirs.clone(), params).unwrap();
     for step in 0..6 {
         let loss = |vars: &[candle_core::Var]| -> Tensor {

@@ -5,7 +5,7 @@
 //! `lm-recipe` configs never panics.
 #![cfg(feature = "lm")]
 
-use rmflow::lm::tiny::{standard_specs, write_tiny_checkpoint, PROBE_TEXTS};
+use rmflow::lm::checkpoint::tiny::{standard_specs, write_tiny_checkpoint, PROBE_TEXTS};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

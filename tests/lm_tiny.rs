@@ -3,7 +3,7 @@
 //! against candle-transformers'.
 #![cfg(feature = "lm")]
 
-use rmflow::lm::tiny::{write_tiny_checkpoint, TinySpec};
+use rmflow::lm::checkpoint::tiny::{write_tiny_checkpoint, TinySpec};
 use rmflow::lm::{Architecture, Device, Forward, LanguageModel};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -113,7 +113,7 @@ fn texts() -> Vec<String> {
 }
 
 fn specs() -> Vec<(&'static str, TinySpec)> {
-    rmflow::lm::tiny::standard_specs()
+    rmflow::lm::checkpoint::tiny::standard_specs()
 }
 
 fn json(path: &Path) -> serde_json::Value {
@@ -274,7 +274,7 @@ fn shared_prompt_extraction_matches_the_per_sequence_forward() {
             }
         }
         assert!(
-            rmflow::lm::single_token::answers_continue_prompts(&lm, &seq),
+            rmflow::lm::single_token::setup::answers_continue_prompts(&lm, &seq),
             "{name}: the shared-prompt path is not taken"
         );
         let shared = rmflow::lm::extract_pairs(&lm, &seq, 4).unwrap();
@@ -394,7 +394,7 @@ fn mismatched_tokenizer_is_named() {
 #[test]
 fn half_precision_copies_match_the_f32_checkpoint() {
     use rmflow::io::atomic::Replace;
-    use rmflow::lm::convert::{convert_checkpoint, parse_half_dtype};
+    use rmflow::lm::checkpoint::convert::{convert_checkpoint, parse_half_dtype};
     let dir = temp("half");
     for (name, spec) in specs() {
         let model = dir.join(name);
@@ -453,7 +453,7 @@ fn half_precision_copies_match_the_f32_checkpoint() {
 /// `torch.median` (the lower middle value), as the official script computes them.
 #[test]
 fn alignment_summary_follows_torch_quantiles() {
-    use rmflow::lm::alignment::Summary;
+    use rmflow::lm::single_token::alignment::Summary;
     let s = Summary::of(&[4.0, 1.0, 3.0, 2.0]).unwrap();
     assert_eq!(
         (s.first_quartile, s.median, s.third_quartile),

@@ -152,7 +152,7 @@ pub fn run_lm(a: LmArgs) -> Result<()> {
         h.finish();
     }
     bars.finish();
-    rmflow::lm::export::write_run(&dir, &run)?;
+    rmflow::lm::single_token::output::write_run(&dir, &run)?;
     let written = dir.commit()?;
     print_lm_run(&run, &file);
     outln!("wrote {}", written.display());
@@ -175,13 +175,19 @@ fn print_lm_run(run: &rmflow::lm::RealModelRun, file: &LmFile) {
     outln!("head-only (body frozen, single-token answers: Theorem 2's setting):");
     print_simulation_tables(&run.sim);
     if let Some(a) = &run.alignment {
-        out!("{}", rmflow::lm::alignment::describe(a));
+        out!("{}", rmflow::lm::single_token::alignment::describe(a));
     }
     if run.arch == Architecture::Bert {
-        outln!("note: {}", rmflow::lm::export::MASKED_REFERENCE_NOTE);
+        outln!(
+            "note: {}",
+            rmflow::lm::single_token::output::MASKED_REFERENCE_NOTE
+        );
     }
     if !run.full.is_empty() {
-        outln!("note: {}", rmflow::lm::export::NOT_THE_PAPER_NOTE);
+        outln!(
+            "note: {}",
+            rmflow::lm::single_token::output::NOT_THE_PAPER_NOTE
+        );
         outln!(
             "full fine-tuning ({} AdamW steps, lr {:e}; {}):",
             file.finetune.steps,
@@ -192,7 +198,10 @@ fn print_lm_run(run: &rmflow::lm::RealModelRun, file: &LmFile) {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        out!("{}", rmflow::lm::export::full_table(&run.full));
+        out!(
+            "{}",
+            rmflow::lm::single_token::output::full_table(&run.full)
+        );
     }
 }
 

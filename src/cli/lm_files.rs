@@ -6,7 +6,8 @@ use anyhow::Result;
 use rmflow::error::InputError;
 use rmflow::io::atomic::{check_not_overwriting_input, AtomicDir, AtomicFile, OutputKind, Replace};
 use rmflow::io::resources::human_bytes;
-use rmflow::lm::{convert, gguf, open_device, recipe, tiny};
+use rmflow::lm::checkpoint::{convert, gguf, tiny};
+use rmflow::lm::{open_device, recipe};
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -4,7 +4,7 @@ use super::figure::FigureData;
 use crate::experiment::observables::{Observation, SplitMetrics};
 use crate::experiment::simulation::ModelKind;
 use crate::figures::plot::{Bars, Figure, Legend, Panel, PanelContent, Series};
-use crate::lm::finetune::FullRun;
+use crate::lm::single_token::finetune::FullRun;
 use crate::lm::RealModelRun;
 use anyhow::Result;
 use std::fmt::Write as _;

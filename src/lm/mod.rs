@@ -1,26 +1,23 @@
-//! Real-model mode (MATH.md §6), behind the `lm` feature: pretrained transformers (BERT, Llama,
-//! Qwen2, GPT-2, GPT-NeoX via candle) loaded from Hugging Face folders ([`model`], [`nets`],
-//! [`gguf`] for llama.cpp files), Theorem 2's setting on their frozen representations
-//! ([`single_token`]), full fine-tuning of the whole model ([`finetune`]), the paper's
-//! prefix-and-word recipe ([`recipe`]), and the Hamiltonian-cycle experiment on a model rmflow
-//! trains itself ([`cycle`], MATH.md §7).
+//! Real-model mode (MATH.md §6), behind the `lm` feature, as a pipeline:
+//!
+//! 1. [`checkpoint`]: a Hugging Face folder (or a GGUF file) read, checked and normalised;
+//! 2. [`model`]: the [`LanguageModel`] built from it, its tokens and representations, running
+//!    the forwards of [`nets`] (one file per family) on the kernels of [`ops`];
+//! 3. [`train`]: the trainer every experiment calls (AdamW on the preference loss, batches,
+//!    evaluation);
+//! 4. the experiments, each a data source and a config: [`single_token`] (Theorem 2 head-only on
+//!    frozen representations, and full fine-tuning), [`recipe`] (the paper's prefix-and-word
+//!    recipe) and [`cycle`] (the Hamiltonian-cycle experiment, MATH.md §7).
 
-pub mod adam;
-pub mod alignment;
-pub mod chat;
-pub mod convert;
-pub mod cycle;
-pub mod export;
-pub mod finetune;
-pub mod gguf;
+pub mod checkpoint;
 pub mod model;
 pub mod nets;
 pub mod ops;
+pub mod train;
+
+pub mod cycle;
 pub mod recipe;
 pub mod single_token;
-pub mod spec;
-pub mod tiny;
-pub mod vocabulary;
 
 pub use candle_core::Device;
 pub use model::{open_device, Architecture, Forward, LanguageModel};
@@ -28,4 +25,4 @@ pub use single_token::{
     build_setup, extract_pairs, run_experiment, run_head_only, split_sequences, AnswerTokens, Mode,
     RealModelRun, RealProblem, SplitSequences, Timing,
 };
-pub use spec::{LmFile, LmSpec};
+pub use single_token::{LmFile, LmSpec};

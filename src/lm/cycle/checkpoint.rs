@@ -10,10 +10,10 @@
 //! `0 … n−1` as whole words.
 
 use super::config::CycleFile;
+use crate::lm::checkpoint::tiny::{random_weights, tiny_config, TinySpec};
 use crate::lm::recipe::template::{
     ASSISTANT_TOKEN, DEFAULT_EOS_TOKEN, DEFAULT_PADDING_TOKEN, OFFICIAL_TEMPLATE, USER_TOKEN,
 };
-use crate::lm::tiny::{random_weights, tiny_config, TinySpec};
 use crate::lm::Architecture;
 use crate::problem::hamiltonian::{EDGE_SEP, SEP};
 use anyhow::{bail, Context, Result};

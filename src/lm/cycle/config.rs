@@ -2,7 +2,8 @@
 //! its pretraining, the reward models' training and the evaluation; validated on load, every
 //! error naming the file and the field.
 
-use crate::lm::recipe::{RecipeData, RecipeEval, RecipeFile, RecipeTrain, ResponseSpec};
+use crate::lm::recipe::{RecipeData, RecipeEval, RecipeFile, ResponseSpec};
+use crate::lm::train::config::RecipeTrain;
 use crate::problem::hamiltonian::{CycleSpec, MAX_ENUMERATED_VERTICES};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -320,7 +321,8 @@ impl CycleFile {
                 eval_chosen_words: vec![],
                 eval_rejected_words: vec![],
                 chat_template: true,
-                template_date: crate::lm::chat::DEFAULT_TEMPLATE_DATE.to_string(),
+                template_date: crate::lm::checkpoint::chat_template::DEFAULT_TEMPLATE_DATE
+                    .to_string(),
             },
             train: RecipeTrain {
                 beta: t.beta,

@@ -11,8 +11,8 @@
 
 use super::config::CycleFile;
 use super::problem::template_of;
-use crate::lm::recipe::problem::SequenceBuilder;
 use crate::lm::recipe::Side;
+use crate::lm::train::sequences::SequenceBuilder;
 use crate::lm::{Forward, LanguageModel};
 use crate::problem::hamiltonian::{pretraining_graphs, random_walk, response, Graph};
 use anyhow::{bail, Context, Result};

@@ -1,9 +1,9 @@
 //! The official pairs as the recipe's sequences: the prompt rendered as a user turn with the
 //! generation prompt, the response (a vertex order joined by `<sep>`) with the template's eos.
 
-use crate::lm::chat::ChatTemplate;
-use crate::lm::recipe::problem::SequenceBuilder;
+use crate::lm::checkpoint::chat_template::ChatTemplate;
 use crate::lm::recipe::{PairSplit, RecipeProblem, ScoredSequence, Side};
+use crate::lm::train::sequences::SequenceBuilder;
 use crate::lm::LanguageModel;
 use crate::problem::hamiltonian::{response, CyclePair};
 use anyhow::{Context, Result};

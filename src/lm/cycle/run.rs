@@ -246,7 +246,7 @@ impl<'a> Probe<'a> {
     /// under `template`, and every vertex order where the masses are exact.
     fn new(
         lm: &LanguageModel,
-        template: &crate::lm::chat::ChatTemplate,
+        template: &crate::lm::checkpoint::chat_template::ChatTemplate,
         file: &'a CycleFile,
         tokens: &'a CycleTokens,
         test: &'a [CyclePair],

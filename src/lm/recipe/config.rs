@@ -1,7 +1,9 @@
 //! The recipe config (`experiments/persona_paper.toml`): data, responses, training and
 //! evaluation tables, validated on load; the prompts' sources.
 
-use crate::lm::spec::read_statements;
+use crate::lm::single_token::config::read_statements;
+use crate::lm::train::config::RecipeTrain;
+use crate::lm::train::epochs::Settings;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -147,58 +149,7 @@ pub struct ResponseSpec {
 }
 
 fn template_date() -> String {
-    crate::lm::chat::DEFAULT_TEMPLATE_DATE.to_string()
-}
-
-/// `[train]`: the optimisation (defaults: the paper's recipe).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RecipeTrain {
-    /// IM-RM `β` (the paper: 0.01).
-    pub beta: f64,
-    /// Adam learning rate (the paper: 1e-6).
-    pub lr: f64,
-    /// Learning rate of the EX-RM head; `None`: `lr`.
-    pub head_lr: Option<f64>,
-    /// Decoupled weight decay (the paper: 0, i.e. Adam).
-    pub weight_decay: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// Passes over the training pairs (the paper: 50).
-    pub epochs: usize,
-    /// Pairs per optimizer step (the paper: 32 = 8 × 4 accumulation); the last step of an epoch
-    /// takes what is left.
-    pub pairs_per_step: usize,
-    /// Pairs per forward/backward pass; gradients are accumulated over a step.
-    pub micro_batch: usize,
-    /// Standard deviation of the EX-RM head's initial entries (Hugging Face's
-    /// `initializer_range`, 0.02; 0 starts at the zero head).
-    pub head_init_std: f64,
-    /// Evaluate every split every this many epochs (and before the first, after the last).
-    pub eval_every_epochs: usize,
-    /// Sequences per forward pass when scoring (evaluation, reference log-probabilities).
-    pub eval_batch: usize,
-}
-
-impl Default for RecipeTrain {
-    fn default() -> Self {
-        RecipeTrain {
-            beta: 0.01,
-            lr: 1e-6,
-            head_lr: None,
-            weight_decay: 0.0,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            epochs: 50,
-            pairs_per_step: 32,
-            micro_batch: 8,
-            head_init_std: 0.02,
-            eval_every_epochs: 10,
-            eval_batch: 32,
-        }
-    }
+    crate::lm::checkpoint::chat_template::DEFAULT_TEMPLATE_DATE.to_string()
 }
 
 /// `[eval]`.
@@ -232,6 +183,15 @@ pub struct RecipeFile {
 }
 
 impl RecipeFile {
+    /// What the trainer reads: the seed, `[train]` and the tie tolerance.
+    pub fn settings(&self) -> Settings<'_> {
+        Settings {
+            seed: self.seed,
+            train: &self.train,
+            tie_tolerance: self.eval.tie_tolerance,
+        }
+    }
+
     /// `--persona-jsonl`: the prompts come from Anthropic's persona JSONL at `path` (one
     /// statement per record, so `data.group_size = 1`).
     pub fn use_persona_jsonl(&mut self, path: PathBuf) {
@@ -303,7 +263,7 @@ impl RecipeFile {
                 bail!("field `{name}` must be ≥ 1");
             }
         }
-        crate::lm::chat::parse_template_date(&r.template_date)
+        crate::lm::checkpoint::chat_template::parse_template_date(&r.template_date)
             .map_err(|e| anyhow::anyhow!("field `responses.template_date`: {e}"))?;
         if d.format == StatementFormat::PersonaJsonl && d.group_size != 1 {
             bail!("field `data.group_size` must be 1 with `data.format = \"persona_jsonl\"` (records are not grouped)");
@@ -328,7 +288,7 @@ impl RecipeFile {
                 bail!("field `{name}` must list at least one entry");
             }
         }
-        crate::lm::spec::disjoint(&[
+        crate::lm::single_token::config::disjoint(&[
             ("responses.chosen_words", &r.chosen_words),
             ("responses.rejected_words", &r.rejected_words),
             ("responses.eval_chosen_words", &r.eval_chosen_words),
@@ -345,7 +305,7 @@ pub fn vocabulary_texts(file: &RecipeFile) -> Result<Vec<String>> {
     let d = &file.data;
     let r = &file.responses;
     let mut texts: Vec<String> = source_prompts(d)?;
-    use super::reward::{NO_TOKEN, VERIFICATION_FORMAT, YES_TOKEN};
+    use crate::lm::train::reward::{NO_TOKEN, VERIFICATION_FORMAT, YES_TOKEN};
     texts.push(
         VERIFICATION_FORMAT
             .replace("{question}", "")

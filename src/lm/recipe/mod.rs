@@ -16,29 +16,31 @@
 //! - Metrics per split: accuracy with exact ties (τ = 0, `1{m > 0} + ½·1{m = 0}`) beside the
 //!   τ-tolerant one, the official evaluator's normalised absolute margin, mean rewards per answer.
 //!
-//! [`config`] reads the recipe file, [`problem`] builds the sequences, [`features`] reads the
-//! transformer, [`train`] trains, [`evaluate`] scores every split, [`output`] writes the run.
+//! [`config`] reads the recipe file, [`template`] loads the model with the recipe's prompt format,
+//! [`problem`] builds the sequences, [`run`] trains every reward model with the trainer of
+//! [`crate::lm::train`], [`output`] writes the run.
 
 pub mod config;
-pub mod evaluate;
-pub mod features;
 pub mod output;
 pub mod problem;
-pub mod reward;
+pub mod run;
 pub mod template;
-pub mod train;
 
+pub use crate::lm::train::config::RecipeTrain;
+pub use crate::lm::train::epochs::{RecipeEvent, RecipeMode, RecipeRun, RecipeStep};
+pub use crate::lm::train::evaluate::{
+    ImplicitParts, RecipeCheckpoint, RecipeSplitMetrics, TokenContribution,
+};
+pub use crate::lm::train::features::{
+    last_response_hidden, response_hidden_mean, response_token_logprobs,
+};
+pub use crate::lm::train::reward::RecipeReward;
+pub use crate::lm::train::sequences::{PairSplit, RecipeProblem, ScoredSequence, Side};
 pub use config::{
-    read_persona_jsonl, vocabulary_texts, RecipeData, RecipeEval, RecipeFile, RecipeTrain,
-    ResponseSpec, StatementFormat,
+    read_persona_jsonl, vocabulary_texts, RecipeData, RecipeEval, RecipeFile, ResponseSpec,
+    StatementFormat,
 };
-pub use evaluate::{ImplicitParts, RecipeCheckpoint, RecipeSplitMetrics, TokenContribution};
-pub use features::{last_response_hidden, response_hidden_mean, response_token_logprobs};
 pub use output::{final_table, write_outputs};
-pub use problem::{build_problem, PairSplit, RecipeProblem, ScoredSequence, Side};
-pub use reward::RecipeReward;
+pub use problem::build_problem;
+pub use run::{run_recipe, steps_per_run, train_recipe, RecipeOutcome, PSEUDO_LIKELIHOOD_NOTE};
 pub use template::{load_recipe_model, PromptFormat};
-pub use train::{
-    run_recipe, steps_per_run, train_recipe, RecipeEvent, RecipeMode, RecipeOutcome, RecipeRun,
-    RecipeStep, PSEUDO_LIKELIHOOD_NOTE,
-};

@@ -1,6 +1,6 @@
 //! What a recipe run writes (`recipe.json`, `metrics.csv`, `rewards.csv`, …) and prints.
 
-use super::train::{RecipeOutcome, PSEUDO_LIKELIHOOD_NOTE};
+use super::run::{RecipeOutcome, PSEUDO_LIKELIHOOD_NOTE};
 use anyhow::Result;
 
 /// Writes `recipe.json`, `sequences.jsonl`, `metrics.csv`, `history.csv`, `rewards.csv` and

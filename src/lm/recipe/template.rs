@@ -2,11 +2,11 @@
 //! checkpoint's own chat template where it has one; otherwise a default template with the special
 //! tokens `<|user|>` and `<|assistant|>` (and a pad and an eos token where there are none) added
 //! to the tokenizer, and the vocabulary matrices resized to match (`transformers`' mean-resizing,
-//! [`crate::lm::vocabulary`]), identically for the policy and the reference.
+//! [`crate::lm::checkpoint::vocabulary`]), identically for the policy and the reference.
 
 use super::config::RecipeFile;
-use crate::lm::chat::ChatTemplate;
-use crate::lm::vocabulary::AddedTokens;
+use crate::lm::checkpoint::chat_template::ChatTemplate;
+use crate::lm::checkpoint::vocabulary::AddedTokens;
 use crate::lm::{Architecture, Forward, LanguageModel};
 use anyhow::Result;
 use candle_core::Device;
@@ -50,7 +50,9 @@ impl PromptFormat {
         if !file.responses.chat_template {
             return Ok(plain("responses.chat_template = false"));
         }
-        let date = crate::lm::chat::parse_template_date(&file.responses.template_date)?;
+        let date = crate::lm::checkpoint::chat_template::parse_template_date(
+            &file.responses.template_date,
+        )?;
         if let Some(mut t) = ChatTemplate::from_model_dir(dir)? {
             t.set_date(date);
             let description = format!("chat template of {}", t.source);
@@ -71,7 +73,7 @@ fn official_default(dir: &Path, seed: u64, date: chrono::NaiveDate) -> Result<Pr
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
         .map_err(|e| crate::error::InputError(format!("{}: {e}", tok_path.display())))?;
-    let special = |name: &str| crate::lm::chat::special_token(&cfg, name);
+    let special = |name: &str| crate::lm::checkpoint::chat_template::special_token(&cfg, name);
     // transformers registers the configured special tokens first.
     let mut tokens: Vec<String> = ["bos_token", "eos_token", "unk_token", "pad_token"]
         .iter()

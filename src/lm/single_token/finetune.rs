@@ -8,18 +8,20 @@
 //! with single-token answers the normaliser still cancels and the unseen rows of `U` get no
 //! gradient, but `m = β[(U_{y⁺}−U_{y⁻})·h_x(T) − (U_{y⁺}−U_{y⁻})(0)·h_x(0)]` changes with `h_x`.
 
-use super::adam::Adam;
-use super::{extract_pairs, Forward, LanguageModel, SplitSequences};
 use crate::experiment::observables::{split_metrics, SplitMetrics};
 use crate::experiment::simulation::ModelKind;
+use crate::lm::model::language_model::Forward;
+use crate::lm::model::language_model::LanguageModel;
+use crate::lm::single_token::setup::extract_pairs;
+use crate::lm::single_token::setup::SplitSequences;
+use crate::lm::train::loss::softplus_neg;
+use crate::lm::train::optimizers::Optimizers;
+use crate::lm::train::shuffle::Batches;
 use crate::problem::synthetic::PairSet;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::ParamsAdamW;
 use ndarray::{Array1, Array2};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -128,16 +130,6 @@ fn flat(t: &Tensor) -> Result<Vec<f64>> {
         .collect())
 }
 
-/// `ℓ(m) = softplus(−m) = −ln σ(m)` (MATH.md §1), stable: with `x = −m`,
-/// `relu(x) + ln(1 + e^{−|x|})`. `relu` and `abs` take the *same* argument `x`: candle gives both
-/// the derivative 1 at 0, so `relu'(x) − abs'(x)·σ(−|x|)` is `1 − ½ = σ(0)` there and `σ(x)`
-/// elsewhere, and `dℓ/dm = −σ(−m)` everywhere, `−½` exactly at the first step of an IM-RM
-/// (policy = reference). Mixing `relu(−m)` with `|m|` gave `−1.5` at `m = 0`.
-pub fn softplus_neg(m: &Tensor) -> candle_core::Result<Tensor> {
-    let x = m.neg()?;
-    x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
-}
-
 fn rows(u: &Tensor, ids: &[u32], device: &Device) -> Result<Tensor> {
     Ok(u.index_select(&Tensor::new(ids, device)?, 0)?)
 }
@@ -226,7 +218,7 @@ fn evaluate(
                     |t: &Array2<usize>| t.column(0).iter().map(|&x| x as u32).collect::<Vec<_>>();
                 let (c, r) = (tokens(&now.chosen_tokens), tokens(&now.rejected_tokens));
                 let diff = |u: &Tensor| -> Result<Array2<f64>> {
-                    super::model::to_array2(&(rows(u, &c, device)? - rows(u, &r, device)?)?)
+                    crate::lm::model::to_array2(&(rows(u, &c, device)? - rows(u, &r, device)?)?)
                 };
                 let (d_now, d_then) = (diff(lm.unembedding())?, diff(ctx.u0)?);
                 (0..now.len())
@@ -351,7 +343,7 @@ fn train_steps(
             });
         }
         let step_start = std::time::Instant::now();
-        let idx = batches.next();
+        let idx = batches.next_step();
         let (loss, record) = step_loss(trainee, train, &idx, reference, ctx.beta, step)?;
         optimizers.step(&loss.backward()?)?;
         step_seconds += step_start.elapsed().as_secs_f64();
@@ -444,8 +436,8 @@ impl Trainee {
                 .fold(0.0, f64::max)
         };
         let answers = sorted_tokens(sequences);
-        let a0 = super::model::to_array2(&rows(&self.u0, &answers, device)?)?;
-        let a1 = super::model::to_array2(&rows(u_final, &answers, device)?)?;
+        let a0 = crate::lm::model::to_array2(&rows(&self.u0, &answers, device)?)?;
+        let a1 = crate::lm::model::to_array2(&rows(u_final, &answers, device)?)?;
         Ok((drift, (answers, a0, a1)))
     }
 }
@@ -476,49 +468,6 @@ fn reference_log_ratios(
     Ok(Tensor::cat(&parts, 0)?)
 }
 
-/// AdamW ([`Adam`], fused) on the trained tensors and, at its own learning rate, on the EX-RM
-/// head: the optimizers of full fine-tuning and of the paper's recipe.
-pub(crate) struct Optimizers {
-    body: Adam,
-    head: Option<Adam>,
-    /// Every trained variable, the head last (for gradient accumulation).
-    pub(crate) vars: Vec<Var>,
-}
-
-impl Optimizers {
-    /// `params` for the body (`vars`); the head, when trained, at `head_lr` (default: the same).
-    pub(crate) fn new(
-        vars: Vec<Var>,
-        head: Option<&Var>,
-        params: ParamsAdamW,
-        head_lr: Option<f64>,
-    ) -> Result<Optimizers> {
-        let body = Adam::new(vars.clone(), params.clone())?;
-        let mut all = vars;
-        let head = match head {
-            Some(h) => {
-                all.push(h.clone());
-                let lr = head_lr.unwrap_or(params.lr);
-                Some(Adam::new(vec![h.clone()], ParamsAdamW { lr, ..params })?)
-            }
-            None => None,
-        };
-        Ok(Optimizers {
-            body,
-            head,
-            vars: all,
-        })
-    }
-
-    pub(crate) fn step(&mut self, grads: &candle_core::backprop::GradStore) -> Result<()> {
-        self.body.step(grads)?;
-        if let Some(h) = self.head.as_mut() {
-            h.step(grads)?;
-        }
-        Ok(())
-    }
-}
-
 /// The optimizers of [`finetune`]: the head is trained for the EX-RM only.
 fn optimizers(trainee: &Trainee, spec: &FinetuneSpec) -> Result<Optimizers> {
     let vars: Vec<Var> = trainee.params.iter().map(|(_, v)| v.clone()).collect();
@@ -531,42 +480,6 @@ fn optimizers(trainee: &Trainee, spec: &FinetuneSpec) -> Result<Optimizers> {
     };
     let head = (trainee.kind == ModelKind::Explicit).then_some(&trainee.head);
     Optimizers::new(vars, head, params, spec.head_lr)
-}
-
-/// Mini-batches of training pairs: `per_step` indices a step, drawn without replacement within
-/// an epoch (shuffled by a seeded RNG unless a step takes every pair).
-struct Batches {
-    n: usize,
-    per_step: usize,
-    rng: ChaCha8Rng,
-    order: Vec<usize>,
-}
-
-impl Batches {
-    fn new(n: usize, batch_pairs: usize, seed: u64) -> Batches {
-        let per_step = if batch_pairs == 0 {
-            n
-        } else {
-            batch_pairs.min(n)
-        };
-        Batches {
-            n,
-            per_step,
-            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f17e),
-            order: Vec::new(),
-        }
-    }
-
-    fn next(&mut self) -> Vec<usize> {
-        if self.order.len() < self.per_step {
-            let mut epoch: Vec<usize> = (0..self.n).collect();
-            if self.per_step < self.n {
-                epoch.shuffle(&mut self.rng);
-            }
-            self.order.extend(epoch);
-        }
-        self.order.drain(..self.per_step).collect()
-    }
 }
 
 /// The loss `mean softplus(−m)` on the pairs `idx` and the step's record; an error names the step
@@ -637,7 +550,7 @@ fn answer_direction_cosine(
         let Some(q) = sequences.iter().find(|q| q.name == name) else {
             return Ok(None);
         };
-        let d = super::model::to_array2(
+        let d = crate::lm::model::to_array2(
             &(rows(u0, &q.chosen_token, device)? - rows(u0, &q.rejected_token, device)?)?,
         )?;
         Ok(d.mean_axis(ndarray::Axis(0)))

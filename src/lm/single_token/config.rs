@@ -1,7 +1,7 @@
 //! The real-model config (`experiments/persona.toml`): the `[lm]` table and the whole file,
 //! validated on load; the statements files it names.
 
-use crate::lm::finetune;
+use crate::lm::single_token::finetune;
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;

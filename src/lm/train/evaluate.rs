@@ -1,15 +1,17 @@
 //! Evaluation of every split: sequence rewards, accuracies (exact ties ½), the official
 //! evaluator's normalised margins, and the IM-RM's per-token parts.
 
-use super::features::{
+use crate::experiment::observables::{reward_summary, split_metrics, RewardSummary, SplitMetrics};
+use crate::lm::model::language_model::LanguageModel;
+use crate::lm::nets::kernels::Kernels;
+use crate::lm::train::features::{
     per_sequence_sum, prompt_chunks, shared_prompt_features, token_logprobs, Features,
     FrozenFeatures, Need,
 };
-use super::problem::{RecipeProblem, ScoredSequence, Side};
-use super::reward::RecipeReward;
-use crate::experiment::observables::{reward_summary, split_metrics, RewardSummary, SplitMetrics};
-use crate::lm::nets::Kernels;
-use crate::lm::LanguageModel;
+use crate::lm::train::reward::RecipeReward;
+use crate::lm::train::sequences::RecipeProblem;
+use crate::lm::train::sequences::ScoredSequence;
+use crate::lm::train::sequences::Side;
 use anyhow::Result;
 use candle_core::{Tensor, D};
 use serde::Serialize;
@@ -62,7 +64,7 @@ pub struct RecipeCheckpoint {
 }
 
 /// The split metrics from per-sequence rewards (and, for the IM-RM, per-token contributions).
-pub(super) fn evaluate_splits(
+pub(crate) fn evaluate_splits(
     problem: &RecipeProblem,
     rewards: &[f64],
     contributions: Option<&[Vec<f64>]>,
@@ -161,23 +163,23 @@ fn implicit_tokens(
 }
 
 /// Per-sequence rewards and, for the IM-RM, each token's contribution.
-pub(super) type Scores = (Vec<f64>, Option<Vec<Vec<f64>>>);
+pub(crate) type Scores = (Vec<f64>, Option<Vec<Vec<f64>>>);
 
 /// Scores sequences for one reward model: from live forwards (`full`) or frozen features.
-pub(super) struct Scorer<'a> {
-    pub(super) reward: RecipeReward,
-    pub(super) lm: &'a LanguageModel,
-    pub(super) frozen: Option<&'a FrozenFeatures>,
-    pub(super) beta: f64,
-    pub(super) batch: usize,
+pub(crate) struct Scorer<'a> {
+    pub(crate) reward: RecipeReward,
+    pub(crate) lm: &'a LanguageModel,
+    pub(crate) frozen: Option<&'a FrozenFeatures>,
+    pub(crate) beta: f64,
+    pub(crate) batch: usize,
     /// EX-GRM: the ids of "Yes" and "No".
-    pub(super) yes_no: Option<(u32, u32)>,
+    pub(crate) yes_no: Option<(u32, u32)>,
 }
 
 impl Scorer<'_> {
     /// The representations of the sequences `idx` as a training step reads them
     /// (differentiable; each prompt computed once where the body allows).
-    pub(super) fn features(&self, seqs: &[ScoredSequence], idx: &[usize]) -> Result<Features> {
+    pub(crate) fn features(&self, seqs: &[ScoredSequence], idx: &[usize]) -> Result<Features> {
         self.features_through(seqs, idx, Kernels::Differentiable)
     }
 
@@ -203,7 +205,7 @@ impl Scorer<'_> {
     /// `β Σ_k (ln π − ln π_ref)` (difference taken per token, then summed; `reference` holds
     /// zeros without a reference), EX-RM `u·h_last`, token-mean EX-RM `(1/K) Σ_k u·h_k`, EX-GRM
     /// `P(Yes | ·)`.
-    pub(super) fn rewards(
+    pub(crate) fn rewards(
         &self,
         f: &Features,
         seqs: &[ScoredSequence],
@@ -243,7 +245,7 @@ impl Scorer<'_> {
 
     /// EX-GRM: `(ln P(Yes | ·), ln P(No | ·))` at the last token of each verification sequence,
     /// `[n, 2]`.
-    pub(super) fn verdict_logprobs(&self, f: &Features, u: &Tensor) -> Result<Tensor> {
+    pub(crate) fn verdict_logprobs(&self, f: &Features, u: &Tensor) -> Result<Tensor> {
         let (yes, no) = self.yes_no.expect("the EX-GRM scorer knows Yes and No");
         let lp = candle_nn::ops::log_softmax(&f.last.matmul(&u.t()?)?, D::Minus1)?;
         Ok(lp.index_select(&Tensor::new(&[yes, no], u.device())?, 1)?)
@@ -251,7 +253,7 @@ impl Scorer<'_> {
 
     /// `ln π` of every scored token of every sequence, f64 (no gradient), through the
     /// fused inference kernels.
-    pub(super) fn token_logprob_table(
+    pub(crate) fn token_logprob_table(
         &self,
         seqs: &[ScoredSequence],
         u: &Tensor,
@@ -269,7 +271,7 @@ impl Scorer<'_> {
     /// f64, by sequence index in chunk order (no gradient kept), through `kernels`
     /// (differentiable: exactly as the training step scores the same chunks). A sequence's
     /// values depend on its chunk only through f32 rounding; the same chunks give the same bits.
-    pub(super) fn logprob_table(
+    pub(crate) fn logprob_table(
         &self,
         seqs: &[ScoredSequence],
         chunks: &[Vec<usize>],
@@ -287,7 +289,7 @@ impl Scorer<'_> {
 
     /// Rewards of every sequence (f64) and, for the IM-RMs, each token's contribution
     /// `β (ln π − ln π_ref)` (no gradient).
-    pub(super) fn score_all(
+    pub(crate) fn score_all(
         &self,
         seqs: &[ScoredSequence],
         u: &Tensor,

@@ -8,13 +8,22 @@
 //! token's position of `prompt + prefix + y`. Representations are extracted once (f32 forward,
 //! stored as f64), then the run is an ordinary [`crate::experiment::simulation::Simulation`].
 
-use super::model::LAST_EXTRACTION_TOKENS;
-use super::spec::{split_statements, LmFile, LmSpec};
 use crate::config::{Config, SetupConfig, UnembeddingInit};
 use crate::experiment::simulation::{max_margin_for, run_model, ModelKind, Simulation};
-use crate::lm::model::{distinct_prompts, to_array2};
-use crate::lm::nets::Kernels;
-use crate::lm::{alignment, chat, finetune, Architecture, Device, Forward, LanguageModel};
+use crate::lm::checkpoint::chat_template as chat;
+use crate::lm::checkpoint::hf_config::Architecture;
+use crate::lm::model::extract::distinct_prompts;
+use crate::lm::model::extract::to_array2;
+use crate::lm::model::extract::LAST_EXTRACTION_TOKENS;
+use crate::lm::model::language_model::Forward;
+use crate::lm::model::language_model::LanguageModel;
+use crate::lm::nets::kernels::Kernels;
+use crate::lm::single_token::alignment;
+use crate::lm::single_token::config::split_statements;
+use crate::lm::single_token::config::LmFile;
+use crate::lm::single_token::config::LmSpec;
+use crate::lm::single_token::finetune;
+use crate::lm::Device;
 use crate::problem::synthetic::{PairSet, Setup, TokenLabel, Vocabulary};
 use anyhow::Result;
 use ndarray::{Array1, Array2, Array3};
@@ -133,7 +142,7 @@ pub fn split_sequences(
         unseen_rejected: ids(&s.unseen_rejected)?,
     };
     let only_ids = |w: &[(String, u32)]| w.iter().map(|p| p.1).collect::<Vec<_>>();
-    crate::lm::spec::disjoint(&[
+    crate::lm::single_token::config::disjoint(&[
         ("lm.train_chosen", &only_ids(&answers.train_chosen)),
         ("lm.train_rejected", &only_ids(&answers.train_rejected)),
         ("lm.unseen_chosen", &only_ids(&answers.unseen_chosen)),

@@ -4,8 +4,8 @@
 //! (norm weights 1, biases 0) from a seeded ChaCha8 stream; the tokenizer is a lower-casing
 //! word-level vocabulary of the given texts.
 
-use super::model::Architecture;
-use super::nets;
+use crate::lm::checkpoint::hf_config::Architecture;
+use crate::lm::nets;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
@@ -83,8 +83,8 @@ pub fn write_tiny_checkpoint(dir: &Path, spec: TinySpec, texts: &[String]) -> Re
         // The EX-GRM's verdicts, cased as it looks them up (the word-level vocabulary is
         // lower-cased): matched in the text before normalisation.
         specials.extend([
-            crate::lm::recipe::reward::YES_TOKEN,
-            crate::lm::recipe::reward::NO_TOKEN,
+            crate::lm::train::reward::YES_TOKEN,
+            crate::lm::train::reward::NO_TOKEN,
         ]);
     }
     let mut words = whitespace_words(texts);

@@ -1,10 +1,12 @@
 //! Output of full fine-tuning (`rmflow lm --mode full`): `full/<model>/` beside the head-only
 //! run's simulate layout (experiments/README.md, "Real-model output").
 
-use super::finetune::FullRun;
-use super::{RealModelRun, SplitSequences};
 use crate::io::atomic::AtomicDir;
 use crate::io::layout::write_pairs;
+use crate::lm::checkpoint::hf_config::Architecture;
+use crate::lm::single_token::finetune::FullRun;
+use crate::lm::single_token::setup::RealModelRun;
+use crate::lm::single_token::setup::SplitSequences;
 use anyhow::Result;
 use serde_json::{json, Value};
 
@@ -171,7 +173,7 @@ pub const MASKED_REFERENCE_NOTE: &str = "masked encoder: π_ref = softmax(E h_ma
 /// `lm.json`: model, architecture, device, mode, answer tokens, sizes, times, full summaries.
 pub fn lm_json(run: &RealModelRun) -> Value {
     let mut notes = Vec::new();
-    if run.arch == super::Architecture::Bert {
+    if run.arch == Architecture::Bert {
         notes.push(MASKED_REFERENCE_NOTE);
     }
     if !run.full.is_empty() {

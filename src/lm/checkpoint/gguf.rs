@@ -513,7 +513,12 @@ fn chat_template_of(content: &Content, file: &str) -> Result<Option<String>> {
     let Some(Value::String(t)) = content.metadata.get("tokenizer.chat_template") else {
         return Ok(None);
     };
-    crate::lm::chat::ChatTemplate::new(t, "", "", &format!("{file} (tokenizer.chat_template)"))?;
+    crate::lm::checkpoint::chat_template::ChatTemplate::new(
+        t,
+        "",
+        "",
+        &format!("{file} (tokenizer.chat_template)"),
+    )?;
     Ok(Some(t.clone()))
 }
 

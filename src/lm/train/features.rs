@@ -2,33 +2,33 @@
 //! hidden states at the response tokens (token-mean EX-RM) and at the last token (EX-RM, EX-GRM),
 //! live (full fine-tuning) or frozen (head-only).
 
-use super::evaluate::Scorer;
-use super::problem::ScoredSequence;
-use super::reward::RecipeReward;
-use crate::lm::nets::Kernels;
-use crate::lm::LanguageModel;
+use crate::lm::model::language_model::LanguageModel;
+use crate::lm::nets::kernels::Kernels;
+use crate::lm::train::evaluate::Scorer;
+use crate::lm::train::reward::RecipeReward;
+use crate::lm::train::sequences::ScoredSequence;
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
 
 /// Representations a batch of sequences is scored from.
-pub(super) struct Features {
+pub(crate) struct Features {
     /// Hidden states that predict each scored response token `[M, D]` (IM-RMs; empty otherwise).
-    pub(super) predict: Tensor,
+    pub(crate) predict: Tensor,
     /// Hidden states at each response token `[M, D]` (the token-mean EX-RM; empty otherwise).
-    pub(super) response: Tensor,
+    pub(crate) response: Tensor,
     /// The scored tokens, `[M]`.
-    pub(super) targets: Vec<u32>,
+    pub(crate) targets: Vec<u32>,
     /// Which sequence of the batch each scored token belongs to.
-    pub(super) owner: Vec<usize>,
+    pub(crate) owner: Vec<usize>,
     /// Hidden state at the last token `[n, D]` (EX-RM, EX-GRM; zeros otherwise).
-    pub(super) last: Tensor,
+    pub(crate) last: Tensor,
 }
 
 /// The body's representations of `seqs` (differentiable): causal — `h` at the position before
 /// each response token, at each response token and at the last one, one padded forward; masked —
 /// each response token masked in turn (one forward per token) for the IM-RM and the unmasked
 /// sequence for the EX-RMs.
-pub(super) fn live_features(
+pub(crate) fn live_features(
     lm: &LanguageModel,
     seqs: &[&ScoredSequence],
     need: Need,
@@ -89,7 +89,7 @@ pub(super) fn live_features(
 /// rounding): differentiable `kernels` for a training step (a pair's chosen and rejected
 /// responses share their prompt, so a step runs about half the tokens of the padded forward),
 /// fused ones for scoring without a gradient. Other bodies fall back to [`live_features`].
-pub(super) fn shared_prompt_features(
+pub(crate) fn shared_prompt_features(
     lm: &LanguageModel,
     seqs: &[&ScoredSequence],
     need: Need,
@@ -186,7 +186,7 @@ fn scored_tokens(seqs: &[&ScoredSequence]) -> (Vec<u32>, Vec<usize>) {
 /// `idx` reordered so that the sequences of one prompt are adjacent, cut into chunks of whole
 /// prompt groups of at most `batch` sequences (a larger group is cut on its own): the shared
 /// prompt forward of [`shared_prompt_features`] then computes each prompt about once.
-pub(super) fn prompt_chunks(
+pub(crate) fn prompt_chunks(
     seqs: &[ScoredSequence],
     idx: &[usize],
     batch: usize,
@@ -237,17 +237,17 @@ fn masked_predict(lm: &LanguageModel, seqs: &[&ScoredSequence], mask: u32) -> Re
 
 /// Which representations a reward model reads.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Need {
+pub(crate) struct Need {
     /// The states predicting each response token (IM-RMs).
-    pub(super) implicit: bool,
+    pub(crate) implicit: bool,
     /// The states at each response token (the token-mean EX-RM).
-    pub(super) response: bool,
+    pub(crate) response: bool,
     /// The state at the last token (EX-RM; EX-GRM on its verification sequence).
-    pub(super) last: bool,
+    pub(crate) last: bool,
 }
 
 impl Need {
-    pub(super) fn of(reward: RecipeReward) -> Need {
+    pub(crate) fn of(reward: RecipeReward) -> Need {
         Need {
             implicit: reward.is_implicit(),
             response: reward == RecipeReward::ExrmTokenMean,
@@ -257,7 +257,7 @@ impl Need {
 }
 
 /// `ln π(y_k | ·)` of every scored token, `[M]`: `log_softmax(h Uᵀ)` gathered at the targets.
-pub(super) fn token_logprobs(f: &Features, u: &Tensor) -> Result<Tensor> {
+pub(crate) fn token_logprobs(f: &Features, u: &Tensor) -> Result<Tensor> {
     let dev = u.device();
     let lp = candle_nn::ops::log_softmax(&f.predict.matmul(&u.t()?)?, D::Minus1)?;
     let idx = Tensor::new(f.targets.as_slice(), dev)?.unsqueeze(1)?;
@@ -265,7 +265,7 @@ pub(super) fn token_logprobs(f: &Features, u: &Tensor) -> Result<Tensor> {
 }
 
 /// Per-sequence sums of per-token values `[M] → [n]` (a 0/1 matrix product, differentiable).
-pub(super) fn per_sequence_sum(values: &Tensor, owner: &[usize], n: usize) -> Result<Tensor> {
+pub(crate) fn per_sequence_sum(values: &Tensor, owner: &[usize], n: usize) -> Result<Tensor> {
     let m = owner.len();
     let mut seg = vec![0f32; n * m];
     for (j, &i) in owner.iter().enumerate() {
@@ -276,17 +276,17 @@ pub(super) fn per_sequence_sum(values: &Tensor, owner: &[usize], n: usize) -> Re
 }
 
 /// Representations of every sequence under the initial (frozen) body, for head-only training.
-pub(super) struct FrozenFeatures {
-    pub(super) predict: Tensor,
-    pub(super) response: Tensor,
+pub(crate) struct FrozenFeatures {
+    pub(crate) predict: Tensor,
+    pub(crate) response: Tensor,
     /// Range of each sequence's scored tokens in `predict` / `response`.
-    pub(super) spans: Vec<(usize, usize)>,
-    pub(super) targets: Vec<u32>,
-    pub(super) last: Tensor,
+    pub(crate) spans: Vec<(usize, usize)>,
+    pub(crate) targets: Vec<u32>,
+    pub(crate) last: Tensor,
 }
 
 impl FrozenFeatures {
-    pub(super) fn extract(
+    pub(crate) fn extract(
         lm: &LanguageModel,
         seqs: &[ScoredSequence],
         batch: usize,
@@ -337,7 +337,7 @@ impl FrozenFeatures {
         })
     }
 
-    pub(super) fn features(&self, idx: &[usize], need: Need) -> Result<Features> {
+    pub(crate) fn features(&self, idx: &[usize], need: Need) -> Result<Features> {
         let dev = self.last.device();
         let d = self.last.dim(1)?;
         let (mut rows, mut owner, mut targets) = (Vec::new(), Vec::new(), Vec::new());

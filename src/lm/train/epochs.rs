@@ -1,24 +1,28 @@
-//! Training: Adam on every parameter (`full`) or on the head / unembedding (`head`), with the
-//! official code's mini-batches and gradient accumulation, evaluated along the way.
+//! The trainer (MATH.md §2, §6): one reward model trained by AdamW on `mean softplus(r⁻ − r⁺)`
+//! over the training pairs, the official code's mini-batches and gradient accumulation, every
+//! split evaluated before the first epoch, every `eval_every_epochs` epochs and after the last.
+//! The recipe (`lm-recipe`) and the Hamiltonian-cycle experiment are its data sources.
 
-use super::config::RecipeFile;
-use super::evaluate::{evaluate_splits, RecipeCheckpoint, Scorer};
-use super::features::{FrozenFeatures, Need};
-use super::problem::{build_problem, RecipeProblem, ScoredSequence};
-use super::reward::RecipeReward;
-use super::template::load_recipe_model;
-use crate::lm::finetune::{softplus_neg, Optimizers};
-use crate::lm::nets::Kernels;
-use crate::lm::{Forward, LanguageModel};
+use crate::lm::model::language_model::LanguageModel;
+use crate::lm::nets::kernels::Kernels;
+use crate::lm::train::config::RecipeTrain;
+use crate::lm::train::evaluate::RecipeCheckpoint;
+use crate::lm::train::evaluate::{evaluate_splits, Scorer};
+use crate::lm::train::features::{FrozenFeatures, Need};
+use crate::lm::train::loss::softplus_neg;
+use crate::lm::train::optimizers::accumulate;
+use crate::lm::train::optimizers::Optimizers;
+use crate::lm::train::reward::RecipeReward;
+use crate::lm::train::sequences::RecipeProblem;
+use crate::lm::train::sequences::ScoredSequence;
+use crate::lm::train::shuffle::epoch_orders;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::ParamsAdamW;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::Serialize;
-use std::path::{Path, PathBuf};
 
 /// What is trained: the whole model (`Full`) or the head / unembedding over frozen features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -93,44 +97,30 @@ pub struct Extraction {
     pub tokens: usize,
 }
 
-/// Adds `new`'s gradients of `vars` into `acc` (gradient accumulation over micro-batches).
-pub(super) fn accumulate(
-    acc: &mut Option<candle_core::backprop::GradStore>,
-    new: candle_core::backprop::GradStore,
-    vars: &[Var],
-) -> Result<()> {
-    match acc {
-        None => *acc = Some(new),
-        Some(a) => {
-            for v in vars {
-                if let Some(g) = new.get(v.as_tensor()) {
-                    let sum = match a.get(v.as_tensor()) {
-                        Some(old) => (old + g)?,
-                        None => g.clone(),
-                    };
-                    a.insert(v.as_tensor(), sum);
-                }
-            }
-        }
-    }
-    Ok(())
+/// What the trainer reads from an experiment's config.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    /// Seeds the training pairs' order ([`epoch_orders`]) and the EX-RM head.
+    pub seed: u64,
+    pub train: &'a RecipeTrain,
+    /// τ of the tie-tolerant accuracy (reward units).
+    pub tie_tolerance: f64,
 }
 
-/// Trains one reward model (`reward`) under the recipe in `mode` on a fresh copy of the model in
-/// `model_dir`, evaluating every split before training, every `eval_every_epochs` epochs and
+/// Trains one reward model (`reward`) in `mode` on `lm` (changed in place) over `problem`'s
+/// training pairs, evaluating every split before training, every `eval_every_epochs` epochs and
 /// after the last; `on_event` sees every stage and optimizer step (progress).
-pub fn train_recipe(
+pub fn train_reward(
     reward: RecipeReward,
     mode: RecipeMode,
-    model_dir: &Path,
-    device: &Device,
-    file: &RecipeFile,
+    lm: &LanguageModel,
+    settings: Settings,
     problem: &RecipeProblem,
     on_event: &mut dyn FnMut(RecipeEvent),
 ) -> Result<RecipeRun> {
     let start = std::time::Instant::now();
-    let t = &file.train;
-    let (lm, _) = load_recipe_model(model_dir, device, Forward::Differentiable, file)?;
+    let t = settings.train;
+    let device = &lm.device;
     let seqs = problem.scored_sequences(reward)?;
     let (frozen, extraction) = match mode {
         RecipeMode::Head => {
@@ -139,7 +129,7 @@ pub fn train_recipe(
                 seqs.len()
             )));
             let t0 = std::time::Instant::now();
-            let f = FrozenFeatures::extract(&lm, seqs, t.eval_batch, Need::of(reward))?;
+            let f = FrozenFeatures::extract(lm, seqs, t.eval_batch, Need::of(reward))?;
             let extraction = Extraction {
                 seconds: t0.elapsed().as_secs_f64(),
                 tokens: seqs.iter().map(|s| s.ids.len()).sum(),
@@ -150,19 +140,19 @@ pub fn train_recipe(
     };
     let scorer = Scorer {
         reward,
-        lm: &lm,
+        lm,
         frozen: frozen.as_ref(),
         beta: t.beta,
         batch: t.eval_batch,
-        yes_no: verdict_tokens(reward, &lm)?,
+        yes_no: verdict_tokens(reward, lm)?,
     };
     let u0 = lm.unembedding().detach().copy()?;
     let frozen_u = match mode {
         RecipeMode::Head if reward.reads_unembedding() => Some(Var::from_tensor(&u0)?),
         _ => None,
     };
-    let head = initial_head(file, lm.dim, device)?;
-    let (vars, head_trained) = trained_vars(mode, reward, &lm, frozen_u.as_ref());
+    let head = initial_head(settings, lm.dim, device)?;
+    let (vars, head_trained) = trained_vars(mode, reward, lm, frozen_u.as_ref());
     let reference: Vec<Vec<f64>> = match reward {
         RecipeReward::Imrm => {
             on_event(RecipeEvent::Stage(
@@ -179,7 +169,7 @@ pub fn train_recipe(
     };
     let train_reference = match (reward, mode) {
         (RecipeReward::Imrm, RecipeMode::Full) => Some(training_reference(
-            &scorer, file, problem, seqs, &u0, &reference,
+            &scorer, settings, problem, seqs, &u0, &reference,
         )?),
         _ => None,
     };
@@ -196,7 +186,7 @@ pub fn train_recipe(
     let session = Session {
         reward,
         mode,
-        file,
+        settings,
         problem,
         seqs,
         scorer: &scorer,
@@ -221,9 +211,9 @@ pub fn train_recipe(
 }
 
 /// The EX-RM head `u(0)`: `N(0, head_init_std²)` per entry from the seeded head RNG, or 0.
-fn initial_head(file: &RecipeFile, dim: usize, device: &Device) -> Result<Var> {
-    let t = &file.train;
-    let mut head_rng = ChaCha8Rng::seed_from_u64(file.seed ^ 0x4ead_1a17);
+fn initial_head(settings: Settings, dim: usize, device: &Device) -> Result<Var> {
+    let t = settings.train;
+    let mut head_rng = ChaCha8Rng::seed_from_u64(settings.seed ^ 0x4ead_1a17);
     let head_values: Vec<f32> = if t.head_init_std > 0.0 {
         let normal = Normal::new(0.0, t.head_init_std as f32)
             .map_err(|e| anyhow::anyhow!("train.head_init_std: {e}"))?;
@@ -245,15 +235,15 @@ fn initial_head(file: &RecipeFile, dim: usize, device: &Device) -> Result<Var> {
 /// differently and agree with it up to f32 rounding.
 fn training_reference(
     scorer: &Scorer,
-    file: &RecipeFile,
+    settings: Settings,
     problem: &RecipeProblem,
     seqs: &[ScoredSequence],
     u0: &Tensor,
     reference: &[Vec<f64>],
 ) -> Result<Vec<Vec<f64>>> {
-    let t = &file.train;
+    let t = settings.train;
     let train = &problem.splits[0];
-    let order = epoch_orders(file.seed, train.chosen.len())
+    let order = epoch_orders(settings.seed, train.chosen.len())
         .next()
         .expect("an endless iterator");
     let chunks: Vec<Vec<usize>> = order
@@ -272,16 +262,6 @@ fn training_reference(
     Ok(table)
 }
 
-/// The training pairs' order in each epoch: one seeded shuffle per epoch.
-fn epoch_orders(seed: u64, pairs: usize) -> impl Iterator<Item = Vec<usize>> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_f17e);
-    std::iter::repeat_with(move || {
-        let mut order: Vec<usize> = (0..pairs).collect();
-        order.shuffle(&mut rng);
-        order
-    })
-}
-
 /// The sequences a micro-batch of training pairs scores: the chosen responses, then the
 /// rejected ones.
 fn micro_batch_sequences(problem: &RecipeProblem, micro: &[usize]) -> Vec<usize> {
@@ -293,7 +273,10 @@ fn micro_batch_sequences(problem: &RecipeProblem, micro: &[usize]) -> Vec<usize>
 
 /// EX-GRM: the ids of "Yes" and "No" in the checkpoint's vocabulary (the official
 /// `convert_tokens_to_ids`); an input error where either is missing.
-fn verdict_tokens(reward: RecipeReward, lm: &LanguageModel) -> Result<Option<(u32, u32)>> {
+pub(crate) fn verdict_tokens(
+    reward: RecipeReward,
+    lm: &LanguageModel,
+) -> Result<Option<(u32, u32)>> {
     if reward != RecipeReward::Exgrm {
         return Ok(None);
     }
@@ -336,7 +319,7 @@ fn trained_vars(
 struct Session<'a> {
     reward: RecipeReward,
     mode: RecipeMode,
-    file: &'a RecipeFile,
+    settings: Settings<'a>,
     problem: &'a RecipeProblem,
     /// The sequences the reward reads (the EX-GRM's verification prompts, else the problem's).
     seqs: &'a [ScoredSequence],
@@ -360,11 +343,11 @@ impl Session<'_> {
         optimizers: &mut Optimizers,
         on_event: &mut dyn FnMut(RecipeEvent),
     ) -> Result<(Vec<RecipeStep>, Vec<RecipeCheckpoint>, Vec<f64>, f64)> {
-        let (file, problem) = (self.file, self.problem);
-        let t = &file.train;
+        let (settings, problem) = (self.settings, self.problem);
+        let t = settings.train;
         let (first, mut rewards) = self.evaluate(0, 0, on_event)?;
         let mut checkpoints = vec![first];
-        let orders = epoch_orders(file.seed, problem.splits[0].chosen.len());
+        let orders = epoch_orders(settings.seed, problem.splits[0].chosen.len());
         let mut history = Vec::new();
         let mut step_seconds = 0.0;
         for (epoch, order) in (1..=t.epochs).zip(orders) {
@@ -418,7 +401,7 @@ impl Session<'_> {
                 rewards[i]
             );
         }
-        let tau = self.file.eval.tie_tolerance;
+        let tau = self.settings.tie_tolerance;
         let splits = evaluate_splits(self.problem, &rewards, parts.as_deref(), tau);
         on_event(RecipeEvent::Evaluated {
             epoch,
@@ -446,7 +429,7 @@ impl Session<'_> {
         done: usize,
         epoch: usize,
     ) -> Result<RecipeStep> {
-        let t = &self.file.train;
+        let t = self.settings.train;
         let mut grads = None;
         let (mut loss_sum, mut wins) = (0.0, 0usize);
         // accelerate divides every micro-batch's mean loss by the configured accumulation
@@ -505,72 +488,3 @@ impl Session<'_> {
         Ok((softplus_neg(&m)?.sum_all()?, b, m.to_vec1::<f32>()?))
     }
 }
-
-/// Optimizer steps of one run: `epochs × ⌈train pairs / pairs_per_step⌉`.
-pub fn steps_per_run(file: &RecipeFile) -> usize {
-    file.train.epochs * file.data.train_prompts.div_ceil(file.train.pairs_per_step)
-}
-
-/// A whole recipe experiment: the problem and one run per (mode, reward model).
-pub struct RecipeOutcome {
-    pub model: PathBuf,
-    pub arch: crate::lm::Architecture,
-    pub device: String,
-    pub file: RecipeFile,
-    pub problem: RecipeProblem,
-    pub runs: Vec<RecipeRun>,
-}
-
-/// Runs the recipe of `file` on the model in `model_dir` in each of `modes`, both reward models;
-/// `on_event` sees every stage and step (progress bars).
-pub fn run_recipe(
-    model_dir: &Path,
-    file: &RecipeFile,
-    device: &Device,
-    modes: &[RecipeMode],
-    rewards: &[RecipeReward],
-    on_event: &mut dyn FnMut(RecipeMode, RecipeReward, RecipeEvent),
-) -> Result<RecipeOutcome> {
-    let (lm, _) = load_recipe_model(model_dir, device, Forward::Differentiable, file)?;
-    // Statements, prompts, tokenization and chat template: all input errors (exit code 2).
-    let problem =
-        build_problem(file, &lm).map_err(|e| crate::error::InputError(format!("{e:#}")))?;
-    let arch = lm.arch;
-    if arch.is_causal() && rewards.contains(&RecipeReward::Exgrm) {
-        // Before any run: a missing verdict token is an input error, not a late failure.
-        verdict_tokens(RecipeReward::Exgrm, &lm)?;
-    }
-    drop(lm);
-    if rewards.contains(&RecipeReward::Exgrm) && !arch.is_causal() {
-        return Err(crate::error::InputError(format!(
-            "{}: the EX-GRM reads P(\"Yes\" | ·) from a causal language model; a masked encoder has none",
-            model_dir.display()
-        ))
-        .into());
-    }
-    let mut runs = Vec::new();
-    for &mode in modes {
-        for &reward in rewards {
-            runs.push(train_recipe(
-                reward,
-                mode,
-                model_dir,
-                device,
-                file,
-                &problem,
-                &mut |e| on_event(mode, reward, e),
-            )?);
-        }
-    }
-    Ok(RecipeOutcome {
-        model: model_dir.to_path_buf(),
-        arch,
-        device: format!("{device:?}"),
-        file: file.clone(),
-        problem,
-        runs,
-    })
-}
-
-/// What a masked encoder's rewards are (said in every output of such a run).
-pub const PSEUDO_LIKELIHOOD_NOTE: &str = "masked encoder: the IM-RM's ln π is a masked-LM pseudo-log-likelihood proxy (each response token masked in turn, read through the tied word embeddings; the checkpoint has no MLM head), not a causal language model's distribution";

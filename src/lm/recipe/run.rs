@@ -1,0 +1,103 @@
+//! Training: Adam on every parameter (`full`) or on the head / unembedding (`head`), with the
+//! official code's mini-batches and gradient accumulation, evaluated along the way.
+
+use super::config::RecipeFile;
+use super::problem::build_problem;
+use super::template::load_recipe_model;
+use crate::lm::train::epochs::RecipeEvent;
+use crate::lm::train::epochs::RecipeMode;
+use crate::lm::train::epochs::RecipeRun;
+use crate::lm::train::epochs::{train_reward, verdict_tokens};
+use crate::lm::train::reward::RecipeReward;
+use crate::lm::train::sequences::RecipeProblem;
+use crate::lm::Forward;
+use anyhow::Result;
+use candle_core::Device;
+use std::path::{Path, PathBuf};
+
+/// Trains one reward model (`reward`) under the recipe in `mode` on a fresh copy of the model in
+/// `model_dir` ([`train_reward`]); `on_event` sees every stage and optimizer step (progress).
+pub fn train_recipe(
+    reward: RecipeReward,
+    mode: RecipeMode,
+    model_dir: &Path,
+    device: &Device,
+    file: &RecipeFile,
+    problem: &RecipeProblem,
+    on_event: &mut dyn FnMut(RecipeEvent),
+) -> Result<RecipeRun> {
+    let start = std::time::Instant::now();
+    let (lm, _) = load_recipe_model(model_dir, device, Forward::Differentiable, file)?;
+    let mut run = train_reward(reward, mode, &lm, file.settings(), problem, on_event)?;
+    run.seconds = start.elapsed().as_secs_f64();
+    Ok(run)
+}
+
+/// Optimizer steps of one run: `epochs × ⌈train pairs / pairs_per_step⌉`.
+pub fn steps_per_run(file: &RecipeFile) -> usize {
+    file.train.epochs * file.data.train_prompts.div_ceil(file.train.pairs_per_step)
+}
+
+/// A whole recipe experiment: the problem and one run per (mode, reward model).
+pub struct RecipeOutcome {
+    pub model: PathBuf,
+    pub arch: crate::lm::Architecture,
+    pub device: String,
+    pub file: RecipeFile,
+    pub problem: RecipeProblem,
+    pub runs: Vec<RecipeRun>,
+}
+
+/// Runs the recipe of `file` on the model in `model_dir` in each of `modes`, both reward models;
+/// `on_event` sees every stage and step (progress bars).
+pub fn run_recipe(
+    model_dir: &Path,
+    file: &RecipeFile,
+    device: &Device,
+    modes: &[RecipeMode],
+    rewards: &[RecipeReward],
+    on_event: &mut dyn FnMut(RecipeMode, RecipeReward, RecipeEvent),
+) -> Result<RecipeOutcome> {
+    let (lm, _) = load_recipe_model(model_dir, device, Forward::Differentiable, file)?;
+    // Statements, prompts, tokenization and chat template: all input errors (exit code 2).
+    let problem =
+        build_problem(file, &lm).map_err(|e| crate::error::InputError(format!("{e:#}")))?;
+    let arch = lm.arch;
+    if arch.is_causal() && rewards.contains(&RecipeReward::Exgrm) {
+        // Before any run: a missing verdict token is an input error, not a late failure.
+        verdict_tokens(RecipeReward::Exgrm, &lm)?;
+    }
+    drop(lm);
+    if rewards.contains(&RecipeReward::Exgrm) && !arch.is_causal() {
+        return Err(crate::error::InputError(format!(
+            "{}: the EX-GRM reads P(\"Yes\" | ·) from a causal language model; a masked encoder has none",
+            model_dir.display()
+        ))
+        .into());
+    }
+    let mut runs = Vec::new();
+    for &mode in modes {
+        for &reward in rewards {
+            runs.push(train_recipe(
+                reward,
+                mode,
+                model_dir,
+                device,
+                file,
+                &problem,
+                &mut |e| on_event(mode, reward, e),
+            )?);
+        }
+    }
+    Ok(RecipeOutcome {
+        model: model_dir.to_path_buf(),
+        arch,
+        device: format!("{device:?}"),
+        file: file.clone(),
+        problem,
+        runs,
+    })
+}
+
+/// What a masked encoder's rewards are (said in every output of such a run).
+pub const PSEUDO_LIKELIHOOD_NOTE: &str = "masked encoder: the IM-RM's ln π is a masked-LM pseudo-log-likelihood proxy (each response token masked in turn, read through the tied word embeddings; the checkpoint has no MLM head), not a causal language model's distribution";

@@ -1,0 +1,17 @@
+//! Theorem 2's setting on a real transformer (`rmflow lm`, MATH.md §6): single-token answers in
+//! a `[MASK]` slot or after the prompt; the config ([`config`], `experiments/persona.toml`), the
+//! sequences and the head-only run on frozen representations ([`setup`]), full fine-tuning
+//! beside it ([`finetune`]), how far the representations carry the preference
+//! ([`alignment`]) and the run's files ([`output`]).
+
+pub mod alignment;
+pub mod config;
+pub mod finetune;
+pub mod output;
+pub mod setup;
+
+pub use config::{LmFile, LmSpec};
+pub use setup::{
+    build_setup, extract_pairs, run_experiment, run_head_only, split_sequences, AnswerTokens, Mode,
+    RealModelRun, RealProblem, SplitSequences, Timing,
+};

@@ -1,0 +1,22 @@
+//! The trainer of the real-model reward models (MATH.md §2, §6): AdamW on the preference loss
+//! `mean softplus(r⁻ − r⁺)` over tokenized preference pairs, evaluated along the way. The
+//! experiments ([`crate::lm::recipe`], [`crate::lm::cycle`], [`crate::lm::single_token`]'s full
+//! fine-tuning) are data sources and configs that call it.
+//!
+//! - [`config`]: the `[train]` table every experiment shares (AdamW, batching, evaluation).
+//! - [`sequences`]: tokenized sequences and the pairs of every split over them.
+//! - [`reward`]: the reward models (IM-RM, EX-RM, their variants) and what each reads.
+//! - [`features`]: what a reward reads from the transformer, live or frozen.
+//! - [`loss`], [`adamw`], [`optimizers`], [`shuffle`]: the loss, the optimizer, the pairs' order.
+//! - [`epochs`]: the epoch loop; [`evaluate`]: every split scored at an evaluation.
+
+pub mod adamw;
+pub mod config;
+pub mod epochs;
+pub mod evaluate;
+pub mod features;
+pub mod loss;
+pub mod optimizers;
+pub mod reward;
+pub mod sequences;
+pub mod shuffle;
