@@ -8,8 +8,8 @@
 # sweep as --shard 0/2 + 1/2 then merge, check, default-config, --help of every subcommand,
 # the synthetic examples' CSVs, and with the `lm` feature: lm-tiny, lm (head-only and full) and
 # lm-recipe --epochs 1 on the tiny checkpoints, and ham-cycle on a 5-vertex config. Wall-clock
-# fields (`seconds`, `step_seconds`, `seconds_per_step`, `timing`, `tokens_per_second`, CSV
-# columns whose name ends in `seconds`) and timing lines of stdout are stripped.
+# fields (`seconds_per_step`, `timing`, `tokens_per_second`, JSON keys and CSV columns whose name
+# ends in `seconds`) and timing lines of stdout are stripped.
 # Builds with `cargo build --release --features lm --bins --examples` (set NO_LM=1 to leave
 # the lm commands out). Exits 1 when compare finds a difference.
 set -euo pipefail
@@ -141,7 +141,7 @@ WALL = {"seconds", "step_seconds", "seconds_per_step", "timing", "tokens_per_sec
         "elapsed_seconds", "peak_rss_bytes"}
 def strip(v):
     if isinstance(v, dict):
-        return {k: strip(x) for k, x in v.items() if k not in WALL}
+        return {k: strip(x) for k, x in v.items() if k not in WALL and not k.endswith("seconds")}
     if isinstance(v, list):
         return [strip(x) for x in v]
     return v

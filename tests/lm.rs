@@ -156,7 +156,7 @@ fn full_fine_tuning_of_minilm_trains_every_parameter() {
     let mut text = std::fs::read_to_string("experiments/persona.toml").unwrap();
     for (from, to) in [
         ("steps = 20", "steps = 2"),
-        ("batch_pairs = 32", "batch_pairs = 8"),
+        ("pairs_per_step = 32", "pairs_per_step = 8"),
         ("eval_at = [1, 2, 3]", "eval_at = []"),
     ] {
         assert!(

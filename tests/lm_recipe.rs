@@ -308,8 +308,8 @@ fn gradient_accumulation_equals_one_large_batch() {
             f.train.epochs = 1;
             f.data.train_prompts = 32;
             f.train.micro_batch = micro;
-            f.train.eps = 1.0;
-            f.train.lr = 1e-2;
+            f.train.adamw.eps = 1.0;
+            f.train.adamw.lr = 1e-2;
         });
         let out = dir.join(format!("out-{micro}"));
         run_ok(&model, &cfg, &out, "full", "2");
@@ -409,7 +409,7 @@ fn recipe_config_errors_name_the_field() {
     let text = std::fs::read_to_string(config(&dir, &|_| {})).unwrap();
     std::fs::write(&unknown, format!("{text}\n[extra]\nx = 1\n")).unwrap();
     let cases: [(&str, PathBuf, &str); 6] = [
-        ("lr", config(&dir, &|f| f.train.lr = -1.0), "train.lr"),
+        ("lr", config(&dir, &|f| f.train.adamw.lr = -1.0), "train.lr"),
         (
             "nan",
             config(&dir, &|f| f.train.beta = f64::NAN),
@@ -508,8 +508,8 @@ fn last_partial_step_is_scaled_by_the_configured_accumulation() {
             f.data.train_prompts = 16;
             f.train.pairs_per_step = pairs_per_step;
             f.train.micro_batch = 8;
-            f.train.eps = 1e3;
-            f.train.lr = lr;
+            f.train.adamw.eps = 1e3;
+            f.train.adamw.lr = lr;
         });
         let out = dir.join(format!("out-{pairs_per_step}-{lr}"));
         run_ok(&model, &cfg, &out, "full", "2");

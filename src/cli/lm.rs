@@ -191,7 +191,7 @@ fn print_lm_run(run: &rmflow::lm::RealModelRun, file: &LmFile) {
         outln!(
             "full fine-tuning ({} AdamW steps, lr {:e}; {}):",
             file.finetune.steps,
-            file.finetune.lr,
+            file.finetune.adamw.lr,
             run.full
                 .iter()
                 .map(|r| format!("{} {:.1} s", r.kind.name(), r.seconds))

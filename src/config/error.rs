@@ -10,7 +10,7 @@ pub enum ConfigError {
     Parse { origin: String, message: String },
     #[error("invalid config{}: field `{field}` {expected} (got {got})", origin.as_ref().map(|o| format!(" {o}")).unwrap_or_default())]
     Field {
-        field: &'static str,
+        field: String,
         expected: &'static str,
         got: String,
         /// The file (or other source) the config came from, when known.
@@ -54,9 +54,10 @@ pub fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-pub(super) fn check(
+/// A field error on `field` unless `ok`.
+pub fn check(
     ok: bool,
-    field: &'static str,
+    field: &str,
     expected: &'static str,
     got: impl ToString,
 ) -> Result<(), ConfigError> {
@@ -64,7 +65,7 @@ pub(super) fn check(
         Ok(())
     } else {
         Err(ConfigError::Field {
-            field,
+            field: field.to_string(),
             expected,
             got: got.to_string(),
             origin: None,

@@ -3,10 +3,12 @@
 //! `train.t_max`, …), and the command-line overrides ([`Config::apply`]).
 
 mod error;
+mod load;
 mod overrides;
 mod schema;
 mod validate;
 
-pub use error::{one_line_toml_error, ConfigError};
+pub use error::{check, one_line_toml_error, ConfigError};
+pub use load::{parse_toml, read_toml};
 pub use overrides::Overrides;
 pub use schema::*;

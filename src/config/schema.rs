@@ -1,7 +1,7 @@
 //! The config's tables as serde structs with documented defaults (see `experiments/README.md`);
 //! every field has a default and unknown fields are rejected.
 
-use super::error::{one_line_toml_error, ConfigError};
+use super::error::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -332,18 +332,12 @@ impl Config {
 
     /// Parses TOML text (`origin` names it in errors) and validates the result.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_string(),
-            message: one_line_toml_error(text, &e),
-        })?;
-        config.validate().map_err(|e| e.in_origin(origin))?;
-        Ok(config)
+        super::parse_toml(text, origin, Config::validate)
     }
 
     /// Reads and validates a TOML config file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = crate::io::input::read_text(path, "config file").map_err(ConfigError::Read)?;
-        Config::from_toml_str(&text, &path.display().to_string())
+        super::read_toml(path, "config file", Config::validate)
     }
 
     /// The default of `rmflow dynamics`: the embedded default to `t = 1e8`.

@@ -55,7 +55,7 @@ fn setup_sizes(config: &Config) -> Result<(), ConfigError> {
         Some(v) if v <= MAX_VOCAB => {}
         v => {
             return Err(ConfigError::Field {
-                field: "setup.filler_tokens",
+                field: "setup.filler_tokens".into(),
                 expected: "plus good_seen, good_unseen, bad_seen and bad_unseen (the vocabulary size V) must be ≤ 2^20",
                 got: v.map_or("a sum that overflows".to_string(), |v| format!("V = {v}")),
                 origin: None,

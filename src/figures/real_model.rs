@@ -205,14 +205,14 @@ fn caption(run: &RealModelRun) -> String {
         } else {
             format!(
                 "; full: AdamW lr {:e} (EX-RM head {:e}), wd {}, {} steps of {} pairs",
-                ft.lr,
-                ft.head_lr.unwrap_or(ft.lr),
-                ft.weight_decay,
+                ft.adamw.lr,
+                ft.adamw.head_lr.unwrap_or(ft.adamw.lr),
+                ft.adamw.weight_decay,
                 ft.steps,
-                if ft.batch_pairs == 0 {
+                if ft.pairs_per_step == 0 {
                     run.sim.setup.train.len()
                 } else {
-                    ft.batch_pairs
+                    ft.pairs_per_step
                 }
             )
         },

@@ -13,6 +13,7 @@
 //! `n = 10, p = 0.2`) the official loader raises; rmflow draws that pair's graph again, up to
 //! [`MAX_GRAPH_DRAWS`] times.
 
+use crate::config::{check, ConfigError};
 use crate::error::InputError;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
@@ -59,26 +60,35 @@ impl Default for CycleSpec {
 }
 
 impl CycleSpec {
-    /// Domains of the fields; errors name the field.
-    pub fn validate(&self) -> Result<(), InputError> {
-        if !(4..=64).contains(&self.vertices) {
-            return Err(InputError(format!(
-                "field `data.vertices` must be in [4, 64] (on 3 vertices every order is a cycle: no rejected response exists), got {}",
-                self.vertices
-            )));
-        }
-        if !(0.0..=1.0).contains(&self.edge_probability) {
-            return Err(InputError(format!(
-                "field `data.edge_probability` must be in [0, 1], got {}",
-                self.edge_probability
-            )));
-        }
-        if self.train_pairs == 0 || self.test_pairs == 0 {
-            return Err(InputError(
-                "fields `data.train_pairs` and `data.test_pairs` must be ≥ 1".into(),
-            ));
-        }
-        Ok(())
+    /// Domains of the fields; errors name the field (`data.…`, the table of
+    /// `experiments/ham_cycle.toml`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = self.vertices;
+        check(
+            (4..=64).contains(&n),
+            "data.vertices",
+            "must be in [4, 64] (on 3 vertices every order is a cycle: no rejected response exists)",
+            n,
+        )?;
+        let p = self.edge_probability;
+        check(
+            (0.0..=1.0).contains(&p),
+            "data.edge_probability",
+            "must be in [0, 1]",
+            p,
+        )?;
+        check(
+            self.train_pairs >= 1,
+            "data.train_pairs",
+            "must be ≥ 1",
+            self.train_pairs,
+        )?;
+        check(
+            self.test_pairs >= 1,
+            "data.test_pairs",
+            "must be ≥ 1",
+            self.test_pairs,
+        )
     }
 }
 
@@ -254,7 +264,7 @@ pub fn pretraining_graphs(spec: &CycleSpec, count: usize, seed: u64) -> Vec<Grap
 
 /// The training and test pairs of `spec` (one stream: training pairs first).
 pub fn generate(spec: &CycleSpec) -> Result<(Vec<CyclePair>, Vec<CyclePair>), InputError> {
-    spec.validate()?;
+    spec.validate().map_err(|e| InputError(e.to_string()))?;
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     let mut draw = |count: usize| -> Result<Vec<CyclePair>, InputError> {
         (0..count)
@@ -444,7 +454,10 @@ mod tests {
             vertices: 3,
             ..spec
         };
-        assert!(three.validate().unwrap_err().0.contains("data.vertices"));
+        assert!(matches!(
+            three.validate(),
+            Err(ConfigError::Field { field, .. }) if field == "data.vertices"
+        ));
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! its pretraining, the reward models' training and the evaluation; validated on load, every
 //! error naming the file and the field.
 
-use crate::lm::recipe::{RecipeData, RecipeEval, RecipeFile, ResponseSpec};
-use crate::lm::train::config::RecipeTrain;
+use crate::config::{parse_toml, read_toml, ConfigError};
+use crate::lm::train::config::{field, non_negative, positive, TrainConfig, DEFAULT_TIE_TOLERANCE};
+use crate::lm::train::epochs::Settings;
 use crate::problem::hamiltonian::{CycleSpec, MAX_ENUMERATED_VERTICES};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -69,42 +70,6 @@ impl Default for CyclePretrain {
     }
 }
 
-/// `[train]`: the reward models (the official plan's recipe, with an lr for a small model).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CycleTrain {
-    /// IM-RM `β` (official: 0.01).
-    pub beta: f64,
-    /// Adam learning rate (official: 1e-6 for Pythia-1B; a 4·10⁵-parameter model needs more).
-    pub lr: f64,
-    /// Official: 15.
-    pub epochs: usize,
-    /// Official: 32 (16 × 2 accumulation).
-    pub pairs_per_step: usize,
-    pub micro_batch: usize,
-    /// EX-RM head `u(0) ~ N(0, head_init_std²)`.
-    pub head_init_std: f64,
-    /// Evaluate (verification, generation, exact masses) every this many epochs.
-    pub eval_every_epochs: usize,
-    /// Sequences per forward when scoring.
-    pub eval_batch: usize,
-}
-
-impl Default for CycleTrain {
-    fn default() -> Self {
-        CycleTrain {
-            beta: 0.01,
-            lr: 1e-4,
-            epochs: 15,
-            pairs_per_step: 32,
-            micro_batch: 16,
-            head_init_std: 0.02,
-            eval_every_epochs: 1,
-            eval_batch: 64,
-        }
-    }
-}
-
 /// `[eval]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -141,7 +106,9 @@ pub struct CycleFile {
     pub data: CycleSpec,
     pub model: CycleModel,
     pub pretrain: CyclePretrain,
-    pub train: CycleTrain,
+    /// The reward models (the official plan's recipe, with an lr for a small model).
+    #[serde(deserialize_with = "TrainConfig::cycle_table")]
+    pub train: TrainConfig,
     pub eval: CycleEval,
 }
 
@@ -152,7 +119,7 @@ impl Default for CycleFile {
             data: CycleSpec::default(),
             model: CycleModel::default(),
             pretrain: CyclePretrain::default(),
-            train: CycleTrain::default(),
+            train: TrainConfig::cycle(),
             eval: CycleEval::default(),
         }
     }
@@ -192,24 +159,15 @@ impl CycleFile {
         }
     }
 
-    /// Reads and validates a config; every error is an input error (exit code 2).
-    pub fn from_file(path: &Path) -> Result<CycleFile> {
-        let text = crate::io::input::read_text(path, "ham-cycle config")?;
-        Self::from_text(&text, &path.display().to_string())
+    /// Reads and validates a config; every error a [`ConfigError`] (exit code 2) naming the
+    /// file and the field.
+    pub fn from_file(path: &Path) -> Result<CycleFile, ConfigError> {
+        read_toml(path, "ham-cycle config", CycleFile::validate)
     }
 
     /// Parses and validates `text` (`origin` names it in errors).
-    pub fn from_text(text: &str, origin: &str) -> Result<CycleFile> {
-        let parsed: CycleFile = toml::from_str(text).map_err(|e| {
-            crate::error::InputError(format!(
-                "invalid ham-cycle config {origin}: {}",
-                crate::config::one_line_toml_error(text, &e)
-            ))
-        })?;
-        parsed.validate().map_err(|e| {
-            crate::error::InputError(format!("invalid ham-cycle config {origin}: {e:#}"))
-        })?;
-        Ok(parsed)
+    pub fn from_text(text: &str, origin: &str) -> Result<CycleFile, ConfigError> {
+        parse_toml(text, origin, CycleFile::validate)
     }
 
     /// Whether the exact masses are computed.
@@ -220,122 +178,113 @@ impl CycleFile {
     }
 
     /// Domains of every field.
-    pub fn validate(&self) -> Result<()> {
-        self.data
-            .validate()
-            .map_err(|e| anyhow::anyhow!("{}", e.0))?;
-        let m = &self.model;
-        let (p, t, e) = (&self.pretrain, &self.train, &self.eval);
-        for (name, v) in [
-            ("model.dim", m.dim),
-            ("model.layers", m.layers),
-            ("model.heads", m.heads),
-            ("pretrain.batch", p.batch),
-            ("pretrain.graphs", p.graphs),
-            ("train.epochs", t.epochs),
-            ("train.pairs_per_step", t.pairs_per_step),
-            ("train.micro_batch", t.micro_batch),
-            ("train.eval_every_epochs", t.eval_every_epochs),
-            ("train.eval_batch", t.eval_batch),
-            ("eval.exact_batch", e.exact_batch),
-        ] {
-            if v == 0 {
-                bail!("field `{name}` must be ≥ 1");
-            }
-        }
-        if m.dim % m.heads != 0 || (m.dim / m.heads) % 2 != 0 {
-            bail!(
-                "field `model.heads` must divide `model.dim` into even head sizes (rotary pairs), got dim {} and {} heads",
-                m.dim,
-                m.heads
-            );
-        }
-        if m.dim > 4096 || m.layers > 64 {
-            bail!("fields `model.dim` ≤ 4096 and `model.layers` ≤ 64 (a model trained on 2 CPU cores), got {} and {}", m.dim, m.layers);
-        }
-        for (name, v) in [
-            ("pretrain.lr", p.lr),
-            ("train.lr", t.lr),
-            ("train.beta", t.beta),
-        ] {
-            if !(v > 0.0 && v.is_finite()) {
-                bail!("field `{name}` must be a finite number > 0, got {v}");
-            }
-        }
-        if !(p.clip_norm >= 0.0 && p.clip_norm.is_finite()) {
-            bail!(
-                "field `pretrain.clip_norm` must be finite and ≥ 0 (0: no clipping), got {}",
-                p.clip_norm
-            );
-        }
-        if !(0.0..=1.0).contains(&p.walk_fraction) {
-            bail!(
-                "field `pretrain.walk_fraction` must be in [0, 1], got {}",
-                p.walk_fraction
-            );
-        }
-        if !(t.head_init_std >= 0.0 && t.head_init_std.is_finite()) {
-            bail!(
-                "field `train.head_init_std` must be finite and ≥ 0, got {}",
-                t.head_init_std
-            );
-        }
-        if self.eval.exact == Some(true) && self.data.vertices > MAX_ENUMERATED_VERTICES {
-            bail!(
-                "field `eval.exact`: enumerating every vertex order needs data.vertices ≤ {MAX_ENUMERATED_VERTICES} ({}! orders per prompt), got {}",
-                MAX_ENUMERATED_VERTICES,
-                self.data.vertices
-            );
-        }
-        if e.prompts > self.data.test_pairs {
-            bail!(
-                "field `eval.prompts` ({}) exceeds data.test_pairs ({})",
-                e.prompts,
-                self.data.test_pairs
-            );
-        }
-        Ok(())
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.data.validate()?;
+        self.model.validate()?;
+        self.pretrain.validate()?;
+        self.train.validate()?;
+        self.eval.validate(&self.data)
     }
 
-    /// The recipe trainer's config for these reward models (Adam: no weight decay, the recipe's
-    /// betas and eps; no statements file: the pairs come from [`super::cycle_problem`]).
-    pub fn recipe_file(&self) -> RecipeFile {
-        let t = &self.train;
-        RecipeFile {
+    /// What the trainer reads: the seed, `[train]` and the recipe's tie tolerance.
+    pub fn settings(&self) -> Settings<'_> {
+        Settings {
             seed: self.seed,
-            data: RecipeData {
-                statements: "(hamiltonian-cycle pairs)".into(),
-                format: Default::default(),
-                group_size: 1,
-                train_prompts: self.data.train_pairs,
-                test_prompts: self.data.test_pairs,
-                question: String::new(),
-            },
-            responses: ResponseSpec {
-                chosen_prefixes: vec![],
-                rejected_prefixes: vec![],
-                chosen_words: vec![],
-                rejected_words: vec![],
-                eval_chosen_prefixes: vec![],
-                eval_rejected_prefixes: vec![],
-                eval_chosen_words: vec![],
-                eval_rejected_words: vec![],
-                chat_template: true,
-                template_date: crate::lm::checkpoint::chat_template::DEFAULT_TEMPLATE_DATE
-                    .to_string(),
-            },
-            train: RecipeTrain {
-                beta: t.beta,
-                lr: t.lr,
-                epochs: t.epochs,
-                pairs_per_step: t.pairs_per_step,
-                micro_batch: t.micro_batch,
-                head_init_std: t.head_init_std,
-                eval_every_epochs: t.eval_every_epochs,
-                eval_batch: t.eval_batch,
-                ..RecipeTrain::default()
-            },
-            eval: RecipeEval::default(),
+            train: &self.train,
+            tie_tolerance: DEFAULT_TIE_TOLERANCE,
         }
+    }
+}
+
+impl CycleModel {
+    /// Domains of `[model]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, v) in [
+            ("dim", self.dim),
+            ("layers", self.layers),
+            ("heads", self.heads),
+        ] {
+            field("model", name, v >= 1, "must be ≥ 1", v)?;
+        }
+        let (dim, heads) = (self.dim, self.heads);
+        field(
+            "model",
+            "heads",
+            dim % heads == 0 && (dim / heads) % 2 == 0,
+            "must divide `model.dim` into even head sizes (rotary pairs)",
+            format!("{heads} heads for dim {dim}"),
+        )?;
+        field(
+            "model",
+            "dim",
+            dim <= 4096,
+            "must be ≤ 4096 (a model trained on 2 CPU cores)",
+            dim,
+        )?;
+        field(
+            "model",
+            "layers",
+            self.layers <= 64,
+            "must be ≤ 64 (a model trained on 2 CPU cores)",
+            self.layers,
+        )
+    }
+}
+
+impl CyclePretrain {
+    /// Domains of `[pretrain]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        field(
+            "pretrain",
+            "batch",
+            self.batch >= 1,
+            "must be ≥ 1",
+            self.batch,
+        )?;
+        field(
+            "pretrain",
+            "graphs",
+            self.graphs >= 1,
+            "must be ≥ 1",
+            self.graphs,
+        )?;
+        positive("pretrain", "lr", self.lr)?;
+        non_negative("pretrain", "clip_norm", self.clip_norm)?;
+        let w = self.walk_fraction;
+        field(
+            "pretrain",
+            "walk_fraction",
+            (0.0..=1.0).contains(&w),
+            "must be in [0, 1]",
+            w,
+        )
+    }
+}
+
+impl CycleEval {
+    /// Domains of `[eval]`, given the task `data`.
+    fn validate(&self, data: &CycleSpec) -> Result<(), ConfigError> {
+        field(
+            "eval",
+            "exact_batch",
+            self.exact_batch >= 1,
+            "must be ≥ 1",
+            self.exact_batch,
+        )?;
+        let n = data.vertices;
+        field(
+            "eval",
+            "exact",
+            self.exact != Some(true) || n <= MAX_ENUMERATED_VERTICES,
+            "needs data.vertices ≤ 8 (enumerating every vertex order: n! orders per prompt)",
+            format!("data.vertices = {n}"),
+        )?;
+        field(
+            "eval",
+            "prompts",
+            self.prompts <= data.test_pairs,
+            "must not exceed data.test_pairs",
+            format!("{} > {}", self.prompts, data.test_pairs),
+        )
     }
 }

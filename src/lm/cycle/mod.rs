@@ -8,7 +8,7 @@
 //! - [`pretrain`]: next-token training of that model on prompts of the task's format with random
 //!   vertex orders as responses, so that `π_ref` spreads over orderings; written as a folder.
 //! - [`problem`]: the official pairs as the recipe's sequences (chat template, response + eos).
-//! - The reward models: the recipe's trainer ([`crate::lm::recipe::train_recipe`], full
+//! - The reward models: the trainer of [`crate::lm::train`] ([`crate::lm::train::epochs::train_reward`], full
 //!   fine-tuning, Adam), observed at every evaluated epoch.
 //! - [`generate`]: sampled (T = 1) and greedy decoding, scored by the official evaluator's check.
 //! - [`enumerate`]: the exact `π(C|x)` and `π(orders|x)` by scoring every vertex order (`n ≤ 8`),
@@ -25,7 +25,7 @@ pub mod problem;
 pub mod run;
 
 pub use checkpoint::{write_initial_checkpoint, CycleTokens};
-pub use config::{CycleEval, CycleFile, CycleModel, CyclePretrain, CycleTrain, DEFAULT_CYCLE_TOML};
+pub use config::{CycleEval, CycleFile, CycleModel, CyclePretrain, DEFAULT_CYCLE_TOML};
 pub use enumerate::{order_masses, OrderMass};
 pub use generate::{Decoder, Decoding};
 pub use output::write_outputs;

@@ -11,9 +11,9 @@ use super::generate::{Decoder, Decoding};
 use super::pretrain::{pretrain, PretrainStep};
 use super::problem::{cycle_problem, prompt_ids, template_of};
 use crate::experiment::observables::split_metrics;
-use crate::lm::recipe::{
-    train_recipe, RecipeEvent, RecipeMode, RecipeReward, RecipeRun, RecipeStep,
-};
+use crate::lm::recipe::{RecipeEvent, RecipeMode, RecipeReward, RecipeRun, RecipeStep};
+use crate::lm::train::epochs::train_reward;
+use crate::lm::train::epochs::Settings;
 use crate::lm::{Forward, LanguageModel};
 use crate::problem::hamiltonian::{generate, vertex_orders, CyclePair};
 use anyhow::Result;
@@ -286,12 +286,12 @@ struct RewardRun<'a> {
     reward: RecipeReward,
     reference: &'a Path,
     device: &'a Device,
-    recipe: &'a crate::lm::recipe::RecipeFile,
+    settings: Settings<'a>,
     problem: &'a crate::lm::recipe::RecipeProblem,
 }
 
 impl RewardRun<'_> {
-    /// Trains the model with the recipe's trainer, recording each evaluation (for the IM-RM with
+    /// Trains the model with the trainer ([`train_reward`]), recording each evaluation (for the IM-RM with
     /// generation and exact masses from `probe`); the first probe error ends the run.
     fn train(
         &self,
@@ -301,12 +301,13 @@ impl RewardRun<'_> {
     ) -> Result<RecipeRun> {
         let reward = self.reward;
         let mut failure = None;
-        let run = train_recipe(
+        let start = std::time::Instant::now();
+        let lm = LanguageModel::load(self.reference, self.device, Forward::Differentiable)?;
+        let run = train_reward(
             reward,
             RecipeMode::Full,
-            self.reference,
-            self.device,
-            self.recipe,
+            &lm,
+            self.settings,
             self.problem,
             &mut |e| match e {
                 RecipeEvent::Stage(s) => on_event(CycleEvent::Stage(Some(reward), s)),
@@ -349,7 +350,10 @@ impl RewardRun<'_> {
         )?;
         match failure {
             Some(e) => Err(e),
-            None => Ok(run),
+            None => Ok(RecipeRun {
+                seconds: start.elapsed().as_secs_f64(),
+                ..run
+            }),
         }
     }
 }
@@ -412,7 +416,6 @@ pub fn run_cycle(
     let template = template_of(&lm)?;
     let mut probe = Probe::new(&lm, &template, file, &tokens, &test)?;
     drop(lm);
-    let recipe = file.recipe_file();
     let mut record = Record::default();
     let mut runs = Vec::new();
     for reward in [RecipeReward::Imrm, RecipeReward::Exrm] {
@@ -420,7 +423,7 @@ pub fn run_cycle(
             reward,
             reference,
             device,
-            recipe: &recipe,
+            settings: file.settings(),
             problem: &problem,
         };
         runs.push(ctx.train(&mut probe, &mut record, on_event)?);

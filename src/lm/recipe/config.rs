@@ -1,8 +1,9 @@
 //! The recipe config (`experiments/persona_paper.toml`): data, responses, training and
 //! evaluation tables, validated on load; the prompts' sources.
 
+use crate::config::{read_toml, ConfigError};
 use crate::lm::single_token::config::read_statements;
-use crate::lm::train::config::RecipeTrain;
+use crate::lm::train::config::{field, non_negative, TrainConfig, DEFAULT_TIE_TOLERANCE};
 use crate::lm::train::epochs::Settings;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -163,7 +164,7 @@ pub struct RecipeEval {
 impl Default for RecipeEval {
     fn default() -> Self {
         RecipeEval {
-            tie_tolerance: 1e-6,
+            tie_tolerance: DEFAULT_TIE_TOLERANCE,
         }
     }
 }
@@ -176,8 +177,8 @@ pub struct RecipeFile {
     pub seed: u64,
     pub data: RecipeData,
     pub responses: ResponseSpec,
-    #[serde(default)]
-    pub train: RecipeTrain,
+    #[serde(default, deserialize_with = "TrainConfig::recipe_table")]
+    pub train: TrainConfig,
     #[serde(default)]
     pub eval: RecipeEval,
 }
@@ -200,101 +201,85 @@ impl RecipeFile {
         self.data.group_size = 1;
     }
 
-    /// Reads and validates a recipe config; every error is an input error (exit code 2) naming
+    /// Reads and validates a recipe config; every error a [`ConfigError`] (exit code 2) naming
     /// the file and the field.
-    pub fn from_file(path: &Path) -> Result<RecipeFile> {
-        Self::read_and_validate(path).map_err(|e| crate::error::InputError(format!("{e:#}")).into())
-    }
-
-    pub(super) fn read_and_validate(path: &Path) -> Result<RecipeFile> {
-        let text = crate::io::input::read_text(path, "recipe config")?;
-        let f: RecipeFile = toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "invalid recipe config {}: {}",
-                path.display(),
-                crate::config::one_line_toml_error(&text, &e)
-            )
-        })?;
-        f.validate()
-            .map_err(|e| anyhow::anyhow!("invalid recipe config {}: {e}", path.display()))?;
-        Ok(f)
+    pub fn from_file(path: &Path) -> Result<RecipeFile, ConfigError> {
+        read_toml(path, "recipe config", RecipeFile::validate)
     }
 
     /// Domains of every field.
-    pub fn validate(&self) -> Result<()> {
-        let (d, r, t) = (&self.data, &self.responses, &self.train);
-        let positive = |name: &str, v: f64| -> Result<()> {
-            if !(v > 0.0 && v.is_finite()) {
-                bail!("field `{name}` must be a finite number > 0, got {v}");
-            }
-            Ok(())
-        };
-        positive("train.beta", t.beta)?;
-        positive("train.lr", t.lr)?;
-        positive("train.eps", t.eps)?;
-        if let Some(h) = t.head_lr {
-            positive("train.head_lr", h)?;
-        }
-        for (name, v) in [("train.beta1", t.beta1), ("train.beta2", t.beta2)] {
-            if !(0.0..1.0).contains(&v) {
-                bail!("field `{name}` must be in [0, 1), got {v}");
-            }
-        }
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.train.validate()?;
+        self.data.validate()?;
+        self.responses.validate()?;
+        non_negative("eval", "tie_tolerance", self.eval.tie_tolerance)
+    }
+}
+
+impl RecipeData {
+    /// Domains of `[data]`.
+    fn validate(&self) -> Result<(), ConfigError> {
         for (name, v) in [
-            ("train.weight_decay", t.weight_decay),
-            ("train.head_init_std", t.head_init_std),
-            ("eval.tie_tolerance", self.eval.tie_tolerance),
+            ("group_size", self.group_size),
+            ("train_prompts", self.train_prompts),
+            ("test_prompts", self.test_prompts),
         ] {
-            if !(v >= 0.0 && v.is_finite()) {
-                bail!("field `{name}` must be a finite number ≥ 0, got {v}");
-            }
+            field("data", name, v >= 1, "must be ≥ 1", v)?;
         }
+        let jsonl = self.format == StatementFormat::PersonaJsonl;
+        field(
+            "data",
+            "group_size",
+            !jsonl || self.group_size == 1,
+            "must be 1 with `data.format = \"persona_jsonl\"` (records are not grouped)",
+            self.group_size,
+        )?;
+        let lines = self.format == StatementFormat::Lines;
+        field(
+            "data",
+            "question",
+            !lines || self.question.contains("{statement}"),
+            "must contain `{statement}`",
+            format!("{:?}", self.question),
+        )
+    }
+}
+
+impl ResponseSpec {
+    /// Domains of `[responses]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        crate::lm::checkpoint::chat_template::parse_template_date(&self.template_date).map_err(
+            |e| ConfigError::Field {
+                field: "responses.template_date".into(),
+                expected: "must be a date YYYY-MM-DD",
+                got: format!("{:?} ({e})", self.template_date),
+                origin: None,
+            },
+        )?;
         for (name, v) in [
-            ("data.group_size", d.group_size),
-            ("data.train_prompts", d.train_prompts),
-            ("data.test_prompts", d.test_prompts),
-            ("train.epochs", t.epochs),
-            ("train.pairs_per_step", t.pairs_per_step),
-            ("train.micro_batch", t.micro_batch),
-            ("train.eval_batch", t.eval_batch),
-            ("train.eval_every_epochs", t.eval_every_epochs),
+            ("chosen_prefixes", &self.chosen_prefixes),
+            ("rejected_prefixes", &self.rejected_prefixes),
+            ("chosen_words", &self.chosen_words),
+            ("rejected_words", &self.rejected_words),
+            ("eval_chosen_prefixes", &self.eval_chosen_prefixes),
+            ("eval_rejected_prefixes", &self.eval_rejected_prefixes),
+            ("eval_chosen_words", &self.eval_chosen_words),
+            ("eval_rejected_words", &self.eval_rejected_words),
         ] {
-            if v == 0 {
-                bail!("field `{name}` must be ≥ 1");
-            }
-        }
-        crate::lm::checkpoint::chat_template::parse_template_date(&r.template_date)
-            .map_err(|e| anyhow::anyhow!("field `responses.template_date`: {e}"))?;
-        if d.format == StatementFormat::PersonaJsonl && d.group_size != 1 {
-            bail!("field `data.group_size` must be 1 with `data.format = \"persona_jsonl\"` (records are not grouped)");
-        }
-        if d.format == StatementFormat::Lines && !d.question.contains("{statement}") {
-            bail!("field `data.question` must contain `{{statement}}`");
-        }
-        for (name, v) in [
-            ("responses.chosen_prefixes", &r.chosen_prefixes),
-            ("responses.rejected_prefixes", &r.rejected_prefixes),
-            ("responses.chosen_words", &r.chosen_words),
-            ("responses.rejected_words", &r.rejected_words),
-            ("responses.eval_chosen_prefixes", &r.eval_chosen_prefixes),
-            (
-                "responses.eval_rejected_prefixes",
-                &r.eval_rejected_prefixes,
-            ),
-            ("responses.eval_chosen_words", &r.eval_chosen_words),
-            ("responses.eval_rejected_words", &r.eval_rejected_words),
-        ] {
-            if v.is_empty() {
-                bail!("field `{name}` must list at least one entry");
-            }
+            field(
+                "responses",
+                name,
+                !v.is_empty(),
+                "must list at least one entry",
+                "[]",
+            )?;
         }
         crate::lm::single_token::config::disjoint(&[
-            ("responses.chosen_words", &r.chosen_words),
-            ("responses.rejected_words", &r.rejected_words),
-            ("responses.eval_chosen_words", &r.eval_chosen_words),
-            ("responses.eval_rejected_words", &r.eval_rejected_words),
-        ])?;
-        Ok(())
+            ("responses.chosen_words", &self.chosen_words),
+            ("responses.rejected_words", &self.rejected_words),
+            ("responses.eval_chosen_words", &self.eval_chosen_words),
+            ("responses.eval_rejected_words", &self.eval_rejected_words),
+        ])
     }
 }
 

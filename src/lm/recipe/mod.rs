@@ -26,7 +26,7 @@ pub mod problem;
 pub mod run;
 pub mod template;
 
-pub use crate::lm::train::config::RecipeTrain;
+pub use crate::lm::train::config::TrainConfig;
 pub use crate::lm::train::epochs::{RecipeEvent, RecipeMode, RecipeRun, RecipeStep};
 pub use crate::lm::train::evaluate::{
     ImplicitParts, RecipeCheckpoint, RecipeSplitMetrics, TokenContribution,

@@ -1,7 +1,8 @@
 //! The real-model config (`experiments/persona.toml`): the `[lm]` table and the whole file,
 //! validated on load; the statements files it names.
 
-use crate::lm::single_token::finetune;
+use crate::config::{read_toml, ConfigError};
+use crate::lm::train::config::{field, positive, FinetuneConfig};
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -56,98 +57,113 @@ pub struct LmFile {
     pub train: crate::config::TrainConfig,
     #[serde(default)]
     pub eval: crate::config::EvalConfig,
-    /// Full fine-tuning (`rmflow lm --mode full`).
-    #[serde(default)]
-    pub finetune: finetune::FinetuneSpec,
+    /// Full fine-tuning (`rmflow lm --mode full`): the shared training vocabulary
+    /// ([`crate::lm::train::config`]) under its own name, `[train]` being the engine's.
+    #[serde(default, deserialize_with = "FinetuneConfig::table")]
+    pub finetune: FinetuneConfig,
 }
 
 impl LmFile {
-    /// Reads and validates a real-model config; every error is an input error (exit code 2)
+    /// Reads and validates a real-model config; every error a [`ConfigError`] (exit code 2)
     /// naming the file and the field.
-    pub fn from_file(path: &Path) -> Result<LmFile> {
-        LmFile::read_and_validate(path)
-            .map_err(|e| crate::error::InputError(format!("{e:#}")).into())
+    pub fn from_file(path: &Path) -> Result<LmFile, ConfigError> {
+        read_toml(path, "real-model config", LmFile::validate)
     }
 
-    pub(super) fn read_and_validate(path: &Path) -> Result<LmFile> {
-        let text = crate::io::input::read_text(path, "real-model config")?;
-        let f: LmFile = toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!(
-                "invalid real-model config {}: {}",
-                path.display(),
-                crate::config::one_line_toml_error(&text, &e)
-            )
-        })?;
-        // The engine's tables, checked before any model is loaded (the setup comes later, from
-        // the model; the default stands in for it here).
+    /// Domains of every field: the engine's tables (checked before any model is loaded; the
+    /// setup comes later, from the model, and the default stands in for it here), `[lm]` and
+    /// `[finetune]`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         crate::config::Config {
-            seed: f.seed,
-            train: f.train.clone(),
-            eval: f.eval.clone(),
+            seed: self.seed,
+            train: self.train.clone(),
+            eval: self.eval.clone(),
             ..crate::config::Config::default()
         }
-        .validate()
-        .map_err(|e| e.in_origin(&path.display().to_string()))?;
-        let s = &f.lm;
-        if !(s.train_fraction > 0.0 && s.train_fraction < 1.0) {
-            bail!(
-                "invalid real-model config {}: field `lm.train_fraction` must be in (0, 1)",
-                path.display()
-            );
-        }
-        if s.group_size == 0 || s.batch_size == 0 || s.prefixes.is_empty() {
-            bail!("invalid real-model config {}: `lm.group_size`, `lm.batch_size` must be ≥ 1 and `lm.prefixes` non-empty", path.display());
-        }
-        let ft = &f.finetune;
-        let head_ok = ft.head_lr.map_or(true, |l| l > 0.0 && l.is_finite());
-        let ok =
-            ft.lr > 0.0 && ft.lr.is_finite() && head_ok && ft.weight_decay >= 0.0 && ft.steps > 0;
-        if !ok {
-            bail!("invalid real-model config {}: `finetune.lr` and `finetune.head_lr` must be > 0, `finetune.weight_decay` ≥ 0 and `finetune.steps` ≥ 1", path.display());
-        }
-        if !(s.beta > 0.0 && s.beta.is_finite()) {
-            bail!(
-                "invalid real-model config {}: field `lm.beta` must be > 0",
-                path.display()
-            );
-        }
-        if s.chat_template {
-            let empty = s.prefixes.iter().filter(|p| p.is_empty()).count();
-            if empty != 0 && empty != s.prefixes.len() {
-                bail!("invalid real-model config {}: with `lm.chat_template = true`, `lm.prefixes` must be all empty (the answer opens the assistant turn) or all non-empty", path.display());
-            }
-        }
-        for (field, words) in [
-            ("lm.train_chosen", &s.train_chosen),
-            ("lm.train_rejected", &s.train_rejected),
-            ("lm.unseen_chosen", &s.unseen_chosen),
-            ("lm.unseen_rejected", &s.unseen_rejected),
+        .validate()?;
+        self.lm.validate()?;
+        self.finetune.validate()
+    }
+}
+
+impl LmSpec {
+    /// Domains of `[lm]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let f = self.train_fraction;
+        field(
+            "lm",
+            "train_fraction",
+            f > 0.0 && f < 1.0,
+            "must be in (0, 1)",
+            f,
+        )?;
+        field(
+            "lm",
+            "group_size",
+            self.group_size >= 1,
+            "must be ≥ 1",
+            self.group_size,
+        )?;
+        field(
+            "lm",
+            "batch_size",
+            self.batch_size >= 1,
+            "must be ≥ 1",
+            self.batch_size,
+        )?;
+        field(
+            "lm",
+            "prefixes",
+            !self.prefixes.is_empty(),
+            "must list at least one entry",
+            "[]",
+        )?;
+        positive("lm", "beta", self.beta)?;
+        let empty = self.prefixes.iter().filter(|p| p.is_empty()).count();
+        field(
+            "lm",
+            "prefixes",
+            !self.chat_template || empty == 0 || empty == self.prefixes.len(),
+            "must be all empty (the answer opens the assistant turn) or all non-empty with `lm.chat_template = true`",
+            format!("{:?}", self.prefixes),
+        )?;
+        for (name, words) in [
+            ("train_chosen", &self.train_chosen),
+            ("train_rejected", &self.train_rejected),
+            ("unseen_chosen", &self.unseen_chosen),
+            ("unseen_rejected", &self.unseen_rejected),
         ] {
-            if words.is_empty() {
-                bail!(
-                    "invalid real-model config {}: field `{field}` must list at least one word",
-                    path.display()
-                );
-            }
+            field(
+                "lm",
+                name,
+                !words.is_empty(),
+                "must list at least one word",
+                "[]",
+            )?;
         }
         disjoint(&[
-            ("lm.train_chosen", &s.train_chosen),
-            ("lm.train_rejected", &s.train_rejected),
-            ("lm.unseen_chosen", &s.unseen_chosen),
-            ("lm.unseen_rejected", &s.unseen_rejected),
+            ("lm.train_chosen", &self.train_chosen),
+            ("lm.train_rejected", &self.train_rejected),
+            ("lm.unseen_chosen", &self.unseen_chosen),
+            ("lm.unseen_rejected", &self.unseen_rejected),
         ])
-        .map_err(|e| anyhow::anyhow!("invalid real-model config {}: {e}", path.display()))?;
-        Ok(f)
     }
 }
 
 /// Errors if an entry appears in two of the named lists: a word on both sides makes its pairs
 /// ties by construction, and an "unseen" word that is trained on is not unseen.
-pub(crate) fn disjoint<T: PartialEq + std::fmt::Debug>(lists: &[(&str, &[T])]) -> Result<()> {
+pub(crate) fn disjoint<T: PartialEq + std::fmt::Debug>(
+    lists: &[(&str, &[T])],
+) -> Result<(), ConfigError> {
     for (i, (a, xs)) in lists.iter().enumerate() {
         for (b, ys) in &lists[i + 1..] {
             if let Some(x) = xs.iter().find(|x| ys.contains(x)) {
-                bail!("{x:?} is in both `{a}` and `{b}`; the lists must not share an entry");
+                return Err(ConfigError::Field {
+                    field: b.to_string(),
+                    expected: "must not share an entry with the other lists",
+                    got: format!("{x:?}, also in `{a}`"),
+                    origin: None,
+                });
             }
         }
     }

@@ -14,56 +14,16 @@ use crate::lm::model::language_model::Forward;
 use crate::lm::model::language_model::LanguageModel;
 use crate::lm::single_token::setup::extract_pairs;
 use crate::lm::single_token::setup::SplitSequences;
+use crate::lm::train::config::FinetuneConfig;
 use crate::lm::train::loss::softplus_neg;
 use crate::lm::train::optimizers::Optimizers;
 use crate::lm::train::shuffle::Batches;
 use crate::problem::synthetic::PairSet;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::ParamsAdamW;
 use ndarray::{Array1, Array2};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::Path;
-
-/// `[finetune]` table of a real-model config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FinetuneSpec {
-    /// AdamW steps.
-    pub steps: usize,
-    /// Learning rate.
-    pub lr: f64,
-    /// Learning rate of the EX-RM head (it starts at 0, as in the head-only run); `None`: `lr`.
-    pub head_lr: Option<f64>,
-    /// Decoupled weight decay (AdamW); it shrinks every row of `U`, unseen ones included.
-    pub weight_decay: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    /// Training pairs per step, drawn without replacement per epoch (0 = all pairs every step).
-    pub batch_pairs: usize,
-    /// Evaluate every split every this many steps (0 = only after the last step).
-    pub eval_every: usize,
-    /// Further steps after which to evaluate (e.g. the first few).
-    pub eval_at: Vec<usize>,
-}
-
-impl Default for FinetuneSpec {
-    fn default() -> Self {
-        FinetuneSpec {
-            steps: 30,
-            lr: 2e-5,
-            head_lr: None,
-            weight_decay: 0.0,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            batch_pairs: 0,
-            eval_every: 0,
-            eval_at: vec![],
-        }
-    }
-}
 
 /// One optimizer step: loss and strict accuracy of the batch before the update.
 #[derive(Debug, Clone, Serialize)]
@@ -246,7 +206,7 @@ pub fn finetune(
     device: &Device,
     sequences: &[SplitSequences],
     initial: &[PairSet],
-    spec: &FinetuneSpec,
+    spec: &FinetuneConfig,
     beta: f64,
     batch_size: usize,
     seed: u64,
@@ -316,14 +276,14 @@ pub fn finetune(
 fn train_steps(
     trainee: &Trainee,
     ctx: &EvalContext,
-    spec: &FinetuneSpec,
+    spec: &FinetuneConfig,
     reference: Option<&Tensor>,
     seed: u64,
     on_step: &mut dyn FnMut(&StepRecord),
 ) -> Result<(Vec<StepRecord>, Vec<Checkpoint>, f64)> {
     let train = &ctx.sequences[0];
     let mut optimizers = optimizers(trainee, spec)?;
-    let mut batches = Batches::new(train.len(), spec.batch_pairs, seed);
+    let mut batches = Batches::new(train.len(), spec.pairs_per_step, seed);
     let mut history = Vec::with_capacity(spec.steps);
     let mut checkpoints = vec![Checkpoint {
         step: 0,
@@ -335,7 +295,7 @@ fn train_steps(
     }];
     let mut step_seconds = 0.0;
     for step in 0..spec.steps {
-        let scheduled = spec.eval_every > 0 && step % spec.eval_every == 0;
+        let scheduled = spec.eval_every_steps > 0 && step % spec.eval_every_steps == 0;
         if step > 0 && (scheduled || spec.eval_at.contains(&step)) {
             checkpoints.push(Checkpoint {
                 step,
@@ -469,17 +429,11 @@ fn reference_log_ratios(
 }
 
 /// The optimizers of [`finetune`]: the head is trained for the EX-RM only.
-fn optimizers(trainee: &Trainee, spec: &FinetuneSpec) -> Result<Optimizers> {
+fn optimizers(trainee: &Trainee, spec: &FinetuneConfig) -> Result<Optimizers> {
     let vars: Vec<Var> = trainee.params.iter().map(|(_, v)| v.clone()).collect();
-    let params = ParamsAdamW {
-        lr: spec.lr,
-        beta1: spec.beta1,
-        beta2: spec.beta2,
-        eps: spec.eps,
-        weight_decay: spec.weight_decay,
-    };
+    let params = spec.adamw.params();
     let head = (trainee.kind == ModelKind::Explicit).then_some(&trainee.head);
-    Optimizers::new(vars, head, params, spec.head_lr)
+    Optimizers::new(vars, head, params, spec.adamw.head_lr)
 }
 
 /// The loss `mean softplus(−m)` on the pairs `idx` and the step's record; an error names the step

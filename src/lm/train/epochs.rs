@@ -5,7 +5,7 @@
 
 use crate::lm::model::language_model::LanguageModel;
 use crate::lm::nets::kernels::Kernels;
-use crate::lm::train::config::RecipeTrain;
+use crate::lm::train::config::TrainConfig;
 use crate::lm::train::evaluate::RecipeCheckpoint;
 use crate::lm::train::evaluate::{evaluate_splits, Scorer};
 use crate::lm::train::features::{FrozenFeatures, Need};
@@ -18,7 +18,6 @@ use crate::lm::train::sequences::ScoredSequence;
 use crate::lm::train::shuffle::epoch_orders;
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor, Var};
-use candle_nn::ParamsAdamW;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
@@ -102,7 +101,7 @@ pub struct Extraction {
 pub struct Settings<'a> {
     /// Seeds the training pairs' order ([`epoch_orders`]) and the EX-RM head.
     pub seed: u64,
-    pub train: &'a RecipeTrain,
+    pub train: &'a TrainConfig,
     /// τ of the tie-tolerant accuracy (reward units).
     pub tie_tolerance: f64,
 }
@@ -175,14 +174,9 @@ pub fn train_reward(
     };
     let parameters =
         vars.iter().map(|v| v.elem_count()).sum::<usize>() + if head_trained { lm.dim } else { 0 };
-    let params = ParamsAdamW {
-        lr: t.lr,
-        beta1: t.beta1,
-        beta2: t.beta2,
-        eps: t.eps,
-        weight_decay: t.weight_decay,
-    };
-    let mut optimizers = Optimizers::new(vars, head_trained.then_some(&head), params, t.head_lr)?;
+    let params = t.adamw.params();
+    let mut optimizers =
+        Optimizers::new(vars, head_trained.then_some(&head), params, t.adamw.head_lr)?;
     let session = Session {
         reward,
         mode,
