@@ -7,9 +7,10 @@
 # Commands: simulate, dynamics, verify --trials 2 (JSON and stdout), a small sweep, the same
 # sweep as --shard 0/2 + 1/2 then merge, check, default-config, --help of every subcommand,
 # the synthetic examples' CSVs, and with the `lm` feature: lm-tiny, lm (head-only and full) and
-# lm-recipe --epochs 1 on the tiny checkpoints, and ham-cycle on a 5-vertex config. Wall-clock
-# fields (`seconds_per_step`, `timing`, `tokens_per_second`, JSON keys and CSV columns whose name
-# ends in `seconds`) and timing lines of stdout are stripped.
+# lm-recipe --epochs 1 on the tiny checkpoints (for `lm`, a set with the single-token answer
+# words), and ham-cycle on a 5-vertex config. Wall-clock fields (`seconds_per_step`, `timing`,
+# `tokens_per_second`, JSON keys and CSV columns whose name ends in `seconds`) and timing lines
+# of stdout are stripped.
 # Builds with `cargo build --release --features lm --bins --examples` (set NO_LM=1 to leave
 # the lm commands out). Exits 1 when compare finds a difference.
 set -euo pipefail
@@ -91,8 +92,12 @@ mkdir -p "$out/examples" && cp ex/figures/*.csv ex/figures/*.svg "$out/examples/
 if [ "${NO_LM:-0}" != 1 ]; then
   echo "[goldens] lm commands on tiny checkpoints" >&2
   run lm-tiny lm-tiny --out runs/tiny --recipe experiments/persona_paper.toml
-  run lm-head lm --model runs/tiny/llama-gqa --config experiments/persona.toml --out runs/lm-head
-  run lm-full lm --model runs/tiny/gpt2 --config experiments/persona.toml --out runs/lm-full --mode full
+  # The single-token experiment's answer words (experiments/persona.toml) in the vocabulary.
+  sed 's/^eval_rejected_words = \["not really", "nope"\]/eval_rejected_words = ["not really", "nope", "hardly"]/' \
+    experiments/persona_paper.toml > persona-words.toml
+  run lm-tiny-persona lm-tiny --out runs/tiny-persona --recipe persona-words.toml
+  run lm-head lm --model runs/tiny-persona/llama-gqa --config experiments/persona.toml --out runs/lm-head
+  run lm-full lm --model runs/tiny-persona/gpt2 --config experiments/persona.toml --out runs/lm-full --mode full
   run lm-recipe-llama lm-recipe --model runs/tiny/llama-tied --config experiments/persona_paper.toml --out runs/recipe-llama --epochs 1
   run lm-recipe-bert lm-recipe --model runs/tiny/bert --config experiments/persona_paper.toml --out runs/recipe-bert --epochs 1 --mode both
   run lm-forward lm-forward --model runs/tiny/qwen2 --out runs/forward.json

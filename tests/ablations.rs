@@ -2,6 +2,7 @@
 
 use rmflow::config::{Config, UnembeddingInit};
 use rmflow::experiment::observables::{reward_summary, split_metrics};
+use rmflow::problem::synthetic::SplitId;
 
 #[test]
 fn imrm_without_reference_ranks_unseen_tokens_by_the_initial_rows_forever() {
@@ -12,7 +13,10 @@ fn imrm_without_reference_ranks_unseen_tokens_by_the_initial_rows_forever() {
         let sim = rmflow::experiment::simulation::simulate(&c, &mut |_| {}).unwrap();
         let a = &sim.ablations;
         let unseen = |v: &[rmflow::experiment::observables::SplitMetrics]| {
-            v.iter().find(|s| s.split == "unseen").unwrap().clone()
+            v.iter()
+                .find(|s| SplitId::Unseen.is(&s.split))
+                .unwrap()
+                .clone()
         };
         // Unseen rows never move (Theorem 2a), so the no-reference margins on unseen pairs are
         // U(0)'s up to the rounding of the log-normalisers (≤ 1e-12 here).
@@ -79,7 +83,10 @@ fn imrm_without_reference_is_trained_on_its_own_margins() {
     }
     // Trained and scored variants are different quantities on the training pairs.
     let train_acc = |v: &[rmflow::experiment::observables::SplitMetrics]| {
-        v.iter().find(|s| s.split == "train").unwrap().mean_margin
+        v.iter()
+            .find(|s| SplitId::Train.is(&s.split))
+            .unwrap()
+            .mean_margin
     };
     assert_ne!(
         train_acc(&a.imrm_no_reference),

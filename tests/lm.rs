@@ -123,8 +123,8 @@ fn bad_answer_words_and_missing_models_are_named() {
 fn differentiable_bert_matches_candle_transformers_on_minilm() {
     let Some(model) = model_dir() else { return };
     use rmflow::lm::{Device, Forward, LanguageModel};
-    let a = LanguageModel::load(model, &Device::Cpu, Forward::Reference).unwrap();
-    let b = LanguageModel::load(model, &Device::Cpu, Forward::Differentiable).unwrap();
+    let a = LanguageModel::load(model, &Device::Cpu, Forward::CandleReference).unwrap();
+    let b = LanguageModel::load(model, &Device::Cpu, Forward::Nets).unwrap();
     let mut seqs = Vec::new();
     let mut pos = Vec::new();
     for s in [

@@ -25,7 +25,7 @@ fn fixture(
     file.data.vertices = n;
     file.model.dim = 32;
     let tokens = write_initial_checkpoint(dir, &file).unwrap();
-    let lm = LanguageModel::load(dir, &Device::Cpu, Forward::Differentiable).unwrap();
+    let lm = LanguageModel::load(dir, &Device::Cpu, Forward::Nets).unwrap();
     let spec = CycleSpec {
         vertices: n,
         train_pairs: pairs,
@@ -131,7 +131,7 @@ fn shared_prompt_training_forward_has_the_whole_sequence_gradient() {
         .unwrap();
     let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let (h_last, h) = lm
-        .prompt_group_hidden_states(&refs, &conts, &group, Kernels::Differentiable)
+        .prompt_group_hidden_states(&refs, &conts, &group, Kernels::Autograd)
         .unwrap();
     let loss_shared = (h_last.matmul(&w).unwrap().sum_all().unwrap()
         + h.reshape((group.len() * c, d))

@@ -202,8 +202,8 @@ fn tiny_llama_gguf_imports_to_the_original_tensors() {
         serde_json::from_slice(&std::fs::read(out.join("rmflow-import.json")).unwrap()).unwrap();
     assert_eq!(record["import"]["tensor_types"]["F32"], original.len());
     let ids = vec![vec![3u32, 1, 4, 1, 5, 2, 6]];
-    let a = LanguageModel::load(&hf, &Device::Cpu, Forward::Differentiable).unwrap();
-    let b = LanguageModel::load(&out, &Device::Cpu, Forward::Differentiable).unwrap();
+    let a = LanguageModel::load(&hf, &Device::Cpu, Forward::Nets).unwrap();
+    let b = LanguageModel::load(&out, &Device::Cpu, Forward::Nets).unwrap();
     assert_eq!(a.logits(&ids).unwrap(), b.logits(&ids).unwrap());
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -374,7 +374,7 @@ fn smollm2_matches_transformers_gguf_load() {
     assert_eq!(imp["tensor_types"]["Q4_1"], 210);
     assert_eq!(imp["tensor_types"]["Q8_0"], 1);
     assert_eq!(imp["tensor_types"]["F32"], 61);
-    let lm = LanguageModel::load(dir, &Device::Cpu, Forward::Differentiable).unwrap();
+    let lm = LanguageModel::load(dir, &Device::Cpu, Forward::Nets).unwrap();
     let template = ChatTemplate::from_model_dir(dir)
         .unwrap()
         .expect("chat template kept");
@@ -465,8 +465,8 @@ const LOGIT_TOL: f64 = 2e-4;
 #[test]
 fn smollm2_reference_and_differentiable_forwards_agree() {
     let Some(dir) = smollm2() else { return };
-    let a = LanguageModel::load(dir, &Device::Cpu, Forward::Reference).unwrap();
-    let b = LanguageModel::load(dir, &Device::Cpu, Forward::Differentiable).unwrap();
+    let a = LanguageModel::load(dir, &Device::Cpu, Forward::CandleReference).unwrap();
+    let b = LanguageModel::load(dir, &Device::Cpu, Forward::Nets).unwrap();
     let fx = fixture();
     let seqs: Vec<Vec<u32>> = fx["probes"]
         .as_array()

@@ -234,7 +234,7 @@ fn response_logprobs_and_readout_match_an_independent_computation() {
     for (name, spec) in standard_specs() {
         let model = dir.join(name);
         checkpoint(&model, spec, name == "qwen2");
-        let lm = load_recipe_model(&model, &Device::Cpu, Forward::Differentiable, &paper())
+        let lm = load_recipe_model(&model, &Device::Cpu, Forward::Nets, &paper())
             .unwrap()
             .0;
         let causal_llama = name.starts_with("llama") || name.starts_with("qwen2");
@@ -683,7 +683,7 @@ fn every_reward_model_trains_and_starts_from_its_definition() {
             .unwrap()
     };
     // Independent: candle-transformers' forward, one sequence at a time, f64 log-softmax.
-    let lm = LanguageModel::load(&model, &Device::Cpu, Forward::Reference).unwrap();
+    let lm = LanguageModel::load(&model, &Device::Cpu, Forward::CandleReference).unwrap();
     let file = RecipeFile::from_file(&cfg).unwrap();
     let problem = build_problem(&file, &lm).unwrap();
     let log_softmax = |row: ndarray::ArrayView1<f64>| -> Vec<f64> {
@@ -762,13 +762,13 @@ fn token_mean_exrm_reads_the_response_positions() {
     checkpoint(&model, standard_specs()[1].1, false);
     let cfg = config(&dir, &|_| {});
     let file = RecipeFile::from_file(&cfg).unwrap();
-    let lm = load_recipe_model(&model, &Device::Cpu, Forward::Differentiable, &file)
+    let lm = load_recipe_model(&model, &Device::Cpu, Forward::Nets, &file)
         .unwrap()
         .0;
     let problem = build_problem(&file, &lm).unwrap();
     let seqs = &problem.sequences[..12];
     let mean = rmflow::lm::recipe::response_hidden_mean(&lm, seqs).unwrap();
-    let reference = load_recipe_model(&model, &Device::Cpu, Forward::Reference, &file)
+    let reference = load_recipe_model(&model, &Device::Cpu, Forward::CandleReference, &file)
         .unwrap()
         .0;
     for (i, s) in seqs.iter().enumerate() {
@@ -814,8 +814,7 @@ fn default_template_matches_update_tokenizer() {
             .unwrap();
         }
         let file = paper();
-        let (lm, format) =
-            load_recipe_model(&model, &Device::Cpu, Forward::Differentiable, &file).unwrap();
+        let (lm, format) = load_recipe_model(&model, &Device::Cpu, Forward::Nets, &file).unwrap();
         assert!(
             format.description.contains("official default template"),
             "{name}"
@@ -887,11 +886,11 @@ fn default_template_matches_update_tokenizer() {
             );
         }
         // The old rows are untouched.
-        let fresh = LanguageModel::load(&model, &Device::Cpu, Forward::Differentiable).unwrap();
+        let fresh = LanguageModel::load(&model, &Device::Cpu, Forward::Nets).unwrap();
         let u0 = fresh.unembedding_f64().unwrap();
         assert_eq!(u.slice(ndarray::s![..before, ..]), u0);
         // Same seed, same rows (policy and reference are both this draw).
-        let again = load_recipe_model(&model, &Device::Cpu, Forward::Differentiable, &file)
+        let again = load_recipe_model(&model, &Device::Cpu, Forward::Nets, &file)
             .unwrap()
             .0;
         assert_eq!(again.unembedding_f64().unwrap(), u);

@@ -37,7 +37,7 @@ fn logits_match_transformers_on_every_family() {
         let r = reference(&dir);
         let inputs: Vec<Vec<u32>> = serde_json::from_value(r["inputs"].clone()).unwrap();
         let expected: Vec<Vec<Vec<f64>>> = serde_json::from_value(r["logits"].clone()).unwrap();
-        let lm = LanguageModel::load(&dir, &Device::Cpu, Forward::Differentiable)
+        let lm = LanguageModel::load(&dir, &Device::Cpu, Forward::Nets)
             .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(lm.arch.model_type(), r["model_type"].as_str().unwrap());
         // All inputs in one right-padded batch: padding must not leak into shorter sequences.

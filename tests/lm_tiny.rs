@@ -226,8 +226,9 @@ fn differentiable_forwards_match_candle_transformers() {
         }
         let model = dir.join(name);
         write_tiny_checkpoint(&model, spec, &texts()).unwrap();
-        let reference = LanguageModel::load(&model, &Device::Cpu, Forward::Reference).unwrap();
-        let diff = LanguageModel::load(&model, &Device::Cpu, Forward::Differentiable).unwrap();
+        let reference =
+            LanguageModel::load(&model, &Device::Cpu, Forward::CandleReference).unwrap();
+        let diff = LanguageModel::load(&model, &Device::Cpu, Forward::Nets).unwrap();
         let mut seqs = Vec::new();
         let mut pos = Vec::new();
         for s in STATEMENTS.lines().take(6) {
@@ -262,7 +263,7 @@ fn shared_prompt_extraction_matches_the_per_sequence_forward() {
         }
         let model = dir.join(name);
         write_tiny_checkpoint(&model, spec, &texts()).unwrap();
-        let lm = LanguageModel::load(&model, &Device::Cpu, Forward::Differentiable).unwrap();
+        let lm = LanguageModel::load(&model, &Device::Cpu, Forward::Nets).unwrap();
         let word = |w: &str| lm.answer_token(w, true).unwrap();
         let mut seq = rmflow::lm::SplitSequences::new("train");
         // Each statement twice, with different answers: chunks of 4 hold repeated prompts.
@@ -325,7 +326,7 @@ fn missing_tensor_is_named() {
         };
         cfg[key] = serde_json::json!(spec.layers + 1);
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-        let err = LanguageModel::load(&model, &Device::Cpu, Forward::Reference)
+        let err = LanguageModel::load(&model, &Device::Cpu, Forward::CandleReference)
             .err()
             .unwrap_or_else(|| panic!("{name}: loaded a checkpoint with a missing layer"));
         let msg = format!("{err:#}");
@@ -376,7 +377,7 @@ fn mismatched_tokenizer_is_named() {
     std::fs::copy(large.join("tokenizer.json"), small.join("tokenizer.json")).unwrap();
     let msg = format!(
         "{:#}",
-        LanguageModel::load(&small, &Device::Cpu, Forward::Reference)
+        LanguageModel::load(&small, &Device::Cpu, Forward::CandleReference)
             .err()
             .expect("a mismatched tokenizer must be refused")
     );
@@ -399,7 +400,7 @@ fn half_precision_copies_match_the_f32_checkpoint() {
     for (name, spec) in specs() {
         let model = dir.join(name);
         write_tiny_checkpoint(&model, spec, &texts()).unwrap();
-        let f32_model = LanguageModel::load(&model, &Device::Cpu, Forward::Differentiable).unwrap();
+        let f32_model = LanguageModel::load(&model, &Device::Cpu, Forward::Nets).unwrap();
         let mut seqs = Vec::new();
         let mut pos = Vec::new();
         for s in STATEMENTS.lines().take(6) {
@@ -424,7 +425,7 @@ fn half_precision_copies_match_the_f32_checkpoint() {
                 "{name} {dtype}: {c:?}"
             );
             assert!(copy.join("config.json").is_file() && copy.join("tokenizer.json").is_file());
-            let half = LanguageModel::load(&copy, &Device::Cpu, Forward::Differentiable).unwrap();
+            let half = LanguageModel::load(&copy, &Device::Cpu, Forward::Nets).unwrap();
             let h = half.hidden_at(&seqs, &pos, 4).unwrap();
             let gap = (&h32 - &h).iter().fold(0.0f64, |m, x| m.max(x.abs()));
             eprintln!("{name} {dtype}: max |Δh| = {gap:e} (max |h| = {scale:.3})");

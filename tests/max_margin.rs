@@ -6,6 +6,7 @@ mod common;
 use ndarray::Array2;
 use proptest::prelude::*;
 use rmflow::problem::synthetic::Setup;
+use rmflow::problem::synthetic::SplitId;
 use rmflow::solve::max_margin::{
     explicit_kernel, implicit_dual_prediction, max_margin_dual, max_margin_head,
     max_margin_unembedding_delta, MaxMarginError,
@@ -137,7 +138,7 @@ proptest! {
         config.setup.kappa = config.setup.kappa.max(0.5);
         let setup = Setup::generate(&config);
         if let Ok((delta, sol)) = max_margin_unembedding_delta(&setup.train, config.setup.beta, setup.vocab_size()) {
-            let unseen = setup.evals.iter().find(|p| p.name == "unseen").unwrap();
+            let unseen = setup.split(SplitId::Unseen).unwrap();
             for f in implicit_dual_prediction(&setup.train, &sol.dual, config.setup.beta, unseen) {
                 prop_assert_eq!(f, 0.0);
             }

@@ -7,7 +7,7 @@ use super::tables::print_simulation_tables;
 use anyhow::Result;
 use rmflow::error::InputError;
 use rmflow::io::atomic::{check_inputs, check_not_overwriting_input, AtomicDir, Replace};
-use rmflow::lm::recipe::{self, RecipeFile, RecipeMode, RecipeReward};
+use rmflow::lm::recipe::{self, Mode, RecipeFile, RecipeReward};
 use rmflow::lm::{open_device, Architecture, Device, LmFile};
 use std::path::{Path, PathBuf};
 
@@ -225,10 +225,10 @@ pub fn run_recipe(a: LmRecipeArgs) -> Result<()> {
     if let Some(e) = a.eval_every {
         file.train.eval_every_epochs = e;
     }
-    let modes: &[RecipeMode] = match a.mode.as_str() {
-        "head" => &[RecipeMode::Head],
-        "both" => &[RecipeMode::Head, RecipeMode::Full],
-        _ => &[RecipeMode::Full],
+    let modes: &[Mode] = match a.mode.as_str() {
+        "head" => &[Mode::Head],
+        "both" => &[Mode::Head, Mode::Full],
+        _ => &[Mode::Full],
     };
     let kinds = reward_list(&a.reward)?;
     train_recipe(
@@ -271,7 +271,7 @@ fn train_recipe(
     file: &RecipeFile,
     out: &Path,
     device: Device,
-    modes: &[RecipeMode],
+    modes: &[Mode],
     kinds: &[RecipeReward],
     replace: Replace,
 ) -> Result<()> {

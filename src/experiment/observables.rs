@@ -174,3 +174,11 @@ pub fn reward_summary(split: &str, chosen: &[f64], rejected: &[f64]) -> RewardSu
         mean_rejected_reward: rejected.iter().sum::<f64>() / n,
     }
 }
+
+/// The metrics of split `id` among `metrics`.
+pub fn metrics_of(
+    metrics: &[SplitMetrics],
+    id: crate::problem::synthetic::SplitId,
+) -> Option<&SplitMetrics> {
+    metrics.iter().find(|m| id.is(&m.split))
+}

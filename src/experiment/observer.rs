@@ -19,18 +19,18 @@ pub struct Observer {
     /// Rows of `θ` of tokens in no training pair (full `U` only; on the seen rows there are none).
     pub(super) unseen_rows: Vec<usize>,
     pub(super) dim: usize,
-    pub(super) reference: Option<Vec<f64>>,
+    pub(super) separator: Option<Vec<f64>>,
     pub(super) tie_tolerance: f64,
 }
 
 impl Observer {
     /// `θ` is `u` (EX-RM) or the whole `U` as [V, D] (IM-RM, its rewards with `reference_term`),
-    /// `reference` (the max-margin separator) in the same layout.
+    /// `separator` (the max-margin separator, MATH.md §3) in the same layout.
     pub fn new(
         kind: ModelKind,
         setup: &Setup,
         theta0: Vec<f64>,
-        reference: Option<Vec<f64>>,
+        separator: Option<Vec<f64>>,
         tie_tolerance: f64,
         reference_term: ReferenceTerm,
     ) -> Observer {
@@ -58,7 +58,7 @@ impl Observer {
                 vec![]
             },
             dim: setup.dim(),
-            reference,
+            separator,
             tie_tolerance,
         }
     }
@@ -66,11 +66,11 @@ impl Observer {
     /// The IM-RM with `θ = U_T` (the rows of the training tokens, `T = rows`): every split's
     /// margins in the seen-row form (MATH.md §2; the log-normaliser is shared by a pair's
     /// two responses), tokens outside `T` at `U(0)`. `O(n·D)` per split, independent of `V`.
-    /// `reference` is `ΔU*_T`; the rewards are taken with `reference_term`.
+    /// `separator` is `ΔU*_T`; the rewards are taken with `reference_term`.
     pub fn seen_rows(
         setup: &Setup,
         rows: &[usize],
-        reference: Option<Vec<f64>>,
+        separator: Option<Vec<f64>>,
         tie_tolerance: f64,
         reference_term: ReferenceTerm,
     ) -> Observer {
@@ -99,7 +99,7 @@ impl Observer {
                 .0,
             unseen_rows: vec![],
             dim: setup.dim(),
-            reference,
+            separator,
             tie_tolerance,
         }
     }
@@ -137,7 +137,7 @@ impl Observer {
                 .map(|&z| crate::numerics::norm(&delta[z * self.dim..(z + 1) * self.dim]))
                 .fold(0.0, f64::max)
         });
-        let convergence = self.reference.as_ref().map(|r| match self.kind {
+        let convergence = self.separator.as_ref().map(|r| match self.kind {
             ModelKind::Explicit => convergence(theta, r, time.ln_t()),
             ModelKind::Implicit => convergence(&delta, r, time.ln_t()),
         });

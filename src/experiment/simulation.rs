@@ -235,12 +235,16 @@ pub fn run_model(
     progress: &mut dyn FnMut(&Observation),
 ) -> Result<ModelRun> {
     run_model_observed(
-        kind,
-        config,
-        setup,
-        max_margin,
-        progress,
-        None,
+        ModelProblem {
+            kind,
+            config,
+            setup,
+            max_margin,
+        },
+        Watchers {
+            progress,
+            hook: None,
+        },
         RunVariant::SCORED,
     )
 }
@@ -255,12 +259,16 @@ pub fn run_implicit_without_reference(
     max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
 ) -> Result<ModelRun> {
     run_model_observed(
-        ModelKind::Implicit,
-        config,
-        setup,
-        max_margin,
-        &mut |_| {},
-        None,
+        ModelProblem {
+            kind: ModelKind::Implicit,
+            config,
+            setup,
+            max_margin,
+        },
+        Watchers {
+            progress: &mut |_| {},
+            hook: None,
+        },
         RunVariant {
             reference_term: ReferenceTerm::Omitted,
             trajectory: Trajectory::Ends,
@@ -278,12 +286,16 @@ pub fn run_model_with(
     hook: &mut dyn FnMut(&Observation, &[f64]) -> Result<()>,
 ) -> Result<ModelRun> {
     run_model_observed(
-        kind,
-        config,
-        setup,
-        max_margin,
-        &mut |_| {},
-        Some(hook),
+        ModelProblem {
+            kind,
+            config,
+            setup,
+            max_margin,
+        },
+        Watchers {
+            progress: &mut |_| {},
+            hook: Some(hook),
+        },
         RunVariant::SCORED,
     )
 }
@@ -317,15 +329,35 @@ impl RunVariant {
     };
 }
 
+/// One model's training problem: the reward model, the config and setup it trains on, and its
+/// max-margin separator.
+pub(super) struct ModelProblem<'a> {
+    pub(super) kind: ModelKind,
+    pub(super) config: &'a Config,
+    pub(super) setup: &'a Setup,
+    pub(super) max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
+}
+
+/// What watches a run: `progress` after each observation and, optionally, a hook that also
+/// sees the whole parameters.
+pub(super) struct Watchers<'a, 'b> {
+    pub(super) progress: &'a mut dyn FnMut(&Observation),
+    pub(super) hook: Option<&'a mut ParamsHook<'b>>,
+}
+
+/// Trains `problem` as `variant`, watched by `watch`.
 pub(super) fn run_model_observed(
-    kind: ModelKind,
-    config: &Config,
-    setup: &Setup,
-    max_margin: std::result::Result<MaxMarginResult, MaxMarginError>,
-    progress: &mut dyn FnMut(&Observation),
-    mut hook: Option<&mut ParamsHook>,
+    problem: ModelProblem,
+    watch: Watchers,
     variant: RunVariant,
 ) -> Result<ModelRun> {
+    let ModelProblem {
+        kind,
+        config,
+        setup,
+        max_margin,
+    } = problem;
+    let Watchers { progress, mut hook } = watch;
     let reference_term = variant.reference_term;
     refuse_stiff_flow(kind, config, &max_margin)?;
     let reduced = (kind == ModelKind::Implicit && config.trains_seen_rows()).then(|| {
@@ -525,7 +557,7 @@ pub(super) fn objective(
     reference_term: ReferenceTerm,
 ) -> (Option<Box<dyn MarginModel>>, Vec<f64>, Observer) {
     let tau = config.eval.tie_tolerance;
-    let reference = max_margin.as_ref().ok().map(|m| m.params.clone());
+    let separator = max_margin.as_ref().ok().map(|m| m.params.clone());
     match (kind, reduced) {
         (ModelKind::Explicit, _) => (
             Some(Box::new(ExplicitRm::new(&setup.train))),
@@ -534,7 +566,7 @@ pub(super) fn objective(
                 kind,
                 setup,
                 setup.head_init.to_vec(),
-                reference,
+                separator,
                 tau,
                 reference_term,
             ),
@@ -542,13 +574,13 @@ pub(super) fn objective(
         (ModelKind::Implicit, Some(r)) => (
             None,
             r.initial(),
-            Observer::seen_rows(setup, &r.rows, reference, tau, reference_term),
+            Observer::seen_rows(setup, &r.rows, separator, tau, reference_term),
         ),
         (ModelKind::Implicit, None) => {
             let u0 = setup.unembedding_init.full();
             let d = setup.dim();
             // ΔU* on the rows of T, scattered into [V, D].
-            let reference = max_margin.as_ref().ok().map(|m| {
+            let separator = max_margin.as_ref().ok().map(|m| {
                 let mut full = vec![0.0; u0.len()];
                 let rows = m.rows.as_deref().unwrap_or_default();
                 RowBlock::new(Some(rows), &m.params, d).scatter_into(&mut full, None);
@@ -566,7 +598,7 @@ pub(super) fn objective(
                     .with_reference(reference_term),
                 )),
                 theta0.clone(),
-                Observer::new(kind, setup, theta0, reference, tau, reference_term),
+                Observer::new(kind, setup, theta0, separator, tau, reference_term),
             )
         }
     }

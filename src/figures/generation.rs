@@ -8,6 +8,7 @@ use crate::config::{Config, GradientPath};
 use crate::experiment::simulation::{max_margin_for, run_model_with, ModelKind};
 use crate::figures::plot::{Figure, Legend, Panel, Series};
 use crate::problem::reward::ImplicitRm;
+use crate::problem::synthetic::SplitId;
 use crate::problem::synthetic::{PairSet, Setup, TokenLabel};
 use anyhow::Result;
 use std::fmt::Write as _;
@@ -27,7 +28,7 @@ pub fn verification_without_generation(config: &Config) -> Result<FigureData> {
     let held_out = setup
         .evals
         .iter()
-        .find(|p| p.name == "seen")
+        .find(|p| SplitId::Seen.is(&p.name))
         .ok_or_else(|| anyhow::anyhow!("no `seen` split"))?;
     let rows = held_out_trajectory(config, &setup, held_out)?;
     let mut csv = String::from(
@@ -130,7 +131,7 @@ fn held_out_trajectory(config: &Config, setup: &Setup, held_out: &PairSet) -> Re
             accuracy: o
                 .splits
                 .iter()
-                .find(|s| s.split == "seen")
+                .find(|s| SplitId::Seen.is(&s.split))
                 .map_or(f64::NAN, |s| s.strict_accuracy),
             greedy_good,
             pi_chosen: lp.iter().map(|(a, _)| a.exp()).sum::<f64>() / n,

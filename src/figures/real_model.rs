@@ -66,7 +66,7 @@ fn accuracy_panel(run: &RealModelRun, csv: &mut String) -> Panel {
         });
     }
     for f in &run.full {
-        for c in &f.checkpoints {
+        for c in &f.evaluations {
             for s in &c.splits {
                 let _ = writeln!(
                     csv,
@@ -114,7 +114,7 @@ fn accuracy_panel(run: &RealModelRun, csv: &mut String) -> Panel {
 
 /// `(step, value)` of one split at every checkpoint of a full fine-tuning run.
 fn curve(f: &FullRun, split: &str, value: fn(&SplitMetrics) -> f64) -> Vec<(f64, f64)> {
-    f.checkpoints
+    f.evaluations
         .iter()
         .map(|c| {
             let s = c.splits.iter().find(|s| s.split == split).expect("split");

@@ -8,6 +8,7 @@ use crate::experiment::observables::{Convergence, Observation, SplitMetrics};
 use crate::experiment::simulation::{max_margin_for, run_model, simulate, ModelKind, Simulation};
 use crate::figures::plot::{Figure, Legend, Panel, Series};
 use crate::problem::synthetic::Setup;
+use crate::problem::synthetic::SplitId;
 use anyhow::Result;
 use std::fmt::Write as _;
 
@@ -278,7 +279,7 @@ pub fn unseen_margins(config: &Config) -> Result<FigureData> {
                 let s = o
                     .splits
                     .iter()
-                    .find(|s| s.split == "unseen")
+                    .find(|s| SplitId::Unseen.is(&s.split))
                     .expect("unseen");
                 (o.t, s.max_abs_margin, s.mean_margin, s.min_margin)
             })
@@ -431,7 +432,7 @@ pub fn optimizers(config: &Config) -> Result<FigureData> {
 fn unseen(o: &Observation) -> SplitMetrics {
     o.splits
         .iter()
-        .find(|s| s.split == "unseen")
+        .find(|s| SplitId::Unseen.is(&s.split))
         .expect("unseen")
         .clone()
 }

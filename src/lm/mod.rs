@@ -22,7 +22,8 @@ pub mod single_token;
 pub use candle_core::Device;
 pub use model::{open_device, Architecture, Forward, LanguageModel};
 pub use single_token::{
-    build_setup, extract_pairs, run_experiment, run_head_only, split_sequences, AnswerTokens, Mode,
+    build_setup, extract_pairs, run_experiment, run_head_only, split_sequences, AnswerTokens,
     RealModelRun, RealProblem, SplitSequences, Timing,
 };
 pub use single_token::{LmFile, LmSpec};
+pub use train::epochs::Mode;

@@ -355,6 +355,34 @@ pub struct Setup {
     pub seen_tokens: Vec<usize>,
 }
 
+/// The named splits of the paper's setting (MATH.md §4): training, and the evaluation splits
+/// with seen answers, unseen answers and a shifted domain (the `overlapP` splits are named by
+/// [`crate::config::overlap_split_name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitId {
+    Train,
+    Seen,
+    Unseen,
+    Domain,
+}
+
+impl SplitId {
+    /// The split's name in every output (`split` columns, folders).
+    pub const fn name(self) -> &'static str {
+        match self {
+            SplitId::Train => "train",
+            SplitId::Seen => "seen",
+            SplitId::Unseen => "unseen",
+            SplitId::Domain => "domain",
+        }
+    }
+
+    /// Whether `name` is this split's.
+    pub fn is(self, name: &str) -> bool {
+        name == self.name()
+    }
+}
+
 /// `k` flags with `n_seen` of them true, at positions drawn uniformly (no draw when all or none).
 fn choose_positions(rng: &mut ChaCha8Rng, k: usize, n_seen: usize) -> Vec<bool> {
     let mut flags = vec![false; k];
@@ -482,7 +510,7 @@ impl Setup {
         let k_len = s.response_length;
         let all = |seen| TokenPools::all(seen, k_len);
         let train = drawer.draw(
-            "train",
+            SplitId::Train.name(),
             s.train_pairs,
             0,
             all(&vocab.good_seen),
@@ -514,6 +542,11 @@ impl Setup {
 
     pub fn dim(&self) -> usize {
         self.config.dim
+    }
+
+    /// The split `id`, if the setup has it.
+    pub fn split(&self, id: SplitId) -> Option<&PairSet> {
+        self.splits().find(|p| id.is(&p.name))
     }
 
     /// Training split followed by the evaluation splits.
@@ -626,15 +659,27 @@ impl PairDrawer<'_> {
         let (seen_good, seen_bad) = (in_training(&vocab.good_seen), in_training(&vocab.bad_seen));
         let all = |seen| TokenPools::all(seen, k_len);
         let mut evals = vec![
-            self.draw("seen", s.eval_pairs, 0, all(&seen_good), all(&seen_bad)),
             self.draw(
-                "unseen",
+                SplitId::Seen.name(),
+                s.eval_pairs,
+                0,
+                all(&seen_good),
+                all(&seen_bad),
+            ),
+            self.draw(
+                SplitId::Unseen.name(),
                 s.eval_pairs,
                 0,
                 all(&vocab.good_unseen),
                 all(&vocab.bad_unseen),
             ),
-            self.draw("domain", s.eval_pairs, 1, all(&seen_good), all(&seen_bad)),
+            self.draw(
+                SplitId::Domain.name(),
+                s.eval_pairs,
+                1,
+                all(&seen_good),
+                all(&seen_bad),
+            ),
         ];
         for &f in &s.eval_overlap {
             let n_seen = (f * k_len as f64).round() as usize;

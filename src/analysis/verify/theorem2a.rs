@@ -6,6 +6,7 @@ use super::claim::{max_over, split, Bound, Claim};
 use crate::experiment::simulation::{MaxMarginResult, ModelRun};
 use crate::problem::rows::RowBlock;
 use crate::problem::synthetic::Setup;
+use crate::problem::synthetic::SplitId;
 use crate::solve::max_margin::{implicit_dual_prediction, MaxMarginError};
 
 /// Full vs seen-row IM-RM gradient paths: `max|U_full − U_seen_rows| / max|ΔU|` at the common horizon
@@ -104,7 +105,7 @@ pub(super) fn dual_unseen_claim(
 ) -> Option<Claim> {
     Some(match mm_im {
         Ok(m) => {
-            let unseen = setup.evals.iter().find(|p| p.name == "unseen")?;
+            let unseen = setup.split(SplitId::Unseen)?;
             let pred = implicit_dual_prediction(&setup.train, &m.solution.dual, beta, unseen);
             let worst = pred.iter().fold(0.0f64, |a, p| a.max(p.abs()));
             Claim::judged(

@@ -379,7 +379,7 @@ pub const PROBE_TEXTS: [&str; 6] = [
 pub fn forward_record(dir: &Path, device: &Device, texts: &[String]) -> Result<serde_json::Value> {
     use crate::lm::{Forward, LanguageModel};
     let start = std::time::Instant::now();
-    let reference = LanguageModel::load(dir, device, Forward::Reference)?;
+    let reference = LanguageModel::load(dir, device, Forward::CandleReference)?;
     let mut ids = Vec::new();
     let mut pos = Vec::new();
     for t in texts {
@@ -391,7 +391,7 @@ pub fn forward_record(dir: &Path, device: &Device, texts: &[String]) -> Result<s
         a.rows().into_iter().map(|r| r.to_vec()).collect()
     };
     let h_ref = reference.hidden_at(&ids, &pos, 8)?;
-    let diff = LanguageModel::load(dir, device, Forward::Differentiable)?;
+    let diff = LanguageModel::load(dir, device, Forward::Nets)?;
     let h_diff = diff.hidden_at(&ids, &pos, 8)?;
     Ok(serde_json::json!({
         "rmflow_version": env!("CARGO_PKG_VERSION"),

@@ -87,3 +87,26 @@ fn name_hash(name: &str) -> u64 {
     let digest = sha2::Sha256::digest(name.as_bytes());
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
+
+/// `added` tokens put into `tokenizer` and `config.json`'s `vocab_size` (`raw`, read from
+/// `cfg_path`) raised to match: the resize of the vocabulary matrices, where it grows.
+pub(crate) fn add_tokens(
+    added: Option<&AddedTokens>,
+    raw: &mut serde_json::Value,
+    tokenizer: &mut tokenizers::Tokenizer,
+    cfg_path: &std::path::Path,
+) -> anyhow::Result<Option<Resize>> {
+    use anyhow::Context;
+    let Some(a) = added else { return Ok(None) };
+    let from = raw
+        .get("vocab_size")
+        .and_then(|v| v.as_u64())
+        .with_context(|| format!("{}: no vocab_size", cfg_path.display()))? as usize;
+    let to = add_special_tokens(tokenizer, &a.tokens);
+    raw["vocab_size"] = to.into();
+    Ok((to != from).then_some(Resize {
+        from,
+        to,
+        seed: a.seed,
+    }))
+}

@@ -42,7 +42,7 @@ pub fn pretrain(
     on_step: &mut dyn FnMut(&PretrainStep),
 ) -> Result<Vec<PretrainStep>> {
     let p = &file.pretrain;
-    let lm = LanguageModel::load(init, device, Forward::Differentiable)?;
+    let lm = LanguageModel::load(init, device, Forward::Nets)?;
     let builder = SequenceBuilder {
         lm: &lm,
         template: Some(template_of(&lm)?),

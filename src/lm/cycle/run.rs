@@ -11,7 +11,7 @@ use super::generate::{Decoder, Decoding};
 use super::pretrain::{pretrain, PretrainStep};
 use super::problem::{cycle_problem, prompt_ids, template_of};
 use crate::experiment::observables::split_metrics;
-use crate::lm::recipe::{RecipeEvent, RecipeMode, RecipeReward, RecipeRun, RecipeStep};
+use crate::lm::recipe::{Mode, RecipeEvent, RecipeReward, RecipeRun, RecipeStep};
 use crate::lm::train::epochs::train_reward;
 use crate::lm::train::epochs::Settings;
 use crate::lm::{Forward, LanguageModel};
@@ -302,10 +302,10 @@ impl RewardRun<'_> {
         let reward = self.reward;
         let mut failure = None;
         let start = std::time::Instant::now();
-        let lm = LanguageModel::load(self.reference, self.device, Forward::Differentiable)?;
+        let lm = LanguageModel::load(self.reference, self.device, Forward::Nets)?;
         let run = train_reward(
             reward,
-            RecipeMode::Full,
+            Mode::Full,
             &lm,
             self.settings,
             self.problem,
@@ -410,7 +410,7 @@ pub fn run_cycle(
         on_event(CycleEvent::Pretrain(s))
     })?;
     let pretrain_seconds = t0.elapsed().as_secs_f64();
-    let lm = LanguageModel::load(reference, device, Forward::Differentiable)?;
+    let lm = LanguageModel::load(reference, device, Forward::Nets)?;
     check_response_encoding(&lm.tokenizer, &tokens, &train[0].chosen)?;
     let problem = cycle_problem(&lm, &train, &test)?;
     let template = template_of(&lm)?;

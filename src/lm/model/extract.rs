@@ -45,7 +45,7 @@ pub fn to_array2(t: &Tensor) -> Result<Array2<f64>> {
 
 impl LanguageModel {
     /// Final hidden states `h` [n, D] at `pos[i]` of each sequence, in one batch (differentiable
-    /// under [`Forward::Differentiable`]). Right-padded; padding is masked (BERT) or never looked
+    /// under [`Forward::Nets`]). Right-padded; padding is masked (BERT) or never looked
     /// at (causal). The differentiable BERT packs the sequences instead (no padding rows,
     /// [`nets::Bert::forward_packed`]; padded on other devices, [`nets::Bert::forward_at`]) and
     /// computes its last layer at the read rows only.
@@ -139,7 +139,7 @@ impl LanguageModel {
     /// Final hidden states of `prefix ++ cont_b` for every continuation, the prefix computed
     /// once ([`prompt_group_hidden_states`](Self::prompt_group_hidden_states) with one prompt):
     /// `h` at the prefix's last position [D] and at every continuation position [B, C, D].
-    /// Differentiable Llama / Qwen2 forwards only (fused kernels, no gradient); the continuations
+    /// rmflow's Llama / Qwen2 forwards only (inference kernels, no gradient); the continuations
     /// have equal length.
     pub fn continuation_hidden_states(
         &self,
@@ -150,7 +150,7 @@ impl LanguageModel {
             &[prefix],
             conts,
             &vec![0; conts.len()],
-            Kernels::Fused,
+            Kernels::Inference,
         )?;
         Ok((h_last.squeeze(0)?, h))
     }
@@ -159,7 +159,7 @@ impl LanguageModel {
     /// once ([`nets::Llama::forward_prompt_groups`], the prompts left-padded): `h` at each
     /// prompt's last position [G, D] and at every continuation position [N, C, D], where
     /// `group[n]` is continuation `n`'s prompt and the continuations have one length.
-    /// `kernels`: differentiable (training) or fused (scoring without a gradient).
+    /// `kernels`: autograd (training) or inference (scoring without a gradient).
     pub fn prompt_group_hidden_states(
         &self,
         prompts: &[&[u32]],

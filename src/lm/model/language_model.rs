@@ -17,7 +17,9 @@ use crate::lm::checkpoint::hf_config::Architecture;
 use crate::lm::checkpoint::hf_config::RawConfig;
 use crate::lm::checkpoint::tensors::CheckpointVars;
 use crate::lm::checkpoint::tensors::UnembeddingLayout;
+use crate::lm::checkpoint::vocabulary::add_tokens;
 use crate::lm::model::extract::to_array2;
+use crate::lm::model::tokens::mask_token;
 use crate::lm::nets;
 use crate::lm::nets::bert::BertShape;
 use crate::lm::nets::gpt2::Gpt2;
@@ -36,15 +38,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokenizers::Tokenizer;
 
-/// Which forward runs the network.
+/// Which implementation runs the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forward {
-    /// candle-transformers' own models (fused kernels, no backward): the second implementation
-    /// the differentiable one is checked against (`rmflow lm-forward`, `tests/lm_tiny.rs`).
-    Reference,
-    /// [`nets`]: rmflow's own networks, differentiable for training, with fused no-gradient
-    /// paths (shared prompts, packed BERT) for extraction and scoring; every run uses these.
-    Differentiable,
+    /// candle-transformers' own models (inference kernels, no backward), the second
+    /// implementation [`Forward::Nets`] is checked against (`rmflow lm-forward`,
+    /// `tests/lm_tiny.rs`). Only BERT and Llama have one; Qwen2, GPT-2 and GPT-NeoX load
+    /// [`Forward::Nets`] under this request, which [`LanguageModel::forward`] reports.
+    CandleReference,
+    /// [`nets`]: rmflow's own networks, with a backward for training and inference-kernel paths
+    /// (shared prompts, packed BERT) for extraction and scoring; every run uses these.
+    Nets,
+}
+
+impl Architecture {
+    /// Whether candle-transformers has this family's model ([`Forward::CandleReference`]).
+    pub fn has_candle_reference(self) -> bool {
+        matches!(self, Architecture::Bert | Architecture::Llama)
+    }
 }
 
 pub(crate) enum Network {
@@ -125,26 +136,7 @@ impl LanguageModel {
             .map_err(|e| anyhow::anyhow!("{}: {e}", cfg_path.display()))?;
         let max_positions = positions_of(&raw);
         let mut tokenizer = read_tokenizer(&found.tokenizer)?;
-        let resize = match added {
-            Some(a) => {
-                let from = raw
-                    .get("vocab_size")
-                    .and_then(|v| v.as_u64())
-                    .with_context(|| format!("{}: no vocab_size", cfg_path.display()))?
-                    as usize;
-                let to = crate::lm::checkpoint::vocabulary::add_special_tokens(
-                    &mut tokenizer,
-                    &a.tokens,
-                );
-                raw["vocab_size"] = to.into();
-                (to != from).then_some(crate::lm::checkpoint::vocabulary::Resize {
-                    from,
-                    to,
-                    seed: a.seed,
-                })
-            }
-            None => None,
-        };
+        let resize = add_tokens(added, &mut raw, &mut tokenizer, cfg_path)?;
         let config = RawConfig {
             raw: &raw,
             path: cfg_path,
@@ -177,14 +169,7 @@ impl LanguageModel {
             .get((layout.vocab_size, layout.dim), layout.name)
             .map_err(mismatch)?;
         check_tokenizer_size(&tokenizer, &found.tokenizer, layout.vocab_size, cfg_path)?;
-        let mask_id = match arch {
-            Architecture::Bert => Some(
-                tokenizer
-                    .token_to_id("[MASK]")
-                    .with_context(|| format!("{}: no [MASK] token", found.tokenizer.display()))?,
-            ),
-            _ => None,
-        };
+        let mask_id = mask_token(arch, &tokenizer, &found.tokenizer)?;
         Ok(LanguageModel {
             arch,
             network,
@@ -246,7 +231,7 @@ pub(crate) fn build_network(
         Architecture::Bert => {
             let shape: BertShape = config.parse()?;
             let diff = nets::Bert::load(vb.clone(), &shape)?;
-            if forward == Forward::Reference {
+            if forward == Forward::CandleReference {
                 let c: BertConfig = config.parse()?;
                 Network::Bert(BertModel::load(vb.clone(), &c)?)
             } else {
@@ -259,7 +244,7 @@ pub(crate) fn build_network(
             // Loading the differentiable twin first checks every tensor (candle's
             // `Llama::load` panics on a missing one).
             let diff = nets::Llama::load(vb.clone(), &c, false)?;
-            if forward == Forward::Reference {
+            if forward == Forward::CandleReference {
                 if c.vocab_size < c.hidden_size {
                     return Err(LoadError::Config(anyhow::anyhow!(
                         "{}: vocab_size {} < hidden_size {}: the reference forward's hidden-state read-out needs V ≥ D (the differentiable forward has no such limit)",
@@ -292,6 +277,14 @@ pub(crate) fn build_network(
 }
 
 impl LanguageModel {
+    /// The implementation that runs: [`Forward::CandleReference`] only where one was requested
+    /// and the family has it.
+    pub fn forward(&self) -> Forward {
+        match self.network {
+            Network::Bert(_) | Network::Llama(..) => Forward::CandleReference,
+            _ => Forward::Nets,
+        }
+    }
     /// The IM-RM unembedding `U` [V, D] (a variable of the network).
     pub fn unembedding(&self) -> &Tensor {
         &self.unembedding

@@ -1,8 +1,11 @@
 //! Tokens of prompts and answers: a word's single token id, a prompt's ids and the position
 //! the answer is read at, the sequence with the answer in place.
 
+use crate::lm::checkpoint::hf_config::Architecture;
 use crate::lm::model::language_model::LanguageModel;
 use anyhow::{bail, Context, Result};
+use std::path::Path;
+use tokenizers::Tokenizer;
 
 impl LanguageModel {
     /// The single token id of `word` (after a space where `leading_space`, as the causal
@@ -102,5 +105,21 @@ impl LanguageModel {
                 (s, pos + 1)
             }
         }
+    }
+}
+
+/// BERT's `[MASK]` id (the slot the answer fills), from the tokenizer at `path`; `None` for the
+/// causal families.
+pub(crate) fn mask_token(
+    arch: Architecture,
+    tokenizer: &Tokenizer,
+    path: &Path,
+) -> Result<Option<u32>> {
+    match arch {
+        Architecture::Bert => tokenizer
+            .token_to_id("[MASK]")
+            .with_context(|| format!("{}: no [MASK] token", path.display()))
+            .map(Some),
+        _ => Ok(None),
     }
 }

@@ -1,32 +1,36 @@
-//! Which kernels a forward runs: candle-transformers' inference kernels (no backward) or the
-//! autograd forwards of this module (a backward through every parameter).
+//! Which kernels a forward runs: kernels that record a backward through every parameter
+//! ([`Kernels::Autograd`]) or candle's inference kernels, which record none
+//! ([`Kernels::Inference`]).
 
 use super::layers::*;
 use crate::lm::ops;
 use candle_core::{Result, Tensor};
 
-/// Which kernels a forward uses: the differentiable compositions (training), or candle's fused
-/// norm, rotary and softmax kernels (no backward; equal up to f32 rounding), for inference.
+/// Which kernels a forward uses (equal up to f32 rounding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    Differentiable,
-    Fused,
+    /// Kernels that record a backward: rmflow's own ([`crate::lm::ops`], CPU f32) or candle's
+    /// differentiable compositions elsewhere. Training.
+    Autograd,
+    /// candle's norm, rotary and softmax kernels, which record no backward. Extraction and
+    /// scoring.
+    Inference,
 }
 
 impl Kernels {
     pub(crate) fn norm(self, n: &Norm, x: &Tensor) -> Result<Tensor> {
         match (self, &n.bias) {
-            (Kernels::Differentiable, _) => n.forward(x),
-            (Kernels::Fused, Some(b)) => candle_nn::ops::layer_norm(x, &n.weight, b, n.eps),
-            (Kernels::Fused, None) => candle_nn::ops::rms_norm(x, &n.weight, n.eps),
+            (Kernels::Autograd, _) => n.forward(x),
+            (Kernels::Inference, Some(b)) => candle_nn::ops::layer_norm(x, &n.weight, b, n.eps),
+            (Kernels::Inference, None) => candle_nn::ops::rms_norm(x, &n.weight, n.eps),
         }
     }
 
     pub(crate) fn rope(self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         match self {
-            Kernels::Differentiable if ops::fused(x) => ops::rope(x, cos, sin),
-            Kernels::Differentiable => candle_nn::rotary_emb::rope_slow(x, cos, sin),
-            Kernels::Fused => candle_nn::rotary_emb::rope(x, cos, sin),
+            Kernels::Autograd if ops::fused(x) => ops::rope(x, cos, sin),
+            Kernels::Autograd => candle_nn::rotary_emb::rope_slow(x, cos, sin),
+            Kernels::Inference => candle_nn::rotary_emb::rope(x, cos, sin),
         }
     }
 
@@ -39,7 +43,7 @@ impl Kernels {
         v: &Tensor,
         mask: &Tensor,
     ) -> Result<Tensor> {
-        if self == Kernels::Differentiable || ops::fused(q) {
+        if self == Kernels::Autograd || ops::fused(q) {
             let rows = |t: &Tensor| t.transpose(1, 2);
             return attention(&rows(q)?, &rows(k)?, &rows(v)?, mask);
         }

@@ -126,7 +126,7 @@ pub(crate) fn split_heads(x: &Tensor, h: usize) -> Result<Tensor> {
 
 /// `softmax(q kᵀ/√hd + mask) v` as candle ops over heads-major `q` [B, H, L, hd], `k`, `v`
 /// [B, Hkv, L, hd] (repeated to every query head), heads merged back to `[B, L, H·hd]`;
-/// `differentiable`: candle's softmax composition, else its fused softmax (no backward).
+/// `differentiable`: candle's softmax composition, else its inference softmax (no backward).
 pub(crate) fn composed_attention(
     q: &Tensor,
     k: &Tensor,

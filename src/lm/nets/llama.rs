@@ -104,7 +104,7 @@ impl Llama {
         let dev = ids.device();
         let (cos, sin) = rotary_tables(l, &self.inv_freq, dev)?;
         let mask = causal_mask(l, dev)?;
-        let kernels = Kernels::Differentiable;
+        let kernels = Kernels::Autograd;
         let mut x = self.embed.forward(ids)?;
         for layer in &self.layers {
             let (q, k, v) = self.qkv(layer, &x, &cos, &sin, kernels)?;
@@ -161,7 +161,7 @@ impl Llama {
     /// prefixes' states [G, P, D] and the continuations' [N, C, D], equal to [`Llama::forward`]
     /// of each `prefix ++ cont` (checked in `tests/lm_cycle.rs` and `tests/lm_recipe.rs`).
     /// `kernels`: differentiable (a training step: the gradient reaches each prefix through all
-    /// of its continuations) or fused (scoring without a gradient; equal up to f32 rounding).
+    /// of its continuations) or inference kernels (scoring without a gradient; equal up to f32 rounding).
     pub fn forward_prompt_groups(
         &self,
         prefix: &Tensor,

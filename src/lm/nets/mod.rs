@@ -1,7 +1,7 @@
-//! Differentiable forwards of the model families for full fine-tuning (MATH.md §6): BERT,
+//! rmflow's forwards of the model families for full fine-tuning (MATH.md §6): BERT,
 //! Llama, Qwen2 (Llama with q/k/v biases), GPT-2 and GPT-NeoX (Pythia).
 //!
-//! candle-nn 0.11's fused `layer_norm`, `rms_norm`, `softmax_last_dim` and `rope` record no
+//! candle-nn 0.11's inference kernels `layer_norm`, `rms_norm`, `softmax_last_dim` and `rope` record no
 //! backward op (candle issues #2168, #3011): the models of candle-transformers run forward
 //! correctly but a loss's gradient stops at their first norm, so a "full" fine-tuning of them
 //! would silently train only what sits after the last one. These re-implementations use only

@@ -27,9 +27,9 @@ pub mod run;
 pub mod template;
 
 pub use crate::lm::train::config::TrainConfig;
-pub use crate::lm::train::epochs::{RecipeEvent, RecipeMode, RecipeRun, RecipeStep};
+pub use crate::lm::train::epochs::{Mode, RecipeEvent, RecipeRun, RecipeStep};
 pub use crate::lm::train::evaluate::{
-    ImplicitParts, RecipeCheckpoint, RecipeSplitMetrics, TokenContribution,
+    Evaluation, ImplicitParts, RecipeSplitMetrics, TokenContribution,
 };
 pub use crate::lm::train::features::{
     last_response_hidden, response_hidden_mean, response_token_logprobs,

@@ -53,7 +53,7 @@ fn recipe_json(o: &RecipeOutcome) -> serde_json::Value {
                 "tokens_per_second": e.tokens as f64 / e.seconds.max(f64::MIN_POSITIVE),
             })),
             "step_pairs": r.history.iter().map(|h| &h.pairs).collect::<Vec<_>>(),
-            "final": r.checkpoints.last().map(|c| &c.splits),
+            "final": r.evaluations.last().map(|c| &c.splits),
         })).collect::<Vec<_>>(),
     })
 }
@@ -90,7 +90,7 @@ fn metrics_csv(o: &RecipeOutcome) -> String {
     let mut metrics = String::from("mode,model,epoch,step,split,pairs,exact_tie_accuracy,tie_aware_accuracy,strict_accuracy,ties,normalised_abs_margin,mean_chosen_reward,mean_rejected_reward,mean_margin\n");
     for r in &o.runs {
         let (mode, model) = (r.mode.name(), r.reward.name());
-        for c in &r.checkpoints {
+        for c in &r.evaluations {
             for (s, split) in c.splits.iter().zip(&o.problem.splits) {
                 let (a, w) = (&s.accuracy, &s.rewards);
                 let row = [
@@ -159,7 +159,7 @@ pub fn final_table(o: &RecipeOutcome) -> String {
         "mode", "model", "split", "acc(τ=0)", "acc(τ)", "norm|Δr|"
     );
     for r in &o.runs {
-        if let Some(c) = r.checkpoints.last() {
+        if let Some(c) = r.evaluations.last() {
             for m in &c.splits {
                 s.push_str(&format!(
                     "{:<6} {:<16} {:<18} {:>9.3} {:>9.3} {:>11.3}\n",

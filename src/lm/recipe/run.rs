@@ -4,8 +4,8 @@
 use super::config::RecipeFile;
 use super::problem::build_problem;
 use super::template::load_recipe_model;
+use crate::lm::train::epochs::Mode;
 use crate::lm::train::epochs::RecipeEvent;
-use crate::lm::train::epochs::RecipeMode;
 use crate::lm::train::epochs::RecipeRun;
 use crate::lm::train::epochs::{train_reward, verdict_tokens};
 use crate::lm::train::reward::RecipeReward;
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 /// `model_dir` ([`train_reward`]); `on_event` sees every stage and optimizer step (progress).
 pub fn train_recipe(
     reward: RecipeReward,
-    mode: RecipeMode,
+    mode: Mode,
     model_dir: &Path,
     device: &Device,
     file: &RecipeFile,
@@ -27,7 +27,7 @@ pub fn train_recipe(
     on_event: &mut dyn FnMut(RecipeEvent),
 ) -> Result<RecipeRun> {
     let start = std::time::Instant::now();
-    let (lm, _) = load_recipe_model(model_dir, device, Forward::Differentiable, file)?;
+    let (lm, _) = load_recipe_model(model_dir, device, Forward::Nets, file)?;
     let mut run = train_reward(reward, mode, &lm, file.settings(), problem, on_event)?;
     run.seconds = start.elapsed().as_secs_f64();
     Ok(run)
@@ -54,11 +54,11 @@ pub fn run_recipe(
     model_dir: &Path,
     file: &RecipeFile,
     device: &Device,
-    modes: &[RecipeMode],
+    modes: &[Mode],
     rewards: &[RecipeReward],
-    on_event: &mut dyn FnMut(RecipeMode, RecipeReward, RecipeEvent),
+    on_event: &mut dyn FnMut(Mode, RecipeReward, RecipeEvent),
 ) -> Result<RecipeOutcome> {
-    let (lm, _) = load_recipe_model(model_dir, device, Forward::Differentiable, file)?;
+    let (lm, _) = load_recipe_model(model_dir, device, Forward::Nets, file)?;
     // Statements, prompts, tokenization and chat template: all input errors (exit code 2).
     let problem =
         build_problem(file, &lm).map_err(|e| crate::error::InputError(format!("{e:#}")))?;

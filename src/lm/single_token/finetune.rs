@@ -12,6 +12,7 @@ use crate::experiment::observables::{split_metrics, SplitMetrics};
 use crate::experiment::simulation::ModelKind;
 use crate::lm::model::language_model::Forward;
 use crate::lm::model::language_model::LanguageModel;
+use crate::lm::single_token::config::LmFile;
 use crate::lm::single_token::setup::extract_pairs;
 use crate::lm::single_token::setup::SplitSequences;
 use crate::lm::train::config::FinetuneConfig;
@@ -19,6 +20,7 @@ use crate::lm::train::loss::softplus_neg;
 use crate::lm::train::optimizers::Optimizers;
 use crate::lm::train::shuffle::Batches;
 use crate::problem::synthetic::PairSet;
+use crate::problem::synthetic::SplitId;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use ndarray::{Array1, Array2};
@@ -35,7 +37,7 @@ pub struct StepRecord {
 
 /// Accuracy of every split after `step` updates (representations re-extracted).
 #[derive(Debug, Clone, Serialize)]
-pub struct Checkpoint {
+pub struct Evaluation {
     pub step: usize,
     pub splits: Vec<SplitMetrics>,
 }
@@ -55,7 +57,7 @@ pub struct FullRun {
     pub kind: ModelKind,
     pub history: Vec<StepRecord>,
     /// Evaluations at step 0, every `eval_every` steps and after the last step.
-    pub checkpoints: Vec<Checkpoint>,
+    pub evaluations: Vec<Evaluation>,
     /// Final margins' metrics per split (train first), strict and tie-aware.
     pub splits: Vec<SplitMetrics>,
     /// IM-RM: `max ‖U_z(T) − U_z(0)‖` over the unseen answer tokens `z`.
@@ -195,24 +197,22 @@ fn evaluate(
     Ok((pairs, splits))
 }
 
-/// Fine-tunes a fresh copy of the model in `model_dir` as `kind` on `sequences[0]` and evaluates
-/// every split. `initial` holds the splits' representations under the untrained
-/// [`Forward::Differentiable`] model (`h(0)` of the IM-RM margins and the shifts); `on_step` sees
+/// Fine-tunes a fresh copy of the model in `model_dir` as `kind` on `sequences[0]` under `file`'s
+/// `[finetune]` (β = `lm.beta`, `lm.batch_size` sequences a forward, the run's seed and tie
+/// tolerance) and evaluates every split. `initial` holds the splits' representations under the untrained
+/// [`Forward::Nets`] model (`h(0)` of the IM-RM margins and the shifts); `on_step` sees
 /// each step's record (progress bars).
-#[allow(clippy::too_many_arguments)]
 pub fn finetune(
     kind: ModelKind,
     model_dir: &Path,
     device: &Device,
-    sequences: &[SplitSequences],
-    initial: &[PairSet],
-    spec: &FinetuneConfig,
-    beta: f64,
-    batch_size: usize,
-    seed: u64,
-    tie_tolerance: f64,
+    file: &LmFile,
+    (sequences, initial): (&[SplitSequences], &[PairSet]),
     on_step: &mut dyn FnMut(&StepRecord),
 ) -> Result<FullRun> {
+    let (spec, seed) = (&file.finetune, file.seed);
+    let (beta, batch_size) = (file.lm.beta, file.lm.batch_size);
+    let tie_tolerance = file.eval.tie_tolerance;
     let start = std::time::Instant::now();
     if initial.len() != sequences.len() {
         bail!(
@@ -236,10 +236,10 @@ pub fn finetune(
         batch_size,
         tie_tolerance,
     };
-    let (history, mut checkpoints, step_seconds) =
+    let (history, mut evaluations, step_seconds) =
         train_steps(&trainee, &ctx, spec, reference.as_ref(), seed, on_step)?;
     let (pairs, splits) = evaluate(&ctx, &trainee.lm, &trainee.head)?;
-    checkpoints.push(Checkpoint {
+    evaluations.push(Evaluation {
         step: spec.steps,
         splits: splits.clone(),
     });
@@ -254,7 +254,7 @@ pub fn finetune(
     Ok(FullRun {
         kind,
         history,
-        checkpoints,
+        evaluations,
         splits,
         unseen_row_drift,
         answer_direction_cosine: answer_direction_cosine(sequences, &trainee.u0, device)?,
@@ -272,7 +272,7 @@ pub fn finetune(
 }
 
 /// The optimizer steps of [`finetune`], evaluating every split at the scheduled steps: the
-/// step records, the checkpoints (step 0 included), and the seconds spent in steps.
+/// step records, the evaluations (step 0 included), and the seconds spent in steps.
 fn train_steps(
     trainee: &Trainee,
     ctx: &EvalContext,
@@ -280,12 +280,12 @@ fn train_steps(
     reference: Option<&Tensor>,
     seed: u64,
     on_step: &mut dyn FnMut(&StepRecord),
-) -> Result<(Vec<StepRecord>, Vec<Checkpoint>, f64)> {
+) -> Result<(Vec<StepRecord>, Vec<Evaluation>, f64)> {
     let train = &ctx.sequences[0];
     let mut optimizers = optimizers(trainee, spec)?;
     let mut batches = Batches::new(train.len(), spec.pairs_per_step, seed);
     let mut history = Vec::with_capacity(spec.steps);
-    let mut checkpoints = vec![Checkpoint {
+    let mut evaluations = vec![Evaluation {
         step: 0,
         splits: ctx
             .initial
@@ -297,7 +297,7 @@ fn train_steps(
     for step in 0..spec.steps {
         let scheduled = spec.eval_every_steps > 0 && step % spec.eval_every_steps == 0;
         if step > 0 && (scheduled || spec.eval_at.contains(&step)) {
-            checkpoints.push(Checkpoint {
+            evaluations.push(Evaluation {
                 step,
                 splits: evaluate(ctx, &trainee.lm, &trainee.head)?.1,
             });
@@ -310,7 +310,7 @@ fn train_steps(
         on_step(&record);
         history.push(record);
     }
-    Ok((history, checkpoints, step_seconds))
+    Ok((history, evaluations, step_seconds))
 }
 
 /// The model being fine-tuned as one reward model, with what is kept of its start.
@@ -331,7 +331,7 @@ struct Trainee {
 
 impl Trainee {
     fn load(kind: ModelKind, model_dir: &Path, device: &Device) -> Result<Trainee> {
-        let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
+        let lm = LanguageModel::load(model_dir, device, Forward::Nets)?;
         let params = match kind {
             ModelKind::Explicit => lm.body_parameters(),
             ModelKind::Implicit => lm.parameters(),
@@ -384,7 +384,7 @@ impl Trainee {
         let u_final = self.lm.unembedding();
         let unseen: Vec<u32> = sequences
             .iter()
-            .find(|q| q.name == "unseen")
+            .find(|q| SplitId::Unseen.is(&q.name))
             .map(|q| sorted_tokens(std::slice::from_ref(q)))
             .unwrap_or_default();
         let drift = if unseen.is_empty() {
@@ -500,8 +500,8 @@ fn answer_direction_cosine(
     u0: &Tensor,
     device: &Device,
 ) -> Result<Option<f64>> {
-    let mean_diff = |name: &str| -> Result<Option<Array1<f64>>> {
-        let Some(q) = sequences.iter().find(|q| q.name == name) else {
+    let mean_diff = |id: SplitId| -> Result<Option<Array1<f64>>> {
+        let Some(q) = sequences.iter().find(|q| id.is(&q.name)) else {
             return Ok(None);
         };
         let d = crate::lm::model::to_array2(
@@ -509,8 +509,10 @@ fn answer_direction_cosine(
         )?;
         Ok(d.mean_axis(ndarray::Axis(0)))
     };
-    Ok(match (mean_diff("train")?, mean_diff("unseen")?) {
-        (Some(a), Some(b)) => Some(a.dot(&b) / (a.dot(&a) * b.dot(&b)).sqrt()),
-        _ => None,
-    })
+    Ok(
+        match (mean_diff(SplitId::Train)?, mean_diff(SplitId::Unseen)?) {
+            (Some(a), Some(b)) => Some(a.dot(&b) / (a.dot(&a) * b.dot(&b)).sqrt()),
+            _ => None,
+        },
+    )
 }

@@ -12,6 +12,6 @@ pub mod setup;
 
 pub use config::{LmFile, LmSpec};
 pub use setup::{
-    build_setup, extract_pairs, run_experiment, run_head_only, split_sequences, AnswerTokens, Mode,
+    build_setup, extract_pairs, run_experiment, run_head_only, split_sequences, AnswerTokens,
     RealModelRun, RealProblem, SplitSequences, Timing,
 };

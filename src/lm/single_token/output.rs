@@ -7,6 +7,7 @@ use crate::lm::checkpoint::hf_config::Architecture;
 use crate::lm::single_token::finetune::FullRun;
 use crate::lm::single_token::setup::RealModelRun;
 use crate::lm::single_token::setup::SplitSequences;
+use crate::problem::synthetic::SplitId;
 use anyhow::Result;
 use serde_json::{json, Value};
 
@@ -23,7 +24,7 @@ pub fn write_full_run(dir: &AtomicDir, run: &FullRun) -> Result<()> {
         ));
     }
     dir.write_text(&format!("{root}/history.csv"), &csv)?;
-    dir.write_text(&format!("{root}/checkpoints.csv"), &checkpoints_csv(run))?;
+    dir.write_text(&format!("{root}/checkpoints.csv"), &evaluations_csv(run))?;
     for p in &run.pairs {
         let folder = if p.name == "train" {
             format!("{root}/train")
@@ -53,7 +54,7 @@ pub fn full_summary(run: &FullRun) -> Value {
         "first_loss": run.history.first().map(|r| r.loss),
         "final_loss": run.history.last().map(|r| r.loss),
         "splits": run.splits,
-        "checkpoints": run.checkpoints,
+        "checkpoints": run.evaluations,
         "unseen_row_drift": run.unseen_row_drift,
         "answer_direction_cosine": run.answer_direction_cosine,
         "representation_shift": run.shift,
@@ -76,7 +77,7 @@ pub fn full_table(runs: &[FullRun]) -> String {
         if let Some(d) = r.unseen_row_drift {
             out.push_str(&format!(" unseen-row drift {d:.3e},"));
         }
-        if let Some(s) = r.shift.iter().find(|s| s.split == "unseen") {
+        if let Some(s) = r.shift.iter().find(|s| SplitId::Unseen.is(&s.split)) {
             out.push_str(&format!(
                 " representation shift on unseen (prompt / response) {:.3} / {:.3}",
                 s.prompt, s.response
@@ -88,9 +89,9 @@ pub fn full_table(runs: &[FullRun]) -> String {
 }
 
 /// `step,<split>_strict_accuracy,<split>_tie_aware_accuracy,…` per evaluation.
-pub fn checkpoints_csv(run: &FullRun) -> String {
+pub fn evaluations_csv(run: &FullRun) -> String {
     let mut out = String::from("step");
-    if let Some(c) = run.checkpoints.first() {
+    if let Some(c) = run.evaluations.first() {
         for s in &c.splits {
             out.push_str(&format!(
                 ",{0}_strict_accuracy,{0}_tie_aware_accuracy,{0}_mean_margin",
@@ -99,7 +100,7 @@ pub fn checkpoints_csv(run: &FullRun) -> String {
         }
     }
     out.push('\n');
-    for c in &run.checkpoints {
+    for c in &run.evaluations {
         out.push_str(&c.step.to_string());
         for s in &c.splits {
             out.push_str(&format!(

@@ -23,7 +23,9 @@ use crate::lm::single_token::config::split_statements;
 use crate::lm::single_token::config::LmFile;
 use crate::lm::single_token::config::LmSpec;
 use crate::lm::single_token::finetune;
+use crate::lm::train::epochs::Mode;
 use crate::lm::Device;
+use crate::problem::synthetic::SplitId;
 use crate::problem::synthetic::{PairSet, Setup, TokenLabel, Vocabulary};
 use anyhow::Result;
 use ndarray::{Array1, Array2, Array3};
@@ -168,10 +170,20 @@ pub fn split_sequences(
         (&answers.unseen_chosen, &answers.unseen_rejected),
     );
     let splits = [
-        ("train", &train_statements, &s.question, seen),
-        ("seen", &eval_statements, &s.question, seen),
-        ("unseen", &eval_statements, &s.question, unseen),
-        ("domain", &eval_statements, &s.domain_question, seen),
+        (SplitId::Train.name(), &train_statements, &s.question, seen),
+        (SplitId::Seen.name(), &eval_statements, &s.question, seen),
+        (
+            SplitId::Unseen.name(),
+            &eval_statements,
+            &s.question,
+            unseen,
+        ),
+        (
+            SplitId::Domain.name(),
+            &eval_statements,
+            &s.domain_question,
+            seen,
+        ),
     ];
     let seqs = splits
         .into_iter()
@@ -329,7 +341,7 @@ pub fn answers_continue_prompts(lm: &LanguageModel, seq: &SplitSequences) -> boo
 /// `h_x`, `h_{x,y⁺}` and `h_{x,y⁻}` [n, D] of causal pairs, no gradient: the pairs ordered by
 /// prompt length, in chunks of `batch` pairs, each chunk's distinct prompts computed once and
 /// the two answers as one-token continuations ([`LanguageModel::prompt_group_hidden_states`],
-/// fused kernels; equal to the per-sequence forward up to f32 rounding). Counts the tokens of
+/// inference kernels; equal to the per-sequence forward up to f32 rounding). Counts the tokens of
 /// the three sequences per pair, as the per-sequence path does.
 fn shared_prompt_hidden(
     lm: &LanguageModel,
@@ -351,7 +363,8 @@ fn shared_prompt_hidden(
             .map(|y| vec![y])
             .collect();
         let both: Vec<usize> = group.iter().chain(&group).copied().collect();
-        let (h_last, h) = lm.prompt_group_hidden_states(&prompts, &conts, &both, Kernels::Fused)?;
+        let (h_last, h) =
+            lm.prompt_group_hidden_states(&prompts, &conts, &both, Kernels::Inference)?;
         let h_last = to_array2(&h_last)?;
         let h = to_array2(&h.reshape((2 * chunk.len(), d))?)?;
         for (k, &i) in chunk.iter().enumerate() {
@@ -460,14 +473,6 @@ pub fn run_head_only(file: &LmFile, setup: Setup) -> Result<Simulation> {
     Simulation::new(config, setup, explicit, implicit)
 }
 
-/// `rmflow lm --mode`: head-only (Theorem 2) or head-only and full fine-tuning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Head,
-    Full,
-}
-
 /// Wall-clock seconds of each stage.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timing {
@@ -499,7 +504,7 @@ pub struct RealModelRun {
 
 /// [`alignment::alignment`] of the head-only run's training pairs with its `unseen` split.
 pub(super) fn head_only_alignment(sim: &Simulation) -> Option<alignment::Alignment> {
-    let unseen = sim.setup.evals.iter().find(|p| p.name == "unseen")?;
+    let unseen = sim.setup.split(SplitId::Unseen)?;
     let u_star = sim
         .explicit
         .max_margin
@@ -519,7 +524,7 @@ pub fn run_experiment(
     on_step: &mut dyn FnMut(ModelKind, &finetune::StepRecord),
 ) -> Result<RealModelRun> {
     let t0 = std::time::Instant::now();
-    let lm = LanguageModel::load(model_dir, device, Forward::Differentiable)?;
+    let lm = LanguageModel::load(model_dir, device, Forward::Nets)?;
     let t1 = std::time::Instant::now();
     let tokens_before = LAST_EXTRACTION_TOKENS.load(std::sync::atomic::Ordering::Relaxed);
     let problem = build_setup(file, &lm)?;
@@ -549,13 +554,8 @@ pub fn run_experiment(
                 kind,
                 model_dir,
                 device,
-                &sequences,
-                &initial,
-                &file.finetune,
-                file.lm.beta,
-                file.lm.batch_size,
-                file.seed,
-                file.eval.tie_tolerance,
+                file,
+                (&sequences, &initial),
                 &mut |r| on_step(kind, r),
             )?;
             full.push(run);

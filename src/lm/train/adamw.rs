@@ -1,5 +1,5 @@
 //! Adam with decoupled weight decay (AdamW, the optimizer of full fine-tuning and of the
-//! paper's recipe, MATH.md §6), fused: one pass over each f32 parameter on the CPU that updates
+//! paper's recipe, MATH.md §6) in one pass over each f32 parameter on the CPU that updates
 //! `θ`, `m` and `v` in place, with no temporary tensors. The arithmetic is candle-nn's `AdamW`
 //! step operation for operation in f32 (its scalars rounded from f64 as its `affine` rounds
 //! them), so the two agree bit for bit (tested in `tests/lm_recipe.rs`, which CI runs); other
@@ -21,8 +21,8 @@ pub struct Adam {
 }
 
 enum State {
-    /// f32 variables on the CPU: the fused in-place update.
-    Fused(Vec<Moments>),
+    /// f32 variables on the CPU: the one-pass in-place update.
+    OnePass(Vec<Moments>),
     /// Anything else: candle-nn's `AdamW`.
     Candle(candle_nn::AdamW),
 }
@@ -36,11 +36,11 @@ struct Moments {
 
 impl Adam {
     pub fn new(vars: Vec<Var>, params: ParamsAdamW) -> Result<Adam> {
-        let fused = vars
+        let one_pass = vars
             .iter()
             .all(|v| v.dtype() == DType::F32 && matches!(v.device(), Device::Cpu));
-        let state = if fused {
-            State::Fused(
+        let state = if one_pass {
+            State::OnePass(
                 vars.into_iter()
                     .map(|var| {
                         let n = var.elem_count();
@@ -66,7 +66,7 @@ impl Adam {
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         let moments = match &mut self.state {
             State::Candle(a) => return a.step(grads),
-            State::Fused(m) => m,
+            State::OnePass(m) => m,
         };
         self.step += 1;
         let p = &self.params;
@@ -110,7 +110,7 @@ struct Scalars {
     eps: f32,
 }
 
-/// The fused update of one variable (the destination) from its gradient.
+/// The one-pass update of one variable (the destination) from its gradient.
 struct Update<'a> {
     moments: RefCell<(&'a mut [f32], &'a mut [f32])>,
     scalars: Scalars,

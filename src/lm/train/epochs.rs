@@ -6,7 +6,7 @@
 use crate::lm::model::language_model::LanguageModel;
 use crate::lm::nets::kernels::Kernels;
 use crate::lm::train::config::TrainConfig;
-use crate::lm::train::evaluate::RecipeCheckpoint;
+use crate::lm::train::evaluate::Evaluation;
 use crate::lm::train::evaluate::{evaluate_splits, Scorer};
 use crate::lm::train::features::{FrozenFeatures, Need};
 use crate::lm::train::loss::softplus_neg;
@@ -23,19 +23,20 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 
-/// What is trained: the whole model (`Full`) or the head / unembedding over frozen features.
+/// What is trained: the whole model (`Full`) or the head / unembedding over frozen features
+/// (`Head`). `rmflow lm --mode full` runs both (Theorem 2's head-only run always runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum RecipeMode {
+pub enum Mode {
     Head,
     Full,
 }
 
-impl RecipeMode {
+impl Mode {
     pub fn name(self) -> &'static str {
         match self {
-            RecipeMode::Head => "head",
-            RecipeMode::Full => "full",
+            Mode::Head => "head",
+            Mode::Full => "full",
         }
     }
 }
@@ -73,11 +74,12 @@ pub struct RecipeStep {
 /// A trained reward model under the recipe.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecipeRun {
-    pub mode: RecipeMode,
+    pub mode: Mode,
     pub reward: RecipeReward,
     pub parameters: usize,
     pub history: Vec<RecipeStep>,
-    pub checkpoints: Vec<RecipeCheckpoint>,
+    #[serde(rename = "checkpoints")]
+    pub evaluations: Vec<Evaluation>,
     /// Final reward of every sequence (index as in `sequences.jsonl`).
     #[serde(skip)]
     pub rewards: Vec<f64>,
@@ -111,7 +113,7 @@ pub struct Settings<'a> {
 /// after the last; `on_event` sees every stage and optimizer step (progress).
 pub fn train_reward(
     reward: RecipeReward,
-    mode: RecipeMode,
+    mode: Mode,
     lm: &LanguageModel,
     settings: Settings,
     problem: &RecipeProblem,
@@ -122,20 +124,11 @@ pub fn train_reward(
     let device = &lm.device;
     let seqs = problem.scored_sequences(reward)?;
     let (frozen, extraction) = match mode {
-        RecipeMode::Head => {
-            on_event(RecipeEvent::Stage(format!(
-                "extracting the frozen features of {} sequences",
-                seqs.len()
-            )));
-            let t0 = std::time::Instant::now();
-            let f = FrozenFeatures::extract(lm, seqs, t.eval_batch, Need::of(reward))?;
-            let extraction = Extraction {
-                seconds: t0.elapsed().as_secs_f64(),
-                tokens: seqs.iter().map(|s| s.ids.len()).sum(),
-            };
-            (Some(f), Some(extraction))
+        Mode::Head => {
+            let (f, e) = extract_frozen(reward, lm, seqs, t.eval_batch, on_event)?;
+            (Some(f), Some(e))
         }
-        RecipeMode::Full => (None, None),
+        Mode::Full => (None, None),
     };
     let scorer = Scorer {
         reward,
@@ -147,27 +140,14 @@ pub fn train_reward(
     };
     let u0 = lm.unembedding().detach().copy()?;
     let frozen_u = match mode {
-        RecipeMode::Head if reward.reads_unembedding() => Some(Var::from_tensor(&u0)?),
+        Mode::Head if reward.reads_unembedding() => Some(Var::from_tensor(&u0)?),
         _ => None,
     };
     let head = initial_head(settings, lm.dim, device)?;
     let (vars, head_trained) = trained_vars(mode, reward, lm, frozen_u.as_ref());
-    let reference: Vec<Vec<f64>> = match reward {
-        RecipeReward::Imrm => {
-            on_event(RecipeEvent::Stage(
-                "reference log-probabilities of every sequence".into(),
-            ));
-            scorer.token_logprob_table(seqs, &u0)?
-        }
-        // No reference: the same sums with `ln π_ref` replaced by 0.
-        RecipeReward::ImrmNoRef => seqs
-            .iter()
-            .map(|s| vec![0.0; s.response_end - s.response_start])
-            .collect(),
-        _ => vec![vec![]; seqs.len()],
-    };
+    let reference = reference_table(&scorer, seqs, &u0, on_event)?;
     let train_reference = match (reward, mode) {
-        (RecipeReward::Imrm, RecipeMode::Full) => Some(training_reference(
+        (RecipeReward::Imrm, Mode::Full) => Some(training_reference(
             &scorer, settings, problem, seqs, &u0, &reference,
         )?),
         _ => None,
@@ -189,18 +169,64 @@ pub fn train_reward(
         reference: &reference,
         train_reference: train_reference.as_ref().unwrap_or(&reference),
     };
-    let (history, checkpoints, rewards, step_seconds) =
+    let (history, evaluations, rewards, step_seconds) =
         session.run_epochs(&mut optimizers, on_event)?;
     Ok(RecipeRun {
         mode,
         reward,
         parameters,
         history,
-        checkpoints,
+        evaluations,
         rewards,
         seconds: start.elapsed().as_secs_f64(),
         step_seconds,
         extraction,
+    })
+}
+
+/// Head-only training's frozen features of `seqs` (what `reward` reads), extracted once, and
+/// the extraction's record.
+fn extract_frozen(
+    reward: RecipeReward,
+    lm: &LanguageModel,
+    seqs: &[ScoredSequence],
+    batch: usize,
+    on_event: &mut dyn FnMut(RecipeEvent),
+) -> Result<(FrozenFeatures, Extraction)> {
+    on_event(RecipeEvent::Stage(format!(
+        "extracting the frozen features of {} sequences",
+        seqs.len()
+    )));
+    let t0 = std::time::Instant::now();
+    let f = FrozenFeatures::extract(lm, seqs, batch, Need::of(reward))?;
+    let extraction = Extraction {
+        seconds: t0.elapsed().as_secs_f64(),
+        tokens: seqs.iter().map(|s| s.ids.len()).sum(),
+    };
+    Ok((f, extraction))
+}
+
+/// `ln π_ref` of every response token of every sequence (the IM-RM), as evaluation scores them
+/// through `u0`; zeros for the IM-RM without reference (the same sums with `ln π_ref = 0`);
+/// empty rows for the rewards that read none.
+fn reference_table(
+    scorer: &Scorer,
+    seqs: &[ScoredSequence],
+    u0: &Tensor,
+    on_event: &mut dyn FnMut(RecipeEvent),
+) -> Result<Vec<Vec<f64>>> {
+    Ok(match scorer.reward {
+        RecipeReward::Imrm => {
+            on_event(RecipeEvent::Stage(
+                "reference log-probabilities of every sequence".into(),
+            ));
+            scorer.token_logprob_table(seqs, u0)?
+        }
+        RecipeReward::ImrmNoRef => seqs
+            .iter()
+            .map(|s| vec![0.0; s.response_end - s.response_start])
+            .collect(),
+        _ => vec![vec![]; seqs.len()],
     })
 }
 
@@ -248,7 +274,7 @@ fn training_reference(
     let mut table = reference.to_vec();
     let mut done = vec![false; seqs.len()];
     // A sequence in several pairs keeps the values of its first micro-batch (step 1's first).
-    for (i, lp) in scorer.logprob_table(seqs, &chunks, u0, Kernels::Differentiable)? {
+    for (i, lp) in scorer.logprob_table(seqs, &chunks, u0, Kernels::Autograd)? {
         if !std::mem::replace(&mut done[i], true) {
             table[i] = lp;
         }
@@ -293,26 +319,26 @@ pub(crate) fn verdict_tokens(
 /// (full IM-RMs, EX-GRM), the body (full EX-RMs), the unembedding alone (head-only IM-RMs and
 /// EX-GRM), or nothing but the head (head-only EX-RMs).
 fn trained_vars(
-    mode: RecipeMode,
+    mode: Mode,
     reward: RecipeReward,
     lm: &LanguageModel,
     frozen_u: Option<&Var>,
 ) -> (Vec<Var>, bool) {
     match (mode, reward.has_head()) {
-        (RecipeMode::Full, false) => (lm.parameters().into_iter().map(|(_, v)| v).collect(), false),
-        (RecipeMode::Full, true) => (
+        (Mode::Full, false) => (lm.parameters().into_iter().map(|(_, v)| v).collect(), false),
+        (Mode::Full, true) => (
             lm.body_parameters().into_iter().map(|(_, v)| v).collect(),
             true,
         ),
-        (RecipeMode::Head, false) => (vec![frozen_u.cloned().expect("head-only U")], false),
-        (RecipeMode::Head, true) => (vec![], true),
+        (Mode::Head, false) => (vec![frozen_u.cloned().expect("head-only U")], false),
+        (Mode::Head, true) => (vec![], true),
     }
 }
 
 /// One reward model's training under the recipe: what a step and an evaluation read.
 struct Session<'a> {
     reward: RecipeReward,
-    mode: RecipeMode,
+    mode: Mode,
     settings: Settings<'a>,
     problem: &'a RecipeProblem,
     /// The sequences the reward reads (the EX-GRM's verification prompts, else the problem's).
@@ -329,18 +355,18 @@ struct Session<'a> {
 
 impl Session<'_> {
     /// Every epoch's optimizer steps (pairs shuffled by the seeded RNG), evaluating before the
-    /// first, every `eval_every_epochs` epochs and after the last: the steps, the checkpoints,
+    /// first, every `eval_every_epochs` epochs and after the last: the steps, the evaluations,
     /// the last rewards of every sequence, and the seconds spent in steps.
     #[allow(clippy::type_complexity)]
     fn run_epochs(
         &self,
         optimizers: &mut Optimizers,
         on_event: &mut dyn FnMut(RecipeEvent),
-    ) -> Result<(Vec<RecipeStep>, Vec<RecipeCheckpoint>, Vec<f64>, f64)> {
+    ) -> Result<(Vec<RecipeStep>, Vec<Evaluation>, Vec<f64>, f64)> {
         let (settings, problem) = (self.settings, self.problem);
         let t = settings.train;
         let (first, mut rewards) = self.evaluate(0, 0, on_event)?;
-        let mut checkpoints = vec![first];
+        let mut evaluations = vec![first];
         let orders = epoch_orders(settings.seed, problem.splits[0].chosen.len());
         let mut history = Vec::new();
         let mut step_seconds = 0.0;
@@ -358,11 +384,11 @@ impl Session<'_> {
             }
             if epoch % t.eval_every_epochs == 0 || epoch == t.epochs {
                 let (c, r) = self.evaluate(epoch, history.len(), on_event)?;
-                checkpoints.push(c);
+                evaluations.push(c);
                 rewards = r;
             }
         }
-        Ok((history, checkpoints, rewards, step_seconds))
+        Ok((history, evaluations, rewards, step_seconds))
     }
 
     /// The unembedding the rewards read now.
@@ -379,7 +405,7 @@ impl Session<'_> {
         epoch: usize,
         step: usize,
         on_event: &mut dyn FnMut(RecipeEvent),
-    ) -> Result<(RecipeCheckpoint, Vec<f64>)> {
+    ) -> Result<(Evaluation, Vec<f64>)> {
         on_event(RecipeEvent::Stage(format!(
             "evaluating every split after epoch {epoch}"
         )));
@@ -405,7 +431,7 @@ impl Session<'_> {
             unembedding: &self.u_now(),
         });
         Ok((
-            RecipeCheckpoint {
+            Evaluation {
                 epoch,
                 step,
                 splits,

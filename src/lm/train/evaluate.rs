@@ -57,7 +57,7 @@ pub struct ImplicitParts {
 
 /// Every split evaluated after `step` optimizer steps (`epoch` passes).
 #[derive(Debug, Clone, Serialize)]
-pub struct RecipeCheckpoint {
+pub struct Evaluation {
     pub epoch: usize,
     pub step: usize,
     pub splits: Vec<RecipeSplitMetrics>,
@@ -180,11 +180,11 @@ impl Scorer<'_> {
     /// The representations of the sequences `idx` as a training step reads them
     /// (differentiable; each prompt computed once where the body allows).
     pub(crate) fn features(&self, seqs: &[ScoredSequence], idx: &[usize]) -> Result<Features> {
-        self.features_through(seqs, idx, Kernels::Differentiable)
+        self.features_through(seqs, idx, Kernels::Autograd)
     }
 
     /// The representations of the sequences `idx` through `kernels`: differentiable (as a
-    /// training step reads them) or fused (scoring without a gradient; equal up to f32 rounding).
+    /// training step reads them) or inference kernels (scoring without a gradient; equal up to f32 rounding).
     fn features_through(
         &self,
         seqs: &[ScoredSequence],
@@ -252,7 +252,7 @@ impl Scorer<'_> {
     }
 
     /// `ln π` of every scored token of every sequence, f64 (no gradient), through the
-    /// fused inference kernels.
+    /// inference kernels.
     pub(crate) fn token_logprob_table(
         &self,
         seqs: &[ScoredSequence],
@@ -261,7 +261,7 @@ impl Scorer<'_> {
         let all: Vec<usize> = (0..seqs.len()).collect();
         let mut table = vec![Vec::new(); seqs.len()];
         let chunks = prompt_chunks(seqs, &all, self.batch);
-        for (i, lp) in self.logprob_table(seqs, &chunks, u, Kernels::Fused)? {
+        for (i, lp) in self.logprob_table(seqs, &chunks, u, Kernels::Inference)? {
             table[i] = lp;
         }
         Ok(table)
@@ -308,7 +308,7 @@ impl Scorer<'_> {
         let all: Vec<usize> = (0..seqs.len()).collect();
         let mut out = vec![0.0; seqs.len()];
         for idx in prompt_chunks(seqs, &all, self.batch) {
-            let f = self.features_through(seqs, &idx, Kernels::Fused)?;
+            let f = self.features_through(seqs, &idx, Kernels::Inference)?;
             let r = self.rewards(&f, seqs, &idx, u, head, reference)?;
             for (&i, v) in idx.iter().zip(r.detach().to_vec1::<f32>()?) {
                 out[i] = f64::from(v);

@@ -88,7 +88,7 @@ pub(crate) fn live_features(
 /// ([`LanguageModel::prompt_group_hidden_states`]; equal to [`live_features`] up to f32
 /// rounding): differentiable `kernels` for a training step (a pair's chosen and rejected
 /// responses share their prompt, so a step runs about half the tokens of the padded forward),
-/// fused ones for scoring without a gradient. Other bodies fall back to [`live_features`].
+/// inference ones for scoring without a gradient. Other bodies fall back to [`live_features`].
 pub(crate) fn shared_prompt_features(
     lm: &LanguageModel,
     seqs: &[&ScoredSequence],
@@ -299,7 +299,7 @@ impl FrozenFeatures {
         let (mut scored, mut done) = (0u32, 0u32);
         for chunk in prompt_chunks(seqs, &all, batch) {
             let refs: Vec<&ScoredSequence> = chunk.iter().map(|&i| &seqs[i]).collect();
-            let f = shared_prompt_features(lm, &refs, need, Kernels::Fused)?;
+            let f = shared_prompt_features(lm, &refs, need, Kernels::Inference)?;
             for &i in &chunk {
                 rows_of[i] = (scored, done);
                 scored += (seqs[i].response_end - seqs[i].response_start) as u32;

@@ -1,4 +1,4 @@
-//! AdamW ([`super::adamw::Adam`], fused) on the trained tensors and, at its own learning rate, on
+//! AdamW ([`super::adamw::Adam`], one pass) on the trained tensors and, at its own learning rate, on
 //! the EX-RM head; gradients accumulated over micro-batches.
 
 use crate::lm::train::adamw::Adam;
@@ -29,7 +29,7 @@ pub(crate) fn accumulate(
     Ok(())
 }
 
-/// AdamW ([`Adam`], fused) on the trained tensors and, at its own learning rate, on the EX-RM
+/// AdamW ([`Adam`], one pass) on the trained tensors and, at its own learning rate, on the EX-RM
 /// head: the optimizers of full fine-tuning and of the paper's recipe.
 pub(crate) struct Optimizers {
     body: Adam,
