@@ -53,7 +53,7 @@ def rmflow_run(args, work, config):
 
 
 class TorchStep:
-    """The recipe's step (rmflow src/lm/recipe/train.rs) in PyTorch."""
+    """The recipe's step (rmflow src/lm/train/epochs.rs) in PyTorch."""
 
     def __init__(self, args, recipe, seqs):
         import torch
@@ -68,7 +68,7 @@ class TorchStep:
         kind = json.load(open(os.path.join(args.model, "config.json"))).get("model_type")
         # A masked encoder (BERT): rmflow's IM-RM is its pseudo-likelihood proxy (each response
         # token masked in turn, read at its own position through the tied word embeddings) and its
-        # EX-RM reads the unmasked last response token (src/lm/recipe/features.rs).
+        # EX-RM reads the unmasked last response token (src/lm/train/features.rs).
         self.masked = kind == "bert"
         if self.masked:
             from transformers import AutoModel, AutoTokenizer

@@ -7,7 +7,7 @@ use anyhow::Result;
 use rmflow::io::atomic::AtomicDir;
 use rmflow::lm::cycle::{self, CycleEvent, CycleFile};
 use rmflow::lm::open_device;
-use rmflow::lm::recipe::RecipeReward;
+use rmflow::lm::recipe::Reward;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -69,7 +69,7 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
         file.train.epochs * file.data.train_pairs.div_ceil(file.train.pairs_per_step);
     let mut bars: StageBars<u8> = StageBars::new();
     let steps = file.pretrain.steps as u64;
-    let reward_bar = |reward: RecipeReward| {
+    let reward_bar = |reward: Reward| {
         move || {
             progress_bar(
                 &format!("ham-cycle {}", reward.label()),
@@ -78,7 +78,7 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
             )
         }
     };
-    let key = |reward: RecipeReward| 1 + u8::from(reward.is_implicit());
+    let key = |reward: Reward| 1 + u8::from(reward.is_implicit());
     let outcome = cycle::run_cycle(&file, &initial, &reference, &device, &mut |e| match e {
         CycleEvent::Stage(None, msg) => bars
             .bar(0, || progress_bar("ham-cycle pretrain", steps, "steps"))

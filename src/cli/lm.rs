@@ -7,7 +7,7 @@ use super::tables::print_simulation_tables;
 use anyhow::Result;
 use rmflow::error::InputError;
 use rmflow::io::atomic::{check_inputs, check_not_overwriting_input, AtomicDir, Replace};
-use rmflow::lm::recipe::{self, Mode, RecipeFile, RecipeReward};
+use rmflow::lm::recipe::{self, Mode, RecipeFile, Reward};
 use rmflow::lm::{open_device, Architecture, Device, LmFile};
 use std::path::{Path, PathBuf};
 
@@ -244,16 +244,16 @@ pub fn run_recipe(a: LmRecipeArgs) -> Result<()> {
 
 /// `--reward`: names separated by commas (`both`, `all` as shorthands), each once, in the
 /// order given.
-fn reward_list(arg: &str) -> Result<Vec<RecipeReward>> {
-    let mut out: Vec<RecipeReward> = Vec::new();
+fn reward_list(arg: &str) -> Result<Vec<Reward>> {
+    let mut out: Vec<Reward> = Vec::new();
     for name in arg.split(',').map(str::trim) {
-        let add: Vec<RecipeReward> = match name {
-            "both" => vec![RecipeReward::Exrm, RecipeReward::Imrm],
-            "all" => RecipeReward::ALL.to_vec(),
-            _ => vec![RecipeReward::from_name(name).ok_or_else(|| {
+        let add: Vec<Reward> = match name {
+            "both" => vec![Reward::Exrm, Reward::Imrm],
+            "all" => Reward::ALL.to_vec(),
+            _ => vec![Reward::from_name(name).ok_or_else(|| {
                 InputError(format!(
                     "--reward: unknown reward model {name:?} (one of {}, both, all)",
-                    RecipeReward::ALL.map(|r| r.name()).join(", ")
+                    Reward::ALL.map(|r| r.name()).join(", ")
                 ))
             })?],
         };
@@ -272,7 +272,7 @@ fn train_recipe(
     out: &Path,
     device: Device,
     modes: &[Mode],
-    kinds: &[RecipeReward],
+    kinds: &[Reward],
     replace: Replace,
 ) -> Result<()> {
     let dir = AtomicDir::create(out, replace)?;
@@ -303,11 +303,11 @@ fn train_recipe(
                 )
             });
             match event {
-                recipe::RecipeEvent::Stage(msg) => bar.stage(&msg),
-                recipe::RecipeEvent::Step(r) => {
+                recipe::TrainEvent::Stage(msg) => bar.stage(&msg),
+                recipe::TrainEvent::Step(r) => {
                     bar.inc(&format!("epoch {} loss {:.4}", r.epoch, r.loss))
                 }
-                recipe::RecipeEvent::Evaluated { .. } => {}
+                recipe::TrainEvent::Evaluated { .. } => {}
             }
         },
     )?;

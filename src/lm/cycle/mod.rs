@@ -7,7 +7,7 @@
 //!   folder.
 //! - [`pretrain`]: next-token training of that model on prompts of the task's format with random
 //!   vertex orders as responses, so that `π_ref` spreads over orderings; written as a folder.
-//! - [`problem`]: the official pairs as the recipe's sequences (chat template, response + eos).
+//! - [`problem`]: the official pairs as the trainer's sequences (chat template, response + eos).
 //! - The reward models: the trainer of [`crate::lm::train`] ([`crate::lm::train::epochs::train_reward`], full
 //!   fine-tuning, Adam), observed at every evaluated epoch.
 //! - [`generate`]: sampled (T = 1) and greedy decoding, scored by the official evaluator's check.

@@ -1,8 +1,8 @@
-//! The official pairs as the recipe's sequences: the prompt rendered as a user turn with the
+//! The official pairs as the trainer's sequences: the prompt rendered as a user turn with the
 //! generation prompt, the response (a vertex order joined by `<sep>`) with the template's eos.
 
 use crate::lm::checkpoint::chat_template::ChatTemplate;
-use crate::lm::recipe::{PairSplit, RecipeProblem, ScoredSequence, Side};
+use crate::lm::recipe::{PairSplit, PreferenceProblem, ScoredSequence, Side};
 use crate::lm::train::sequences::SequenceBuilder;
 use crate::lm::LanguageModel;
 use crate::problem::hamiltonian::{response, CyclePair};
@@ -24,7 +24,7 @@ pub fn cycle_problem(
     lm: &LanguageModel,
     train: &[CyclePair],
     test: &[CyclePair],
-) -> Result<RecipeProblem> {
+) -> Result<PreferenceProblem> {
     let builder = SequenceBuilder {
         lm,
         template: Some(template_of(lm)?),
@@ -54,7 +54,7 @@ pub fn cycle_problem(
         splits.push(split);
     }
     let prompts = |p: &[CyclePair]| p.iter().map(|x| x.graph.prompt()).collect();
-    Ok(RecipeProblem {
+    Ok(PreferenceProblem {
         prompts_train: prompts(train),
         prompts_test: prompts(test),
         sequences,

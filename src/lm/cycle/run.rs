@@ -1,8 +1,8 @@
 //! The experiment end to end: data, the initial model, its pretraining into `π_ref`, then the
-//! IM-RM and the EX-RM trained by the recipe's trainer from `π_ref`, measured at every evaluated
-//! epoch: verification accuracy and the smallest test margin `δ` (both reward models); sampled
-//! and greedy generation success, the exact `π(C|x)` and `π(orders|x)`, and the check of
-//! `π(C|x) ≤ e^{δ/β} π_ref(C|x)` per prompt (the IM-RM, whose policy generates).
+//! IM-RM and the EX-RM trained by the trainer ([`crate::lm::train`]) from `π_ref`, measured at
+//! every evaluated epoch: verification accuracy and the smallest test margin `δ` (both reward
+//! models); sampled and greedy generation success, the exact `π(C|x)` and `π(orders|x)`, and the
+//! check of `π(C|x) ≤ e^{δ/β} π_ref(C|x)` per prompt (the IM-RM, whose policy generates).
 
 use super::checkpoint::{check_response_encoding, write_initial_checkpoint, CycleTokens};
 use super::config::CycleFile;
@@ -11,7 +11,7 @@ use super::generate::{Decoder, Decoding};
 use super::pretrain::{pretrain, PretrainStep};
 use super::problem::{cycle_problem, prompt_ids, template_of};
 use crate::experiment::observables::split_metrics;
-use crate::lm::recipe::{Mode, RecipeEvent, RecipeReward, RecipeRun, RecipeStep};
+use crate::lm::recipe::{Mode, Reward, TrainEvent, TrainRun, TrainStep};
 use crate::lm::train::epochs::train_reward;
 use crate::lm::train::epochs::Settings;
 use crate::lm::{Forward, LanguageModel};
@@ -26,9 +26,9 @@ use std::path::Path;
 /// What a run reports as it goes (progress).
 pub enum CycleEvent<'a> {
     /// A stage of the pretraining (`None`) or of one reward model's training.
-    Stage(Option<RecipeReward>, String),
+    Stage(Option<Reward>, String),
     Pretrain(&'a PretrainStep),
-    Step(RecipeReward, &'a RecipeStep),
+    Step(Reward, &'a TrainStep),
 }
 
 /// One evaluation of one reward model.
@@ -83,7 +83,7 @@ pub struct CycleOutcome {
     pub file: CycleFile,
     pub pretrain: Vec<PretrainStep>,
     pub pretrain_seconds: f64,
-    pub runs: Vec<RecipeRun>,
+    pub runs: Vec<TrainRun>,
     pub epochs: Vec<CycleEpoch>,
     pub prompts: Vec<PromptRecord>,
     pub train: Vec<CyclePair>,
@@ -222,7 +222,7 @@ impl CycleEpochParts {
 
 /// Accuracy (ties ½) and margins of a split from every sequence's reward.
 fn split_scores(
-    problem: &crate::lm::recipe::RecipeProblem,
+    problem: &crate::lm::recipe::PreferenceProblem,
     rewards: &[f64],
     split: usize,
 ) -> (f64, f64, f64) {
@@ -283,11 +283,11 @@ struct Record {
 
 /// One reward model's training on the cycle pairs, from the pretrained `reference`.
 struct RewardRun<'a> {
-    reward: RecipeReward,
+    reward: Reward,
     reference: &'a Path,
     device: &'a Device,
     settings: Settings<'a>,
-    problem: &'a crate::lm::recipe::RecipeProblem,
+    problem: &'a crate::lm::recipe::PreferenceProblem,
 }
 
 impl RewardRun<'_> {
@@ -298,7 +298,7 @@ impl RewardRun<'_> {
         probe: &mut Probe,
         record: &mut Record,
         on_event: &mut dyn FnMut(CycleEvent),
-    ) -> Result<RecipeRun> {
+    ) -> Result<TrainRun> {
         let reward = self.reward;
         let mut failure = None;
         let start = std::time::Instant::now();
@@ -310,9 +310,9 @@ impl RewardRun<'_> {
             self.settings,
             self.problem,
             &mut |e| match e {
-                RecipeEvent::Stage(s) => on_event(CycleEvent::Stage(Some(reward), s)),
-                RecipeEvent::Step(s) => on_event(CycleEvent::Step(reward, s)),
-                RecipeEvent::Evaluated {
+                TrainEvent::Stage(s) => on_event(CycleEvent::Stage(Some(reward), s)),
+                TrainEvent::Step(s) => on_event(CycleEvent::Step(reward, s)),
+                TrainEvent::Evaluated {
                     epoch,
                     step,
                     rewards,
@@ -323,7 +323,7 @@ impl RewardRun<'_> {
                         split_scores(self.problem, rewards, 0),
                         split_scores(self.problem, rewards, 1),
                     );
-                    let parts = if reward == RecipeReward::Imrm {
+                    let parts = if reward == Reward::Imrm {
                         on_event(CycleEvent::Stage(
                             Some(reward),
                             format!("generating and enumerating after epoch {epoch}"),
@@ -345,12 +345,12 @@ impl RewardRun<'_> {
                         .epochs
                         .push(CycleEpoch::of(reward, epoch, step, scores, parts.as_ref()));
                 }
-                RecipeEvent::Evaluated { .. } => {}
+                TrainEvent::Evaluated { .. } => {}
             },
         )?;
         match failure {
             Some(e) => Err(e),
-            None => Ok(RecipeRun {
+            None => Ok(TrainRun {
                 seconds: start.elapsed().as_secs_f64(),
                 ..run
             }),
@@ -362,7 +362,7 @@ impl CycleEpoch {
     /// The record of one evaluation: `(train, test)` scores as [`split_scores`] gives them, and
     /// the IM-RM's generation columns.
     fn of(
-        reward: RecipeReward,
+        reward: Reward,
         epoch: usize,
         step: usize,
         (train, test): ((f64, f64, f64), (f64, f64, f64)),
@@ -418,7 +418,7 @@ pub fn run_cycle(
     drop(lm);
     let mut record = Record::default();
     let mut runs = Vec::new();
-    for reward in [RecipeReward::Imrm, RecipeReward::Exrm] {
+    for reward in [Reward::Imrm, Reward::Exrm] {
         let ctx = RewardRun {
             reward,
             reference,

@@ -45,9 +45,9 @@ pub fn to_array2(t: &Tensor) -> Result<Array2<f64>> {
 
 impl LanguageModel {
     /// Final hidden states `h` [n, D] at `pos[i]` of each sequence, in one batch (differentiable
-    /// under [`Forward::Nets`]). Right-padded; padding is masked (BERT) or never looked
+    /// under [`crate::lm::Forward::Nets`]). Right-padded; padding is masked (BERT) or never looked
     /// at (causal). The differentiable BERT packs the sequences instead (no padding rows,
-    /// [`nets::Bert::forward_packed`]; padded on other devices, [`nets::Bert::forward_at`]) and
+    /// [`crate::lm::nets::Bert::forward_packed`]; padded on other devices, [`crate::lm::nets::Bert::forward_at`]) and
     /// computes its last layer at the read rows only.
     pub fn hidden_states(&self, seqs: &[Vec<u32>], pos: &[usize]) -> Result<Tensor> {
         let n = seqs.len();
@@ -156,7 +156,7 @@ impl LanguageModel {
     }
 
     /// Final hidden states of several prompts' continuations in one batch, each prompt computed
-    /// once ([`nets::Llama::forward_prompt_groups`], the prompts left-padded): `h` at each
+    /// once ([`crate::lm::nets::Llama::forward_prompt_groups`], the prompts left-padded): `h` at each
     /// prompt's last position [G, D] and at every continuation position [N, C, D], where
     /// `group[n]` is continuation `n`'s prompt and the continuations have one length.
     /// `kernels`: autograd (training) or inference (scoring without a gradient).

@@ -101,7 +101,7 @@ impl LanguageModel {
 
     /// [`Self::load`] with `added` special tokens in the tokenizer and the vocabulary matrices
     /// resized to the tokenizer's new size (`transformers`' `add_special_tokens` +
-    /// `resize_token_embeddings`, [`super::vocabulary`]).
+    /// `resize_token_embeddings`, [`crate::lm::checkpoint::vocabulary`]).
     ///
     /// Every failure here is a problem of the folder (missing or malformed files, a config the
     /// forwards do not implement, weights that do not match it): an [`InputError`](crate::error::InputError)

@@ -12,7 +12,7 @@
 //! operations where that is cheap (checked, forward and gradients, in `tests/lm_ops.rs`).
 //! Rows (attention: heads) are independent and each is computed by one thread, so results do
 //! not depend on the thread count; the reductions across rows (the norms' weight and bias
-//! gradients, [`norm_backward`]) sum fixed blocks of rows in a fixed order.
+//! gradients, `norm::norm_backward`) sum fixed blocks of rows in a fixed order.
 //!
 //! Only f32 tensors on the CPU: [`fused`] says when a tensor qualifies; elsewhere the forwards
 //! keep candle's compositions.

@@ -27,15 +27,15 @@ pub mod run;
 pub mod template;
 
 pub use crate::lm::train::config::TrainConfig;
-pub use crate::lm::train::epochs::{Mode, RecipeEvent, RecipeRun, RecipeStep};
+pub use crate::lm::train::epochs::{Mode, TrainEvent, TrainRun, TrainStep};
 pub use crate::lm::train::evaluate::{
-    Evaluation, ImplicitParts, RecipeSplitMetrics, TokenContribution,
+    Evaluation, ImplicitParts, SplitEvaluation, TokenContribution,
 };
 pub use crate::lm::train::features::{
     last_response_hidden, response_hidden_mean, response_token_logprobs,
 };
-pub use crate::lm::train::reward::RecipeReward;
-pub use crate::lm::train::sequences::{PairSplit, RecipeProblem, ScoredSequence, Side};
+pub use crate::lm::train::reward::Reward;
+pub use crate::lm::train::sequences::{PairSplit, PreferenceProblem, ScoredSequence, Side};
 pub use config::{
     read_persona_jsonl, vocabulary_texts, RecipeData, RecipeEval, RecipeFile, ResponseSpec,
     StatementFormat,

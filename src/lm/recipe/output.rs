@@ -8,10 +8,7 @@ use anyhow::Result;
 pub fn write_outputs(dir: &crate::io::atomic::AtomicDir, o: &RecipeOutcome) -> Result<()> {
     dir.write_json("recipe.json", &recipe_json(o))?;
     dir.write_text("sequences.jsonl", &sequences_jsonl(o)?)?;
-    if o.runs
-        .iter()
-        .any(|r| r.reward == super::RecipeReward::Exgrm)
-    {
+    if o.runs.iter().any(|r| r.reward == super::Reward::Exgrm) {
         dir.write_text("verification.jsonl", &verification_jsonl(o)?)?;
     }
     for r in &o.runs {

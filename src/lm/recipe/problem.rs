@@ -3,7 +3,7 @@
 
 use super::config::{source_prompts, RecipeData, RecipeFile, ResponseSpec};
 use crate::lm::train::sequences::PairSplit;
-use crate::lm::train::sequences::RecipeProblem;
+use crate::lm::train::sequences::PreferenceProblem;
 use crate::lm::train::sequences::ScoredSequence;
 use crate::lm::train::sequences::SequenceBuilder;
 use crate::lm::train::sequences::Side;
@@ -49,7 +49,7 @@ pub(super) fn select_prompts(
 /// Draws the pairs (MATH.md §6): per prompt one prefix and one word per side for the training
 /// responses (train and test prompts), and one evaluation prefix per side for the shifted
 /// responses, scored with every evaluation word.
-pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<RecipeProblem> {
+pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<PreferenceProblem> {
     let mut rng = ChaCha8Rng::seed_from_u64(file.seed);
     let (train, test) = select_prompts(&file.data, &mut rng)?;
     let r = &file.responses;
@@ -77,7 +77,7 @@ pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<RecipeProb
         true => verification_sequences(&draw.builder, &draw.sequences, &train, &test)?,
         false => vec![],
     };
-    Ok(RecipeProblem {
+    Ok(PreferenceProblem {
         prompts_train: train,
         prompts_test: test,
         sequences: draw.sequences,

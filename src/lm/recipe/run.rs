@@ -5,11 +5,11 @@ use super::config::RecipeFile;
 use super::problem::build_problem;
 use super::template::load_recipe_model;
 use crate::lm::train::epochs::Mode;
-use crate::lm::train::epochs::RecipeEvent;
-use crate::lm::train::epochs::RecipeRun;
+use crate::lm::train::epochs::TrainEvent;
+use crate::lm::train::epochs::TrainRun;
 use crate::lm::train::epochs::{train_reward, verdict_tokens};
-use crate::lm::train::reward::RecipeReward;
-use crate::lm::train::sequences::RecipeProblem;
+use crate::lm::train::reward::Reward;
+use crate::lm::train::sequences::PreferenceProblem;
 use crate::lm::Forward;
 use anyhow::Result;
 use candle_core::Device;
@@ -18,14 +18,14 @@ use std::path::{Path, PathBuf};
 /// Trains one reward model (`reward`) under the recipe in `mode` on a fresh copy of the model in
 /// `model_dir` ([`train_reward`]); `on_event` sees every stage and optimizer step (progress).
 pub fn train_recipe(
-    reward: RecipeReward,
+    reward: Reward,
     mode: Mode,
     model_dir: &Path,
     device: &Device,
     file: &RecipeFile,
-    problem: &RecipeProblem,
-    on_event: &mut dyn FnMut(RecipeEvent),
-) -> Result<RecipeRun> {
+    problem: &PreferenceProblem,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<TrainRun> {
     let start = std::time::Instant::now();
     let (lm, _) = load_recipe_model(model_dir, device, Forward::Nets, file)?;
     let mut run = train_reward(reward, mode, &lm, file.settings(), problem, on_event)?;
@@ -44,8 +44,8 @@ pub struct RecipeOutcome {
     pub arch: crate::lm::Architecture,
     pub device: String,
     pub file: RecipeFile,
-    pub problem: RecipeProblem,
-    pub runs: Vec<RecipeRun>,
+    pub problem: PreferenceProblem,
+    pub runs: Vec<TrainRun>,
 }
 
 /// Runs the recipe of `file` on the model in `model_dir` in each of `modes`, both reward models;
@@ -55,20 +55,20 @@ pub fn run_recipe(
     file: &RecipeFile,
     device: &Device,
     modes: &[Mode],
-    rewards: &[RecipeReward],
-    on_event: &mut dyn FnMut(Mode, RecipeReward, RecipeEvent),
+    rewards: &[Reward],
+    on_event: &mut dyn FnMut(Mode, Reward, TrainEvent),
 ) -> Result<RecipeOutcome> {
     let (lm, _) = load_recipe_model(model_dir, device, Forward::Nets, file)?;
     // Statements, prompts, tokenization and chat template: all input errors (exit code 2).
     let problem =
         build_problem(file, &lm).map_err(|e| crate::error::InputError(format!("{e:#}")))?;
     let arch = lm.arch;
-    if arch.is_causal() && rewards.contains(&RecipeReward::Exgrm) {
+    if arch.is_causal() && rewards.contains(&Reward::Exgrm) {
         // Before any run: a missing verdict token is an input error, not a late failure.
-        verdict_tokens(RecipeReward::Exgrm, &lm)?;
+        verdict_tokens(Reward::Exgrm, &lm)?;
     }
     drop(lm);
-    if rewards.contains(&RecipeReward::Exgrm) && !arch.is_causal() {
+    if rewards.contains(&Reward::Exgrm) && !arch.is_causal() {
         return Err(crate::error::InputError(format!(
             "{}: the EX-GRM reads P(\"Yes\" | ·) from a causal language model; a masked encoder has none",
             model_dir.display()

@@ -1,6 +1,6 @@
 //! Full fine-tuning (MATH.md §6, beyond Theorem 2): every parameter of the transformer, the
 //! unembedding `U` included, trained by AdamW on the same preference loss
-//! `L = mean softplus(−m)` (MATH.md §2) with candle autograd through [`super::nets`].
+//! `L = mean softplus(−m)` (MATH.md §2) with candle autograd through [`crate::lm::nets`].
 //!
 //! EX-RM: `m = u·(h_{x,y⁺} − h_{x,y⁻})`, head `u(0) = 0`. IM-RM: `m = β[(ln π(y⁺|x) − ln π(y⁻|x)) −
 //! (ln π_ref(y⁺|x) − ln π_ref(y⁻|x))]` with `ln π = log_softmax(U h_x)` over the full vocabulary

@@ -12,8 +12,8 @@ use crate::lm::train::features::{FrozenFeatures, Need};
 use crate::lm::train::loss::softplus_neg;
 use crate::lm::train::optimizers::accumulate;
 use crate::lm::train::optimizers::Optimizers;
-use crate::lm::train::reward::RecipeReward;
-use crate::lm::train::sequences::RecipeProblem;
+use crate::lm::train::reward::Reward;
+use crate::lm::train::sequences::PreferenceProblem;
 use crate::lm::train::sequences::ScoredSequence;
 use crate::lm::train::shuffle::epoch_orders;
 use anyhow::{bail, Result};
@@ -42,11 +42,11 @@ impl Mode {
 }
 
 /// What a run reports as it goes.
-pub enum RecipeEvent<'a> {
+pub enum TrainEvent<'a> {
     /// A stage without steps (feature extraction, reference scoring, evaluation).
     Stage(String),
     /// An optimizer step done.
-    Step(&'a RecipeStep),
+    Step(&'a TrainStep),
     /// An evaluation done (before training and after each evaluated epoch): every sequence's
     /// reward (index as in the problem's sequences) and the model as it stands, for what an
     /// observer measures beyond the splits' accuracies (generation, exact probabilities).
@@ -62,7 +62,7 @@ pub enum RecipeEvent<'a> {
 
 /// One optimizer step.
 #[derive(Debug, Clone, Serialize)]
-pub struct RecipeStep {
+pub struct TrainStep {
     pub step: usize,
     pub epoch: usize,
     pub loss: f64,
@@ -71,13 +71,13 @@ pub struct RecipeStep {
     pub pairs: Vec<usize>,
 }
 
-/// A trained reward model under the recipe.
+/// A trained reward model: its steps, evaluations and final rewards.
 #[derive(Debug, Clone, Serialize)]
-pub struct RecipeRun {
+pub struct TrainRun {
     pub mode: Mode,
-    pub reward: RecipeReward,
+    pub reward: Reward,
     pub parameters: usize,
-    pub history: Vec<RecipeStep>,
+    pub history: Vec<TrainStep>,
     #[serde(rename = "checkpoints")]
     pub evaluations: Vec<Evaluation>,
     /// Final reward of every sequence (index as in `sequences.jsonl`).
@@ -112,13 +112,13 @@ pub struct Settings<'a> {
 /// training pairs, evaluating every split before training, every `eval_every_epochs` epochs and
 /// after the last; `on_event` sees every stage and optimizer step (progress).
 pub fn train_reward(
-    reward: RecipeReward,
+    reward: Reward,
     mode: Mode,
     lm: &LanguageModel,
     settings: Settings,
-    problem: &RecipeProblem,
-    on_event: &mut dyn FnMut(RecipeEvent),
-) -> Result<RecipeRun> {
+    problem: &PreferenceProblem,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<TrainRun> {
     let start = std::time::Instant::now();
     let t = settings.train;
     let device = &lm.device;
@@ -147,7 +147,7 @@ pub fn train_reward(
     let (vars, head_trained) = trained_vars(mode, reward, lm, frozen_u.as_ref());
     let reference = reference_table(&scorer, seqs, &u0, on_event)?;
     let train_reference = match (reward, mode) {
-        (RecipeReward::Imrm, Mode::Full) => Some(training_reference(
+        (Reward::Imrm, Mode::Full) => Some(training_reference(
             &scorer, settings, problem, seqs, &u0, &reference,
         )?),
         _ => None,
@@ -171,7 +171,7 @@ pub fn train_reward(
     };
     let (history, evaluations, rewards, step_seconds) =
         session.run_epochs(&mut optimizers, on_event)?;
-    Ok(RecipeRun {
+    Ok(TrainRun {
         mode,
         reward,
         parameters,
@@ -187,13 +187,13 @@ pub fn train_reward(
 /// Head-only training's frozen features of `seqs` (what `reward` reads), extracted once, and
 /// the extraction's record.
 fn extract_frozen(
-    reward: RecipeReward,
+    reward: Reward,
     lm: &LanguageModel,
     seqs: &[ScoredSequence],
     batch: usize,
-    on_event: &mut dyn FnMut(RecipeEvent),
+    on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<(FrozenFeatures, Extraction)> {
-    on_event(RecipeEvent::Stage(format!(
+    on_event(TrainEvent::Stage(format!(
         "extracting the frozen features of {} sequences",
         seqs.len()
     )));
@@ -213,16 +213,16 @@ fn reference_table(
     scorer: &Scorer,
     seqs: &[ScoredSequence],
     u0: &Tensor,
-    on_event: &mut dyn FnMut(RecipeEvent),
+    on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<Vec<Vec<f64>>> {
     Ok(match scorer.reward {
-        RecipeReward::Imrm => {
-            on_event(RecipeEvent::Stage(
+        Reward::Imrm => {
+            on_event(TrainEvent::Stage(
                 "reference log-probabilities of every sequence".into(),
             ));
             scorer.token_logprob_table(seqs, u0)?
         }
-        RecipeReward::ImrmNoRef => seqs
+        Reward::ImrmNoRef => seqs
             .iter()
             .map(|s| vec![0.0; s.response_end - s.response_start])
             .collect(),
@@ -256,7 +256,7 @@ fn initial_head(settings: Settings, dim: usize, device: &Device) -> Result<Var> 
 fn training_reference(
     scorer: &Scorer,
     settings: Settings,
-    problem: &RecipeProblem,
+    problem: &PreferenceProblem,
     seqs: &[ScoredSequence],
     u0: &Tensor,
     reference: &[Vec<f64>],
@@ -284,7 +284,7 @@ fn training_reference(
 
 /// The sequences a micro-batch of training pairs scores: the chosen responses, then the
 /// rejected ones.
-fn micro_batch_sequences(problem: &RecipeProblem, micro: &[usize]) -> Vec<usize> {
+fn micro_batch_sequences(problem: &PreferenceProblem, micro: &[usize]) -> Vec<usize> {
     let train = &problem.splits[0];
     let mut idx: Vec<usize> = micro.iter().map(|&p| train.chosen[p]).collect();
     idx.extend(micro.iter().map(|&p| train.rejected[p]));
@@ -293,11 +293,8 @@ fn micro_batch_sequences(problem: &RecipeProblem, micro: &[usize]) -> Vec<usize>
 
 /// EX-GRM: the ids of "Yes" and "No" in the checkpoint's vocabulary (the official
 /// `convert_tokens_to_ids`); an input error where either is missing.
-pub(crate) fn verdict_tokens(
-    reward: RecipeReward,
-    lm: &LanguageModel,
-) -> Result<Option<(u32, u32)>> {
-    if reward != RecipeReward::Exgrm {
+pub(crate) fn verdict_tokens(reward: Reward, lm: &LanguageModel) -> Result<Option<(u32, u32)>> {
+    if reward != Reward::Exgrm {
         return Ok(None);
     }
     let id = |t: &str| {
@@ -320,7 +317,7 @@ pub(crate) fn verdict_tokens(
 /// EX-GRM), or nothing but the head (head-only EX-RMs).
 fn trained_vars(
     mode: Mode,
-    reward: RecipeReward,
+    reward: Reward,
     lm: &LanguageModel,
     frozen_u: Option<&Var>,
 ) -> (Vec<Var>, bool) {
@@ -335,12 +332,12 @@ fn trained_vars(
     }
 }
 
-/// One reward model's training under the recipe: what a step and an evaluation read.
+/// One reward model's training: what a step and an evaluation read.
 struct Session<'a> {
-    reward: RecipeReward,
+    reward: Reward,
     mode: Mode,
     settings: Settings<'a>,
-    problem: &'a RecipeProblem,
+    problem: &'a PreferenceProblem,
     /// The sequences the reward reads (the EX-GRM's verification prompts, else the problem's).
     seqs: &'a [ScoredSequence],
     scorer: &'a Scorer<'a>,
@@ -361,8 +358,8 @@ impl Session<'_> {
     fn run_epochs(
         &self,
         optimizers: &mut Optimizers,
-        on_event: &mut dyn FnMut(RecipeEvent),
-    ) -> Result<(Vec<RecipeStep>, Vec<Evaluation>, Vec<f64>, f64)> {
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<(Vec<TrainStep>, Vec<Evaluation>, Vec<f64>, f64)> {
         let (settings, problem) = (self.settings, self.problem);
         let t = settings.train;
         let (first, mut rewards) = self.evaluate(0, 0, on_event)?;
@@ -371,7 +368,7 @@ impl Session<'_> {
         let mut history = Vec::new();
         let mut step_seconds = 0.0;
         for (epoch, order) in (1..=t.epochs).zip(orders) {
-            on_event(RecipeEvent::Stage(format!(
+            on_event(TrainEvent::Stage(format!(
                 "training epoch {epoch} of {}",
                 t.epochs
             )));
@@ -379,7 +376,7 @@ impl Session<'_> {
                 let t0 = std::time::Instant::now();
                 let record = self.optimizer_step(pairs, optimizers, history.len(), epoch)?;
                 step_seconds += t0.elapsed().as_secs_f64();
-                on_event(RecipeEvent::Step(&record));
+                on_event(TrainEvent::Step(&record));
                 history.push(record);
             }
             if epoch % t.eval_every_epochs == 0 || epoch == t.epochs {
@@ -404,9 +401,9 @@ impl Session<'_> {
         &self,
         epoch: usize,
         step: usize,
-        on_event: &mut dyn FnMut(RecipeEvent),
+        on_event: &mut dyn FnMut(TrainEvent),
     ) -> Result<(Evaluation, Vec<f64>)> {
-        on_event(RecipeEvent::Stage(format!(
+        on_event(TrainEvent::Stage(format!(
             "evaluating every split after epoch {epoch}"
         )));
         let seqs = self.seqs;
@@ -423,7 +420,7 @@ impl Session<'_> {
         }
         let tau = self.settings.tie_tolerance;
         let splits = evaluate_splits(self.problem, &rewards, parts.as_deref(), tau);
-        on_event(RecipeEvent::Evaluated {
+        on_event(TrainEvent::Evaluated {
             epoch,
             step,
             rewards: &rewards,
@@ -448,7 +445,7 @@ impl Session<'_> {
         optimizers: &mut Optimizers,
         done: usize,
         epoch: usize,
-    ) -> Result<RecipeStep> {
+    ) -> Result<TrainStep> {
         let t = self.settings.train;
         let mut grads = None;
         let (mut loss_sum, mut wins) = (0.0, 0usize);
@@ -473,7 +470,7 @@ impl Session<'_> {
             accumulate(&mut grads, loss.backward()?, &optimizers.vars)?;
         }
         optimizers.step(&grads.expect("a step has at least one micro-batch"))?;
-        Ok(RecipeStep {
+        Ok(TrainStep {
             step: done + 1,
             epoch,
             loss: loss_sum,
@@ -491,7 +488,7 @@ impl Session<'_> {
         let b = micro.len();
         let scorer = self.scorer;
         let (u, head) = (self.u_now(), self.head.as_tensor());
-        if self.reward == RecipeReward::Exgrm {
+        if self.reward == Reward::Exgrm {
             let f = scorer.features(self.seqs, &idx)?;
             let lp = scorer.verdict_logprobs(&f, &u)?;
             let yes = lp.narrow(1, 0, 1)?.squeeze(1)?;

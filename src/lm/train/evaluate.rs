@@ -8,8 +8,8 @@ use crate::lm::train::features::{
     per_sequence_sum, prompt_chunks, shared_prompt_features, token_logprobs, Features,
     FrozenFeatures, Need,
 };
-use crate::lm::train::reward::RecipeReward;
-use crate::lm::train::sequences::RecipeProblem;
+use crate::lm::train::reward::Reward;
+use crate::lm::train::sequences::PreferenceProblem;
 use crate::lm::train::sequences::ScoredSequence;
 use crate::lm::train::sequences::Side;
 use anyhow::Result;
@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 /// One split's metrics at one evaluation.
 #[derive(Debug, Clone, Serialize)]
-pub struct RecipeSplitMetrics {
+pub struct SplitEvaluation {
     #[serde(flatten)]
     pub accuracy: SplitMetrics,
     #[serde(flatten)]
@@ -60,16 +60,16 @@ pub struct ImplicitParts {
 pub struct Evaluation {
     pub epoch: usize,
     pub step: usize,
-    pub splits: Vec<RecipeSplitMetrics>,
+    pub splits: Vec<SplitEvaluation>,
 }
 
 /// The split metrics from per-sequence rewards (and, for the IM-RM, per-token contributions).
 pub(crate) fn evaluate_splits(
-    problem: &RecipeProblem,
+    problem: &PreferenceProblem,
     rewards: &[f64],
     contributions: Option<&[Vec<f64>]>,
     tau: f64,
-) -> Vec<RecipeSplitMetrics> {
+) -> Vec<SplitEvaluation> {
     problem
         .splits
         .iter()
@@ -88,7 +88,7 @@ pub(crate) fn evaluate_splits(
                 e.0 += rewards[i];
                 e.1 += 1;
             }
-            RecipeSplitMetrics {
+            SplitEvaluation {
                 accuracy: split_metrics(&s.name, &margins, tau),
                 rewards: reward_summary(&s.name, &c, &r),
                 mean_reward_by_answer: by_answer
@@ -104,7 +104,11 @@ pub(crate) fn evaluate_splits(
 
 /// The IM-RM's mean reward from the prefix, the word and the rest of the response, per side,
 /// over the split's distinct sequences `distinct`.
-fn implicit_parts(problem: &RecipeProblem, distinct: &[usize], tok: &[Vec<f64>]) -> ImplicitParts {
+fn implicit_parts(
+    problem: &PreferenceProblem,
+    distinct: &[usize],
+    tok: &[Vec<f64>],
+) -> ImplicitParts {
     let mut acc = [0.0f64; 6];
     let mut count = [0usize; 2];
     for &i in distinct {
@@ -135,7 +139,7 @@ fn implicit_parts(problem: &RecipeProblem, distinct: &[usize], tok: &[Vec<f64>])
 /// The IM-RM's mean contribution of every response token (by side and token text) over the
 /// split's distinct sequences.
 fn implicit_tokens(
-    problem: &RecipeProblem,
+    problem: &PreferenceProblem,
     distinct: &[usize],
     tok: &[Vec<f64>],
 ) -> Vec<TokenContribution> {
@@ -167,7 +171,7 @@ pub(crate) type Scores = (Vec<f64>, Option<Vec<Vec<f64>>>);
 
 /// Scores sequences for one reward model: from live forwards (`full`) or frozen features.
 pub(crate) struct Scorer<'a> {
-    pub(crate) reward: RecipeReward,
+    pub(crate) reward: Reward,
     pub(crate) lm: &'a LanguageModel,
     pub(crate) frozen: Option<&'a FrozenFeatures>,
     pub(crate) beta: f64,
@@ -215,7 +219,7 @@ impl Scorer<'_> {
         reference: &[Vec<f64>],
     ) -> Result<Tensor> {
         match self.reward {
-            RecipeReward::Imrm | RecipeReward::ImrmNoRef => {
+            Reward::Imrm | Reward::ImrmNoRef => {
                 let lp = token_logprobs(f, u)?;
                 let r: Vec<f32> = idx
                     .iter()
@@ -225,8 +229,8 @@ impl Scorer<'_> {
                 let sums = per_sequence_sum(&(lp - r)?, &f.owner, idx.len())?;
                 Ok((sums * self.beta)?)
             }
-            RecipeReward::Exrm => Ok(f.last.matmul(&head.unsqueeze(1)?)?.squeeze(1)?),
-            RecipeReward::ExrmTokenMean => {
+            Reward::Exrm => Ok(f.last.matmul(&head.unsqueeze(1)?)?.squeeze(1)?),
+            Reward::ExrmTokenMean => {
                 let per_token = f.response.matmul(&head.unsqueeze(1)?)?.squeeze(1)?;
                 let sums = per_sequence_sum(&per_token, &f.owner, idx.len())?;
                 let counts: Vec<f32> = idx
@@ -235,7 +239,7 @@ impl Scorer<'_> {
                     .collect();
                 Ok((sums / Tensor::from_vec(counts, idx.len(), u.device())?)?)
             }
-            RecipeReward::Exgrm => Ok(self
+            Reward::Exgrm => Ok(self
                 .verdict_logprobs(f, u)?
                 .narrow(1, 0, 1)?
                 .squeeze(1)?

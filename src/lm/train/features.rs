@@ -5,7 +5,7 @@
 use crate::lm::model::language_model::LanguageModel;
 use crate::lm::nets::kernels::Kernels;
 use crate::lm::train::evaluate::Scorer;
-use crate::lm::train::reward::RecipeReward;
+use crate::lm::train::reward::Reward;
 use crate::lm::train::sequences::ScoredSequence;
 use anyhow::Result;
 use candle_core::{DType, Tensor, D};
@@ -247,11 +247,11 @@ pub(crate) struct Need {
 }
 
 impl Need {
-    pub(crate) fn of(reward: RecipeReward) -> Need {
+    pub(crate) fn of(reward: Reward) -> Need {
         Need {
             implicit: reward.is_implicit(),
-            response: reward == RecipeReward::ExrmTokenMean,
-            last: matches!(reward, RecipeReward::Exrm | RecipeReward::Exgrm),
+            response: reward == Reward::ExrmTokenMean,
+            last: matches!(reward, Reward::Exrm | Reward::Exgrm),
         }
     }
 }
@@ -376,7 +376,7 @@ pub fn response_token_logprobs(
     batch: usize,
 ) -> Result<Vec<Vec<f64>>> {
     let scorer = Scorer {
-        reward: RecipeReward::Imrm,
+        reward: Reward::Imrm,
         lm,
         frozen: None,
         beta: 1.0,
@@ -392,7 +392,7 @@ pub fn last_response_hidden(
     seqs: &[ScoredSequence],
 ) -> Result<ndarray::Array2<f64>> {
     let refs: Vec<&ScoredSequence> = seqs.iter().collect();
-    let f = live_features(lm, &refs, Need::of(RecipeReward::Exrm))?;
+    let f = live_features(lm, &refs, Need::of(Reward::Exrm))?;
     crate::lm::model::to_array2(&f.last.detach())
 }
 
@@ -403,7 +403,7 @@ pub fn response_hidden_mean(
     seqs: &[ScoredSequence],
 ) -> Result<ndarray::Array2<f64>> {
     let refs: Vec<&ScoredSequence> = seqs.iter().collect();
-    let f = live_features(lm, &refs, Need::of(RecipeReward::ExrmTokenMean))?;
+    let f = live_features(lm, &refs, Need::of(Reward::ExrmTokenMean))?;
     let rows = crate::lm::model::to_array2(&f.response.detach())?;
     let mut out = ndarray::Array2::zeros((seqs.len(), lm.dim));
     for (row, &i) in rows.rows().into_iter().zip(&f.owner) {

@@ -1,5 +1,6 @@
-//! The reward models `lm-recipe` trains (MATH.md §1, §6; the official `objective` and its flags in
-//! `utils/rm_utils.py` and `rm_exps/train/reward_model_trainer.py`).
+//! The reward models the trainer trains for `lm-recipe` and `ham-cycle` (MATH.md §1, §6; the
+//! official `objective` and its flags in `utils/rm_utils.py` and
+//! `rm_exps/train/reward_model_trainer.py`).
 
 use serde::Serialize;
 
@@ -12,10 +13,10 @@ pub const YES_TOKEN: &str = "Yes";
 /// The token a rejected response is trained towards (`GEN_RM_REJECTED_RESPONSE_TOKEN`).
 pub const NO_TOKEN: &str = "No";
 
-/// One reward model of the recipe.
+/// One reward model (its `--rewards` name in `lm-recipe`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum RecipeReward {
+pub enum Reward {
     /// EX-RM `r = u·h` at the last response token (`ex_rm`).
     Exrm,
     /// EX-RM on the mean reward over the response tokens, `r = (1/K) Σ_k u·h_k` (`ex_rm` with
@@ -31,51 +32,51 @@ pub enum RecipeReward {
     Exgrm,
 }
 
-impl RecipeReward {
+impl Reward {
     /// Every reward model, in the order runs are made.
-    pub const ALL: [RecipeReward; 5] = [
-        RecipeReward::Exrm,
-        RecipeReward::Imrm,
-        RecipeReward::ExrmTokenMean,
-        RecipeReward::ImrmNoRef,
-        RecipeReward::Exgrm,
+    pub const ALL: [Reward; 5] = [
+        Reward::Exrm,
+        Reward::Imrm,
+        Reward::ExrmTokenMean,
+        Reward::ImrmNoRef,
+        Reward::Exgrm,
     ];
 
     /// Name in files and on the command line.
     pub fn name(self) -> &'static str {
         match self {
-            RecipeReward::Exrm => "exrm",
-            RecipeReward::ExrmTokenMean => "exrm_token_mean",
-            RecipeReward::Imrm => "imrm",
-            RecipeReward::ImrmNoRef => "imrm_no_ref",
-            RecipeReward::Exgrm => "exgrm",
+            Reward::Exrm => "exrm",
+            Reward::ExrmTokenMean => "exrm_token_mean",
+            Reward::Imrm => "imrm",
+            Reward::ImrmNoRef => "imrm_no_ref",
+            Reward::Exgrm => "exgrm",
         }
     }
 
     /// Name in messages.
     pub fn label(self) -> &'static str {
         match self {
-            RecipeReward::Exrm => "EX-RM",
-            RecipeReward::ExrmTokenMean => "EX-RM (token mean)",
-            RecipeReward::Imrm => "IM-RM",
-            RecipeReward::ImrmNoRef => "IM-RM (no reference)",
-            RecipeReward::Exgrm => "EX-GRM",
+            Reward::Exrm => "EX-RM",
+            Reward::ExrmTokenMean => "EX-RM (token mean)",
+            Reward::Imrm => "IM-RM",
+            Reward::ImrmNoRef => "IM-RM (no reference)",
+            Reward::Exgrm => "EX-GRM",
         }
     }
 
     /// The reward model named `name` ([`Self::name`]).
-    pub fn from_name(name: &str) -> Option<RecipeReward> {
+    pub fn from_name(name: &str) -> Option<Reward> {
         Self::ALL.into_iter().find(|r| r.name() == name)
     }
 
     /// Reads the language model's `ln π` of the response tokens (IM-RMs).
     pub fn is_implicit(self) -> bool {
-        matches!(self, RecipeReward::Imrm | RecipeReward::ImrmNoRef)
+        matches!(self, Reward::Imrm | Reward::ImrmNoRef)
     }
 
     /// Trains a linear head `u` over the hidden states (EX-RMs).
     pub fn has_head(self) -> bool {
-        matches!(self, RecipeReward::Exrm | RecipeReward::ExrmTokenMean)
+        matches!(self, Reward::Exrm | Reward::ExrmTokenMean)
     }
 
     /// Reads the unembedding `U` (IM-RMs and the EX-GRM): what head-only mode trains.

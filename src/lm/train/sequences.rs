@@ -46,7 +46,7 @@ pub struct PairSplit {
 
 /// Every sequence of a run and the splits over them (`train` first: the training pairs).
 #[derive(Debug, Clone, Serialize)]
-pub struct RecipeProblem {
+pub struct PreferenceProblem {
     pub prompts_train: Vec<String>,
     pub prompts_test: Vec<String>,
     pub sequences: Vec<ScoredSequence>,
@@ -62,13 +62,10 @@ pub struct RecipeProblem {
     pub verification: Vec<ScoredSequence>,
 }
 
-impl RecipeProblem {
+impl PreferenceProblem {
     /// The sequences `reward` reads: the verification requests (EX-GRM) or the responses.
-    pub fn scored_sequences(
-        &self,
-        reward: super::reward::RecipeReward,
-    ) -> Result<&[ScoredSequence]> {
-        if reward != super::reward::RecipeReward::Exgrm {
+    pub fn scored_sequences(&self, reward: super::reward::Reward) -> Result<&[ScoredSequence]> {
+        if reward != super::reward::Reward::Exgrm {
             return Ok(&self.sequences);
         }
         if self.verification.len() != self.sequences.len() {

@@ -1,5 +1,5 @@
 //! The training pairs' order: one seeded shuffle of `0..n` per epoch (ChaCha8, the run's seed
-//! salted), read whole per epoch ([`epoch_orders`], the recipe's and the cycle's trainer) or as
+//! salted), read whole per epoch ([`epoch_orders`], the trainer of [`super::epochs`]) or as
 //! fixed-size steps that run across epochs ([`Batches`], full fine-tuning of `rmflow lm`).
 
 use rand::seq::SliceRandom;
