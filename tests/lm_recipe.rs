@@ -983,7 +983,7 @@ fn repeated_persona_records_are_used_once() {
     let lines: Vec<String> = [0, 1, 2, 1, 3, 0].iter().map(|&k| record(k)).collect();
     let path = dir.join("repeats.jsonl");
     std::fs::write(&path, lines.join("\n")).unwrap();
-    let prompts = rmflow::lm::recipe::read_persona_jsonl(&path).unwrap();
+    let prompts = rmflow::lm::data::read_persona_jsonl(&path).unwrap();
     assert_eq!(prompts.len(), 4, "{prompts:?}");
     let unique: std::collections::BTreeSet<&String> = prompts.iter().collect();
     assert_eq!(unique.len(), 4);

@@ -3,13 +3,15 @@
 //! 1. [`checkpoint`]: a Hugging Face folder (or a GGUF file) read, checked and normalised;
 //! 2. [`model`]: the [`LanguageModel`] built from it, its tokens and representations, running
 //!    the forwards of [`nets`] (one file per family) on the kernels of [`ops`];
-//! 3. [`train`]: the trainer every experiment calls (AdamW on the preference loss, batches,
+//! 3. [`data`]: the prompts the experiments read (statements files, persona JSONL);
+//! 4. [`train`]: the trainer every experiment calls (AdamW on the preference loss, batches,
 //!    evaluation);
-//! 4. the experiments, each a data source and a config: [`single_token`] (Theorem 2 head-only on
+//! 5. the experiments, each a data source and a config: [`single_token`] (Theorem 2 head-only on
 //!    frozen representations, and full fine-tuning), [`recipe`] (the paper's prefix-and-word
 //!    recipe) and [`cycle`] (the Hamiltonian-cycle experiment, MATH.md §7).
 
 pub mod checkpoint;
+pub mod data;
 pub mod model;
 pub mod nets;
 pub mod ops;

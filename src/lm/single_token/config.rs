@@ -2,6 +2,8 @@
 //! validated on load; the statements files it names.
 
 use crate::config::{read_toml, ConfigError};
+use crate::lm::data::statements::read_statements;
+use crate::lm::train::config::disjoint;
 use crate::lm::train::config::{field, positive, FinetuneConfig};
 use anyhow::{bail, Result};
 use rand::seq::SliceRandom;
@@ -148,40 +150,6 @@ impl LmSpec {
             ("lm.unseen_rejected", &self.unseen_rejected),
         ])
     }
-}
-
-/// Errors if an entry appears in two of the named lists: a word on both sides makes its pairs
-/// ties by construction, and an "unseen" word that is trained on is not unseen.
-pub(crate) fn disjoint<T: PartialEq + std::fmt::Debug>(
-    lists: &[(&str, &[T])],
-) -> Result<(), ConfigError> {
-    for (i, (a, xs)) in lists.iter().enumerate() {
-        for (b, ys) in &lists[i + 1..] {
-            if let Some(x) = xs.iter().find(|x| ys.contains(x)) {
-                return Err(ConfigError::Field {
-                    field: b.to_string(),
-                    expected: "must not share an entry with the other lists",
-                    got: format!("{x:?}, also in `{a}`"),
-                    origin: None,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn read_statements(path: &Path) -> Result<Vec<String>> {
-    let text = crate::io::input::read_text(path, "statements file")?;
-    let s: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect();
-    if s.is_empty() {
-        bail!("statements file {} has no statements", path.display());
-    }
-    Ok(s)
 }
 
 /// The statements of `path` split into train and eval by whole groups of `lm.group_size` lines.

@@ -144,7 +144,7 @@ pub fn split_sequences(
         unseen_rejected: ids(&s.unseen_rejected)?,
     };
     let only_ids = |w: &[(String, u32)]| w.iter().map(|p| p.1).collect::<Vec<_>>();
-    crate::lm::single_token::config::disjoint(&[
+    crate::lm::train::config::disjoint(&[
         ("lm.train_chosen", &only_ids(&answers.train_chosen)),
         ("lm.train_rejected", &only_ids(&answers.train_rejected)),
         ("lm.unseen_chosen", &only_ids(&answers.unseen_chosen)),

@@ -342,3 +342,23 @@ pub(crate) fn non_negative(table: &str, name: &str, v: f64) -> Result<(), Config
         v,
     )
 }
+
+/// Errors if an entry appears in two of the named lists: a word on both sides makes its pairs
+/// ties by construction, and an "unseen" word that is trained on is not unseen.
+pub(crate) fn disjoint<T: PartialEq + std::fmt::Debug>(
+    lists: &[(&str, &[T])],
+) -> Result<(), ConfigError> {
+    for (i, (a, xs)) in lists.iter().enumerate() {
+        for (b, ys) in &lists[i + 1..] {
+            if let Some(x) = xs.iter().find(|x| ys.contains(x)) {
+                return Err(ConfigError::Field {
+                    field: b.to_string(),
+                    expected: "must not share an entry with the other lists",
+                    got: format!("{x:?}, also in `{a}`"),
+                    origin: None,
+                });
+            }
+        }
+    }
+    Ok(())
+}
