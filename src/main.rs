@@ -19,7 +19,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "lm")]
         Command::Lm(a) => cli::lm::run_lm(a),
         #[cfg(feature = "lm")]
-        Command::LmRecipe(a) => cli::lm::run_recipe(a),
+        Command::LmRecipe(a) => cli::lm_recipe::run_recipe(a),
         #[cfg(feature = "lm")]
         Command::HamCycle(a) => cli::ham_cycle::run(a),
         #[cfg(feature = "lm")]

@@ -14,6 +14,7 @@ pub const EXIT_CODES: &str = "Exit codes:
   3  refused: estimated memory above what is available (--ignore-memory-estimate overrides),
      or a long gradient flow on data certified not linearly separable
   4  failed while running: numerical breakdown (NaN, step-size underflow), I/O error
+  5  interrupted by SIGTERM (lm-recipe): a checkpoint was written; continue with --resume
 Outputs are written atomically: on any error no output folder or file is left behind, except
 when stdout fails after the output was committed (exit 4): the files are complete and kept.";
 
@@ -57,7 +58,7 @@ pub enum Command {
     /// training pairs and on shifted prefixes and words.
     #[cfg(feature = "lm")]
     #[command(name = "lm-recipe", after_help = EXIT_CODES)]
-    LmRecipe(super::lm::LmRecipeArgs),
+    LmRecipe(super::lm_recipe::LmRecipeArgs),
     /// The Hamiltonian-cycle experiment (MATH.md §7, feature `lm`): does an IM-RM that verifies
     /// Hamiltonian cycles generate them? A small Llama pretrained on random vertex orders is
     /// `π_ref`; the IM-RM and the EX-RM are trained from it by the recipe; every epoch measures

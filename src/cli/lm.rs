@@ -5,11 +5,9 @@ use super::args::OutputFlags;
 use super::progress::{progress_bar, Progress};
 use super::tables::print_simulation_tables;
 use anyhow::Result;
-use rmflow::error::InputError;
-use rmflow::io::atomic::{check_inputs, check_not_overwriting_input, AtomicDir, Replace};
-use rmflow::lm::recipe::{self, Mode, RecipeFile, Reward};
-use rmflow::lm::{open_device, Architecture, Device, LmFile};
-use std::path::{Path, PathBuf};
+use rmflow::io::atomic::{check_inputs, check_not_overwriting_input, AtomicDir};
+use rmflow::lm::{open_device, Architecture, LmFile};
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct LmArgs {
@@ -31,49 +29,6 @@ pub struct LmArgs {
     /// full: also fine-tune the whole model with AdamW (`[finetune]`), both written.
     #[arg(long, default_value = "head", value_parser = ["head", "full"])]
     mode: String,
-    #[command(flatten)]
-    output: OutputFlags,
-}
-
-#[derive(clap::Args)]
-pub struct LmRecipeArgs {
-    /// Hugging Face folder: config.json (model_type llama, qwen2, gpt_neox, gpt2, or bert
-    /// for the pseudo-log-likelihood proxy), *.safetensors, tokenizer.json, and
-    /// tokenizer_config.json for the chat template where the model has one.
-    #[arg(long)]
-    model: PathBuf,
-    /// Recipe config (experiments/persona_paper.toml).
-    #[arg(long)]
-    config: PathBuf,
-    /// Output folder, written atomically.
-    #[arg(long)]
-    out: PathBuf,
-    /// Where the transformer runs: cpu, or cuda (needs --features cuda).
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// full: every parameter trained (the paper); head: body frozen, EX-RM head or IM-RM
-    /// unembedding trained; both: head then full.
-    #[arg(long, default_value = "full", value_parser = ["head", "full", "both"])]
-    mode: String,
-    /// Override train.epochs of the config (e.g. a short smoke run; ≥ 1).
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// Override train.eval_every_epochs: evaluate every split every N epochs (1: a per-epoch
-    /// history, as the official `validate_every = 1`), and after the last.
-    #[arg(long)]
-    eval_every: Option<usize>,
-    /// Reward models to train, comma-separated: exrm (last token), imrm, exrm_token_mean
-    /// (mean reward over response tokens), imrm_no_ref (no reference model, trained so),
-    /// exgrm (generative RM, P("Yes"), causal LMs); both = exrm,imrm; all = every one. Each
-    /// starts from the same pretrained weights, so one at a time gives the same numbers.
-    #[arg(long, default_value = "both")]
-    reward: String,
-    /// Take the prompts from Anthropic's persona JSONL (e.g. `anthropics/evals`
-    /// persona/agreeableness.jsonl) instead of data.statements: records whose
-    /// answer_matching_behavior is " Yes", prompt = the record's question (sets
-    /// data.format = "persona_jsonl", data.group_size = 1).
-    #[arg(long)]
-    persona_jsonl: Option<PathBuf>,
     #[command(flatten)]
     output: OutputFlags,
 }
@@ -203,143 +158,4 @@ fn print_lm_run(run: &rmflow::lm::RealModelRun, file: &LmFile) {
             rmflow::lm::single_token::output::full_table(&run.full)
         );
     }
-}
-
-pub fn run_recipe(a: LmRecipeArgs) -> Result<()> {
-    let device = open_device(&a.device)?;
-    check_not_overwriting_input(&a.config, &a.out)?;
-    let mut file = RecipeFile::from_file(&a.config)?;
-    if let Some(path) = &a.persona_jsonl {
-        file.use_persona_jsonl(path.clone());
-    }
-    check_inputs([a.model.as_path(), file.data.statements.as_path()], &a.out)?;
-    if a.epochs == Some(0) || a.eval_every == Some(0) {
-        return Err(InputError(
-            "--epochs and --eval-every must be ≥ 1 (an untrained model is not a run)".into(),
-        )
-        .into());
-    }
-    if let Some(e) = a.epochs {
-        file.train.epochs = e;
-    }
-    if let Some(e) = a.eval_every {
-        file.train.eval_every_epochs = e;
-    }
-    let modes: &[Mode] = match a.mode.as_str() {
-        "head" => &[Mode::Head],
-        "both" => &[Mode::Head, Mode::Full],
-        _ => &[Mode::Full],
-    };
-    let kinds = reward_list(&a.reward)?;
-    train_recipe(
-        &a.model,
-        &file,
-        &a.out,
-        device,
-        modes,
-        &kinds,
-        a.output.replace(),
-    )
-}
-
-/// `--reward`: names separated by commas (`both`, `all` as shorthands), each once, in the
-/// order given.
-fn reward_list(arg: &str) -> Result<Vec<Reward>> {
-    let mut out: Vec<Reward> = Vec::new();
-    for name in arg.split(',').map(str::trim) {
-        let add: Vec<Reward> = match name {
-            "both" => vec![Reward::Exrm, Reward::Imrm],
-            "all" => Reward::ALL.to_vec(),
-            _ => vec![Reward::from_name(name).ok_or_else(|| {
-                InputError(format!(
-                    "--reward: unknown reward model {name:?} (one of {}, both, all)",
-                    Reward::ALL.map(|r| r.name()).join(", ")
-                ))
-            })?],
-        };
-        for r in add {
-            if !out.contains(&r) {
-                out.push(r);
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn train_recipe(
-    model: &Path,
-    file: &RecipeFile,
-    out: &Path,
-    device: Device,
-    modes: &[Mode],
-    kinds: &[Reward],
-    replace: Replace,
-) -> Result<()> {
-    let dir = AtomicDir::create(out, replace)?;
-    let total = recipe::steps_per_run(file) as u64;
-    let mut bars = StageBars::new();
-    let mut loading = Some(progress_bar("lm-recipe", 0, "steps"));
-    if let Some(l) = &loading {
-        l.stage(&format!(
-            "loading {} and building the pairs",
-            model.display()
-        ));
-    }
-    let outcome = recipe::run_recipe(
-        model,
-        file,
-        &device,
-        modes,
-        kinds,
-        &mut |mode, kind, event| {
-            if let Some(l) = loading.take() {
-                l.finish();
-            }
-            let bar = bars.bar((mode, kind), || {
-                progress_bar(
-                    &format!("lm-recipe {} {}", mode.name(), kind.label()),
-                    total,
-                    "steps",
-                )
-            });
-            match event {
-                recipe::TrainEvent::Stage(msg) => bar.stage(&msg),
-                recipe::TrainEvent::Step(r) => {
-                    bar.inc(&format!("epoch {} loss {:.4}", r.epoch, r.loss))
-                }
-                recipe::TrainEvent::Evaluated { .. } => {}
-            }
-        },
-    )?;
-    bars.finish();
-    recipe::write_outputs(&dir, &outcome)?;
-    let written = dir.commit()?;
-    print_recipe_outcome(&outcome);
-    outln!("wrote {}", written.display());
-    Ok(())
-}
-
-fn print_recipe_outcome(outcome: &recipe::RecipeOutcome) {
-    outln!(
-        "{} ({:?}), prompts: {}; {} sequences",
-        outcome.model.display(),
-        outcome.arch,
-        outcome.problem.prompt_format,
-        outcome.problem.sequences.len()
-    );
-    if outcome.arch == Architecture::Bert {
-        outln!("note: {}", recipe::PSEUDO_LIKELIHOOD_NOTE);
-    }
-    for r in &outcome.runs {
-        outln!(
-            "{} {}: {} parameters trained, {} steps, {:.1} s ({:.3} s per step)",
-            r.mode.name(),
-            r.reward.label(),
-            r.parameters,
-            r.history.len(),
-            r.seconds,
-            r.step_seconds / r.history.len().max(1) as f64
-        );
-    }
-    out!("{}", recipe::final_table(outcome));
 }

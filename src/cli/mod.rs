@@ -15,6 +15,8 @@ pub mod ham_cycle;
 pub mod lm;
 #[cfg(feature = "lm")]
 pub mod lm_files;
+#[cfg(feature = "lm")]
+pub mod lm_recipe;
 pub mod progress;
 pub mod simulate;
 pub mod sweep;

@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 /// Accuracy and margin statistics of one split.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct SplitMetrics {
     pub split: String,
     /// `mean 1{m_j > 0}`.
@@ -142,7 +142,7 @@ pub fn accuracy_table(rows: &[(&str, &[SplitMetrics])]) -> String {
 
 /// Rewards of one split's responses, summarised as the paper's official evaluator does
 /// (MATH.md §6).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct RewardSummary {
     pub split: String,
     /// `mean_i |r_i⁺ − r_i⁻| / (std of all r⁺ and r⁻ + 1e-8)`, the std with Bessel's correction

@@ -14,6 +14,7 @@ use crate::experiment::observables::split_metrics;
 use crate::lm::recipe::{Mode, Reward, TrainEvent, TrainRun, TrainStep};
 use crate::lm::train::epochs::train_reward;
 use crate::lm::train::epochs::Settings;
+use crate::lm::train::resume::NoCheckpoints;
 use crate::lm::{Forward, LanguageModel};
 use crate::problem::hamiltonian::{generate, vertex_orders, CyclePair};
 use anyhow::Result;
@@ -309,6 +310,7 @@ impl RewardRun<'_> {
             &lm,
             self.settings,
             self.problem,
+            &mut NoCheckpoints,
             &mut |e| match e {
                 TrainEvent::Stage(s) => on_event(CycleEvent::Stage(Some(reward), s)),
                 TrainEvent::Step(s) => on_event(CycleEvent::Step(reward, s)),

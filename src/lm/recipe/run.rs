@@ -8,6 +8,7 @@ use crate::lm::train::epochs::Mode;
 use crate::lm::train::epochs::TrainEvent;
 use crate::lm::train::epochs::TrainRun;
 use crate::lm::train::epochs::{train_reward, verdict_tokens};
+use crate::lm::train::resume::{CheckpointDir, Checkpoints, NoCheckpoints};
 use crate::lm::train::reward::Reward;
 use crate::lm::train::sequences::PreferenceProblem;
 use crate::lm::Forward;
@@ -20,15 +21,23 @@ use std::path::{Path, PathBuf};
 pub fn train_recipe(
     reward: Reward,
     mode: Mode,
-    model_dir: &Path,
-    device: &Device,
+    (model_dir, device): (&Path, &Device),
     file: &RecipeFile,
     problem: &PreferenceProblem,
+    checkpoints: &mut dyn Checkpoints,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainRun> {
     let start = std::time::Instant::now();
     let (lm, _) = load_recipe_model(model_dir, device, Forward::Nets, file)?;
-    let mut run = train_reward(reward, mode, &lm, file.settings(), problem, on_event)?;
+    let mut run = train_reward(
+        reward,
+        mode,
+        &lm,
+        file.settings(),
+        problem,
+        checkpoints,
+        on_event,
+    )?;
     run.seconds = start.elapsed().as_secs_f64();
     Ok(run)
 }
@@ -56,6 +65,7 @@ pub fn run_recipe(
     device: &Device,
     modes: &[Mode],
     rewards: &[Reward],
+    mut checkpoints: Option<&mut CheckpointDir>,
     on_event: &mut dyn FnMut(Mode, Reward, TrainEvent),
 ) -> Result<RecipeOutcome> {
     let (lm, _) = load_recipe_model(model_dir, device, Forward::Nets, file)?;
@@ -75,19 +85,30 @@ pub fn run_recipe(
         ))
         .into());
     }
-    let mut runs = Vec::new();
-    for &mode in modes {
-        for &reward in rewards {
-            runs.push(train_recipe(
-                reward,
-                mode,
-                model_dir,
-                device,
-                file,
-                &problem,
-                &mut |e| on_event(mode, reward, e),
-            )?);
+    let mut runs = checkpoints.as_ref().map_or(Vec::new(), |c| c.finished());
+    let plan: Vec<(Mode, Reward)> = modes
+        .iter()
+        .flat_map(|&m| rewards.iter().map(move |&r| (m, r)))
+        .collect();
+    for &(mode, reward) in plan.iter().skip(runs.len()) {
+        let mut none = NoCheckpoints;
+        let c: &mut dyn Checkpoints = match checkpoints.as_deref_mut() {
+            Some(c) => c,
+            None => &mut none,
+        };
+        let run = train_recipe(
+            reward,
+            mode,
+            (model_dir, device),
+            file,
+            &problem,
+            c,
+            &mut |e| on_event(mode, reward, e),
+        )?;
+        if let Some(c) = checkpoints.as_deref_mut() {
+            c.finish(&run)?;
         }
+        runs.push(run);
     }
     Ok(RecipeOutcome {
         model: model_dir.to_path_buf(),

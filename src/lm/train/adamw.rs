@@ -96,6 +96,55 @@ impl Adam {
     }
 }
 
+/// An optimizer's state, to resume it exactly: its step count and, per variable (in its order),
+/// the first and second moments.
+pub struct AdamState {
+    pub step: i32,
+    pub moments: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Adam {
+    /// The state ([`AdamState`]); an error for candle-nn's optimizer (other devices), whose
+    /// moments are private.
+    pub fn state(&self) -> anyhow::Result<AdamState> {
+        match &self.state {
+            State::OnePass(ms) => Ok(AdamState {
+                step: self.step,
+                moments: ms.iter().map(|m| (m.m.clone(), m.v.clone())).collect(),
+            }),
+            State::Candle(_) => anyhow::bail!(
+                "checkpoints need the CPU optimizer (f32 variables on the CPU); candle-nn's AdamW on other devices keeps its moments private (use --checkpoint-every 0)"
+            ),
+        }
+    }
+
+    /// Restores `state` (taken from an optimizer over variables of the same sizes).
+    pub fn restore(&mut self, state: AdamState) -> anyhow::Result<()> {
+        let State::OnePass(ms) = &mut self.state else {
+            anyhow::bail!("resuming needs the CPU optimizer (f32 variables on the CPU)");
+        };
+        if state.moments.len() != ms.len() {
+            anyhow::bail!(
+                "the checkpoint's optimizer has {} variables, this run's {}",
+                state.moments.len(),
+                ms.len()
+            );
+        }
+        for (k, (m, (m1, v1))) in ms.iter_mut().zip(state.moments).enumerate() {
+            if m1.len() != m.m.len() || v1.len() != m.v.len() {
+                anyhow::bail!(
+                    "the checkpoint's optimizer variable {k} has {} entries, this run's {}",
+                    m1.len(),
+                    m.m.len()
+                );
+            }
+            (m.m, m.v) = (m1, v1);
+        }
+        self.step = state.step;
+        Ok(())
+    }
+}
+
 /// A step's scalars, rounded to f32.
 #[derive(Clone, Copy)]
 struct Scalars {

@@ -3,6 +3,7 @@
 //! split evaluated before the first epoch, every `eval_every_epochs` epochs and after the last.
 //! The recipe (`lm-recipe`) and the Hamiltonian-cycle experiment are its data sources.
 
+use super::resume::{state_tensors, test_hook, Checkpoints, Progress, Saved};
 use crate::lm::model::language_model::LanguageModel;
 use crate::lm::nets::kernels::Kernels;
 use crate::lm::train::config::TrainConfig;
@@ -16,16 +17,17 @@ use crate::lm::train::reward::Reward;
 use crate::lm::train::sequences::PreferenceProblem;
 use crate::lm::train::sequences::ScoredSequence;
 use crate::lm::train::shuffle::epoch_orders;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::Serialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// What is trained: the whole model (`Full`) or the head / unembedding over frozen features
 /// (`Head`). `rmflow lm --mode full` runs both (Theorem 2's head-only run always runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Head,
@@ -61,7 +63,7 @@ pub enum TrainEvent<'a> {
 }
 
 /// One optimizer step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TrainStep {
     pub step: usize,
     pub epoch: usize,
@@ -72,7 +74,7 @@ pub struct TrainStep {
 }
 
 /// A trained reward model: its steps, evaluations and final rewards.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TrainRun {
     pub mode: Mode,
     pub reward: Reward,
@@ -92,7 +94,7 @@ pub struct TrainRun {
 }
 
 /// The cost of head mode's feature extraction.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct Extraction {
     pub seconds: f64,
     pub tokens: usize,
@@ -117,6 +119,7 @@ pub fn train_reward(
     lm: &LanguageModel,
     settings: Settings,
     problem: &PreferenceProblem,
+    checkpoints: &mut dyn Checkpoints,
     on_event: &mut dyn FnMut(TrainEvent),
 ) -> Result<TrainRun> {
     let start = std::time::Instant::now();
@@ -169,8 +172,17 @@ pub fn train_reward(
         reference: &reference,
         train_reference: train_reference.as_ref().unwrap_or(&reference),
     };
-    let (history, evaluations, rewards, step_seconds) =
-        session.run_epochs(&mut optimizers, on_event)?;
+    let resumed = match checkpoints.resumed()? {
+        Some(saved) => Some(restore(saved, &mut optimizers)?),
+        None => None,
+    };
+    let Progress {
+        history,
+        evaluations,
+        rewards,
+        step_seconds,
+        ..
+    } = session.run_epochs(&mut optimizers, resumed, checkpoints, on_event)?;
     Ok(TrainRun {
         mode,
         reward,
@@ -182,6 +194,31 @@ pub fn train_reward(
         step_seconds,
         extraction,
     })
+}
+
+/// Optimizer steps taken in this process (the tests' kill points, [`test_hook`]).
+static STEPS: AtomicUsize = AtomicUsize::new(0);
+
+/// The trained variables and the optimizers set from `saved`; its progress.
+fn restore(saved: Saved, optimizers: &mut Optimizers) -> Result<Progress> {
+    for (k, var) in optimizers.vars.iter().enumerate() {
+        let name = format!("var.{k}");
+        let t = saved
+            .tensors
+            .get(&name)
+            .with_context(|| format!("the checkpoint has no tensor {name}"))?;
+        if t.dims() != var.dims() {
+            bail!(
+                "the checkpoint's {name} has shape {:?}, this run's {:?}",
+                t.dims(),
+                var.dims()
+            );
+        }
+        var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
+    }
+    let counts = optimizers.var_counts();
+    optimizers.restore(saved.adam_states(&counts)?)?;
+    Ok(saved.progress)
 }
 
 /// Head-only training's frozen features of `seqs` (what `reward` reads), extracted once, and
@@ -352,40 +389,86 @@ struct Session<'a> {
 
 impl Session<'_> {
     /// Every epoch's optimizer steps (pairs shuffled by the seeded RNG), evaluating before the
-    /// first, every `eval_every_epochs` epochs and after the last: the steps, the evaluations,
-    /// the last rewards of every sequence, and the seconds spent in steps.
-    #[allow(clippy::type_complexity)]
+    /// first, every `eval_every_epochs` epochs and after the last, from the start or from
+    /// `resumed`; saved to `checkpoints` when due (and stopped after a step when asked).
     fn run_epochs(
         &self,
         optimizers: &mut Optimizers,
+        resumed: Option<Progress>,
+        checkpoints: &mut dyn Checkpoints,
         on_event: &mut dyn FnMut(TrainEvent),
-    ) -> Result<(Vec<TrainStep>, Vec<Evaluation>, Vec<f64>, f64)> {
+    ) -> Result<Progress> {
         let (settings, problem) = (self.settings, self.problem);
         let t = settings.train;
-        let (first, mut rewards) = self.evaluate(0, 0, on_event)?;
-        let mut evaluations = vec![first];
+        let mut p = match resumed {
+            Some(p) => p,
+            None => {
+                let (first, rewards) = self.evaluate(0, 0, on_event)?;
+                Progress {
+                    epoch: 1,
+                    steps_in_epoch: 0,
+                    history: Vec::new(),
+                    evaluations: vec![first],
+                    rewards,
+                    step_seconds: 0.0,
+                    adam_steps: Vec::new(),
+                }
+            }
+        };
         let orders = epoch_orders(settings.seed, problem.splits[0].chosen.len());
-        let mut history = Vec::new();
-        let mut step_seconds = 0.0;
-        for (epoch, order) in (1..=t.epochs).zip(orders) {
+        for (epoch, order) in (1..=t.epochs).zip(orders).skip(p.epoch - 1) {
             on_event(TrainEvent::Stage(format!(
                 "training epoch {epoch} of {}",
                 t.epochs
             )));
-            for pairs in order.chunks(t.pairs_per_step) {
+            for pairs in order.chunks(t.pairs_per_step).skip(p.steps_in_epoch) {
                 let t0 = std::time::Instant::now();
-                let record = self.optimizer_step(pairs, optimizers, history.len(), epoch)?;
-                step_seconds += t0.elapsed().as_secs_f64();
+                let record = self.optimizer_step(pairs, optimizers, p.history.len(), epoch)?;
+                p.step_seconds += t0.elapsed().as_secs_f64();
                 on_event(TrainEvent::Step(&record));
-                history.push(record);
+                p.history.push(record);
+                p.steps_in_epoch += 1;
+                test_hook("step", STEPS.fetch_add(1, Ordering::Relaxed) + 1);
+                if checkpoints.stop_requested() {
+                    self.save(&p, optimizers, checkpoints)?;
+                    return Err(crate::error::Interrupted(format!(
+                        "stopped by SIGTERM after step {} (epoch {epoch}); a checkpoint was written",
+                        p.history.len()
+                    ))
+                    .into());
+                }
             }
             if epoch % t.eval_every_epochs == 0 || epoch == t.epochs {
-                let (c, r) = self.evaluate(epoch, history.len(), on_event)?;
-                evaluations.push(c);
-                rewards = r;
+                let (c, r) = self.evaluate(epoch, p.history.len(), on_event)?;
+                p.evaluations.push(c);
+                p.rewards = r;
+            }
+            (p.epoch, p.steps_in_epoch) = (epoch + 1, 0);
+            if epoch < t.epochs && checkpoints.due(epoch) {
+                self.save(&p, optimizers, checkpoints)?;
             }
         }
-        Ok((history, evaluations, rewards, step_seconds))
+        Ok(p)
+    }
+
+    /// Saves `p` with the trained variables and the optimizers' moments.
+    fn save(
+        &self,
+        p: &Progress,
+        optimizers: &Optimizers,
+        checkpoints: &mut dyn Checkpoints,
+    ) -> Result<()> {
+        let adam = optimizers.states()?;
+        let progress = Progress {
+            adam_steps: adam.iter().map(|a| a.step).collect(),
+            ..p.clone()
+        };
+        let vars: Vec<Tensor> = optimizers
+            .vars
+            .iter()
+            .map(|v| v.as_tensor().clone())
+            .collect();
+        checkpoints.save(&progress, state_tensors(&vars, &adam)?)
     }
 
     /// The unembedding the rewards read now.

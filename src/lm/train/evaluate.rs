@@ -18,7 +18,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// One split's metrics at one evaluation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct SplitEvaluation {
     #[serde(flatten)]
     pub accuracy: SplitMetrics,
@@ -35,7 +35,7 @@ pub struct SplitEvaluation {
 }
 
 /// One response token's mean reward contribution on one side of a split.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct TokenContribution {
     pub side: Side,
     pub token: String,
@@ -45,7 +45,7 @@ pub struct TokenContribution {
 }
 
 /// Where the IM-RM's reward sits within the response (means over the split's sequences).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ImplicitParts {
     pub chosen_prefix: f64,
     pub chosen_word: f64,
@@ -56,7 +56,7 @@ pub struct ImplicitParts {
 }
 
 /// Every split evaluated after `step` optimizer steps (`epoch` passes).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Evaluation {
     pub epoch: usize,
     pub step: usize,

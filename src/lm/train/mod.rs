@@ -8,7 +8,8 @@
 //! - [`reward`]: the reward models (IM-RM, EX-RM, their variants) and what each reads.
 //! - [`features`]: what a reward reads from the transformer, live or frozen.
 //! - [`loss`], [`adamw`], [`optimizers`], [`shuffle`]: the loss, the optimizer, the pairs' order.
-//! - [`epochs`]: the epoch loop; [`evaluate`]: every split scored at an evaluation.
+//! - [`epochs`]: the epoch loop; [`evaluate`]: every split scored at an evaluation; [`resume`]:
+//!   the checkpoints a run continues from.
 
 pub mod adamw;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod evaluate;
 pub mod features;
 pub mod loss;
 pub mod optimizers;
+pub mod resume;
 pub mod reward;
 pub mod sequences;
 pub mod shuffle;

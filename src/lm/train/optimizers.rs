@@ -1,7 +1,7 @@
 //! AdamW ([`super::adamw::Adam`], one pass) on the trained tensors and, at its own learning rate, on
 //! the EX-RM head; gradients accumulated over micro-batches.
 
-use crate::lm::train::adamw::Adam;
+use crate::lm::train::adamw::{Adam, AdamState};
 use anyhow::Result;
 use candle_core::Var;
 use candle_nn::ParamsAdamW;
@@ -67,6 +67,42 @@ impl Optimizers {
         self.body.step(grads)?;
         if let Some(h) = self.head.as_mut() {
             h.step(grads)?;
+        }
+        Ok(())
+    }
+
+    /// How many variables each optimizer updates (the body's, then the head's).
+    pub(crate) fn var_counts(&self) -> Vec<usize> {
+        let head = usize::from(self.head.is_some());
+        let mut out = vec![self.vars.len() - head];
+        if head == 1 {
+            out.push(1);
+        }
+        out
+    }
+
+    /// The optimizers' states: the body's, then the head's (if trained).
+    pub(crate) fn states(&self) -> anyhow::Result<Vec<AdamState>> {
+        let mut out = vec![self.body.state()?];
+        if let Some(h) = &self.head {
+            out.push(h.state()?);
+        }
+        Ok(out)
+    }
+
+    /// Restores [`Optimizers::states`].
+    pub(crate) fn restore(&mut self, states: Vec<AdamState>) -> anyhow::Result<()> {
+        let expected = 1 + usize::from(self.head.is_some());
+        if states.len() != expected {
+            anyhow::bail!(
+                "the checkpoint has {} optimizers, this run {expected}",
+                states.len()
+            );
+        }
+        let mut it = states.into_iter();
+        self.body.restore(it.next().expect("counted"))?;
+        if let (Some(h), Some(s)) = (self.head.as_mut(), it.next()) {
+            h.restore(s)?;
         }
         Ok(())
     }

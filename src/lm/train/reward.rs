@@ -14,7 +14,7 @@ pub const YES_TOKEN: &str = "Yes";
 pub const NO_TOKEN: &str = "No";
 
 /// One reward model (its `--rewards` name in `lm-recipe`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reward {
     /// EX-RM `r = u·h` at the last response token (`ex_rm`).

@@ -1,0 +1,481 @@
+//! Checkpoints a run resumes from (`--checkpoint-every`, `--resume`): every trained tensor, both
+//! Adam moments and step counts, the position in the epoch loop (the pairs' shuffle is replayed
+//! from the seed to it), and the steps, evaluations and rewards so far, with the reward models a
+//! run already finished. A resumed run's outputs equal an uninterrupted run's bit for bit (wall
+//! times aside; `tests/lm_resume.rs` kills runs at several points, during a checkpoint's write
+//! included).
+//!
+//! A run's checkpoints live in `<OUT>.checkpoint/` beside its output folder:
+//! - `run.json`: what the run is (model, config, reward models, modes), written before training;
+//! - `state-NNNNNN/`: one checkpoint, `progress.cbor` (CBOR: exact f64, NaN included) and
+//!   `tensors.safetensors` (the trained variables and the optimizers' moments, f32);
+//! - `LATEST`: the name of the newest complete checkpoint.
+//!
+//! A checkpoint is written into `state-NNNNNN.tmp/`, renamed into place, and only then named
+//! by `LATEST` (itself replaced by a rename), so a kill at any moment leaves the previous
+//! checkpoint valid; older ones are removed after (unless kept). The folder is removed when the
+//! run's output is committed.
+
+use super::adamw::AdamState;
+use super::epochs::{Extraction, Mode, TrainRun, TrainStep};
+use super::evaluate::Evaluation;
+use super::reward::Reward;
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Where one reward model's training stands: the epoch loop's position and what it produced.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    /// The epoch in progress (1-based) and how many of its optimizer steps are done.
+    pub epoch: usize,
+    pub steps_in_epoch: usize,
+    pub history: Vec<TrainStep>,
+    #[serde(with = "stored")]
+    pub evaluations: Vec<Evaluation>,
+    /// The last evaluation's reward of every sequence.
+    pub rewards: Vec<f64>,
+    pub step_seconds: f64,
+    /// Each optimizer's step count (the body's, then the head's).
+    pub adam_steps: Vec<i32>,
+}
+
+/// A saved training: its progress and the tensors (trained variables `var.K`, moments
+/// `adam.J.m.K` / `adam.J.v.K`).
+pub struct Saved {
+    pub progress: Progress,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl Saved {
+    /// The optimizers' states from the tensors (`counts[j]` variables in optimizer `j`).
+    pub fn adam_states(&self, counts: &[usize]) -> Result<Vec<AdamState>> {
+        let vec = |name: String| -> Result<Vec<f32>> {
+            let t = self
+                .tensors
+                .get(&name)
+                .with_context(|| format!("the checkpoint has no tensor {name}"))?;
+            Ok(t.flatten_all()?.to_vec1::<f32>()?)
+        };
+        let steps = &self.progress.adam_steps;
+        if steps.len() != counts.len() {
+            bail!(
+                "the checkpoint has {} optimizers, this run {}",
+                steps.len(),
+                counts.len()
+            );
+        }
+        let mut out = Vec::new();
+        for (j, (&step, &n)) in steps.iter().zip(counts).enumerate() {
+            let moments = (0..n)
+                .map(|k| {
+                    Ok((
+                        vec(format!("adam.{j}.m.{k}"))?,
+                        vec(format!("adam.{j}.v.{k}"))?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.push(AdamState { step, moments });
+        }
+        Ok(out)
+    }
+}
+
+/// The tensors of a checkpoint: the trained variables and the optimizers' moments.
+pub fn state_tensors(vars: &[Tensor], adam: &[AdamState]) -> Result<Vec<(String, Tensor)>> {
+    let mut out: Vec<(String, Tensor)> = vars
+        .iter()
+        .enumerate()
+        .map(|(k, v)| (format!("var.{k}"), v.clone()))
+        .collect();
+    for (j, a) in adam.iter().enumerate() {
+        for (k, (m, v)) in a.moments.iter().enumerate() {
+            out.push((
+                format!("adam.{j}.m.{k}"),
+                Tensor::from_slice(m, m.len(), &Device::Cpu)?,
+            ));
+            out.push((
+                format!("adam.{j}.v.{k}"),
+                Tensor::from_slice(v, v.len(), &Device::Cpu)?,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// What the trainer asks of a run's checkpointing (the observer of argmin, for resumable runs).
+pub trait Checkpoints {
+    /// The saved training of the reward model about to be trained, if the run resumes it.
+    fn resumed(&mut self) -> Result<Option<Saved>>;
+    /// Whether to save after `epoch`.
+    fn due(&self, epoch: usize) -> bool;
+    /// Whether a stop was asked for (SIGTERM): save after the current step, then stop.
+    fn stop_requested(&self) -> bool;
+    /// Saves a checkpoint of the reward model in training.
+    fn save(&mut self, progress: &Progress, tensors: Vec<(String, Tensor)>) -> Result<()>;
+}
+
+/// No checkpoints (tests, and runs that do not ask for them).
+pub struct NoCheckpoints;
+
+impl Checkpoints for NoCheckpoints {
+    fn resumed(&mut self) -> Result<Option<Saved>> {
+        Ok(None)
+    }
+    fn due(&self, _epoch: usize) -> bool {
+        false
+    }
+    fn stop_requested(&self) -> bool {
+        false
+    }
+    fn save(&mut self, _progress: &Progress, _tensors: Vec<(String, Tensor)>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A finished reward model's training, kept in every later checkpoint ([`TrainRun`] with its
+/// rewards, which its own serialization leaves out).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Finished {
+    mode: Mode,
+    reward: Reward,
+    parameters: usize,
+    history: Vec<TrainStep>,
+    #[serde(with = "stored")]
+    evaluations: Vec<Evaluation>,
+    rewards: Vec<f64>,
+    seconds: f64,
+    step_seconds: f64,
+    extraction: Option<Extraction>,
+}
+
+impl Finished {
+    fn of(r: &TrainRun) -> Finished {
+        Finished {
+            mode: r.mode,
+            reward: r.reward,
+            parameters: r.parameters,
+            history: r.history.clone(),
+            evaluations: r.evaluations.clone(),
+            rewards: r.rewards.clone(),
+            seconds: r.seconds,
+            step_seconds: r.step_seconds,
+            extraction: r.extraction,
+        }
+    }
+
+    fn run(&self) -> TrainRun {
+        TrainRun {
+            mode: self.mode,
+            reward: self.reward,
+            parameters: self.parameters,
+            history: self.history.clone(),
+            evaluations: self.evaluations.clone(),
+            rewards: self.rewards.clone(),
+            seconds: self.seconds,
+            step_seconds: self.step_seconds,
+            extraction: self.extraction,
+        }
+    }
+}
+
+/// Evaluations as a checkpoint stores them: each split's parts as fields (the output's
+/// flattened form repeats the key `split`, which reads back ambiguously).
+mod stored {
+    use crate::experiment::observables::{RewardSummary, SplitMetrics};
+    use crate::lm::train::evaluate::{
+        Evaluation, ImplicitParts, SplitEvaluation, TokenContribution,
+    };
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::collections::BTreeMap;
+
+    #[derive(Serialize, Deserialize)]
+    struct Split {
+        accuracy: SplitMetrics,
+        rewards: RewardSummary,
+        mean_reward_by_answer: BTreeMap<String, f64>,
+        implicit_parts: Option<ImplicitParts>,
+        implicit_tokens: Option<Vec<TokenContribution>>,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Stored {
+        epoch: usize,
+        step: usize,
+        splits: Vec<Split>,
+    }
+
+    pub fn serialize<S: Serializer>(v: &[Evaluation], s: S) -> Result<S::Ok, S::Error> {
+        let stored: Vec<Stored> = v
+            .iter()
+            .map(|e| Stored {
+                epoch: e.epoch,
+                step: e.step,
+                splits: e
+                    .splits
+                    .iter()
+                    .map(|x| Split {
+                        accuracy: x.accuracy.clone(),
+                        rewards: x.rewards.clone(),
+                        mean_reward_by_answer: x.mean_reward_by_answer.clone(),
+                        implicit_parts: x.implicit_parts.clone(),
+                        implicit_tokens: x.implicit_tokens.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        stored.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Evaluation>, D::Error> {
+        let stored = Vec::<Stored>::deserialize(d)?;
+        Ok(stored
+            .into_iter()
+            .map(|e| Evaluation {
+                epoch: e.epoch,
+                step: e.step,
+                splits: e
+                    .splits
+                    .into_iter()
+                    .map(|x| SplitEvaluation {
+                        accuracy: x.accuracy,
+                        rewards: x.rewards,
+                        mean_reward_by_answer: x.mean_reward_by_answer,
+                        implicit_parts: x.implicit_parts,
+                        implicit_tokens: x.implicit_tokens,
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+/// `progress.cbor`: the finished reward models and the one in training.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RunState {
+    finished: Vec<Finished>,
+    current: Option<Progress>,
+}
+
+/// The checkpoints of a run that trains several reward models in turn, in `<OUT>.checkpoint/`.
+pub struct CheckpointDir {
+    dir: PathBuf,
+    every: usize,
+    keep_all: bool,
+    stop: Arc<AtomicBool>,
+    finished: Vec<Finished>,
+    resume: Option<Saved>,
+    written: usize,
+}
+
+/// The checkpoint folder of the run whose output is `out`.
+pub fn checkpoint_dir_of(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".checkpoint");
+    out.with_file_name(name)
+}
+
+impl CheckpointDir {
+    /// A new run's checkpoints every `every` epochs (0: none but SIGTERM's) in `dir`, which must
+    /// not hold another run's (`--resume` continues one); `identity` is written as `run.json`.
+    pub fn create(
+        dir: &Path,
+        identity: &serde_json::Value,
+        every: usize,
+        keep_all: bool,
+    ) -> Result<CheckpointDir> {
+        if dir.join("LATEST").exists() {
+            return Err(crate::error::InputError(format!(
+                "{} holds the checkpoints of an unfinished run: continue it with --resume, or remove the folder",
+                dir.display()
+            ))
+            .into());
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        replace_file(
+            &dir.join("run.json"),
+            serde_json::to_string_pretty(identity)?.as_bytes(),
+        )?;
+        Ok(CheckpointDir::new(dir, every, keep_all, Vec::new(), None))
+    }
+
+    /// The run in `dir` resumed from its newest checkpoint; also its `run.json`.
+    pub fn open(
+        dir: &Path,
+        every: usize,
+        keep_all: bool,
+    ) -> Result<(CheckpointDir, serde_json::Value)> {
+        let input = |m: String| crate::error::InputError(m);
+        let identity: serde_json::Value = {
+            let p = dir.join("run.json");
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| input(format!("--resume: cannot read {}: {e}", p.display())))?;
+            serde_json::from_str(&text)
+                .map_err(|e| input(format!("--resume: {} is not valid JSON: {e}", p.display())))?
+        };
+        let latest = std::fs::read_to_string(dir.join("LATEST")).ok();
+        let (finished, resume, written) = match latest.as_deref().map(str::trim) {
+            None => (Vec::new(), None, 0),
+            Some(name) => {
+                let state_dir = dir.join(name);
+                let bytes = std::fs::read(state_dir.join("progress.cbor"))
+                    .with_context(|| format!("cannot read {}", state_dir.display()))?;
+                let state: RunState = ciborium::from_reader(bytes.as_slice()).map_err(|e| {
+                    anyhow::anyhow!("{}: unreadable progress: {e}", state_dir.display())
+                })?;
+                let tensors = candle_core::safetensors::load(
+                    state_dir.join("tensors.safetensors"),
+                    &Device::Cpu,
+                )?;
+                let written = name
+                    .trim_start_matches("state-")
+                    .parse::<usize>()
+                    .unwrap_or(0);
+                let resume = state.current.map(|progress| Saved { progress, tensors });
+                (state.finished, resume, written)
+            }
+        };
+        let mut c = CheckpointDir::new(dir, every, keep_all, finished, resume);
+        c.written = written;
+        Ok((c, identity))
+    }
+
+    fn new(
+        dir: &Path,
+        every: usize,
+        keep_all: bool,
+        finished: Vec<Finished>,
+        resume: Option<Saved>,
+    ) -> CheckpointDir {
+        let stop = Arc::new(AtomicBool::new(false));
+        // SIGTERM (Slurm preemption, `kill`): checkpoint after the current step and stop.
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone());
+        CheckpointDir {
+            dir: dir.to_path_buf(),
+            every,
+            keep_all,
+            stop,
+            finished,
+            resume,
+            written: 0,
+        }
+    }
+
+    /// The reward models finished before the run was resumed, in order, with their rewards.
+    pub fn finished(&self) -> Vec<TrainRun> {
+        self.finished.iter().map(Finished::run).collect()
+    }
+
+    /// Records a finished reward model (saved with the next checkpoint, and at once).
+    pub fn finish(&mut self, run: &TrainRun) -> Result<()> {
+        self.finished.push(Finished::of(run));
+        self.write(None, Vec::new())
+    }
+
+    /// Whether no checkpoint was written (nothing to resume from).
+    pub fn is_empty(&self) -> bool {
+        self.written == 0
+    }
+
+    /// Removes the folder (the run's output is committed).
+    pub fn remove(self) -> Result<()> {
+        std::fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("cannot remove {}", self.dir.display()))
+    }
+
+    /// Writes a checkpoint (see the module doc for the order that makes it atomic).
+    fn write(&mut self, current: Option<&Progress>, tensors: Vec<(String, Tensor)>) -> Result<()> {
+        self.written += 1;
+        let name = format!("state-{:06}", self.written);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let state = RunState {
+            finished: self.finished.clone(),
+            current: current.cloned(),
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(&state, &mut bytes)
+            .map_err(|e| anyhow::anyhow!("cannot encode the checkpoint: {e}"))?;
+        write_synced(&tmp.join("progress.cbor"), &bytes)?;
+        let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+        let path = tmp.join("tensors.safetensors");
+        candle_core::safetensors::save(&map, &path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::File::open(&path)?.sync_all()?;
+        test_hook("checkpoint-write", self.written);
+        let done = self.dir.join(&name);
+        std::fs::rename(&tmp, &done).with_context(|| format!("cannot rename {}", tmp.display()))?;
+        replace_file(&self.dir.join("LATEST"), name.as_bytes())?;
+        if !self.keep_all {
+            self.remove_older(&name);
+        }
+        Ok(())
+    }
+
+    /// Removes every checkpoint but `keep`.
+    fn remove_older(&self, keep: &str) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("state-") && name != keep {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+impl Checkpoints for CheckpointDir {
+    fn resumed(&mut self) -> Result<Option<Saved>> {
+        Ok(self.resume.take())
+    }
+
+    fn due(&self, epoch: usize) -> bool {
+        self.every > 0 && epoch % self.every == 0
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn save(&mut self, progress: &Progress, tensors: Vec<(String, Tensor)>) -> Result<()> {
+        self.write(Some(progress), tensors)
+    }
+}
+
+/// `bytes` into `path`, synced to disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `bytes` into `path` through a synced temporary and a rename.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    write_synced(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {}", tmp.display()))
+}
+
+/// Tests' kill points: `RMFLOW_TEST_ABORT=EVENT:N` aborts the process (no cleanup, as SIGKILL)
+/// at the `N`-th `event` (`step`: an optimizer step done; `checkpoint-write`: a checkpoint's
+/// files written but not yet renamed into place).
+pub fn test_hook(event: &str, n: usize) {
+    if let Ok(v) = std::env::var("RMFLOW_TEST_ABORT") {
+        if v == format!("{event}:{n}") {
+            std::process::abort();
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Runs that survive a kill (`lm-recipe --checkpoint-every`, `--resume`): a run aborted at
+//! several points (after an optimizer step, in the middle of a checkpoint's write, between two
+//! reward models; head-only and full fine-tuning) and resumed writes the same outputs as an uninterrupted run, bit for bit
+//! (wall times aside); SIGTERM stops a run with a checkpoint and exit code 5; a resume with
+//! another config or model is refused naming the field. Tiny random checkpoints, no download.
+#![cfg(all(feature = "lm", target_os = "linux"))]
+
+use rmflow::lm::checkpoint::tiny::{standard_specs, write_tiny_checkpoint, PROBE_TEXTS};
+use rmflow::lm::recipe::{vocabulary_texts, RecipeFile};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const PAPER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/experiments/persona_paper.toml"
+);
+
+fn temp(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("rmflow-resume-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// A small recipe: 16 training pairs, 2 steps an epoch, 3 epochs, evaluated every epoch.
+fn small_recipe(dir: &Path, lr: f64) -> PathBuf {
+    let mut f = RecipeFile::from_file(Path::new(PAPER)).unwrap();
+    f.data.statements = Path::new(env!("CARGO_MANIFEST_DIR")).join(&f.data.statements);
+    f.data.train_prompts = 16;
+    f.data.test_prompts = 8;
+    f.train.epochs = 3;
+    f.train.pairs_per_step = 8;
+    f.train.micro_batch = 4;
+    f.train.eval_every_epochs = 1;
+    f.train.adamw.lr = lr;
+    let p = dir.join(format!("recipe-{lr}.toml"));
+    std::fs::write(&p, toml::to_string(&f).unwrap()).unwrap();
+    p
+}
+
+/// A tiny Llama whose vocabulary holds the recipe's words.
+fn model(dir: &Path) -> PathBuf {
+    let f = RecipeFile::from_file(Path::new(PAPER)).unwrap();
+    let mut f2 = f.clone();
+    f2.data.statements = Path::new(env!("CARGO_MANIFEST_DIR")).join(&f.data.statements);
+    let mut texts: Vec<String> = PROBE_TEXTS.iter().map(|s| s.to_string()).collect();
+    texts.extend(vocabulary_texts(&f2).unwrap());
+    let spec = standard_specs()
+        .into_iter()
+        .find(|(n, _)| *n == "llama-tied")
+        .expect("a tiny llama-tied")
+        .1;
+    let m = dir.join("llama");
+    write_tiny_checkpoint(&m, spec, &texts).unwrap();
+    m
+}
+
+fn recipe(args: &[&str], abort: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rmflow"));
+    c.arg("lm-recipe").args(args).env("RAYON_NUM_THREADS", "2");
+    match abort {
+        Some(a) => c.env("RMFLOW_TEST_ABORT", a),
+        None => c.env_remove("RMFLOW_TEST_ABORT"),
+    };
+    c.output().unwrap()
+}
+
+fn start(model: &Path, config: &Path, out: &Path, abort: Option<&str>) -> Output {
+    recipe(
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--reward",
+            "exrm,imrm",
+            "--mode",
+            "both",
+        ],
+        abort,
+    )
+}
+
+fn checkpoints_of(out: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.checkpoint", out.display()))
+}
+
+/// Every file of a run's output (relative path, bytes) with its wall-clock fields removed:
+/// JSON keys naming seconds.
+fn contents(out: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![out.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = path.strip_prefix(out).unwrap().display().to_string();
+            let bytes = std::fs::read(&path).unwrap();
+            let bytes = if name.ends_with(".json") {
+                let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                strip(&mut v);
+                v.to_string().into_bytes()
+            } else {
+                bytes
+            };
+            files.push((name, bytes));
+        }
+    }
+    files.sort();
+    files
+}
+
+fn strip(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|k, _| !k.contains("seconds") && !k.contains("per_second"));
+            m.values_mut().for_each(strip);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+        _ => {}
+    }
+}
+
+/// Panics naming the first file (and its first line) that differs.
+fn same_outputs(got: &[(String, Vec<u8>)], expected: &[(String, Vec<u8>)], tag: &str) {
+    let names = |v: &[(String, Vec<u8>)]| v.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+    assert_eq!(names(got), names(expected), "{tag}: other files");
+    for ((name, a), (_, b)) in got.iter().zip(expected) {
+        if a != b {
+            let (a, b) = (String::from_utf8_lossy(a), String::from_utf8_lossy(b));
+            let at = a
+                .bytes()
+                .zip(b.bytes())
+                .position(|(x, y)| x != y)
+                .unwrap_or(0);
+            let window = |t: &str| {
+                t.chars()
+                    .skip(at.saturating_sub(120))
+                    .take(240)
+                    .collect::<String>()
+            };
+            panic!(
+                "{tag}: {name} differs at byte {at}: {} / {}",
+                window(&a),
+                window(&b)
+            );
+        }
+    }
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn killed_runs_resume_to_the_same_outputs() {
+    let dir = temp("kill");
+    let model = model(&dir);
+    let config = small_recipe(&dir, 1e-3);
+    let reference = dir.join("uninterrupted");
+    let o = start(&model, &config, &reference, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !checkpoints_of(&reference).exists(),
+        "checkpoints left after a finished run"
+    );
+    let expected = contents(&reference);
+    // Head then full, EX-RM then IM-RM: 6 steps each; checkpoints after epochs 1 and 2 and
+    // after each reward model (3 writes each).
+    for (tag, abort) in [
+        ("step-1", "step:1"),
+        ("step-3", "step:3"),
+        ("step-8", "step:8"),
+        ("step-15", "step:15"),
+        ("step-24", "step:24"),
+        ("write-1", "checkpoint-write:1"),
+        ("write-3", "checkpoint-write:3"),
+        ("write-4", "checkpoint-write:4"),
+        ("write-8", "checkpoint-write:8"),
+    ] {
+        let out = dir.join(tag);
+        let o = start(&model, &config, &out, Some(abort));
+        assert!(!o.status.success(), "{tag}: the run was not aborted");
+        assert!(!out.exists(), "{tag}: partial output");
+        let o = recipe(&["--resume", out.to_str().unwrap()], None);
+        assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
+        same_outputs(&contents(&out), &expected, tag);
+        assert!(!checkpoints_of(&out).exists(), "{tag}: checkpoints left");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_checkpoints_and_exits_5() {
+    let dir = temp("term");
+    let model = model(&dir);
+    let config = small_recipe(&dir, 1e-3);
+    let out = dir.join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_rmflow"))
+        .args([
+            "lm-recipe",
+            "--model",
+            model.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--checkpoint-every",
+            "0",
+        ])
+        .env("RAYON_NUM_THREADS", "2")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the run file, then ask the run to stop.
+    let run_json = checkpoints_of(&out).join("run.json");
+    let t0 = std::time::Instant::now();
+    while !run_json.exists() && t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    match o.status.code() {
+        // Stopped during training: a checkpoint to resume from, no output.
+        Some(5) => {
+            assert!(err.contains("SIGTERM"), "{err}");
+            assert!(checkpoints_of(&out).join("LATEST").is_file(), "{err}");
+            assert!(!out.exists());
+            let o = recipe(&["--resume", out.to_str().unwrap()], None);
+            assert!(o.status.success(), "{}", stderr(&o));
+        }
+        // Killed by the default handler before the run installed its own (loading).
+        None => assert!(!out.exists()),
+        other => panic!("exit {other:?}: {err}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_resume_with_another_config_or_model_is_refused_naming_it() {
+    let dir = temp("refuse");
+    let model = model(&dir);
+    let config = small_recipe(&dir, 1e-3);
+    let out = dir.join("run");
+    let o = start(&model, &config, &out, Some("step:3"));
+    assert!(!o.status.success());
+    let other = small_recipe(&dir, 2e-3);
+    let o = recipe(
+        &[
+            "--resume",
+            out.to_str().unwrap(),
+            "--config",
+            other.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("config.train.lr"), "{}", stderr(&o));
+    let o = recipe(
+        &["--resume", out.to_str().unwrap(), "--reward", "imrm"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("rewards"), "{}", stderr(&o));
+    // The model changed since the run started.
+    let weights = model.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, [bytes.as_slice(), &[0u8; 8]].concat()).unwrap();
+    let o = recipe(&["--resume", out.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("model_files"), "{}", stderr(&o));
+    // A new run on the same --out is refused while the checkpoints wait.
+    let o = start(&model, &config, &out, None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
