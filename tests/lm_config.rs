@@ -69,7 +69,7 @@ fn one_train_table_means_the_same_in_recipe_and_cycle() {
         epochs: 3,
         pairs_per_step: 8,
         micro_batch: 4,
-        head_init_std: 0.0,
+        head_init_std: Some(0.0),
         eval_every_epochs: 2,
         eval_batch: 16,
     };

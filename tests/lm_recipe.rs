@@ -8,7 +8,7 @@ use rmflow::lm::checkpoint::chat_template::{ChatTemplate, Message};
 use rmflow::lm::checkpoint::tiny::{standard_specs, write_tiny_checkpoint, TinySpec, PROBE_TEXTS};
 use rmflow::lm::recipe::{
     build_problem, last_response_hidden, load_recipe_model, response_token_logprobs,
-    vocabulary_texts, RecipeFile,
+    vocabulary_texts, RecipeFile, SplitRule, StatementFormat,
 };
 use rmflow::lm::{Architecture, Device, Forward, LanguageModel};
 use std::path::{Path, PathBuf};
@@ -408,7 +408,7 @@ fn recipe_config_errors_name_the_field() {
     let unknown = dir.join("bad-unknown.toml");
     let text = std::fs::read_to_string(config(&dir, &|_| {})).unwrap();
     std::fs::write(&unknown, format!("{text}\n[extra]\nx = 1\n")).unwrap();
-    let cases: [(&str, PathBuf, &str); 6] = [
+    let cases: [(&str, PathBuf, &str); 7] = [
         ("lr", config(&dir, &|f| f.train.adamw.lr = -1.0), "train.lr"),
         (
             "nan",
@@ -417,10 +417,19 @@ fn recipe_config_errors_name_the_field() {
         ),
         (
             "question",
-            config(&dir, &|f| f.data.question = "no slot".into()),
+            config(&dir, &|f| {
+                f.data.format = StatementFormat::Lines;
+                f.data.split = SplitRule::Groups;
+                f.data.question = "no slot".into();
+            }),
             "data.question",
         ),
         ("unknown", unknown, "extra"),
+        (
+            "official-groups",
+            config(&dir, &|f| f.data.group_size = 3),
+            "data.group_size",
+        ),
         (
             "prompts",
             config(&dir, &|f| f.data.train_prompts = 500),
@@ -988,5 +997,40 @@ fn repeated_persona_records_are_used_once() {
     let unique: std::collections::BTreeSet<&String> = prompts.iter().collect();
     assert_eq!(unique.len(), 4);
     assert!(prompts[3].contains("number 3"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `data.split = "official"` (experiments/persona_paper.toml): the train and test prompts are the
+/// committed Anthropic records at torch's `randperm(500)` positions (seed 875; the permutation
+/// itself is checked against torch in `tests/lm_data.rs`), and the training responses' prefixes
+/// and words follow the same generator's `randint` draws, chosen then rejected, train then test.
+#[test]
+fn official_split_takes_the_datamodules_records_and_draws() {
+    use rmflow::lm::data::torch_rng::TorchGenerator;
+    let dir = temp("official-split");
+    let model = dir.join("llama");
+    checkpoint(&model, standard_specs()[1].1, false);
+    let file = paper();
+    assert_eq!(file.data.split, SplitRule::Official);
+    let (lm, _) = load_recipe_model(&model, &Device::Cpu, Forward::Nets, &file).unwrap();
+    let problem = build_problem(&file, &lm).unwrap();
+    let records = rmflow::lm::data::read_persona_jsonl(&file.data.statements).unwrap();
+    let mut g = TorchGenerator::manual_seed(875);
+    let perm = g.randperm(records.len());
+    let pick = |r: std::ops::Range<usize>| -> Vec<String> {
+        perm[r].iter().map(|&k| records[k].clone()).collect()
+    };
+    assert_eq!(problem.prompts_train, pick(0..80));
+    assert_eq!(problem.prompts_test, pick(80..120));
+    let r = &file.responses;
+    for split in &problem.splits[..2] {
+        for (&c, &rj) in split.chosen.iter().zip(&split.rejected) {
+            let (c, rj) = (&problem.sequences[c], &problem.sequences[rj]);
+            assert_eq!(c.prefix, r.chosen_prefixes[g.randint(2)]);
+            assert_eq!(c.word, r.chosen_words[g.randint(2)]);
+            assert_eq!(rj.prefix, r.rejected_prefixes[g.randint(2)]);
+            assert_eq!(rj.word, r.rejected_words[g.randint(2)]);
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -91,6 +91,8 @@ pub struct LanguageModel {
     pub(crate) vars: Arc<Mutex<BTreeMap<String, Var>>>,
     /// Positions the forward supports (`max_position_embeddings` / `n_positions`), if stated.
     pub(crate) max_positions: Option<usize>,
+    /// config.json's `initializer_range` (the std Hugging Face draws new weights with).
+    pub initializer_range: Option<f64>,
 }
 
 impl LanguageModel {
@@ -135,6 +137,7 @@ impl LanguageModel {
         normalise_config(arch, &mut raw)
             .map_err(|e| anyhow::anyhow!("{}: {e}", cfg_path.display()))?;
         let max_positions = positions_of(&raw);
+        let initializer_range = raw.get("initializer_range").and_then(|v| v.as_f64());
         let mut tokenizer = read_tokenizer(&found.tokenizer)?;
         let resize = add_tokens(added, &mut raw, &mut tokenizer, cfg_path)?;
         let config = RawConfig {
@@ -183,6 +186,7 @@ impl LanguageModel {
             untied_unembedding: layout.untied,
             vars,
             max_positions,
+            initializer_range,
         })
     }
 

@@ -37,6 +37,32 @@ pub struct RecipeData {
     pub test_prompts: usize,
     /// Prompt template; `{statement}` is replaced.
     pub question: String,
+    /// How prompts are split into train and test and the training responses drawn:
+    /// `"groups"` (default): rmflow's seeded shuffle of whole groups (ChaCha8, `seed`) and
+    /// draws. `"official"`: as `persona_controlled_datamodule.py`, per record,
+    /// `torch.randperm(n)` from a torch generator seeded with `split_seed` (train = its first
+    /// `train_prompts`, test the next `test_prompts`), then each training and test example's
+    /// prefix and word (chosen, then rejected) by `torch.randint` from the same generator
+    /// (`lm::data::torch_rng`); needs `group_size = 1`.
+    #[serde(default)]
+    pub split: SplitRule,
+    /// The torch generator's seed of `split = "official"` (the official plan's
+    /// `dataset_prep_random_seed`, 875).
+    #[serde(default = "official_seed")]
+    pub split_seed: u64,
+}
+
+/// `data.split`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitRule {
+    #[default]
+    Groups,
+    Official,
+}
+
+fn official_seed() -> u64 {
+    875
 }
 
 pub(super) fn one() -> usize {
@@ -182,6 +208,13 @@ impl RecipeData {
             "group_size",
             !jsonl || self.group_size == 1,
             "must be 1 with `data.format = \"persona_jsonl\"` (records are not grouped)",
+            self.group_size,
+        )?;
+        field(
+            "data",
+            "group_size",
+            self.split != SplitRule::Official || self.group_size == 1,
+            "must be 1 with `data.split = \"official\"` (the official split is per record)",
             self.group_size,
         )?;
         let lines = self.format == StatementFormat::Lines;

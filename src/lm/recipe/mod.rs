@@ -37,7 +37,7 @@ pub use crate::lm::train::features::{
 pub use crate::lm::train::reward::Reward;
 pub use crate::lm::train::sequences::{PairSplit, PreferenceProblem, ScoredSequence, Side};
 pub use config::{
-    vocabulary_texts, RecipeData, RecipeEval, RecipeFile, ResponseSpec, StatementFormat,
+    vocabulary_texts, RecipeData, RecipeEval, RecipeFile, ResponseSpec, SplitRule, StatementFormat,
 };
 pub use output::{final_table, write_outputs};
 pub use problem::build_problem;

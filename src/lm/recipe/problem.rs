@@ -1,7 +1,8 @@
 //! The recipe's sequences: prompts drawn and split, responses `prefix + word` built through the
 //! chat template, and the pairs of every evaluation split.
 
-use super::config::{source_prompts, RecipeData, RecipeFile, ResponseSpec};
+use super::config::{source_prompts, RecipeData, RecipeFile, ResponseSpec, SplitRule};
+use crate::lm::data::torch_rng::TorchGenerator;
 use crate::lm::train::sequences::PairSplit;
 use crate::lm::train::sequences::PreferenceProblem;
 use crate::lm::train::sequences::ScoredSequence;
@@ -13,14 +14,54 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// Train and test statements: groups in seeded order, train filled first (a group cut at the
-/// boundary is dropped, so no behaviour is on both sides).
+/// Train and test prompts by `d.split`: with `"groups"`, groups in seeded order, train filled
+/// first (a group cut at the boundary is dropped, so no behaviour is on both sides); with
+/// `"official"`, the official datamodule's `torch.randperm` (its generator returned for the
+/// response draws).
 pub(super) fn select_prompts(
     d: &RecipeData,
     rng: &mut ChaCha8Rng,
-) -> Result<(Vec<String>, Vec<String>)> {
+) -> Result<(Vec<String>, Vec<String>, Option<TorchGenerator>)> {
     let prompts = source_prompts(d)?;
-    let need = d.train_prompts + d.test_prompts;
+    let (train, test, torch) = match d.split {
+        SplitRule::Groups => {
+            let (train, test) = by_groups(&prompts, d, rng);
+            (train, test, None)
+        }
+        SplitRule::Official => {
+            let mut g = TorchGenerator::manual_seed(d.split_seed);
+            let perm = g.randperm(prompts.len());
+            let take = |r: std::ops::Range<usize>| -> Vec<String> {
+                perm.get(r)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|&k| prompts[k].clone())
+                    .collect()
+            };
+            let n = d.train_prompts;
+            (take(0..n), take(n..n + d.test_prompts), Some(g))
+        }
+    };
+    if train.len() < d.train_prompts || test.len() < d.test_prompts {
+        bail!(
+            "statements file {} has {} usable prompts in groups of {}: not enough for data.train_prompts = {} and data.test_prompts = {} ({} in whole groups)",
+            d.statements.display(),
+            prompts.len(),
+            d.group_size,
+            d.train_prompts,
+            d.test_prompts,
+            d.train_prompts + d.test_prompts
+        );
+    }
+    Ok((train, test, torch))
+}
+
+/// Whole groups of `d.group_size` prompts in seeded order, train filled first.
+fn by_groups(
+    prompts: &[String],
+    d: &RecipeData,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<String>, Vec<String>) {
     let mut groups: Vec<&[String]> = prompts.chunks(d.group_size).collect();
     groups.shuffle(rng);
     let (mut train, mut test) = (Vec::new(), Vec::new());
@@ -33,17 +74,7 @@ pub(super) fn select_prompts(
             test.extend_from_slice(&g[..take]);
         }
     }
-    if train.len() < d.train_prompts || test.len() < d.test_prompts {
-        bail!(
-            "statements file {} has {} usable prompts in groups of {}: not enough for data.train_prompts = {} and data.test_prompts = {} ({need} in whole groups)",
-            d.statements.display(),
-            prompts.len(),
-            d.group_size,
-            d.train_prompts,
-            d.test_prompts
-        );
-    }
-    Ok((train, test))
+    (train, test)
 }
 
 /// Draws the pairs (MATH.md §6): per prompt one prefix and one word per side for the training
@@ -51,7 +82,7 @@ pub(super) fn select_prompts(
 /// responses, scored with every evaluation word.
 pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<PreferenceProblem> {
     let mut rng = ChaCha8Rng::seed_from_u64(file.seed);
-    let (train, test) = select_prompts(&file.data, &mut rng)?;
+    let (train, test, torch) = select_prompts(&file.data, &mut rng)?;
     let r = &file.responses;
     let format = super::template::PromptFormat::of(&lm.dir, lm.arch, file)?;
     let added_tokens = added_token_ids(lm, &format)?;
@@ -61,6 +92,7 @@ pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<Preference
         builder: SequenceBuilder { lm, template },
         responses: r,
         rng,
+        torch,
         sequences: Vec::new(),
     };
     let mut splits = Vec::new();
@@ -138,12 +170,22 @@ struct SplitDraw<'a> {
     builder: SequenceBuilder<'a>,
     responses: &'a ResponseSpec,
     rng: ChaCha8Rng,
+    /// `data.split = "official"`: the training responses' draws come from torch's generator.
+    torch: Option<TorchGenerator>,
     sequences: Vec<ScoredSequence>,
 }
 
 impl SplitDraw<'_> {
     fn pick(&mut self, v: &[String]) -> String {
         v[self.rng.random_range(0..v.len())].clone()
+    }
+
+    /// A training response's prefix or word: from torch's generator under the official split.
+    fn pick_training(&mut self, v: &[String]) -> String {
+        match self.torch.as_mut() {
+            Some(g) => v[g.randint(v.len())].clone(),
+            None => self.pick(v),
+        }
     }
 
     /// Appends a sequence and returns its index.
@@ -174,11 +216,10 @@ impl SplitDraw<'_> {
             rejected: vec![],
         };
         for (i, p) in prompts.iter().enumerate() {
-            let (cp, cw) = (self.pick(&r.chosen_prefixes), self.pick(&r.chosen_words));
-            let (rp, rw) = (
-                self.pick(&r.rejected_prefixes),
-                self.pick(&r.rejected_words),
-            );
+            let cp = self.pick_training(&r.chosen_prefixes);
+            let cw = self.pick_training(&r.chosen_words);
+            let rp = self.pick_training(&r.rejected_prefixes);
+            let rw = self.pick_training(&r.rejected_words);
             split
                 .chosen
                 .push(self.push(offset + i, p, Side::Chosen, &cp, &cw)?);

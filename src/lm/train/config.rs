@@ -83,9 +83,10 @@ pub struct TrainConfig {
     pub pairs_per_step: usize,
     /// Pairs per forward/backward pass; gradients are accumulated over a step.
     pub micro_batch: usize,
-    /// Standard deviation of the EX-RM head's initial entries (Hugging Face's
-    /// `initializer_range`, 0.02; 0 starts at the zero head).
-    pub head_init_std: f64,
+    /// Standard deviation of the EX-RM head's initial entries; absent: the model's
+    /// `initializer_range` (as Hugging Face initialises a new `score` head; 0.02 where
+    /// config.json has none); 0 starts at the zero head.
+    pub head_init_std: Option<f64>,
     /// Evaluate every split every this many epochs (and before the first, after the last).
     pub eval_every_epochs: usize,
     /// Sequences per forward pass when scoring (evaluation, reference log-probabilities).
@@ -102,7 +103,7 @@ impl TrainConfig {
             epochs: 50,
             pairs_per_step: 32,
             micro_batch: 8,
-            head_init_std: 0.02,
+            head_init_std: None,
             eval_every_epochs: 10,
             eval_batch: 32,
         }
@@ -116,6 +117,7 @@ impl TrainConfig {
             adamw: AdamW::adam(1e-4),
             epochs: 15,
             micro_batch: 16,
+            head_init_std: Some(0.02),
             eval_every_epochs: 1,
             eval_batch: 64,
             ..TrainConfig::recipe()
@@ -126,7 +128,9 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         positive("train", "beta", self.beta)?;
         self.adamw.validate("train")?;
-        non_negative("train", "head_init_std", self.head_init_std)?;
+        if let Some(v) = self.head_init_std {
+            non_negative("train", "head_init_std", v)?;
+        }
         for (name, v) in [
             ("epochs", self.epochs),
             ("pairs_per_step", self.pairs_per_step),
@@ -263,7 +267,7 @@ impl TrainTable {
             epochs: self.epochs.unwrap_or(d.epochs),
             pairs_per_step: self.pairs_per_step.unwrap_or(d.pairs_per_step),
             micro_batch: self.micro_batch.unwrap_or(d.micro_batch),
-            head_init_std: self.head_init_std.unwrap_or(d.head_init_std),
+            head_init_std: self.head_init_std.or(d.head_init_std),
             eval_every_epochs: self.eval_every_epochs.unwrap_or(d.eval_every_epochs),
             eval_batch: self.eval_batch.unwrap_or(d.eval_batch),
         })

@@ -146,7 +146,10 @@ pub fn train_reward(
         Mode::Head if reward.reads_unembedding() => Some(Var::from_tensor(&u0)?),
         _ => None,
     };
-    let head = initial_head(settings, lm.dim, device)?;
+    let std = t
+        .head_init_std
+        .unwrap_or(lm.initializer_range.unwrap_or(0.02));
+    let head = initial_head(settings.seed, std, lm.dim, device)?;
     let (vars, head_trained) = trained_vars(mode, reward, lm, frozen_u.as_ref());
     let reference = reference_table(&scorer, seqs, &u0, on_event)?;
     let train_reference = match (reward, mode) {
@@ -267,12 +270,12 @@ fn reference_table(
     })
 }
 
-/// The EX-RM head `u(0)`: `N(0, head_init_std²)` per entry from the seeded head RNG, or 0.
-fn initial_head(settings: Settings, dim: usize, device: &Device) -> Result<Var> {
-    let t = settings.train;
-    let mut head_rng = ChaCha8Rng::seed_from_u64(settings.seed ^ 0x4ead_1a17);
-    let head_values: Vec<f32> = if t.head_init_std > 0.0 {
-        let normal = Normal::new(0.0, t.head_init_std as f32)
+/// The EX-RM head `u(0)`: `N(0, std²)` per entry from the head RNG (the run's `seed`, salted),
+/// or 0.
+fn initial_head(seed: u64, std: f64, dim: usize, device: &Device) -> Result<Var> {
+    let mut head_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4ead_1a17);
+    let head_values: Vec<f32> = if std > 0.0 {
+        let normal = Normal::new(0.0, std as f32)
             .map_err(|e| anyhow::anyhow!("train.head_init_std: {e}"))?;
         (0..dim).map(|_| normal.sample(&mut head_rng)).collect()
     } else {
