@@ -6,7 +6,9 @@
 //!   tokens, `ln π = log_softmax(U h)` at the position before each token (causal families), or
 //!   for a masked encoder the pseudo-log-likelihood proxy: each response token masked in turn and
 //!   read at its own position through the tied word embeddings (not a language model's `π`).
-//! - EX-RM: `r(x, y) = u·h` at the last response token (the official code's read-out); the
+//! - EX-RM: `r(x, y) = u·h` at the last response token (the official code's description; its
+//!   batching drops the last token of a micro-batch's longest rows when the padded width has an
+//!   empty column, `utils/rm_utils.py:84-88`, not replicated: docs/real-models.md); the
 //!   token-mean EX-RM `(1/K) Σ_k u·h_k` (`use_all_response_hidden_embeddings`).
 //! - IM-RM without reference: `β Σ_k ln π(y_k | ·)`, trained on its own margins (`no_ref_model`).
 //! - EX-GRM (the paper's appendix A): `r = P("Yes" | verification request)`, trained by
