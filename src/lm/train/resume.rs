@@ -387,14 +387,33 @@ impl CheckpointDir {
             .with_context(|| format!("cannot remove {}", self.dir.display()))
     }
 
-    /// Writes a checkpoint (see the module doc for the order that makes it atomic).
+    /// Writes a checkpoint (see the module doc for the order that makes it atomic); on an error
+    /// (a full disk) the partial one is removed and the previous one stays the newest.
     fn write(&mut self, current: Option<&Progress>, tensors: Vec<(String, Tensor)>) -> Result<()> {
-        self.written += 1;
-        let name = format!("state-{:06}", self.written);
+        let name = format!("state-{:06}", self.written + 1);
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let result = self.write_into(&tmp, &name, current, tensors);
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return result;
+        }
+        self.written += 1;
+        if !self.keep_all {
+            self.remove_older(&name);
+        }
+        Ok(())
+    }
+
+    /// The checkpoint's files into `tmp`, then renamed to `name` and named by `LATEST`.
+    fn write_into(
+        &self,
+        tmp: &Path,
+        name: &str,
+        current: Option<&Progress>,
+        tensors: Vec<(String, Tensor)>,
+    ) -> Result<()> {
+        let _ = std::fs::remove_dir_all(tmp);
+        std::fs::create_dir_all(tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let state = RunState {
             finished: self.finished.clone(),
             current: current.cloned(),
@@ -408,14 +427,10 @@ impl CheckpointDir {
         candle_core::safetensors::save(&map, &path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         std::fs::File::open(&path)?.sync_all()?;
-        test_hook("checkpoint-write", self.written);
-        let done = self.dir.join(&name);
-        std::fs::rename(&tmp, &done).with_context(|| format!("cannot rename {}", tmp.display()))?;
-        replace_file(&self.dir.join("LATEST"), name.as_bytes())?;
-        if !self.keep_all {
-            self.remove_older(&name);
-        }
-        Ok(())
+        test_hook("checkpoint-write", self.written + 1);
+        let done = self.dir.join(name);
+        std::fs::rename(tmp, &done).with_context(|| format!("cannot rename {}", tmp.display()))?;
+        replace_file(&self.dir.join("LATEST"), name.as_bytes())
     }
 
     /// Removes every checkpoint but `keep`.
