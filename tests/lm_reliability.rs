@@ -451,7 +451,7 @@ fn fuzzed_lm_configs_never_panic() {
 fn recipe_with(dir: &Path, name: &str, key: &str, value: &str) -> PathBuf {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/experiments/persona_paper.toml"
+        "/experiments/persona_own_statements.toml"
     ))
     .unwrap();
     let statements =
