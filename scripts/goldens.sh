@@ -91,15 +91,15 @@ mkdir -p "$out/examples" && cp ex/figures/*.csv ex/figures/*.svg "$out/examples/
 
 if [ "${NO_LM:-0}" != 1 ]; then
   echo "[goldens] lm commands on tiny checkpoints" >&2
-  run lm-tiny lm-tiny --out runs/tiny --recipe experiments/persona_paper.toml
+  run lm-tiny lm-tiny --out runs/tiny --recipe experiments/persona_own_statements.toml
   # The single-token experiment's answer words (experiments/persona.toml) in the vocabulary.
   sed 's/^eval_rejected_words = \["not really", "nope"\]/eval_rejected_words = ["not really", "nope", "hardly"]/' \
-    experiments/persona_paper.toml > persona-words.toml
+    experiments/persona_own_statements.toml > persona-words.toml
   run lm-tiny-persona lm-tiny --out runs/tiny-persona --recipe persona-words.toml
   run lm-head lm --model runs/tiny-persona/llama-gqa --config experiments/persona.toml --out runs/lm-head
   run lm-full lm --model runs/tiny-persona/gpt2 --config experiments/persona.toml --out runs/lm-full --mode full
-  run lm-recipe-llama lm-recipe --model runs/tiny/llama-tied --config experiments/persona_paper.toml --out runs/recipe-llama --epochs 1
-  run lm-recipe-bert lm-recipe --model runs/tiny/bert --config experiments/persona_paper.toml --out runs/recipe-bert --epochs 1 --mode both
+  run lm-recipe-llama lm-recipe --model runs/tiny/llama-tied --config experiments/persona_own_statements.toml --out runs/recipe-llama --epochs 1
+  run lm-recipe-bert lm-recipe --model runs/tiny/bert --config experiments/persona_own_statements.toml --out runs/recipe-bert --epochs 1 --mode both
   run lm-forward lm-forward --model runs/tiny/qwen2 --out runs/forward.json
   cat > cycle.toml <<'EOF2'
 seed = 3
@@ -176,6 +176,7 @@ if [ "$mode" = compare ]; then
   if diff -r "$golden" "$out" > "$work/diff"; then
     echo "[goldens] identical to $golden"
   else
+    diff -rq "$golden" "$out" | sed 's/^/[goldens] /' || true
     head -100 "$work/diff"; echo "[goldens] DIFFERENT from $golden ($(wc -l < "$work/diff") diff lines)"; exit 1
   fi
 else

@@ -351,13 +351,9 @@ pub(super) fn run_model_observed(
     watch: Watchers,
     variant: RunVariant,
 ) -> Result<ModelRun> {
-    let ModelProblem {
-        kind,
-        config,
-        setup,
-        max_margin,
-    } = problem;
-    let Watchers { progress, mut hook } = watch;
+    let (kind, config, setup) = (problem.kind, problem.config, problem.setup);
+    let max_margin = problem.max_margin;
+    let (progress, mut hook) = (watch.progress, watch.hook);
     let reference_term = variant.reference_term;
     refuse_stiff_flow(kind, config, &max_margin)?;
     let reduced = (kind == ModelKind::Implicit && config.trains_seen_rows()).then(|| {

@@ -175,17 +175,9 @@ pub fn train_reward(
         reference: &reference,
         train_reference: train_reference.as_ref().unwrap_or(&reference),
     };
-    let resumed = match checkpoints.resumed()? {
-        Some(saved) => Some(restore(saved, &mut optimizers)?),
-        None => None,
-    };
-    let Progress {
-        history,
-        evaluations,
-        rewards,
-        step_seconds,
-        ..
-    } = session.run_epochs(&mut optimizers, resumed, checkpoints, on_event)?;
+    let p = session.resume_and_run(&mut optimizers, checkpoints, on_event)?;
+    let (history, evaluations, rewards) = (p.history, p.evaluations, p.rewards);
+    let step_seconds = p.step_seconds;
     Ok(TrainRun {
         mode,
         reward,
@@ -391,6 +383,21 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// The epochs from the start, or from the checkpoint `checkpoints` resumes (its tensors and
+    /// moments restored into `optimizers`).
+    fn resume_and_run(
+        &self,
+        optimizers: &mut Optimizers,
+        checkpoints: &mut dyn Checkpoints,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<Progress> {
+        let resumed = match checkpoints.resumed()? {
+            Some(saved) => Some(restore(saved, optimizers)?),
+            None => None,
+        };
+        self.run_epochs(optimizers, resumed, checkpoints, on_event)
+    }
+
     /// Every epoch's optimizer steps (pairs shuffled by the seeded RNG), evaluating before the
     /// first, every `eval_every_epochs` epochs and after the last, from the start or from
     /// `resumed`; saved to `checkpoints` when due (and stopped after a step when asked).
