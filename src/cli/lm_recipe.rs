@@ -13,7 +13,7 @@ use rmflow::lm::{open_device, Architecture};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct LmRecipeArgs {
     /// Hugging Face folder: config.json (model_type llama, qwen2, gpt_neox, gpt2, or bert
     /// for the pseudo-log-likelihood proxy), *.safetensors, tokenizer.json, and
@@ -222,7 +222,7 @@ fn resumed_plan(a: &LmRecipeArgs, run_dir: &Path) -> Result<(Plan, CheckpointDir
         model: a.model.clone().or(Some(saved.model.clone())),
         config: a.config.clone(),
         out: Some(a.out.clone().unwrap_or(run_dir.to_path_buf())),
-        ..a.clone_options()
+        ..a.clone()
     };
     if let Some(out) = &a.out {
         if out != run_dir {
@@ -270,30 +270,6 @@ fn resumed_plan(a: &LmRecipeArgs, run_dir: &Path) -> Result<(Plan, CheckpointDir
 fn pointer(v: &Value, dotted: &str) -> String {
     let p = format!("/{}", dotted.replace('.', "/"));
     v.pointer(&p).map_or("absent".into(), |x| x.to_string())
-}
-
-impl LmRecipeArgs {
-    /// The options other than --model, --config and --out.
-    fn clone_options(&self) -> LmRecipeArgs {
-        LmRecipeArgs {
-            model: None,
-            config: None,
-            out: None,
-            device: self.device.clone(),
-            mode: self.mode.clone(),
-            epochs: self.epochs,
-            eval_every: self.eval_every,
-            reward: self.reward.clone(),
-            persona_jsonl: self.persona_jsonl.clone(),
-            checkpoint_every: self.checkpoint_every,
-            keep_checkpoints: self.keep_checkpoints,
-            resume: None,
-            output: OutputFlags {
-                force: self.output.force,
-                force_foreign: self.output.force_foreign,
-            },
-        }
-    }
 }
 
 pub fn run_recipe(a: LmRecipeArgs) -> Result<()> {

@@ -487,10 +487,11 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Tests' kill points: `RMFLOW_TEST_ABORT=EVENT:N` aborts the process (no cleanup, as SIGKILL)
 /// at the `N`-th `event` (`step`: an optimizer step done; `checkpoint-write`: a checkpoint's
 /// files written but not yet renamed into place).
+/// The variable is read once per process (the hook sits on the step loop).
 pub fn test_hook(event: &str, n: usize) {
-    if let Ok(v) = std::env::var("RMFLOW_TEST_ABORT") {
-        if v == format!("{event}:{n}") {
-            std::process::abort();
-        }
+    static ABORT_AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let at = ABORT_AT.get_or_init(|| std::env::var("RMFLOW_TEST_ABORT").ok());
+    if at.as_deref() == Some(format!("{event}:{n}").as_str()) {
+        std::process::abort();
     }
 }
