@@ -72,6 +72,7 @@ fn one_train_table_means_the_same_in_recipe_and_cycle() {
         head_init_std: Some(0.0),
         eval_every_epochs: 2,
         eval_batch: 16,
+        drop_last_token_of_longest: false,
     };
     assert_eq!(recipe.train, expected);
     assert_eq!(cycle.train, expected);
@@ -85,6 +86,17 @@ fn one_train_table_means_the_same_in_recipe_and_cycle() {
         }
     );
     assert_eq!(CycleFile::default().train, TrainConfig::cycle());
+    // The official flush's last-token drop: the recipe describes the official evaluation
+    // batches; the cycle does not, and refuses the option naming it.
+    let flush = format!("{train}\ndrop_last_token_of_longest = true");
+    let recipe = RecipeFile::from_file(&write(&dir, "f.toml", &recipe_text(&flush))).unwrap();
+    assert!(recipe.train.drop_last_token_of_longest);
+    match CycleFile::from_text(&format!("[train]\n{flush}\n"), "cycle") {
+        Err(ConfigError::Field { field, .. }) => {
+            assert_eq!(field, "train.drop_last_token_of_longest")
+        }
+        other => panic!("expected a field error, got {other:?}"),
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 

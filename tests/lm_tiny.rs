@@ -454,7 +454,7 @@ fn half_precision_copies_match_the_f32_checkpoint() {
 /// `torch.median` (the lower middle value), as the official script computes them.
 #[test]
 fn alignment_summary_follows_torch_quantiles() {
-    use rmflow::lm::single_token::alignment::Summary;
+    use rmflow::lm::train::alignment::Summary;
     let s = Summary::of(&[4.0, 1.0, 3.0, 2.0]).unwrap();
     assert_eq!(
         (s.first_quartile, s.median, s.third_quartile),

@@ -130,7 +130,7 @@ fn print_lm_run(run: &rmflow::lm::RealModelRun, file: &LmFile) {
     outln!("head-only (body frozen, single-token answers: Theorem 2's setting):");
     print_simulation_tables(&run.sim);
     if let Some(a) = &run.alignment {
-        out!("{}", rmflow::lm::single_token::alignment::describe(a));
+        out!("{}", rmflow::lm::train::alignment::describe(a));
     }
     if run.arch == Architecture::Bert {
         outln!(

@@ -183,6 +183,13 @@ impl CycleFile {
         self.model.validate()?;
         self.pretrain.validate()?;
         self.train.validate()?;
+        crate::lm::train::config::field(
+            "train",
+            "drop_last_token_of_longest",
+            !self.train.drop_last_token_of_longest,
+            "false: the cycle does not replicate the official flush's last-token drop",
+            true,
+        )?;
         self.eval.validate(&self.data)
     }
 

@@ -65,6 +65,7 @@ pub fn cycle_problem(
         ),
         added_tokens: vec![],
         verification: vec![],
+        eval_batches: vec![],
     })
 }
 

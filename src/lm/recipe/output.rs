@@ -4,7 +4,8 @@ use super::run::{RecipeOutcome, PSEUDO_LIKELIHOOD_NOTE};
 use anyhow::Result;
 
 /// Writes `recipe.json`, `sequences.jsonl`, `metrics.csv`, `history.csv`, `rewards.csv` and
-/// `<mode>/<model>/summary.json` (experiments/README.md, "Recipe output").
+/// `<mode>/<model>/summary.json`, and with an EX-RM `alignment.csv` (experiments/README.md,
+/// "Recipe output").
 pub fn write_outputs(dir: &crate::io::atomic::AtomicDir, o: &RecipeOutcome) -> Result<()> {
     dir.write_json("recipe.json", &recipe_json(o))?;
     dir.write_text("sequences.jsonl", &sequences_jsonl(o)?)?;
@@ -20,6 +21,9 @@ pub fn write_outputs(dir: &crate::io::atomic::AtomicDir, o: &RecipeOutcome) -> R
     dir.write_text("metrics.csv", &metrics_csv(o))?;
     dir.write_text("history.csv", &history_csv(o))?;
     dir.write_text("rewards.csv", &rewards_csv(o))?;
+    if o.runs.iter().any(|r| r.reward == super::Reward::Exrm) {
+        dir.write_text("alignment.csv", &alignment_csv(o))?;
+    }
     Ok(())
 }
 
@@ -36,6 +40,7 @@ fn recipe_json(o: &RecipeOutcome) -> serde_json::Value {
         "prompt_format": o.problem.prompt_format,
         "added_tokens": o.problem.added_tokens.iter().map(|(t, id)| serde_json::json!({"token": t, "id": id})).collect::<Vec<_>>(),
         "note": if masked { Some(PSEUDO_LIKELIHOOD_NOTE) } else { None },
+        "evaluation_cuts": o.file.train.drop_last_token_of_longest.then(|| evaluation_cuts(o)),
         "train_prompts": o.problem.prompts_train,
         "test_prompts": o.problem.prompts_test,
         "splits": o.problem.splits.iter().map(|s| serde_json::json!({
@@ -50,9 +55,41 @@ fn recipe_json(o: &RecipeOutcome) -> serde_json::Value {
                 "tokens_per_second": e.tokens as f64 / e.seconds.max(f64::MIN_POSITIVE),
             })),
             "step_pairs": r.history.iter().map(|h| &h.pairs).collect::<Vec<_>>(),
+            "training_rows_cut": o.file.train.drop_last_token_of_longest
+                .then(|| r.history.iter().map(|h| h.last_tokens_dropped).sum::<usize>()),
             "final": r.evaluations.last().map(|c| &c.splits),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// With the official flush's drop: per split, how many of its distinct sequences the official
+/// evaluator's batches cut short, and which tokens they lose.
+fn evaluation_cuts(o: &RecipeOutcome) -> serde_json::Value {
+    let p = &o.problem;
+    let cut = crate::lm::train::flush::evaluation_drops(&p.sequences, &p.eval_batches);
+    let splits: Vec<serde_json::Value> = p
+        .splits
+        .iter()
+        .map(|s| {
+            let mut distinct: Vec<usize> = s.chosen.iter().chain(&s.rejected).copied().collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            let mut tokens = std::collections::BTreeMap::<String, usize>::new();
+            for &i in distinct.iter().filter(|&&i| cut[i]) {
+                let last = p.sequences[i]
+                    .response_tokens
+                    .last()
+                    .cloned()
+                    .unwrap_or_default();
+                *tokens.entry(last).or_default() += 1;
+            }
+            serde_json::json!({
+                "split": s.name, "sequences": distinct.len(),
+                "cut": tokens.values().sum::<usize>(), "tokens_lost": tokens,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(splits)
 }
 
 /// `sequences.jsonl`: every scored sequence, one JSON object a line.
@@ -131,6 +168,46 @@ fn history_csv(o: &RecipeOutcome) -> String {
         }
     }
     history
+}
+
+/// `alignment.csv`: the EX-RM's footnote-3 statistics at every evaluation, one row per split
+/// compared with the training pairs and statistic (`inner_product`, `cosine`,
+/// `max_margin_cosine`).
+fn alignment_csv(o: &RecipeOutcome) -> String {
+    let mut csv = String::from("mode,model,epoch,step,split,train_pairs,split_pairs,statistic,count,mean,min,first_quartile,median,third_quartile,max,fraction_positive\n");
+    for r in &o.runs {
+        for c in &r.evaluations {
+            for a in &c.representation_alignment {
+                let stats = [
+                    ("inner_product", &a.inner_products),
+                    ("cosine", &a.cosines),
+                    ("max_margin_cosine", &a.max_margin_cosines),
+                ];
+                for (name, s) in stats {
+                    let Some(s) = s else { continue };
+                    csv.push_str(&format!(
+                        "{},{},{},{},{},{},{},{name},{},{:e},{:e},{:e},{:e},{:e},{:e},{}\n",
+                        r.mode.name(),
+                        r.reward.name(),
+                        c.epoch,
+                        c.step,
+                        a.unseen_split,
+                        a.train_pairs,
+                        a.unseen_pairs,
+                        s.count,
+                        s.mean,
+                        s.min,
+                        s.first_quartile,
+                        s.median,
+                        s.third_quartile,
+                        s.max,
+                        s.fraction_positive
+                    ));
+                }
+            }
+        }
+    }
+    csv
 }
 
 /// `rewards.csv`: every sequence's reward at the end of each run.

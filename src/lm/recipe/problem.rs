@@ -3,6 +3,7 @@
 
 use super::config::{source_prompts, RecipeData, RecipeFile, ResponseSpec, SplitRule};
 use crate::lm::data::torch_rng::TorchGenerator;
+use crate::lm::train::sequences::EvalBatch;
 use crate::lm::train::sequences::PairSplit;
 use crate::lm::train::sequences::PreferenceProblem;
 use crate::lm::train::sequences::ScoredSequence;
@@ -99,11 +100,18 @@ pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<Preference
     for (name, prompts, offset) in [("train", &train, 0), ("test", &test, train.len())] {
         splits.push(draw.training_split(name, prompts, offset)?);
     }
-    for (name, prompts, offset) in [
+    let mut eval_batches = Vec::new();
+    for (k, (name, prompts, offset)) in [
         ("paraphrased_train", &train, 0),
         ("paraphrased_test", &test, train.len()),
-    ] {
-        splits.push(draw.paraphrased_split(name, prompts, offset)?);
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (split, paraphrases) = draw.paraphrased_split(name, prompts, offset)?;
+        let batch = file.train.micro_batch;
+        eval_batches.extend(official_eval_batches(&splits[k], &paraphrases, batch));
+        splits.push(split);
     }
     let verification = match lm.arch.is_causal() {
         true => verification_sequences(&draw.builder, &draw.sequences, &train, &test)?,
@@ -117,7 +125,48 @@ pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<Preference
         prompt_format,
         added_tokens,
         verification,
+        eval_batches,
     })
+}
+
+/// The paraphrased sequences of one split: `chosen[i][a]` is prompt `i` with evaluation word `a`
+/// (and `rejected[i][z]` likewise).
+struct Paraphrases {
+    chosen: Vec<Vec<usize>>,
+    rejected: Vec<Vec<usize>>,
+}
+
+/// The batches the official persona evaluator scores (`persona_reward_model_evaluator.py`), in
+/// `batch` consecutive prompts: the training-format pairs of `training` (the official train
+/// loader shuffles them each evaluation; rmflow keeps the split's order), and for each
+/// evaluation word on one side, its paraphrased responses beside the same prompts' training
+/// responses on the other side (`__modify_dataset_for_token` replaces one side only).
+fn official_eval_batches(
+    training: &PairSplit,
+    paraphrases: &Paraphrases,
+    batch: usize,
+) -> Vec<EvalBatch> {
+    let n = training.chosen.len();
+    let chunks = || (0..n).step_by(batch).map(move |k| k..(k + batch).min(n));
+    let mut out: Vec<EvalBatch> = chunks()
+        .map(|c| EvalBatch {
+            scored: [&training.chosen[c.clone()], &training.rejected[c]].concat(),
+            beside: vec![],
+        })
+        .collect();
+    let words = |side: &[Vec<usize>]| side.first().map_or(0, Vec::len);
+    for (side, other) in [
+        (&paraphrases.chosen, &training.rejected),
+        (&paraphrases.rejected, &training.chosen),
+    ] {
+        for w in 0..words(side) {
+            out.extend(chunks().map(|c| EvalBatch {
+                scored: c.clone().map(|i| side[i][w]).collect(),
+                beside: other[c].to_vec(),
+            }));
+        }
+    }
+    out
 }
 
 /// The ids of the tokens `format` adds, which `lm` must have been loaded with
@@ -237,7 +286,7 @@ impl SplitDraw<'_> {
         name: &str,
         prompts: &[String],
         offset: usize,
-    ) -> Result<PairSplit> {
+    ) -> Result<(PairSplit, Paraphrases)> {
         let r = self.responses;
         let mut chosen_of: Vec<Vec<usize>> = Vec::new();
         let mut rejected_of: Vec<Vec<usize>> = Vec::new();
@@ -268,6 +317,10 @@ impl SplitDraw<'_> {
                 }
             }
         }
-        Ok(split)
+        let paraphrases = Paraphrases {
+            chosen: chosen_of,
+            rejected: rejected_of,
+        };
+        Ok((split, paraphrases))
     }
 }

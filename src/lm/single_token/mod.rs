@@ -1,10 +1,9 @@
 //! Theorem 2's setting on a real transformer (`rmflow lm`, MATH.md §6): single-token answers in
 //! a `[MASK]` slot or after the prompt; the config ([`config`], `experiments/persona.toml`), the
 //! sequences and the head-only run on frozen representations ([`setup`]), full fine-tuning
-//! beside it ([`finetune`]), how far the representations carry the preference
-//! ([`alignment`]) and the run's files ([`output`]).
+//! beside it ([`finetune`]) and the run's files ([`output`]); how far the representations carry
+//! the preference is [`crate::lm::train::alignment`].
 
-pub mod alignment;
 pub mod config;
 pub mod finetune;
 pub mod output;

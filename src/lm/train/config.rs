@@ -91,6 +91,11 @@ pub struct TrainConfig {
     pub eval_every_epochs: usize,
     /// Sequences per forward pass when scoring (evaluation, reference log-probabilities).
     pub eval_batch: usize,
+    /// Replicate the official code's flush (`utils/rm_utils.py:84-88`, [`super::flush`]): in
+    /// every batch whose padded width has an empty column, the rows of maximal length lose their
+    /// last token (the IM-RM drops its term, the EX-RM reads the token before it). Off: every
+    /// response is scored whole, as the paper describes it.
+    pub drop_last_token_of_longest: bool,
 }
 
 impl TrainConfig {
@@ -106,6 +111,7 @@ impl TrainConfig {
             head_init_std: None,
             eval_every_epochs: 10,
             eval_batch: 32,
+            drop_last_token_of_longest: false,
         }
     }
 
@@ -236,6 +242,7 @@ pub struct TrainTable {
     eval_every_steps: Option<usize>,
     eval_at: Option<Vec<usize>>,
     eval_batch: Option<usize>,
+    drop_last_token_of_longest: Option<bool>,
 }
 
 impl TrainTable {
@@ -270,6 +277,9 @@ impl TrainTable {
             head_init_std: self.head_init_std.or(d.head_init_std),
             eval_every_epochs: self.eval_every_epochs.unwrap_or(d.eval_every_epochs),
             eval_batch: self.eval_batch.unwrap_or(d.eval_batch),
+            drop_last_token_of_longest: self
+                .drop_last_token_of_longest
+                .unwrap_or(d.drop_last_token_of_longest),
         })
     }
 
@@ -283,6 +293,10 @@ impl TrainTable {
                 ("head_init_std", self.head_init_std.is_some()),
                 ("eval_every_epochs", self.eval_every_epochs.is_some()),
                 ("eval_batch", self.eval_batch.is_some()),
+                (
+                    "drop_last_token_of_longest",
+                    self.drop_last_token_of_longest.is_some(),
+                ),
             ],
             "a step schedule (`steps`, `eval_every_steps`, `eval_at`; β is `lm.beta`)",
         )?;

@@ -6,10 +6,12 @@
 use super::resume::{state_tensors, test_hook, Checkpoints, Progress, Saved};
 use crate::lm::model::language_model::LanguageModel;
 use crate::lm::nets::kernels::Kernels;
+use crate::lm::train::alignment;
 use crate::lm::train::config::TrainConfig;
 use crate::lm::train::evaluate::Evaluation;
 use crate::lm::train::evaluate::{evaluate_splits, Scorer};
 use crate::lm::train::features::{FrozenFeatures, Need};
+use crate::lm::train::flush;
 use crate::lm::train::loss::softplus_neg;
 use crate::lm::train::optimizers::accumulate;
 use crate::lm::train::optimizers::Optimizers;
@@ -23,6 +25,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::Serialize;
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// What is trained: the whole model (`Full`) or the head / unembedding over frozen features
@@ -71,6 +74,13 @@ pub struct TrainStep {
     pub batch_accuracy: f64,
     /// The training pairs of the step (indices into the `train` split), in micro-batch order.
     pub pairs: Vec<usize>,
+    /// Rows the official flush cut short (`train.drop_last_token_of_longest`; 0 otherwise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_tokens_dropped: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A trained reward model: its steps, evaluations and final rewards.
@@ -158,6 +168,15 @@ pub fn train_reward(
         )?),
         _ => None,
     };
+    let flush = flushed(reward, mode, problem, t)?;
+    let cut = flush.then(|| {
+        let dropped = flush::evaluation_drops(seqs, &problem.eval_batches);
+        flush::apply(seqs, &reference, &dropped)
+    });
+    let (eval_seqs, eval_reference) = match &cut {
+        Some((s, r)) => (s.as_slice(), r.as_slice()),
+        None => (seqs, reference.as_slice()),
+    };
     let parameters =
         vars.iter().map(|v| v.elem_count()).sum::<usize>() + if head_trained { lm.dim } else { 0 };
     let params = t.adamw.params();
@@ -172,8 +191,10 @@ pub fn train_reward(
         scorer: &scorer,
         frozen_u: frozen_u.as_ref(),
         head: &head,
-        reference: &reference,
         train_reference: train_reference.as_ref().unwrap_or(&reference),
+        eval_seqs,
+        eval_reference,
+        flush,
     };
     let p = session.resume_and_run(&mut optimizers, checkpoints, on_event)?;
     let (history, evaluations, rewards) = (p.history, p.evaluations, p.rewards);
@@ -189,6 +210,29 @@ pub fn train_reward(
         step_seconds,
         extraction,
     })
+}
+
+/// Whether the run replicates the official flush's last-token drop: asked for, and a reward
+/// whose batches the official code flushes (not the EX-GRM); refused in head mode (the frozen
+/// features are of whole sequences) and where the experiment does not describe the official
+/// evaluation batches.
+fn flushed(
+    reward: Reward,
+    mode: Mode,
+    problem: &PreferenceProblem,
+    t: &TrainConfig,
+) -> Result<bool> {
+    if !t.drop_last_token_of_longest || reward == Reward::Exgrm {
+        return Ok(false);
+    }
+    let refuse = |why: &str| {
+        Err(crate::error::InputError(format!("train.drop_last_token_of_longest: {why}")).into())
+    };
+    match (mode, problem.eval_batches.is_empty()) {
+        (Mode::Head, _) => refuse("full fine-tuning only (--mode full)"),
+        (_, true) => refuse("this experiment does not describe the official evaluation batches"),
+        _ => Ok(true),
+    }
 }
 
 /// Optimizer steps taken in this process (the tests' kill points, [`test_hook`]).
@@ -376,10 +420,15 @@ struct Session<'a> {
     /// The head-only IM-RM's trained copy of `U` (the model's own `U` otherwise).
     frozen_u: Option<&'a Var>,
     head: &'a Var,
-    /// `ln π_ref` of every response token of every sequence (IM-RM), as evaluation scores them.
-    reference: &'a [Vec<f64>],
-    /// The same as training scores them (the training sequences through the training forward).
+    /// `ln π_ref` of every response token of every sequence (IM-RM), as the training forward
+    /// scores the training sequences (evaluation's values for the others).
     train_reference: &'a [Vec<f64>],
+    /// The sequences and `ln π_ref` as evaluation scores them: all of `seqs` whole, or with the
+    /// official flush's drop, those it cuts short ([`flush`]).
+    eval_seqs: &'a [ScoredSequence],
+    eval_reference: &'a [Vec<f64>],
+    /// `train.drop_last_token_of_longest` (never for the EX-GRM, whose batches are not flushed).
+    flush: bool,
 }
 
 impl Session<'_> {
@@ -499,10 +548,13 @@ impl Session<'_> {
         on_event(TrainEvent::Stage(format!(
             "evaluating every split after epoch {epoch}"
         )));
-        let seqs = self.seqs;
-        let (rewards, parts) =
-            self.scorer
-                .score_all(seqs, &self.u_now(), self.head.as_tensor(), self.reference)?;
+        let scores = self.scorer.score_all(
+            self.eval_seqs,
+            &self.u_now(),
+            self.head.as_tensor(),
+            self.eval_reference,
+        )?;
+        let rewards = scores.rewards;
         if let Some(i) = rewards.iter().position(|r| !r.is_finite()) {
             bail!(
                 "{} ({} mode): reward of sequence {i} is {} after {step} steps (lower train.lr?)",
@@ -512,7 +564,10 @@ impl Session<'_> {
             );
         }
         let tau = self.settings.tie_tolerance;
-        let splits = evaluate_splits(self.problem, &rewards, parts.as_deref(), tau);
+        let splits = evaluate_splits(self.problem, &rewards, scores.parts.as_deref(), tau);
+        let representation_alignment = scores.last.map_or(Vec::new(), |h| {
+            alignment::of_splits(&self.problem.splits, &h)
+        });
         on_event(TrainEvent::Evaluated {
             epoch,
             step,
@@ -525,6 +580,7 @@ impl Session<'_> {
                 epoch,
                 step,
                 splits,
+                representation_alignment,
             },
             rewards,
         ))
@@ -545,8 +601,15 @@ impl Session<'_> {
         // accelerate divides every micro-batch's mean loss by the configured accumulation
         // steps, the last, smaller step of an epoch included (MATH.md §6).
         let accumulation = t.pairs_per_step.div_ceil(t.micro_batch) as f64;
+        let mut cut = 0;
         for micro in pairs.chunks(t.micro_batch) {
-            let (total, terms, margins) = self.micro_batch_loss(micro)?;
+            let MicroBatch {
+                total,
+                terms,
+                margins,
+                cut: c,
+            } = self.micro_batch_loss(micro)?;
+            cut += c;
             let loss = (&total / (terms as f64 * accumulation))?;
             // Reported: the mean loss term over the step (per pair; the EX-GRM's per response).
             let value = f64::from(total.to_scalar::<f32>()?) * (micro.len() as f64 / terms as f64)
@@ -569,6 +632,7 @@ impl Session<'_> {
             loss: loss_sum,
             batch_accuracy: wins as f64 / pairs.len() as f64,
             pairs: pairs.to_vec(),
+            last_tokens_dropped: cut,
         })
     }
 
@@ -576,7 +640,7 @@ impl Session<'_> {
     /// the official mean divides by, and the pairs' reward margins. Bradley–Terry
     /// `Σ softplus(r⁻ − r⁺)` over the pairs; EX-GRM cross-entropy
     /// `−Σ [ln P(Yes | x, y⁺) + ln P(No | x, y⁻)]` over the `2b` responses.
-    fn micro_batch_loss(&self, micro: &[usize]) -> Result<(Tensor, usize, Vec<f32>)> {
+    fn micro_batch_loss(&self, micro: &[usize]) -> Result<MicroBatch> {
         let idx = micro_batch_sequences(self.problem, micro);
         let b = micro.len();
         let scorer = self.scorer;
@@ -590,11 +654,62 @@ impl Session<'_> {
             let total = (chosen_yes.sum_all()? + rejected_no.sum_all()?)?.neg()?;
             let p = yes.exp()?;
             let m = (p.narrow(0, 0, b)? - p.narrow(0, b, b)?)?;
-            return Ok((total, 2 * b, m.to_vec1::<f32>()?));
+            return MicroBatch::new(total, 2 * b, &m, 0);
         }
-        let f = scorer.features(self.seqs, &idx)?;
-        let r = scorer.rewards(&f, self.seqs, &idx, &u, head, self.train_reference)?;
+        let (seqs, reference, idx, cut) = self.batch_rows(idx);
+        let f = scorer.features(&seqs, &idx)?;
+        let r = scorer.rewards(&f, &seqs, &idx, &u, head, &reference)?;
         let m = (r.narrow(0, 0, b)? - r.narrow(0, b, b)?)?;
-        Ok((softplus_neg(&m)?.sum_all()?, b, m.to_vec1::<f32>()?))
+        MicroBatch::new(softplus_neg(&m)?.sum_all()?, b, &m, cut)
+    }
+
+    /// The micro-batch's sequences `idx` as the training forward reads them: as they are, or
+    /// (flush) copies with the rows the official flush cuts short; the reference values to match
+    /// and how many rows were cut.
+    fn batch_rows(&self, idx: Vec<usize>) -> BatchRows<'_> {
+        let cut = match self.flush {
+            true => flush::dropped_rows(self.seqs, &idx),
+            false => vec![],
+        };
+        let n = cut.iter().filter(|&&c| c).count();
+        if n == 0 {
+            return (self.seqs.into(), self.train_reference.into(), idx, 0);
+        }
+        let rows: Vec<ScoredSequence> = idx.iter().map(|&i| self.seqs[i].clone()).collect();
+        let refs: Vec<Vec<f64>> = idx
+            .iter()
+            .map(|&i| self.train_reference[i].clone())
+            .collect();
+        let (seqs, reference) = flush::apply(&rows, &refs, &cut);
+        (seqs.into(), reference.into(), (0..idx.len()).collect(), n)
+    }
+}
+
+/// A micro-batch's sequences, reference values, row indices and cut rows
+/// ([`Session::batch_rows`]).
+type BatchRows<'a> = (
+    Cow<'a, [ScoredSequence]>,
+    Cow<'a, [Vec<f64>]>,
+    Vec<usize>,
+    usize,
+);
+
+/// One micro-batch's loss: the summed terms (differentiable), how many terms the official mean
+/// divides by, the pairs' reward margins and the rows the flush cut short.
+struct MicroBatch {
+    total: Tensor,
+    terms: usize,
+    margins: Vec<f32>,
+    cut: usize,
+}
+
+impl MicroBatch {
+    fn new(total: Tensor, terms: usize, margins: &Tensor, cut: usize) -> Result<MicroBatch> {
+        Ok(MicroBatch {
+            total,
+            terms,
+            margins: margins.to_vec1::<f32>()?,
+            cut,
+        })
     }
 }

@@ -4,6 +4,7 @@
 use crate::experiment::observables::{reward_summary, split_metrics, RewardSummary, SplitMetrics};
 use crate::lm::model::language_model::LanguageModel;
 use crate::lm::nets::kernels::Kernels;
+use crate::lm::train::alignment::Alignment;
 use crate::lm::train::features::{
     per_sequence_sum, prompt_chunks, shared_prompt_features, token_logprobs, Features,
     FrozenFeatures, Need,
@@ -14,6 +15,7 @@ use crate::lm::train::sequences::ScoredSequence;
 use crate::lm::train::sequences::Side;
 use anyhow::Result;
 use candle_core::{Tensor, D};
+use ndarray::Array2;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -61,6 +63,10 @@ pub struct Evaluation {
     pub epoch: usize,
     pub step: usize,
     pub splits: Vec<SplitEvaluation>,
+    /// EX-RM: how far the representations its head reads carry the training preference to each
+    /// other split (the paper's footnote 3, [`crate::lm::train::alignment`]); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub representation_alignment: Vec<Alignment>,
 }
 
 /// The split metrics from per-sequence rewards (and, for the IM-RM, per-token contributions).
@@ -166,8 +172,14 @@ fn implicit_tokens(
         .collect()
 }
 
-/// Per-sequence rewards and, for the IM-RM, each token's contribution.
-pub(crate) type Scores = (Vec<f64>, Option<Vec<Vec<f64>>>);
+/// Every sequence scored at an evaluation.
+pub(crate) struct Scores {
+    pub(crate) rewards: Vec<f64>,
+    /// IM-RMs: each token's contribution `β (ln π − ln π_ref)`.
+    pub(crate) parts: Option<Vec<Vec<f64>>>,
+    /// EX-RM: the last-token hidden state of every sequence `[n, D]` (what the head reads).
+    pub(crate) last: Option<Array2<f64>>,
+}
 
 /// Scores sequences for one reward model: from live forwards (`full`) or frozen features.
 pub(crate) struct Scorer<'a> {
@@ -292,7 +304,7 @@ impl Scorer<'_> {
     }
 
     /// Rewards of every sequence (f64) and, for the IM-RMs, each token's contribution
-    /// `β (ln π − ln π_ref)` (no gradient).
+    /// `β (ln π − ln π_ref)`, for the EX-RM the representations its head reads (no gradient).
     pub(crate) fn score_all(
         &self,
         seqs: &[ScoredSequence],
@@ -307,18 +319,37 @@ impl Scorer<'_> {
                 .zip(reference)
                 .map(|(a, b)| a.iter().zip(b).map(|(x, y)| self.beta * (x - y)).collect())
                 .collect();
-            return Ok((parts.iter().map(|p| p.iter().sum()).collect(), Some(parts)));
+            return Ok(Scores {
+                rewards: parts.iter().map(|p| p.iter().sum()).collect(),
+                parts: Some(parts),
+                last: None,
+            });
         }
         let all: Vec<usize> = (0..seqs.len()).collect();
         let mut out = vec![0.0; seqs.len()];
+        let keep_last = self.reward == Reward::Exrm;
+        let mut last = Array2::zeros((if keep_last { seqs.len() } else { 0 }, self.lm.dim));
         for idx in prompt_chunks(seqs, &all, self.batch) {
             let f = self.features_through(seqs, &idx, Kernels::Inference)?;
             let r = self.rewards(&f, seqs, &idx, u, head, reference)?;
             for (&i, v) in idx.iter().zip(r.detach().to_vec1::<f32>()?) {
                 out[i] = f64::from(v);
             }
+            if keep_last {
+                for (&i, h) in idx.iter().zip(f.last.to_vec2::<f32>()?) {
+                    last.row_mut(i).assign(
+                        &h.iter()
+                            .map(|&x| f64::from(x))
+                            .collect::<ndarray::Array1<f64>>(),
+                    );
+                }
+            }
         }
-        Ok((out, None))
+        Ok(Scores {
+            rewards: out,
+            parts: None,
+            last: keep_last.then_some(last),
+        })
     }
 }
 

@@ -6,16 +6,20 @@
 //! - [`config`]: the `[train]` table every experiment shares (AdamW, batching, evaluation).
 //! - [`sequences`]: tokenized sequences and the pairs of every split over them.
 //! - [`reward`]: the reward models (IM-RM, EX-RM, their variants) and what each reads.
-//! - [`features`]: what a reward reads from the transformer, live or frozen.
+//! - [`features`]: what a reward reads from the transformer, live or frozen; [`flush`]: the
+//!   official code's last-token drop, off unless asked for.
 //! - [`loss`], [`adamw`], [`optimizers`], [`shuffle`]: the loss, the optimizer, the pairs' order.
-//! - [`epochs`]: the epoch loop; [`evaluate`]: every split scored at an evaluation; [`resume`]:
-//!   the checkpoints a run continues from.
+//! - [`epochs`]: the epoch loop; [`evaluate`]: every split scored at an evaluation; [`alignment`]:
+//!   how far the EX-RM's representations carry the preference (footnote 3); [`resume`]: the
+//!   checkpoints a run continues from.
 
 pub mod adamw;
+pub mod alignment;
 pub mod config;
 pub mod epochs;
 pub mod evaluate;
 pub mod features;
+pub mod flush;
 pub mod loss;
 pub mod optimizers;
 pub mod resume;

@@ -187,6 +187,7 @@ impl Finished {
 /// flattened form repeats the key `split`, which reads back ambiguously).
 mod stored {
     use crate::experiment::observables::{RewardSummary, SplitMetrics};
+    use crate::lm::train::alignment::Alignment;
     use crate::lm::train::evaluate::{
         Evaluation, ImplicitParts, SplitEvaluation, TokenContribution,
     };
@@ -207,6 +208,8 @@ mod stored {
         epoch: usize,
         step: usize,
         splits: Vec<Split>,
+        #[serde(default)]
+        representation_alignment: Vec<Alignment>,
     }
 
     pub fn serialize<S: Serializer>(v: &[Evaluation], s: S) -> Result<S::Ok, S::Error> {
@@ -215,6 +218,7 @@ mod stored {
             .map(|e| Stored {
                 epoch: e.epoch,
                 step: e.step,
+                representation_alignment: e.representation_alignment.clone(),
                 splits: e
                     .splits
                     .iter()
@@ -238,6 +242,7 @@ mod stored {
             .map(|e| Evaluation {
                 epoch: e.epoch,
                 step: e.step,
+                representation_alignment: e.representation_alignment,
                 splits: e
                     .splits
                     .into_iter()

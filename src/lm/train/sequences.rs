@@ -44,6 +44,14 @@ pub struct PairSplit {
     pub rejected: Vec<usize>,
 }
 
+/// One batch of the official evaluator: the sequences it scores and those padded beside them
+/// (which decide the flush's last-token drop, [`super::flush`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalBatch {
+    pub scored: Vec<usize>,
+    pub beside: Vec<usize>,
+}
+
 /// Every sequence of a run and the splits over them (`train` first: the training pairs).
 #[derive(Debug, Clone, Serialize)]
 pub struct PreferenceProblem {
@@ -60,6 +68,9 @@ pub struct PreferenceProblem {
     /// only; empty for a masked encoder).
     #[serde(skip)]
     pub verification: Vec<ScoredSequence>,
+    /// How the official evaluator batches the sequences (empty where the experiment does not
+    /// describe it): only the flush's drop reads it.
+    pub eval_batches: Vec<EvalBatch>,
 }
 
 impl PreferenceProblem {

@@ -9,12 +9,13 @@
 //! Quantiles as `torch.quantile` (linear interpolation at `q (n − 1)`); the median as
 //! `torch.median` (the lower middle value for an even count).
 
+use crate::lm::train::sequences::PairSplit;
 use crate::problem::synthetic::PairSet;
-use ndarray::{Array2, ArrayView1};
-use serde::Serialize;
+use ndarray::{Array2, ArrayView1, Axis};
+use serde::{Deserialize, Serialize};
 
 /// Order statistics of a sample, as the official script logs them.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Summary {
     pub count: usize,
     pub mean: f64,
@@ -53,8 +54,9 @@ impl Summary {
     }
 }
 
-/// The footnote-3 statistics of one run (in `lm.json` as `representation_alignment`).
-#[derive(Debug, Clone, Serialize)]
+/// The footnote-3 statistics of one run (in `lm.json` as `representation_alignment`; in a
+/// recipe's EX-RM evaluations, one per split other than the training pairs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Alignment {
     /// Which split the unseen pairs come from.
     pub unseen_split: String,
@@ -78,7 +80,22 @@ fn norm(v: ArrayView1<f64>) -> f64 {
 
 /// The statistics of `unseen` against `train`, with `u_star` when the separator was found.
 pub fn alignment(train: &PairSet, unseen: &PairSet, u_star: Option<&[f64]>) -> Alignment {
-    let (zt, zu) = (differences(train), differences(unseen));
+    of_differences(
+        &differences(train),
+        &differences(unseen),
+        &unseen.name,
+        u_star,
+    )
+}
+
+/// The statistics of the unseen differences `zu` (rows) against the training ones `zt`, with
+/// `u_star` when the separator was found.
+pub fn of_differences(
+    zt: &Array2<f64>,
+    zu: &Array2<f64>,
+    unseen_split: &str,
+    u_star: Option<&[f64]>,
+) -> Alignment {
     let gram = zt.dot(&zu.t());
     let (nt, nu): (Vec<f64>, Vec<f64>) = (
         zt.rows().into_iter().map(norm).collect(),
@@ -99,13 +116,34 @@ pub fn alignment(train: &PairSet, unseen: &PairSet, u_star: Option<&[f64]>) -> A
             .collect::<Vec<f64>>()
     });
     Alignment {
-        unseen_split: unseen.name.clone(),
-        train_pairs: train.len(),
-        unseen_pairs: unseen.len(),
+        unseen_split: unseen_split.to_string(),
+        train_pairs: zt.nrows(),
+        unseen_pairs: zu.nrows(),
         inner_products: Summary::of(&inner),
         cosines: Summary::of(&cosines),
         max_margin_cosines: max_margin.as_deref().and_then(Summary::of),
     }
+}
+
+/// The footnote-3 statistics of a preference problem's EX-RM representations `last` (the
+/// last-token hidden state of every sequence, rows as the problem's sequences) over its `splits`:
+/// the first split's pairs are the training pairs, and every other split is compared with them,
+/// `u*` the max-margin separator of the training differences (none when the QP fails).
+pub fn of_splits(splits: &[PairSplit], last: &Array2<f64>) -> Vec<Alignment> {
+    let z = |s: &PairSplit| -> Array2<f64> {
+        let pick = |idx: &[usize]| last.select(Axis(0), idx);
+        pick(&s.chosen) - pick(&s.rejected)
+    };
+    let Some((train, rest)) = splits.split_first() else {
+        return Vec::new();
+    };
+    let zt = z(train);
+    let u_star = crate::solve::max_margin::max_margin_head(&zt)
+        .ok()
+        .map(|(u, _)| u.to_vec());
+    rest.iter()
+        .map(|s| of_differences(&zt, &z(s), &s.name, u_star.as_deref()))
+        .collect()
 }
 
 /// The statistics as printed by `rmflow lm` (one line each).
@@ -128,4 +166,61 @@ pub fn describe(a: &Alignment) -> String {
         line("cos(z_train, z_unseen)", &a.cosines),
         line("cos(u*, z_unseen)", &a.max_margin_cosines),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    fn split(name: &str, chosen: Vec<usize>, rejected: Vec<usize>) -> PairSplit {
+        PairSplit {
+            name: name.into(),
+            chosen,
+            rejected,
+        }
+    }
+
+    /// Against its own training pairs, every pair is on the right side of `u*` with
+    /// `⟨u*, z⟩ ≥ 1`, and the inner products are the Gram matrix of the differences.
+    #[test]
+    fn training_pairs_against_themselves() {
+        let last = array![[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.5, -1.0], [0.0, 0.0]];
+        let train = split("train", vec![0, 2], vec![1, 3]);
+        let again = split("again", vec![0, 2], vec![1, 3]);
+        let a = of_splits(&[train, again], &last);
+        assert_eq!(a.len(), 1);
+        let a = &a[0];
+        assert_eq!(
+            (a.unseen_split.as_str(), a.train_pairs, a.unseen_pairs),
+            ("again", 2, 2)
+        );
+        // z = (1, −1), (1.5, 2): Gram entries 2, −0.5, −0.5, 6.25.
+        let ip = a.inner_products.as_ref().unwrap();
+        assert!((ip.mean - (2.0 - 0.5 - 0.5 + 6.25) / 4.0).abs() < 1e-12);
+        assert_eq!((ip.min, ip.max, ip.fraction_positive), (-0.5, 6.25, 0.5));
+        let mm = a.max_margin_cosines.as_ref().unwrap();
+        assert_eq!(mm.fraction_positive, 1.0);
+        assert!(mm.min > 0.0 && mm.max <= 1.0 + 1e-12);
+    }
+
+    /// A pair whose difference is the negative of a training one is on the wrong side of `u*`.
+    #[test]
+    fn reversed_pairs_are_negative() {
+        let last = array![[1.0, 0.0], [0.0, 1.0]];
+        let a = of_splits(
+            &[
+                split("train", vec![0], vec![1]),
+                split("reversed", vec![1], vec![0]),
+            ],
+            &last,
+        );
+        let mm = a[0].max_margin_cosines.as_ref().unwrap();
+        assert!(
+            (mm.max + 1.0).abs() < 1e-9,
+            "cos(u*, −z) = −1, got {}",
+            mm.max
+        );
+        assert_eq!(a[0].cosines.as_ref().unwrap().fraction_positive, 0.0);
+    }
 }
