@@ -1034,3 +1034,103 @@ fn official_split_takes_the_datamodules_records_and_draws() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `1` where the official flush (`utils/rm_utils.py:84-88`) cuts the row: the padded width
+/// `max prompt + max response` exceeds the longest row, and the row is that long. Rows are
+/// (prompt length, total length).
+fn official_cut(rows: &[(usize, usize)]) -> Vec<bool> {
+    let width =
+        rows.iter().map(|r| r.0).max().unwrap() + rows.iter().map(|r| r.1 - r.0).max().unwrap();
+    let longest = rows.iter().map(|r| r.1).max().unwrap();
+    rows.iter()
+        .map(|r| longest < width && r.1 == longest)
+        .collect()
+}
+
+/// The EX-RM's evaluations carry the footnote-3 statistics (`alignment.csv`), and
+/// `train.drop_last_token_of_longest` cuts exactly the rows the official flush cuts: in every
+/// training micro-batch (recounted from the steps' pairs and `sequences.jsonl`) and in the
+/// official evaluator's batches of the training-format test pairs; off, nothing is cut.
+#[test]
+fn flush_drop_cuts_the_official_rows_and_alignment_is_written() {
+    let dir = temp("flush");
+    let model = dir.join("qwen2");
+    checkpoint(&model, standard_specs()[4].1, true);
+    let (off, on) = (dir.join("off"), dir.join("on"));
+    let cfg = config(&dir, &|f| f.train.epochs = 2);
+    run_ok(&model, &cfg, &off, "full", "2");
+    let cfg = config(&dir, &|f| {
+        f.train.epochs = 2;
+        f.train.drop_last_token_of_longest = true;
+    });
+    run_ok(&model, &cfg, &on, "full", "2");
+    let alignment = std::fs::read_to_string(off.join("alignment.csv")).unwrap();
+    let test_pairs = json(&off.join("recipe.json"))["splits"][1]["pairs"]
+        .as_u64()
+        .unwrap();
+    let row = alignment
+        .lines()
+        .find(|l| l.starts_with("full,exrm,0,0,test,") && l.contains(",max_margin_cosine,"))
+        .expect("the epoch-0 separator cosines on the test pairs");
+    assert_eq!(
+        row.split(',').nth(8).unwrap().parse::<u64>().unwrap(),
+        test_pairs
+    );
+    let recipe_off = json(&off.join("recipe.json"));
+    assert!(recipe_off["evaluation_cuts"].is_null());
+    let recipe = json(&on.join("recipe.json"));
+    let seqs: Vec<serde_json::Value> = std::fs::read_to_string(on.join("sequences.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let shape = |i: u64| {
+        let s = &seqs[i as usize];
+        (
+            s["response_start"].as_u64().unwrap() as usize,
+            s["ids"].as_array().unwrap().len(),
+        )
+    };
+    let indices = |v: &serde_json::Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let train = &recipe["splits"][0];
+    let (chosen, rejected) = (indices(&train["chosen"]), indices(&train["rejected"]));
+    let micro = 8;
+    for run in recipe["runs"].as_array().unwrap() {
+        let mut expected = 0;
+        for step in run["step_pairs"].as_array().unwrap() {
+            for batch in indices(step).chunks(micro) {
+                let rows: Vec<(usize, usize)> = batch
+                    .iter()
+                    .map(|&p| shape(chosen[p as usize]))
+                    .chain(batch.iter().map(|&p| shape(rejected[p as usize])))
+                    .collect();
+                expected += official_cut(&rows).iter().filter(|&&c| c).count();
+            }
+        }
+        assert_eq!(
+            run["training_rows_cut"].as_u64().unwrap() as usize,
+            expected
+        );
+        assert!(
+            expected > 0,
+            "the tiny run's batches cut no row: the test shows nothing"
+        );
+    }
+    let test = &recipe["splits"][1];
+    let (tc, tr) = (indices(&test["chosen"]), indices(&test["rejected"]));
+    let mut expected = 0;
+    for (c, r) in tc.chunks(micro).zip(tr.chunks(micro)) {
+        let rows: Vec<(usize, usize)> = c.iter().chain(r).map(|&i| shape(i)).collect();
+        expected += official_cut(&rows).iter().filter(|&&x| x).count();
+    }
+    let cuts = &recipe["evaluation_cuts"][1];
+    assert_eq!(cuts["split"], "test");
+    assert_eq!(cuts["cut"].as_u64().unwrap() as usize, expected);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -120,3 +120,80 @@ fn mode_panel(rows: &[MetricsRow], mode: &str, splits: &[String]) -> Panel {
     p.notes = vec!["solid EX-RM, dashed IM-RM; ties (τ = 0) count ½".into()];
     p
 }
+
+/// The recipe's accuracy per epoch across runs that differ only in their seeds: one panel per
+/// reward model, each split of the first run in `runs` thick with markers and of the others
+/// thin, one colour per split (full training rows only). `runs` are `(label, metrics.csv text)`;
+/// the CSV holds every row drawn, labelled.
+pub fn recipe_seeds(runs: &[(String, String)], source: &str) -> Result<FigureData> {
+    let mut csv = String::from("run,mode,model,epoch,split,exact_tie_accuracy\n");
+    let mut parsed = Vec::new();
+    for (label, text) in runs {
+        let rows: Vec<MetricsRow> = parse_metrics(text)?
+            .into_iter()
+            .filter(|r| r.0 == "full")
+            .collect();
+        for r in &rows {
+            writeln!(csv, "{label},{},{},{},{},{}", r.0, r.1, r.2, r.3, r.4)?;
+        }
+        parsed.push(rows);
+    }
+    let mut splits: Vec<String> = Vec::new();
+    for r in parsed.iter().flatten() {
+        if !splits.contains(&r.3) {
+            splits.push(r.3.clone());
+        }
+    }
+    let panels: Vec<Panel> = [("exrm", "EX-RM"), ("imrm", "IM-RM")]
+        .iter()
+        .map(|&(model, label)| seeds_panel(&parsed, model, label, &splits))
+        .collect();
+    if parsed.iter().all(Vec::is_empty) {
+        anyhow::bail!("no full-training rows in the metrics.csv files given");
+    }
+    Ok(FigureData {
+        figure: Figure {
+            columns: panels.len(),
+            panels,
+            caption: format!("{source} · rmflow {}", crate::io::layout::RMFLOW_VERSION),
+            panel_size: (640, 440),
+        },
+        csv,
+    })
+}
+
+/// One reward model's accuracy per epoch on every split, the first run thick.
+fn seeds_panel(runs: &[Vec<MetricsRow>], model: &str, label: &str, splits: &[String]) -> Panel {
+    let mut series = Vec::new();
+    for (k, rows) in runs.iter().enumerate() {
+        for (i, split) in splits.iter().enumerate() {
+            let points: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.1 == model && &r.3 == split)
+                .map(|r| (r.2, r.4))
+                .collect();
+            if !points.is_empty() {
+                series.push(Series {
+                    name: if k == 0 { split.clone() } else { String::new() },
+                    points,
+                    color: i + 1,
+                    markers: k == 0,
+                    width: if k == 0 { 3 } else { 1 },
+                    ..Series::default()
+                });
+            }
+        }
+    }
+    let mut p = Panel::lines(
+        &format!("{label}, full fine-tuning"),
+        "epoch",
+        "accuracy (exact ties ½)",
+        false,
+        false,
+        series,
+    );
+    p.y_range = Some((-0.02, 1.05));
+    p.legend = Legend::LowerLeft;
+    p.notes = vec!["thick: the 50-epoch run; thin: other seeds (data draw and head)".into()];
+    p
+}
