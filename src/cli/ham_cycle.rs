@@ -3,12 +3,16 @@
 use super::args::OutputFlags;
 use super::lm::StageBars;
 use super::progress::progress_bar;
+use super::resume::{refuse_difference, CheckpointFlags};
 use anyhow::Result;
+use rmflow::error::InputError;
 use rmflow::io::atomic::AtomicDir;
 use rmflow::lm::cycle::{self, CycleEvent, CycleFile};
 use rmflow::lm::open_device;
 use rmflow::lm::recipe::Reward;
-use std::path::PathBuf;
+use rmflow::lm::train::resume::CheckpointDir;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct HamCycleArgs {
@@ -19,9 +23,10 @@ pub struct HamCycleArgs {
     /// Override `data.vertices` (n ≤ 8 also computes the exact probabilities).
     #[arg(long)]
     vertices: Option<usize>,
-    /// Output folder, written atomically (layout: experiments/README.md).
+    /// Output folder, written atomically (layout: experiments/README.md). Required unless
+    /// --resume.
     #[arg(long)]
-    out: PathBuf,
+    out: Option<PathBuf>,
     /// cpu or cuda.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -29,7 +34,42 @@ pub struct HamCycleArgs {
     #[arg(long)]
     ignore_memory_estimate: bool,
     #[command(flatten)]
+    checkpoints: CheckpointFlags,
+    #[command(flatten)]
     output: OutputFlags,
+}
+
+/// The run's identity, written as `run.json` and compared on `--resume`.
+fn identity(file: &CycleFile, device: &str) -> Value {
+    json!({
+        "rmflow_version": env!("CARGO_PKG_VERSION"),
+        "config": file,
+        "device": device,
+    })
+}
+
+/// `--resume RUN_DIR`: the interrupted run's config, output and checkpoints; a config or device
+/// given must be the run's own.
+fn resumed(a: &HamCycleArgs, run_dir: &Path) -> Result<(CycleFile, PathBuf, CheckpointDir)> {
+    if a.out.as_ref().is_some_and(|o| o != run_dir) {
+        return Err(
+            InputError(format!("--out differs from --resume {}", run_dir.display())).into(),
+        );
+    }
+    let (checkpoints, saved) = a.checkpoints.open(run_dir)?;
+    let file: CycleFile = serde_json::from_value(saved["config"].clone()).map_err(|e| {
+        InputError(format!(
+            "--resume: the checkpoint's run.json has no valid `config`: {e}"
+        ))
+    })?;
+    let now = match a.config.is_some() || a.vertices.is_some() {
+        true => identity(&config_of(a)?, &a.device),
+        false => identity(&file, &a.device),
+    };
+    let mut now = now;
+    now["rmflow_version"] = saved["rmflow_version"].clone();
+    refuse_difference(&saved, &now, run_dir)?;
+    Ok((file, run_dir.to_path_buf(), checkpoints))
 }
 
 /// The config of `a`: the file (or the defaults) with the flags' overrides, validated.
@@ -50,7 +90,19 @@ fn config_of(a: &HamCycleArgs) -> Result<CycleFile> {
 }
 
 pub fn run(a: HamCycleArgs) -> Result<()> {
-    let file = config_of(&a)?;
+    let (file, out, resumed) = match &a.checkpoints.resume {
+        Some(run_dir) => {
+            let (file, out, c) = resumed(&a, run_dir)?;
+            (file, out, Some(c))
+        }
+        None => {
+            let out = a
+                .out
+                .clone()
+                .ok_or_else(|| InputError("--out is required (or --resume RUN_DIR)".into()))?;
+            (config_of(&a)?, out, None)
+        }
+    };
     let (d, m) = (&file.data, &file.model);
     rmflow::io::resources::refuse_above_available(
         &file.memory_estimate(),
@@ -62,7 +114,11 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
         a.ignore_memory_estimate,
     )?;
     let device = open_device(&a.device)?;
-    let dir = AtomicDir::create(&a.out, a.output.replace())?;
+    let dir = AtomicDir::create(&out, a.output.replace())?;
+    let mut checkpoints = match resumed {
+        Some(c) => c,
+        None => a.checkpoints.create(&out, &identity(&file, &a.device))?,
+    };
     // The checkpoints' folders inside the output (the run creates them).
     let (initial, reference) = (dir.path("initial")?, dir.path("reference")?);
     let epochs_steps =
@@ -79,18 +135,34 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
         }
     };
     let key = |reward: Reward| 1 + u8::from(reward.is_implicit());
-    let outcome = cycle::run_cycle(&file, &initial, &reference, &device, &mut |e| match e {
-        CycleEvent::Stage(None, msg) => bars
-            .bar(0, || progress_bar("ham-cycle pretrain", steps, "steps"))
-            .stage(&msg),
-        CycleEvent::Stage(Some(r), msg) => bars.bar(key(r), reward_bar(r)).stage(&msg),
-        CycleEvent::Pretrain(s) => bars
-            .bar(0, || progress_bar("ham-cycle pretrain", steps, "steps"))
-            .inc(&format!("loss {:.4}", s.loss)),
-        CycleEvent::Step(r, s) => bars
-            .bar(key(r), reward_bar(r))
-            .inc(&format!("epoch {} loss {:.4}", s.epoch, s.loss)),
-    })?;
+    let outcome = cycle::run_cycle(
+        &file,
+        (&initial, &reference),
+        &device,
+        Some(&mut checkpoints),
+        &mut |e| match e {
+            CycleEvent::Stage(None, msg) => bars
+                .bar(0, || progress_bar("ham-cycle pretrain", steps, "steps"))
+                .stage(&msg),
+            CycleEvent::Stage(Some(r), msg) => bars.bar(key(r), reward_bar(r)).stage(&msg),
+            CycleEvent::Pretrain(s) => bars
+                .bar(0, || progress_bar("ham-cycle pretrain", steps, "steps"))
+                .inc(&format!("loss {:.4}", s.loss)),
+            CycleEvent::Step(r, s) => bars
+                .bar(key(r), reward_bar(r))
+                .inc(&format!("epoch {} loss {:.4}", s.epoch, s.loss)),
+        },
+    );
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            // Nothing to resume from yet (e.g. a failure before the first checkpoint).
+            if checkpoints.is_empty() {
+                let _ = checkpoints.remove();
+            }
+            return Err(e);
+        }
+    };
     bars.finish();
     let pairs = (outcome.train.len() + outcome.test.len()) as u64;
     let counting = progress_bar("ham-cycle outputs", pairs, "graphs");
@@ -98,6 +170,9 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
     cycle::write_outputs(&dir, &outcome, &mut || counting.inc("counted"))?;
     counting.finish();
     let written = dir.commit()?;
+    if !a.checkpoints.keep_checkpoints {
+        checkpoints.remove()?;
+    }
     out!("{}", cycle::output::final_table(&outcome));
     outln!("wrote {}", written.display());
     Ok(())

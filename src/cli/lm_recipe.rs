@@ -4,11 +4,12 @@
 use super::args::OutputFlags;
 use super::lm::StageBars;
 use super::progress::progress_bar;
+use super::resume::{refuse_difference, CheckpointFlags};
 use anyhow::Result;
 use rmflow::error::InputError;
 use rmflow::io::atomic::{check_inputs, check_not_overwriting_input, AtomicDir};
 use rmflow::lm::recipe::{self, Mode, RecipeFile, Reward};
-use rmflow::lm::train::resume::{checkpoint_dir_of, CheckpointDir};
+use rmflow::lm::train::resume::CheckpointDir;
 use rmflow::lm::{open_device, Architecture};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -54,22 +55,8 @@ pub struct LmRecipeArgs {
     /// data.format = "persona_jsonl", data.group_size = 1).
     #[arg(long)]
     persona_jsonl: Option<PathBuf>,
-    /// Write a checkpoint every N epochs into OUT.checkpoint/ (0: only on SIGTERM). It holds
-    /// every trained tensor, the optimizers' moments and the history; the previous one stays
-    /// valid until the next is complete; the folder is removed when the run's output is in
-    /// place. CPU runs only.
-    #[arg(long, default_value_t = 1)]
-    checkpoint_every: usize,
-    /// Keep every checkpoint (default: only the newest), and the folder after the run.
-    #[arg(long)]
-    keep_checkpoints: bool,
-    /// Continue the run whose --out was RUN_DIR from its newest checkpoint (in
-    /// RUN_DIR.checkpoint/). --model, --config and the run's other options default to the
-    /// run's own; given, they must equal them (a difference is refused, naming it). The
-    /// outputs equal an uninterrupted run's. SIGTERM stops a run after its current step with a
-    /// checkpoint and exit code 5.
-    #[arg(long, value_name = "RUN_DIR")]
-    resume: Option<PathBuf>,
+    #[command(flatten)]
+    checkpoints: CheckpointFlags,
     #[command(flatten)]
     output: OutputFlags,
 }
@@ -137,26 +124,6 @@ fn model_files(dir: &Path) -> Result<Value> {
     Ok(Value::Object(files))
 }
 
-/// The first path at which `a` and `b` differ (`config.train.lr`), if any.
-fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            keys.into_iter().find_map(|k| {
-                let (u, v) = (
-                    x.get(k).unwrap_or(&Value::Null),
-                    y.get(k).unwrap_or(&Value::Null),
-                );
-                first_difference(u, v, &format!("{at}.{k}"))
-            })
-        }
-        _ if a == b => None,
-        _ => Some(at.trim_start_matches('.').to_string()),
-    }
-}
-
 /// `--mode`.
 fn modes_of(mode: &str) -> Vec<Mode> {
     match mode {
@@ -206,17 +173,7 @@ fn plan_of_args(a: &LmRecipeArgs) -> Result<Plan> {
 /// `--resume RUN_DIR`: the interrupted run's plan and checkpoints; the arguments given must
 /// describe the same run.
 fn resumed_plan(a: &LmRecipeArgs, run_dir: &Path) -> Result<(Plan, CheckpointDir)> {
-    let dir = checkpoint_dir_of(run_dir);
-    if !dir.join("run.json").is_file() {
-        return Err(InputError(format!(
-            "--resume {}: no checkpoints in {} (was the run started with this --out?)",
-            run_dir.display(),
-            dir.display()
-        ))
-        .into());
-    }
-    let (checkpoints, identity) =
-        CheckpointDir::open(&dir, a.checkpoint_every, a.keep_checkpoints)?;
+    let (checkpoints, identity) = a.checkpoints.open(run_dir)?;
     let saved = Plan::of_identity(&identity, run_dir)?;
     let given = LmRecipeArgs {
         model: a.model.clone().or(Some(saved.model.clone())),
@@ -254,27 +211,13 @@ fn resumed_plan(a: &LmRecipeArgs, run_dir: &Path) -> Result<(Plan, CheckpointDir
         }
     }
     now["rmflow_version"] = identity["rmflow_version"].clone();
-    if let Some(field) = first_difference(&identity, &now, "") {
-        return Err(InputError(format!(
-            "--resume {}: `{field}` differs from the interrupted run's ({} vs {}); resume with the run's own, or start a new run",
-            run_dir.display(),
-            pointer(&identity, &field),
-            pointer(&now, &field)
-        ))
-        .into());
-    }
+    refuse_difference(&identity, &now, run_dir)?;
     Ok((saved, checkpoints))
-}
-
-/// The value at a dotted path, for messages.
-fn pointer(v: &Value, dotted: &str) -> String {
-    let p = format!("/{}", dotted.replace('.', "/"));
-    v.pointer(&p).map_or("absent".into(), |x| x.to_string())
 }
 
 pub fn run_recipe(a: LmRecipeArgs) -> Result<()> {
     let device = open_device(&a.device)?;
-    let (plan, dir, checkpoints) = match &a.resume {
+    let (plan, dir, checkpoints) = match &a.checkpoints.resume {
         Some(run_dir) => {
             let (plan, c) = resumed_plan(&a, run_dir)?;
             let dir = AtomicDir::create(&plan.out, a.output.replace())?;
@@ -287,16 +230,17 @@ pub fn run_recipe(a: LmRecipeArgs) -> Result<()> {
                 &plan.out,
             )?;
             let dir = AtomicDir::create(&plan.out, a.output.replace())?;
-            let c = CheckpointDir::create(
-                &checkpoint_dir_of(&plan.out),
-                &plan.identity()?,
-                a.checkpoint_every,
-                a.keep_checkpoints,
-            )?;
+            let c = a.checkpoints.create(&plan.out, &plan.identity()?)?;
             (plan, dir, c)
         }
     };
-    train(&plan, device, dir, checkpoints, a.keep_checkpoints)
+    train(
+        &plan,
+        device,
+        dir,
+        checkpoints,
+        a.checkpoints.keep_checkpoints,
+    )
 }
 
 /// `--reward`: names separated by commas (`both`, `all` as shorthands), each once, in the

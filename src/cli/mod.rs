@@ -18,6 +18,8 @@ pub mod lm_files;
 #[cfg(feature = "lm")]
 pub mod lm_recipe;
 pub mod progress;
+#[cfg(feature = "lm")]
+pub mod resume;
 pub mod simulate;
 pub mod sweep;
 pub mod tables;

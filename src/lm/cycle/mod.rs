@@ -22,6 +22,7 @@ pub mod generate;
 pub mod output;
 pub mod pretrain;
 pub mod problem;
+mod resume;
 pub mod run;
 
 pub use checkpoint::{write_initial_checkpoint, CycleTokens};

@@ -10,18 +10,19 @@ use super::enumerate::{order_masses, OrderMass};
 use super::generate::{Decoder, Decoding};
 use super::pretrain::{pretrain, PretrainStep};
 use super::problem::{cycle_problem, prompt_ids, template_of};
+use super::resume::{save_pretraining, saved_pretraining, Observations};
 use crate::experiment::observables::split_metrics;
 use crate::lm::recipe::{Mode, Reward, TrainEvent, TrainRun, TrainStep};
 use crate::lm::train::epochs::train_reward;
 use crate::lm::train::epochs::Settings;
-use crate::lm::train::resume::NoCheckpoints;
+use crate::lm::train::resume::{CheckpointDir, Checkpoints, NoCheckpoints, Observed};
 use crate::lm::{Forward, LanguageModel};
 use crate::problem::hamiltonian::{generate, vertex_orders, CyclePair};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// What a run reports as it goes (progress).
@@ -33,9 +34,9 @@ pub enum CycleEvent<'a> {
 }
 
 /// One evaluation of one reward model.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CycleEpoch {
-    pub reward: &'static str,
+    pub reward: String,
     pub epoch: usize,
     pub step: usize,
     /// Accuracy with exact ties ½ (the paper's), train and test pairs.
@@ -65,7 +66,7 @@ pub struct CycleEpoch {
 }
 
 /// One prompt at one IM-RM evaluation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PromptRecord {
     pub epoch: usize,
     pub prompt: usize,
@@ -275,13 +276,6 @@ impl<'a> Probe<'a> {
     }
 }
 
-/// The evaluations of both reward models, and the IM-RM's per-prompt generations.
-#[derive(Default)]
-struct Record {
-    epochs: Vec<CycleEpoch>,
-    prompts: Vec<PromptRecord>,
-}
-
 /// One reward model's training on the cycle pairs, from the pretrained `reference`.
 struct RewardRun<'a> {
     reward: Reward,
@@ -292,12 +286,14 @@ struct RewardRun<'a> {
 }
 
 impl RewardRun<'_> {
-    /// Trains the model with the trainer ([`train_reward`]), recording each evaluation (for the IM-RM with
-    /// generation and exact masses from `probe`); the first probe error ends the run.
+    /// Trains the model with the trainer ([`train_reward`]), recording each evaluation into
+    /// `record` (for the IM-RM with generation and exact masses from `probe`) and, with
+    /// checkpoints, into their `observed` copy; the first probe error ends the run.
     fn train(
         &self,
         probe: &mut Probe,
-        record: &mut Record,
+        record: &mut Observations,
+        (checkpoints, observed): (&mut dyn Checkpoints, Option<&Observed>),
         on_event: &mut dyn FnMut(CycleEvent),
     ) -> Result<TrainRun> {
         let reward = self.reward;
@@ -310,7 +306,7 @@ impl RewardRun<'_> {
             &lm,
             self.settings,
             self.problem,
-            &mut NoCheckpoints,
+            checkpoints,
             &mut |e| match e {
                 TrainEvent::Stage(s) => on_event(CycleEvent::Stage(Some(reward), s)),
                 TrainEvent::Step(s) => on_event(CycleEvent::Step(reward, s)),
@@ -321,31 +317,18 @@ impl RewardRun<'_> {
                     model,
                     unembedding,
                 } if failure.is_none() => {
-                    let scores = (
-                        split_scores(self.problem, rewards, 0),
-                        split_scores(self.problem, rewards, 1),
+                    let evaluated = self.observe(
+                        probe,
+                        record,
+                        (epoch, step, rewards),
+                        (model, unembedding),
+                        on_event,
                     );
-                    let parts = if reward == Reward::Imrm {
-                        on_event(CycleEvent::Stage(
-                            Some(reward),
-                            format!("generating and enumerating after epoch {epoch}"),
-                        ));
-                        match probe.measure(model, unembedding, epoch, scores.1 .1) {
-                            Ok((p, r)) => {
-                                record.prompts.extend(r);
-                                Some(p)
-                            }
-                            Err(e) => {
-                                failure = Some(e);
-                                return;
-                            }
-                        }
-                    } else {
-                        None
-                    };
-                    record
-                        .epochs
-                        .push(CycleEpoch::of(reward, epoch, step, scores, parts.as_ref()));
+                    let stored = evaluated.and_then(|()| match observed {
+                        Some(slot) => record.store(slot),
+                        None => Ok(()),
+                    });
+                    failure = stored.err();
                 }
                 TrainEvent::Evaluated { .. } => {}
             },
@@ -357,6 +340,39 @@ impl RewardRun<'_> {
                 ..run
             }),
         }
+    }
+
+    /// Records one evaluation: both splits' scores, and for the IM-RM the probe's generations
+    /// and masses under `model` with unembedding `u`.
+    fn observe(
+        &self,
+        probe: &mut Probe,
+        record: &mut Observations,
+        (epoch, step, rewards): (usize, usize, &[f64]),
+        (model, u): (&LanguageModel, &Tensor),
+        on_event: &mut dyn FnMut(CycleEvent),
+    ) -> Result<()> {
+        let reward = self.reward;
+        let scores = (
+            split_scores(self.problem, rewards, 0),
+            split_scores(self.problem, rewards, 1),
+        );
+        let parts = if reward == Reward::Imrm {
+            on_event(CycleEvent::Stage(
+                Some(reward),
+                format!("generating and enumerating after epoch {epoch}"),
+            ));
+            let (p, r) = probe.measure(model, u, epoch, scores.1 .1)?;
+            record.prompts.extend(r);
+            record.reference_masses.clone_from(&probe.reference);
+            Some(p)
+        } else {
+            None
+        };
+        record
+            .epochs
+            .push(CycleEpoch::of(reward, epoch, step, scores, parts.as_ref()));
+        Ok(())
     }
 }
 
@@ -371,7 +387,7 @@ impl CycleEpoch {
         parts: Option<&CycleEpochParts>,
     ) -> CycleEpoch {
         CycleEpoch {
-            reward: reward.name(),
+            reward: reward.name().to_string(),
             epoch,
             step,
             train_accuracy: train.0,
@@ -392,17 +408,90 @@ impl CycleEpoch {
 }
 
 /// Runs the experiment of `file`, writing the initial and the pretrained checkpoints into
-/// `initial` and `reference` (folders created); `on_event` sees the stages and steps.
+/// `initial` and `reference` (folders created); with `checkpoints`, resumable (the pretrained
+/// reference, each reward model's training and the observations kept there); `on_event` sees
+/// the stages and steps.
 pub fn run_cycle(
     file: &CycleFile,
-    initial: &Path,
-    reference: &Path,
+    (initial, reference): (&Path, &Path),
     device: &Device,
+    mut checkpoints: Option<&mut CheckpointDir>,
     on_event: &mut dyn FnMut(CycleEvent),
 ) -> Result<CycleOutcome> {
     on_event(CycleEvent::Stage(None, "drawing the graphs".into()));
     let (train, test) = generate(&file.data)?;
     let tokens = write_initial_checkpoint(initial, file)?;
+    let kept = checkpoints.as_deref().map(|c| c.path().to_path_buf());
+    let (history, pretrain_seconds) = pretrained(
+        file,
+        (initial, reference),
+        device,
+        kept.as_deref(),
+        on_event,
+    )?;
+    let lm = LanguageModel::load(reference, device, Forward::Nets)?;
+    check_response_encoding(&lm.tokenizer, &tokens, &train[0].chosen)?;
+    let problem = cycle_problem(&lm, &train, &test)?;
+    let template = template_of(&lm)?;
+    let mut probe = Probe::new(&lm, &template, file, &tokens, &test)?;
+    drop(lm);
+    let observed = checkpoints.as_deref().map(CheckpointDir::observed);
+    let mut record = match &observed {
+        Some(slot) => Observations::restore(slot)?,
+        None => Observations::default(),
+    };
+    probe.reference.clone_from(&record.reference_masses);
+    let mut runs = checkpoints
+        .as_deref()
+        .map_or(Vec::new(), CheckpointDir::finished);
+    for reward in [Reward::Imrm, Reward::Exrm].into_iter().skip(runs.len()) {
+        let ctx = RewardRun {
+            reward,
+            reference,
+            device,
+            settings: file.settings(),
+            problem: &problem,
+        };
+        let mut none = NoCheckpoints;
+        let c: &mut dyn Checkpoints = match checkpoints.as_deref_mut() {
+            Some(c) => c,
+            None => &mut none,
+        };
+        let run = ctx.train(&mut probe, &mut record, (c, observed.as_ref()), on_event)?;
+        if let Some(c) = checkpoints.as_deref_mut() {
+            c.finish(&run)?;
+        }
+        runs.push(run);
+    }
+    Ok(CycleOutcome {
+        file: file.clone(),
+        pretrain: history,
+        pretrain_seconds,
+        runs,
+        epochs: record.epochs,
+        prompts: record.prompts,
+        train,
+        test,
+        tokens,
+    })
+}
+
+/// The pretrained reference in `reference`: copied from the checkpoints in `kept` where a run
+/// left it there, else pretrained from `initial` (and kept there); its history and seconds.
+fn pretrained(
+    file: &CycleFile,
+    (initial, reference): (&Path, &Path),
+    device: &Device,
+    kept: Option<&Path>,
+    on_event: &mut dyn FnMut(CycleEvent),
+) -> Result<(Vec<PretrainStep>, f64)> {
+    if let Some(saved) = kept
+        .map(|k| saved_pretraining(k, reference))
+        .transpose()?
+        .flatten()
+    {
+        return Ok(saved);
+    }
     on_event(CycleEvent::Stage(
         None,
         "pretraining the reference model".into(),
@@ -411,35 +500,9 @@ pub fn run_cycle(
     let history = pretrain(initial, reference, file, device, &mut |s| {
         on_event(CycleEvent::Pretrain(s))
     })?;
-    let pretrain_seconds = t0.elapsed().as_secs_f64();
-    let lm = LanguageModel::load(reference, device, Forward::Nets)?;
-    check_response_encoding(&lm.tokenizer, &tokens, &train[0].chosen)?;
-    let problem = cycle_problem(&lm, &train, &test)?;
-    let template = template_of(&lm)?;
-    let mut probe = Probe::new(&lm, &template, file, &tokens, &test)?;
-    drop(lm);
-    let mut record = Record::default();
-    let mut runs = Vec::new();
-    for reward in [Reward::Imrm, Reward::Exrm] {
-        let ctx = RewardRun {
-            reward,
-            reference,
-            device,
-            settings: file.settings(),
-            problem: &problem,
-        };
-        runs.push(ctx.train(&mut probe, &mut record, on_event)?);
+    let seconds = t0.elapsed().as_secs_f64();
+    if let Some(k) = kept {
+        save_pretraining(k, reference, &history, seconds)?;
     }
-    let Record { epochs, prompts } = record;
-    Ok(CycleOutcome {
-        file: file.clone(),
-        pretrain: history,
-        pretrain_seconds,
-        runs,
-        epochs,
-        prompts,
-        train,
-        test,
-        tokens,
-    })
+    Ok((history, seconds))
 }

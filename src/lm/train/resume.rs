@@ -23,8 +23,10 @@ use super::reward::Reward;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -259,12 +261,21 @@ mod stored {
     }
 }
 
-/// `progress.cbor`: the finished reward models and the one in training.
+/// `progress.cbor`: the finished reward models, the one in training, and what the experiment's
+/// observer measured so far.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RunState {
     finished: Vec<Finished>,
     current: Option<Progress>,
+    #[serde(default)]
+    observed: Option<Vec<u8>>,
 }
+
+/// What an experiment measures beside the trainer (the cycle's generations and masses), as CBOR
+/// bytes it encodes itself: shared between the observer, which replaces it after each
+/// evaluation, and the checkpoints, which save it with every state (the trainer holds the
+/// checkpoints while the observer runs, hence the cell).
+pub type Observed = Rc<RefCell<Option<Vec<u8>>>>;
 
 /// The checkpoints of a run that trains several reward models in turn, in `<OUT>.checkpoint/`.
 pub struct CheckpointDir {
@@ -275,6 +286,19 @@ pub struct CheckpointDir {
     finished: Vec<Finished>,
     resume: Option<Saved>,
     written: usize,
+    observed: Observed,
+}
+
+/// Whether `dir` holds what a run resumes from: a checkpoint, or what an experiment kept there
+/// (the cycle's pretrained reference); `run.json` and unfinished `*.tmp` writes alone are not.
+fn holds_a_run(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().to_string();
+        name != "run.json" && !name.ends_with(".tmp")
+    })
 }
 
 /// The checkpoint folder of the run whose output is `out`.
@@ -293,7 +317,7 @@ impl CheckpointDir {
         every: usize,
         keep_all: bool,
     ) -> Result<CheckpointDir> {
-        if dir.join("LATEST").exists() {
+        if holds_a_run(dir) {
             return Err(crate::error::InputError(format!(
                 "{} holds the checkpoints of an unfinished run: continue it with --resume, or remove the folder",
                 dir.display()
@@ -323,8 +347,8 @@ impl CheckpointDir {
                 .map_err(|e| input(format!("--resume: {} is not valid JSON: {e}", p.display())))?
         };
         let latest = std::fs::read_to_string(dir.join("LATEST")).ok();
-        let (finished, resume, written) = match latest.as_deref().map(str::trim) {
-            None => (Vec::new(), None, 0),
+        let (finished, resume, written, observed) = match latest.as_deref().map(str::trim) {
+            None => (Vec::new(), None, 0, None),
             Some(name) => {
                 let state_dir = dir.join(name);
                 let bytes = std::fs::read(state_dir.join("progress.cbor"))
@@ -341,11 +365,12 @@ impl CheckpointDir {
                     .parse::<usize>()
                     .unwrap_or(0);
                 let resume = state.current.map(|progress| Saved { progress, tensors });
-                (state.finished, resume, written)
+                (state.finished, resume, written, state.observed)
             }
         };
         let mut c = CheckpointDir::new(dir, every, keep_all, finished, resume);
         c.written = written;
+        *c.observed.borrow_mut() = observed;
         Ok((c, identity))
     }
 
@@ -367,7 +392,20 @@ impl CheckpointDir {
             finished,
             resume,
             written: 0,
+            observed: Rc::default(),
         }
+    }
+
+    /// The experiment's observer state ([`Observed`]): restored on `--resume`, saved with every
+    /// checkpoint.
+    pub fn observed(&self) -> Observed {
+        self.observed.clone()
+    }
+
+    /// The folder the checkpoints are in (an experiment keeps what it builds once there, e.g.
+    /// the cycle's pretrained reference).
+    pub fn path(&self) -> &Path {
+        &self.dir
     }
 
     /// The reward models finished before the run was resumed, in order, with their rewards.
@@ -422,6 +460,7 @@ impl CheckpointDir {
         let state = RunState {
             finished: self.finished.clone(),
             current: current.cloned(),
+            observed: self.observed.borrow().clone(),
         };
         let mut bytes = Vec::new();
         ciborium::into_writer(&state, &mut bytes)
