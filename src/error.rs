@@ -52,6 +52,10 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<InputError>() || cause.is::<ConfigError>() {
             return EXIT_INPUT;
         }
+        #[cfg(feature = "lm")]
+        if cause.is::<crate::lm::data::preference::DataError>() {
+            return EXIT_INPUT;
+        }
         if cause.is::<Refusal>() {
             return EXIT_REFUSED;
         }

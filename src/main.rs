@@ -23,6 +23,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "lm")]
         Command::HamCycle(a) => cli::ham_cycle::run(a),
         #[cfg(feature = "lm")]
+        Command::LmData(a) => cli::lm_data::run(a),
+        #[cfg(feature = "lm")]
         Command::LmConvert(a) => cli::lm_files::run_convert(a),
         #[cfg(feature = "lm")]
         Command::LmImportGguf(a) => cli::lm_files::run_import_gguf(a),

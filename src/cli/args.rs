@@ -66,6 +66,14 @@ pub enum Command {
     #[cfg(feature = "lm")]
     #[command(name = "ham-cycle", after_help = EXIT_CODES)]
     HamCycle(super::ham_cycle::HamCycleArgs),
+    /// Read one split of a preference dataset as the experiments will (feature `lm`): Hugging
+    /// Face `save_to_disk` folders, Arrow IPC (stream or file), Parquet, JSON Lines; TRL's
+    /// standard, implicit-prompt and conversational shapes, columns mapped by name. Prints its
+    /// size and first pair; `--out` writes the pairs as JSON Lines. Bad data: exit 2 naming the
+    /// file, row and column.
+    #[cfg(feature = "lm")]
+    #[command(name = "lm-data", after_help = EXIT_CODES)]
+    LmData(super::lm_data::LmDataArgs),
     /// Write a copy of a checkpoint folder with its f32 weights cast to f16 or bf16 (feature
     /// `lm`): half the bytes, for carrying a model where the f32 file does not fit. rmflow loads
     /// either copy as f32; the copy differs by the weights' rounding only.

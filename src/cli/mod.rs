@@ -14,6 +14,8 @@ pub mod ham_cycle;
 #[cfg(feature = "lm")]
 pub mod lm;
 #[cfg(feature = "lm")]
+pub mod lm_data;
+#[cfg(feature = "lm")]
 pub mod lm_files;
 #[cfg(feature = "lm")]
 pub mod lm_recipe;

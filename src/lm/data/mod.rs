@@ -1,7 +1,9 @@
-//! The prompts the experiments read: statements files ([`statements`]) and Anthropic's persona
-//! JSONL ([`persona`]); torch's generator for the official code's draws ([`torch_rng`]).
+//! The data the experiments read: statements files ([`statements`]) and Anthropic's persona
+//! JSONL ([`persona`]) for the persona recipe, preference datasets in the formats researchers
+//! have them ([`preference`]); torch's generator for the official code's draws ([`torch_rng`]).
 
 pub mod persona;
+pub mod preference;
 pub mod statements;
 pub mod torch_rng;
 
