@@ -159,12 +159,12 @@ fn official_eval_batches(
         (&paraphrases.chosen, &training.rejected),
         (&paraphrases.rejected, &training.chosen),
     ] {
-        for w in 0..words(side) {
-            out.extend(chunks().map(|c| EvalBatch {
+        out.extend((0..words(side)).flat_map(|w| {
+            chunks().map(move |c| EvalBatch {
                 scored: c.clone().map(|i| side[i][w]).collect(),
                 beside: other[c].to_vec(),
-            }));
-        }
+            })
+        }));
     }
     out
 }

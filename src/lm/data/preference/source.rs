@@ -96,7 +96,7 @@ pub fn read_pairs(source: &DataSource) -> Result<Vec<PreferencePair>, DataError>
             arrow_table(&files, names, source.columns.prompt.is_some())?
         }
         DataFormat::Arrow | DataFormat::Parquet => arrow_table(
-            &[source.path.clone()],
+            std::slice::from_ref(&source.path),
             names,
             source.columns.prompt.is_some(),
         )?,
