@@ -20,14 +20,18 @@ fn main() -> anyhow::Result<()> {
     rmflow::figures::run_example(&name, || {
         let runs = dirs
             .iter()
-            .filter(|d| std::path::Path::new(d).join("metrics.csv").is_file())
+            .map(std::path::Path::new)
+            .filter(|d| d.join("metrics.csv").is_file())
             .map(|d| {
-                let label = std::path::Path::new(d)
-                    .file_name()
-                    .map_or(d.clone(), |f| f.to_string_lossy().into_owned());
-                std::fs::read_to_string(std::path::Path::new(d).join("metrics.csv"))
-                    .map(|text| (label, text))
-                    .map_err(|e| anyhow::anyhow!("{d}/metrics.csv: {e}"))
+                let read = |f: &str| std::fs::read_to_string(d.join(f));
+                Ok(rmflow::figures::SeedRun {
+                    label: d
+                        .file_name()
+                        .map_or(String::new(), |f| f.to_string_lossy().into_owned()),
+                    metrics: read("metrics.csv")
+                        .map_err(|e| anyhow::anyhow!("{}/metrics.csv: {e}", d.display()))?,
+                    alignment: read("alignment.csv").ok(),
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         rmflow::figures::recipe_seeds(

@@ -23,6 +23,6 @@ pub use generation::verification_without_generation;
 pub use hamiltonian::verification_without_generation_hamiltonian;
 #[cfg(feature = "lm")]
 pub use real_model::real_model;
-pub use recipe::{recipe_accuracy, recipe_seeds};
+pub use recipe::{recipe_accuracy, recipe_seeds, SeedRun};
 pub use sweeps::{domain_vs_token_shift, overlap_sweep, semantic_sweep};
 pub use theorem2::{max_margin_convergence, optimizers, theorem2_accuracy, unseen_margins};

@@ -121,22 +121,34 @@ fn mode_panel(rows: &[MetricsRow], mode: &str, splits: &[String]) -> Panel {
     p
 }
 
+/// One run of [`recipe_seeds`]: its label, its `metrics.csv` and, where it has one, its
+/// `alignment.csv`.
+pub struct SeedRun {
+    pub label: String,
+    pub metrics: String,
+    pub alignment: Option<String>,
+}
+
 /// The recipe's accuracy per epoch across runs that differ only in their seeds: one panel per
-/// reward model, each split of the first run in `runs` thick with markers and of the others
-/// thin, one colour per split (full training rows only). `runs` are `(label, metrics.csv text)`;
-/// the CSV holds every row drawn, labelled.
-pub fn recipe_seeds(runs: &[(String, String)], source: &str) -> Result<FigureData> {
+/// reward model, each split of the first run thick with markers and of the others thin, one
+/// colour per split (full training rows only); where the runs have `alignment.csv`, a third panel
+/// with the EX-RM's mean `cos(u*, z)` per split (the paper's footnote 3). The CSV holds every
+/// accuracy drawn, labelled by run.
+pub fn recipe_seeds(runs: &[SeedRun], source: &str) -> Result<FigureData> {
     let mut csv = String::from("run,mode,model,epoch,split,exact_tie_accuracy\n");
     let mut parsed = Vec::new();
-    for (label, text) in runs {
-        let rows: Vec<MetricsRow> = parse_metrics(text)?
+    for run in runs {
+        let rows: Vec<MetricsRow> = parse_metrics(&run.metrics)?
             .into_iter()
             .filter(|r| r.0 == "full")
             .collect();
         for r in &rows {
-            writeln!(csv, "{label},{},{},{},{},{}", r.0, r.1, r.2, r.3, r.4)?;
+            writeln!(csv, "{},{},{},{},{},{}", run.label, r.0, r.1, r.2, r.3, r.4)?;
         }
         parsed.push(rows);
+    }
+    if parsed.iter().all(Vec::is_empty) {
+        anyhow::bail!("no full-training rows in the metrics.csv files given");
     }
     let mut splits: Vec<String> = Vec::new();
     for r in parsed.iter().flatten() {
@@ -144,12 +156,20 @@ pub fn recipe_seeds(runs: &[(String, String)], source: &str) -> Result<FigureDat
             splits.push(r.3.clone());
         }
     }
-    let panels: Vec<Panel> = [("exrm", "EX-RM"), ("imrm", "IM-RM")]
+    let mut panels: Vec<Panel> = [("exrm", "EX-RM"), ("imrm", "IM-RM")]
         .iter()
         .map(|&(model, label)| seeds_panel(&parsed, model, label, &splits))
         .collect();
-    if parsed.iter().all(Vec::is_empty) {
-        anyhow::bail!("no full-training rows in the metrics.csv files given");
+    let alignments: Vec<Vec<MetricsRow>> = runs
+        .iter()
+        .map(|r| {
+            r.alignment
+                .as_deref()
+                .map_or(Ok(Vec::new()), parse_alignment)
+        })
+        .collect::<Result<_>>()?;
+    if alignments.iter().any(|a| !a.is_empty()) {
+        panels.push(alignment_panel(&alignments, &splits));
     }
     Ok(FigureData {
         figure: Figure {
@@ -160,6 +180,83 @@ pub fn recipe_seeds(runs: &[(String, String)], source: &str) -> Result<FigureDat
         },
         csv,
     })
+}
+
+/// The `max_margin_cosine` means of an `alignment.csv` as (mode, model, epoch, split, mean).
+fn parse_alignment(text: &str) -> Result<Vec<MetricsRow>> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| anyhow::anyhow!("alignment.csv has no column {name:?}"))
+    };
+    let (m, k, e, s, st, mean) = (
+        col("mode")?,
+        col("model")?,
+        col("epoch")?,
+        col("split")?,
+        col("statistic")?,
+        col("mean")?,
+    );
+    let mut rows = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.get(st) != Some(&"max_margin_cosine") {
+            continue;
+        }
+        let num = |i: usize| -> Result<f64> {
+            f.get(i)
+                .and_then(|x| x.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("alignment.csv: bad row {line:?}"))
+        };
+        rows.push((
+            f[m].to_string(),
+            f[k].to_string(),
+            num(e)?,
+            f[s].to_string(),
+            num(mean)?,
+        ));
+    }
+    Ok(rows)
+}
+
+/// The EX-RM's mean `cos(u*, z)` per epoch and split (colours as the accuracy panels'), the
+/// first run thick.
+fn alignment_panel(runs: &[Vec<MetricsRow>], splits: &[String]) -> Panel {
+    let mut series = Vec::new();
+    for (k, rows) in runs.iter().enumerate() {
+        for (i, split) in splits.iter().enumerate() {
+            let points: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r.0 == "full" && r.1 == "exrm" && &r.3 == split)
+                .map(|r| (r.2, r.4))
+                .collect();
+            if !points.is_empty() {
+                series.push(Series {
+                    name: if k == 0 { split.clone() } else { String::new() },
+                    points,
+                    color: i + 1,
+                    markers: k == 0,
+                    width: if k == 0 { 3 } else { 1 },
+                    ..Series::default()
+                });
+            }
+        }
+    }
+    let mut p = Panel::lines(
+        "EX-RM: how u* ranks each split",
+        "epoch",
+        "mean cos(u*, z), z = h(x,y⁺) − h(x,y⁻)",
+        false,
+        false,
+        series,
+    );
+    p.y_range = Some((-1.0, 1.0));
+    p.legend = Legend::LowerLeft;
+    p.notes = vec!["u*: max-margin separator of the training z (footnote 3)".into()];
+    p
 }
 
 /// One reward model's accuracy per epoch on every split, the first run thick.
