@@ -12,7 +12,9 @@ fn main() -> anyhow::Result<()> {
     let mut dirs: Vec<String> = args.collect();
     if dirs.is_empty() {
         let root = "experiments/results/persona50_smollm2";
-        dirs = ["seed-875", "seed-1", "seed-2", "seed-3"]
+        // epoch0-seed-875: the 50-epoch run's epoch-0 footnote-3 statistics (its evaluations at
+        // epochs 0 to 10 predate them), drawn as a thin run.
+        dirs = ["seed-875", "seed-1", "seed-2", "seed-3", "epoch0-seed-875"]
             .iter()
             .map(|d| format!("{root}/{d}"))
             .collect();

@@ -51,35 +51,46 @@ type MetricsRow = (String, String, f64, String, f64);
 
 /// The rows of one `metrics.csv`, columns found by their header names.
 fn parse_metrics(text: &str) -> Result<Vec<MetricsRow>> {
+    let cols = ["mode", "model", "epoch", "split", "exact_tie_accuracy"];
+    csv_rows(text, "metrics.csv", &cols, |_| true)
+}
+
+/// `(mode, model, epoch, split, value)` from the columns `cols` (in that order) of every row of
+/// the CSV `text` (named `name` in errors) that `keep` accepts (given its cells and the header).
+fn csv_rows(
+    text: &str,
+    name: &str,
+    cols: &[&str; 5],
+    keep: impl Fn(&dyn Fn(&str) -> Option<String>) -> bool,
+) -> Result<Vec<MetricsRow>> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-    let col = |name: &str| {
+    let at = |c: &str| {
         header
             .iter()
-            .position(|h| *h == name)
-            .ok_or_else(|| anyhow::anyhow!("metrics.csv has no column {name:?}"))
+            .position(|h| *h == c)
+            .ok_or_else(|| anyhow::anyhow!("{name} has no column {c:?}"))
     };
-    let (m, k, e, s, a) = (
-        col("mode")?,
-        col("model")?,
-        col("epoch")?,
-        col("split")?,
-        col("exact_tie_accuracy")?,
-    );
+    let idx = cols.iter().map(|c| at(c)).collect::<Result<Vec<_>>>()?;
     let mut rows = Vec::new();
     for line in lines.filter(|l| !l.is_empty()) {
         let f: Vec<&str> = line.split(',').collect();
+        let cell = |c: &str| at(c).ok().and_then(|i| f.get(i)).map(|x| x.to_string());
+        if !keep(&cell) {
+            continue;
+        }
         let num = |i: usize| -> Result<f64> {
             f.get(i)
                 .and_then(|x| x.parse().ok())
-                .ok_or_else(|| anyhow::anyhow!("metrics.csv: bad row {line:?}"))
+                .ok_or_else(|| anyhow::anyhow!("{name}: bad row {line:?}"))
         };
+        let text = |i: usize| f.get(i).map_or(String::new(), |x| x.to_string());
         rows.push((
-            f[m].to_string(),
-            f[k].to_string(),
-            num(e)?,
-            f[s].to_string(),
-            num(a)?,
+            text(idx[0]),
+            text(idx[1]),
+            num(idx[2])?,
+            text(idx[3]),
+            num(idx[4])?,
         ));
     }
     Ok(rows)
@@ -184,67 +195,16 @@ pub fn recipe_seeds(runs: &[SeedRun], source: &str) -> Result<FigureData> {
 
 /// The `max_margin_cosine` means of an `alignment.csv` as (mode, model, epoch, split, mean).
 fn parse_alignment(text: &str) -> Result<Vec<MetricsRow>> {
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .ok_or_else(|| anyhow::anyhow!("alignment.csv has no column {name:?}"))
-    };
-    let (m, k, e, s, st, mean) = (
-        col("mode")?,
-        col("model")?,
-        col("epoch")?,
-        col("split")?,
-        col("statistic")?,
-        col("mean")?,
-    );
-    let mut rows = Vec::new();
-    for line in lines.filter(|l| !l.is_empty()) {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.get(st) != Some(&"max_margin_cosine") {
-            continue;
-        }
-        let num = |i: usize| -> Result<f64> {
-            f.get(i)
-                .and_then(|x| x.parse().ok())
-                .ok_or_else(|| anyhow::anyhow!("alignment.csv: bad row {line:?}"))
-        };
-        rows.push((
-            f[m].to_string(),
-            f[k].to_string(),
-            num(e)?,
-            f[s].to_string(),
-            num(mean)?,
-        ));
-    }
-    Ok(rows)
+    let cols = ["mode", "model", "epoch", "split", "mean"];
+    csv_rows(text, "alignment.csv", &cols, |cell| {
+        cell("statistic").as_deref() == Some("max_margin_cosine")
+    })
 }
 
 /// The EX-RM's mean `cos(u*, z)` per epoch and split (colours as the accuracy panels'), the
 /// first run thick.
 fn alignment_panel(runs: &[Vec<MetricsRow>], splits: &[String]) -> Panel {
-    let mut series = Vec::new();
-    for (k, rows) in runs.iter().enumerate() {
-        for (i, split) in splits.iter().enumerate() {
-            let points: Vec<(f64, f64)> = rows
-                .iter()
-                .filter(|r| r.0 == "full" && r.1 == "exrm" && &r.3 == split)
-                .map(|r| (r.2, r.4))
-                .collect();
-            if !points.is_empty() {
-                series.push(Series {
-                    name: if k == 0 { split.clone() } else { String::new() },
-                    points,
-                    color: i + 1,
-                    markers: k == 0,
-                    width: if k == 0 { 3 } else { 1 },
-                    ..Series::default()
-                });
-            }
-        }
-    }
+    let series = seed_series(runs, splits, |r| r.0 == "full" && r.1 == "exrm");
     let mut p = Panel::lines(
         "EX-RM: how u* ranks each split",
         "epoch",
@@ -259,14 +219,19 @@ fn alignment_panel(runs: &[Vec<MetricsRow>], splits: &[String]) -> Panel {
     p
 }
 
-/// One reward model's accuracy per epoch on every split, the first run thick.
-fn seeds_panel(runs: &[Vec<MetricsRow>], model: &str, label: &str, splits: &[String]) -> Panel {
+/// One series per run and split of the rows `keep` selects (epoch, value), one colour per split,
+/// the first run thick with markers and named, the others thin.
+fn seed_series(
+    runs: &[Vec<MetricsRow>],
+    splits: &[String],
+    keep: impl Fn(&MetricsRow) -> bool,
+) -> Vec<Series> {
     let mut series = Vec::new();
     for (k, rows) in runs.iter().enumerate() {
         for (i, split) in splits.iter().enumerate() {
             let points: Vec<(f64, f64)> = rows
                 .iter()
-                .filter(|r| r.1 == model && &r.3 == split)
+                .filter(|r| keep(r) && &r.3 == split)
                 .map(|r| (r.2, r.4))
                 .collect();
             if !points.is_empty() {
@@ -281,6 +246,12 @@ fn seeds_panel(runs: &[Vec<MetricsRow>], model: &str, label: &str, splits: &[Str
             }
         }
     }
+    series
+}
+
+/// One reward model's accuracy per epoch on every split, the first run thick.
+fn seeds_panel(runs: &[Vec<MetricsRow>], model: &str, label: &str, splits: &[String]) -> Panel {
+    let series = seed_series(runs, splits, |r| r.1 == model);
     let mut p = Panel::lines(
         &format!("{label}, full fine-tuning"),
         "epoch",
