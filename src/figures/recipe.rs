@@ -214,7 +214,7 @@ fn alignment_panel(runs: &[Vec<MetricsRow>], splits: &[String]) -> Panel {
         series,
     );
     p.y_range = Some((-1.0, 1.0));
-    p.legend = Legend::LowerLeft;
+    p.legend = Legend::LowerRight;
     p.notes = vec!["u*: max-margin separator of the training z (footnote 3)".into()];
     p
 }
@@ -261,7 +261,7 @@ fn seeds_panel(runs: &[Vec<MetricsRow>], model: &str, label: &str, splits: &[Str
         series,
     );
     p.y_range = Some((-0.02, 1.05));
-    p.legend = Legend::LowerLeft;
+    p.legend = Legend::MiddleRight;
     p.notes = vec!["thick: the 50-epoch run; thin: other seeds (data draw and head)".into()];
     p
 }
