@@ -250,31 +250,12 @@ fn ham_cycle(cfg: &Path, out: &Path) -> std::process::Output {
     ])
 }
 
-const TINY: &str = "seed = 3
-[data]
-vertices = 5
-train_pairs = 16
-test_pairs = 6
-[model]
-dim = 16
-heads = 2
-[pretrain]
-steps = 4
-batch = 8
-graphs = 32
-[train]
-epochs = 2
-pairs_per_step = 8
-micro_batch = 4
-lr = 1e-3
-";
-
 /// `rmflow ham-cycle` end to end on a tiny config, twice: every output, the same bytes.
 #[test]
 fn ham_cycle_runs_end_to_end_reproducibly() {
     let dir = common::temp_dir("cycle", "e2e");
     let cfg = dir.join("tiny.toml");
-    std::fs::write(&cfg, TINY).unwrap();
+    std::fs::write(&cfg, common::TINY_CYCLE).unwrap();
     let run = |name: &str| {
         let out = dir.join(name);
         let o = ham_cycle(&cfg, &out);
@@ -368,7 +349,7 @@ fn committed_default_config_is_the_default() {
 fn ham_cycle_beyond_twenty_vertices_runs_to_the_end() {
     let dir = common::temp_dir("cycle", "n21");
     let cfg = dir.join("n21.toml");
-    let text = TINY
+    let text = common::TINY_CYCLE
         .replace("vertices = 5", "vertices = 21")
         .replace("epochs = 2", "epochs = 1");
     std::fs::write(&cfg, text).unwrap();

@@ -8,6 +8,8 @@
 use rmflow::lm::checkpoint::tiny::{standard_specs, write_tiny_checkpoint, PROBE_TEXTS};
 use rmflow::lm::recipe::{vocabulary_texts, RecipeFile};
 use std::path::{Path, PathBuf};
+
+mod common;
 use std::process::{Command, Output};
 
 const PAPER: &str = concat!(
@@ -55,14 +57,19 @@ fn model(dir: &Path) -> PathBuf {
     m
 }
 
-fn recipe(args: &[&str], abort: Option<&str>) -> Output {
+/// `rmflow SUB ARGS` on 2 threads, aborted where `abort` says (`RMFLOW_TEST_ABORT`).
+fn rmflow(sub: &str, args: &[&str], abort: Option<&str>) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rmflow"));
-    c.arg("lm-recipe").args(args).env("RAYON_NUM_THREADS", "2");
+    c.arg(sub).args(args).env("RAYON_NUM_THREADS", "2");
     match abort {
         Some(a) => c.env("RMFLOW_TEST_ABORT", a),
         None => c.env_remove("RMFLOW_TEST_ABORT"),
     };
     c.output().unwrap()
+}
+
+fn recipe(args: &[&str], abort: Option<&str>) -> Output {
+    rmflow("lm-recipe", args, abort)
 }
 
 fn start(model: &Path, config: &Path, out: &Path, abort: Option<&str>) -> Output {
@@ -307,35 +314,13 @@ fn a_resume_with_another_config_or_model_is_refused_naming_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A tiny Hamiltonian-cycle run: n = 5, 16 training pairs (2 steps an epoch), 3 epochs per
-/// reward model, evaluated every epoch.
-const TINY_CYCLE: &str = "seed = 3
-[data]
-vertices = 5
-train_pairs = 16
-test_pairs = 6
-[model]
-dim = 16
-heads = 2
-[pretrain]
-steps = 4
-batch = 8
-graphs = 32
-[train]
-epochs = 3
-pairs_per_step = 8
-micro_batch = 4
-lr = 1e-3
-";
+/// [`common::TINY_CYCLE`] with 3 epochs per reward model (6 steps each), evaluated every epoch.
+fn tiny_cycle() -> String {
+    common::TINY_CYCLE.replace("epochs = 2", "epochs = 3")
+}
 
 fn ham_cycle(args: &[&str], abort: Option<&str>) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rmflow"));
-    c.arg("ham-cycle").args(args).env("RAYON_NUM_THREADS", "2");
-    match abort {
-        Some(a) => c.env("RMFLOW_TEST_ABORT", a),
-        None => c.env_remove("RMFLOW_TEST_ABORT"),
-    };
-    c.output().unwrap()
+    rmflow("ham-cycle", args, abort)
 }
 
 /// `ham-cycle` killed after an optimizer step of either reward model or in the middle of a
@@ -346,7 +331,7 @@ fn ham_cycle(args: &[&str], abort: Option<&str>) -> Output {
 fn killed_cycle_runs_resume_to_the_same_outputs() {
     let dir = temp("cycle");
     let cfg = dir.join("tiny.toml");
-    std::fs::write(&cfg, TINY_CYCLE).unwrap();
+    std::fs::write(&cfg, tiny_cycle()).unwrap();
     let start = |out: &Path, abort: Option<&str>| {
         ham_cycle(
             &[
@@ -392,7 +377,7 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
     let out = dir.join("refused");
     assert!(!start(&out, Some("step:2")).status.success());
     let other = dir.join("other.toml");
-    std::fs::write(&other, TINY_CYCLE.replace("lr = 1e-3", "lr = 2e-3")).unwrap();
+    std::fs::write(&other, tiny_cycle().replace("lr = 1e-3", "lr = 2e-3")).unwrap();
     let o = ham_cycle(
         &[
             "--resume",

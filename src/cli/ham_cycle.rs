@@ -62,11 +62,10 @@ fn resumed(a: &HamCycleArgs, run_dir: &Path) -> Result<(CycleFile, PathBuf, Chec
             "--resume: the checkpoint's run.json has no valid `config`: {e}"
         ))
     })?;
-    let now = match a.config.is_some() || a.vertices.is_some() {
+    let mut now = match a.config.is_some() || a.vertices.is_some() {
         true => identity(&config_of(a)?, &a.device),
         false => identity(&file, &a.device),
     };
-    let mut now = now;
     now["rmflow_version"] = saved["rmflow_version"].clone();
     refuse_difference(&saved, &now, run_dir)?;
     Ok((file, run_dir.to_path_buf(), checkpoints))

@@ -191,3 +191,24 @@ pub fn downloaded(path: &std::path::Path, fetch: &str) -> bool {
     );
     false
 }
+
+/// A tiny Hamiltonian-cycle config (`rmflow ham-cycle`): n = 5, 16 training pairs (2 steps an
+/// epoch), a 16-wide model pretrained for 4 steps, 2 epochs per reward model.
+pub const TINY_CYCLE: &str = "seed = 3
+[data]
+vertices = 5
+train_pairs = 16
+test_pairs = 6
+[model]
+dim = 16
+heads = 2
+[pretrain]
+steps = 4
+batch = 8
+graphs = 32
+[train]
+epochs = 2
+pairs_per_step = 8
+micro_batch = 4
+lr = 1e-3
+";
