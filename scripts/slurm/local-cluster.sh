@@ -39,12 +39,23 @@ cleanup() {
     fi
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    if [ -f "$tmp/munged.pid" ]; then kill "$(cat "$tmp/munged.pid")" 2>/dev/null || true; fi
+    # munged writes its seed file while it shuts down (stop 48: `rm -rf` raced it and failed CI
+    # after every check had passed), so wait for it to be gone before removing its folder.
+    if [ -f "$tmp/munged.pid" ]; then
+        local mp
+        mp=$(cat "$tmp/munged.pid")
+        kill "$mp" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$mp" 2>/dev/null || break; sleep 0.1; done
+    fi
     if [ "$rc" -ne 0 ]; then
         log "FAILED (exit $rc); daemon logs:"
         tail -n 20 "$tmp"/*.log >&2 2>/dev/null || true
     fi
-    if [ "${KEEP_TMP:-0}" = 1 ]; then log "kept $tmp"; else rm -rf "$tmp"; fi
+    if [ "${KEEP_TMP:-0}" = 1 ]; then
+        log "kept $tmp"
+    elif ! rm -rf "$tmp" 2>/dev/null && ! { sleep 1 && rm -rf "$tmp"; }; then
+        log "could not remove $tmp (left behind; the test's result stands)"
+    fi
     exit "$rc"
 }
 trap cleanup EXIT INT TERM
