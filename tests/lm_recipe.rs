@@ -31,7 +31,8 @@ fn temp(name: &str) -> PathBuf {
 
 fn paper() -> RecipeFile {
     let mut f = RecipeFile::from_file(Path::new(PAPER)).unwrap();
-    f.data.statements = Path::new(env!("CARGO_MANIFEST_DIR")).join(&f.data.statements);
+    f.data.as_mut().unwrap().statements =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(&f.data.as_ref().unwrap().statements);
     f
 }
 
@@ -306,7 +307,7 @@ fn gradient_accumulation_equals_one_large_batch() {
     let read = |micro: usize| {
         let cfg = config(&dir, &|f| {
             f.train.epochs = 1;
-            f.data.train_prompts = 32;
+            f.data.as_mut().unwrap().train_prompts = 32;
             f.train.micro_batch = micro;
             f.train.adamw.eps = 1.0;
             f.train.adamw.lr = 1e-2;
@@ -418,26 +419,28 @@ fn recipe_config_errors_name_the_field() {
         (
             "question",
             config(&dir, &|f| {
-                f.data.format = StatementFormat::Lines;
-                f.data.split = SplitRule::Groups;
-                f.data.question = "no slot".into();
+                f.data.as_mut().unwrap().format = StatementFormat::Lines;
+                f.data.as_mut().unwrap().split = SplitRule::Groups;
+                f.data.as_mut().unwrap().question = "no slot".into();
             }),
             "data.question",
         ),
         ("unknown", unknown, "extra"),
         (
             "official-groups",
-            config(&dir, &|f| f.data.group_size = 3),
+            config(&dir, &|f| f.data.as_mut().unwrap().group_size = 3),
             "data.group_size",
         ),
         (
             "prompts",
-            config(&dir, &|f| f.data.train_prompts = 500),
+            config(&dir, &|f| f.data.as_mut().unwrap().train_prompts = 500),
             "data.train_prompts",
         ),
         (
             "words",
-            config(&dir, &|f| f.responses.eval_chosen_words.clear()),
+            config(&dir, &|f| {
+                f.responses.as_mut().unwrap().eval_chosen_words.clear()
+            }),
             "responses.eval_chosen_words",
         ),
     ];
@@ -514,7 +517,7 @@ fn last_partial_step_is_scaled_by_the_configured_accumulation() {
     let read = |pairs_per_step: usize, lr: f64| {
         let cfg = config(&dir, &|f| {
             f.train.epochs = 1;
-            f.data.train_prompts = 16;
+            f.data.as_mut().unwrap().train_prompts = 16;
             f.train.pairs_per_step = pairs_per_step;
             f.train.micro_batch = 8;
             f.train.adamw.eps = 1e3;
@@ -580,8 +583,8 @@ fn persona_jsonl_prompts_follow_the_official_filter() {
     std::fs::write(&jsonl, &lines).unwrap();
     let cfg = config(&dir, &|f| {
         f.train.epochs = 1;
-        f.data.train_prompts = 12;
-        f.data.test_prompts = 8;
+        f.data.as_mut().unwrap().train_prompts = 12;
+        f.data.as_mut().unwrap().test_prompts = 8;
     });
     let out = dir.join("out");
     let args = |out: &Path, file: &Path| {
@@ -1011,10 +1014,11 @@ fn official_split_takes_the_datamodules_records_and_draws() {
     let model = dir.join("llama");
     checkpoint(&model, standard_specs()[1].1, false);
     let file = paper();
-    assert_eq!(file.data.split, SplitRule::Official);
+    assert_eq!(file.data.as_ref().unwrap().split, SplitRule::Official);
     let (lm, _) = load_recipe_model(&model, &Device::Cpu, Forward::Nets, &file).unwrap();
     let problem = build_problem(&file, &lm).unwrap();
-    let records = rmflow::lm::data::read_persona_jsonl(&file.data.statements).unwrap();
+    let records =
+        rmflow::lm::data::read_persona_jsonl(&file.data.as_ref().unwrap().statements).unwrap();
     let mut g = TorchGenerator::manual_seed(875);
     let perm = g.randperm(records.len());
     let pick = |r: std::ops::Range<usize>| -> Vec<String> {
@@ -1022,7 +1026,7 @@ fn official_split_takes_the_datamodules_records_and_draws() {
     };
     assert_eq!(problem.prompts_train, pick(0..80));
     assert_eq!(problem.prompts_test, pick(80..120));
-    let r = &file.responses;
+    let r = file.responses.as_ref().unwrap();
     for split in &problem.splits[..2] {
         for (&c, &rj) in split.chosen.iter().zip(&split.rejected) {
             let (c, rj) = (&problem.sequences[c], &problem.sequences[rj]);

@@ -27,9 +27,10 @@ fn temp(name: &str) -> PathBuf {
 /// A small recipe: 16 training pairs, 2 steps an epoch, 3 epochs, evaluated every epoch.
 fn small_recipe(dir: &Path, lr: f64) -> PathBuf {
     let mut f = RecipeFile::from_file(Path::new(PAPER)).unwrap();
-    f.data.statements = Path::new(env!("CARGO_MANIFEST_DIR")).join(&f.data.statements);
-    f.data.train_prompts = 16;
-    f.data.test_prompts = 8;
+    f.data.as_mut().unwrap().statements =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(&f.data.as_ref().unwrap().statements);
+    f.data.as_mut().unwrap().train_prompts = 16;
+    f.data.as_mut().unwrap().test_prompts = 8;
     f.train.epochs = 3;
     f.train.pairs_per_step = 8;
     f.train.micro_batch = 4;
@@ -44,7 +45,8 @@ fn small_recipe(dir: &Path, lr: f64) -> PathBuf {
 fn model(dir: &Path) -> PathBuf {
     let f = RecipeFile::from_file(Path::new(PAPER)).unwrap();
     let mut f2 = f.clone();
-    f2.data.statements = Path::new(env!("CARGO_MANIFEST_DIR")).join(&f.data.statements);
+    f2.data.as_mut().unwrap().statements =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(&f.data.as_ref().unwrap().statements);
     let mut texts: Vec<String> = PROBE_TEXTS.iter().map(|s| s.to_string()).collect();
     texts.extend(vocabulary_texts(&f2).unwrap());
     let spec = standard_specs()

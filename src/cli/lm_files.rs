@@ -116,7 +116,9 @@ pub fn run_tiny(a: LmTinyArgs) -> Result<()> {
     if let Some(path) = &a.recipe {
         check_not_overwriting_input(path, &a.out)?;
         let file = recipe::RecipeFile::from_file(path)?;
-        check_not_overwriting_input(&file.data.statements, &a.out)?;
+        for input in file.data_paths() {
+            check_not_overwriting_input(input, &a.out)?;
+        }
         texts.extend(recipe::vocabulary_texts(&file)?);
     }
     let dir = AtomicDir::create_as(&a.out, a.output.replace(), OutputKind::Checkpoint)?;

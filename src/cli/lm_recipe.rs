@@ -147,7 +147,7 @@ fn plan_of_args(a: &LmRecipeArgs) -> Result<Plan> {
     check_not_overwriting_input(&config, &out)?;
     let mut file = RecipeFile::from_file(&config)?;
     if let Some(path) = &a.persona_jsonl {
-        file.use_persona_jsonl(path.clone());
+        file.use_persona_jsonl(path.clone())?;
     }
     if a.epochs == Some(0) || a.eval_every == Some(0) {
         return Err(InputError(
@@ -225,10 +225,9 @@ pub fn run_recipe(a: LmRecipeArgs) -> Result<()> {
         }
         None => {
             let plan = plan_of_args(&a)?;
-            check_inputs(
-                [plan.model.as_path(), plan.file.data.statements.as_path()],
-                &plan.out,
-            )?;
+            let mut inputs = vec![plan.model.as_path()];
+            inputs.extend(plan.file.data_paths());
+            check_inputs(inputs, &plan.out)?;
             let dir = AtomicDir::create(&plan.out, a.output.replace())?;
             let c = a.checkpoints.create(&plan.out, &plan.identity()?)?;
             (plan, dir, c)
@@ -275,7 +274,7 @@ fn train(
     mut checkpoints: CheckpointDir,
     keep: bool,
 ) -> Result<()> {
-    let total = recipe::steps_per_run(&plan.file) as u64;
+    let mut total = 0u64;
     let mut bars = StageBars::new();
     let mut loading = Some(progress_bar("lm-recipe", 0, "steps"));
     if let Some(l) = &loading {
@@ -288,13 +287,23 @@ fn train(
         &plan.model,
         &plan.file,
         &device,
-        &plan.modes,
-        &plan.rewards,
+        (&plan.modes, &plan.rewards),
         Some(&mut checkpoints),
-        &mut |mode, kind, event| {
-            if let Some(l) = loading.take() {
-                l.finish();
-            }
+        &mut |event| {
+            let (mode, kind, event) = match event {
+                recipe::RecipeEvent::Built {
+                    problem,
+                    steps_per_run,
+                } => {
+                    total = steps_per_run as u64;
+                    if let Some(l) = loading.take() {
+                        l.finish();
+                    }
+                    eprintln!("lm-recipe: {}", recipe::problem_summary(problem));
+                    return;
+                }
+                recipe::RecipeEvent::Train(m, k, e) => (m, k, e),
+            };
             let bar = bars.bar((mode, kind), || {
                 progress_bar(
                     &format!("lm-recipe {} {}", mode.name(), kind.label()),

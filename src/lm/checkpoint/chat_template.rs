@@ -180,30 +180,32 @@ impl ChatTemplate {
     /// user turn with the generation prompt, the response what the full conversation adds to it
     /// (end-of-turn tokens included).
     pub fn prompt_and_response(&self, user: &str, assistant: &str) -> Result<(String, String)> {
-        let prompt = self.render(
+        self.split_conversation(
             &[Message {
                 role: "user",
                 content: user,
             }],
-            true,
-        )?;
-        let full = self.render(
-            &[
-                Message {
-                    role: "user",
-                    content: user,
-                },
-                Message {
-                    role: "assistant",
-                    content: assistant,
-                },
-            ],
-            false,
-        )?;
-        match full.strip_prefix(&prompt) {
-            Some(r) => Ok((prompt, r.to_string())),
+            &[Message {
+                role: "assistant",
+                content: assistant,
+            }],
+        )
+    }
+
+    /// [`Self::prompt_and_response`] for conversations (TRL's conversational shape): the prompt
+    /// is `prompt` rendered with the generation prompt, the response what `prompt + response`
+    /// rendered without it adds.
+    pub fn split_conversation(
+        &self,
+        prompt: &[Message],
+        response: &[Message],
+    ) -> Result<(String, String)> {
+        let head = self.render(prompt, true)?;
+        let full = self.render(&[prompt, response].concat(), false)?;
+        match full.strip_prefix(&head) {
+            Some(r) => Ok((head, r.to_string())),
             None => Err(InputError(format!(
-                "{}: the conversation with the answer does not start with the rendered prompt, so the response cannot be cut off it (prompt {prompt:?}, full {full:?})",
+                "{}: the conversation with the answer does not start with the rendered prompt, so the response cannot be cut off it (prompt {head:?}, full {full:?})",
                 self.source
             ))
             .into()),

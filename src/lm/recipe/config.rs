@@ -1,6 +1,7 @@
 //! The recipe config (`experiments/persona_paper.toml`): data, responses, training and
 //! evaluation tables, validated on load; the prompts' sources.
 
+use super::preferences::PreferenceData;
 use crate::config::{read_toml, ConfigError};
 use crate::lm::data::persona::read_persona_jsonl;
 use crate::lm::data::read_statements;
@@ -125,8 +126,15 @@ pub struct ResponseSpec {
     pub template_date: String,
 }
 
-fn template_date() -> String {
+pub(super) fn template_date() -> String {
     crate::lm::checkpoint::chat_template::DEFAULT_TEMPLATE_DATE.to_string()
+}
+
+/// A recipe's data source.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    Persona(&'a RecipeData, &'a ResponseSpec),
+    Preferences(&'a PreferenceData),
 }
 
 /// `[eval]`.
@@ -145,14 +153,20 @@ impl Default for RecipeEval {
     }
 }
 
-/// A recipe config (`experiments/persona_paper.toml`).
+/// A recipe config: its data source is the persona statements and responses (`[data]` and
+/// `[responses]`, `experiments/persona_paper.toml`) or preference datasets (`[preferences]`,
+/// `experiments/uf_shift.toml`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecipeFile {
     #[serde(default)]
     pub seed: u64,
-    pub data: RecipeData,
-    pub responses: ResponseSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<RecipeData>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub responses: Option<ResponseSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferences: Option<PreferenceData>,
     #[serde(default, deserialize_with = "TrainConfig::recipe_table")]
     pub train: TrainConfig,
     #[serde(default)]
@@ -170,11 +184,45 @@ impl RecipeFile {
     }
 
     /// `--persona-jsonl`: the prompts come from Anthropic's persona JSONL at `path` (one
-    /// statement per record, so `data.group_size = 1`).
-    pub fn use_persona_jsonl(&mut self, path: PathBuf) {
-        self.data.statements = path;
-        self.data.format = StatementFormat::PersonaJsonl;
-        self.data.group_size = 1;
+    /// statement per record, so `data.group_size = 1`); refused for a preference-data recipe.
+    pub fn use_persona_jsonl(&mut self, path: PathBuf) -> Result<(), ConfigError> {
+        let Some(data) = self.data.as_mut() else {
+            return Err(ConfigError::Field {
+                field: "data".into(),
+                expected: "a persona recipe ([data] and [responses]) for --persona-jsonl",
+                got: "a [preferences] recipe".into(),
+                origin: None,
+            });
+        };
+        data.statements = path;
+        data.format = StatementFormat::PersonaJsonl;
+        data.group_size = 1;
+        Ok(())
+    }
+
+    /// The data source: the persona's tables, or the preference sets (validated: exactly one).
+    pub fn source(&self) -> Source<'_> {
+        match (&self.data, &self.responses, &self.preferences) {
+            (Some(d), Some(r), None) => Source::Persona(d, r),
+            (_, _, Some(p)) => Source::Preferences(p),
+            _ => unreachable!("RecipeFile::validate admits exactly one data source"),
+        }
+    }
+
+    /// Whether to render the chat template, and the date it renders.
+    pub fn chat_template(&self) -> (bool, &str) {
+        match self.source() {
+            Source::Persona(_, r) => (r.chat_template, &r.template_date),
+            Source::Preferences(p) => (p.chat_template, &p.template_date),
+        }
+    }
+
+    /// The files the recipe reads its data from.
+    pub fn data_paths(&self) -> Vec<&Path> {
+        match self.source() {
+            Source::Persona(d, _) => vec![d.statements.as_path()],
+            Source::Preferences(p) => p.sets().map(|s| s.path.as_path()).collect(),
+        }
     }
 
     /// Reads and validates a recipe config; every error a [`ConfigError`] (exit code 2) naming
@@ -186,8 +234,24 @@ impl RecipeFile {
     /// Domains of every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.train.validate()?;
-        self.data.validate()?;
-        self.responses.validate()?;
+        let source = |got: &str| ConfigError::Field {
+            field: "preferences".into(),
+            expected: "one data source: [data] with [responses] (persona), or [preferences]",
+            got: got.into(),
+            origin: None,
+        };
+        match (&self.data, &self.responses, &self.preferences) {
+            (Some(d), Some(r), None) => {
+                d.validate()?;
+                r.validate()?;
+            }
+            (None, None, Some(p)) => p.validate()?,
+            (None, None, None) => return Err(source("none")),
+            (Some(_), None, None) | (None, Some(_), None) => {
+                return Err(source("only one of [data] and [responses]"))
+            }
+            (_, _, Some(_)) => return Err(source("[preferences] beside [data] or [responses]")),
+        }
         non_negative("eval", "tie_tolerance", self.eval.tie_tolerance)
     }
 }
@@ -270,10 +334,21 @@ impl ResponseSpec {
 /// verification request and its verdicts): the vocabulary a tiny word-level checkpoint needs to
 /// run the recipe (`rmflow lm-tiny --recipe`).
 pub fn vocabulary_texts(file: &RecipeFile) -> Result<Vec<String>> {
-    let d = &file.data;
-    let r = &file.responses;
-    let mut texts: Vec<String> = source_prompts(d)?;
     use crate::lm::train::reward::{NO_TOKEN, VERIFICATION_FORMAT, YES_TOKEN};
+    let (d, r) = match file.source() {
+        Source::Persona(d, r) => (d, r),
+        Source::Preferences(p) => {
+            let mut texts = super::preferences::set_texts(p)?;
+            texts.push(
+                VERIFICATION_FORMAT
+                    .replace("{question}", "")
+                    .replace("{answer}", ""),
+            );
+            texts.push(format!("{YES_TOKEN} {NO_TOKEN}"));
+            return Ok(texts);
+        }
+    };
+    let mut texts: Vec<String> = source_prompts(d)?;
     texts.push(
         VERIFICATION_FORMAT
             .replace("{question}", "")

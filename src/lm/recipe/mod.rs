@@ -18,12 +18,16 @@
 //! - Metrics per split: accuracy with exact ties (τ = 0, `1{m > 0} + ½·1{m = 0}`) beside the
 //!   τ-tolerant one, the official evaluator's normalised absolute margin, mean rewards per answer.
 //!
+//! The data source is the persona's statements and responses, or preference datasets
+//! ([`preferences`]: the paper's Section 5.2, token-level and domain shift).
+//!
 //! [`config`] reads the recipe file, [`template`] loads the model with the recipe's prompt format,
 //! [`problem`] builds the sequences, [`run`] trains every reward model with the trainer of
 //! [`crate::lm::train`], [`output`] writes the run.
 
 pub mod config;
 pub mod output;
+pub mod preferences;
 pub mod problem;
 pub mod run;
 pub mod template;
@@ -39,9 +43,14 @@ pub use crate::lm::train::features::{
 pub use crate::lm::train::reward::Reward;
 pub use crate::lm::train::sequences::{PairSplit, PreferenceProblem, ScoredSequence, Side};
 pub use config::{
-    vocabulary_texts, RecipeData, RecipeEval, RecipeFile, ResponseSpec, SplitRule, StatementFormat,
+    vocabulary_texts, RecipeData, RecipeEval, RecipeFile, ResponseSpec, Source, SplitRule,
+    StatementFormat,
 };
 pub use output::{final_table, write_outputs};
-pub use problem::build_problem;
-pub use run::{run_recipe, steps_per_run, train_recipe, RecipeOutcome, PSEUDO_LIKELIHOOD_NOTE};
+pub use preferences::{PreferenceData, PreferenceSet, SetReport};
+pub use problem::{build, build_problem, Built};
+pub use run::{
+    problem_summary, run_recipe, steps_per_run, train_recipe, RecipeEvent, RecipeOutcome,
+    PSEUDO_LIKELIHOOD_NOTE,
+};
 pub use template::{load_recipe_model, PromptFormat};

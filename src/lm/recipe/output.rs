@@ -3,8 +3,8 @@
 use super::run::{RecipeOutcome, PSEUDO_LIKELIHOOD_NOTE};
 use anyhow::Result;
 
-/// Writes `recipe.json`, `sequences.jsonl`, `metrics.csv`, `history.csv`, `rewards.csv` and
-/// `<mode>/<model>/summary.json`, and with an EX-RM `alignment.csv` (experiments/README.md,
+/// Writes `recipe.json`, `sequences.jsonl`, `metrics.csv`, `history.csv`, `rewards.csv`,
+/// `pair_rewards.csv` and `<mode>/<model>/summary.json`, and with an EX-RM `alignment.csv` (experiments/README.md,
 /// "Recipe output").
 pub fn write_outputs(dir: &crate::io::atomic::AtomicDir, o: &RecipeOutcome) -> Result<()> {
     dir.write_json("recipe.json", &recipe_json(o))?;
@@ -21,6 +21,7 @@ pub fn write_outputs(dir: &crate::io::atomic::AtomicDir, o: &RecipeOutcome) -> R
     dir.write_text("metrics.csv", &metrics_csv(o))?;
     dir.write_text("history.csv", &history_csv(o))?;
     dir.write_text("rewards.csv", &rewards_csv(o))?;
+    dir.write_text("pair_rewards.csv", &pair_rewards_csv(o))?;
     if o.runs.iter().any(|r| r.reward == super::Reward::Exrm) {
         dir.write_text("alignment.csv", &alignment_csv(o))?;
     }
@@ -41,6 +42,7 @@ fn recipe_json(o: &RecipeOutcome) -> serde_json::Value {
         "added_tokens": o.problem.added_tokens.iter().map(|(t, id)| serde_json::json!({"token": t, "id": id})).collect::<Vec<_>>(),
         "note": if masked { Some(PSEUDO_LIKELIHOOD_NOTE) } else { None },
         "evaluation_cuts": o.file.train.drop_last_token_of_longest.then(|| evaluation_cuts(o)),
+        "sets": o.sets,
         "train_prompts": o.problem.prompts_train,
         "test_prompts": o.problem.prompts_test,
         "splits": o.problem.splits.iter().map(|s| serde_json::json!({
@@ -50,6 +52,7 @@ fn recipe_json(o: &RecipeOutcome) -> serde_json::Value {
             "mode": r.mode, "model": r.reward.name(), "parameters": r.parameters,
             "steps": r.history.len(), "seconds": r.seconds,
             "seconds_per_step": r.step_seconds / r.history.len().max(1) as f64,
+            "evaluation_tokens_per_second": evaluation_rate(r),
             "extraction": r.extraction.map(|e| serde_json::json!({
                 "seconds": e.seconds, "tokens": e.tokens,
                 "tokens_per_second": e.tokens as f64 / e.seconds.max(f64::MIN_POSITIVE),
@@ -60,6 +63,13 @@ fn recipe_json(o: &RecipeOutcome) -> serde_json::Value {
             "final": r.evaluations.last().map(|c| &c.splits),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// Tokens per second over every evaluation's forwards of a run.
+fn evaluation_rate(r: &crate::lm::train::epochs::TrainRun) -> f64 {
+    let tokens: usize = r.evaluations.iter().map(|e| e.tokens).sum();
+    let seconds: f64 = r.evaluations.iter().map(|e| e.seconds).sum();
+    tokens as f64 / seconds.max(f64::MIN_POSITIVE)
 }
 
 /// With the official flush's drop: per split, how many of its distinct sequences the official
@@ -121,7 +131,7 @@ fn verification_jsonl(o: &RecipeOutcome) -> Result<String> {
 
 /// `metrics.csv`: one row per run, evaluation and split.
 fn metrics_csv(o: &RecipeOutcome) -> String {
-    let mut metrics = String::from("mode,model,epoch,step,split,pairs,exact_tie_accuracy,tie_aware_accuracy,strict_accuracy,ties,normalised_abs_margin,mean_chosen_reward,mean_rejected_reward,mean_margin\n");
+    let mut metrics = String::from("mode,model,epoch,step,split,pairs,exact_tie_accuracy,tie_aware_accuracy,strict_accuracy,ties,normalised_abs_margin,mean_chosen_reward,mean_rejected_reward,mean_margin,loss\n");
     for r in &o.runs {
         let (mode, model) = (r.mode.name(), r.reward.name());
         for c in &r.evaluations {
@@ -142,6 +152,7 @@ fn metrics_csv(o: &RecipeOutcome) -> String {
                     format!("{:e}", w.mean_chosen_reward),
                     format!("{:e}", w.mean_rejected_reward),
                     format!("{:e}", a.mean_margin),
+                    format!("{:e}", s.loss),
                 ];
                 metrics.push_str(&row.join(","));
                 metrics.push('\n');
@@ -223,6 +234,35 @@ fn rewards_csv(o: &RecipeOutcome) -> String {
         }
     }
     rewards
+}
+
+/// `pair_rewards.csv`: every pair's rewards at every evaluation, with its sequences (index as in
+/// `sequences.jsonl`) and, for preference data, its row in the dataset.
+fn pair_rewards_csv(o: &RecipeOutcome) -> String {
+    let mut csv = String::from("mode,model,epoch,step,split,pair,row,chosen_sequence,rejected_sequence,chosen_reward,rejected_reward\n");
+    for r in &o.runs {
+        for e in r.evaluations.iter().filter(|e| !e.rewards.is_empty()) {
+            for (k, split) in o.problem.splits.iter().enumerate() {
+                let rows = o.sets.get(k).map(|s| s.pair_rows.as_slice());
+                for (j, (&c, &x)) in split.chosen.iter().zip(&split.rejected).enumerate() {
+                    let row = rows
+                        .and_then(|v| v.get(j))
+                        .map_or(String::new(), usize::to_string);
+                    csv.push_str(&format!(
+                        "{},{},{},{},{},{j},{row},{c},{x},{:e},{:e}\n",
+                        r.mode.name(),
+                        r.reward.name(),
+                        e.epoch,
+                        e.step,
+                        split.name,
+                        e.rewards[c],
+                        e.rewards[x]
+                    ));
+                }
+            }
+        }
+    }
+    csv
 }
 
 /// The final accuracy table: per run, each split's exact-tie and τ-tolerant accuracy and the

@@ -1,7 +1,8 @@
 //! The recipe's sequences: prompts drawn and split, responses `prefix + word` built through the
 //! chat template, and the pairs of every evaluation split.
 
-use super::config::{source_prompts, RecipeData, RecipeFile, ResponseSpec, SplitRule};
+use super::config::{source_prompts, RecipeData, RecipeFile, ResponseSpec, Source, SplitRule};
+use super::preferences::{problem_of_sets, select_sets, SetReport};
 use crate::lm::data::torch_rng::TorchGenerator;
 use crate::lm::train::sequences::EvalBatch;
 use crate::lm::train::sequences::PairSplit;
@@ -78,19 +79,59 @@ fn by_groups(
     (train, test)
 }
 
-/// Draws the pairs (MATH.md §6): per prompt one prefix and one word per side for the training
-/// responses (train and test prompts), and one evaluation prefix per side for the shifted
-/// responses, scored with every evaluation word.
+/// A recipe's problem, and what was read of each preference set (empty for the persona).
+pub struct Built {
+    pub problem: PreferenceProblem,
+    pub sets: Vec<SetReport>,
+}
+
+/// The problem of `file`'s data source on `lm` ([`build`] without the sets' reports).
 pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<PreferenceProblem> {
-    let mut rng = ChaCha8Rng::seed_from_u64(file.seed);
-    let (train, test, torch) = select_prompts(&file.data, &mut rng)?;
-    let r = &file.responses;
+    Ok(build(file, lm)?.problem)
+}
+
+/// The sequences and splits of `file`'s data source through `lm`'s prompt format: the persona's
+/// drawn pairs ([`persona_problem`]) or the preference sets
+/// ([`super::preferences::problem_of_sets`]).
+pub fn build(file: &RecipeFile, lm: &LanguageModel) -> Result<Built> {
     let format = super::template::PromptFormat::of(&lm.dir, lm.arch, file)?;
     let added_tokens = added_token_ids(lm, &format)?;
-    let template = format.template;
     let prompt_format = format.description;
+    let builder = SequenceBuilder {
+        lm,
+        template: format.template,
+    };
+    let (mut problem, sets) = match file.source() {
+        Source::Persona(d, r) => (persona_problem(file, (d, r), builder)?, vec![]),
+        Source::Preferences(p) => {
+            let selected = select_sets(p, lm)?;
+            let mut problem = problem_of_sets(&selected, &builder, lm.arch.is_causal())?;
+            problem.eval_batches = problem
+                .splits
+                .iter()
+                .flat_map(|s| pair_batches(s, file.train.micro_batch))
+                .collect();
+            (problem, selected.reports)
+        }
+    };
+    problem.prompt_format = prompt_format;
+    problem.added_tokens = added_tokens;
+    Ok(Built { problem, sets })
+}
+
+/// Draws the persona's pairs (MATH.md §6): per prompt one prefix and one word per side for the
+/// training responses (train and test prompts), and one evaluation prefix per side for the
+/// shifted responses, scored with every evaluation word.
+fn persona_problem(
+    file: &RecipeFile,
+    (data, r): (&RecipeData, &ResponseSpec),
+    builder: SequenceBuilder,
+) -> Result<PreferenceProblem> {
+    let mut rng = ChaCha8Rng::seed_from_u64(file.seed);
+    let (train, test, torch) = select_prompts(data, &mut rng)?;
+    let causal = builder.lm.arch.is_causal();
     let mut draw = SplitDraw {
-        builder: SequenceBuilder { lm, template },
+        builder,
         responses: r,
         rng,
         torch,
@@ -113,7 +154,7 @@ pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<Preference
         eval_batches.extend(official_eval_batches(&splits[k], &paraphrases, batch));
         splits.push(split);
     }
-    let verification = match lm.arch.is_causal() {
+    let verification = match causal {
         true => verification_sequences(&draw.builder, &draw.sequences, &train, &test)?,
         false => vec![],
     };
@@ -122,8 +163,8 @@ pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<Preference
         prompts_test: test,
         sequences: draw.sequences,
         splits,
-        prompt_format,
-        added_tokens,
+        prompt_format: String::new(),
+        added_tokens: vec![],
         verification,
         eval_batches,
     })
@@ -148,12 +189,7 @@ fn official_eval_batches(
 ) -> Vec<EvalBatch> {
     let n = training.chosen.len();
     let chunks = || (0..n).step_by(batch).map(move |k| k..(k + batch).min(n));
-    let mut out: Vec<EvalBatch> = chunks()
-        .map(|c| EvalBatch {
-            scored: [&training.chosen[c.clone()], &training.rejected[c]].concat(),
-            beside: vec![],
-        })
-        .collect();
+    let mut out = pair_batches(training, batch);
     let words = |side: &[Vec<usize>]| side.first().map_or(0, Vec::len);
     for (side, other) in [
         (&paraphrases.chosen, &training.rejected),
@@ -167,6 +203,20 @@ fn official_eval_batches(
         }));
     }
     out
+}
+
+/// The official evaluator's batches of a split's pairs: `batch` consecutive pairs, chosen then
+/// rejected responses padded together (`reward_model_evaluator.py`, unshuffled loaders).
+fn pair_batches(split: &PairSplit, batch: usize) -> Vec<EvalBatch> {
+    let n = split.chosen.len();
+    (0..n)
+        .step_by(batch)
+        .map(|k| k..(k + batch).min(n))
+        .map(|c| EvalBatch {
+            scored: [&split.chosen[c.clone()], &split.rejected[c]].concat(),
+            beside: vec![],
+        })
+        .collect()
 }
 
 /// The ids of the tokens `format` adds, which `lm` must have been loaded with

@@ -2,8 +2,10 @@
 //! official code's mini-batches and gradient accumulation, evaluated along the way.
 
 use super::config::RecipeFile;
-use super::problem::build_problem;
+use super::preferences::SetReport;
+use super::problem::{build, Built};
 use super::template::load_recipe_model;
+use crate::lm::data::preference::DataError;
 use crate::lm::train::epochs::Mode;
 use crate::lm::train::epochs::TrainEvent;
 use crate::lm::train::epochs::TrainRun;
@@ -43,8 +45,9 @@ pub fn train_recipe(
 }
 
 /// Optimizer steps of one run: `epochs × ⌈train pairs / pairs_per_step⌉`.
-pub fn steps_per_run(file: &RecipeFile) -> usize {
-    file.train.epochs * file.data.train_prompts.div_ceil(file.train.pairs_per_step)
+pub fn steps_per_run(file: &RecipeFile, problem: &PreferenceProblem) -> usize {
+    let pairs = problem.splits.first().map_or(0, |s| s.chosen.len());
+    file.train.epochs * pairs.div_ceil(file.train.pairs_per_step)
 }
 
 /// A whole recipe experiment: the problem and one run per (mode, reward model).
@@ -54,24 +57,45 @@ pub struct RecipeOutcome {
     pub device: String,
     pub file: RecipeFile,
     pub problem: PreferenceProblem,
+    /// What was read of each preference set (empty for the persona).
+    pub sets: Vec<SetReport>,
     pub runs: Vec<TrainRun>,
 }
 
+/// What a recipe run reports as it goes.
+pub enum RecipeEvent<'a> {
+    /// The pairs are built: the problem, and the optimizer steps of each run.
+    Built {
+        problem: &'a PreferenceProblem,
+        steps_per_run: usize,
+    },
+    /// A stage or step of the run training `Reward` in `Mode`.
+    Train(Mode, Reward, TrainEvent<'a>),
+}
+
 /// Runs the recipe of `file` on the model in `model_dir` in each of `modes`, both reward models;
-/// `on_event` sees every stage and step (progress bars).
+/// `on_event` sees the problem once built, then every stage and step (progress bars).
 pub fn run_recipe(
     model_dir: &Path,
     file: &RecipeFile,
     device: &Device,
-    modes: &[Mode],
-    rewards: &[Reward],
+    (modes, rewards): (&[Mode], &[Reward]),
     mut checkpoints: Option<&mut CheckpointDir>,
-    on_event: &mut dyn FnMut(Mode, Reward, TrainEvent),
+    on_event: &mut dyn FnMut(RecipeEvent),
 ) -> Result<RecipeOutcome> {
+    file.validate()?;
     let (lm, _) = load_recipe_model(model_dir, device, Forward::Nets, file)?;
-    // Statements, prompts, tokenization and chat template: all input errors (exit code 2).
-    let problem =
-        build_problem(file, &lm).map_err(|e| crate::error::InputError(format!("{e:#}")))?;
+    // Statements, preference sets, tokenization and chat template: all input errors (exit
+    // code 2).
+    let Built { problem, sets } =
+        build(file, &lm).map_err(|e| match e.downcast::<DataError>() {
+            Ok(d) => d.into(),
+            Err(e) => anyhow::Error::from(crate::error::InputError(format!("{e:#}"))),
+        })?;
+    on_event(RecipeEvent::Built {
+        problem: &problem,
+        steps_per_run: steps_per_run(file, &problem),
+    });
     let arch = lm.arch;
     if arch.is_causal() && rewards.contains(&Reward::Exgrm) {
         // Before any run: a missing verdict token is an input error, not a late failure.
@@ -103,7 +127,7 @@ pub fn run_recipe(
             file,
             &problem,
             c,
-            &mut |e| on_event(mode, reward, e),
+            &mut |e| on_event(RecipeEvent::Train(mode, reward, e)),
         )?;
         if let Some(c) = checkpoints.as_deref_mut() {
             c.finish(&run)?;
@@ -116,9 +140,25 @@ pub fn run_recipe(
         device: format!("{device:?}"),
         file: file.clone(),
         problem,
+        sets,
         runs,
     })
 }
 
 /// What a masked encoder's rewards are (said in every output of such a run).
 pub const PSEUDO_LIKELIHOOD_NOTE: &str = "masked encoder: the IM-RM's ln π is a masked-LM pseudo-log-likelihood proxy (each response token masked in turn, read through the tied word embeddings; the checkpoint has no MLM head), not a causal language model's distribution";
+
+/// The problem in one line: its splits and sequences.
+pub fn problem_summary(p: &PreferenceProblem) -> String {
+    let splits: Vec<String> = p
+        .splits
+        .iter()
+        .map(|s| format!("{} {}", s.name, s.chosen.len()))
+        .collect();
+    let tokens: usize = p.sequences.iter().map(|s| s.ids.len()).sum();
+    format!(
+        "{} sequences ({tokens} tokens); pairs: {}",
+        p.sequences.len(),
+        splits.join(", ")
+    )
+}

@@ -36,7 +36,7 @@ pub struct PromptFormat {
 }
 
 impl PromptFormat {
-    /// The format of the checkpoint in `dir` under `file.responses` (`chat_template = false`:
+    /// The format of the checkpoint in `dir` under `file`'s `chat_template` (`false`:
     /// plain concatenation; masked encoders: always plain).
     pub fn of(dir: &Path, arch: Architecture, file: &RecipeFile) -> Result<PromptFormat> {
         let plain = |why: &str| PromptFormat {
@@ -47,12 +47,15 @@ impl PromptFormat {
         if !arch.is_causal() {
             return Ok(plain("masked encoder: no chat template"));
         }
-        if !file.responses.chat_template {
-            return Ok(plain("responses.chat_template = false"));
+        let (chat_template, date) = file.chat_template();
+        if !chat_template {
+            let table = match file.preferences {
+                Some(_) => "preferences",
+                None => "responses",
+            };
+            return Ok(plain(&format!("{table}.chat_template = false")));
         }
-        let date = crate::lm::checkpoint::chat_template::parse_template_date(
-            &file.responses.template_date,
-        )?;
+        let date = crate::lm::checkpoint::chat_template::parse_template_date(date)?;
         if let Some(mut t) = ChatTemplate::from_model_dir(dir)? {
             t.set_date(date);
             let description = format!("chat template of {}", t.source);

@@ -449,7 +449,8 @@ impl Session<'_> {
 
     /// Every epoch's optimizer steps (pairs shuffled by the seeded RNG), evaluating before the
     /// first, every `eval_every_epochs` epochs and after the last, from the start or from
-    /// `resumed`; saved to `checkpoints` when due (and stopped after a step when asked).
+    /// `resumed`; saved to `checkpoints` after the first evaluation and when due (and stopped
+    /// after a step when asked).
     fn run_epochs(
         &self,
         optimizers: &mut Optimizers,
@@ -463,7 +464,7 @@ impl Session<'_> {
             Some(p) => p,
             None => {
                 let (first, rewards) = self.evaluate(0, 0, on_event)?;
-                Progress {
+                let p = Progress {
                     epoch: 1,
                     steps_in_epoch: 0,
                     history: Vec::new(),
@@ -471,7 +472,13 @@ impl Session<'_> {
                     rewards,
                     step_seconds: 0.0,
                     adam_steps: Vec::new(),
+                };
+                // The first evaluation can cost as much as an epoch (large evaluation sets):
+                // a run killed during epoch 1 resumes after it.
+                if checkpoints.due(0) {
+                    self.save(&p, optimizers, checkpoints)?;
                 }
+                p
             }
         };
         let orders = epoch_orders(settings.seed, problem.splits[0].chosen.len());
@@ -548,12 +555,14 @@ impl Session<'_> {
         on_event(TrainEvent::Stage(format!(
             "evaluating every split after epoch {epoch}"
         )));
+        let start = std::time::Instant::now();
         let scores = self.scorer.score_all(
             self.eval_seqs,
             &self.u_now(),
             self.head.as_tensor(),
             self.eval_reference,
         )?;
+        let seconds = start.elapsed().as_secs_f64();
         let rewards = scores.rewards;
         if let Some(i) = rewards.iter().position(|r| !r.is_finite()) {
             bail!(
@@ -581,6 +590,9 @@ impl Session<'_> {
                 step,
                 splits,
                 representation_alignment,
+                rewards: rewards.clone(),
+                seconds,
+                tokens: self.eval_seqs.iter().map(|q| q.ids.len()).sum(),
             },
             rewards,
         ))

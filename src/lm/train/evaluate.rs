@@ -6,13 +6,14 @@ use crate::lm::model::language_model::LanguageModel;
 use crate::lm::nets::kernels::Kernels;
 use crate::lm::train::alignment::Alignment;
 use crate::lm::train::features::{
-    per_sequence_sum, prompt_chunks, shared_prompt_features, token_logprobs, Features,
+    by_length, per_sequence_sum, prompt_chunks, shared_prompt_features, token_logprobs, Features,
     FrozenFeatures, Need,
 };
 use crate::lm::train::reward::Reward;
 use crate::lm::train::sequences::PreferenceProblem;
 use crate::lm::train::sequences::ScoredSequence;
 use crate::lm::train::sequences::Side;
+use crate::numerics::softplus;
 use anyhow::Result;
 use candle_core::{Tensor, D};
 use ndarray::Array2;
@@ -26,13 +27,20 @@ pub struct SplitEvaluation {
     pub accuracy: SplitMetrics,
     #[serde(flatten)]
     pub rewards: RewardSummary,
-    /// Mean reward of the split's responses by answer word (each distinct sequence once).
+    /// The preference loss over the split's pairs, `mean softplus(r⁻ − r⁺)` (the official
+    /// evaluator's `eval … loss`).
+    #[serde(default)]
+    pub loss: f64,
+    /// Mean reward of the split's responses by answer word (each distinct sequence once; the
+    /// persona's words; empty for preference data, whose responses have no answer word).
     pub mean_reward_by_answer: BTreeMap<String, f64>,
     /// IM-RM: mean per-sequence contribution `β Σ_k [ln π − ln π_ref]` of the prefix tokens,
     /// the answer-word tokens and the rest (chat-template suffix), chosen and rejected sides.
     pub implicit_parts: Option<ImplicitParts>,
     /// IM-RM: mean contribution `β (ln π − ln π_ref)` of each response token (by side and token
-    /// piece) over the split's sequences: which tokens' rewards moved.
+    /// piece) over the split's sequences: which tokens' rewards moved. Per side, the
+    /// [`TOKENS_KEPT`] pieces with the largest total |contribution| (every piece where there are
+    /// fewer, as in the persona's responses).
     pub implicit_tokens: Option<Vec<TokenContribution>>,
 }
 
@@ -67,6 +75,15 @@ pub struct Evaluation {
     /// other split (the paper's footnote 3, [`crate::lm::train::alignment`]); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub representation_alignment: Vec<Alignment>,
+    /// Every sequence's reward (index as in the problem's sequences): `pair_rewards.csv`.
+    #[serde(skip)]
+    pub rewards: Vec<f64>,
+    /// Wall time of the evaluation's forwards, and the tokens of the sequences they read (for
+    /// evaluation tokens per second).
+    #[serde(default)]
+    pub seconds: f64,
+    #[serde(default)]
+    pub tokens: usize,
 }
 
 /// The split metrics from per-sequence rewards (and, for the IM-RM, per-token contributions).
@@ -87,7 +104,10 @@ pub(crate) fn evaluate_splits(
             distinct.sort_unstable();
             distinct.dedup();
             let mut by_answer: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-            for &i in &distinct {
+            for &i in distinct
+                .iter()
+                .filter(|&&i| !problem.sequences[i].word.is_empty())
+            {
                 let e = by_answer
                     .entry(problem.sequences[i].word.clone())
                     .or_default();
@@ -97,6 +117,8 @@ pub(crate) fn evaluate_splits(
             SplitEvaluation {
                 accuracy: split_metrics(&s.name, &margins, tau),
                 rewards: reward_summary(&s.name, &c, &r),
+                loss: margins.iter().map(|&m| softplus(-m)).sum::<f64>()
+                    / margins.len().max(1) as f64,
                 mean_reward_by_answer: by_answer
                     .into_iter()
                     .map(|(w, (sum, n))| (w, sum / n as f64))
@@ -142,6 +164,9 @@ fn implicit_parts(
     }
 }
 
+/// How many token pieces per side [`SplitEvaluation::implicit_tokens`] keeps.
+pub const TOKENS_KEPT: usize = 100;
+
 /// The IM-RM's mean contribution of every response token (by side and token text) over the
 /// split's distinct sequences.
 fn implicit_tokens(
@@ -156,6 +181,23 @@ fn implicit_tokens(
             let e = by.entry((q.side as u8, piece.clone())).or_default();
             e.0 += v;
             e.1 += 1;
+        }
+    }
+    for side in [0u8, 1] {
+        let mut totals: Vec<f64> = by
+            .iter()
+            .filter(|((s, _), _)| *s == side)
+            .map(|(_, (sum, _))| sum.abs())
+            .collect();
+        if totals.len() > TOKENS_KEPT {
+            totals.sort_by(|a, b| b.total_cmp(a));
+            let least = totals[TOKENS_KEPT - 1];
+            let mut kept = 0;
+            by.retain(|(s, _), (sum, _)| {
+                let keep = *s != side || (sum.abs() >= least && kept < TOKENS_KEPT);
+                kept += usize::from(*s == side && keep);
+                keep
+            });
         }
     }
     by.into_iter()
@@ -276,7 +318,7 @@ impl Scorer<'_> {
     ) -> Result<Vec<Vec<f64>>> {
         let all: Vec<usize> = (0..seqs.len()).collect();
         let mut table = vec![Vec::new(); seqs.len()];
-        let chunks = prompt_chunks(seqs, &all, self.batch);
+        let chunks = prompt_chunks(seqs, &by_length(seqs, &all), self.batch);
         for (i, lp) in self.logprob_table(seqs, &chunks, u, Kernels::Inference)? {
             table[i] = lp;
         }
@@ -329,7 +371,7 @@ impl Scorer<'_> {
         let mut out = vec![0.0; seqs.len()];
         let keep_last = self.reward == Reward::Exrm;
         let mut last = Array2::zeros((if keep_last { seqs.len() } else { 0 }, self.lm.dim));
-        for idx in prompt_chunks(seqs, &all, self.batch) {
+        for idx in prompt_chunks(seqs, &by_length(seqs, &all), self.batch) {
             let f = self.features_through(seqs, &idx, Kernels::Inference)?;
             let r = self.rewards(&f, seqs, &idx, u, head, reference)?;
             for (&i, v) in idx.iter().zip(r.detach().to_vec1::<f32>()?) {

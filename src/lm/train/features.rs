@@ -183,6 +183,21 @@ fn scored_tokens(seqs: &[&ScoredSequence]) -> (Vec<u32>, Vec<usize>) {
         .unzip()
 }
 
+/// `idx` with the sequences of one prompt adjacent and the prompts ordered by their longest
+/// response, then their length: scoring many sequences of varied lengths (preference datasets),
+/// chunks of similar widths pad little. Rewards are placed by index, so the order is only speed.
+pub(crate) fn by_length(seqs: &[ScoredSequence], idx: &[usize]) -> Vec<usize> {
+    let refs: Vec<&ScoredSequence> = idx.iter().map(|&i| &seqs[i]).collect();
+    let mut groups = prompt_groups(&refs);
+    groups.sort_by_key(|g| {
+        let widest = g
+            .iter()
+            .map(|&j| refs[j].response_end - refs[j].response_start);
+        (widest.max().unwrap_or(0), refs[g[0]].response_start)
+    });
+    groups.into_iter().flatten().map(|j| idx[j]).collect()
+}
+
 /// `idx` reordered so that the sequences of one prompt are adjacent, cut into chunks of whole
 /// prompt groups of at most `batch` sequences (a larger group is cut on its own): the shared
 /// prompt forward of [`shared_prompt_features`] then computes each prompt about once.
@@ -297,7 +312,7 @@ impl FrozenFeatures {
         // Per sequence, in computation order: its first scored row and its last-token row.
         let mut rows_of = vec![(0u32, 0u32); seqs.len()];
         let (mut scored, mut done) = (0u32, 0u32);
-        for chunk in prompt_chunks(seqs, &all, batch) {
+        for chunk in prompt_chunks(seqs, &by_length(seqs, &all), batch) {
             let refs: Vec<&ScoredSequence> = chunk.iter().map(|&i| &seqs[i]).collect();
             let f = shared_prompt_features(lm, &refs, need, Kernels::Inference)?;
             for &i in &chunk {

@@ -200,6 +200,8 @@ mod stored {
     struct Split {
         accuracy: SplitMetrics,
         rewards: RewardSummary,
+        #[serde(default)]
+        loss: f64,
         mean_reward_by_answer: BTreeMap<String, f64>,
         implicit_parts: Option<ImplicitParts>,
         implicit_tokens: Option<Vec<TokenContribution>>,
@@ -212,6 +214,12 @@ mod stored {
         splits: Vec<Split>,
         #[serde(default)]
         representation_alignment: Vec<Alignment>,
+        #[serde(default)]
+        rewards: Vec<f64>,
+        #[serde(default)]
+        seconds: f64,
+        #[serde(default)]
+        tokens: usize,
     }
 
     pub fn serialize<S: Serializer>(v: &[Evaluation], s: S) -> Result<S::Ok, S::Error> {
@@ -221,12 +229,16 @@ mod stored {
                 epoch: e.epoch,
                 step: e.step,
                 representation_alignment: e.representation_alignment.clone(),
+                rewards: e.rewards.clone(),
+                seconds: e.seconds,
+                tokens: e.tokens,
                 splits: e
                     .splits
                     .iter()
                     .map(|x| Split {
                         accuracy: x.accuracy.clone(),
                         rewards: x.rewards.clone(),
+                        loss: x.loss,
                         mean_reward_by_answer: x.mean_reward_by_answer.clone(),
                         implicit_parts: x.implicit_parts.clone(),
                         implicit_tokens: x.implicit_tokens.clone(),
@@ -245,12 +257,16 @@ mod stored {
                 epoch: e.epoch,
                 step: e.step,
                 representation_alignment: e.representation_alignment,
+                rewards: e.rewards,
+                seconds: e.seconds,
+                tokens: e.tokens,
                 splits: e
                     .splits
                     .into_iter()
                     .map(|x| SplitEvaluation {
                         accuracy: x.accuracy,
                         rewards: x.rewards,
+                        loss: x.loss,
                         mean_reward_by_answer: x.mean_reward_by_answer,
                         implicit_parts: x.implicit_parts,
                         implicit_tokens: x.implicit_tokens,

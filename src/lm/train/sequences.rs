@@ -2,7 +2,8 @@
 //! the preference pairs of every split over them, and the builder that tokenizes texts as the
 //! official code does (each text on its own, through the chat template where there is one).
 
-use crate::lm::checkpoint::chat_template::ChatTemplate;
+use crate::lm::checkpoint::chat_template::{ChatTemplate, Message};
+use crate::lm::data::preference::Turns;
 use crate::lm::model::language_model::LanguageModel;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -110,6 +111,8 @@ impl SequenceBuilder<'_> {
         Ok((e.get_ids().to_vec(), e.get_tokens().to_vec()))
     }
 
+    /// The sequence of the persona response `prefix + word` to `prompt`, with the word's token
+    /// span where prefix and word tokenize on their own boundaries.
     pub(crate) fn build(
         &self,
         prompt_index: usize,
@@ -123,7 +126,62 @@ impl SequenceBuilder<'_> {
             Some(t) => t.prompt_and_response(prompt, &answer)?,
             None => (prompt.to_string(), answer.clone()),
         };
-        let prompt_ids = self.encode(&prompt_text)?;
+        let mut s = self.assemble(prompt_index, side, (&prompt_text, response_text), &answer)?;
+        // The word's tokens: where `prefix` and `prefix + word` tokenize on their own boundaries
+        // into leading parts of the response's tokens.
+        let (prefix_ids, answer_ids) = (self.encode(prefix)?, self.encode(&answer)?);
+        let response_ids = &s.ids[s.response_start..s.response_end];
+        let word_span = (answer_ids.starts_with(&prefix_ids)
+            && response_ids.starts_with(&answer_ids)
+            && prefix_ids.len() < answer_ids.len())
+        .then_some((prefix_ids.len(), answer_ids.len()));
+        s.word_span = word_span.map(|(a, b)| (s.response_start + a, s.response_start + b));
+        s.prefix = prefix.to_string();
+        s.word = word.to_string();
+        Ok(s)
+    }
+
+    /// The sequence of a preference pair's response (TRL's shapes, [`Turns`]): a standard pair's
+    /// texts as the persona's (the prompt a user turn, the response an assistant turn), a
+    /// conversational pair's messages rendered whole; without a chat template, a standard pair's
+    /// prompt and response concatenated (a conversation needs one).
+    pub(crate) fn build_turns(
+        &self,
+        prompt_index: usize,
+        prompt: &Turns,
+        response: &Turns,
+        side: Side,
+    ) -> Result<ScoredSequence> {
+        let texts = match (&self.template, prompt, response) {
+            (Some(t), Turns::Text(p), Turns::Text(r)) => t.prompt_and_response(p, r)?,
+            (None, Turns::Text(p), Turns::Text(r)) => (p.clone(), r.clone()),
+            (Some(t), Turns::Messages(p), Turns::Messages(r)) => {
+                t.split_conversation(&borrowed(p), &borrowed(r))?
+            }
+            (None, Turns::Messages(_), _) => {
+                return Err(crate::error::InputError(format!(
+                    "prompt {prompt_index}: a conversational pair is rendered through a chat template, and {} has none in use (chat_template = false, or a masked encoder)",
+                    self.lm.dir.display()
+                ))
+                .into())
+            }
+            _ => bail!("prompt {prompt_index}: the prompt and the response are of different shapes"),
+        };
+        let (prompt_text, response_text) = texts;
+        let answer = response_text.clone();
+        self.assemble(prompt_index, side, (&prompt_text, response_text), &answer)
+    }
+
+    /// Tokenizes `prompt_text` and `response_text` on their own and joins them (masked
+    /// encoders: `[CLS] prompt response [SEP]`); `answer` names the response in errors.
+    fn assemble(
+        &self,
+        prompt_index: usize,
+        side: Side,
+        (prompt_text, response_text): (&str, String),
+        answer: &str,
+    ) -> Result<ScoredSequence> {
+        let prompt_ids = self.encode(prompt_text)?;
         let (response_ids, response_tokens) = self.encode_with_pieces(&response_text)?;
         if response_ids.is_empty() {
             let through = match &self.template {
@@ -142,13 +200,6 @@ impl SequenceBuilder<'_> {
                 self.lm.dir.join("tokenizer.json").display()
             );
         }
-        // The word's tokens: where `prefix` and `prefix + word` tokenize on their own boundaries
-        // into leading parts of the response's tokens.
-        let (prefix_ids, answer_ids) = (self.encode(prefix)?, self.encode(&answer)?);
-        let word_span = (answer_ids.starts_with(&prefix_ids)
-            && response_ids.starts_with(&answer_ids)
-            && prefix_ids.len() < answer_ids.len())
-        .then_some((prefix_ids.len(), answer_ids.len()));
         let (ids, start, end) = match self.lm.mask_id {
             Some(_) => {
                 let cls = self.special("[CLS]")?;
@@ -165,7 +216,7 @@ impl SequenceBuilder<'_> {
                 if prompt_ids.is_empty() {
                     bail!("prompt {prompt_text:?} encodes to no tokens: the first response token has no position to be predicted from");
                 }
-                let mut ids = prompt_ids.clone();
+                let mut ids = prompt_ids;
                 let start = ids.len();
                 ids.extend(&response_ids);
                 let end = ids.len();
@@ -179,11 +230,11 @@ impl SequenceBuilder<'_> {
             ids,
             response_start: start,
             response_end: end,
-            word_span: word_span.map(|(a, b)| (start + a, start + b)),
+            word_span: None,
             prompt: prompt_index,
             side,
-            prefix: prefix.to_string(),
-            word: word.to_string(),
+            prefix: String::new(),
+            word: String::new(),
             response_text,
             response_tokens,
         })
@@ -206,7 +257,7 @@ impl SequenceBuilder<'_> {
             .replace("{answer}", &format!("{prefix}{word}"));
         let text = match &self.template {
             Some(t) => t.render(
-                &[crate::lm::checkpoint::chat_template::Message {
+                &[Message {
                     role: "user",
                     content: &request,
                 }],
@@ -243,4 +294,15 @@ impl SequenceBuilder<'_> {
             )
         })
     }
+}
+
+/// Owned messages as the chat template reads them.
+fn borrowed(messages: &[crate::lm::data::preference::Message]) -> Vec<Message<'_>> {
+    messages
+        .iter()
+        .map(|m| Message {
+            role: &m.role,
+            content: &m.content,
+        })
+        .collect()
 }
