@@ -552,3 +552,69 @@ fn smollm2_head_only_reproduces_theorem2() {
     assert_eq!(setup["dim"], 576);
     std::fs::remove_dir_all(&work).unwrap();
 }
+
+/// The recipe on preference data, against `transformers` (the paper's Section 5.2 pipeline,
+/// `scripts/reference_preference_rewards.py`): 8 UltraFeedback pairs read from the official
+/// `save_to_disk` folder, sampled by `limit = 8` as torch draws it, rendered through SmolLM2's chat
+/// template and tokenized as the official code does; their epoch-0 `imrm_no_ref` rewards
+/// `β Σ ln π(y | x)` (float32 forwards summed in f64) equal `transformers`' within 1e-4 relative.
+#[test]
+fn smollm2_preference_rewards_match_transformers() {
+    let Some(dir) = smollm2() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let fx: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root.join("tests/fixtures/reference/smollm2_uf_imrm_no_ref.json")).unwrap(),
+    )
+    .unwrap();
+    let work = temp("preference");
+    std::fs::create_dir_all(&work).unwrap();
+    let data = root.join(fx["data"].as_str().unwrap());
+    let config = work.join("uf8.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "seed = 1\n[preferences]\nsample_seed = {}\ntrain = {{ path = {:?}, columns = {{ chosen = \"orig_chosen\", rejected = \"orig_rejected\" }}, limit = {} }}\n[train]\nbeta = {}\nepochs = 1\npairs_per_step = 8\nmicro_batch = 4\neval_every_epochs = 1\neval_batch = 8\n",
+            fx["sample_seed"], data.to_str().unwrap(), fx["limit"], fx["beta"]
+        ),
+    )
+    .unwrap();
+    let out = work.join("out");
+    let o = Command::new(env!("CARGO_BIN_EXE_rmflow"))
+        .args(["lm-recipe", "--reward", "imrm_no_ref", "--model"])
+        .arg(dir)
+        .arg("--config")
+        .arg(&config)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(out.join("pair_rewards.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |n: &str| header.iter().position(|h| *h == n).unwrap();
+    let got: Vec<(u64, f64, f64)> = lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .filter(|f| f[col("epoch")] == "0")
+        .map(|f| {
+            (
+                f[col("row")].parse().unwrap(),
+                f[col("chosen_reward")].parse().unwrap(),
+                f[col("rejected_reward")].parse().unwrap(),
+            )
+        })
+        .collect();
+    let expected = fx["pairs"].as_array().unwrap();
+    assert_eq!(got.len(), expected.len());
+    for ((row, c, r), e) in got.iter().zip(expected) {
+        assert_eq!(*row, e["row"].as_u64().unwrap());
+        for (g, side) in [(c, "chosen"), (r, "rejected")] {
+            let want = e[side]["reward"].as_f64().unwrap();
+            let rel = (g - want).abs() / want.abs();
+            assert!(
+                rel <= 1e-4,
+                "row {row} {side}: {g} vs transformers {want} ({rel:.1e})"
+            );
+        }
+    }
+}
