@@ -134,6 +134,43 @@ fn parquet_and_arrow_files_read_the_same_pairs() {
     }
 }
 
+/// The same pairs as a `save_to_disk` folder (a `DatasetDict` around the Arrow stream, laid out
+/// as `datasets` writes it), a Parquet file and JSON Lines (written here, an extra column among
+/// them): identical pairs, row for row.
+#[test]
+fn a_dataset_folder_parquet_and_jsonl_of_the_same_data_give_the_same_pairs() {
+    let expected = read(fixture("standard.parquet")).unwrap();
+    let dir = temp("same-data");
+    let folder = dir.join("dataset");
+    std::fs::create_dir_all(folder.join("train")).unwrap();
+    std::fs::write(folder.join("dataset_dict.json"), r#"{"splits": ["train"]}"#).unwrap();
+    std::fs::write(
+        folder.join("train/state.json"),
+        r#"{"_data_files": [{"filename": "data-00000-of-00001.arrow"}], "_split": "train"}"#,
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("standard_large.arrows"),
+        folder.join("train/data-00000-of-00001.arrow"),
+    )
+    .unwrap();
+    let jsonl = dir.join("pairs.jsonl");
+    let lines: Vec<String> = expected
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "id": p.row, "prompt": text(&p.prompt), "chosen": text(&p.chosen),
+                "rejected": text(&p.rejected),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    assert_eq!(read(folder.clone()).unwrap(), expected);
+    assert_eq!(split(folder, "train").unwrap(), expected);
+    assert_eq!(read(jsonl).unwrap(), expected);
+}
+
 #[test]
 fn conversational_shapes_and_implicit_prompts() {
     let m = |r: &str, c: &str| Message {
