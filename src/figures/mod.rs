@@ -13,6 +13,7 @@ pub mod plot;
 #[cfg(feature = "lm")]
 pub mod real_model;
 pub mod recipe;
+pub mod shift;
 pub mod sweeps;
 pub mod theorem2;
 
@@ -24,5 +25,6 @@ pub use hamiltonian::verification_without_generation_hamiltonian;
 #[cfg(feature = "lm")]
 pub use real_model::real_model;
 pub use recipe::{recipe_accuracy, recipe_seeds, SeedRun};
+pub use shift::{preference_shift, shift_group};
 pub use sweeps::{domain_vs_token_shift, overlap_sweep, semantic_sweep};
 pub use theorem2::{max_margin_convergence, optimizers, theorem2_accuracy, unseen_margins};

@@ -1,0 +1,210 @@
+//! The paper's Section 5.2 bar chart from a run of `rmflow lm-recipe` on preference data
+//! (`experiments/uf_shift.toml`): accuracy and normalised margin per evaluation set, EX-RM beside
+//! IM-RM, the sets grouped as in distribution, token-level shift and domain shift; and each
+//! group's mean accuracy along training.
+
+use crate::figures::figure::FigureData;
+use crate::figures::plot::{Bars, Figure, Legend, Panel, PanelContent, Series};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// The group of an evaluation set, from its name: `train` and `test` are in distribution; a
+/// paraphrase or translation is a token-level shift; anything else a domain shift.
+pub fn shift_group(split: &str) -> &'static str {
+    let s = split.to_ascii_lowercase();
+    if s == "train" || s == "test" {
+        "in distribution"
+    } else if ["paraphrase", "translate", "french", "spanish"]
+        .iter()
+        .any(|k| s.contains(k))
+    {
+        "token-level shift"
+    } else {
+        "domain shift"
+    }
+}
+
+const GROUPS: [&str; 3] = ["in distribution", "token-level shift", "domain shift"];
+const MODELS: [(&str, &str, usize); 2] = [("exrm", "EX-RM", 1), ("imrm", "IM-RM", 5)];
+
+/// One row of `metrics.csv` (full-mode runs).
+struct Row {
+    model: String,
+    epoch: usize,
+    split: String,
+    accuracy: f64,
+    margin: f64,
+}
+
+fn rows(metrics: &str) -> Result<Vec<Row>> {
+    let mut lines = metrics.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let at = |c: &str| {
+        header
+            .iter()
+            .position(|h| *h == c)
+            .with_context(|| format!("metrics.csv has no column {c:?}"))
+    };
+    let [mode, model, epoch, split, acc, margin] = [
+        "mode",
+        "model",
+        "epoch",
+        "split",
+        "exact_tie_accuracy",
+        "normalised_abs_margin",
+    ]
+    .map(at);
+    let (mode, model, epoch, split, acc, margin) = (mode?, model?, epoch?, split?, acc?, margin?);
+    let mut out = Vec::new();
+    for (k, line) in lines.enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        let bad = || format!("metrics.csv row {}: {line:?}", k + 1);
+        if f.get(mode) != Some(&"full") {
+            continue;
+        }
+        out.push(Row {
+            model: f.get(model).with_context(bad)?.to_string(),
+            epoch: f.get(epoch).with_context(bad)?.parse().with_context(bad)?,
+            split: f.get(split).with_context(bad)?.to_string(),
+            accuracy: f.get(acc).with_context(bad)?.parse().with_context(bad)?,
+            margin: f.get(margin).with_context(bad)?.parse().with_context(bad)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The figure from a run's `metrics.csv`: bars at the last evaluation both models reached, and
+/// each group's mean accuracy by epoch.
+pub fn preference_shift(metrics: &str, source: &str) -> Result<FigureData> {
+    let rows = rows(metrics)?;
+    let last = MODELS
+        .iter()
+        .filter_map(|(m, ..)| rows.iter().filter(|r| r.model == *m).map(|r| r.epoch).max())
+        .min();
+    let Some(epoch) = last else {
+        bail!("metrics.csv holds no full-mode exrm or imrm rows");
+    };
+    let mut splits: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !splits.contains(&r.split.as_str()) {
+            splits.push(&r.split);
+        }
+    }
+    splits.sort_by_key(|s| GROUPS.iter().position(|g| *g == shift_group(s)));
+    let mut csv =
+        String::from("model,epoch,split,group,exact_tie_accuracy,normalised_abs_margin\n");
+    for r in &rows {
+        let g = shift_group(&r.split);
+        writeln!(
+            csv,
+            "{},{},{},{g},{},{}",
+            r.model, r.epoch, r.split, r.accuracy, r.margin
+        )?;
+    }
+    let value = |model: &str, split: &str, f: fn(&Row) -> f64| {
+        rows.iter()
+            .find(|r| r.model == model && r.split == split && r.epoch == epoch)
+            .map_or(f64::NAN, f)
+    };
+    let bars = |f: fn(&Row) -> f64| -> Vec<Bars> {
+        MODELS
+            .iter()
+            .map(|(m, label, color)| Bars {
+                name: label.to_string(),
+                values: splits.iter().map(|s| value(m, s, f)).collect(),
+                marks: None,
+                color: *color,
+                light: false,
+            })
+            .collect()
+    };
+    let categories: Vec<String> = splits.iter().map(|s| short_label(s)).collect();
+    let panel = |title: &str, y: &str, b: Vec<Bars>, reference: Option<f64>| Panel {
+        title: title.into(),
+        x_label: "evaluation set (in distribution | token-level shift | domain shift)".into(),
+        y_label: y.into(),
+        x_log: false,
+        y_log: false,
+        y_range: None,
+        content: PanelContent::Bars {
+            categories: categories.clone(),
+            bars: b,
+            reference,
+        },
+        notes: vec![],
+        legend: Legend::UpperRight,
+    };
+    let mut accuracy = panel(
+        &format!("Accuracy after epoch {epoch}"),
+        "accuracy (ties ½)",
+        bars(|r| r.accuracy),
+        Some(0.5),
+    );
+    accuracy.y_range = Some((0.0, 1.25));
+    let margin = panel(
+        &format!("Normalised |r⁺ − r⁻| after epoch {epoch}"),
+        "mean |r⁺ − r⁻| / std(r)",
+        bars(|r| r.margin),
+        None,
+    );
+    let panels = vec![accuracy, margin, by_epoch(&rows)];
+    Ok(FigureData {
+        figure: Figure {
+            panels,
+            columns: 3,
+            caption: source.to_string(),
+            panel_size: (700, 440),
+        },
+        csv,
+    })
+}
+
+/// A set's name short enough for the axis: `_test` dropped, `translate_` and `rewardbench_`
+/// shortened.
+fn short_label(split: &str) -> String {
+    split
+        .trim_end_matches("_test")
+        .replace("translate_", "")
+        .replace("rewardbench_", "RB ")
+}
+
+/// Each group's mean accuracy (over its sets) by epoch, EX-RM solid, IM-RM dashed.
+fn by_epoch(rows: &[Row]) -> Panel {
+    let mut series = Vec::new();
+    for (mi, (model, label, _)) in MODELS.iter().enumerate() {
+        for (gi, group) in GROUPS.iter().enumerate() {
+            let mut at: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
+            for r in rows
+                .iter()
+                .filter(|r| r.model == *model && shift_group(&r.split) == *group)
+            {
+                let e = at.entry(r.epoch).or_default();
+                e.0 += r.accuracy;
+                e.1 += 1;
+            }
+            series.push(Series {
+                name: format!("{label} {group}"),
+                points: at
+                    .into_iter()
+                    .map(|(e, (s, n))| (e as f64, s / n as f64))
+                    .collect(),
+                color: [1, 3, 5][gi],
+                dashed: mi == 1,
+                markers: true,
+                ..Default::default()
+            });
+        }
+    }
+    let mut p = Panel::lines(
+        "Mean accuracy per group by epoch",
+        "epoch",
+        "accuracy (ties ½)",
+        false,
+        false,
+        series,
+    );
+    p.y_range = Some((0.0, 1.05));
+    p.notes = vec!["solid EX-RM, dashed IM-RM".into()];
+    p
+}
