@@ -10,6 +10,8 @@ transformers; never run by tests.
 
     python scripts/bench_recipe_step_torch.py --model models/SmolLM2-135M-Instruct \
         [--rmflow target/release/rmflow] [--reward imrm|exrm] [--repeats 2] [--threads 2] [--epochs 2]
+    python scripts/bench_recipe_step_torch.py --model models/SmolLM2-135M-Instruct \
+        --config experiments/uf_shift.toml --set-limit 16 --epochs 1 --evaluation   # Section 5.2's sequences
 
 Causal LMs and BERT checkpoints (BERT's IM-RM is rmflow's pseudo-likelihood proxy, its dropout
 off as in rmflow; MiniLM needs --plain). The EX-RM head starts at zero on both sides (`train.head_init_std = 0`): rmflow's seeded random
@@ -146,6 +148,26 @@ class TorchStep:
         last = torch.tensor([self.seqs[i]["response_end"] - 1 for i in idx])
         return h[torch.arange(len(idx)), last] @ self.head
 
+    def evaluation_rate(self, batch):
+        """Tokens per second of scoring every sequence once (no gradient), as rmflow's evaluation
+        does: the sequences in length order, `batch` per forward (rmflow's `eval_batch`), the
+        log-probabilities (IM-RM) or the last hidden states (EX-RM) read; tokens counted as
+        rmflow counts them (every sequence's ids)."""
+        torch = self.torch
+        order = sorted(range(len(self.seqs)), key=lambda i: len(self.seqs[i]["ids"]))
+        tokens = sum(len(s["ids"]) for s in self.seqs)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for k in range(0, len(order), batch):
+                idx = order[k:k + batch]
+                if self.reward == "imrm":
+                    self.token_logprobs(idx)
+                else:
+                    x, mask = self.batch(idx)
+                    body = self.model if self.masked else self.model.model
+                    body(input_ids=x, attention_mask=mask)
+        return tokens / (time.perf_counter() - t0)
+
     def step(self, pairs):
         torch = self.torch
         micro, acc = self.t["micro_batch"], -(-self.t["pairs_per_step"] // self.t["micro_batch"])
@@ -172,6 +194,12 @@ def main():
     ap.add_argument("--epochs", type=int, default=2,
                     help="epochs of rmflow's run, replayed step by step in PyTorch (one epoch of persona_paper.toml: 3 steps; "
                          "the default 2 gives 6 steps, so the loss agreement covers at least 5)")
+    ap.add_argument("--set-limit", type=int, default=0,
+                    help="preference configs ([preferences]): at most this many pairs per set (a `limit` added "
+                         "to the training set and every evaluation set), so that a bench run stays short")
+    ap.add_argument("--evaluation", action="store_true",
+                    help="also time the evaluation: every sequence scored once, tokens per second on both sides "
+                         "(rmflow's `evaluation_tokens_per_second`)")
     ap.add_argument("--plain", action="store_true",
                     help="responses.chat_template = false (checkpoints without a template, such as lm-tiny's)")
     args = ap.parse_args()
@@ -181,9 +209,13 @@ def main():
     if args.plain:
         text = re.sub(r"(?m)^chat_template\s*=.*$", "chat_template = false", text)
     text = re.sub(r'(?m)^statements\s*=\s*"(.*)"', lambda m: f'statements = "{os.path.join(ROOT, m.group(1))}"', text)
+    text = re.sub(r'path\s*=\s*"(experiments/[^"]*)"', lambda m: f'path = "{os.path.join(ROOT, m.group(1))}"', text)
+    if args.set_limit:
+        text = re.sub(r"(?m)^(train = \{.*)\}\s*$", lambda m: f"{m.group(1)}, limit = {args.set_limit} }}", text)
+        text = re.sub(r"(?m)^(\[\[preferences\.eval\]\])$", lambda m: f"{m.group(1)}\nlimit = {args.set_limit}", text)
     config = os.path.join(work, "bench.toml")
     open(config, "w").write(text)
-    rm_times, pt_times, agreement = [], [], []
+    rm_times, pt_times, agreement, rm_rates, pt_rates = [], [], [], [], []
     rm_peaks, pt_peak = [], 0
     for rep in range(args.repeats):
         recipe, run, rm_losses, seqs, rm_peak = rmflow_run(args, work, config)
@@ -199,6 +231,9 @@ def main():
             losses.append(side.step(pairs))
             times.append(time.perf_counter() - t0)
         pt_times.append(statistics.mean(times))
+        if args.evaluation:
+            rm_rates.append(run["evaluation_tokens_per_second"])
+            pt_rates.append(side.evaluation_rate(recipe["config"]["train"]["eval_batch"]))
         pt_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         agreement = [abs(a - b) / abs(b) for a, b in zip(losses, rm_losses)]
         print(f"repeat {rep + 1}: rmflow {run['seconds_per_step']:.3f} s/step, PyTorch {pt_times[-1]:.3f} s/step; "
@@ -215,6 +250,11 @@ def main():
     print(f"{'PyTorch':8} {pt:>16.3f} {pt_peak / 2**30:>8.2f} GB")
     print(f"ratio rmflow / PyTorch: {rm / pt:.2f}")
     print(f"per-step loss agreement (relative): max {max(agreement):.2e}")
+    if args.evaluation:
+        rm_rate, pt_rate = statistics.median(rm_rates), statistics.median(pt_rates)
+        tokens = sum(len(s["ids"]) for s in seqs)
+        print(f"evaluation, {len(seqs)} sequences ({tokens} tokens): rmflow {rm_rate:.0f} tokens/s, "
+              f"PyTorch {pt_rate:.0f} tokens/s, ratio rmflow / PyTorch (time) {pt_rate / rm_rate:.2f}")
 
 
 if __name__ == "__main__":
