@@ -380,3 +380,29 @@ fn bad_preference_recipes_are_refused_naming_what_is_wrong() {
         assert!(!out.exists(), "case {k}: wrote {}", out.display());
     }
 }
+
+/// The two Section 5.2 configs read on a fresh clone: every set they name is in the repository
+/// with the official sizes, and the math plan's `limit = 1000` draws the official datamodule's
+/// sample (`torch.randperm(2000)` with generator seed 517 begins 1281, 790, 1639, 382, 319 in
+/// torch 2.15.0).
+#[test]
+fn the_section_5_2_configs_name_the_committed_sets() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (name, train_rows) in [("uf_shift.toml", 200), ("math_shift.toml", 2000)] {
+        let file = RecipeFile::from_file(&root.join("experiments").join(name)).unwrap();
+        let p = file.preferences.as_ref().unwrap();
+        let sets: Vec<&rmflow::lm::recipe::PreferenceSet> =
+            std::iter::once(&p.train).chain(&p.eval).collect();
+        assert_eq!(sets.len(), 8, "{name}");
+        for (k, set) in sets.iter().enumerate() {
+            let mut source = set.source();
+            source.path = root.join(&source.path);
+            let pairs = rmflow::lm::data::preference::read_pairs(&source).unwrap();
+            let expected = if k == 0 { train_rows } else { 200 };
+            assert_eq!(pairs.len(), expected, "{name}: {}", source.path.display());
+        }
+        assert_eq!(p.sample_seed, 517);
+    }
+    let perm = rmflow::lm::data::torch_rng::TorchGenerator::manual_seed(517).randperm(2000);
+    assert_eq!(perm[..5], [1281, 790, 1639, 382, 319]);
+}

@@ -22,7 +22,8 @@ pub struct LmRecipeArgs {
     /// --resume.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Recipe config (experiments/persona_paper.toml). Required unless --resume.
+    /// Recipe config: the persona (experiments/persona_paper.toml) or preference data
+    /// (experiments/uf_shift.toml, experiments/math_shift.toml). Required unless --resume.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Output folder, written atomically. Required unless --resume.
@@ -297,9 +298,9 @@ fn train(
                 } => {
                     total = steps_per_run as u64;
                     if let Some(l) = loading.take() {
+                        l.stage(&recipe::problem_summary(problem));
                         l.finish();
                     }
-                    eprintln!("lm-recipe: {}", recipe::problem_summary(problem));
                     return;
                 }
                 recipe::RecipeEvent::Train(m, k, e) => (m, k, e),
