@@ -52,8 +52,8 @@ pub enum Command {
     #[cfg(feature = "lm")]
     #[command(after_help = EXIT_CODES)]
     Lm(super::lm::LmArgs),
-    /// The paper's experiments in its own recipe (MATH.md §6, feature `lm`): the persona's prefix
-    /// + word responses (Section 5.1, `[data]` and `[responses]`) or preference datasets
+    /// The paper's experiments in its own recipe (MATH.md §6, feature `lm`): the persona's
+    /// responses, a prefix and a word (Section 5.1, `[data]` and `[responses]`), or preference datasets
     /// (Section 5.2, `[preferences]`: a training set and named evaluation sets, token-level and
     /// domain shift), sequence-level IM-RM and EX-RM rewards, Adam on every parameter (`full`)
     /// or on the head / unembedding over frozen representations (`head`).
