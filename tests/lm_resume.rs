@@ -235,17 +235,8 @@ fn sigterm_checkpoints_and_exits_5() {
     let config = small_recipe(&dir, 1e-3);
     let out = dir.join("run");
     let child = Command::new(env!("CARGO_BIN_EXE_rmflow"))
-        .args([
-            "lm-recipe",
-            "--model",
-            model.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--checkpoint-every",
-            "0",
-        ])
+        .args(common::lm_recipe_args(&model, &config, &out))
+        .args(["--checkpoint-every", "0"])
         .env("RAYON_NUM_THREADS", "2")
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -136,16 +136,9 @@ fn checkpoint(dir: &Path, config: &Path) -> PathBuf {
 }
 
 fn recipe(model: &Path, config: &Path, out: &Path) -> std::process::Output {
-    common::rmflow(&[
-        "lm-recipe",
-        "--model",
-        model.to_str().unwrap(),
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--force",
-    ])
+    let mut args = common::lm_recipe_args(model, config, out);
+    args.push("--force".into());
+    common::rmflow(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn json(path: &Path) -> serde_json::Value {
@@ -353,6 +346,8 @@ fn bad_preference_recipes_are_refused_naming_what_is_wrong() {
             text.replace("limit = 3", "limit = 0"),
             "preferences.eval[2].limit",
         ),
+        // A set's fields are spelled out (not a flattened DataSource) so that a typo is refused.
+        (text.replace("limit = 3", "limt = 3"), "limt"),
         (
             text.replace("[preferences]\n", "[preferences]\nchat_template = false\n"),
             "conversational",

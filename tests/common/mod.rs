@@ -212,3 +212,22 @@ pairs_per_step = 8
 micro_batch = 4
 lr = 1e-3
 ";
+
+/// `lm-recipe --model MODEL --config CONFIG --out OUT` as arguments (the tests add their flags).
+#[allow(dead_code)]
+pub fn lm_recipe_args(
+    model: &std::path::Path,
+    config: &std::path::Path,
+    out: &std::path::Path,
+) -> Vec<String> {
+    let path = |p: &std::path::Path| p.to_str().expect("a UTF-8 path").to_string();
+    vec![
+        "lm-recipe".into(),
+        "--model".into(),
+        path(model),
+        "--config".into(),
+        path(config),
+        "--out".into(),
+        path(out),
+    ]
+}
