@@ -292,17 +292,22 @@ impl RecipeData {
     }
 }
 
+/// `TABLE.template_date` must be a date `YYYY-MM-DD`.
+pub(super) fn template_date_field(table: &str, date: &str) -> Result<(), ConfigError> {
+    crate::lm::checkpoint::chat_template::parse_template_date(date)
+        .map(|_| ())
+        .map_err(|e| ConfigError::Field {
+            field: format!("{table}.template_date"),
+            expected: "must be a date YYYY-MM-DD",
+            got: format!("{date:?} ({e})"),
+            origin: None,
+        })
+}
+
 impl ResponseSpec {
     /// Domains of `[responses]`.
     fn validate(&self) -> Result<(), ConfigError> {
-        crate::lm::checkpoint::chat_template::parse_template_date(&self.template_date).map_err(
-            |e| ConfigError::Field {
-                field: "responses.template_date".into(),
-                expected: "must be a date YYYY-MM-DD",
-                got: format!("{:?} ({e})", self.template_date),
-                origin: None,
-            },
-        )?;
+        template_date_field("responses", &self.template_date)?;
         for (name, v) in [
             ("chosen_prefixes", &self.chosen_prefixes),
             ("rejected_prefixes", &self.rejected_prefixes),

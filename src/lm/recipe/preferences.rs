@@ -129,15 +129,7 @@ impl PreferenceData {
         ] {
             field("preferences", name, v != Some(0), "must be ≥ 1", 0)?;
         }
-        crate::lm::checkpoint::chat_template::parse_template_date(&self.template_date).map_err(
-            |e| ConfigError::Field {
-                field: "preferences.template_date".into(),
-                expected: "must be a date YYYY-MM-DD",
-                got: format!("{:?} ({e})", self.template_date),
-                origin: None,
-            },
-        )?;
-        Ok(())
+        super::config::template_date_field("preferences", &self.template_date)
     }
 
     /// Every set in order, the training set first.
