@@ -5,6 +5,9 @@ with the split metrics the checkpoint stores (the columns of metrics.csv less `p
 
     python3 -m venv /tmp/cb && /tmp/cb/bin/pip install cbor2
     /tmp/cb/bin/python scripts/checkpoint_evaluations.py runs/persona50 > evaluations.csv
+    /tmp/cb/bin/python scripts/checkpoint_evaluations.py runs/persona50 --alignment > alignment.csv
+
+`--alignment`: instead, the EX-RM's footnote-3 statistics (the columns of alignment.csv).
 """
 import csv
 import sys
@@ -24,6 +27,20 @@ if state.get("current"):
     order = [(m, r) for m in modes for r in rewards]
     mode, reward = order[done]
     runs.append((mode, reward, state["current"]["evaluations"], "in training"))
+if "--alignment" in sys.argv[2:]:
+    stats = ["count", "mean", "min", "first_quartile", "median", "third_quartile", "max", "fraction_positive"]
+    w = csv.writer(sys.stdout)
+    w.writerow(["mode", "model", "status", "epoch", "step", "split", "train_pairs", "split_pairs", "statistic"] + stats)
+    for mode, reward, evaluations, status in runs:
+        for e in evaluations:
+            for a in e.get("representation_alignment", []):
+                for stat in ["inner_products", "cosines", "max_margin_cosines"]:
+                    st = a.get(stat)
+                    if st:
+                        w.writerow([mode, reward, status, e["epoch"], e["step"], a["unseen_split"], a["train_pairs"],
+                                    a["unseen_pairs"], stat] + [st.get(c, "") for c in stats])
+    print(f"# {ckpt / name}", file=sys.stderr)
+    sys.exit(0)
 cols = ["exact_tie_accuracy", "tie_aware_accuracy", "strict_accuracy", "ties", "mean_margin",
         "min_margin", "max_abs_margin"]
 rcols = ["normalised_abs_margin", "mean_chosen_reward", "mean_rejected_reward"]
