@@ -195,12 +195,12 @@ pub fn select_sets(d: &PreferenceData, lm: &LanguageModel) -> Result<SelectedSet
             pair_rows: kept.iter().map(|p| p.row).collect(),
         });
         if kept.is_empty() {
+            let limit = |v: Option<usize>| v.map_or("no limit".into(), |n| n.to_string());
             return Err(crate::error::InputError(format!(
-                "{}: no pair of {} rows is within preferences.max_prompt_tokens = {:?} and max_response_tokens = {:?}",
+                "{}: none of its {rows} pairs is within the length filter (preferences.max_prompt_tokens = {}, max_response_tokens = {})",
                 set.path.display(),
-                rows,
-                d.max_prompt_tokens,
-                d.max_response_tokens
+                limit(d.max_prompt_tokens),
+                limit(d.max_response_tokens)
             ))
             .into());
         }
