@@ -68,6 +68,11 @@ pub struct Alignment {
     pub cosines: Option<Summary>,
     /// `cos(u*, z_j)` over the unseen pairs, `u*` the EX-RM's max-margin separator.
     pub max_margin_cosines: Option<Summary>,
+    /// Training pairs left out of `u*` because their difference is exactly 0 (chosen and
+    /// rejected read the same representation, e.g. identical responses): no head separates them,
+    /// and their gradient is 0, so the separator the head's flow tends to is the others'.
+    #[serde(default)]
+    pub separator_excluded: usize,
 }
 
 fn differences(p: &PairSet) -> Array2<f64> {
@@ -122,13 +127,15 @@ pub fn of_differences(
         inner_products: Summary::of(&inner),
         cosines: Summary::of(&cosines),
         max_margin_cosines: max_margin.as_deref().and_then(Summary::of),
+        separator_excluded: 0,
     }
 }
 
 /// The footnote-3 statistics of a preference problem's EX-RM representations `last` (the
 /// last-token hidden state of every sequence, rows as the problem's sequences) over its `splits`:
 /// the first split's pairs are the training pairs, and every other split is compared with them,
-/// `u*` the max-margin separator of the training differences (none when the QP fails).
+/// `u*` the max-margin separator of the training differences that are not exactly 0 (none when
+/// the QP fails).
 pub fn of_splits(splits: &[PairSplit], last: &Array2<f64>) -> Vec<Alignment> {
     let z = |s: &PairSplit| -> Array2<f64> {
         let pick = |idx: &[usize]| last.select(Axis(0), idx);
@@ -138,11 +145,17 @@ pub fn of_splits(splits: &[PairSplit], last: &Array2<f64>) -> Vec<Alignment> {
         return Vec::new();
     };
     let zt = z(train);
-    let u_star = crate::solve::max_margin::max_margin_head(&zt)
+    let nonzero: Vec<usize> = (0..zt.nrows())
+        .filter(|&i| zt.row(i).iter().any(|&x| x != 0.0))
+        .collect();
+    let u_star = crate::solve::max_margin::max_margin_head(&zt.select(Axis(0), &nonzero))
         .ok()
         .map(|(u, _)| u.to_vec());
     rest.iter()
-        .map(|s| of_differences(&zt, &z(s), &s.name, u_star.as_deref()))
+        .map(|s| Alignment {
+            separator_excluded: zt.nrows() - nonzero.len(),
+            ..of_differences(&zt, &z(s), &s.name, u_star.as_deref())
+        })
         .collect()
 }
 
@@ -202,6 +215,34 @@ mod tests {
         let mm = a.max_margin_cosines.as_ref().unwrap();
         assert_eq!(mm.fraction_positive, 1.0);
         assert!(mm.min > 0.0 && mm.max <= 1.0 + 1e-12);
+    }
+
+    /// A training pair whose two responses read the same representation (difference 0) cannot
+    /// be separated: `u*` is the other pairs' separator, and the pair is counted as left out.
+    #[test]
+    fn a_zero_training_difference_is_left_out_of_the_separator() {
+        let last = array![[1.0, 0.0], [0.0, 1.0], [3.0, 3.0]];
+        let with_zero = of_splits(
+            &[
+                split("train", vec![0, 2], vec![1, 2]),
+                split("test", vec![0], vec![1]),
+            ],
+            &last,
+        );
+        let without = of_splits(
+            &[
+                split("train", vec![0], vec![1]),
+                split("test", vec![0], vec![1]),
+            ],
+            &last,
+        );
+        assert_eq!(with_zero[0].separator_excluded, 1);
+        assert_eq!(without[0].separator_excluded, 0);
+        let (a, b) = (
+            with_zero[0].max_margin_cosines.as_ref().unwrap(),
+            without[0].max_margin_cosines.as_ref().unwrap(),
+        );
+        assert!((a.mean - b.mean).abs() < 1e-9 && (a.mean - 1.0).abs() < 1e-9);
     }
 
     /// A pair whose difference is the negative of a training one is on the wrong side of `u*`.
