@@ -449,8 +449,8 @@ impl Session<'_> {
 
     /// Every epoch's optimizer steps (pairs shuffled by the seeded RNG), evaluating before the
     /// first, every `eval_every_epochs` epochs and after the last, from the start or from
-    /// `resumed`; saved to `checkpoints` after the first evaluation and when due (and stopped
-    /// after a step when asked).
+    /// `resumed`; saved to `checkpoints` after the first evaluation, before and after every due
+    /// evaluation and when due (and stopped after a step when asked).
     fn run_epochs(
         &self,
         optimizers: &mut Optimizers,
@@ -505,6 +505,12 @@ impl Session<'_> {
                 }
             }
             if epoch % t.eval_every_epochs == 0 || epoch == t.epochs {
+                // An evaluation can take as long as the epoch's steps (large evaluation sets):
+                // a run killed during it resumes at the evaluation, its steps kept (the
+                // epoch's steps all done, so the resumed loop goes straight to evaluating).
+                if checkpoints.due(epoch) {
+                    self.save(&p, optimizers, checkpoints)?;
+                }
                 let (c, r) = self.evaluate(epoch, p.history.len(), on_event)?;
                 p.evaluations.push(c);
                 p.rewards = r;
