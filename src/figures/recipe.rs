@@ -47,7 +47,7 @@ pub fn recipe_accuracy(metrics: &[String], source: &str) -> Result<FigureData> {
 }
 
 /// One row of a run's `metrics.csv`: mode, model, epoch, split, exact-tie accuracy.
-type MetricsRow = (String, String, f64, String, f64);
+pub(super) type MetricsRow = (String, String, f64, String, f64);
 
 /// The rows of one `metrics.csv`, columns found by their header names.
 fn parse_metrics(text: &str) -> Result<Vec<MetricsRow>> {
@@ -57,7 +57,7 @@ fn parse_metrics(text: &str) -> Result<Vec<MetricsRow>> {
 
 /// `(mode, model, epoch, split, value)` from the columns `cols` (in that order) of every row of
 /// the CSV `text` (named `name` in errors) that `keep` accepts (given its cells and the header).
-fn csv_rows(
+pub(super) fn csv_rows(
     text: &str,
     name: &str,
     cols: &[&str; 5],

@@ -5,7 +5,7 @@
 
 use crate::figures::figure::FigureData;
 use crate::figures::plot::{Bars, Figure, Legend, Panel, PanelContent, Series};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -37,41 +37,26 @@ struct Row {
     margin: f64,
 }
 
+/// The full-mode rows of `metrics.csv` ([`super::recipe::csv_rows`], read once per value).
 fn rows(metrics: &str) -> Result<Vec<Row>> {
-    let mut lines = metrics.lines();
-    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-    let at = |c: &str| {
-        header
-            .iter()
-            .position(|h| *h == c)
-            .with_context(|| format!("metrics.csv has no column {c:?}"))
+    let full = |cell: &dyn Fn(&str) -> Option<String>| cell("mode").as_deref() == Some("full");
+    let read = |value: &str| {
+        let cols = ["mode", "model", "epoch", "split", value];
+        super::recipe::csv_rows(metrics, "metrics.csv", &cols, full)
     };
-    let [mode, model, epoch, split, acc, margin] = [
-        "mode",
-        "model",
-        "epoch",
-        "split",
-        "exact_tie_accuracy",
-        "normalised_abs_margin",
-    ]
-    .map(at);
-    let (mode, model, epoch, split, acc, margin) = (mode?, model?, epoch?, split?, acc?, margin?);
-    let mut out = Vec::new();
-    for (k, line) in lines.enumerate() {
-        let f: Vec<&str> = line.split(',').collect();
-        let bad = || format!("metrics.csv row {}: {line:?}", k + 1);
-        if f.get(mode) != Some(&"full") {
-            continue;
-        }
-        out.push(Row {
-            model: f.get(model).with_context(bad)?.to_string(),
-            epoch: f.get(epoch).with_context(bad)?.parse().with_context(bad)?,
-            split: f.get(split).with_context(bad)?.to_string(),
-            accuracy: f.get(acc).with_context(bad)?.parse().with_context(bad)?,
-            margin: f.get(margin).with_context(bad)?.parse().with_context(bad)?,
-        });
-    }
-    Ok(out)
+    let accuracy = read("exact_tie_accuracy")?;
+    let margin = read("normalised_abs_margin")?;
+    Ok(accuracy
+        .into_iter()
+        .zip(margin)
+        .map(|((_, model, epoch, split, accuracy), m)| Row {
+            model,
+            epoch: epoch as usize,
+            split,
+            accuracy,
+            margin: m.4,
+        })
+        .collect())
 }
 
 /// The figure from a run's `metrics.csv`: bars at the last evaluation both models reached, and
