@@ -21,6 +21,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "lm")]
         Command::LmRecipe(a) => cli::lm_recipe::run_recipe(a),
         #[cfg(feature = "lm")]
+        Command::LmDynamics(a) => cli::lm_dynamics::run(a),
+        #[cfg(feature = "lm")]
         Command::HamCycle(a) => cli::ham_cycle::run(a),
         #[cfg(feature = "lm")]
         Command::LmData(a) => cli::lm_data::run(a),

@@ -127,3 +127,64 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// The training-direction route (`direction`, what `lm-dynamics` runs on real vocabularies)
+    /// gives the `ρ`-matrix route's (`split_dynamics`, `rmflow dynamics`' exports) IM-RM reward
+    /// velocities and their token-identity parts, response by response, and the EX-RM's head
+    /// velocities, within 1e-10 relative to the largest (summation order only), for K = 1..3 at a
+    /// trained-looking U and unequal flow weights.
+    #[test]
+    fn direction_route_matches_the_rho_route(config in common::small_sequence_config()) {
+        use rmflow::analysis::dynamics::direction::{head_direction, ResponseStates, TrainingDirection};
+        use rmflow::analysis::dynamics::{flow_weights, split_dynamics, TrainingSide};
+        let setup = Setup::generate(&config);
+        let (v, d) = (setup.vocab_size(), setup.dim());
+        let beta = config.setup.beta;
+        let u: Vec<f64> = setup.unembedding_init.full().iter().enumerate().map(|(i, x)| x + 0.3 * ((i % 5) as f64 - 2.0)).collect();
+        let u = ndarray::ArrayView2::from_shape((v, d), &u).unwrap();
+        let n = setup.train.len();
+        let margins: Vec<f64> = (0..n).map(|i| (i as f64 - n as f64 / 2.0) * 0.7).collect();
+        let c = flow_weights(&margins);
+        let side = TrainingSide::new(&setup.train);
+        let k = setup.train.response_length();
+        let states = |p: &rmflow::problem::synthetic::PairSet, i: usize, s: usize| {
+            let pre = if s == 0 { &p.chosen_prefix_hidden } else { &p.rejected_prefix_hidden };
+            let tok = if s == 0 { &p.chosen_tokens } else { &p.rejected_tokens };
+            (pre.slice(ndarray::s![i, .., ..]).to_owned(), tok.row(i).to_vec())
+        };
+        let mut dir = TrainingDirection::zeros(v, d);
+        for (i, &w) in c.iter().enumerate() {
+            for (s, sign) in [(0, 1.0), (1, -1.0)] {
+                let (h, t) = states(&setup.train, i, s);
+                dir.add(u, ResponseStates { tokens: &t, states: h.view() }, sign * w);
+            }
+        }
+        let head = head_direction(side.features.view(), &c);
+        for eval in &setup.evals {
+            let ep = rmflow::analysis::dynamics::ResponsePrefixes::new(eval);
+            let got = split_dynamics(u, eval, &ep, &side, &c, &c, beta);
+            let want_total = got.velocity.imrm_response.sum_axis(ndarray::Axis(1));
+            let want_id = got.velocity.imrm_response_identity.sum_axis(ndarray::Axis(1));
+            let want_ex = got.velocity.exrm_response.sum_axis(ndarray::Axis(1));
+            let scale = want_total.iter().chain(want_ex.iter()).fold(1e-300f64, |a, x| a.max(x.abs()));
+            for j in 0..eval.len() {
+                for s in 0..2 {
+                    let (h, t) = states(eval, j, s);
+                    let vel = dir.velocities(u, ResponseStates { tokens: &t, states: h.view() });
+                    prop_assert_eq!(vel.len(), k);
+                    let total: f64 = beta * beta * vel.iter().map(|x| x.total).sum::<f64>();
+                    let id: f64 = beta * beta * vel.iter().map(|x| x.identity).sum::<f64>();
+                    let last = if s == 0 { eval.chosen_hidden.row(j) } else { eval.rejected_hidden.row(j) };
+                    let ex = last.dot(&head);
+                    let r = 2 * j + s;
+                    prop_assert!((total - want_total[r]).abs() <= 1e-10 * scale, "{}: response {r} IM-RM {total} vs ρ route {}", eval.name, want_total[r]);
+                    prop_assert!((id - want_id[r]).abs() <= 1e-10 * scale, "{}: response {r} identity {id} vs ρ route {}", eval.name, want_id[r]);
+                    prop_assert!((ex - want_ex[r]).abs() <= 1e-10 * scale, "{}: response {r} EX-RM {ex} vs ρ route {}", eval.name, want_ex[r]);
+                }
+            }
+        }
+    }
+}

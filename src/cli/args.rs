@@ -60,6 +60,14 @@ pub enum Command {
     #[cfg(feature = "lm")]
     #[command(name = "lm-recipe", after_help = EXIT_CODES)]
     LmRecipe(super::lm_recipe::LmRecipeArgs),
+    /// The paper's mechanism measured on a real LM (MATH.md §3, feature `lm`): for each
+    /// evaluation pair of a recipe config, the IM-RM's unembedding margin velocity split into
+    /// token identity and the rest (with the tokens that carry it), the EX-RM head's, and the
+    /// actual change after one small gradient step on the part and on the whole model, at η and
+    /// η/2 (the first-order check). At step 0 (--model, --config) or at a run's checkpoint.
+    #[cfg(feature = "lm")]
+    #[command(name = "lm-dynamics", after_help = EXIT_CODES)]
+    LmDynamics(super::lm_dynamics::LmDynamicsArgs),
     /// The Hamiltonian-cycle experiment (MATH.md §7, feature `lm`): does an IM-RM that verifies
     /// Hamiltonian cycles generate them? A small Llama pretrained on random vertex orders is
     /// `π_ref`; the IM-RM and the EX-RM are trained from it by the recipe; every epoch measures

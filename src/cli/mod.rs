@@ -16,6 +16,8 @@ pub mod lm;
 #[cfg(feature = "lm")]
 pub mod lm_data;
 #[cfg(feature = "lm")]
+pub mod lm_dynamics;
+#[cfg(feature = "lm")]
 pub mod lm_files;
 #[cfg(feature = "lm")]
 pub mod lm_recipe;

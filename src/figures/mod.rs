@@ -9,6 +9,7 @@ pub mod dynamics;
 pub mod figure;
 pub mod generation;
 pub mod hamiltonian;
+pub mod mechanism;
 pub mod plot;
 #[cfg(feature = "lm")]
 pub mod real_model;
@@ -22,6 +23,7 @@ pub use dynamics::rho_heatmap;
 pub use figure::{run_example, write, FigureData};
 pub use generation::verification_without_generation;
 pub use hamiltonian::verification_without_generation_hamiltonian;
+pub use mechanism::mechanism;
 #[cfg(feature = "lm")]
 pub use real_model::real_model;
 pub use recipe::{recipe_accuracy, recipe_seeds, SeedRun};

@@ -8,7 +8,8 @@
 //!    evaluation);
 //! 5. the experiments, each a data source and a config: [`single_token`] (Theorem 2 head-only on
 //!    frozen representations, and full fine-tuning), [`recipe`] (the paper's prefix-and-word
-//!    recipe) and [`cycle`] (the Hamiltonian-cycle experiment, MATH.md §7).
+//!    recipe) and [`cycle`] (the Hamiltonian-cycle experiment, MATH.md §7);
+//! 6. [`dynamics`]: the paper's mechanism (MATH.md §3) measured on a recipe's pairs.
 
 pub mod checkpoint;
 pub mod data;
@@ -18,6 +19,7 @@ pub mod ops;
 pub mod train;
 
 pub mod cycle;
+pub mod dynamics;
 pub mod recipe;
 pub mod single_token;
 

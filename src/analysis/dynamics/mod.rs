@@ -4,6 +4,7 @@
 //! §3 identities checked numerically ([`checks`]).
 
 pub mod checks;
+pub mod direction;
 pub mod overlap;
 pub mod run;
 pub mod velocity;

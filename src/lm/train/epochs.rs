@@ -239,7 +239,7 @@ fn flushed(
 static STEPS: AtomicUsize = AtomicUsize::new(0);
 
 /// The trained variables and the optimizers set from `saved`; its progress.
-fn restore(saved: Saved, optimizers: &mut Optimizers) -> Result<Progress> {
+pub(crate) fn restore(saved: Saved, optimizers: &mut Optimizers) -> Result<Progress> {
     for (k, var) in optimizers.vars.iter().enumerate() {
         let name = format!("var.{k}");
         let t = saved
@@ -308,7 +308,7 @@ fn reference_table(
 
 /// The EX-RM head `u(0)`: `N(0, std²)` per entry from the head RNG (the run's `seed`, salted),
 /// or 0.
-fn initial_head(seed: u64, std: f64, dim: usize, device: &Device) -> Result<Var> {
+pub(crate) fn initial_head(seed: u64, std: f64, dim: usize, device: &Device) -> Result<Var> {
     let mut head_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x4ead_1a17);
     let head_values: Vec<f32> = if std > 0.0 {
         let normal = Normal::new(0.0, std as f32)
@@ -391,7 +391,7 @@ pub(crate) fn verdict_tokens(reward: Reward, lm: &LanguageModel) -> Result<Optio
 /// The tensors Adam trains besides the head, and whether the head is trained: every parameter
 /// (full IM-RMs, EX-GRM), the body (full EX-RMs), the unembedding alone (head-only IM-RMs and
 /// EX-GRM), or nothing but the head (head-only EX-RMs).
-fn trained_vars(
+pub(crate) fn trained_vars(
     mode: Mode,
     reward: Reward,
     lm: &LanguageModel,

@@ -324,6 +324,45 @@ pub fn checkpoint_dir_of(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
+/// One checkpoint's progress and tensors (`state_dir` = `state-NNNNNN/`).
+fn read_state(state_dir: &Path) -> Result<(RunState, HashMap<String, Tensor>)> {
+    let bytes = std::fs::read(state_dir.join("progress.cbor"))
+        .with_context(|| format!("cannot read {}", state_dir.display()))?;
+    let state: RunState = ciborium::from_reader(bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("{}: unreadable progress: {e}", state_dir.display()))?;
+    let tensors =
+        candle_core::safetensors::load(state_dir.join("tensors.safetensors"), &Device::Cpu)?;
+    Ok((state, tensors))
+}
+
+/// A checkpoint read on its own (`lm-dynamics --checkpoint`): how many of the run's reward
+/// models were finished before it, and the training it holds (none where it was written
+/// between two reward models).
+pub struct StateFile {
+    pub finished: usize,
+    pub saved: Option<Saved>,
+}
+
+impl StateFile {
+    /// Reads `state_dir` (`<OUT>.checkpoint/state-NNNNNN/`); an input error naming it where it
+    /// is not a checkpoint.
+    pub fn read(state_dir: &Path) -> Result<StateFile> {
+        if !state_dir.join("progress.cbor").is_file() {
+            return Err(crate::error::InputError(format!(
+                "--checkpoint {}: not a checkpoint (no progress.cbor; give a state-NNNNNN folder of a run's .checkpoint folder, kept with --keep-checkpoints)",
+                state_dir.display()
+            ))
+            .into());
+        }
+        let (state, tensors) = read_state(state_dir)
+            .map_err(|e| crate::error::InputError(format!("--checkpoint: {e:#}")))?;
+        Ok(StateFile {
+            finished: state.finished.len(),
+            saved: state.current.map(|progress| Saved { progress, tensors }),
+        })
+    }
+}
+
 impl CheckpointDir {
     /// A new run's checkpoints every `every` epochs (0: none but SIGTERM's) in `dir`, which must
     /// not hold another run's (`--resume` continues one); `identity` is written as `run.json`.
@@ -366,16 +405,7 @@ impl CheckpointDir {
         let (finished, resume, written, observed) = match latest.as_deref().map(str::trim) {
             None => (Vec::new(), None, 0, None),
             Some(name) => {
-                let state_dir = dir.join(name);
-                let bytes = std::fs::read(state_dir.join("progress.cbor"))
-                    .with_context(|| format!("cannot read {}", state_dir.display()))?;
-                let state: RunState = ciborium::from_reader(bytes.as_slice()).map_err(|e| {
-                    anyhow::anyhow!("{}: unreadable progress: {e}", state_dir.display())
-                })?;
-                let tensors = candle_core::safetensors::load(
-                    state_dir.join("tensors.safetensors"),
-                    &Device::Cpu,
-                )?;
+                let (state, tensors) = read_state(&dir.join(name))?;
                 let written = name
                     .trim_start_matches("state-")
                     .parse::<usize>()
