@@ -52,25 +52,6 @@ fn a_small_figure_renders_and_is_not_blank() {
     assert!(!dir.join("small.tmp.png").exists());
 }
 
-/// Splits one CSV line into fields (RFC 4180: fields may be quoted, `""` escapes a quote).
-fn csv_fields(line: &str) -> Vec<String> {
-    let (mut out, mut cur, mut quoted, mut chars) =
-        (Vec::new(), String::new(), false, line.chars().peekable());
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
-}
-
 /// Every committed figure CSV is rectangular: each row has as many fields as its header (a label
 /// with an unquoted comma once shifted the `ablations.csv` columns).
 #[test]
@@ -84,10 +65,10 @@ fn committed_figure_csvs_are_rectangular() {
         }
         let text = std::fs::read_to_string(&path).unwrap();
         let mut lines = text.lines();
-        let width = csv_fields(lines.next().unwrap()).len();
+        let width = rmflow::io::csv::fields(lines.next().unwrap()).len();
         for (i, l) in lines.enumerate() {
             assert_eq!(
-                csv_fields(l).len(),
+                rmflow::io::csv::fields(l).len(),
                 width,
                 "{} line {}: {l}",
                 path.display(),

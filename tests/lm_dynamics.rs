@@ -171,29 +171,10 @@ fn kernel_equals_autograd_unembedding_gradients() {
     }
 }
 
-fn csv(path: &Path) -> Vec<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
-    lines
-        .map(|l| {
-            header
-                .iter()
-                .cloned()
-                .zip(l.split(',').map(String::from))
-                .collect()
-        })
-        .collect()
-}
-
 fn num(row: &HashMap<String, String>, key: &str) -> f64 {
     row[key]
         .parse()
         .unwrap_or_else(|_| panic!("{key} = {:?}", row[key]))
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 fn dynamics(args: &[&str]) -> std::process::Output {
@@ -221,7 +202,7 @@ fn step_zero_through_the_cli() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let rows = csv(&out.join("pairs.csv"));
+    let rows = common::csv_table(&out.join("pairs.csv"));
     assert_eq!(rows.len(), 2 * (SHIFTED.len() + 3));
     for r in rows.iter().filter(|r| r["reward"] == "imrm") {
         assert_eq!(num(r, "margin"), 0.0, "{r:?}");
@@ -232,7 +213,7 @@ fn step_zero_through_the_cli() {
         );
         assert!((v - id - rest).abs() <= 1e-12 * v.abs().max(1e-12), "{r:?}");
     }
-    let summary = json(&out.join("summary.json"));
+    let summary = common::read_json(&out.join("summary.json"));
     for r in summary["rewards"].as_array().unwrap() {
         let f = &r["first_order"];
         assert_eq!(f["part_passes"], true, "{r}");
@@ -249,7 +230,7 @@ fn step_zero_through_the_cli() {
             r["reward"]
         );
     }
-    let tokens = csv(&out.join("tokens.csv"));
+    let tokens = common::csv_table(&out.join("tokens.csv"));
     for split in ["shifted", "same"] {
         let total: f64 = tokens
             .iter()
@@ -258,7 +239,7 @@ fn step_zero_through_the_cli() {
             .sum();
         assert!((total - 1.0).abs() < 1e-9, "{split}: shares sum to {total}");
     }
-    let cfg = json(&out.join("config.json"));
+    let cfg = common::read_json(&out.join("config.json"));
     assert_eq!(cfg["recipe"]["seed"], 4);
     assert!(cfg["rmflow_version"].is_string());
 }
@@ -287,9 +268,9 @@ fn checkpoint_margins_equal_the_runs() {
         "--no-whole-step",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let cfg = json(&out.join("config.json"));
+    let cfg = common::read_json(&out.join("config.json"));
     assert_eq!(cfg["checkpoint"]["epoch"], 1, "{cfg}");
-    let theirs: HashMap<(String, String), f64> = csv(&run.join("pair_rewards.csv"))
+    let theirs: HashMap<(String, String), f64> = common::csv_table(&run.join("pair_rewards.csv"))
         .into_iter()
         .filter(|r| r["epoch"] == "1")
         .map(|r| {
@@ -299,7 +280,7 @@ fn checkpoint_margins_equal_the_runs() {
             )
         })
         .collect();
-    let rows = csv(&out.join("pairs.csv"));
+    let rows = common::csv_table(&out.join("pairs.csv"));
     assert_eq!(rows.len(), SHIFTED.len() + 3);
     for r in rows {
         let want = theirs[&(r["split"].clone(), r["pair"].clone())];

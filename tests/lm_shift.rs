@@ -141,26 +141,6 @@ fn recipe(model: &Path, config: &Path, out: &Path) -> std::process::Output {
     common::rmflow(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
-
-/// A CSV as rows of (column → value).
-fn csv(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
-    lines
-        .map(|l| {
-            header
-                .iter()
-                .cloned()
-                .zip(l.split(',').map(String::from))
-                .collect()
-        })
-        .collect()
-}
-
 fn num(row: &std::collections::HashMap<String, String>, key: &str) -> f64 {
     row[key].parse().unwrap()
 }
@@ -208,7 +188,7 @@ fn preference_sets_train_and_evaluate_through_the_recipe() {
     let o = recipe(&model, &config, &out);
     assert!(o.status.success(), "{}", common::stderr(&o));
 
-    let r = json(&out.join("recipe.json"));
+    let r = common::read_json(&out.join("recipe.json"));
     let sets = r["sets"].as_array().unwrap();
     let names: Vec<&str> = sets.iter().map(|s| s["split"].as_str().unwrap()).collect();
     assert_eq!(names, ["train", "conv", "implicit", "sample"]);
@@ -231,9 +211,9 @@ fn preference_sets_train_and_evaluate_through_the_recipe() {
     // (TRL backs up over the space before the first difference, so the response keeps it.)
     assert_eq!(seqs[20]["response_text"], " yes fire is hot<|im_end|>\n");
 
-    let pairs = csv(&out.join("pair_rewards.csv"));
+    let pairs = common::csv_table(&out.join("pair_rewards.csv"));
     assert_eq!(pairs.len(), 2 * 3 * (6 + 4 + 4 + 3));
-    let metrics = csv(&out.join("metrics.csv"));
+    let metrics = common::csv_table(&out.join("metrics.csv"));
     assert_eq!(metrics.len(), 2 * 3 * 4);
     for m in &metrics {
         let of: Vec<(f64, f64)> = pairs
@@ -295,7 +275,7 @@ fn the_length_filter_is_counted_and_reported() {
     let out = dir.join("out");
     let o = recipe(&model, &config, &out);
     assert!(o.status.success(), "{}", common::stderr(&o));
-    let r = json(&out.join("recipe.json"));
+    let r = common::read_json(&out.join("recipe.json"));
     let train = &r["sets"][0];
     assert_eq!(train["rows"], 6);
     let kept: Vec<u64> = STANDARD

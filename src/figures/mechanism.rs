@@ -1,31 +1,13 @@
 //! The paper's mechanism measured (`rmflow lm-dynamics`, MATH.md §3): on one evaluation split,
 //! each pair's predicted IM-RM margin velocity split into its token-identity part and the rest
-//! (pairs sorted by velocity), the EX-RM head's beside it, and the tokens that carry the
-//! identity part.
+//! (pairs sorted by velocity), the tokens that carry the identity part, the whole model's
+//! velocity beside the unembedding part's, and the EX-RM head's.
 
 use crate::figures::figure::FigureData;
 use crate::figures::plot::{Bars, Figure, Legend, Panel, PanelContent, Series};
+use crate::io::csv::{field, fields};
 use anyhow::{anyhow, bail, Result};
 use std::fmt::Write as _;
-
-/// The fields of one CSV line (RFC 4180 quoting).
-fn fields(line: &str) -> Vec<String> {
-    let (mut out, mut cur, mut quoted, mut chars) =
-        (Vec::new(), String::new(), false, line.chars().peekable());
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            ('"', _) => quoted = !quoted,
-            (',', false) => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
-}
 
 /// Rows of a CSV `text` (named `name` in errors) as the values of the columns `cols`.
 fn table(text: &str, name: &str, cols: &[&str]) -> Result<Vec<Vec<String>>> {
@@ -64,6 +46,8 @@ pub fn mechanism(pairs: &str, tokens: &str, split: &str, source: &str) -> Result
         "velocity",
         "velocity_identity",
         "velocity_rest",
+        "whole_velocity",
+        "whole_velocity_half",
     ];
     let rows: Vec<Vec<String>> = table(pairs, "pairs.csv", &cols)?
         .into_iter()
@@ -72,26 +56,39 @@ pub fn mechanism(pairs: &str, tokens: &str, split: &str, source: &str) -> Result
     if rows.is_empty() {
         bail!("pairs.csv has no rows of split {split:?}");
     }
-    let mut csv = String::from("reward,rank,velocity,velocity_identity,velocity_rest\n");
+    // One table: `pairs` rows (each pair's predicted velocity, by rank), `whole` rows (the
+    // IM-RM's whole-model velocity beside its unembedding part's) and `tokens` rows.
+    let mut csv = String::from(
+        "panel,reward,rank,velocity,velocity_identity,velocity_rest,whole_velocity,share,token\n",
+    );
     let mut im: Vec<[f64; 3]> = Vec::new();
     let mut ex: Vec<f64> = Vec::new();
+    // The IM-RM's whole-model velocity (Richardson of the central differences) and its part's.
+    let mut whole: Vec<(f64, f64)> = Vec::new();
     for r in &rows {
         match r[0].as_str() {
-            "imrm" | "imrm_no_ref" => im.push([
-                number(&r[2], "velocity")?,
-                number(&r[3], "velocity_identity")?,
-                number(&r[4], "velocity_rest")?,
-            ]),
+            "imrm" | "imrm_no_ref" => {
+                im.push([
+                    number(&r[2], "velocity")?,
+                    number(&r[3], "velocity_identity")?,
+                    number(&r[4], "velocity_rest")?,
+                ]);
+                if !r[5].is_empty() {
+                    let (w, h) = (number(&r[5], "whole_velocity")?, number(&r[6], "whole")?);
+                    whole.push(((4.0 * h - w) / 3.0, im.last().expect("pushed")[0]));
+                }
+            }
             _ => ex.push(number(&r[2], "velocity")?),
         }
     }
+    whole.sort_by(|a, b| a.0.total_cmp(&b.0));
     im.sort_by(|a, b| a[0].total_cmp(&b[0]));
     ex.sort_by(f64::total_cmp);
     for (k, v) in im.iter().enumerate() {
-        writeln!(csv, "imrm,{k},{},{},{}", v[0], v[1], v[2])?;
+        writeln!(csv, "pairs,imrm,{k},{},{},{},,,", v[0], v[1], v[2])?;
     }
     for (k, v) in ex.iter().enumerate() {
-        writeln!(csv, "exrm,{k},{v},,")?;
+        writeln!(csv, "pairs,exrm,{k},{v},,,,,")?;
     }
     let points = |f: &dyn Fn(usize) -> f64, n: usize| (0..n).map(|k| (k as f64, f(k))).collect();
     let series = |name: &str, color: usize, markers: bool, pts: Vec<(f64, f64)>| Series {
@@ -121,6 +118,30 @@ pub fn mechanism(pairs: &str, tokens: &str, split: &str, source: &str) -> Result
         panels.push(p);
         panels.push(token_panel(tokens, split, &mut csv)?);
     }
+    if !whole.is_empty() {
+        for (k, (w, v)) in whole.iter().enumerate() {
+            writeln!(csv, "whole,imrm,{k},{v},,,{w},,")?;
+        }
+        let n = whole.len();
+        let mut p = Panel::lines(
+            &format!("IM-RM: whole model vs unembedding on {split}"),
+            "pair (sorted by the whole model's dm/dt)",
+            "dm/dt along −∇L",
+            false,
+            false,
+            vec![
+                series(
+                    "whole model (central differences)",
+                    0,
+                    false,
+                    points(&|k| whole[k].0, n),
+                ),
+                series("unembedding part", 5, true, points(&|k| whole[k].1, n)),
+            ],
+        );
+        p.legend = Legend::UpperLeft;
+        panels.push(p);
+    }
     if !ex.is_empty() {
         let n = ex.len();
         let mut p = Panel::lines(
@@ -134,13 +155,13 @@ pub fn mechanism(pairs: &str, tokens: &str, split: &str, source: &str) -> Result
         p.legend = Legend::UpperLeft;
         panels.push(p);
     }
-    let columns = panels.len();
+    let columns = if panels.len() == 4 { 2 } else { panels.len() };
     Ok(FigureData {
         figure: Figure {
             panels,
             columns,
             caption: source.to_string(),
-            panel_size: (620, 440),
+            panel_size: (560, 420),
         },
         csv,
     })
@@ -159,9 +180,8 @@ fn token_panel(tokens: &str, split: &str, csv: &mut String) -> Result<Panel> {
     }
     rows.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
     rows.truncate(6);
-    writeln!(csv, "token,velocity_identity,share")?;
     for (t, v, s) in &rows {
-        writeln!(csv, "\"{}\",{v},{s}", t.replace('"', "\"\""))?;
+        writeln!(csv, "tokens,imrm,,,{v},,,{s},{}", field(t))?;
     }
     Ok(Panel {
         title: format!("IM-RM: tokens carrying the identity part ({split})"),

@@ -231,3 +231,24 @@ pub fn lm_recipe_args(
         path(out),
     ]
 }
+
+/// A CSV output as rows of (column → value), fields split as RFC 4180 quotes them.
+pub fn csv_table(path: &std::path::Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header = rmflow::io::csv::fields(lines.next().unwrap());
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(rmflow::io::csv::fields(l))
+                .collect()
+        })
+        .collect()
+}
+
+/// A JSON output.
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}

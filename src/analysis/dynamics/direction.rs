@@ -70,7 +70,7 @@ impl TrainingDirection {
         let rs: Vec<ResponseStates> = responses.iter().map(|r| r.0).collect();
         let weights: Vec<f64> = responses
             .iter()
-            .flat_map(|(r, w)| std::iter::repeat_n(*w, r.tokens.len()))
+            .flat_map(|(r, w)| std::iter::repeat(*w).take(r.tokens.len()))
             .collect();
         for block in blocks(&rs) {
             let mut p = mat_mul_bt(block.states.view(), u);

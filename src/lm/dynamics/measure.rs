@@ -200,6 +200,71 @@ fn token_counts(states: &[Option<SequenceStates>], eval: &[Pair]) -> Vec<BTreeMa
         .collect()
 }
 
+/// Per evaluation pair: the part's predicted margin velocity, its identity part (IM-RM) and each
+/// token's identity part.
+type PartVelocities = (Vec<f64>, Option<Vec<f64>>, Vec<BTreeMap<usize, f64>>);
+
+/// What the part (the IM-RM's unembedding, the EX-RM's head) moves along under the flow: the
+/// training direction `D`, or the head's `Σ_i c_i z_i`.
+enum Part {
+    Unembedding(TrainingDirection),
+    Head(Array1<f64>),
+}
+
+impl Part {
+    fn of(
+        reward: Reward,
+        u: &Array2<f64>,
+        states: &[Option<SequenceStates>],
+        inputs: &Inputs,
+        c: &[f64],
+    ) -> Part {
+        match reward.is_implicit() {
+            true => Part::Unembedding(imrm_direction(u, states, inputs.train, c)),
+            false => Part::Head(head_direction(differences(states, inputs.train).view(), c)),
+        }
+    }
+
+    /// Per evaluation pair: the predicted margin velocity and, for the IM-RM, its identity part
+    /// and each token's.
+    fn velocities(
+        &self,
+        u: &Array2<f64>,
+        states: &[Option<SequenceStates>],
+        inputs: &Inputs,
+    ) -> PartVelocities {
+        match self {
+            Part::Unembedding(d) => {
+                let (v, id, by) = imrm_velocities(u, d, states, inputs);
+                (v, Some(id), by)
+            }
+            Part::Head(z) => {
+                let v = inputs
+                    .eval
+                    .iter()
+                    .map(|&(a, b)| (last(states, a) - last(states, b)).dot(z))
+                    .collect();
+                (v, None, Vec::new())
+            }
+        }
+    }
+
+    /// `(U, u)` after one gradient-descent step on the part alone: `U + η β D` (`−∇_U L = β D`),
+    /// or `u + η Σ c_i z_i`; `scaled` is `η β`.
+    fn step(
+        &self,
+        u: &Array2<f64>,
+        head: &Array1<f64>,
+        scaled: f64,
+        eta: f64,
+    ) -> (Array2<f64>, Array1<f64>) {
+        match self {
+            Part::Unembedding(d) => (u + &(&d.full * scaled), head.clone()),
+            Part::Head(z) => (u.clone(), head + &(z * eta)),
+        }
+    }
+}
+
 /// `η`: given, or the step whose predicted largest margin change is `target`.
 fn step_size(eta: Option<f64>, target: f64, velocity: &[f64]) -> f64 {
     let top = velocity.iter().fold(0.0f64, |a, v| a.max(v.abs()));
@@ -238,30 +303,12 @@ pub fn measure(
         );
     }
     on_stage("the training direction and the velocities");
-    let (velocity, identity, identity_tokens, d, z) = match reward.is_implicit() {
-        true => {
-            let d = imrm_direction(&u, states, inputs.train, &c);
-            let (v, id, by) = imrm_velocities(&u, &d, states, inputs);
-            (v, Some(id), by, Some(d), None)
-        }
-        false => {
-            let z = head_direction(differences(states, inputs.train).view(), &c);
-            let v = inputs
-                .eval
-                .iter()
-                .map(|&(a, b)| (last(states, a) - last(states, b)).dot(&z))
-                .collect();
-            (v, None, Vec::new(), None, Some(z))
-        }
-    };
+    let part = Part::of(reward, &u, states, inputs, &c);
+    let (velocity, identity, identity_tokens) = part.velocities(&u, states, inputs);
     let eta = step_size(eta, target, &velocity);
     let part_change = [eta, eta / 2.0].map(|e| {
-        let (u2, h2) = match (&d, &z) {
-            (Some(d), _) => (&u + &(&d.full * (e * inputs.beta)), h0.clone()),
-            (_, Some(z)) => (u.clone(), &h0 + &(z * e)),
-            _ => unreachable!("a direction for either reward"),
-        };
-        let r2 = rewards(reward, states, (&u2, &h2), scored, inputs.eval);
+        let moved = part.step(&u, &h0, e * inputs.beta, e);
+        let r2 = rewards(reward, states, (&moved.0, &moved.1), scored, inputs.eval);
         change(&margins_of(&r2, inputs.eval), &margins)
     });
     let whole = match whole {

@@ -4,21 +4,13 @@
 
 use super::run::{DynamicsOutcome, ModelSource, RewardDynamics, SplitPairs};
 use crate::io::atomic::AtomicDir;
+use crate::io::csv::field;
 use crate::io::layout::RMFLOW_VERSION;
 use anyhow::Result;
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::ops::Range;
-
-/// A CSV field (RFC 4180: quoted where it holds a comma, a quote or a line break).
-fn field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
 
 /// The rows of `pairs` (concatenated over splits) that belong to each split.
 fn ranges(splits: &[SplitPairs]) -> Vec<Range<usize>> {
