@@ -8,16 +8,11 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use rmflow::analysis::dynamics::direction::{kernel, ResponseStates};
-use rmflow::lm::checkpoint::tiny::{standard_specs, write_tiny_checkpoint, PROBE_TEXTS};
 use rmflow::lm::dynamics::states::sequence_states;
-use rmflow::lm::recipe::{
-    build, load_recipe_model, response_token_logprobs, vocabulary_texts, RecipeFile,
-};
+use rmflow::lm::recipe::{build, load_recipe_model, response_token_logprobs, RecipeFile};
 use rmflow::lm::Forward;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-const CHATML: &str = "{%- for message in messages %}{%- if loop.first and message['role'] != 'system' %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
 
 const TRAIN: [(&str, &str, &str); 5] = [
     ("is the sky blue", "yes it is blue", "no it is green"),
@@ -69,20 +64,8 @@ fn setup(name: &str, tied: bool) -> (PathBuf, PathBuf, PathBuf) {
     );
     let config = dir.join("recipe.toml");
     std::fs::write(&config, text).unwrap();
-    let file = RecipeFile::from_file(&config).unwrap();
-    let mut texts: Vec<String> = PROBE_TEXTS.iter().map(|s| s.to_string()).collect();
-    texts.extend(vocabulary_texts(&file).unwrap());
-    texts.push("<|im_start|>system You are a helpful assistant.<|im_end|> user assistant".into());
     let want = if tied { "llama-tied" } else { "llama-gqa" };
-    let spec = standard_specs()
-        .into_iter()
-        .find(|(n, _)| *n == want)
-        .unwrap()
-        .1;
-    let model = dir.join("model");
-    write_tiny_checkpoint(&model, spec, &texts).unwrap();
-    let cfg = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>"});
-    std::fs::write(model.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let model = common::tiny_chat_llama(&dir, &config, want);
     (dir, model, config)
 }
 

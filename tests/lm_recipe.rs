@@ -4,6 +4,8 @@
 //! `transformers`' renderings, determinism and config errors.
 #![cfg(feature = "lm")]
 
+mod common;
+
 use rmflow::lm::checkpoint::chat_template::{ChatTemplate, Message};
 use rmflow::lm::checkpoint::tiny::{standard_specs, write_tiny_checkpoint, TinySpec, PROBE_TEXTS};
 use rmflow::lm::recipe::{
@@ -18,9 +20,6 @@ const PAPER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/experiments/persona_paper.toml"
 );
-
-/// A ChatML template in the layout of Qwen2.5-Instruct's (the tiny vocabularies hold its pieces).
-const CHATML: &str = "{%- for message in messages %}{%- if loop.first and message['role'] != 'system' %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
 
 fn temp(name: &str) -> PathBuf {
     let p = std::env::temp_dir().join(format!("rmflow-recipe-{}-{name}", std::process::id()));
@@ -44,11 +43,11 @@ fn vocabulary() -> Vec<String> {
     t
 }
 
-/// A tiny checkpoint of `spec`; with `chat`, a tokenizer_config.json carrying [`CHATML`].
+/// A tiny checkpoint of `spec`; with `chat`, a tokenizer_config.json carrying [`common::CHATML`].
 fn checkpoint(dir: &Path, spec: TinySpec, chat: bool) {
     write_tiny_checkpoint(dir, spec, &vocabulary()).unwrap();
     if chat {
-        let cfg = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>"});
+        let cfg = serde_json::json!({"chat_template": common::CHATML, "eos_token": "<|im_end|>"});
         std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
     }
 }

@@ -6,12 +6,8 @@
 
 mod common;
 
-use rmflow::lm::checkpoint::tiny::{standard_specs, write_tiny_checkpoint, PROBE_TEXTS};
-use rmflow::lm::recipe::{vocabulary_texts, RecipeFile};
+use rmflow::lm::recipe::RecipeFile;
 use std::path::{Path, PathBuf};
-
-/// The ChatML template of tests/lm_recipe.rs (the tiny vocabulary holds its pieces).
-const CHATML: &str = "{%- for message in messages %}{%- if loop.first and message['role'] != 'system' %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
 
 const STANDARD: [(&str, &str, &str); 6] = [
     ("is the sky blue", "yes it is blue", "no it is green"),
@@ -119,20 +115,7 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
 
 /// A tiny Llama whose vocabulary holds the sets' words and the template's pieces.
 fn checkpoint(dir: &Path, config: &Path) -> PathBuf {
-    let file = RecipeFile::from_file(config).unwrap();
-    let mut texts: Vec<String> = PROBE_TEXTS.iter().map(|s| s.to_string()).collect();
-    texts.extend(vocabulary_texts(&file).unwrap());
-    texts.push("<|im_start|>system You are a helpful assistant.<|im_end|> user assistant".into());
-    let spec = standard_specs()
-        .into_iter()
-        .find(|(n, _)| n.starts_with("llama"))
-        .unwrap()
-        .1;
-    let model = dir.join("model");
-    write_tiny_checkpoint(&model, spec, &texts).unwrap();
-    let cfg = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>"});
-    std::fs::write(model.join("tokenizer_config.json"), cfg.to_string()).unwrap();
-    model
+    common::tiny_chat_llama(dir, config, "llama-gqa")
 }
 
 fn recipe(model: &Path, config: &Path, out: &Path) -> std::process::Output {

@@ -252,3 +252,28 @@ pub fn csv_table(path: &std::path::Path) -> Vec<std::collections::HashMap<String
 pub fn read_json(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
+
+/// A ChatML template in the layout of Qwen2.5-Instruct's, which the tiny chat checkpoints carry
+/// (their vocabularies hold its pieces).
+pub const CHATML: &str = "{%- for message in messages %}{%- if loop.first and message['role'] != 'system' %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+
+/// A tiny random Llama (`spec`, a name of `standard_specs`) in `dir/model` whose vocabulary holds
+/// the texts of the recipe config `config` and ChatML's pieces, with the ChatML template.
+#[cfg(feature = "lm")]
+pub fn tiny_chat_llama(dir: &std::path::Path, config: &std::path::Path, spec: &str) -> PathBuf {
+    use rmflow::lm::checkpoint::tiny::{standard_specs, write_tiny_checkpoint, PROBE_TEXTS};
+    let file = rmflow::lm::recipe::RecipeFile::from_file(config).unwrap();
+    let mut texts: Vec<String> = PROBE_TEXTS.iter().map(|s| s.to_string()).collect();
+    texts.extend(rmflow::lm::recipe::vocabulary_texts(&file).unwrap());
+    texts.push("<|im_start|>system You are a helpful assistant.<|im_end|> user assistant".into());
+    let spec = standard_specs()
+        .into_iter()
+        .find(|(n, _)| *n == spec)
+        .unwrap()
+        .1;
+    let model = dir.join("model");
+    write_tiny_checkpoint(&model, spec, &texts).unwrap();
+    let cfg = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>"});
+    std::fs::write(model.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    model
+}
