@@ -13,6 +13,7 @@ use crate::lm::train::sequences::ScoredSequence;
 use anyhow::{bail, Result};
 use candle_core::{Tensor, Var};
 use ndarray::{Array1, Array2};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// A pair of sequences (indices into the problem's sequences): chosen, rejected.
@@ -65,66 +66,87 @@ pub struct WholeStep {
     pub applied: f64,
 }
 
+/// `ln π(y_k | ·)` of every response token of the sequences `idx` from their states under `u`
+/// (indexed like `states`; empty rows for the others).
+fn state_log_probs(
+    states: &[Option<SequenceStates>],
+    u: &Array2<f64>,
+    idx: &[usize],
+) -> Vec<Vec<f64>> {
+    let responses: Vec<_> = idx
+        .iter()
+        .map(|&i| {
+            states[i]
+                .as_ref()
+                .expect("states of every selected sequence")
+                .response()
+        })
+        .collect();
+    let mut table = vec![Vec::new(); states.len()];
+    for (&i, lp) in idx.iter().zip(log_probs_all(u.view(), &responses)) {
+        table[i] = lp;
+    }
+    table
+}
+
+/// IM-RM rewards `β Σ_k (ln π − ln π_ref)` of the sequences of `pairs` from their `ln π` table.
+fn implicit_rewards(
+    lp: &[Vec<f64>],
+    (beta, reference): (f64, &[Vec<f64>]),
+    pairs: &[Pair],
+) -> Vec<f64> {
+    let mut out = vec![f64::NAN; lp.len()];
+    for &i in pairs.iter().flat_map(|(c, r)| [c, r]) {
+        out[i] = beta
+            * lp[i]
+                .iter()
+                .zip(&reference[i])
+                .map(|(a, b)| a - b)
+                .sum::<f64>();
+    }
+    out
+}
+
 /// Rewards of the sequences of `pairs` (indexed like the sequences) from their states: IM-RM
 /// `β Σ_k (ln π − ln π_ref)` under `u`, EX-RM `⟨head, h_last⟩`.
 fn rewards(
     reward: Reward,
     states: &[Option<SequenceStates>],
     (u, head): (&Array2<f64>, &Array1<f64>),
-    (beta, reference): (f64, &[Vec<f64>]),
+    scored: (f64, &[Vec<f64>]),
     pairs: &[Pair],
 ) -> Vec<f64> {
-    let mut out = vec![f64::NAN; states.len()];
     let idx: Vec<usize> = pairs.iter().flat_map(|&(c, r)| [c, r]).collect();
-    let seq = |i: usize| {
-        states[i]
+    if reward.is_implicit() {
+        return implicit_rewards(&state_log_probs(states, u, &idx), scored, pairs);
+    }
+    let mut out = vec![f64::NAN; states.len()];
+    for &i in &idx {
+        out[i] = states[i]
             .as_ref()
             .expect("states of every selected sequence")
-    };
-    if reward.is_implicit() {
-        let responses: Vec<_> = idx.iter().map(|&i| seq(i).response()).collect();
-        for (&i, lp) in idx.iter().zip(log_probs_all(u.view(), &responses)) {
-            out[i] = beta
-                * lp.iter()
-                    .zip(&reference[i])
-                    .map(|(a, b)| a - b)
-                    .sum::<f64>();
-        }
-    } else {
-        for &i in &idx {
-            out[i] = seq(i).last.dot(head);
-        }
+            .last
+            .dot(head);
     }
     out
 }
 
 /// `ln π_ref` of every response token of the sequences `idx`: the given table, or (step 0) the
-/// model's own; zeros for the IM-RM without reference; empty rows for the EX-RM.
+/// model's own `current` one; zeros for the IM-RM without reference; empty rows for the EX-RM.
 fn reference_table(
     reward: Reward,
-    states: &[Option<SequenceStates>],
-    u: &Array2<f64>,
+    current: &[Vec<f64>],
     inputs: &Inputs,
     idx: &[usize],
 ) -> Vec<Vec<f64>> {
-    let mut table = vec![Vec::new(); states.len()];
-    let seq = |i: usize| {
-        states[i]
-            .as_ref()
-            .expect("states of every selected sequence")
-    };
-    match (reward, inputs.reference) {
-        (Reward::Imrm, Some(t)) => idx.iter().for_each(|&i| table[i] = t[i].clone()),
-        (Reward::Imrm, None) => {
-            let responses: Vec<_> = idx.iter().map(|&i| seq(i).response()).collect();
-            for (&i, lp) in idx.iter().zip(log_probs_all(u.view(), &responses)) {
-                table[i] = lp;
-            }
-        }
-        (Reward::ImrmNoRef, _) => idx
-            .iter()
-            .for_each(|&i| table[i] = vec![0.0; seq(i).tokens.len()]),
-        _ => {}
+    let mut table = vec![Vec::new(); current.len()];
+    for &i in idx {
+        table[i] = match (reward, inputs.reference) {
+            (Reward::Imrm, Some(t)) => t[i].clone(),
+            (Reward::Imrm, None) => current[i].clone(),
+            (Reward::ImrmNoRef, _) => vec![0.0; current[i].len()],
+            _ => Vec::new(),
+        };
     }
     table
 }
@@ -251,16 +273,16 @@ impl Part {
 
     /// `(U, u)` after one gradient-descent step on the part alone: `U + η β D` (`−∇_U L = β D`),
     /// or `u + η Σ c_i z_i`; `scaled` is `η β`.
-    fn step(
+    fn step<'a>(
         &self,
-        u: &Array2<f64>,
+        u: &'a Array2<f64>,
         head: &Array1<f64>,
         scaled: f64,
         eta: f64,
-    ) -> (Array2<f64>, Array1<f64>) {
+    ) -> (Cow<'a, Array2<f64>>, Array1<f64>) {
         match self {
-            Part::Unembedding(d) => (u + &(&d.full * scaled), head.clone()),
-            Part::Head(z) => (u.clone(), head + &(z * eta)),
+            Part::Unembedding(d) => (Cow::Owned(u + &(&d.full * scaled)), head.clone()),
+            Part::Head(z) => (Cow::Borrowed(u), head + &(z * eta)),
         }
     }
 }
@@ -290,9 +312,17 @@ pub fn measure(
     let idx: Vec<usize> = all.iter().flat_map(|&(c, r)| [c, r]).collect();
     let u = lm.unembedding_f64()?;
     let h0 = to_array1(head.as_tensor())?;
-    let reference = reference_table(reward, states, &u, inputs, &idx);
+    // The IM-RM's `ln π` now, read once: its rewards and, at step 0, its reference.
+    let lp = match reward.is_implicit() {
+        true => state_log_probs(states, &u, &idx),
+        false => vec![Vec::new(); states.len()],
+    };
+    let reference = reference_table(reward, &lp, inputs, &idx);
     let scored = (inputs.beta, reference.as_slice());
-    let r = rewards(reward, states, (&u, &h0), scored, &all);
+    let r = match reward.is_implicit() {
+        true => implicit_rewards(&lp, scored, &all),
+        false => rewards(reward, states, (&u, &h0), scored, &all),
+    };
     let c = flow_weights(&margins_of(&r, inputs.train));
     let margins = margins_of(&r, inputs.eval);
     if let Some(j) = margins.iter().position(|m| !m.is_finite()) {
@@ -511,15 +541,5 @@ pub fn log_prob_table(
     batch: usize,
 ) -> Result<Vec<Vec<f64>>> {
     let states = sequence_states(lm, seqs, idx, batch)?;
-    let u = lm.unembedding_f64()?;
-    let present: Vec<usize> = (0..states.len()).filter(|&i| states[i].is_some()).collect();
-    let responses: Vec<_> = present
-        .iter()
-        .map(|&i| states[i].as_ref().expect("present").response())
-        .collect();
-    let mut table = vec![Vec::new(); states.len()];
-    for (&i, lp) in present.iter().zip(log_probs_all(u.view(), &responses)) {
-        table[i] = lp;
-    }
-    Ok(table)
+    Ok(state_log_probs(&states, &lm.unembedding_f64()?, idx))
 }

@@ -163,7 +163,7 @@ pub struct FirstOrder {
 }
 
 fn norm(v: impl Iterator<Item = f64>) -> f64 {
-    v.map(|x| x * x).sum::<f64>().sqrt()
+    crate::numerics::norm(&v.collect::<Vec<f64>>())
 }
 
 fn first_order(r: &RewardDynamics) -> FirstOrder {
