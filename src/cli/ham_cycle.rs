@@ -23,6 +23,13 @@ pub struct HamCycleArgs {
     /// Override `data.vertices` (n ≤ 8 also computes the exact probabilities).
     #[arg(long)]
     vertices: Option<usize>,
+    /// A pretrained causal checkpoint (Hugging Face folder) as the reference model, as the
+    /// official code uses Pythia-1B: overrides `model.path`. `<sep>` and `<edge_sep>` are added
+    /// to its tokenizer and its vocabulary resized; prompts and responses go through its chat
+    /// template (or the official default one). Without it (and without `model.path`): the small
+    /// Llama trained from scratch.
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
     /// Output folder, written atomically (layout: experiments/README.md). Required unless
     /// --resume.
     #[arg(long)]
@@ -62,7 +69,7 @@ fn resumed(a: &HamCycleArgs, run_dir: &Path) -> Result<(CycleFile, PathBuf, Chec
             "--resume: the checkpoint's run.json has no valid `config`: {e}"
         ))
     })?;
-    let mut now = match a.config.is_some() || a.vertices.is_some() {
+    let mut now = match a.config.is_some() || a.vertices.is_some() || a.model.is_some() {
         true => identity(&config_of(a)?, &a.device),
         false => identity(&file, &a.device),
     };
@@ -85,6 +92,12 @@ fn config_of(a: &HamCycleArgs) -> Result<CycleFile> {
         file.validate()
             .map_err(|e| rmflow::error::InputError(format!("--vertices {n}: {e:#}")))?;
     }
+    if let Some(dir) = &a.model {
+        file.model.path = Some(dir.clone());
+        file.validate()
+            .map_err(|e| InputError(format!("--model {}: {e:#}", dir.display())))?;
+    }
+    file.check_model()?;
     Ok(file)
 }
 
@@ -103,11 +116,15 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
         }
     };
     let (d, m) = (&file.data, &file.model);
+    let model = match &m.path {
+        Some(p) => format!("model.path = {}", p.display()),
+        None => format!("model.dim = {}, model.layers = {}", m.dim, m.layers),
+    };
     rmflow::io::resources::refuse_above_available(
-        &file.memory_estimate(),
+        &file.memory_estimate()?,
         &format!(
-            "data.vertices = {}, data.train_pairs = {}, data.test_pairs = {}, model.dim = {}, model.layers = {}",
-            d.vertices, d.train_pairs, d.test_pairs, m.dim, m.layers
+            "data.vertices = {}, data.train_pairs = {}, data.test_pairs = {}, {model}",
+            d.vertices, d.train_pairs, d.test_pairs
         ),
         "data.train_pairs, data.test_pairs, data.vertices, model.dim or model.layers",
         a.ignore_memory_estimate,
@@ -123,7 +140,11 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
     let epochs_steps =
         file.train.epochs * file.data.train_pairs.div_ceil(file.train.pairs_per_step);
     let mut bars: StageBars<u8> = StageBars::new();
-    let steps = file.pretrain.steps as u64;
+    // A pretrained model has no pretraining: its bar only shows the data's stage.
+    let steps = match file.model.path {
+        Some(_) => 0,
+        None => file.pretrain.steps as u64,
+    };
     let reward_bar = |reward: Reward| {
         move || {
             progress_bar(

@@ -55,6 +55,7 @@ fn strftime(date: chrono::NaiveDate, format: &str) -> Result<String, Error> {
 }
 
 /// A compiled chat template with the special tokens it may refer to.
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     pub bos_token: String,

@@ -9,11 +9,15 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use tokenizers::{AddedToken, Tokenizer};
 
-/// Special tokens to add to a checkpoint's tokenizer (each a new id unless already in the
-/// vocabulary), and the seed of the new rows' draws.
+/// Tokens to add to a checkpoint's tokenizer (each a new id unless already in the vocabulary),
+/// and the seed of the new rows' draws.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddedTokens {
+    /// Added as special tokens (`add_special_tokens`: skipped when decoding).
     pub tokens: Vec<String>,
+    /// Added after them as plain tokens (`add_tokens`: normalised, kept when decoding), as the
+    /// official code adds the Hamiltonian-cycle task's `<sep>` and `<edge_sep>`.
+    pub plain: Vec<String>,
     pub seed: u64,
 }
 
@@ -102,7 +106,14 @@ pub(crate) fn add_tokens(
         .get("vocab_size")
         .and_then(|v| v.as_u64())
         .with_context(|| format!("{}: no vocab_size", cfg_path.display()))? as usize;
-    let to = add_special_tokens(tokenizer, &a.tokens);
+    add_special_tokens(tokenizer, &a.tokens);
+    let plain: Vec<AddedToken> = a
+        .plain
+        .iter()
+        .map(|t| AddedToken::from(t.clone(), false))
+        .collect();
+    tokenizer.add_tokens(&plain);
+    let to = tokenizer.get_vocab_size(true);
     raw["vocab_size"] = to.into();
     Ok((to != from).then_some(Resize {
         from,

@@ -13,11 +13,19 @@ use std::path::Path;
 /// The committed default config (`experiments/ham_cycle.toml`).
 pub const DEFAULT_CYCLE_TOML: &str = include_str!("../../../experiments/ham_cycle.toml");
 
-/// `[model]`: the Llama trained from scratch (intermediate size `3·dim`, rotary θ = 10 000,
-/// RMSNorm ε = 1e-6, tied embeddings, weights `N(0, 0.02²)`).
+/// `[model]`: the reference model. Without `path`, a Llama trained from scratch (intermediate
+/// size `3·dim`, rotary θ = 10 000, RMSNorm ε = 1e-6, tied embeddings, weights `N(0, 0.02²)`)
+/// and pretrained by `[pretrain]`; with `path`, a pretrained causal checkpoint used as it is, as
+/// the official code uses Pythia-1B (`<sep>` and `<edge_sep>` added to its tokenizer, its
+/// vocabulary matrices resized; its own chat template, or the official default one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CycleModel {
+    /// A Hugging Face folder (config.json, safetensors, tokenizer.json): the pretrained
+    /// reference model. `dim`, `layers`, `heads` and `[pretrain]` are then unused and must keep
+    /// their defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
     pub dim: usize,
     pub layers: usize,
     pub heads: usize,
@@ -26,6 +34,7 @@ pub struct CycleModel {
 impl Default for CycleModel {
     fn default() -> Self {
         CycleModel {
+            path: None,
             dim: 128,
             layers: 2,
             heads: 8,
@@ -132,15 +141,16 @@ impl CycleFile {
     /// (8 floats per token, layer and dimension) and every pair's two token sequences and edges.
     /// Sequence length: 3 tokens per expected edge (the planted cycle's `n` and `p` of the rest)
     /// plus the `2n` of a response.
-    pub fn memory_estimate(&self) -> crate::io::resources::MemoryEstimate {
+    pub fn memory_estimate(&self) -> Result<crate::io::resources::MemoryEstimate> {
         let (n, p) = (self.data.vertices as f64, self.data.edge_probability);
-        let (dim, layers) = (self.model.dim as f64, self.model.layers as f64);
         let edges = n + p * (n * (n - 1.0) / 2.0 - n).max(0.0);
         let tokens = 3.0 * edges + 2.0 * n;
-        let vocab = n + 8.0;
-        let parameters = vocab * dim + layers * (13.0 * dim * dim + 2.0 * dim) + dim;
+        let (parameters, dim, layers) = self.model_size()?;
         let pairs = (self.data.train_pairs + self.data.test_pairs) as f64;
-        let micro = self.train.micro_batch.max(self.pretrain.batch) as f64;
+        let micro = match self.model.path {
+            Some(_) => self.train.micro_batch,
+            None => self.train.micro_batch.max(self.pretrain.batch),
+        } as f64;
         let terms = vec![
             (
                 "parameters, gradients, Adam moments, π_ref",
@@ -153,10 +163,64 @@ impl CycleFile {
             ("pairs", pairs * (2.0 * tokens * 4.0 + 16.0 * edges)),
             ("program", 64.0 * 1024.0 * 1024.0),
         ];
-        crate::io::resources::MemoryEstimate {
+        Ok(crate::io::resources::MemoryEstimate {
             bytes: terms.iter().map(|(_, b)| b).sum(),
             terms,
+        })
+    }
+
+    /// A low count of the model's parameters, its width and depth: from `[model]`, or from a
+    /// pretrained checkpoint's `config.json` (the vocabulary and each layer's attention
+    /// queries and outputs and MLP; keys and values left out).
+    fn model_size(&self) -> Result<(f64, f64, f64)> {
+        let Some(dir) = &self.model.path else {
+            let (dim, layers) = (self.model.dim as f64, self.model.layers as f64);
+            let vocab = self.data.vertices as f64 + 8.0;
+            let parameters = vocab * dim + layers * (13.0 * dim * dim + 2.0 * dim) + dim;
+            return Ok((parameters, dim, layers));
+        };
+        let path = dir.join("config.json");
+        let cfg: serde_json::Value =
+            serde_json::from_str(&crate::io::input::read_text(&path, "model config")?).map_err(
+                |e| crate::error::InputError(format!("{}: not valid JSON: {e}", path.display())),
+            )?;
+        let get = |k: &str| cfg.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0);
+        let (dim, layers, vocab) = (
+            get("hidden_size"),
+            get("num_hidden_layers"),
+            get("vocab_size"),
+        );
+        let inter = get("intermediate_size");
+        Ok((
+            vocab * dim + layers * (2.0 * dim * dim + 3.0 * dim * inter),
+            dim,
+            layers,
+        ))
+    }
+
+    /// A pretrained `model.path` must be a causal checkpoint, and one with the shared-prompt
+    /// forward (Llama, Qwen2) where the exact masses are computed.
+    pub fn check_model(&self) -> Result<()> {
+        use crate::lm::Architecture;
+        let Some(dir) = &self.model.path else {
+            return Ok(());
+        };
+        let arch = crate::lm::model::architecture_of(dir)?;
+        if !arch.is_causal() {
+            return Err(crate::error::InputError(format!(
+                "model.path = {}: a masked encoder ({arch:?}); the experiment generates, so it needs a causal language model",
+                dir.display()
+            ))
+            .into());
         }
+        if self.exact() && !matches!(arch, Architecture::Llama | Architecture::Qwen2) {
+            return Err(crate::error::InputError(format!(
+                "model.path = {}: the exact enumeration (eval.exact; on where data.vertices ≤ 8) shares each prompt's keys and values, which rmflow does for Llama and Qwen2 checkpoints, not {arch:?}; set eval.exact = false",
+                dir.display()
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// Reads and validates a config; every error a [`ConfigError`] (exit code 2) naming the
@@ -182,6 +246,7 @@ impl CycleFile {
         self.data.validate()?;
         self.model.validate()?;
         self.pretrain.validate()?;
+        self.pretrained_alone()?;
         self.train.validate()?;
         crate::lm::train::config::field(
             "train",
@@ -191,6 +256,32 @@ impl CycleFile {
             true,
         )?;
         self.eval.validate(&self.data)
+    }
+
+    /// With `model.path`, the from-scratch model's fields keep their defaults (a changed one
+    /// would be silently unused).
+    fn pretrained_alone(&self) -> Result<(), ConfigError> {
+        let Some(path) = &self.model.path else {
+            return Ok(());
+        };
+        const WHY: &str =
+            "must keep its default: it is for the model trained from scratch, not with model.path";
+        let got = |v: &dyn std::fmt::Display| format!("{v} (model.path = {})", path.display());
+        let scratch = CycleModel::default();
+        for (name, v, d) in [
+            ("dim", self.model.dim, scratch.dim),
+            ("layers", self.model.layers, scratch.layers),
+            ("heads", self.model.heads, scratch.heads),
+        ] {
+            field("model", name, v == d, WHY, got(&v))?;
+        }
+        let json = |p: &CyclePretrain| serde_json::to_value(p).expect("plain fields");
+        let (now, default) = (json(&self.pretrain), json(&CyclePretrain::default()));
+        for (name, d) in default.as_object().expect("a table") {
+            let v = &now[name];
+            field("pretrain", name, v == d, WHY, got(v))?;
+        }
+        Ok(())
     }
 
     /// What the trainer reads: the seed, `[train]` and the recipe's tie tolerance.

@@ -10,7 +10,7 @@
 //!   step a softmax over the unused vertices only) define a distribution over the `n!` orders,
 //!   whose total must be 1.
 
-use super::checkpoint::CycleTokens;
+use super::tokens::CycleTokens;
 use crate::lm::LanguageModel;
 use crate::numerics::logsumexp;
 use crate::problem::hamiltonian::Graph;
@@ -32,19 +32,32 @@ pub struct OrderMass {
     pub cycle_orders: usize,
 }
 
-/// The logits of each row of `h` [R, D] under `unembedding`, f64, and their log-softmax
-/// (`logit − logsumexp(row)`, in f64).
-fn logits_and_log_probs(
+/// Rows of `h` whose logits are formed at once: a `[ROWS, V]` block (f32, then f64), so a
+/// pretrained vocabulary of ~50 000 tokens costs ~0.3 GB, not one `[R, V]` matrix.
+const ROWS: usize = 1024;
+
+/// For each row of `h` [R, D] under `unembedding` [V, D]: the logsumexp of its logits (f64)
+/// and its logits at `ids` (f64, `[R, ids.len()]`).
+fn task_logits(
     h: &Tensor,
     unembedding: &Tensor,
-) -> Result<(ndarray::Array2<f64>, ndarray::Array2<f64>)> {
-    let logits = crate::lm::model::to_array2(&h.matmul(&unembedding.t()?)?)?;
-    let mut lp = logits.clone();
-    for mut row in lp.rows_mut() {
-        let lse = logsumexp(row.as_slice().expect("standard layout"));
-        row.mapv_inplace(|x| x - lse);
+    ids: &[u32],
+) -> Result<(Vec<f64>, ndarray::Array2<f64>)> {
+    let r = h.dim(0)?;
+    let mut lse = Vec::with_capacity(r);
+    let mut picked = ndarray::Array2::zeros((r, ids.len()));
+    let u_t = unembedding.t()?;
+    for start in (0..r).step_by(ROWS) {
+        let rows = ROWS.min(r - start);
+        let logits = crate::lm::model::to_array2(&h.narrow(0, start, rows)?.matmul(&u_t)?)?;
+        for (k, row) in logits.rows().into_iter().enumerate() {
+            lse.push(logsumexp(row.as_slice().expect("standard layout")));
+            for (j, &t) in ids.iter().enumerate() {
+                picked[[start + k, j]] = row[t as usize];
+            }
+        }
     }
-    Ok((logits, lp))
+    Ok((lse, picked))
 }
 
 /// The exact masses of `graph`'s prompt (`prompt` its rendered ids) under the policy with
@@ -59,6 +72,13 @@ pub fn order_masses(
     batch: usize,
 ) -> Result<OrderMass> {
     let n = graph.vertices;
+    // The logits read: the vertices' (columns 0..n), then the separator's and the eos'.
+    let ids: Vec<u32> = tokens.vertex[..n]
+        .iter()
+        .copied()
+        .chain([tokens.sep, tokens.eos])
+        .collect();
+    let column = |t: u32| ids.iter().position(|&i| i == t).expect("a task token");
     let (mut cycles, mut all, mut restricted) = (Vec::new(), Vec::new(), Vec::new());
     for chunk in orders.chunks(batch) {
         let responses: Vec<Vec<u32>> = chunk.iter().map(|o| tokens.response_ids(o)).collect();
@@ -68,30 +88,29 @@ pub fn order_masses(
             .map(|r| r[..r.len() - 1].to_vec())
             .collect();
         let (h_last, h) = lm.continuation_hidden_states(prompt, &inputs)?;
-        let (first_logits, first) = logits_and_log_probs(&h_last.unsqueeze(0)?, unembedding)?;
+        let (first_lse, first) = task_logits(&h_last.unsqueeze(0)?, unembedding, &ids)?;
         let (b, c, d) = h.dims3()?;
-        let (rest_logits, rest) = logits_and_log_probs(&h.reshape((b * c, d))?, unembedding)?;
+        let (rest_lse, rest) = task_logits(&h.reshape((b * c, d))?, unembedding, &ids)?;
         for (j, (order, resp)) in chunk.iter().zip(&responses).enumerate() {
-            let row = |k: usize| -> (ArrayView1<f64>, ArrayView1<f64>) {
+            let row = |k: usize| -> (f64, ArrayView1<f64>) {
                 if k == 0 {
-                    (first.row(0), first_logits.row(0))
+                    (first_lse[0], first.row(0))
                 } else {
-                    (rest.row(j * c + k - 1), rest_logits.row(j * c + k - 1))
+                    (rest_lse[j * c + k - 1], rest.row(j * c + k - 1))
                 }
             };
             let mut lp = 0.0;
             let mut lr = 0.0;
             let mut used = vec![false; n];
             for (k, &t) in resp.iter().enumerate() {
-                let (logp, logits) = row(k);
-                lp += logp[t as usize];
+                let (lse, logits) = row(k);
+                let logit = logits[column(t)];
+                lp += logit - lse;
                 if k % 2 == 0 && k < 2 * n - 1 {
                     // A vertex step: the grammar allows the unused vertices.
-                    let allowed: Vec<f64> = (0..n)
-                        .filter(|&v| !used[v])
-                        .map(|v| logits[tokens.vertex[v] as usize])
-                        .collect();
-                    lr += logits[t as usize] - logsumexp(&allowed);
+                    let allowed: Vec<f64> =
+                        (0..n).filter(|&v| !used[v]).map(|v| logits[v]).collect();
+                    lr += logit - logsumexp(&allowed);
                     used[order[k / 2]] = true;
                 }
             }

@@ -3,7 +3,7 @@
 //! `2n + extra` new tokens; the text (special tokens skipped) is checked by
 //! [`crate::problem::hamiltonian::is_correct_generation`].
 
-use super::checkpoint::CycleTokens;
+use super::tokens::CycleTokens;
 use crate::lm::LanguageModel;
 use crate::problem::hamiltonian::{is_correct_generation, Graph};
 use anyhow::Result;
@@ -18,6 +18,8 @@ pub struct Decoding {
     pub text: String,
     /// Whether it is a Hamiltonian cycle of the prompt's graph (the official check).
     pub correct: bool,
+    /// Whether the policy ended it (eos) within the token budget; `false`: cut at the budget.
+    pub stopped: bool,
 }
 
 /// What decoding reads: the policy (its network and unembedding `U`), the vocabulary, the
@@ -44,22 +46,27 @@ impl Decoder<'_> {
     ) -> Result<Vec<Decoding>> {
         let mut out = Vec::with_capacity(prompts.len());
         for (chunk, g) in prompts.chunks(self.batch).zip(graphs.chunks(self.batch)) {
-            let generated = self.continue_batch(chunk, rng.as_deref_mut())?;
-            for (ids, graph) in generated.iter().zip(g) {
-                let text = self.tokens.decode(ids);
+            let (generated, stopped) = self.continue_batch(chunk, rng.as_deref_mut())?;
+            for ((ids, graph), stopped) in generated.iter().zip(g).zip(stopped) {
+                let text = self.tokens.decode(ids)?;
                 let correct = is_correct_generation(graph, &text);
-                out.push(Decoding { text, correct });
+                out.push(Decoding {
+                    text,
+                    correct,
+                    stopped,
+                });
             }
         }
         Ok(out)
     }
 
-    /// The new tokens of each prompt of one batch (eos not included).
+    /// The new tokens of each prompt of one batch (eos not included), and whether each ended
+    /// at eos.
     fn continue_batch(
         &self,
         prompts: &[Vec<u32>],
         mut rng: Option<&mut ChaCha8Rng>,
-    ) -> Result<Vec<Vec<u32>>> {
+    ) -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
         let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
         let mut done = vec![false; seqs.len()];
         let mut generated: Vec<Vec<u32>> = vec![Vec::new(); seqs.len()];
@@ -82,7 +89,7 @@ impl Decoder<'_> {
                 }
             }
         }
-        Ok(generated)
+        Ok((generated, done))
     }
 }
 

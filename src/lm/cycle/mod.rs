@@ -24,8 +24,9 @@ pub mod pretrain;
 pub mod problem;
 mod resume;
 pub mod run;
+pub mod tokens;
 
-pub use checkpoint::{write_initial_checkpoint, CycleTokens};
+pub use checkpoint::write_initial_checkpoint;
 pub use config::{CycleEval, CycleFile, CycleModel, CyclePretrain, DEFAULT_CYCLE_TOML};
 pub use enumerate::{order_masses, OrderMass};
 pub use generate::{Decoder, Decoding};
@@ -33,3 +34,4 @@ pub use output::write_outputs;
 pub use pretrain::pretrain;
 pub use problem::cycle_problem;
 pub use run::{run_cycle, CycleEpoch, CycleEvent, CycleOutcome, PromptRecord};
+pub use tokens::CycleTokens;

@@ -14,6 +14,11 @@ fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
     v.as_ref().map_or(String::new(), |x| x.to_string())
 }
 
+/// A float in exponent notation (masses far below 1e-20 stay short), empty where absent.
+fn opt_e(v: &Option<f64>) -> String {
+    v.map_or(String::new(), |x| format!("{x:e}"))
+}
+
 /// `metrics.csv`.
 pub fn metrics_csv(o: &CycleOutcome) -> String {
     let mut s = String::from("reward,epoch,step,train_accuracy,test_accuracy,min_test_margin,mean_test_margin,sampled_success,greedy_success,mean_cycle_mass,mean_reference_cycle_mass,mean_order_mass,bound_holds,max_bound_excess,max_restricted_error,generation_seconds\n");
@@ -30,12 +35,12 @@ pub fn metrics_csv(o: &CycleOutcome) -> String {
             e.mean_test_margin,
             opt(&e.sampled_success),
             opt(&e.greedy_success),
-            opt(&e.mean_cycle_mass),
-            opt(&e.mean_reference_cycle_mass),
-            opt(&e.mean_order_mass),
+            opt_e(&e.mean_cycle_mass),
+            opt_e(&e.mean_reference_cycle_mass),
+            opt_e(&e.mean_order_mass),
             opt(&e.bound_holds),
-            opt(&e.max_bound_excess),
-            opt(&e.max_restricted_error),
+            opt_e(&e.max_bound_excess),
+            opt_e(&e.max_restricted_error),
             e.generation_seconds
         );
     }
@@ -44,21 +49,23 @@ pub fn metrics_csv(o: &CycleOutcome) -> String {
 
 /// `prompts.csv`.
 fn prompts_csv(o: &CycleOutcome) -> String {
-    let mut s = String::from("epoch,prompt,sampled_correct,greedy_correct,cycle_orders,ln_cycle_mass,ln_reference_cycle_mass,ln_order_mass,sampled_text,greedy_text\n");
+    let mut s = String::from("epoch,prompt,sampled_correct,greedy_correct,sampled_stopped,greedy_stopped,cycle_orders,ln_cycle_mass,ln_reference_cycle_mass,ln_order_mass,sampled_text,greedy_text\n");
     for p in &o.prompts {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{}",
             p.epoch,
             p.prompt,
             u8::from(p.sampled_correct),
             u8::from(p.greedy_correct),
+            u8::from(p.sampled_stopped),
+            u8::from(p.greedy_stopped),
             opt(&p.cycle_orders),
             opt(&p.ln_cycle_mass),
             opt(&p.ln_reference_cycle_mass),
             opt(&p.ln_order_mass),
-            p.sampled_text,
-            p.greedy_text
+            crate::io::csv::field(&p.sampled_text),
+            crate::io::csv::field(&p.greedy_text)
         );
     }
     s
@@ -120,22 +127,44 @@ fn summary(o: &CycleOutcome) -> serde_json::Value {
         "rmflow_version": env!("CARGO_PKG_VERSION"),
         "experiment": "hamiltonian-cycle verification vs generation (MATH.md §7)",
         "config": o.file,
-        "vocabulary": o.tokens.vocab,
-        "pretrain": {
+        "tokens": o.tokens.describe(),
+        "pretrain": o.file.model.path.is_none().then(|| json!({
             "seconds": o.pretrain_seconds,
             "first_loss": o.pretrain.first().map(|s| s.loss),
             "last_loss": o.pretrain.last().map(|s| s.loss),
             "uniform_order_loss_per_token": uniform_order_loss(o.file.data.vertices),
-        },
+        })),
         "runs": runs,
-        "differences_from_official": [
-            "model: a small Llama trained from scratch (config [model]) and pretrained on random vertex orders, not Pythia-1B",
-            "train.lr: for the small model (official 1e-6)",
-            "draws: ChaCha8 from data.seed, not torch.Generator (same distribution, other graphs)",
+        "differences_from_official": differences(o),
+    })
+}
+
+/// Where the run differs from the official plan (`ham_cycle_reward_model_experiment.json`).
+fn differences(o: &CycleOutcome) -> Vec<String> {
+    let f = &o.file;
+    let mut d = vec![match &f.model.path {
+        None => "model: a small Llama trained from scratch (config [model]) and pretrained on random vertex orders, not Pythia-1B".to_string(),
+        Some(p) => format!("model: the pretrained checkpoint {}, not Pythia-1B (its own chat template where it has one)", p.display()),
+    }];
+    if f.train.adamw.lr != 1e-6 {
+        d.push(format!("train.lr = {:e} (official 1e-6)", f.train.adamw.lr));
+    }
+    let n = f.data.vertices;
+    if (n, f.data.train_pairs, f.data.test_pairs) != (10, 1000, 200) {
+        d.push(format!(
+            "data: n = {n}, {} / {} pairs (official n = 10, 1000 / 200)",
+            f.data.train_pairs, f.data.test_pairs
+        ));
+    }
+    if f.train.epochs != 15 {
+        d.push(format!("train.epochs = {} (official 15)", f.train.epochs));
+    }
+    d.extend([
+        "draws: ChaCha8 from data.seed, not torch.Generator (same distribution, other graphs)",
             "generation: at most 2n + eval.extra_new_tokens new tokens (official 300); decoded by joining the tokens' strings, special tokens skipped",
             "generation is scored on the test prompts only (official: train and test)",
-        ],
-    })
+    ].map(String::from));
+    d
 }
 
 /// `ln n! / (2n)`: the per-token loss of a model that is uniform over vertex orders and certain

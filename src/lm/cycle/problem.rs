@@ -18,16 +18,17 @@ pub fn template_of(lm: &LanguageModel) -> Result<ChatTemplate> {
     })
 }
 
-/// The sequences of the pairs: `train` then `test`, chosen then rejected per pair; splits
+/// The sequences of the pairs rendered by `template`: `train` then `test`, chosen then rejected per pair; splits
 /// `train` and `test`.
 pub fn cycle_problem(
     lm: &LanguageModel,
+    template: &ChatTemplate,
     train: &[CyclePair],
     test: &[CyclePair],
 ) -> Result<PreferenceProblem> {
     let builder = SequenceBuilder {
         lm,
-        template: Some(template_of(lm)?),
+        template: Some(template.clone()),
     };
     let mut sequences: Vec<ScoredSequence> = Vec::new();
     let mut splits = Vec::new();
@@ -59,10 +60,7 @@ pub fn cycle_problem(
         prompts_test: prompts(test),
         sequences,
         splits,
-        prompt_format: format!(
-            "chat template of {}",
-            lm.dir.join("tokenizer_config.json").display()
-        ),
+        prompt_format: format!("chat template: {}", template.source),
         added_tokens: vec![],
         verification: vec![],
         eval_batches: vec![],

@@ -4,26 +4,32 @@
 //! models); sampled and greedy generation success, the exact `π(C|x)` and `π(orders|x)`, and the
 //! check of `π(C|x) ≤ e^{δ/β} π_ref(C|x)` per prompt (the IM-RM, whose policy generates).
 
-use super::checkpoint::{check_response_encoding, write_initial_checkpoint, CycleTokens};
+use super::checkpoint::write_initial_checkpoint;
 use super::config::CycleFile;
 use super::enumerate::{order_masses, OrderMass};
 use super::generate::{Decoder, Decoding};
 use super::pretrain::{pretrain, PretrainStep};
-use super::problem::{cycle_problem, prompt_ids, template_of};
+use super::problem::{cycle_problem, prompt_ids};
 use super::resume::{save_pretraining, saved_pretraining, Observations};
+use super::tokens::CycleTokens;
 use crate::experiment::observables::split_metrics;
+use crate::lm::checkpoint::chat_template::{
+    parse_template_date, ChatTemplate, DEFAULT_TEMPLATE_DATE,
+};
+use crate::lm::checkpoint::vocabulary::AddedTokens;
+use crate::lm::recipe::template::PromptFormat;
 use crate::lm::recipe::{Mode, Reward, TrainEvent, TrainRun, TrainStep};
 use crate::lm::train::epochs::train_reward;
 use crate::lm::train::epochs::Settings;
 use crate::lm::train::resume::{CheckpointDir, Checkpoints, NoCheckpoints, Observed};
 use crate::lm::{Forward, LanguageModel};
-use crate::problem::hamiltonian::{generate, vertex_orders, CyclePair};
-use anyhow::Result;
+use crate::problem::hamiltonian::{generate, vertex_orders, CyclePair, EDGE_SEP, SEP};
+use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What a run reports as it goes (progress).
 pub enum CycleEvent<'a> {
@@ -74,6 +80,12 @@ pub struct PromptRecord {
     pub greedy_correct: bool,
     pub sampled_text: String,
     pub greedy_text: String,
+    /// Whether the sample (greedy decoding) ended at eos within the budget of
+    /// `2n + eval.extra_new_tokens` tokens; `false`: cut there (counted incorrect).
+    #[serde(default)]
+    pub sampled_stopped: bool,
+    #[serde(default)]
+    pub greedy_stopped: bool,
     pub cycle_orders: Option<usize>,
     pub ln_cycle_mass: Option<f64>,
     pub ln_reference_cycle_mass: Option<f64>,
@@ -160,6 +172,8 @@ impl Probe<'_> {
                 greedy_correct: greedy[i].correct,
                 sampled_text: sampled[i].text.clone(),
                 greedy_text: greedy[i].text.clone(),
+                sampled_stopped: sampled[i].stopped,
+                greedy_stopped: greedy[i].stopped,
                 cycle_orders: masses.as_ref().map(|m| m[i].cycle_orders),
                 ln_cycle_mass: masses.as_ref().map(|m| m[i].ln_cycles),
                 ln_reference_cycle_mass: self.reference.as_ref().map(|r| r[i]),
@@ -279,7 +293,7 @@ impl<'a> Probe<'a> {
 /// One reward model's training on the cycle pairs, from the pretrained `reference`.
 struct RewardRun<'a> {
     reward: Reward,
-    reference: &'a Path,
+    reference: &'a Reference,
     device: &'a Device,
     settings: Settings<'a>,
     problem: &'a crate::lm::recipe::PreferenceProblem,
@@ -299,7 +313,7 @@ impl RewardRun<'_> {
         let reward = self.reward;
         let mut failure = None;
         let start = std::time::Instant::now();
-        let lm = LanguageModel::load(self.reference, self.device, Forward::Nets)?;
+        let lm = self.reference.load(self.device)?;
         let run = train_reward(
             reward,
             Mode::Full,
@@ -407,33 +421,28 @@ impl CycleEpoch {
     }
 }
 
-/// Runs the experiment of `file`, writing the initial and the pretrained checkpoints into
-/// `initial` and `reference` (folders created); with `checkpoints`, resumable (the pretrained
+/// Runs the experiment of `file`. With the model trained from scratch, the initial and the
+/// pretrained checkpoints are written into `folders` (`initial`, `reference`; created); a
+/// pretrained `model.path` is read where it is. With `checkpoints`, resumable (the pretrained
 /// reference, each reward model's training and the observations kept there); `on_event` sees
 /// the stages and steps.
 pub fn run_cycle(
     file: &CycleFile,
-    (initial, reference): (&Path, &Path),
+    folders: (&Path, &Path),
     device: &Device,
     mut checkpoints: Option<&mut CheckpointDir>,
     on_event: &mut dyn FnMut(CycleEvent),
 ) -> Result<CycleOutcome> {
     on_event(CycleEvent::Stage(None, "drawing the graphs".into()));
     let (train, test) = generate(&file.data)?;
-    let tokens = write_initial_checkpoint(initial, file)?;
     let kept = checkpoints.as_deref().map(|c| c.path().to_path_buf());
-    let (history, pretrain_seconds) = pretrained(
-        file,
-        (initial, reference),
-        device,
-        kept.as_deref(),
-        on_event,
-    )?;
-    let lm = LanguageModel::load(reference, device, Forward::Nets)?;
-    check_response_encoding(&lm.tokenizer, &tokens, &train[0].chosen)?;
-    let problem = cycle_problem(&lm, &train, &test)?;
-    let template = template_of(&lm)?;
-    let mut probe = Probe::new(&lm, &template, file, &tokens, &test)?;
+    let (reference, history, pretrain_seconds) =
+        reference_model(file, folders, device, kept.as_deref(), on_event)?;
+    let lm = reference.load(device)?;
+    let tokens = reference.tokens(&lm, file.data.vertices)?;
+    let problem = cycle_problem(&lm, &reference.template, &train, &test)?;
+    tokens.check(&problem.sequences[0], &train[0].chosen)?;
+    let mut probe = Probe::new(&lm, &reference.template, file, &tokens, &test)?;
     drop(lm);
     let observed = checkpoints.as_deref().map(CheckpointDir::observed);
     let mut record = match &observed {
@@ -447,7 +456,7 @@ pub fn run_cycle(
     for reward in [Reward::Imrm, Reward::Exrm].into_iter().skip(runs.len()) {
         let ctx = RewardRun {
             reward,
-            reference,
+            reference: &reference,
             device,
             settings: file.settings(),
             problem: &problem,
@@ -474,6 +483,86 @@ pub fn run_cycle(
         test,
         tokens,
     })
+}
+
+/// The reference model `π_ref` the reward models start from: its folder, the tokens loading it
+/// adds, and the chat template its prompts and responses go through.
+pub struct Reference {
+    pub dir: PathBuf,
+    pub added: Option<AddedTokens>,
+    pub template: ChatTemplate,
+    /// The from-scratch model's word-level tokens (a pretrained tokenizer's are read on load).
+    words: Option<CycleTokens>,
+}
+
+impl Reference {
+    /// A pretrained checkpoint as the official code prepares it: `update_tokenizer` (its own
+    /// chat template, or the default one with its special tokens), then `<sep>` and
+    /// `<edge_sep>` added as plain tokens, the vocabulary matrices resized (rows drawn from
+    /// `seed`) to match.
+    pub fn pretrained(dir: &Path, seed: u64) -> Result<Reference> {
+        let date = parse_template_date(DEFAULT_TEMPLATE_DATE)?;
+        let format = PromptFormat::of_checkpoint(dir, seed, date)?;
+        let template = format
+            .template
+            .expect("a causal checkpoint's format has a template");
+        let mut added = format.added.unwrap_or(AddedTokens {
+            tokens: Vec::new(),
+            plain: Vec::new(),
+            seed,
+        });
+        added.plain = vec![SEP.to_string(), EDGE_SEP.to_string()];
+        Ok(Reference {
+            dir: dir.to_path_buf(),
+            added: Some(added),
+            template,
+            words: None,
+        })
+    }
+
+    /// The model, loaded for training and measuring (the differentiable forward).
+    pub fn load(&self, device: &Device) -> Result<LanguageModel> {
+        LanguageModel::load_with(&self.dir, device, Forward::Nets, self.added.as_ref())
+    }
+
+    /// The task's token ids in `lm` (this reference, loaded).
+    fn tokens(&self, lm: &LanguageModel, vertices: usize) -> Result<CycleTokens> {
+        match &self.words {
+            Some(t) => Ok(t.clone()),
+            None => CycleTokens::of_tokenizer(&lm.tokenizer, &self.template, vertices),
+        }
+    }
+}
+
+/// The reference model of `file`: `model.path` as it is, or the from-scratch model written
+/// into `initial` and pretrained into `reference` (see [`pretrained`]); the pretraining's
+/// history and seconds (none for a pretrained checkpoint).
+fn reference_model(
+    file: &CycleFile,
+    (initial, reference): (&Path, &Path),
+    device: &Device,
+    kept: Option<&Path>,
+    on_event: &mut dyn FnMut(CycleEvent),
+) -> Result<(Reference, Vec<PretrainStep>, f64)> {
+    if let Some(dir) = &file.model.path {
+        file.check_model()?;
+        return Ok((Reference::pretrained(dir, file.seed)?, Vec::new(), 0.0));
+    }
+    let words = write_initial_checkpoint(initial, file)?;
+    let (history, seconds) = pretrained(file, (initial, reference), device, kept, on_event)?;
+    let template = ChatTemplate::from_model_dir(reference)?.with_context(|| {
+        format!(
+            "{}: no chat_template in tokenizer_config.json",
+            reference.display()
+        )
+    })?;
+    let r = Reference {
+        dir: reference.to_path_buf(),
+        added: None,
+        template,
+        words: Some(words),
+    };
+    Ok((r, history, seconds))
 }
 
 /// The pretrained reference in `reference`: copied from the checkpoints in `kept` where a run

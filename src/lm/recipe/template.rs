@@ -56,6 +56,13 @@ impl PromptFormat {
             return Ok(plain(&format!("{table}.chat_template = false")));
         }
         let date = crate::lm::checkpoint::chat_template::parse_template_date(date)?;
+        Self::of_checkpoint(dir, file.seed, date)
+    }
+
+    /// The chat template of the causal checkpoint in `dir`: its own, or the official default
+    /// one with the tokens `update_tokenizer` adds (their rows drawn from `seed`); `date` is the
+    /// template's `strftime_now`.
+    pub fn of_checkpoint(dir: &Path, seed: u64, date: chrono::NaiveDate) -> Result<PromptFormat> {
         if let Some(mut t) = ChatTemplate::from_model_dir(dir)? {
             t.set_date(date);
             let description = format!("chat template of {}", t.source);
@@ -65,7 +72,7 @@ impl PromptFormat {
                 description,
             });
         }
-        official_default(dir, file.seed, date)
+        official_default(dir, seed, date)
     }
 }
 
@@ -107,7 +114,11 @@ fn official_default(dir: &Path, seed: u64, date: chrono::NaiveDate) -> Result<Pr
     Ok(PromptFormat {
         description: format!("chat template: {source}"),
         template: Some(template),
-        added: Some(AddedTokens { tokens, seed }),
+        added: Some(AddedTokens {
+            tokens,
+            plain: Vec::new(),
+            seed,
+        }),
     })
 }
 
