@@ -396,3 +396,139 @@ fn ham_cycle_refuses_runs_above_the_memory_up_front() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A tiny pretrained-style Llama in `dir/model` (word-level vocabulary of the task's words and
+/// ChatML's pieces, no `<sep>` or `<edge_sep>`), with the ChatML template.
+fn tiny_pretrained(dir: &Path) -> std::path::PathBuf {
+    use rmflow::lm::checkpoint::tiny::{standard_specs, write_tiny_checkpoint};
+    let spec = standard_specs()
+        .into_iter()
+        .find(|(n, _)| *n == "llama-tied")
+        .unwrap()
+        .1;
+    let texts = vec![
+        "Vertices : Edges : 0 1 2 3 4 5 6 7 8 9".to_string(),
+        "<|im_start|>system You are a helpful assistant.<|im_end|> user assistant".to_string(),
+    ];
+    let model = dir.join("model");
+    write_tiny_checkpoint(&model, spec, &texts).unwrap();
+    // ChatML's markers as special tokens (the words `im_start`, `im_end` renamed).
+    let path = model.join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for word in ["im_start", "im_end"] {
+        let marker = format!("<|{word}|>");
+        let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
+        let id = vocab.remove(word).unwrap();
+        vocab.insert(marker.clone(), id.clone());
+        tok["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({
+            "id": id, "content": marker, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true
+        }));
+    }
+    std::fs::write(&path, tok.to_string()).unwrap();
+    let cfg = serde_json::json!({"chat_template": common::CHATML, "eos_token": "<|im_end|>"});
+    std::fs::write(model.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    model
+}
+
+/// Issue #45: a pretrained checkpoint as the reference (`--model`): `<sep>` and `<edge_sep>`
+/// become the two new ids past its vocabulary (plain tokens: kept when decoding), prompts go
+/// through its chat template, the enumeration's bookkeeping holds, the untrained IM-RM ties
+/// every test pair, and nothing of the from-scratch model (no pretraining, no checkpoint
+/// folders) is written.
+#[test]
+fn ham_cycle_runs_on_a_pretrained_checkpoint() {
+    let dir = common::temp_dir("cycle", "pretrained");
+    let model = tiny_pretrained(&dir);
+    let vocab = LanguageModel::load(&model, &Device::Cpu, Forward::Nets)
+        .unwrap()
+        .unembedding()
+        .dim(0)
+        .unwrap();
+    let cfg = dir.join("tiny.toml");
+    let text = "seed = 3\n[data]\nvertices = 4\ntrain_pairs = 8\ntest_pairs = 3\n[train]\nepochs = 1\npairs_per_step = 8\nmicro_batch = 4\nlr = 1e-3\n[eval]\nexact_batch = 5\n";
+    std::fs::write(&cfg, text).unwrap();
+    let out = dir.join("out");
+    let o = common::rmflow(&[
+        "ham-cycle",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(common::code(&o), 0, "{}", common::stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let tokens = &summary["tokens"];
+    assert_eq!(tokens["sep"], vocab as u64, "{tokens}");
+    assert_eq!(tokens["edge_sep"], vocab as u64 + 1, "{tokens}");
+    assert_eq!(tokens["vocab_size"], vocab as u64 + 2, "{tokens}");
+    assert!(summary["pretrain"].is_null());
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let imrm: Vec<Vec<&str>> = metrics
+        .lines()
+        .filter(|l| l.starts_with("imrm"))
+        .map(|l| l.split(',').collect())
+        .collect();
+    assert_eq!(imrm.len(), 2, "{metrics}");
+    assert_eq!(imrm[0][4], "0.5", "{metrics}");
+    for row in &imrm {
+        let restricted: f64 = row[14].parse().unwrap();
+        assert!(restricted < 1e-6, "{row:?}");
+    }
+    // The reference masses are the epoch-0 policy's.
+    assert_eq!(imrm[0][9], imrm[0][10], "{metrics}");
+    assert!(!out.join("reference").exists() && !out.join("initial").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue #45: the added task tokens are plain tokens (`add_tokens`): a vertex order decodes with
+/// its `<sep>`s kept (special tokens are skipped), and each vertex is one token.
+#[test]
+fn pretrained_tokens_keep_the_separators_when_decoding() {
+    let dir = common::temp_dir("cycle", "codec");
+    let model = tiny_pretrained(&dir);
+    let r = rmflow::lm::cycle::run::Reference::pretrained(&model, 3).unwrap();
+    let lm = r.load(&Device::Cpu).unwrap();
+    let tokens = CycleTokens::of_tokenizer(&lm.tokenizer, &r.template, 4).unwrap();
+    let ids = tokens.response_ids(&[2, 0, 3, 1]);
+    assert_eq!(ids.len(), 8);
+    let text = tokens.decode(&ids).unwrap();
+    assert_eq!(text.matches("<sep>").count(), 3, "{text:?}");
+    assert!(!text.contains("<|im_end|>"), "{text:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue #45: with `model.path`, the from-scratch model's fields are refused where changed
+/// (they would be silently unused), naming the field.
+#[test]
+fn pretrained_model_refuses_the_scratch_fields() {
+    let dir = common::temp_dir("cycle", "path-fields");
+    let model = tiny_pretrained(&dir);
+    for (extra, field) in [
+        ("[model]\ndim = 64\n", "model.dim"),
+        ("[pretrain]\nsteps = 10\n", "pretrain.steps"),
+    ] {
+        let cfg = dir.join("bad.toml");
+        let text = format!("{extra}[data]\nvertices = 4\n");
+        std::fs::write(&cfg, &text).unwrap();
+        let out = dir.join("out");
+        let o = common::rmflow(&[
+            "ham-cycle",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let err = common::stderr(&o);
+        assert_eq!(common::code(&o), 2, "{text}: {err}");
+        assert!(err.contains(field), "{text}: {err}");
+        assert!(!out.exists());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
