@@ -421,10 +421,13 @@ fn tiny_pretrained(dir: &Path) -> std::path::PathBuf {
         let vocab = tok["model"]["vocab"].as_object_mut().unwrap();
         let id = vocab.remove(word).unwrap();
         vocab.insert(marker.clone(), id.clone());
-        tok["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({
-            "id": id, "content": marker, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true
-        }));
+        tok["added_tokens"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "id": id, "content": marker, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true
+            }));
     }
     std::fs::write(&path, tok.to_string()).unwrap();
     let cfg = serde_json::json!({"chat_template": common::CHATML, "eos_token": "<|im_end|>"});
@@ -529,6 +532,42 @@ fn pretrained_model_refuses_the_scratch_fields() {
         assert_eq!(common::code(&o), 2, "{text}: {err}");
         assert!(err.contains(field), "{text}: {err}");
         assert!(!out.exists());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Incremental decoding (the key-value cache, prompts of different lengths left-padded) gives
+/// the states of the whole sequence's forward at every step, to f32 rounding.
+#[test]
+fn cached_decoding_equals_the_whole_sequence_forward() {
+    let dir = common::temp_dir("cycle", "kv-cache");
+    let (lm, tokens, pairs) = fixture(&dir, 6, 4);
+    let prompts: Vec<Vec<u32>> = pairs.iter().map(|p| prompt(&lm, &p.graph)).collect();
+    assert!(
+        prompts.iter().any(|p| p.len() != prompts[0].len()),
+        "the fixture should have prompts of different lengths"
+    );
+    let (h0, mut cache) = lm.start_decoding(&prompts).unwrap().unwrap();
+    let fed: Vec<Vec<u32>> = pairs
+        .iter()
+        .map(|p| tokens.response_ids(&p.chosen))
+        .collect();
+    let mut seqs = prompts.clone();
+    let mut h = h0;
+    for step in 0..5 {
+        let pos: Vec<usize> = seqs.iter().map(|s| s.len() - 1).collect();
+        let whole = lm.hidden_states(&seqs, &pos).unwrap();
+        let diff = max_abs(&(&h - &whole).unwrap());
+        let scale = max_abs(&whole);
+        assert!(
+            diff < 1e-4 * scale.max(1.0),
+            "step {step}: {diff} (scale {scale})"
+        );
+        let next: Vec<u32> = fed.iter().map(|f| f[step]).collect();
+        for (s, &t) in seqs.iter_mut().zip(&next) {
+            s.push(t);
+        }
+        h = lm.decode_step(&mut cache, &next).unwrap();
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

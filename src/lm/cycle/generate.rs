@@ -61,8 +61,54 @@ impl Decoder<'_> {
     }
 
     /// The new tokens of each prompt of one batch (eos not included), and whether each ended
-    /// at eos.
+    /// at eos: with the network's key-value cache where it keeps one, else by recomputing each
+    /// live sequence per token. The draws are the same either way (one per live row, in row
+    /// order).
     fn continue_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
+        match self.lm.start_decoding(prompts)? {
+            Some((h, cache)) => self.continue_cached(prompts.len(), h, cache, rng),
+            None => self.continue_recomputed(prompts, rng),
+        }
+    }
+
+    /// Decoding through the cache: every row steps each time (a finished row is fed eos and
+    /// ignored).
+    fn continue_cached(
+        &self,
+        rows: usize,
+        mut h: Tensor,
+        mut cache: crate::lm::nets::KvCache,
+        mut rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
+        let mut done = vec![false; rows];
+        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); rows];
+        for t in 0..self.max_new {
+            let logits = crate::lm::model::to_array2(&h.matmul(&self.unembedding.t()?)?)?;
+            let mut next = vec![self.tokens.eos; rows];
+            for i in 0..rows {
+                if done[i] {
+                    continue;
+                }
+                next[i] = choose(logits.row(i), rng.as_deref_mut());
+                match next[i] == self.tokens.eos {
+                    true => done[i] = true,
+                    false => generated[i].push(next[i]),
+                }
+            }
+            if done.iter().all(|&d| d) || t + 1 == self.max_new {
+                break;
+            }
+            h = self.lm.decode_step(&mut cache, &next)?;
+        }
+        Ok((generated, done))
+    }
+
+    /// Decoding by recomputing every live sequence per token (networks without a cache).
+    fn continue_recomputed(
         &self,
         prompts: &[Vec<u32>],
         mut rng: Option<&mut ChaCha8Rng>,

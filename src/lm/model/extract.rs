@@ -4,6 +4,7 @@
 use crate::lm::model::language_model::LanguageModel;
 use crate::lm::model::language_model::Network;
 use crate::lm::nets::kernels::Kernels;
+use crate::lm::nets::KvCache;
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use candle_transformers::models::llama::Cache;
@@ -128,6 +129,40 @@ impl LanguageModel {
             Tensor::from_vec(ids, (n, len), &self.device)?,
             Tensor::from_vec(mask, (n, len), &self.device)?,
         ))
+    }
+
+    /// Incremental decoding from `prompts` (left-padded into one batch): the final hidden state
+    /// at each prompt's last token [B, D] and the cache [`decode_step`](Self::decode_step)
+    /// extends; `None` where the network keeps no cache (every family but rmflow's Llama /
+    /// Qwen2 forward).
+    pub fn start_decoding(&self, prompts: &[Vec<u32>]) -> Result<Option<(Tensor, KvCache)>> {
+        let Network::DiffLlama(m) = &self.network else {
+            return Ok(None);
+        };
+        let p = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if p == 0 || prompts.iter().any(Vec::is_empty) {
+            bail!("decoding needs non-empty prompts");
+        }
+        self.check_length(p, &|| "a prompt".into())?;
+        let pad: Vec<usize> = prompts.iter().map(|s| p - s.len()).collect();
+        let mut ids = vec![0u32; prompts.len() * p];
+        for (g, s) in prompts.iter().enumerate() {
+            ids[g * p + pad[g]..(g + 1) * p].copy_from_slice(s);
+        }
+        let prefix = Tensor::from_vec(ids, (prompts.len(), p), &self.device)?;
+        Ok(Some(m.prefill(&prefix, &pad)?))
+    }
+
+    /// One token per row of a decoding started by [`start_decoding`](Self::start_decoding):
+    /// the final hidden states at its position [B, D].
+    pub fn decode_step(&self, cache: &mut KvCache, next: &[u32]) -> Result<Tensor> {
+        let Network::DiffLlama(m) = &self.network else {
+            bail!("incremental decoding needs rmflow's Llama / Qwen2 forward");
+        };
+        self.check_length(cache.positions() + 1, &|| {
+            "a prompt and its decoded tokens".into()
+        })?;
+        Ok(m.decode_step(&Tensor::new(next, &self.device)?, cache)?)
     }
 
     /// Whether [`prompt_group_hidden_states`](Self::prompt_group_hidden_states) is available:

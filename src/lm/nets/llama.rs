@@ -216,16 +216,6 @@ pub(crate) fn prompt_group_masks(
     dev: &Device,
 ) -> Result<(Tensor, Tensor)> {
     let hidden = f32::NEG_INFINITY;
-    let mut mp = vec![0f32; pad.len() * p * p];
-    for (g, &lead) in pad.iter().enumerate() {
-        for i in 0..p {
-            for j in 0..p {
-                if j > i || (j < lead && j != i) {
-                    mp[(g * p + i) * p + j] = hidden;
-                }
-            }
-        }
-    }
     let w = p + c;
     let mut mc = vec![0f32; group.len() * c * w];
     for (r, &g) in group.iter().enumerate() {
@@ -239,7 +229,24 @@ pub(crate) fn prompt_group_masks(
         }
     }
     Ok((
-        Tensor::from_vec(mp, (pad.len(), 1, p, p), dev)?,
+        prefix_mask(pad, p, dev)?,
         Tensor::from_vec(mc, (group.len(), 1, c, w), dev)?,
     ))
+}
+
+/// The additive mask [G, 1, P, P] of left-padded prefixes (`pad[g]` padding positions before
+/// prefix `g`): causal, padding keys hidden from real queries (a padding query sees only itself,
+/// so no row is all `−∞`).
+pub(crate) fn prefix_mask(pad: &[usize], p: usize, dev: &Device) -> Result<Tensor> {
+    let mut mp = vec![0f32; pad.len() * p * p];
+    for (g, &lead) in pad.iter().enumerate() {
+        for i in 0..p {
+            for j in 0..p {
+                if j > i || (j < lead && j != i) {
+                    mp[(g * p + i) * p + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(mp, (pad.len(), 1, p, p), dev)
 }

@@ -16,10 +16,11 @@
 
 //!
 //! One file per family ([`bert`], [`llama`], [`gpt2`], [`gpt_neox`]) with its config beside it;
-//! [`layers`] holds what they share and [`kernels`] the choice between candle's inference
-//! kernels and these autograd forwards.
+//! [`layers`] holds what they share, [`kernels`] the choice between candle's inference
+//! kernels and these autograd forwards, and [`decode`] the Llama's incremental decoding.
 
 pub mod bert;
+pub mod decode;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod kernels;
@@ -27,6 +28,7 @@ pub mod layers;
 pub mod llama;
 
 pub use bert::{Bert, BertShape};
+pub use decode::KvCache;
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use gpt_neox::{GptNeox, GptNeoxConfig};
 pub use kernels::Kernels;
