@@ -64,7 +64,7 @@ impl Llama {
         Ok((h, cache))
     }
 
-    /// One new token per row, `next` [B]: the final hidden states at its position [B, D]; its
+    /// One new token per row, `next` `[B]`: the final hidden states at its position `[B, D]`; its
     /// keys and values join `cache`.
     pub fn decode_step(&self, next: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let dev = next.device();
