@@ -6,7 +6,7 @@
 //! - [`checkpoint`]: the model from scratch, a small Llama with a word-level vocabulary of vertex
 //!   ids, `<sep>`, `<edge_sep>` and the official default chat template's tokens, written as a
 //!   Hugging Face folder.
-//! - [`pretrain`]: next-token training of that model on prompts of the task's format with random
+//! - [`pretrain`](mod@pretrain): next-token training of that model on prompts of the task's format with random
 //!   vertex orders as responses, so that `π_ref` spreads over orderings; written as a folder.
 //! - [`run::Reference`]: the reference either way; a pretrained checkpoint gets `<sep>` and
 //!   `<edge_sep>` added to its tokenizer and its vocabulary resized, as the official code does.
