@@ -241,13 +241,22 @@ fn enumeration_probabilities_sum_to_one() {
 
 /// `rmflow ham-cycle --config CFG --out OUT`.
 fn ham_cycle(cfg: &Path, out: &Path) -> std::process::Output {
-    common::rmflow(&[
+    ham_cycle_with(cfg, out, None)
+}
+
+/// `rmflow ham-cycle --config CFG --out OUT [--model MODEL]`.
+fn ham_cycle_with(cfg: &Path, out: &Path, model: Option<&Path>) -> std::process::Output {
+    let mut args = vec![
         "ham-cycle",
         "--config",
         cfg.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-    ])
+    ];
+    if let Some(m) = model {
+        args.extend(["--model", m.to_str().unwrap()]);
+    }
+    common::rmflow(&args)
 }
 
 /// `rmflow ham-cycle` end to end on a tiny config, twice: every output, the same bytes.
@@ -453,15 +462,7 @@ fn ham_cycle_runs_on_a_pretrained_checkpoint() {
     let text = "seed = 3\n[data]\nvertices = 4\ntrain_pairs = 8\ntest_pairs = 3\n[train]\nepochs = 1\npairs_per_step = 8\nmicro_batch = 4\nlr = 1e-3\n[eval]\nexact_batch = 5\n";
     std::fs::write(&cfg, text).unwrap();
     let out = dir.join("out");
-    let o = common::rmflow(&[
-        "ham-cycle",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let o = ham_cycle_with(&cfg, &out, Some(&model));
     assert_eq!(common::code(&o), 0, "{}", common::stderr(&o));
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
@@ -519,15 +520,7 @@ fn pretrained_model_refuses_the_scratch_fields() {
         let text = format!("{extra}[data]\nvertices = 4\n");
         std::fs::write(&cfg, &text).unwrap();
         let out = dir.join("out");
-        let o = common::rmflow(&[
-            "ham-cycle",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let o = ham_cycle_with(&cfg, &out, Some(&model));
         let err = common::stderr(&o);
         assert_eq!(common::code(&o), 2, "{text}: {err}");
         assert!(err.contains(field), "{text}: {err}");
