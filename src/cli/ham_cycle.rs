@@ -30,6 +30,9 @@ pub struct HamCycleArgs {
     /// Llama trained from scratch.
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
+    /// Override `train.lr` (the reward models' Adam learning rate; official 1e-6).
+    #[arg(long)]
+    lr: Option<f64>,
     /// Output folder, written atomically (layout: experiments/README.md). Required unless
     /// --resume.
     #[arg(long)]
@@ -69,7 +72,8 @@ fn resumed(a: &HamCycleArgs, run_dir: &Path) -> Result<(CycleFile, PathBuf, Chec
             "--resume: the checkpoint's run.json has no valid `config`: {e}"
         ))
     })?;
-    let mut now = match a.config.is_some() || a.vertices.is_some() || a.model.is_some() {
+    let overridden = a.vertices.is_some() || a.model.is_some() || a.lr.is_some();
+    let mut now = match a.config.is_some() || overridden {
         true => identity(&config_of(a)?, &a.device),
         false => identity(&file, &a.device),
     };
@@ -91,6 +95,11 @@ fn config_of(a: &HamCycleArgs) -> Result<CycleFile> {
         file.data.vertices = n;
         file.validate()
             .map_err(|e| rmflow::error::InputError(format!("--vertices {n}: {e:#}")))?;
+    }
+    if let Some(lr) = a.lr {
+        file.train.adamw.lr = lr;
+        file.validate()
+            .map_err(|e| InputError(format!("--lr {lr}: {e:#}")))?;
     }
     if let Some(dir) = &a.model {
         file.model.path = Some(dir.clone());
