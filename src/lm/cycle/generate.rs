@@ -20,6 +20,8 @@ pub struct Decoding {
     pub correct: bool,
     /// Whether the policy ended it (eos) within the token budget; `false`: cut at the budget.
     pub stopped: bool,
+    /// Tokens the policy produced (the eos that ended it included).
+    pub tokens: usize,
 }
 
 /// What decoding reads: the policy (its network and unembedding `U`), the vocabulary, the
@@ -54,6 +56,7 @@ impl Decoder<'_> {
                     text,
                     correct,
                     stopped,
+                    tokens: ids.len() + usize::from(stopped),
                 });
             }
         }

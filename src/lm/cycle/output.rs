@@ -21,11 +21,11 @@ fn opt_e(v: &Option<f64>) -> String {
 
 /// `metrics.csv`.
 pub fn metrics_csv(o: &CycleOutcome) -> String {
-    let mut s = String::from("reward,epoch,step,train_accuracy,test_accuracy,min_test_margin,mean_test_margin,sampled_success,greedy_success,mean_cycle_mass,mean_reference_cycle_mass,mean_order_mass,bound_holds,max_bound_excess,max_restricted_error,generation_seconds\n");
+    let mut s = String::from("reward,epoch,step,train_accuracy,test_accuracy,min_test_margin,mean_test_margin,sampled_success,greedy_success,mean_cycle_mass,mean_reference_cycle_mass,mean_order_mass,bound_holds,max_bound_excess,max_restricted_error,generated_tokens,generation_seconds,enumeration_seconds\n");
     for e in &o.epochs {
         let _ = writeln!(
             s,
-            "{},{},{},{},{},{:e},{:e},{},{},{},{},{},{},{},{},{:.3}",
+            "{},{},{},{},{},{:e},{:e},{},{},{},{},{},{},{},{},{},{:.3},{:.3}",
             e.reward,
             e.epoch,
             e.step,
@@ -41,7 +41,9 @@ pub fn metrics_csv(o: &CycleOutcome) -> String {
             opt(&e.bound_holds),
             opt_e(&e.max_bound_excess),
             opt_e(&e.max_restricted_error),
-            e.generation_seconds
+            e.generated_tokens,
+            e.generation_seconds,
+            e.enumeration_seconds
         );
     }
     s

@@ -67,8 +67,15 @@ pub struct CycleEpoch {
     pub max_bound_excess: Option<f64>,
     /// IM-RM, exact: `max |restricted total − 1|` (the enumeration's bookkeeping check).
     pub max_restricted_error: Option<f64>,
-    /// Seconds of the generation and enumeration of this evaluation.
+    /// IM-RM: tokens produced by the sampled and the greedy decoding of every evaluated prompt
+    /// (each eos included).
+    #[serde(default)]
+    pub generated_tokens: usize,
+    /// Seconds of this evaluation's decoding (sampled and greedy).
     pub generation_seconds: f64,
+    /// Seconds of this evaluation's exact enumeration.
+    #[serde(default)]
+    pub enumeration_seconds: f64,
 }
 
 /// One prompt at one IM-RM evaluation.
@@ -140,6 +147,7 @@ impl Probe<'_> {
         };
         let sampled = decoder.decode(&self.prompts, &graphs, Some(&mut rng))?;
         let greedy = decoder.decode(&self.prompts, &graphs, None)?;
+        let decoded = t0.elapsed().as_secs_f64();
         let masses: Option<Vec<OrderMass>> = match &self.orders {
             Some(orders) => Some(
                 self.prompts
@@ -162,7 +170,11 @@ impl Probe<'_> {
             masses.as_deref(),
             self.reference.as_deref(),
             delta / beta,
-            t0.elapsed().as_secs_f64(),
+            Timing {
+                tokens: sampled.iter().chain(&greedy).map(|d| d.tokens).sum(),
+                decode: decoded,
+                enumerate: t0.elapsed().as_secs_f64() - decoded,
+            },
         );
         let records = (0..self.prompts.len())
             .map(|i| PromptRecord {
@@ -194,7 +206,16 @@ struct CycleEpochParts {
     holds: Option<f64>,
     excess: Option<f64>,
     restricted: Option<f64>,
-    seconds: f64,
+    timing: Timing,
+}
+
+/// What an evaluation's decoding and enumeration cost.
+#[derive(Clone, Copy)]
+struct Timing {
+    /// Tokens decoded (sampled and greedy).
+    tokens: usize,
+    decode: f64,
+    enumerate: f64,
 }
 
 impl CycleEpochParts {
@@ -204,7 +225,7 @@ impl CycleEpochParts {
         masses: Option<&[OrderMass]>,
         reference: Option<&[f64]>,
         bound: f64,
-        seconds: f64,
+        timing: Timing,
     ) -> CycleEpochParts {
         let rate = |d: &[Decoding]| d.iter().filter(|x| x.correct).count() as f64 / d.len() as f64;
         let mean = |v: Vec<f64>| v.iter().sum::<f64>() / v.len() as f64;
@@ -231,7 +252,7 @@ impl CycleEpochParts {
                     .map(|x| (x.restricted_total - 1.0).abs())
                     .fold(0.0, f64::max)
             }),
-            seconds,
+            timing,
         }
     }
 }
@@ -416,7 +437,9 @@ impl CycleEpoch {
             bound_holds: parts.and_then(|p| p.holds),
             max_bound_excess: parts.and_then(|p| p.excess),
             max_restricted_error: parts.and_then(|p| p.restricted),
-            generation_seconds: parts.map_or(0.0, |p| p.seconds),
+            generated_tokens: parts.map_or(0, |p| p.timing.tokens),
+            generation_seconds: parts.map_or(0.0, |p| p.timing.decode),
+            enumeration_seconds: parts.map_or(0.0, |p| p.timing.enumerate),
         }
     }
 }
