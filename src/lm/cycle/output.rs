@@ -200,6 +200,8 @@ pub fn write_outputs(dir: &AtomicDir, o: &CycleOutcome, counted: &mut dyn FnMut(
 pub fn final_table(o: &CycleOutcome) -> String {
     let mut s = String::from("reward  epoch  test acc  min margin δ  sampled  greedy  π(C|x)    π_ref(C|x)  bound holds\n");
     let f = |v: Option<f64>, w: usize| v.map_or(format!("{:>w$}", "-"), |x| format!("{x:>w$.4}"));
+    // Masses far below 1e-4 (a pretrained model's, ~1e-45) in exponent notation.
+    let g = |v: Option<f64>, w: usize| v.map_or(format!("{:>w$}", "-"), |x| format!("{x:>w$.2e}"));
     for name in ["imrm", "exrm"] {
         let rows: Vec<_> = o.epochs.iter().filter(|e| e.reward == name).collect();
         for e in [rows.first(), rows.last()].into_iter().flatten() {
@@ -212,8 +214,8 @@ pub fn final_table(o: &CycleOutcome) -> String {
                 e.min_test_margin,
                 f(e.sampled_success, 7),
                 f(e.greedy_success, 6),
-                f(e.mean_cycle_mass, 8),
-                f(e.mean_reference_cycle_mass, 10),
+                g(e.mean_cycle_mass, 8),
+                g(e.mean_reference_cycle_mass, 10),
                 f(e.bound_holds, 11)
             );
         }
