@@ -82,13 +82,14 @@ pub fn verification_without_generation_hamiltonian(
             }
         }
     }
-    // Colour by quantity; the first run solid, later runs dashed.
+    // Colour by quantity; runs alternate solid and dashed, the third and later drawn thin.
     let series = |r: &Rows, i: usize, reward: &str, k: usize, name: &str, color: usize| Series {
         name: format!("{name} ({})", r.label),
         points: points(r, reward, k),
         color,
-        dashed: i > 0,
+        dashed: i % 2 == 1,
         markers: true,
+        width: if i >= 2 { 1 } else { 0 },
         ..Series::default()
     };
     let (mut acc, mut gen, mut mass) = (Vec::new(), Vec::new(), Vec::new());
