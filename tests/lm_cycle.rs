@@ -565,3 +565,34 @@ fn cached_decoding_equals_the_whole_sequence_forward() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue #45: a pretrained checkpoint without a chat template (as Pythia) gets the official
+/// `update_tokenizer` first (the default template's pad, eos, `<|user|>`, `<|assistant|>` as
+/// special tokens), then `<sep>` and `<edge_sep>`: the run goes through, the separators are the
+/// last two ids, and generation stops at the added eos.
+#[test]
+fn ham_cycle_runs_on_a_pretrained_checkpoint_without_a_template() {
+    let dir = common::temp_dir("cycle", "pretrained-plain");
+    let model = tiny_pretrained(&dir);
+    std::fs::remove_file(model.join("tokenizer_config.json")).unwrap();
+    let vocab = LanguageModel::load(&model, &Device::Cpu, Forward::Nets)
+        .unwrap()
+        .unembedding()
+        .dim(0)
+        .unwrap() as u64;
+    let cfg = dir.join("tiny.toml");
+    let text = "seed = 3\n[data]\nvertices = 4\ntrain_pairs = 8\ntest_pairs = 2\n[train]\nepochs = 1\npairs_per_step = 8\nmicro_batch = 4\n[eval]\nexact_batch = 7\n";
+    std::fs::write(&cfg, text).unwrap();
+    let out = dir.join("out");
+    let o = ham_cycle_with(&cfg, &out, Some(&model));
+    assert_eq!(common::code(&o), 0, "{}", common::stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let tokens = &summary["tokens"];
+    // pad, eos, <|user|>, <|assistant|>, then <sep>, <edge_sep>.
+    assert_eq!(tokens["vocab_size"], vocab + 6, "{tokens}");
+    assert_eq!(tokens["sep"], vocab + 4, "{tokens}");
+    assert_eq!(tokens["edge_sep"], vocab + 5, "{tokens}");
+    assert_eq!(tokens["eos"], vocab + 1, "{tokens}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
