@@ -50,7 +50,7 @@ fn max_abs(t: &candle_core::Tensor) -> f32 {
 
 /// The rendered prompt ids of `pair`'s graph.
 fn prompt(lm: &LanguageModel, graph: &rmflow::problem::hamiltonian::Graph) -> Vec<u32> {
-    let t = rmflow::lm::cycle::problem::template_of(lm).unwrap();
+    let t = rmflow::lm::cycle::problem::template_of(&lm.dir).unwrap();
     rmflow::lm::cycle::problem::prompt_ids(lm, &t, &graph.prompt()).unwrap()
 }
 
@@ -445,6 +445,28 @@ fn tiny_pretrained(dir: &Path) -> std::path::PathBuf {
     model
 }
 
+/// `ham-cycle --model MODEL` on the config `text` in `dir`: the model's vocabulary size before
+/// the task's tokens, the run's `summary.json` and its output folder (exit 0 asserted).
+fn pretrained_run(
+    dir: &Path,
+    model: &Path,
+    text: &str,
+) -> (u64, serde_json::Value, std::path::PathBuf) {
+    let vocab = LanguageModel::load(model, &Device::Cpu, Forward::Nets)
+        .unwrap()
+        .unembedding()
+        .dim(0)
+        .unwrap() as u64;
+    let cfg = dir.join("tiny.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = dir.join("out");
+    let o = ham_cycle_with(&cfg, &out, Some(model));
+    assert_eq!(common::code(&o), 0, "{}", common::stderr(&o));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    (vocab, summary, out)
+}
+
 /// Issue #45: a pretrained checkpoint as the reference (`--model`): `<sep>` and `<edge_sep>`
 /// become the two new ids past its vocabulary (plain tokens: kept when decoding), prompts go
 /// through its chat template, the enumeration's bookkeeping holds, the untrained IM-RM ties
@@ -454,23 +476,12 @@ fn tiny_pretrained(dir: &Path) -> std::path::PathBuf {
 fn ham_cycle_runs_on_a_pretrained_checkpoint() {
     let dir = common::temp_dir("cycle", "pretrained");
     let model = tiny_pretrained(&dir);
-    let vocab = LanguageModel::load(&model, &Device::Cpu, Forward::Nets)
-        .unwrap()
-        .unembedding()
-        .dim(0)
-        .unwrap();
-    let cfg = dir.join("tiny.toml");
     let text = "seed = 3\n[data]\nvertices = 4\ntrain_pairs = 8\ntest_pairs = 3\n[train]\nepochs = 1\npairs_per_step = 8\nmicro_batch = 4\nlr = 1e-3\n[eval]\nexact_batch = 5\n";
-    std::fs::write(&cfg, text).unwrap();
-    let out = dir.join("out");
-    let o = ham_cycle_with(&cfg, &out, Some(&model));
-    assert_eq!(common::code(&o), 0, "{}", common::stderr(&o));
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let (vocab, summary, out) = pretrained_run(&dir, &model, text);
     let tokens = &summary["tokens"];
-    assert_eq!(tokens["sep"], vocab as u64, "{tokens}");
-    assert_eq!(tokens["edge_sep"], vocab as u64 + 1, "{tokens}");
-    assert_eq!(tokens["vocab_size"], vocab as u64 + 2, "{tokens}");
+    assert_eq!(tokens["sep"], vocab, "{tokens}");
+    assert_eq!(tokens["edge_sep"], vocab + 1, "{tokens}");
+    assert_eq!(tokens["vocab_size"], vocab + 2, "{tokens}");
     assert!(summary["pretrain"].is_null());
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let imrm: Vec<Vec<&str>> = metrics
@@ -575,19 +586,8 @@ fn ham_cycle_runs_on_a_pretrained_checkpoint_without_a_template() {
     let dir = common::temp_dir("cycle", "pretrained-plain");
     let model = tiny_pretrained(&dir);
     std::fs::remove_file(model.join("tokenizer_config.json")).unwrap();
-    let vocab = LanguageModel::load(&model, &Device::Cpu, Forward::Nets)
-        .unwrap()
-        .unembedding()
-        .dim(0)
-        .unwrap() as u64;
-    let cfg = dir.join("tiny.toml");
     let text = "seed = 3\n[data]\nvertices = 4\ntrain_pairs = 8\ntest_pairs = 2\n[train]\nepochs = 1\npairs_per_step = 8\nmicro_batch = 4\n[eval]\nexact_batch = 7\n";
-    std::fs::write(&cfg, text).unwrap();
-    let out = dir.join("out");
-    let o = ham_cycle_with(&cfg, &out, Some(&model));
-    assert_eq!(common::code(&o), 0, "{}", common::stderr(&o));
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let (vocab, summary, _) = pretrained_run(&dir, &model, text);
     let tokens = &summary["tokens"];
     // pad, eos, <|user|>, <|assistant|>, then <sep>, <edge_sep>.
     assert_eq!(tokens["vocab_size"], vocab + 6, "{tokens}");

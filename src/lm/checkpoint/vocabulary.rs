@@ -29,15 +29,17 @@ pub(crate) struct Resize {
     pub(crate) seed: u64,
 }
 
-/// Adds `tokens` as special tokens (`normalized = false`, matched before pre-tokenization, as
-/// `add_special_tokens` registers them); returns the tokenizer's size after (`len(tokenizer)`).
-pub(crate) fn add_special_tokens(tokenizer: &mut Tokenizer, tokens: &[String]) -> usize {
+/// Adds `tokens` (`special`: as `add_special_tokens` registers them, `normalized = false`,
+/// skipped when decoding; else as `add_tokens` does, normalised, kept when decoding).
+fn add(tokenizer: &mut Tokenizer, tokens: &[String], special: bool) {
     let added: Vec<AddedToken> = tokens
         .iter()
-        .map(|t| AddedToken::from(t.clone(), true))
+        .map(|t| AddedToken::from(t.clone(), special))
         .collect();
-    tokenizer.add_special_tokens(&added);
-    tokenizer.get_vocab_size(true)
+    match special {
+        true => tokenizer.add_special_tokens(&added),
+        false => tokenizer.add_tokens(&added),
+    };
 }
 
 /// The checkpoint tensors with one row per token: input embeddings and untied output heads of
@@ -106,13 +108,8 @@ pub(crate) fn add_tokens(
         .get("vocab_size")
         .and_then(|v| v.as_u64())
         .with_context(|| format!("{}: no vocab_size", cfg_path.display()))? as usize;
-    add_special_tokens(tokenizer, &a.tokens);
-    let plain: Vec<AddedToken> = a
-        .plain
-        .iter()
-        .map(|t| AddedToken::from(t.clone(), false))
-        .collect();
-    tokenizer.add_tokens(&plain);
+    add(tokenizer, &a.tokens, true);
+    add(tokenizer, &a.plain, false);
     let to = tokenizer.get_vocab_size(true);
     raw["vocab_size"] = to.into();
     Ok((to != from).then_some(Resize {

@@ -45,7 +45,7 @@ pub fn pretrain(
     let lm = LanguageModel::load(init, device, Forward::Nets)?;
     let builder = SequenceBuilder {
         lm: &lm,
-        template: Some(template_of(&lm)?),
+        template: Some(template_of(&lm.dir)?),
     };
     let graphs = pretraining_graphs(&file.data, p.graphs, file.seed ^ 0x9e37_79b9);
     let prompts: Vec<String> = graphs.iter().map(|g| g.prompt()).collect();

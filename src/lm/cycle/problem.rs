@@ -8,12 +8,13 @@ use crate::lm::LanguageModel;
 use crate::problem::hamiltonian::{response, CyclePair};
 use anyhow::{Context, Result};
 
-/// The checkpoint's chat template (the cycle model carries the official default one).
-pub fn template_of(lm: &LanguageModel) -> Result<ChatTemplate> {
-    ChatTemplate::from_model_dir(&lm.dir)?.with_context(|| {
+/// The chat template of the model folder `dir` (the from-scratch model carries the official
+/// default one).
+pub fn template_of(dir: &std::path::Path) -> Result<ChatTemplate> {
+    ChatTemplate::from_model_dir(dir)?.with_context(|| {
         format!(
             "{}: no chat_template in tokenizer_config.json (the ham-cycle model is written with the official default template)",
-            lm.dir.display()
+            dir.display()
         )
     })
 }

@@ -9,7 +9,7 @@ use super::config::CycleFile;
 use super::enumerate::{order_masses, OrderMass};
 use super::generate::{Decoder, Decoding};
 use super::pretrain::{pretrain, PretrainStep};
-use super::problem::{cycle_problem, prompt_ids};
+use super::problem::{cycle_problem, prompt_ids, template_of};
 use super::resume::{save_pretraining, saved_pretraining, Observations};
 use super::tokens::CycleTokens;
 use crate::experiment::observables::split_metrics;
@@ -24,7 +24,7 @@ use crate::lm::train::epochs::Settings;
 use crate::lm::train::resume::{CheckpointDir, Checkpoints, NoCheckpoints, Observed};
 use crate::lm::{Forward, LanguageModel};
 use crate::problem::hamiltonian::{generate, vertex_orders, CyclePair, EDGE_SEP, SEP};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -573,12 +573,7 @@ fn reference_model(
     }
     let words = write_initial_checkpoint(initial, file)?;
     let (history, seconds) = pretrained(file, (initial, reference), device, kept, on_event)?;
-    let template = ChatTemplate::from_model_dir(reference)?.with_context(|| {
-        format!(
-            "{}: no chat_template in tokenizer_config.json",
-            reference.display()
-        )
-    })?;
+    let template = template_of(reference)?;
     let r = Reference {
         dir: reference.to_path_buf(),
         added: None,
