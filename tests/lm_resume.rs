@@ -7,6 +7,7 @@
 
 use rmflow::lm::checkpoint::tiny::{standard_specs, write_tiny_checkpoint, PROBE_TEXTS};
 use rmflow::lm::recipe::{vocabulary_texts, RecipeFile};
+use rmflow::lm::train::reference::ReferenceTables;
 use std::path::{Path, PathBuf};
 
 mod common;
@@ -225,6 +226,61 @@ fn killed_runs_resume_to_the_same_outputs() {
         same_outputs(&contents(&out), &expected, tag);
         assert!(!checkpoints_of(&out).exists(), "{tag}: checkpoints left");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The IM-RM's reference tables are kept beside the checkpoints once computed and read back by a
+/// resumed run instead of recomputed; it still writes the uninterrupted outputs, bit for bit. A
+/// kept table that does not fit the run's sequences is refused, naming the file and the row.
+#[test]
+fn imrm_reference_tables_are_kept_and_read_back() {
+    let dir = temp("reference");
+    let model = model(&dir);
+    let config = small_recipe(&dir, 1e-3);
+    let uninterrupted = dir.join("uninterrupted");
+    let o = start(&model, &config, &uninterrupted, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Step 20: the second step of the full IM-RM (head EX-RM, head IM-RM, full EX-RM, full
+    // IM-RM, 6 steps each).
+    let out = dir.join("run");
+    assert!(!start(&model, &config, &out, Some("step:20"))
+        .status
+        .success());
+    let kept = checkpoints_of(&out).join("reference-imrm-full.cbor");
+    assert!(kept.is_file(), "no kept tables");
+    assert!(checkpoints_of(&out)
+        .join("reference-imrm-head.cbor")
+        .is_file());
+    assert!(!checkpoints_of(&out)
+        .join("reference-exrm-full.cbor")
+        .exists());
+    let bytes = std::fs::read(&kept).unwrap();
+    let mut tables: ReferenceTables = ciborium::from_reader(bytes.as_slice()).unwrap();
+    assert_eq!(tables.all.len(), tables.training.as_ref().unwrap().len());
+    tables.training.as_mut().unwrap()[3].pop();
+    let mut edited = Vec::new();
+    ciborium::into_writer(&tables, &mut edited).unwrap();
+    std::fs::write(&kept, edited).unwrap();
+    let o = recipe(&["--resume", out.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("reference-imrm-full.cbor") && err.contains("row 3"),
+        "{err}"
+    );
+    std::fs::write(&kept, &bytes).unwrap();
+    let o = recipe(&["--resume", out.to_str().unwrap()], None);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("reference log-probabilities read from"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("reference log-probabilities of every sequence"),
+        "{err}"
+    );
+    same_outputs(&contents(&out), &contents(&uninterrupted), "kept tables");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

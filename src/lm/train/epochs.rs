@@ -5,7 +5,6 @@
 
 use super::resume::{state_tensors, test_hook, Checkpoints, Progress, Saved};
 use crate::lm::model::language_model::LanguageModel;
-use crate::lm::nets::kernels::Kernels;
 use crate::lm::train::alignment;
 use crate::lm::train::config::TrainConfig;
 use crate::lm::train::evaluate::Evaluation;
@@ -15,6 +14,7 @@ use crate::lm::train::flush;
 use crate::lm::train::loss::softplus_neg;
 use crate::lm::train::optimizers::accumulate;
 use crate::lm::train::optimizers::Optimizers;
+use crate::lm::train::reference::{micro_batch_sequences, ReferenceTables};
 use crate::lm::train::reward::Reward;
 use crate::lm::train::sequences::PreferenceProblem;
 use crate::lm::train::sequences::ScoredSequence;
@@ -161,13 +161,9 @@ pub fn train_reward(
         .unwrap_or(lm.initializer_range.unwrap_or(0.02));
     let head = initial_head(settings.seed, std, lm.dim, device)?;
     let (vars, head_trained) = trained_vars(mode, reward, lm, frozen_u.as_ref());
-    let reference = reference_table(&scorer, seqs, &u0, on_event)?;
-    let train_reference = match (reward, mode) {
-        (Reward::Imrm, Mode::Full) => Some(training_reference(
-            &scorer, settings, problem, seqs, &u0, &reference,
-        )?),
-        _ => None,
-    };
+    let tables =
+        ReferenceTables::of_run(&scorer, mode, settings, problem, &u0, checkpoints, on_event)?;
+    let reference = tables.all;
     let flush = flushed(reward, mode, problem, t)?;
     let cut = flush.then(|| {
         let dropped = flush::evaluation_drops(seqs, &problem.eval_batches);
@@ -191,7 +187,7 @@ pub fn train_reward(
         scorer: &scorer,
         frozen_u: frozen_u.as_ref(),
         head: &head,
-        train_reference: train_reference.as_ref().unwrap_or(&reference),
+        train_reference: tables.training.as_ref().unwrap_or(&reference),
         eval_seqs,
         eval_reference,
         flush,
@@ -282,30 +278,6 @@ fn extract_frozen(
     Ok((f, extraction))
 }
 
-/// `ln π_ref` of every response token of every sequence (the IM-RM), as evaluation scores them
-/// through `u0`; zeros for the IM-RM without reference (the same sums with `ln π_ref = 0`);
-/// empty rows for the rewards that read none.
-fn reference_table(
-    scorer: &Scorer,
-    seqs: &[ScoredSequence],
-    u0: &Tensor,
-    on_event: &mut dyn FnMut(TrainEvent),
-) -> Result<Vec<Vec<f64>>> {
-    Ok(match scorer.reward {
-        Reward::Imrm => {
-            on_event(TrainEvent::Stage(
-                "reference log-probabilities of every sequence".into(),
-            ));
-            scorer.token_logprob_table(seqs, u0)?
-        }
-        Reward::ImrmNoRef => seqs
-            .iter()
-            .map(|s| vec![0.0; s.response_end - s.response_start])
-            .collect(),
-        _ => vec![vec![]; seqs.len()],
-    })
-}
-
 /// The EX-RM head `u(0)`: `N(0, std²)` per entry from the head RNG (the run's `seed`, salted),
 /// or 0.
 pub(crate) fn initial_head(seed: u64, std: f64, dim: usize, device: &Device) -> Result<Var> {
@@ -322,49 +294,6 @@ pub(crate) fn initial_head(seed: u64, std: f64, dim: usize, device: &Device) -> 
         dim,
         device,
     )?)?)
-}
-
-/// The IM-RM's `ln π_ref` of the training sequences as the training step computes them: the
-/// first epoch's micro-batches replayed through the training forward before any update, so that
-/// every margin of the first step is exactly 0 (as the official code's in-batch reference
-/// forward makes it); other sequences keep `reference`. Later micro-batches group the sequences
-/// differently and agree with it up to f32 rounding.
-fn training_reference(
-    scorer: &Scorer,
-    settings: Settings,
-    problem: &PreferenceProblem,
-    seqs: &[ScoredSequence],
-    u0: &Tensor,
-    reference: &[Vec<f64>],
-) -> Result<Vec<Vec<f64>>> {
-    let t = settings.train;
-    let train = &problem.splits[0];
-    let order = epoch_orders(settings.seed, train.chosen.len())
-        .next()
-        .expect("an endless iterator");
-    let chunks: Vec<Vec<usize>> = order
-        .chunks(t.pairs_per_step)
-        .flat_map(|step| step.chunks(t.micro_batch))
-        .map(|micro| micro_batch_sequences(problem, micro))
-        .collect();
-    let mut table = reference.to_vec();
-    let mut done = vec![false; seqs.len()];
-    // A sequence in several pairs keeps the values of its first micro-batch (step 1's first).
-    for (i, lp) in scorer.logprob_table(seqs, &chunks, u0, Kernels::Autograd)? {
-        if !std::mem::replace(&mut done[i], true) {
-            table[i] = lp;
-        }
-    }
-    Ok(table)
-}
-
-/// The sequences a micro-batch of training pairs scores: the chosen responses, then the
-/// rejected ones.
-fn micro_batch_sequences(problem: &PreferenceProblem, micro: &[usize]) -> Vec<usize> {
-    let train = &problem.splits[0];
-    let mut idx: Vec<usize> = micro.iter().map(|&p| train.chosen[p]).collect();
-    idx.extend(micro.iter().map(|&p| train.rejected[p]));
-    idx
 }
 
 /// EX-GRM: the ids of "Yes" and "No" in the checkpoint's vocabulary (the official

@@ -9,7 +9,9 @@
 //! - `run.json`: what the run is (model, config, reward models, modes), written before training;
 //! - `state-NNNNNN/`: one checkpoint, `progress.cbor` (CBOR: exact f64, NaN included) and
 //!   `tensors.safetensors` (the trained variables and the optimizers' moments, f32);
-//! - `LATEST`: the name of the newest complete checkpoint.
+//! - `LATEST`: the name of the newest complete checkpoint;
+//! - `reference-imrm-<mode>.cbor`: the IM-RM's `ln π_ref` tables, written once computed
+//!   ([`super::reference`]), read back by a resumed run.
 //!
 //! A checkpoint is written into `state-NNNNNN.tmp/`, renamed into place, and only then named
 //! by `LATEST` (itself replaced by a rename), so a kill at any moment leaves the previous
@@ -119,6 +121,9 @@ pub trait Checkpoints {
     fn stop_requested(&self) -> bool;
     /// Saves a checkpoint of the reward model in training.
     fn save(&mut self, progress: &Progress, tensors: Vec<(String, Tensor)>) -> Result<()>;
+    /// Where the run keeps what it computes once under `name` (the IM-RM's reference tables)
+    /// for a resumed process to read back; `None` where it keeps nothing.
+    fn kept_path(&self, name: &str) -> Option<PathBuf>;
 }
 
 /// No checkpoints (tests, and runs that do not ask for them).
@@ -136,6 +141,9 @@ impl Checkpoints for NoCheckpoints {
     }
     fn save(&mut self, _progress: &Progress, _tensors: Vec<(String, Tensor)>) -> Result<()> {
         Ok(())
+    }
+    fn kept_path(&self, _name: &str) -> Option<PathBuf> {
+        None
     }
 }
 
@@ -553,6 +561,10 @@ impl Checkpoints for CheckpointDir {
     fn save(&mut self, progress: &Progress, tensors: Vec<(String, Tensor)>) -> Result<()> {
         self.write(Some(progress), tensors)
     }
+
+    fn kept_path(&self, name: &str) -> Option<PathBuf> {
+        Some(self.dir.join(name))
+    }
 }
 
 /// `bytes` into `path`, synced to disk.
@@ -566,7 +578,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// `bytes` into `path` through a synced temporary and a rename.
-fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_os_string();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
