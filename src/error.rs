@@ -7,7 +7,7 @@
 //! | 2 | usage or input error: bad arguments, invalid config (the field is named), missing input file, output path taken or unusable |
 //! | 3 | refused: the config is valid but the run cannot be done as asked (estimated memory above what is available, a long flow on data certified not separable) |
 //! | 4 | failed while running: numerical breakdown (NaN, step-size underflow), I/O error while writing |
-//! | 5 | interrupted by SIGTERM (e.g. Slurm preemption) after writing a checkpoint: resume with `--resume` |
+//! | 5 | interrupted by SIGTERM (e.g. Slurm preemption): after a step or an evaluation with a checkpoint, or while scoring; resume with `--resume` |
 
 use crate::config::ConfigError;
 
@@ -27,7 +27,8 @@ pub struct Refusal(pub String);
 #[error("{0}")]
 pub struct ClaimsFailed(pub String);
 
-/// A run stopped by SIGTERM after writing a checkpoint to resume from: exit code 5.
+/// A run stopped by SIGTERM with what it resumes from kept (a checkpoint, or what it computed
+/// once): exit code 5.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Interrupted(pub String);
@@ -40,7 +41,7 @@ pub const EXIT_INPUT: u8 = 2;
 pub const EXIT_REFUSED: u8 = 3;
 /// Exit code for failures while running.
 pub const EXIT_RUNTIME: u8 = 4;
-/// Exit code for a run interrupted by SIGTERM with a checkpoint written.
+/// Exit code for a run interrupted by SIGTERM (`--resume` continues it).
 pub const EXIT_INTERRUPTED: u8 = 5;
 
 /// The exit code of an error, from the first classified error in its chain.

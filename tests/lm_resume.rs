@@ -308,10 +308,11 @@ fn sigterm_checkpoints_and_exits_5() {
     let o = child.wait_with_output().unwrap();
     let err = stderr(&o);
     match o.status.code() {
-        // Stopped during training: a checkpoint to resume from, no output.
+        // Stopped while scoring, after an evaluation or a step: no output, and what the run
+        // kept to resume from.
         Some(5) => {
             assert!(err.contains("SIGTERM"), "{err}");
-            assert!(checkpoints_of(&out).join("LATEST").is_file(), "{err}");
+            assert!(checkpoints_of(&out).join("run.json").is_file(), "{err}");
             assert!(!out.exists());
             let o = recipe(&["--resume", out.to_str().unwrap()], None);
             assert!(o.status.success(), "{}", stderr(&o));
@@ -319,6 +320,38 @@ fn sigterm_checkpoints_and_exits_5() {
         // Killed by the default handler before the run installed its own (loading).
         None => assert!(!out.exists()),
         other => panic!("exit {other:?}: {err}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM while the run scores sequences (reference tables, an evaluation, frozen features)
+/// stops it there with exit code 5 and no output, not after the next optimizer step; resumed,
+/// it writes the uninterrupted outputs.
+#[test]
+fn sigterm_while_scoring_stops_there_and_resumes() {
+    let dir = temp("term-scoring");
+    let model = model(&dir);
+    let config = small_recipe(&dir, 1e-3);
+    let uninterrupted = dir.join("uninterrupted");
+    let o = start(&model, &config, &uninterrupted, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expected = contents(&uninterrupted);
+    for n in [1, 9, 40] {
+        let tag = format!("interrupt-point:{n}");
+        let out = dir.join(format!("term-{n}"));
+        let mut c = Command::new(env!("CARGO_BIN_EXE_rmflow"));
+        c.args(common::lm_recipe_args(&model, &config, &out))
+            .args(["--reward", "exrm,imrm", "--mode", "both"])
+            .env("RAYON_NUM_THREADS", "2")
+            .env("RMFLOW_TEST_SIGTERM", &tag);
+        let o = c.output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(5), "{tag}: {err}");
+        assert!(err.contains("stopped by SIGTERM while"), "{tag}: {err}");
+        assert!(!out.exists(), "{tag}: partial output");
+        let o = recipe(&["--resume", out.to_str().unwrap()], None);
+        assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
+        same_outputs(&contents(&out), &expected, &tag);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -420,6 +453,27 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
         assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
         same_outputs(&contents(&out), &expected, tag);
         assert!(!checkpoints_of(&out).exists(), "{tag}: checkpoints left");
+    }
+    // SIGTERM while scoring (the IM-RM's reference scoring; an EX-RM evaluation): exit 5 at
+    // once, then resumed to the same outputs.
+    for n in [2, 12] {
+        let out = dir.join(format!("term-{n}"));
+        let o = Command::new(env!("CARGO_BIN_EXE_rmflow"))
+            .args(["ham-cycle", "--config", cfg.to_str().unwrap()])
+            .args(["--out", out.to_str().unwrap()])
+            .env("RAYON_NUM_THREADS", "2")
+            .env("RMFLOW_TEST_SIGTERM", format!("interrupt-point:{n}"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(5), "term-{n}: {}", stderr(&o));
+        assert!(!out.exists(), "term-{n}: partial output");
+        let o = ham_cycle(&["--resume", out.to_str().unwrap()], None);
+        assert!(
+            o.status.success(),
+            "term-{n}: resume failed: {}",
+            stderr(&o)
+        );
+        same_outputs(&contents(&out), &expected, &format!("term-{n}"));
     }
     // Another config on resume is refused, naming the field; a new run over the unfinished one
     // is refused too.

@@ -14,7 +14,8 @@ pub const EXIT_CODES: &str = "Exit codes:
   3  refused: estimated memory above what is available (--ignore-memory-estimate overrides),
      or a long gradient flow on data certified not linearly separable
   4  failed while running: numerical breakdown (NaN, step-size underflow), I/O error
-  5  interrupted by SIGTERM (lm-recipe): a checkpoint was written; continue with --resume
+  5  interrupted by SIGTERM (lm-recipe, ham-cycle): stopped after the current step or
+     evaluation with a checkpoint, or while scoring sequences; continue with --resume
 Outputs are written atomically: on any error no output folder or file is left behind, except
 when stdout fails after the output was committed (exit 4): the files are complete and kept.";
 

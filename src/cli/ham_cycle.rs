@@ -185,10 +185,7 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => {
-            // Nothing to resume from yet (e.g. a failure before the first checkpoint).
-            if checkpoints.is_empty() {
-                let _ = checkpoints.remove();
-            }
+            super::resume::after_failure(checkpoints, &e);
             return Err(e);
         }
     };

@@ -323,10 +323,7 @@ fn train(
     ) {
         Ok(o) => o,
         Err(e) => {
-            // Nothing to resume from yet (e.g. a bad input found while building the pairs).
-            if checkpoints.is_empty() {
-                let _ = checkpoints.remove();
-            }
+            super::resume::after_failure(checkpoints, &e);
             return Err(e);
         }
     };

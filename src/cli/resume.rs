@@ -22,7 +22,8 @@ pub struct CheckpointFlags {
     /// Continue the run whose --out was RUN_DIR from its newest checkpoint (in
     /// RUN_DIR.checkpoint/). The run's config and options default to its own; given, they must
     /// equal them (a difference is refused, naming it). The outputs equal an uninterrupted
-    /// run's. SIGTERM stops a run after its current step with a checkpoint and exit code 5.
+    /// run's. SIGTERM stops a run with exit code 5: after its current step or evaluation with a
+    /// checkpoint, or at once while it scores sequences (resumed from its newest checkpoint).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<std::path::PathBuf>,
 }
@@ -50,6 +51,16 @@ impl CheckpointFlags {
             self.checkpoint_every,
             self.keep_checkpoints,
         )
+    }
+}
+
+/// After a run failed with `e`: its checkpoint folder removed where there is nothing to resume
+/// (no checkpoint written, e.g. a bad input found while building the pairs), kept where SIGTERM
+/// stopped it (what it computed once, the reference tables, is resumed from).
+pub fn after_failure(checkpoints: CheckpointDir, e: &anyhow::Error) {
+    let interrupted = rmflow::error::exit_code(e) == rmflow::error::EXIT_INTERRUPTED;
+    if checkpoints.is_empty() && !interrupted {
+        let _ = checkpoints.remove();
     }
 }
 

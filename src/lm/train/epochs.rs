@@ -231,6 +231,18 @@ fn flushed(
     }
 }
 
+/// An [`Interrupted`](crate::error::Interrupted) error (exit code 5) where SIGTERM asked the run
+/// to stop, once a checkpoint is written `at` this point.
+fn stop_if_requested(checkpoints: &dyn Checkpoints, at: &str) -> Result<()> {
+    if checkpoints.stop_requested() {
+        return Err(crate::error::Interrupted(format!(
+            "stopped by SIGTERM {at}; a checkpoint was written (--resume continues)"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// Optimizer steps taken in this process (the tests' kill points, [`test_hook`]).
 static STEPS: AtomicUsize = AtomicUsize::new(0);
 
@@ -404,9 +416,10 @@ impl Session<'_> {
                 };
                 // The first evaluation can cost as much as an epoch (large evaluation sets):
                 // a run killed during epoch 1 resumes after it.
-                if checkpoints.due(0) {
+                if checkpoints.due(0) || checkpoints.stop_requested() {
                     self.save(&p, optimizers, checkpoints)?;
                 }
+                stop_if_requested(checkpoints, "after the first evaluation")?;
                 p
             }
         };
@@ -426,11 +439,8 @@ impl Session<'_> {
                 test_hook("step", STEPS.fetch_add(1, Ordering::Relaxed) + 1);
                 if checkpoints.stop_requested() {
                     self.save(&p, optimizers, checkpoints)?;
-                    return Err(crate::error::Interrupted(format!(
-                        "stopped by SIGTERM after step {} (epoch {epoch}); a checkpoint was written",
-                        p.history.len()
-                    ))
-                    .into());
+                    let at = format!("after step {} (epoch {epoch})", p.history.len());
+                    stop_if_requested(checkpoints, &at)?;
                 }
             }
             if epoch % t.eval_every_epochs == 0 || epoch == t.epochs {
@@ -445,8 +455,13 @@ impl Session<'_> {
                 p.rewards = r;
             }
             (p.epoch, p.steps_in_epoch) = (epoch + 1, 0);
-            if epoch < t.epochs && checkpoints.due(epoch) {
-                self.save(&p, optimizers, checkpoints)?;
+            // After the last epoch the run records the finished reward model (and stops at the
+            // next one's first interrupt point).
+            if epoch < t.epochs {
+                if checkpoints.due(epoch) || checkpoints.stop_requested() {
+                    self.save(&p, optimizers, checkpoints)?;
+                }
+                stop_if_requested(checkpoints, &format!("after epoch {epoch}"))?;
             }
         }
         Ok(p)

@@ -9,6 +9,7 @@ use crate::lm::train::features::{
     by_length, per_sequence_sum, prompt_chunks, shared_prompt_features, token_logprobs, Features,
     FrozenFeatures, Need,
 };
+use crate::lm::train::resume::interrupt_point;
 use crate::lm::train::reward::Reward;
 use crate::lm::train::sequences::PreferenceProblem;
 use crate::lm::train::sequences::ScoredSequence;
@@ -338,6 +339,7 @@ impl Scorer<'_> {
     ) -> Result<Vec<(usize, Vec<f64>)>> {
         let mut out = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
         for chunk in chunks {
+            interrupt_point("scoring sequences")?;
             let f = self.features_through(seqs, chunk, kernels)?;
             let lp = token_logprobs(&f, u)?.detach().to_vec1::<f32>()?;
             out.extend(chunk.iter().copied().zip(per_sequence(&lp, seqs, chunk)));
@@ -372,6 +374,7 @@ impl Scorer<'_> {
         let keep_last = self.reward == Reward::Exrm;
         let mut last = Array2::zeros((if keep_last { seqs.len() } else { 0 }, self.lm.dim));
         for idx in prompt_chunks(seqs, &by_length(seqs, &all), self.batch) {
+            interrupt_point("scoring sequences")?;
             let f = self.features_through(seqs, &idx, Kernels::Inference)?;
             let r = self.rewards(&f, seqs, &idx, u, head, reference)?;
             for (&i, v) in idx.iter().zip(r.detach().to_vec1::<f32>()?) {

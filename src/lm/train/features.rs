@@ -313,6 +313,7 @@ impl FrozenFeatures {
         let mut rows_of = vec![(0u32, 0u32); seqs.len()];
         let (mut scored, mut done) = (0u32, 0u32);
         for chunk in prompt_chunks(seqs, &by_length(seqs, &all), batch) {
+            super::resume::interrupt_point("extracting the frozen features")?;
             let refs: Vec<&ScoredSequence> = chunk.iter().map(|&i| &seqs[i]).collect();
             let f = shared_prompt_features(lm, &refs, need, Kernels::Inference)?;
             for &i in &chunk {

@@ -29,7 +29,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Where one reward model's training stands: the epoch loop's position and what it produced.
@@ -435,14 +435,11 @@ impl CheckpointDir {
         finished: Vec<Finished>,
         resume: Option<Saved>,
     ) -> CheckpointDir {
-        let stop = Arc::new(AtomicBool::new(false));
-        // SIGTERM (Slurm preemption, `kill`): checkpoint after the current step and stop.
-        let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone());
         CheckpointDir {
             dir: dir.to_path_buf(),
             every,
             keep_all,
-            stop,
+            stop: stop_flag(),
             finished,
             resume,
             written: 0,
@@ -567,6 +564,41 @@ impl Checkpoints for CheckpointDir {
     }
 }
 
+/// The process's SIGTERM flag (Slurm preemption, `kill`), registered by the first run with
+/// checkpoints; a process without one keeps SIGTERM's default (it terminates).
+static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+
+fn stop_flag() -> Arc<AtomicBool> {
+    STOP.get_or_init(|| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone());
+        stop
+    })
+    .clone()
+}
+
+/// Stops a long stage without optimizer steps (scoring every sequence, an evaluation, the
+/// cycle's generation) once a run with checkpoints was sent SIGTERM: an [`Interrupted`] error
+/// (exit code 5) naming `stage`. The run resumes from its newest checkpoint, or from the start
+/// with what it kept (the reference tables, the cycle's pretrained reference). A step in
+/// progress finishes instead, and is saved ([`Checkpoints::stop_requested`]).
+///
+/// [`Interrupted`]: crate::error::Interrupted
+pub fn interrupt_point(stage: &str) -> Result<()> {
+    static REACHED: AtomicUsize = AtomicUsize::new(0);
+    test_hook(
+        "interrupt-point",
+        REACHED.fetch_add(1, Ordering::Relaxed) + 1,
+    );
+    if STOP.get().is_some_and(|s| s.load(Ordering::Relaxed)) {
+        return Err(crate::error::Interrupted(format!(
+            "stopped by SIGTERM while {stage}; --resume continues from the newest checkpoint (or from the start, with what the run kept)"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// `bytes` into `path`, synced to disk.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
@@ -588,12 +620,22 @@ pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Tests' kill points: `RMFLOW_TEST_ABORT=EVENT:N` aborts the process (no cleanup, as SIGKILL)
 /// at the `N`-th `event` (`step`: an optimizer step done; `checkpoint-write`: a checkpoint's
-/// files written but not yet renamed into place).
-/// The variable is read once per process (the hook sits on the step loop).
+/// files written but not yet renamed into place); `RMFLOW_TEST_SIGTERM=EVENT:N` sends it SIGTERM
+/// there instead (`interrupt-point`: an [`interrupt_point`] reached).
+/// The variables are read once per process (the hook sits on the step loop).
 pub fn test_hook(event: &str, n: usize) {
-    static ABORT_AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let at = ABORT_AT.get_or_init(|| std::env::var("RMFLOW_TEST_ABORT").ok());
-    if at.as_deref() == Some(format!("{event}:{n}").as_str()) {
+    static AT: std::sync::OnceLock<(Option<String>, Option<String>)> = std::sync::OnceLock::new();
+    let (abort, term) = AT.get_or_init(|| {
+        (
+            std::env::var("RMFLOW_TEST_ABORT").ok(),
+            std::env::var("RMFLOW_TEST_SIGTERM").ok(),
+        )
+    });
+    let here = format!("{event}:{n}");
+    if abort.as_deref() == Some(here.as_str()) {
         std::process::abort();
+    }
+    if term.as_deref() == Some(here.as_str()) {
+        let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
     }
 }
