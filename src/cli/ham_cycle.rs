@@ -177,9 +177,10 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
             CycleEvent::Pretrain(s) => bars
                 .bar(0, || progress_bar("ham-cycle pretrain", steps, "steps"))
                 .inc(&format!("loss {:.4}", s.loss)),
-            CycleEvent::Step(r, s) => bars
-                .bar(key(r), reward_bar(r))
-                .inc(&format!("epoch {} loss {:.4}", s.epoch, s.loss)),
+            CycleEvent::Step(r, s) => bars.bar(key(r), reward_bar(r)).advance_to(
+                s.step as u64,
+                &format!("epoch {} loss {:.4}", s.epoch, s.loss),
+            ),
         },
     );
     let outcome = match outcome {

@@ -314,9 +314,10 @@ fn train(
             });
             match event {
                 recipe::TrainEvent::Stage(msg) => bar.stage(&msg),
-                recipe::TrainEvent::Step(r) => {
-                    bar.inc(&format!("epoch {} loss {:.4}", r.epoch, r.loss))
-                }
+                recipe::TrainEvent::Step(r) => bar.advance_to(
+                    r.step as u64,
+                    &format!("epoch {} loss {:.4}", r.epoch, r.loss),
+                ),
                 recipe::TrainEvent::Evaluated { .. } => {}
             }
         },

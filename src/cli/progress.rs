@@ -122,15 +122,22 @@ impl Progress {
 
     /// One unit done, with a message.
     pub fn inc(&self, msg: &str) {
+        let pos = self.shared.lock().pos + 1;
+        self.advance_to(pos, msg);
+    }
+
+    /// `pos` units done, with a message (a resumed run's steps count from its checkpoint's).
+    pub fn advance_to(&self, pos: u64, msg: &str) {
         match &self.bar {
             Some(b) => {
+                self.shared.lock().pos = pos;
                 b.set_message(msg.to_string());
-                b.inc(1);
+                b.set_position(pos);
             }
             None => {
                 let sh = &self.shared;
                 let mut s = sh.lock();
-                s.pos += 1;
+                s.pos = pos;
                 if s.last_print.elapsed() >= PLAIN_PROGRESS_EVERY {
                     s.last_print = Instant::now();
                     eprintln!(

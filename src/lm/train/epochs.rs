@@ -402,7 +402,15 @@ impl Session<'_> {
         let (settings, problem) = (self.settings, self.problem);
         let t = settings.train;
         let mut p = match resumed {
-            Some(p) => p,
+            Some(p) => {
+                on_event(TrainEvent::Stage(format!(
+                    "resumed after step {} (epoch {}, {} of its steps done)",
+                    p.history.len(),
+                    p.epoch,
+                    p.steps_in_epoch
+                )));
+                p
+            }
             None => {
                 let (first, rewards) = self.evaluate(0, 0, on_event)?;
                 let p = Progress {
