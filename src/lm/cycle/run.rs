@@ -332,9 +332,9 @@ impl RewardRun<'_> {
         on_event: &mut dyn FnMut(CycleEvent),
     ) -> Result<TrainRun> {
         let reward = self.reward;
-        let mut failure = None;
         let start = std::time::Instant::now();
         let lm = self.reference.load(self.device)?;
+        // The observer's failure (generation, the exact masses) stops the training at once.
         let run = train_reward(
             reward,
             Mode::Full,
@@ -343,38 +343,39 @@ impl RewardRun<'_> {
             self.problem,
             checkpoints,
             &mut |e| match e {
-                TrainEvent::Stage(s) => on_event(CycleEvent::Stage(Some(reward), s)),
-                TrainEvent::Step(s) => on_event(CycleEvent::Step(reward, s)),
+                TrainEvent::Stage(s) => {
+                    on_event(CycleEvent::Stage(Some(reward), s));
+                    Ok(())
+                }
+                TrainEvent::Step(s) => {
+                    on_event(CycleEvent::Step(reward, s));
+                    Ok(())
+                }
                 TrainEvent::Evaluated {
                     epoch,
                     step,
                     rewards,
                     model,
                     unembedding,
-                } if failure.is_none() => {
-                    let evaluated = self.observe(
+                } => {
+                    self.observe(
                         probe,
                         record,
                         (epoch, step, rewards),
                         (model, unembedding),
                         on_event,
-                    );
-                    let stored = evaluated.and_then(|()| match observed {
+                    )?;
+                    match observed {
                         Some(slot) => record.store(slot),
                         None => Ok(()),
-                    });
-                    failure = stored.err();
+                    }
                 }
-                TrainEvent::Evaluated { .. } => {}
             },
         )?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(TrainRun {
-                seconds: start.elapsed().as_secs_f64(),
-                ..run
-            }),
-        }
+        Ok(TrainRun {
+            seconds: start.elapsed().as_secs_f64(),
+            ..run
+        })
     }
 
     /// Records one evaluation: both splits' scores, and for the IM-RM the probe's generations

@@ -27,7 +27,7 @@ pub fn train_recipe(
     file: &RecipeFile,
     problem: &PreferenceProblem,
     checkpoints: &mut dyn Checkpoints,
-    on_event: &mut dyn FnMut(TrainEvent),
+    on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
 ) -> Result<TrainRun> {
     let start = std::time::Instant::now();
     let (lm, _) = load_recipe_model(model_dir, device, Forward::Nets, file)?;
@@ -127,7 +127,10 @@ pub fn run_recipe(
             file,
             &problem,
             c,
-            &mut |e| on_event(RecipeEvent::Train(mode, reward, e)),
+            &mut |e| {
+                on_event(RecipeEvent::Train(mode, reward, e));
+                Ok(())
+            },
         )?;
         if let Some(c) = checkpoints.as_deref_mut() {
             c.finish(&run)?;

@@ -122,7 +122,8 @@ pub struct Settings<'a> {
 
 /// Trains one reward model (`reward`) in `mode` on `lm` (changed in place) over `problem`'s
 /// training pairs, evaluating every split before training, every `eval_every_epochs` epochs and
-/// after the last; `on_event` sees every stage and optimizer step (progress).
+/// after the last; `on_event` sees every stage, optimizer step and evaluation (progress, and an
+/// observer's measurements), and an error it returns stops the training.
 pub fn train_reward(
     reward: Reward,
     mode: Mode,
@@ -130,7 +131,7 @@ pub fn train_reward(
     settings: Settings,
     problem: &PreferenceProblem,
     checkpoints: &mut dyn Checkpoints,
-    on_event: &mut dyn FnMut(TrainEvent),
+    on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
 ) -> Result<TrainRun> {
     let start = std::time::Instant::now();
     let t = settings.train;
@@ -275,12 +276,12 @@ fn extract_frozen(
     lm: &LanguageModel,
     seqs: &[ScoredSequence],
     batch: usize,
-    on_event: &mut dyn FnMut(TrainEvent),
+    on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
 ) -> Result<(FrozenFeatures, Extraction)> {
     on_event(TrainEvent::Stage(format!(
         "extracting the frozen features of {} sequences",
         seqs.len()
-    )));
+    )))?;
     let t0 = std::time::Instant::now();
     let f = FrozenFeatures::extract(lm, seqs, batch, Need::of(reward))?;
     let extraction = Extraction {
@@ -379,7 +380,7 @@ impl Session<'_> {
         &self,
         optimizers: &mut Optimizers,
         checkpoints: &mut dyn Checkpoints,
-        on_event: &mut dyn FnMut(TrainEvent),
+        on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Result<Progress> {
         let resumed = match checkpoints.resumed()? {
             Some(saved) => Some(restore(saved, optimizers)?),
@@ -397,7 +398,7 @@ impl Session<'_> {
         optimizers: &mut Optimizers,
         resumed: Option<Progress>,
         checkpoints: &mut dyn Checkpoints,
-        on_event: &mut dyn FnMut(TrainEvent),
+        on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Result<Progress> {
         let (settings, problem) = (self.settings, self.problem);
         let t = settings.train;
@@ -408,7 +409,7 @@ impl Session<'_> {
                     p.history.len(),
                     p.epoch,
                     p.steps_in_epoch
-                )));
+                )))?;
                 p
             }
             None => {
@@ -436,12 +437,12 @@ impl Session<'_> {
             on_event(TrainEvent::Stage(format!(
                 "training epoch {epoch} of {}",
                 t.epochs
-            )));
+            )))?;
             for pairs in order.chunks(t.pairs_per_step).skip(p.steps_in_epoch) {
                 let t0 = std::time::Instant::now();
                 let record = self.optimizer_step(pairs, optimizers, p.history.len(), epoch)?;
                 p.step_seconds += t0.elapsed().as_secs_f64();
-                on_event(TrainEvent::Step(&record));
+                on_event(TrainEvent::Step(&record))?;
                 p.history.push(record);
                 p.steps_in_epoch += 1;
                 test_hook("step", STEPS.fetch_add(1, Ordering::Relaxed) + 1);
@@ -508,11 +509,11 @@ impl Session<'_> {
         &self,
         epoch: usize,
         step: usize,
-        on_event: &mut dyn FnMut(TrainEvent),
+        on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Result<(Evaluation, Vec<f64>)> {
         on_event(TrainEvent::Stage(format!(
             "evaluating every split after epoch {epoch}"
-        )));
+        )))?;
         let start = std::time::Instant::now();
         let scores = self.scorer.score_all(
             self.eval_seqs,
@@ -541,7 +542,7 @@ impl Session<'_> {
             rewards: &rewards,
             model: self.scorer.lm,
             unembedding: &self.u_now(),
-        });
+        })?;
         Ok((
             Evaluation {
                 epoch,

@@ -37,7 +37,7 @@ impl ReferenceTables {
         problem: &PreferenceProblem,
         u0: &Tensor,
         checkpoints: &dyn Checkpoints,
-        on_event: &mut dyn FnMut(TrainEvent),
+        on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Result<ReferenceTables> {
         let seqs = problem.scored_sequences(scorer.reward)?;
         let name = format!("reference-{}-{}.cbor", scorer.reward.name(), mode.name());
@@ -49,7 +49,7 @@ impl ReferenceTables {
             on_event(TrainEvent::Stage(format!(
                 "reference log-probabilities read from {}",
                 path.display()
-            )));
+            )))?;
             return ReferenceTables::read(path, seqs, mode);
         }
         let all = all_sequences(scorer, seqs, u0, on_event)?;
@@ -122,13 +122,13 @@ fn all_sequences(
     scorer: &Scorer,
     seqs: &[ScoredSequence],
     u0: &Tensor,
-    on_event: &mut dyn FnMut(TrainEvent),
+    on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
 ) -> Result<Vec<Vec<f64>>> {
     Ok(match scorer.reward {
         Reward::Imrm => {
             on_event(TrainEvent::Stage(
                 "reference log-probabilities of every sequence".into(),
-            ));
+            ))?;
             scorer.token_logprob_table(seqs, u0)?
         }
         Reward::ImrmNoRef => seqs
