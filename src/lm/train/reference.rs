@@ -92,7 +92,7 @@ impl ReferenceTables {
     /// Whether the tables have one row per sequence and one entry per response token in each.
     pub fn check(&self, seqs: &[ScoredSequence]) -> std::result::Result<(), String> {
         let tables = std::iter::once(("all", &self.all))
-            .chain(self.training.as_ref().map(|t| ("training", t)).into_iter());
+            .chain(self.training.as_ref().map(|t| ("training", t)));
         for (name, table) in tables {
             if table.len() != seqs.len() {
                 return Err(format!(
