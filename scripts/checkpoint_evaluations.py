@@ -8,6 +8,11 @@ with the split metrics the checkpoint stores (the columns of metrics.csv less `p
     /tmp/cb/bin/python scripts/checkpoint_evaluations.py runs/persona50 --alignment > alignment.csv
 
 `--alignment`: instead, the EX-RM's footnote-3 statistics (the columns of alignment.csv).
+
+A `ham-cycle` run's checkpoint: the rows of its metrics.csv so far (verification accuracy, δ,
+generation, the exact masses), from what its observer measured at every evaluation.
+
+    /tmp/cb/bin/python scripts/checkpoint_evaluations.py runs/ham_cycle_smollm2 > metrics_so_far.csv
 """
 import csv
 import sys
@@ -21,6 +26,15 @@ name = (ckpt / "LATEST").read_text().strip()
 state = cbor2.load(open(ckpt / name / "progress.cbor", "rb"))
 runs = [(f["mode"], f["reward"], f["evaluations"], "finished") for f in state["finished"]]
 plan = __import__("json").load(open(ckpt / "run.json"))
+if "modes" not in plan:  # ham-cycle: its observer's records, as metrics.csv has them
+    observed = cbor2.loads(bytes(state.get("observed") or b"\xa0"))
+    rows = observed.get("epochs", [])
+    w = csv.writer(sys.stdout)
+    if rows:
+        w.writerow(rows[0].keys())
+        w.writerows(["" if v is None else v for v in r.values()] for r in rows)
+    print(f"# {ckpt / name}", file=sys.stderr)
+    sys.exit(0)
 done = len(runs)
 if state.get("current"):
     modes, rewards = plan["modes"], plan["rewards"]
