@@ -306,7 +306,6 @@ pub struct CheckpointDir {
     dir: PathBuf,
     every: usize,
     keep_all: bool,
-    stop: Arc<AtomicBool>,
     finished: Vec<Finished>,
     resume: Option<Saved>,
     written: usize,
@@ -435,11 +434,12 @@ impl CheckpointDir {
         finished: Vec<Finished>,
         resume: Option<Saved>,
     ) -> CheckpointDir {
+        // SIGTERM (Slurm preemption, `kill`) now stops the run with a checkpoint (exit 5).
+        catch_sigterm();
         CheckpointDir {
             dir: dir.to_path_buf(),
             every,
             keep_all,
-            stop: stop_flag(),
             finished,
             resume,
             written: 0,
@@ -552,7 +552,7 @@ impl Checkpoints for CheckpointDir {
     }
 
     fn stop_requested(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
+        sigterm_received()
     }
 
     fn save(&mut self, progress: &Progress, tensors: Vec<(String, Tensor)>) -> Result<()> {
@@ -568,17 +568,22 @@ impl Checkpoints for CheckpointDir {
 /// checkpoints; a process without one keeps SIGTERM's default (it terminates).
 static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
 
-fn stop_flag() -> Arc<AtomicBool> {
+/// Registers the SIGTERM flag (once per process).
+fn catch_sigterm() {
     STOP.get_or_init(|| {
         let stop = Arc::new(AtomicBool::new(false));
         let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone());
         stop
-    })
-    .clone()
+    });
 }
 
-/// Stops a long stage without optimizer steps (scoring every sequence, an evaluation, the
-/// cycle's generation) once a run with checkpoints was sent SIGTERM: an [`Interrupted`] error
+/// Whether SIGTERM arrived since [`catch_sigterm`].
+fn sigterm_received() -> bool {
+    STOP.get().is_some_and(|s| s.load(Ordering::Relaxed))
+}
+
+/// Stops a long stage without optimizer steps (scoring every sequence for the reference tables,
+/// an evaluation or the frozen features) once a run with checkpoints was sent SIGTERM: an [`Interrupted`] error
 /// (exit code 5) naming `stage`. The run resumes from its newest checkpoint, or from the start
 /// with what it kept (the reference tables, the cycle's pretrained reference). A step in
 /// progress finishes instead, and is saved ([`Checkpoints::stop_requested`]).
@@ -590,7 +595,7 @@ pub fn interrupt_point(stage: &str) -> Result<()> {
         "interrupt-point",
         REACHED.fetch_add(1, Ordering::Relaxed) + 1,
     );
-    if STOP.get().is_some_and(|s| s.load(Ordering::Relaxed)) {
+    if sigterm_received() {
         return Err(crate::error::Interrupted(format!(
             "stopped by SIGTERM while {stage}; --resume continues from the newest checkpoint (or from the start, with what the run kept)"
         ))
