@@ -206,6 +206,7 @@ fn killed_runs_resume_to_the_same_outputs() {
     let expected = contents(&reference);
     // Head then full, EX-RM then IM-RM: 6 steps each; checkpoints after epochs 1 and 2 and
     // after each reward model (3 writes each).
+    let mut resumed = 0;
     for (tag, abort) in [
         ("step-1", "step:1"),
         ("step-3", "step:3"),
@@ -223,9 +224,15 @@ fn killed_runs_resume_to_the_same_outputs() {
         assert!(!out.exists(), "{tag}: partial output");
         let o = recipe(&["--resume", out.to_str().unwrap()], None);
         assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
+        // The progress display continues from the checkpoint's step count.
+        resumed += stderr(&o).matches(": resumed after step ").count();
         same_outputs(&contents(&out), &expected, tag);
         assert!(!checkpoints_of(&out).exists(), "{tag}: checkpoints left");
     }
+    assert!(
+        resumed > 0,
+        "no resume reported the step it continued after"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -431,6 +438,7 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
     assert!(!checkpoints_of(&reference).exists(), "checkpoints left");
     let expected = contents(&reference);
     // IM-RM then EX-RM, 6 steps each; checkpoints after epochs 1 and 2 and after each model.
+    let mut resumed = 0;
     for (tag, abort) in [
         ("step-1", "step:1"),
         ("step-4", "step:4"),
@@ -451,9 +459,14 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
         );
         let o = ham_cycle(&["--resume", out.to_str().unwrap()], None);
         assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
+        resumed += stderr(&o).matches(": resumed after step ").count();
         same_outputs(&contents(&out), &expected, tag);
         assert!(!checkpoints_of(&out).exists(), "{tag}: checkpoints left");
     }
+    assert!(
+        resumed > 0,
+        "no resume reported the step it continued after"
+    );
     // SIGTERM while scoring (the IM-RM's reference scoring; an EX-RM evaluation): exit 5 at
     // once, then resumed to the same outputs.
     for n in [2, 12] {

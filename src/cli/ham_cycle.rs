@@ -181,6 +181,11 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
                 s.step as u64,
                 &format!("epoch {} loss {:.4}", s.epoch, s.loss),
             ),
+            CycleEvent::Resumed(r, steps, msg) => {
+                let bar = bars.bar(key(r), reward_bar(r));
+                bar.advance_to(steps as u64, &msg);
+                bar.stage(&msg);
+            }
         },
     );
     let outcome = match outcome {

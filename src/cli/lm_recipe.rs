@@ -318,6 +318,11 @@ fn train(
                     r.step as u64,
                     &format!("epoch {} loss {:.4}", r.epoch, r.loss),
                 ),
+                e @ recipe::TrainEvent::Resumed { steps, .. } => {
+                    let msg = e.resumed_message();
+                    bar.advance_to(steps as u64, &msg);
+                    bar.stage(&msg);
+                }
                 recipe::TrainEvent::Evaluated { .. } => {}
             }
         },

@@ -37,6 +37,8 @@ pub enum CycleEvent<'a> {
     Stage(Option<Reward>, String),
     Pretrain(&'a PretrainStep),
     Step(Reward, &'a TrainStep),
+    /// One reward model's training resumed after this many optimizer steps, with its message.
+    Resumed(Reward, usize, String),
 }
 
 /// One evaluation of one reward model.
@@ -349,6 +351,10 @@ impl RewardRun<'_> {
                 }
                 TrainEvent::Step(s) => {
                     on_event(CycleEvent::Step(reward, s));
+                    Ok(())
+                }
+                e @ TrainEvent::Resumed { steps, .. } => {
+                    on_event(CycleEvent::Resumed(reward, steps, e.resumed_message()));
                     Ok(())
                 }
                 TrainEvent::Evaluated {

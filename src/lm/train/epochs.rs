@@ -50,6 +50,13 @@ impl Mode {
 pub enum TrainEvent<'a> {
     /// A stage without steps (feature extraction, reference scoring, evaluation).
     Stage(String),
+    /// A resumed run continues after `steps` optimizer steps (`in_epoch` of them in epoch
+    /// `epoch`), read from its checkpoint.
+    Resumed {
+        steps: usize,
+        epoch: usize,
+        in_epoch: usize,
+    },
     /// An optimizer step done.
     Step(&'a TrainStep),
     /// An evaluation done (before training and after each evaluated epoch): every sequence's
@@ -63,6 +70,22 @@ pub enum TrainEvent<'a> {
         /// The unembedding the rewards read (the head-only IM-RM's trained copy of `U`).
         unembedding: &'a Tensor,
     },
+}
+
+impl TrainEvent<'_> {
+    /// The line a progress display shows for [`TrainEvent::Resumed`] (empty for other events).
+    pub fn resumed_message(&self) -> String {
+        match self {
+            TrainEvent::Resumed {
+                steps,
+                epoch,
+                in_epoch,
+            } => {
+                format!("resumed after step {steps} (epoch {epoch}, {in_epoch} of its steps done)")
+            }
+            _ => String::new(),
+        }
+    }
 }
 
 /// One optimizer step.
@@ -404,12 +427,11 @@ impl Session<'_> {
         let t = settings.train;
         let mut p = match resumed {
             Some(p) => {
-                on_event(TrainEvent::Stage(format!(
-                    "resumed after step {} (epoch {}, {} of its steps done)",
-                    p.history.len(),
-                    p.epoch,
-                    p.steps_in_epoch
-                )))?;
+                on_event(TrainEvent::Resumed {
+                    steps: p.history.len(),
+                    epoch: p.epoch,
+                    in_epoch: p.steps_in_epoch,
+                })?;
                 p
             }
             None => {
@@ -515,12 +537,17 @@ impl Session<'_> {
             "evaluating every split after epoch {epoch}"
         )))?;
         let start = std::time::Instant::now();
-        let scores = self.scorer.score_all(
-            self.eval_seqs,
-            &self.u_now(),
-            self.head.as_tensor(),
-            self.eval_reference,
-        )?;
+        let untrained = step == 0 && self.reward == Reward::Imrm;
+        let scores = if untrained {
+            self.scorer.untrained_implicit(self.eval_seqs)
+        } else {
+            self.scorer.score_all(
+                self.eval_seqs,
+                &self.u_now(),
+                self.head.as_tensor(),
+                self.eval_reference,
+            )?
+        };
         let seconds = start.elapsed().as_secs_f64();
         let rewards = scores.rewards;
         if let Some(i) = rewards.iter().position(|r| !r.is_finite()) {
@@ -551,7 +578,11 @@ impl Session<'_> {
                 representation_alignment,
                 rewards: rewards.clone(),
                 seconds,
-                tokens: self.eval_seqs.iter().map(|q| q.ids.len()).sum(),
+                tokens: if untrained {
+                    0
+                } else {
+                    self.eval_seqs.iter().map(|q| q.ids.len()).sum()
+                },
             },
             rewards,
         ))

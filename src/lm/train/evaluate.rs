@@ -347,6 +347,23 @@ impl Scorer<'_> {
         Ok(out)
     }
 
+    /// The IM-RM's scores before any optimizer step: the policy is the reference, so every
+    /// token's contribution `β (ln π − ln π_ref)` is exactly 0 (MATH.md §1) and no forward is
+    /// run. A forward would give the same zeros wherever it batched the sequences as the
+    /// reference pass did, and f32 rounding noise elsewhere (the flush's cut sequences); on a
+    /// preference dataset it saves a pass over every sequence.
+    pub(crate) fn untrained_implicit(&self, seqs: &[ScoredSequence]) -> Scores {
+        let parts: Vec<Vec<f64>> = seqs
+            .iter()
+            .map(|s| vec![0.0; s.response_end - s.response_start])
+            .collect();
+        Scores {
+            rewards: vec![0.0; seqs.len()],
+            parts: Some(parts),
+            last: None,
+        }
+    }
+
     /// Rewards of every sequence (f64) and, for the IM-RMs, each token's contribution
     /// `β (ln π − ln π_ref)`, for the EX-RM the representations its head reads (no gradient).
     pub(crate) fn score_all(
@@ -409,4 +426,78 @@ fn per_sequence(lp: &[f32], seqs: &[ScoredSequence], idx: &[usize]) -> Vec<Vec<f
             lp[at - r..at].iter().map(|&x| f64::from(x)).collect()
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::checkpoint::tiny::{standard_specs, write_tiny_checkpoint, PROBE_TEXTS};
+    use crate::lm::recipe::{build_problem, load_recipe_model, vocabulary_texts, RecipeFile};
+    use crate::lm::train::flush;
+    use crate::lm::{Device, Forward};
+    use std::path::Path;
+
+    /// The IM-RM before any step, scored by a forward through the reference unembedding, is
+    /// what [`Scorer::untrained_implicit`] returns without one: exactly 0 per token on the
+    /// sequences as the reference pass batched them (the same chunks give the same bits), and 0
+    /// up to f32 rounding on the official flush's cut copies (other chunks): `|Δ ln π| ≤ 1e-4 ·
+    /// max(|ln π_ref|, 1)`, the bound the other batching comparisons use (tests/lm_tiny.rs).
+    #[test]
+    fn the_untrained_imrm_is_exactly_its_reference() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut file =
+            RecipeFile::from_file(&root.join("experiments/persona_paper.toml")).expect("config");
+        let data = file.data.as_mut().expect("persona data");
+        data.statements = root.join(&data.statements);
+        let dir = std::env::temp_dir().join(format!("rmflow-untrained-{}", std::process::id()));
+        let mut texts: Vec<String> = PROBE_TEXTS.iter().map(|s| s.to_string()).collect();
+        texts.extend(vocabulary_texts(&file).expect("texts"));
+        write_tiny_checkpoint(&dir, standard_specs()[0].1, &texts).expect("checkpoint");
+        let (lm, _) = load_recipe_model(&dir, &Device::Cpu, Forward::Nets, &file).expect("model");
+        let problem = build_problem(&file, &lm).expect("problem");
+        let scorer = Scorer {
+            reward: Reward::Imrm,
+            lm: &lm,
+            frozen: None,
+            beta: 0.01,
+            batch: 7,
+            yes_no: None,
+        };
+        let u0 = lm.unembedding().clone();
+        let reference = scorer
+            .token_logprob_table(&problem.sequences, &u0)
+            .expect("reference");
+        let dropped = flush::evaluation_drops(&problem.sequences, &problem.eval_batches);
+        assert!(
+            dropped.iter().any(|&d| d),
+            "no sequence is cut: a vacuous check"
+        );
+        let (cut, cut_reference) = flush::apply(&problem.sequences, &reference, &dropped);
+        let head = Tensor::zeros(lm.dim, candle_core::DType::F32, &lm.device).expect("head");
+        for (seqs, reference) in [(&problem.sequences, &reference), (&cut, &cut_reference)] {
+            let forward = scorer
+                .score_all(seqs, &u0, &head, reference)
+                .expect("scores");
+            let shortcut = scorer.untrained_implicit(seqs);
+            assert_eq!(shortcut.rewards.len(), forward.rewards.len());
+            let (f, s) = (
+                forward.parts.expect("parts"),
+                shortcut.parts.expect("parts"),
+            );
+            let exact = std::ptr::eq(seqs, &problem.sequences);
+            for (i, (a, b)) in f.iter().zip(&s).enumerate() {
+                assert_eq!(a.len(), b.len(), "sequence {i}: token count");
+                for ((x, y), r) in a.iter().zip(b).zip(&reference[i]) {
+                    let bound = if exact {
+                        0.0
+                    } else {
+                        0.01 * 1e-4 * r.abs().max(1.0)
+                    };
+                    assert!((x - y).abs() <= bound, "sequence {i}: {x:e} vs {y:e}");
+                }
+            }
+            assert!(forward.rewards.iter().all(|r| r.is_finite()));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -572,7 +572,11 @@ static STOP: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
 fn catch_sigterm() {
     STOP.get_or_init(|| {
         let stop = Arc::new(AtomicBool::new(false));
-        let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone());
+        if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone()) {
+            eprintln!(
+                "warning: SIGTERM cannot be caught ({e}): a kill ends the run without a checkpoint"
+            );
+        }
         stop
     });
 }
