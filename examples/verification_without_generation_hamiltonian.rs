@@ -1,8 +1,9 @@
 //! `cargo run --release --features lm --example verification_without_generation_hamiltonian
 //! [RUN_DIR ...]`: verification accuracy, generation success and the exact `π(C|x)` over
 //! training of `rmflow ham-cycle` runs (default: the committed runs under
-//! `experiments/results/ham_cycle/`: `n6` and `n10` from scratch, `smollm2_n6_lr1e-6` and
-//! `smollm2_n6_lr1e-5` on a pretrained SmolLM2, where present), into
+//! `experiments/results/ham_cycle/`: `n6` and `n10` from scratch, `smollm2_n6_lr1e-6`,
+//! `smollm2_n6_lr1e-5` and the official size `smollm2_n10` on a pretrained SmolLM2, where
+//! present), into
 //! figures/verification_without_generation_hamiltonian.
 //! Reads the runs' `metrics.csv` only; the runs' commands are in
 //! experiments/results/ham_cycle/README.md.
@@ -10,10 +11,16 @@
 fn main() -> anyhow::Result<()> {
     let mut dirs: Vec<String> = std::env::args().skip(1).collect();
     if dirs.is_empty() {
-        dirs = ["n6", "n10", "smollm2_n6_lr1e-6", "smollm2_n6_lr1e-5"]
-            .iter()
-            .map(|d| format!("experiments/results/ham_cycle/{d}"))
-            .collect();
+        dirs = [
+            "n6",
+            "n10",
+            "smollm2_n6_lr1e-6",
+            "smollm2_n6_lr1e-5",
+            "smollm2_n10",
+        ]
+        .iter()
+        .map(|d| format!("experiments/results/ham_cycle/{d}"))
+        .collect();
     }
     rmflow::figures::run_example("verification_without_generation_hamiltonian", || {
         let runs = dirs

@@ -21,6 +21,9 @@ const COLUMNS: [&str; 6] = [
     "bound_holds",
 ];
 
+/// The runs' colours ([`crate::figures::plot::PALETTE`] indices), in the order the runs are given.
+const RUN_COLORS: [usize; 7] = [5, 1, 3, 6, 4, 2, 0];
+
 fn parse(label: &str, text: &str) -> Result<Rows> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
@@ -82,26 +85,27 @@ pub fn verification_without_generation_hamiltonian(
             }
         }
     }
-    // Colour by quantity; runs alternate solid and dashed, the third and later drawn thin.
-    let series = |r: &Rows, i: usize, reward: &str, k: usize, name: &str, color: usize| Series {
-        name: format!("{name} ({})", r.label),
-        points: points(r, reward, k),
-        color,
-        dashed: i % 2 == 1,
-        markers: true,
-        width: if i >= 2 { 1 } else { 0 },
-        ..Series::default()
-    };
+    // One colour per run; within a panel the second quantity is dashed (EX-RM, greedy,
+    // `π_ref`), so a run's two curves stay together and every run reads apart.
+    let series =
+        |r: &Rows, i: usize, (reward, k): (&str, usize), name: &str, dashed: bool| Series {
+            name: format!("{name} ({})", r.label),
+            points: points(r, reward, k),
+            color: RUN_COLORS[i % RUN_COLORS.len()],
+            dashed,
+            markers: true,
+            ..Series::default()
+        };
     let (mut acc, mut gen, mut mass) = (Vec::new(), Vec::new(), Vec::new());
     for (i, r) in parsed.iter().enumerate() {
-        acc.push(series(r, i, "exrm", 0, "EX-RM", 1));
-        acc.push(series(r, i, "imrm", 0, "IM-RM", 5));
-        gen.push(series(r, i, "imrm", 1, "sampled", 2));
-        gen.push(series(r, i, "imrm", 2, "greedy", 3));
-        let exact = series(r, i, "imrm", 3, "π(C|x)", 5);
+        acc.push(series(r, i, ("imrm", 0), "IM-RM", false));
+        acc.push(series(r, i, ("exrm", 0), "EX-RM", true));
+        gen.push(series(r, i, ("imrm", 1), "sampled", false));
+        gen.push(series(r, i, ("imrm", 2), "greedy", true));
+        let exact = series(r, i, ("imrm", 3), "π(C|x)", false);
         if !exact.points.is_empty() {
             mass.push(exact);
-            mass.push(series(r, i, "imrm", 4, "π_ref(C|x)", 4));
+            mass.push(series(r, i, ("imrm", 4), "π_ref(C|x)", true));
         }
     }
     let mut a = Panel::lines(

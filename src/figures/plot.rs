@@ -266,10 +266,21 @@ fn draw_lines<DB: DrawingBackend>(
                 .draw_series(LineSeries::new(pts.clone(), style))
                 .map_err(err)?
         };
-        if !s.name.is_empty() {
-            drawn
-                .label(&s.name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        match (s.name.is_empty(), s.dashed) {
+            (true, _) => {}
+            // A dashed series' legend swatch is dashed too (two dashes).
+            (false, true) => {
+                drawn.label(&s.name).legend(move |(x, y)| {
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (7, 0)], style)
+                        + PathElement::new(vec![(11, 0), (18, 0)], style)
+                });
+            }
+            (false, false) => {
+                drawn
+                    .label(&s.name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            }
         }
         if s.markers {
             chart
