@@ -25,6 +25,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         #[cfg(feature = "lm")]
         Command::HamCycle(a) => cli::ham_cycle::run(a),
         #[cfg(feature = "lm")]
+        Command::LmProgress(a) => cli::lm_progress::run(a),
+        #[cfg(feature = "lm")]
         Command::LmData(a) => cli::lm_data::run(a),
         #[cfg(feature = "lm")]
         Command::LmConvert(a) => cli::lm_files::run_convert(a),

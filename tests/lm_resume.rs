@@ -187,6 +187,78 @@ fn same_outputs(got: &[(String, Vec<u8>)], expected: &[(String, Vec<u8>)], tag: 
     }
 }
 
+/// `rmflow lm-progress` on the killed run `out` against the finished run `reference`: where a
+/// checkpoint was written, every row it prints is the reference's row of the same evaluation
+/// (`file`'s columns less wall times and `pairs`, which a checkpoint does not hold), and the
+/// models it calls finished have all their rows; before any checkpoint, exit 2 saying so.
+/// `key` columns name an evaluation's row; `extra` is passed on (`--alignment`). Returns the
+/// rows compared.
+fn progress_matches(
+    out: &Path,
+    reference: &Path,
+    file: &str,
+    key: &[&str],
+    extra: &[&str],
+    tag: &str,
+) -> usize {
+    let mut args = vec!["lm-progress", out.to_str().unwrap()];
+    args.extend(extra);
+    let o = common::rmflow(&args);
+    if !checkpoints_of(out).join("LATEST").is_file() {
+        assert_eq!(o.status.code(), Some(2), "{tag}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no checkpoint written yet"),
+            "{tag}: {}",
+            stderr(&o)
+        );
+        return 0;
+    }
+    assert!(o.status.success(), "{tag}: {}", stderr(&o));
+    let table = |text: &str| -> Vec<std::collections::HashMap<String, String>> {
+        let text = strip_csv(text);
+        let mut lines = text.lines();
+        let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+        lines
+            .map(|l| {
+                header
+                    .iter()
+                    .cloned()
+                    .zip(l.split(',').map(String::from))
+                    .collect()
+            })
+            .collect()
+    };
+    let got = table(&String::from_utf8(o.stdout).unwrap());
+    let expected = table(&std::fs::read_to_string(reference.join(file)).unwrap());
+    let id = |r: &std::collections::HashMap<String, String>| -> Vec<String> {
+        key.iter().map(|k| r[*k].clone()).collect()
+    };
+    for row in &got {
+        let want = expected
+            .iter()
+            .find(|e| id(e) == id(row))
+            .unwrap_or_else(|| panic!("{tag}: no reference row for {:?}", id(row)));
+        for (k, v) in want {
+            if k != "pairs" {
+                assert_eq!(&row[k], v, "{tag}: {k} of {:?}", id(row));
+            }
+        }
+    }
+    // A finished reward model's rows are all there (lm-recipe: `status`).
+    let model_of =
+        |r: &std::collections::HashMap<String, String>| (r["mode"].clone(), r["model"].clone());
+    for row in got
+        .iter()
+        .filter(|r| r.get("status").is_some_and(|s| s == "finished"))
+    {
+        let count = |t: &[std::collections::HashMap<String, String>]| {
+            t.iter().filter(|r| model_of(r) == model_of(row)).count()
+        };
+        assert_eq!(count(&got), count(&expected), "{tag}: {:?}", model_of(row));
+    }
+    got.len()
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
@@ -206,7 +278,7 @@ fn killed_runs_resume_to_the_same_outputs() {
     let expected = contents(&reference);
     // Head then full, EX-RM then IM-RM: 6 steps each; checkpoints after epochs 1 and 2 and
     // after each reward model (3 writes each).
-    let mut resumed = 0;
+    let (mut resumed, mut progress_rows) = (0, [0, 0]);
     for (tag, abort) in [
         ("step-1", "step:1"),
         ("step-3", "step:3"),
@@ -222,6 +294,19 @@ fn killed_runs_resume_to_the_same_outputs() {
         let o = start(&model, &config, &out, Some(abort));
         assert!(!o.status.success(), "{tag}: the run was not aborted");
         assert!(!out.exists(), "{tag}: partial output");
+        let metrics_key = ["mode", "model", "epoch", "split"];
+        progress_rows[0] +=
+            progress_matches(&out, &reference, "metrics.csv", &metrics_key, &[], tag);
+        let alignment_key = ["mode", "model", "epoch", "split", "statistic"];
+        let alignment = ["--alignment"];
+        progress_rows[1] += progress_matches(
+            &out,
+            &reference,
+            "alignment.csv",
+            &alignment_key,
+            &alignment,
+            tag,
+        );
         let o = recipe(&["--resume", out.to_str().unwrap()], None);
         assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
         // The progress display continues from the checkpoint's step count.
@@ -232,6 +317,10 @@ fn killed_runs_resume_to_the_same_outputs() {
     assert!(
         resumed > 0,
         "no resume reported the step it continued after"
+    );
+    assert!(
+        progress_rows.iter().all(|&n| n > 0),
+        "lm-progress compared {progress_rows:?} rows"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -438,7 +527,7 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
     assert!(!checkpoints_of(&reference).exists(), "checkpoints left");
     let expected = contents(&reference);
     // IM-RM then EX-RM, 6 steps each; checkpoints after epochs 1 and 2 and after each model.
-    let mut resumed = 0;
+    let (mut resumed, mut progress_rows) = (0, 0);
     for (tag, abort) in [
         ("step-1", "step:1"),
         ("step-4", "step:4"),
@@ -457,6 +546,14 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
                 .is_file(),
             "{tag}"
         );
+        progress_rows += progress_matches(
+            &out,
+            &reference,
+            "metrics.csv",
+            &["reward", "epoch"],
+            &[],
+            tag,
+        );
         let o = ham_cycle(&["--resume", out.to_str().unwrap()], None);
         assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
         resumed += stderr(&o).matches(": resumed after step ").count();
@@ -467,6 +564,7 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
         resumed > 0,
         "no resume reported the step it continued after"
     );
+    assert!(progress_rows > 0, "lm-progress compared no row");
     // SIGTERM while scoring (the IM-RM's reference scoring; an EX-RM evaluation): exit 5 at
     // once, then resumed to the same outputs.
     for n in [2, 12] {

@@ -76,6 +76,12 @@ pub enum Command {
     #[cfg(feature = "lm")]
     #[command(name = "ham-cycle", after_help = EXIT_CODES)]
     HamCycle(super::ham_cycle::HamCycleArgs),
+    /// A long run read before it ends (feature `lm`): the evaluations its newest checkpoint
+    /// holds, as CSV on stdout (`lm-recipe`: metrics.csv's columns and a `status`, or with
+    /// --alignment alignment.csv's; `ham-cycle`: metrics.csv's rows so far). Reads no tensors.
+    #[cfg(feature = "lm")]
+    #[command(name = "lm-progress", after_help = EXIT_CODES)]
+    LmProgress(super::lm_progress::LmProgressArgs),
     /// Read one split of a preference dataset as the experiments will (feature `lm`): Hugging
     /// Face `save_to_disk` folders, Arrow IPC (stream or file), Parquet, JSON Lines; TRL's
     /// standard, implicit-prompt and conversational shapes, columns mapped by name. Prints its

@@ -20,6 +20,8 @@ pub mod lm_dynamics;
 #[cfg(feature = "lm")]
 pub mod lm_files;
 #[cfg(feature = "lm")]
+pub mod lm_progress;
+#[cfg(feature = "lm")]
 pub mod lm_recipe;
 pub mod progress;
 #[cfg(feature = "lm")]

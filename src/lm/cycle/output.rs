@@ -3,7 +3,7 @@
 //! `pretrain.csv`, `steps.csv`, `pairs.jsonl`, `summary.json`, and the checkpoints `initial/`
 //! and `reference/` (Hugging Face folders).
 
-use super::run::CycleOutcome;
+use super::run::{CycleEpoch, CycleOutcome};
 use crate::io::atomic::AtomicDir;
 use crate::problem::hamiltonian::{count_cycle_orders, response};
 use anyhow::{Context, Result};
@@ -21,8 +21,23 @@ fn opt_e(v: &Option<f64>) -> String {
 
 /// `metrics.csv`.
 pub fn metrics_csv(o: &CycleOutcome) -> String {
+    metrics_table(&o.epochs)
+}
+
+/// The rows of `metrics.csv` a run's checkpoint holds (`rmflow lm-progress`): every evaluation
+/// its observer recorded so far, from the observer state `observed` (none before the first).
+pub fn progress_metrics_csv(observed: Option<&[u8]>) -> Result<String> {
+    let epochs = match observed {
+        Some(bytes) => super::resume::recorded_epochs(bytes)?,
+        None => Vec::new(),
+    };
+    Ok(metrics_table(&epochs))
+}
+
+/// `metrics.csv` of the evaluations `epochs`.
+fn metrics_table(epochs: &[CycleEpoch]) -> String {
     let mut s = String::from("reward,epoch,step,train_accuracy,test_accuracy,min_test_margin,mean_test_margin,sampled_success,greedy_success,mean_cycle_mass,mean_reference_cycle_mass,mean_order_mass,bound_holds,max_bound_excess,max_restricted_error,generated_tokens,generation_seconds,enumeration_seconds\n");
-    for e in &o.epochs {
+    for e in epochs {
         let _ = writeln!(
             s,
             "{},{},{},{},{},{:e},{:e},{},{},{},{},{},{},{},{},{},{:.3},{:.3}",

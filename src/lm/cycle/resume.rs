@@ -25,9 +25,13 @@ impl Observations {
     pub(super) fn restore(slot: &Observed) -> Result<Observations> {
         match slot.borrow().as_deref() {
             None => Ok(Observations::default()),
-            Some(bytes) => ciborium::from_reader(bytes)
-                .map_err(|e| anyhow::anyhow!("the checkpoint's cycle observations: {e}")),
+            Some(bytes) => Observations::decode(bytes),
         }
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Observations> {
+        ciborium::from_reader(bytes)
+            .map_err(|e| anyhow::anyhow!("the checkpoint's cycle observations: {e}"))
     }
 
     /// Replaces the checkpoints' copy with these.
@@ -38,6 +42,11 @@ impl Observations {
         *slot.borrow_mut() = Some(bytes);
         Ok(())
     }
+}
+
+/// The evaluations recorded in a checkpoint's observer state `bytes` (`rmflow lm-progress`).
+pub(super) fn recorded_epochs(bytes: &[u8]) -> Result<Vec<CycleEpoch>> {
+    Ok(Observations::decode(bytes)?.epochs)
 }
 
 /// The pretraining's record kept beside the pretrained weights.

@@ -1,6 +1,11 @@
 //! What a recipe run writes (`recipe.json`, `metrics.csv`, `rewards.csv`, …) and prints.
 
 use super::run::{RecipeOutcome, PSEUDO_LIKELIHOOD_NOTE};
+use crate::error::InputError;
+use crate::lm::train::epochs::Mode;
+use crate::lm::train::evaluate::{Evaluation, SplitEvaluation};
+use crate::lm::train::resume::RunSoFar;
+use crate::lm::train::reward::Reward;
 use anyhow::Result;
 
 /// Writes `recipe.json`, `sequences.jsonl`, `metrics.csv`, `history.csv`, `rewards.csv`,
@@ -129,37 +134,111 @@ fn verification_jsonl(o: &RecipeOutcome) -> Result<String> {
     Ok(v)
 }
 
+/// `metrics.csv`'s columns.
+const METRICS_HEADER: &str = "mode,model,epoch,step,split,pairs,exact_tie_accuracy,tie_aware_accuracy,strict_accuracy,ties,normalised_abs_margin,mean_chosen_reward,mean_rejected_reward,mean_margin,loss";
+
 /// `metrics.csv`: one row per run, evaluation and split.
 fn metrics_csv(o: &RecipeOutcome) -> String {
-    let mut metrics = String::from("mode,model,epoch,step,split,pairs,exact_tie_accuracy,tie_aware_accuracy,strict_accuracy,ties,normalised_abs_margin,mean_chosen_reward,mean_rejected_reward,mean_margin,loss\n");
+    let mut metrics = format!("{METRICS_HEADER}\n");
     for r in &o.runs {
-        let (mode, model) = (r.mode.name(), r.reward.name());
         for c in &r.evaluations {
             for (s, split) in c.splits.iter().zip(&o.problem.splits) {
-                let (a, w) = (&s.accuracy, &s.rewards);
-                let row = [
-                    mode.to_string(),
-                    model.to_string(),
-                    c.epoch.to_string(),
-                    c.step.to_string(),
-                    split.name.to_string(),
-                    split.chosen.len().to_string(),
-                    a.exact_tie_accuracy.to_string(),
-                    a.tie_aware_accuracy.to_string(),
-                    a.strict_accuracy.to_string(),
-                    a.ties.to_string(),
-                    format!("{:e}", w.normalised_abs_margin),
-                    format!("{:e}", w.mean_chosen_reward),
-                    format!("{:e}", w.mean_rejected_reward),
-                    format!("{:e}", a.mean_margin),
-                    format!("{:e}", s.loss),
-                ];
-                metrics.push_str(&row.join(","));
+                metrics.push_str(&metrics_row(
+                    (r.mode, r.reward),
+                    c,
+                    s,
+                    Some(split.chosen.len()),
+                ));
                 metrics.push('\n');
             }
         }
     }
     metrics
+}
+
+/// One row of `metrics.csv` (`pairs` empty where unknown).
+fn metrics_row(
+    (mode, reward): (Mode, Reward),
+    c: &Evaluation,
+    s: &SplitEvaluation,
+    pairs: Option<usize>,
+) -> String {
+    let (a, w) = (&s.accuracy, &s.rewards);
+    [
+        mode.name().to_string(),
+        reward.name().to_string(),
+        c.epoch.to_string(),
+        c.step.to_string(),
+        a.split.clone(),
+        pairs.map_or(String::new(), |p| p.to_string()),
+        a.exact_tie_accuracy.to_string(),
+        a.tie_aware_accuracy.to_string(),
+        a.strict_accuracy.to_string(),
+        a.ties.to_string(),
+        format!("{:e}", w.normalised_abs_margin),
+        format!("{:e}", w.mean_chosen_reward),
+        format!("{:e}", w.mean_rejected_reward),
+        format!("{:e}", a.mean_margin),
+        format!("{:e}", s.loss),
+    ]
+    .join(",")
+}
+
+/// The evaluations of the run whose newest checkpoint `so_far` is (`rmflow lm-progress`), as
+/// `metrics.csv`'s rows so far, or with `alignment` `alignment.csv`'s, and a `status` column
+/// (`finished`, or `in training` for the reward model the checkpoint was written in); `pairs` is
+/// empty (a checkpoint does not hold the splits).
+pub fn progress_csv(so_far: &RunSoFar, alignment: bool) -> Result<String> {
+    let mut runs: Vec<(Mode, Reward, &[Evaluation], &str)> = so_far
+        .finished
+        .iter()
+        .map(|r| (r.mode, r.reward, r.evaluations.as_slice(), "finished"))
+        .collect();
+    if let Some(p) = &so_far.current {
+        let (mode, reward) = *trained_in_order(&so_far.identity)?
+            .get(runs.len())
+            .ok_or_else(|| {
+                InputError(format!(
+                    "{}: a reward model in training after the run's last one",
+                    so_far.state.display()
+                ))
+            })?;
+        runs.push((mode, reward, p.evaluations.as_slice(), "in training"));
+    }
+    let mut csv = match alignment {
+        false => format!("{METRICS_HEADER},status\n"),
+        true => format!("{ALIGNMENT_HEADER},status\n"),
+    };
+    for (mode, reward, evaluations, status) in runs {
+        let rows = match alignment {
+            false => evaluations
+                .iter()
+                .flat_map(|c| {
+                    c.splits
+                        .iter()
+                        .map(move |s| metrics_row((mode, reward), c, s, None))
+                })
+                .collect(),
+            true => alignment_rows((mode, reward), evaluations),
+        };
+        for row in rows {
+            csv.push_str(&format!("{row},{status}\n"));
+        }
+    }
+    Ok(csv)
+}
+
+/// The reward models a recipe run trains, in order (`run.json`'s `modes` × `rewards`).
+fn trained_in_order(identity: &serde_json::Value) -> Result<Vec<(Mode, Reward)>> {
+    let field = |name: &str| -> Result<serde_json::Value> {
+        identity
+            .get(name)
+            .cloned()
+            .ok_or_else(|| InputError(format!("the checkpoint's run.json has no `{name}`")).into())
+    };
+    let modes: Vec<Mode> = serde_json::from_value(field("modes")?)?;
+    let rewards: Vec<Reward> = serde_json::from_value(field("rewards")?)?;
+    Ok(super::run::training_order(&modes, &rewards))
 }
 
 /// `history.csv`: one row per optimizer step.
@@ -185,40 +264,53 @@ fn history_csv(o: &RecipeOutcome) -> String {
 /// compared with the training pairs and statistic (`inner_product`, `cosine`,
 /// `max_margin_cosine`).
 fn alignment_csv(o: &RecipeOutcome) -> String {
-    let mut csv = String::from("mode,model,epoch,step,split,train_pairs,split_pairs,statistic,count,mean,min,first_quartile,median,third_quartile,max,fraction_positive\n");
+    let mut csv = format!("{ALIGNMENT_HEADER}\n");
     for r in &o.runs {
-        for c in &r.evaluations {
-            for a in &c.representation_alignment {
-                let stats = [
-                    ("inner_product", &a.inner_products),
-                    ("cosine", &a.cosines),
-                    ("max_margin_cosine", &a.max_margin_cosines),
-                ];
-                for (name, s) in stats {
-                    let Some(s) = s else { continue };
-                    csv.push_str(&format!(
-                        "{},{},{},{},{},{},{},{name},{},{:e},{:e},{:e},{:e},{:e},{:e},{}\n",
-                        r.mode.name(),
-                        r.reward.name(),
-                        c.epoch,
-                        c.step,
-                        a.unseen_split,
-                        a.train_pairs,
-                        a.unseen_pairs,
-                        s.count,
-                        s.mean,
-                        s.min,
-                        s.first_quartile,
-                        s.median,
-                        s.third_quartile,
-                        s.max,
-                        s.fraction_positive
-                    ));
-                }
-            }
+        for row in alignment_rows((r.mode, r.reward), &r.evaluations) {
+            csv.push_str(&row);
+            csv.push('\n');
         }
     }
     csv
+}
+
+/// `alignment.csv`'s columns.
+const ALIGNMENT_HEADER: &str = "mode,model,epoch,step,split,train_pairs,split_pairs,statistic,count,mean,min,first_quartile,median,third_quartile,max,fraction_positive";
+
+/// The rows of `alignment.csv` of one reward model's evaluations.
+fn alignment_rows((mode, reward): (Mode, Reward), evaluations: &[Evaluation]) -> Vec<String> {
+    let mut rows = Vec::new();
+    for c in evaluations {
+        for a in &c.representation_alignment {
+            let stats = [
+                ("inner_product", &a.inner_products),
+                ("cosine", &a.cosines),
+                ("max_margin_cosine", &a.max_margin_cosines),
+            ];
+            for (name, s) in stats {
+                let Some(s) = s else { continue };
+                rows.push(format!(
+                    "{},{},{},{},{},{},{},{name},{},{:e},{:e},{:e},{:e},{:e},{:e},{}",
+                    mode.name(),
+                    reward.name(),
+                    c.epoch,
+                    c.step,
+                    a.unseen_split,
+                    a.train_pairs,
+                    a.unseen_pairs,
+                    s.count,
+                    s.mean,
+                    s.min,
+                    s.first_quartile,
+                    s.median,
+                    s.third_quartile,
+                    s.max,
+                    s.fraction_positive
+                ));
+            }
+        }
+    }
+    rows
 }
 
 /// `rewards.csv`: every sequence's reward at the end of each run.

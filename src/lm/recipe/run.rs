@@ -44,6 +44,14 @@ pub fn train_recipe(
     Ok(run)
 }
 
+/// The reward models a recipe run trains, in order: every reward model in each mode.
+pub fn training_order(modes: &[Mode], rewards: &[Reward]) -> Vec<(Mode, Reward)> {
+    modes
+        .iter()
+        .flat_map(|&m| rewards.iter().map(move |&r| (m, r)))
+        .collect()
+}
+
 /// Optimizer steps of one run: `epochs × ⌈train pairs / pairs_per_step⌉`.
 pub fn steps_per_run(file: &RecipeFile, problem: &PreferenceProblem) -> usize {
     let pairs = problem.splits.first().map_or(0, |s| s.chosen.len());
@@ -110,11 +118,7 @@ pub fn run_recipe(
         .into());
     }
     let mut runs = checkpoints.as_ref().map_or(Vec::new(), |c| c.finished());
-    let plan: Vec<(Mode, Reward)> = modes
-        .iter()
-        .flat_map(|&m| rewards.iter().map(move |&r| (m, r)))
-        .collect();
-    for &(mode, reward) in plan.iter().skip(runs.len()) {
+    for &(mode, reward) in training_order(modes, rewards).iter().skip(runs.len()) {
         let mut none = NoCheckpoints;
         let c: &mut dyn Checkpoints = match checkpoints.as_deref_mut() {
             Some(c) => c,

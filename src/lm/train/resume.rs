@@ -331,15 +331,67 @@ pub fn checkpoint_dir_of(out: &Path) -> PathBuf {
     out.with_file_name(name)
 }
 
-/// One checkpoint's progress and tensors (`state_dir` = `state-NNNNNN/`).
-fn read_state(state_dir: &Path) -> Result<(RunState, HashMap<String, Tensor>)> {
+/// One checkpoint's progress (`state_dir` = `state-NNNNNN/`).
+fn read_progress(state_dir: &Path) -> Result<RunState> {
     let bytes = std::fs::read(state_dir.join("progress.cbor"))
         .with_context(|| format!("cannot read {}", state_dir.display()))?;
-    let state: RunState = ciborium::from_reader(bytes.as_slice())
-        .map_err(|e| anyhow::anyhow!("{}: unreadable progress: {e}", state_dir.display()))?;
+    ciborium::from_reader(bytes.as_slice())
+        .map_err(|e| anyhow::anyhow!("{}: unreadable progress: {e}", state_dir.display()))
+}
+
+/// One checkpoint's progress and tensors (`state_dir` = `state-NNNNNN/`).
+fn read_state(state_dir: &Path) -> Result<(RunState, HashMap<String, Tensor>)> {
+    let state = read_progress(state_dir)?;
     let tensors =
         candle_core::safetensors::load(state_dir.join("tensors.safetensors"), &Device::Cpu)?;
     Ok((state, tensors))
+}
+
+/// What the newest checkpoint of a run holds, read without its tensors: a long run read before
+/// it ends (`rmflow lm-progress`).
+pub struct RunSoFar {
+    /// The checkpoint read (`<OUT>.checkpoint/state-NNNNNN/`).
+    pub state: PathBuf,
+    /// The run's `run.json`.
+    pub identity: serde_json::Value,
+    /// The reward models finished before the checkpoint, in order.
+    pub finished: Vec<TrainRun>,
+    /// The reward model in training, where there is one.
+    pub current: Option<Progress>,
+    /// The experiment's observer state (the cycle's records), as it encoded it.
+    pub observed: Option<Vec<u8>>,
+}
+
+impl RunSoFar {
+    /// The newest checkpoint of the run whose `--out` is `out`; an input error naming the
+    /// folder where it has none.
+    pub fn read(out: &Path) -> Result<RunSoFar> {
+        let dir = checkpoint_dir_of(out);
+        let input = |m: String| -> anyhow::Error { crate::error::InputError(m).into() };
+        let text = std::fs::read_to_string(dir.join("run.json")).map_err(|e| {
+            input(format!(
+                "{}: no run's checkpoints ({e}); give the --out folder of a run started with checkpoints",
+                dir.display()
+            ))
+        })?;
+        let identity = serde_json::from_str(&text)
+            .map_err(|e| input(format!("{}/run.json is not valid JSON: {e}", dir.display())))?;
+        let latest = std::fs::read_to_string(dir.join("LATEST")).map_err(|_| {
+            input(format!(
+                "{}: no checkpoint written yet (the first follows the first evaluation)",
+                dir.display()
+            ))
+        })?;
+        let state = dir.join(latest.trim());
+        let s = read_progress(&state).map_err(|e| input(format!("{e:#}")))?;
+        Ok(RunSoFar {
+            state,
+            identity,
+            finished: s.finished.iter().map(Finished::run).collect(),
+            current: s.current,
+            observed: s.observed,
+        })
+    }
 }
 
 /// A checkpoint read on its own (`lm-dynamics --checkpoint`): how many of the run's reward
