@@ -236,8 +236,10 @@ fn trained_in_order(identity: &serde_json::Value) -> Result<Vec<(Mode, Reward)>>
             .cloned()
             .ok_or_else(|| InputError(format!("the checkpoint's run.json has no `{name}`")).into())
     };
-    let modes: Vec<Mode> = serde_json::from_value(field("modes")?)?;
-    let rewards: Vec<Reward> = serde_json::from_value(field("rewards")?)?;
+    let bad = |name: &str| InputError(format!("the checkpoint's run.json: `{name}` is not valid"));
+    let modes: Vec<Mode> = serde_json::from_value(field("modes")?).map_err(|_| bad("modes"))?;
+    let rewards: Vec<Reward> =
+        serde_json::from_value(field("rewards")?).map_err(|_| bad("rewards"))?;
     Ok(super::run::training_order(&modes, &rewards))
 }
 
