@@ -347,6 +347,36 @@ fn read_state(state_dir: &Path) -> Result<(RunState, HashMap<String, Tensor>)> {
     Ok((state, tensors))
 }
 
+/// Why a checkpoint folder's run files could not be read ([`read_run_files`]).
+#[derive(Debug)]
+enum RunFileError {
+    /// `run.json` is missing or unreadable (its path, the reason).
+    NoIdentity(PathBuf, std::io::Error),
+    /// `run.json` is not JSON (its path, the parser's message).
+    BadIdentity(PathBuf, serde_json::Error),
+}
+
+impl std::fmt::Display for RunFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunFileError::NoIdentity(p, e) => write!(f, "cannot read {}: {e}", p.display()),
+            RunFileError::BadIdentity(p, e) => write!(f, "{} is not valid JSON: {e}", p.display()),
+        }
+    }
+}
+
+/// A checkpoint folder's `run.json` and its newest checkpoint (`LATEST`: none before the first
+/// is written), as `--resume` and `lm-progress` both read them.
+fn read_run_files(dir: &Path) -> Result<(serde_json::Value, Option<PathBuf>), RunFileError> {
+    let p = dir.join("run.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| RunFileError::NoIdentity(p.clone(), e))?;
+    let identity = serde_json::from_str(&text).map_err(|e| RunFileError::BadIdentity(p, e))?;
+    let latest = std::fs::read_to_string(dir.join("LATEST"))
+        .ok()
+        .map(|name| dir.join(name.trim()));
+    Ok((identity, latest))
+}
+
 /// What the newest checkpoint of a run holds, read without its tensors: a long run read before
 /// it ends (`rmflow lm-progress`).
 pub struct RunSoFar {
@@ -368,21 +398,21 @@ impl RunSoFar {
     pub fn read(out: &Path) -> Result<RunSoFar> {
         let dir = checkpoint_dir_of(out);
         let input = |m: String| -> anyhow::Error { crate::error::InputError(m).into() };
-        let text = std::fs::read_to_string(dir.join("run.json")).map_err(|e| {
-            input(format!(
-                "{}: no run's checkpoints ({e}); give the --out folder of a run started with checkpoints",
-                dir.display()
-            ))
+        let (identity, latest) = read_run_files(&dir).map_err(|e| {
+            input(match e {
+                RunFileError::NoIdentity(_, e) => format!(
+                    "{}: no run's checkpoints ({e}); give the --out folder of a run started with checkpoints",
+                    dir.display()
+                ),
+                e => e.to_string(),
+            })
         })?;
-        let identity = serde_json::from_str(&text)
-            .map_err(|e| input(format!("{}/run.json is not valid JSON: {e}", dir.display())))?;
-        let latest = std::fs::read_to_string(dir.join("LATEST")).map_err(|_| {
+        let state = latest.ok_or_else(|| {
             input(format!(
                 "{}: no checkpoint written yet (the first follows the first evaluation)",
                 dir.display()
             ))
         })?;
-        let state = dir.join(latest.trim());
         let s = read_progress(&state).map_err(|e| input(format!("{e:#}")))?;
         Ok(RunSoFar {
             state,
@@ -452,22 +482,17 @@ impl CheckpointDir {
         every: usize,
         keep_all: bool,
     ) -> Result<(CheckpointDir, serde_json::Value)> {
-        let input = |m: String| crate::error::InputError(m);
-        let identity: serde_json::Value = {
-            let p = dir.join("run.json");
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| input(format!("--resume: cannot read {}: {e}", p.display())))?;
-            serde_json::from_str(&text)
-                .map_err(|e| input(format!("--resume: {} is not valid JSON: {e}", p.display())))?
-        };
-        let latest = std::fs::read_to_string(dir.join("LATEST")).ok();
-        let (finished, resume, written, observed) = match latest.as_deref().map(str::trim) {
+        let (identity, latest) =
+            read_run_files(dir).map_err(|e| crate::error::InputError(format!("--resume: {e}")))?;
+        let (finished, resume, written, observed) = match latest {
             None => (Vec::new(), None, 0, None),
-            Some(name) => {
-                let (state, tensors) = read_state(&dir.join(name))?;
-                let written = name
-                    .trim_start_matches("state-")
-                    .parse::<usize>()
+            Some(state_dir) => {
+                let (state, tensors) = read_state(&state_dir)?;
+                let written = state_dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix("state-"))
+                    .and_then(|n| n.parse::<usize>().ok())
                     .unwrap_or(0);
                 let resume = state.current.map(|progress| Saved { progress, tensors });
                 (state.finished, resume, written, state.observed)
