@@ -577,6 +577,41 @@ fn cached_decoding_equals_the_whole_sequence_forward() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// One prefill for both decodings: `decode_sampled_and_greedy` gives, bit for bit, what
+/// `decode` gives sampled (from the same seed) and then greedy, over several batches of prompts
+/// of different lengths (the cloned cache must not carry the sampled tokens into the greedy
+/// decoding, and the draws must come in the same order).
+#[test]
+fn one_prefill_decodes_as_two() {
+    use rand::SeedableRng;
+    let dir = common::temp_dir("cycle", "one-prefill");
+    let (lm, tokens, pairs) = fixture(&dir, 6, 7);
+    let prompts: Vec<Vec<u32>> = pairs.iter().map(|p| prompt(&lm, &p.graph)).collect();
+    let graphs: Vec<_> = pairs.iter().map(|p| &p.graph).collect();
+    let decoder = rmflow::lm::cycle::Decoder {
+        lm: &lm,
+        unembedding: lm.unembedding(),
+        tokens: &tokens,
+        max_new: 9,
+        batch: 3,
+    };
+    let seeded = || rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let sampled = decoder.decode(&prompts, &graphs, Some(&mut seeded())).unwrap();
+    let greedy = decoder.decode(&prompts, &graphs, None).unwrap();
+    let (both_sampled, both_greedy) = decoder
+        .decode_sampled_and_greedy(&prompts, &graphs, &mut seeded())
+        .unwrap();
+    let key = |d: &[rmflow::lm::cycle::Decoding]| -> Vec<(String, bool, usize)> {
+        d.iter().map(|x| (x.text.clone(), x.stopped, x.tokens)).collect()
+    };
+    assert_eq!(key(&both_sampled), key(&sampled));
+    assert_eq!(key(&both_greedy), key(&greedy));
+    assert_eq!(sampled.len(), 7);
+    assert_ne!(key(&sampled), key(&greedy), "sampling should differ from greedy here");
+    assert!(sampled.iter().map(|d| d.tokens).sum::<usize>() > 7, "nothing was decoded");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Issue #45: a pretrained checkpoint without a chat template (as Pythia) gets the official
 /// `update_tokenizer` first (the default template's pad, eos, `<|user|>`, `<|assistant|>` as
 /// special tokens), then `<sep>` and `<edge_sep>`: the run goes through, the separators are the

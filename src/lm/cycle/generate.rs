@@ -48,31 +48,65 @@ impl Decoder<'_> {
     ) -> Result<Vec<Decoding>> {
         let mut out = Vec::with_capacity(prompts.len());
         for (chunk, g) in prompts.chunks(self.batch).zip(graphs.chunks(self.batch)) {
-            let (generated, stopped) = self.continue_batch(chunk, rng.as_deref_mut())?;
-            for ((ids, graph), stopped) in generated.iter().zip(g).zip(stopped) {
-                let text = self.tokens.decode(ids)?;
-                let correct = is_correct_generation(graph, &text);
-                out.push(Decoding {
-                    text,
-                    correct,
-                    stopped,
-                    tokens: ids.len() + usize::from(stopped),
-                });
-            }
+            let start = self.lm.start_decoding(chunk)?;
+            let (generated, stopped) = self.continue_batch(chunk, start, rng.as_deref_mut())?;
+            out.extend(self.judge(generated, stopped, g)?);
+        }
+        Ok(out)
+    }
+
+    /// Both decodings of every prompt, `(sampled, greedy)`, equal to [`decode`](Self::decode)
+    /// with `Some(rng)` then with `None` (the draws come in the same order), with each batch's
+    /// prompts run through the network once for both where it keeps a cache.
+    pub fn decode_sampled_and_greedy(
+        &self,
+        prompts: &[Vec<u32>],
+        graphs: &[&Graph],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(Vec<Decoding>, Vec<Decoding>)> {
+        let (mut sampled, mut greedy) = (Vec::new(), Vec::new());
+        for (chunk, g) in prompts.chunks(self.batch).zip(graphs.chunks(self.batch)) {
+            let start = self.lm.start_decoding(chunk)?;
+            let (generated, stopped) = self.continue_batch(chunk, start.clone(), Some(&mut *rng))?;
+            sampled.extend(self.judge(generated, stopped, g)?);
+            let (generated, stopped) = self.continue_batch(chunk, start, None)?;
+            greedy.extend(self.judge(generated, stopped, g)?);
+        }
+        Ok((sampled, greedy))
+    }
+
+    /// The decodings of one batch: each text and whether it is a cycle of its graph.
+    fn judge(
+        &self,
+        generated: Vec<Vec<u32>>,
+        stopped: Vec<bool>,
+        graphs: &[&Graph],
+    ) -> Result<Vec<Decoding>> {
+        let mut out = Vec::with_capacity(generated.len());
+        for ((ids, graph), stopped) in generated.iter().zip(graphs).zip(stopped) {
+            let text = self.tokens.decode(ids)?;
+            let correct = is_correct_generation(graph, &text);
+            out.push(Decoding {
+                text,
+                correct,
+                stopped,
+                tokens: ids.len() + usize::from(stopped),
+            });
         }
         Ok(out)
     }
 
     /// The new tokens of each prompt of one batch (eos not included), and whether each ended
-    /// at eos: with the network's key-value cache where it keeps one, else by recomputing each
-    /// live sequence per token. The draws are the same either way (one per live row, in row
-    /// order).
+    /// at eos: from the prompts' prefill and cache (`start`) where the network keeps one, else
+    /// by recomputing each live sequence per token. The draws are the same either way (one per
+    /// live row, in row order).
     fn continue_batch(
         &self,
         prompts: &[Vec<u32>],
+        start: Option<(Tensor, crate::lm::nets::KvCache)>,
         rng: Option<&mut ChaCha8Rng>,
     ) -> Result<(Vec<Vec<u32>>, Vec<bool>)> {
-        match self.lm.start_decoding(prompts)? {
+        match start {
             Some((h, cache)) => self.continue_cached(prompts.len(), h, cache, rng),
             None => self.continue_recomputed(prompts, rng),
         }

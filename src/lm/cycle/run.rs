@@ -147,8 +147,8 @@ impl Probe<'_> {
             max_new,
             batch,
         };
-        let sampled = decoder.decode(&self.prompts, &graphs, Some(&mut rng))?;
-        let greedy = decoder.decode(&self.prompts, &graphs, None)?;
+        let (sampled, greedy) =
+            decoder.decode_sampled_and_greedy(&self.prompts, &graphs, &mut rng)?;
         let decoded = t0.elapsed().as_secs_f64();
         let masses: Option<Vec<OrderMass>> = match &self.orders {
             Some(orders) => Some(

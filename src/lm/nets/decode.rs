@@ -11,7 +11,9 @@ use candle_core::{Result, Tensor};
 use candle_nn::Module;
 
 /// The keys and values of every layer so far (`[B, Hkv, L, hd]` each), the padding before each
-/// row and the length `L`.
+/// row and the length `L`. A clone shares the tensors it holds (a step appends by concatenating,
+/// never in place), so one prefill can start two decodings.
+#[derive(Clone)]
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
     pad: Vec<usize>,
