@@ -596,19 +596,30 @@ fn one_prefill_decodes_as_two() {
         batch: 3,
     };
     let seeded = || rand_chacha::ChaCha8Rng::seed_from_u64(11);
-    let sampled = decoder.decode(&prompts, &graphs, Some(&mut seeded())).unwrap();
+    let sampled = decoder
+        .decode(&prompts, &graphs, Some(&mut seeded()))
+        .unwrap();
     let greedy = decoder.decode(&prompts, &graphs, None).unwrap();
     let (both_sampled, both_greedy) = decoder
         .decode_sampled_and_greedy(&prompts, &graphs, &mut seeded())
         .unwrap();
     let key = |d: &[rmflow::lm::cycle::Decoding]| -> Vec<(String, bool, usize)> {
-        d.iter().map(|x| (x.text.clone(), x.stopped, x.tokens)).collect()
+        d.iter()
+            .map(|x| (x.text.clone(), x.stopped, x.tokens))
+            .collect()
     };
     assert_eq!(key(&both_sampled), key(&sampled));
     assert_eq!(key(&both_greedy), key(&greedy));
     assert_eq!(sampled.len(), 7);
-    assert_ne!(key(&sampled), key(&greedy), "sampling should differ from greedy here");
-    assert!(sampled.iter().map(|d| d.tokens).sum::<usize>() > 7, "nothing was decoded");
+    assert_ne!(
+        key(&sampled),
+        key(&greedy),
+        "sampling should differ from greedy here"
+    );
+    assert!(
+        sampled.iter().map(|d| d.tokens).sum::<usize>() > 7,
+        "nothing was decoded"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -124,6 +124,41 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
             (config_of(&a)?, out, None)
         }
     };
+    refuse_above_memory(&a, &file)?;
+    let device = open_device(&a.device)?;
+    let dir = AtomicDir::create(&out, a.output.replace())?;
+    let mut checkpoints = match resumed {
+        Some(c) => c,
+        None => a.checkpoints.create(&out, &identity(&file, &a.device))?,
+    };
+    // The checkpoints' folders inside the output (the run creates them).
+    let (initial, reference) = (dir.path("initial")?, dir.path("reference")?);
+    let mut bars = CycleBars::new(&file);
+    let outcome = cycle::run_cycle(
+        &file,
+        (&initial, &reference),
+        &device,
+        Some(&mut checkpoints),
+        &mut |e| bars.show(e),
+    );
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            super::resume::after_failure(checkpoints, &e);
+            return Err(e);
+        }
+    };
+    bars.bars.finish();
+    write(dir, &outcome)?;
+    if !a.checkpoints.keep_checkpoints {
+        checkpoints.remove()?;
+    }
+    Ok(())
+}
+
+/// Refuses a run whose estimated peak memory exceeds the memory available (unless
+/// `--ignore-memory-estimate`), naming the fields that size it.
+fn refuse_above_memory(a: &HamCycleArgs, file: &CycleFile) -> Result<()> {
     let (d, m) = (&file.data, &file.model);
     let model = match &m.path {
         Some(p) => format!("model.path = {}", p.display()),
@@ -137,75 +172,69 @@ pub fn run(a: HamCycleArgs) -> Result<()> {
         ),
         "data.train_pairs, data.test_pairs, data.vertices, model.dim or model.layers",
         a.ignore_memory_estimate,
-    )?;
-    let device = open_device(&a.device)?;
-    let dir = AtomicDir::create(&out, a.output.replace())?;
-    let mut checkpoints = match resumed {
-        Some(c) => c,
-        None => a.checkpoints.create(&out, &identity(&file, &a.device))?,
-    };
-    // The checkpoints' folders inside the output (the run creates them).
-    let (initial, reference) = (dir.path("initial")?, dir.path("reference")?);
-    let epochs_steps =
-        file.train.epochs * file.data.train_pairs.div_ceil(file.train.pairs_per_step);
-    let mut bars: StageBars<u8> = StageBars::new();
-    // A pretrained model has no pretraining: its bar only shows the data's stage.
-    let steps = match file.model.path {
-        Some(_) => 0,
-        None => file.pretrain.steps as u64,
-    };
-    let reward_bar = |reward: Reward| {
-        move || {
-            progress_bar(
-                &format!("ham-cycle {}", reward.label()),
-                epochs_steps as u64,
-                "steps",
-            )
+    )
+}
+
+/// The run's progress bars: pretraining (key 0, absent for a pretrained model's data stage
+/// only), then each reward model's steps (EX-RM 1, IM-RM 2).
+struct CycleBars {
+    bars: StageBars<u8>,
+    /// Pretraining steps (0 for a pretrained model: its bar only shows the data's stage).
+    pretrain_steps: u64,
+    /// Optimizer steps of each reward model.
+    reward_steps: u64,
+}
+
+impl CycleBars {
+    fn new(file: &CycleFile) -> CycleBars {
+        CycleBars {
+            bars: StageBars::new(),
+            pretrain_steps: match file.model.path {
+                Some(_) => 0,
+                None => file.pretrain.steps as u64,
+            },
+            reward_steps: (file.train.epochs
+                * file.data.train_pairs.div_ceil(file.train.pairs_per_step))
+                as u64,
         }
-    };
-    let key = |reward: Reward| 1 + u8::from(reward.is_implicit());
-    let outcome = cycle::run_cycle(
-        &file,
-        (&initial, &reference),
-        &device,
-        Some(&mut checkpoints),
-        &mut |e| match e {
-            CycleEvent::Stage(None, msg) => bars
-                .bar(0, || progress_bar("ham-cycle pretrain", steps, "steps"))
-                .stage(&msg),
-            CycleEvent::Stage(Some(r), msg) => bars.bar(key(r), reward_bar(r)).stage(&msg),
-            CycleEvent::Pretrain(s) => bars
-                .bar(0, || progress_bar("ham-cycle pretrain", steps, "steps"))
+    }
+
+    fn show(&mut self, e: CycleEvent) {
+        let (pretrain, steps) = (self.pretrain_steps, self.reward_steps);
+        let pretrain_bar = || progress_bar("ham-cycle pretrain", pretrain, "steps");
+        let key = |reward: Reward| 1 + u8::from(reward.is_implicit());
+        let reward_bar = |reward: Reward| {
+            move || progress_bar(&format!("ham-cycle {}", reward.label()), steps, "steps")
+        };
+        match e {
+            CycleEvent::Stage(None, msg) => self.bars.bar(0, pretrain_bar).stage(&msg),
+            CycleEvent::Stage(Some(r), msg) => self.bars.bar(key(r), reward_bar(r)).stage(&msg),
+            CycleEvent::Pretrain(s) => self
+                .bars
+                .bar(0, pretrain_bar)
                 .inc(&format!("loss {:.4}", s.loss)),
-            CycleEvent::Step(r, s) => bars.bar(key(r), reward_bar(r)).advance_to(
+            CycleEvent::Step(r, s) => self.bars.bar(key(r), reward_bar(r)).advance_to(
                 s.step as u64,
                 &format!("epoch {} loss {:.4}", s.epoch, s.loss),
             ),
-            CycleEvent::Resumed(r, steps, msg) => {
-                let bar = bars.bar(key(r), reward_bar(r));
-                bar.advance_to(steps as u64, &msg);
+            CycleEvent::Resumed(r, done, msg) => {
+                let bar = self.bars.bar(key(r), reward_bar(r));
+                bar.advance_to(done as u64, &msg);
                 bar.stage(&msg);
             }
-        },
-    );
-    let outcome = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            super::resume::after_failure(checkpoints, &e);
-            return Err(e);
         }
-    };
-    bars.finish();
+    }
+}
+
+/// Writes the outputs of a finished run into `dir` and installs it; prints the final table.
+fn write(dir: AtomicDir, outcome: &cycle::CycleOutcome) -> Result<()> {
     let pairs = (outcome.train.len() + outcome.test.len()) as u64;
     let counting = progress_bar("ham-cycle outputs", pairs, "graphs");
     counting.stage("counting each graph's Hamiltonian cycles for pairs.jsonl (Held–Karp)");
-    cycle::write_outputs(&dir, &outcome, &mut || counting.inc("counted"))?;
+    cycle::write_outputs(&dir, outcome, &mut || counting.inc("counted"))?;
     counting.finish();
     let written = dir.commit()?;
-    if !a.checkpoints.keep_checkpoints {
-        checkpoints.remove()?;
-    }
-    out!("{}", cycle::output::final_table(&outcome));
+    out!("{}", cycle::output::final_table(outcome));
     outln!("wrote {}", written.display());
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use super::args::OutputFlags;
 use super::lm::StageBars;
-use super::progress::progress_bar;
+use super::progress::{progress_bar, Progress};
 use super::resume::{refuse_difference, CheckpointFlags};
 use anyhow::Result;
 use rmflow::error::InputError;
@@ -275,57 +275,14 @@ fn train(
     mut checkpoints: CheckpointDir,
     keep: bool,
 ) -> Result<()> {
-    let mut total = 0u64;
-    let mut bars = StageBars::new();
-    let mut loading = Some(progress_bar("lm-recipe", 0, "steps"));
-    if let Some(l) = &loading {
-        l.stage(&format!(
-            "loading {} and building the pairs",
-            plan.model.display()
-        ));
-    }
+    let mut bars = RecipeBars::new(plan);
     let outcome = match recipe::run_recipe(
         &plan.model,
         &plan.file,
         &device,
         (&plan.modes, &plan.rewards),
         Some(&mut checkpoints),
-        &mut |event| {
-            let (mode, kind, event) = match event {
-                recipe::RecipeEvent::Built {
-                    problem,
-                    steps_per_run,
-                } => {
-                    total = steps_per_run as u64;
-                    if let Some(l) = loading.take() {
-                        l.stage(&recipe::problem_summary(problem));
-                        l.finish();
-                    }
-                    return;
-                }
-                recipe::RecipeEvent::Train(m, k, e) => (m, k, e),
-            };
-            let bar = bars.bar((mode, kind), || {
-                progress_bar(
-                    &format!("lm-recipe {} {}", mode.name(), kind.label()),
-                    total,
-                    "steps",
-                )
-            });
-            match event {
-                recipe::TrainEvent::Stage(msg) => bar.stage(&msg),
-                recipe::TrainEvent::Step(r) => bar.advance_to(
-                    r.step as u64,
-                    &format!("epoch {} loss {:.4}", r.epoch, r.loss),
-                ),
-                e @ recipe::TrainEvent::Resumed { steps, .. } => {
-                    let msg = e.resumed_message();
-                    bar.advance_to(steps as u64, &msg);
-                    bar.stage(&msg);
-                }
-                recipe::TrainEvent::Evaluated { .. } => {}
-            }
-        },
+        &mut |event| bars.show(event),
     ) {
         Ok(o) => o,
         Err(e) => {
@@ -333,7 +290,7 @@ fn train(
             return Err(e);
         }
     };
-    bars.finish();
+    bars.bars.finish();
     recipe::write_outputs(&dir, &outcome)?;
     let written = dir.commit()?;
     if !keep {
@@ -342,6 +299,69 @@ fn train(
     print_recipe_outcome(&outcome);
     outln!("wrote {}", written.display());
     Ok(())
+}
+
+/// The run's progress bars: one while loading the model and building the pairs, then one per
+/// mode and reward model.
+struct RecipeBars {
+    bars: StageBars<(Mode, Reward)>,
+    /// The loading bar, until the pairs are built.
+    loading: Option<Progress>,
+    /// Optimizer steps of each reward model (known once the pairs are built).
+    steps: u64,
+}
+
+impl RecipeBars {
+    fn new(plan: &Plan) -> RecipeBars {
+        let loading = progress_bar("lm-recipe", 0, "steps");
+        loading.stage(&format!(
+            "loading {} and building the pairs",
+            plan.model.display()
+        ));
+        RecipeBars {
+            bars: StageBars::new(),
+            loading: Some(loading),
+            steps: 0,
+        }
+    }
+
+    fn show(&mut self, event: recipe::RecipeEvent) {
+        let (mode, kind, event) = match event {
+            recipe::RecipeEvent::Built {
+                problem,
+                steps_per_run,
+            } => {
+                self.steps = steps_per_run as u64;
+                if let Some(l) = self.loading.take() {
+                    l.stage(&recipe::problem_summary(problem));
+                    l.finish();
+                }
+                return;
+            }
+            recipe::RecipeEvent::Train(m, k, e) => (m, k, e),
+        };
+        let steps = self.steps;
+        let bar = self.bars.bar((mode, kind), || {
+            progress_bar(
+                &format!("lm-recipe {} {}", mode.name(), kind.label()),
+                steps,
+                "steps",
+            )
+        });
+        match event {
+            recipe::TrainEvent::Stage(msg) => bar.stage(&msg),
+            recipe::TrainEvent::Step(r) => bar.advance_to(
+                r.step as u64,
+                &format!("epoch {} loss {:.4}", r.epoch, r.loss),
+            ),
+            e @ recipe::TrainEvent::Resumed { steps, .. } => {
+                let msg = e.resumed_message();
+                bar.advance_to(steps as u64, &msg);
+                bar.stage(&msg);
+            }
+            recipe::TrainEvent::Evaluated { .. } => {}
+        }
+    }
 }
 
 fn print_recipe_outcome(outcome: &recipe::RecipeOutcome) {

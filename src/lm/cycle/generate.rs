@@ -67,7 +67,8 @@ impl Decoder<'_> {
         let (mut sampled, mut greedy) = (Vec::new(), Vec::new());
         for (chunk, g) in prompts.chunks(self.batch).zip(graphs.chunks(self.batch)) {
             let start = self.lm.start_decoding(chunk)?;
-            let (generated, stopped) = self.continue_batch(chunk, start.clone(), Some(&mut *rng))?;
+            let (generated, stopped) =
+                self.continue_batch(chunk, start.clone(), Some(&mut *rng))?;
             sampled.extend(self.judge(generated, stopped, g)?);
             let (generated, stopped) = self.continue_batch(chunk, start, None)?;
             greedy.extend(self.judge(generated, stopped, g)?);
