@@ -434,25 +434,7 @@ impl Session<'_> {
                 })?;
                 p
             }
-            None => {
-                let (first, rewards) = self.evaluate(0, 0, on_event)?;
-                let p = Progress {
-                    epoch: 1,
-                    steps_in_epoch: 0,
-                    history: Vec::new(),
-                    evaluations: vec![first],
-                    rewards,
-                    step_seconds: 0.0,
-                    adam_steps: Vec::new(),
-                };
-                // The first evaluation can cost as much as an epoch (large evaluation sets):
-                // a run killed during epoch 1 resumes after it.
-                if checkpoints.due(0) || checkpoints.stop_requested() {
-                    self.save(&p, optimizers, checkpoints)?;
-                }
-                stop_if_requested(checkpoints, "after the first evaluation")?;
-                p
-            }
+            None => self.start(optimizers, checkpoints, on_event)?,
         };
         let orders = epoch_orders(settings.seed, problem.splits[0].chosen.len());
         for (epoch, order) in (1..=t.epochs).zip(orders).skip(p.epoch - 1) {
@@ -460,20 +442,8 @@ impl Session<'_> {
                 "training epoch {epoch} of {}",
                 t.epochs
             )))?;
-            for pairs in order.chunks(t.pairs_per_step).skip(p.steps_in_epoch) {
-                let t0 = std::time::Instant::now();
-                let record = self.optimizer_step(pairs, optimizers, p.history.len(), epoch)?;
-                p.step_seconds += t0.elapsed().as_secs_f64();
-                on_event(TrainEvent::Step(&record))?;
-                p.history.push(record);
-                p.steps_in_epoch += 1;
-                test_hook("step", STEPS.fetch_add(1, Ordering::Relaxed) + 1);
-                if checkpoints.stop_requested() {
-                    self.save(&p, optimizers, checkpoints)?;
-                    let at = format!("after step {} (epoch {epoch})", p.history.len());
-                    stop_if_requested(checkpoints, &at)?;
-                }
-            }
+            let left = order.chunks(t.pairs_per_step).skip(p.steps_in_epoch);
+            self.steps(left, epoch, &mut p, optimizers, checkpoints, on_event)?;
             if epoch % t.eval_every_epochs == 0 || epoch == t.epochs {
                 // An evaluation can take as long as the epoch's steps (large evaluation sets):
                 // a run killed during it resumes at the evaluation, its steps kept (the
@@ -496,6 +466,60 @@ impl Session<'_> {
             }
         }
         Ok(p)
+    }
+
+    /// A run's start: the evaluation before any step, saved where a checkpoint is due (the
+    /// first evaluation can cost as much as an epoch: a run killed during epoch 1 resumes after
+    /// it).
+    fn start(
+        &self,
+        optimizers: &Optimizers,
+        checkpoints: &mut dyn Checkpoints,
+        on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
+    ) -> Result<Progress> {
+        let (first, rewards) = self.evaluate(0, 0, on_event)?;
+        let p = Progress {
+            epoch: 1,
+            steps_in_epoch: 0,
+            history: Vec::new(),
+            evaluations: vec![first],
+            rewards,
+            step_seconds: 0.0,
+            adam_steps: Vec::new(),
+        };
+        if checkpoints.due(0) || checkpoints.stop_requested() {
+            self.save(&p, optimizers, checkpoints)?;
+        }
+        stop_if_requested(checkpoints, "after the first evaluation")?;
+        Ok(p)
+    }
+
+    /// The optimizer steps `batches` of `epoch`, recorded in `p`; saved and stopped after a step
+    /// where a stop is asked for.
+    fn steps<'b>(
+        &self,
+        batches: impl Iterator<Item = &'b [usize]>,
+        epoch: usize,
+        p: &mut Progress,
+        optimizers: &mut Optimizers,
+        checkpoints: &mut dyn Checkpoints,
+        on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
+    ) -> Result<()> {
+        for pairs in batches {
+            let t0 = std::time::Instant::now();
+            let record = self.optimizer_step(pairs, optimizers, p.history.len(), epoch)?;
+            p.step_seconds += t0.elapsed().as_secs_f64();
+            on_event(TrainEvent::Step(&record))?;
+            p.history.push(record);
+            p.steps_in_epoch += 1;
+            test_hook("step", STEPS.fetch_add(1, Ordering::Relaxed) + 1);
+            if checkpoints.stop_requested() {
+                self.save(p, optimizers, checkpoints)?;
+                let at = format!("after step {} (epoch {epoch})", p.history.len());
+                stop_if_requested(checkpoints, &at)?;
+            }
+        }
+        Ok(())
     }
 
     /// Saves `p` with the trained variables and the optimizers' moments.
