@@ -187,6 +187,19 @@ fn same_outputs(got: &[(String, Vec<u8>)], expected: &[(String, Vec<u8>)], tag: 
     }
 }
 
+/// `rmflow lm-progress OUT FLAG` on a run of the other experiment (its checkpoint written):
+/// exit 2 naming the flag and the runs it reads. Returns whether it was checked.
+fn progress_refuses(out: &Path, flag: &str, reads: &str) -> bool {
+    if !checkpoints_of(out).join("LATEST").is_file() {
+        return false;
+    }
+    let o = common::rmflow(&["lm-progress", out.to_str().unwrap(), flag]);
+    assert_eq!(o.status.code(), Some(2), "{flag}: {}", stderr(&o));
+    let want = format!("{flag} reads {reads} runs");
+    assert!(stderr(&o).contains(&want), "{flag}: {}", stderr(&o));
+    true
+}
+
 /// `rmflow lm-progress` on the killed run `out` against the finished run `reference`: where a
 /// checkpoint was written, every row it prints is the reference's row of the same evaluation
 /// (`file`'s columns less wall times and `pairs`, which a checkpoint does not hold), and the
@@ -278,7 +291,7 @@ fn killed_runs_resume_to_the_same_outputs() {
     let expected = contents(&reference);
     // Head then full, EX-RM then IM-RM: 6 steps each; checkpoints after epochs 1 and 2 and
     // after each reward model (3 writes each).
-    let (mut resumed, mut progress_rows) = (0, [0, 0]);
+    let (mut resumed, mut progress_rows, mut refused) = (0, [0, 0], false);
     for (tag, abort) in [
         ("step-1", "step:1"),
         ("step-3", "step:3"),
@@ -307,6 +320,7 @@ fn killed_runs_resume_to_the_same_outputs() {
             &alignment,
             tag,
         );
+        refused |= progress_refuses(&out, "--prompts", "ham-cycle");
         let o = recipe(&["--resume", out.to_str().unwrap()], None);
         assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
         // The progress display continues from the checkpoint's step count.
@@ -321,6 +335,10 @@ fn killed_runs_resume_to_the_same_outputs() {
     assert!(
         progress_rows.iter().all(|&n| n > 0),
         "lm-progress compared {progress_rows:?} rows"
+    );
+    assert!(
+        refused,
+        "lm-progress --prompts was not tried on a checkpoint"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -527,7 +545,8 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
     assert!(!checkpoints_of(&reference).exists(), "checkpoints left");
     let expected = contents(&reference);
     // IM-RM then EX-RM, 6 steps each; checkpoints after epochs 1 and 2 and after each model.
-    let (mut resumed, mut progress_rows) = (0, 0);
+    let (mut resumed, mut progress_rows, mut prompt_rows) = (0, 0, 0);
+    let mut refused = false;
     for (tag, abort) in [
         ("step-1", "step:1"),
         ("step-4", "step:4"),
@@ -554,6 +573,15 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
             &[],
             tag,
         );
+        prompt_rows += progress_matches(
+            &out,
+            &reference,
+            "prompts.csv",
+            &["epoch", "prompt"],
+            &["--prompts"],
+            tag,
+        );
+        refused |= progress_refuses(&out, "--alignment", "lm-recipe");
         let o = ham_cycle(&["--resume", out.to_str().unwrap()], None);
         assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
         resumed += stderr(&o).matches(": resumed after step ").count();
@@ -565,6 +593,11 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
         "no resume reported the step it continued after"
     );
     assert!(progress_rows > 0, "lm-progress compared no row");
+    assert!(prompt_rows > 0, "lm-progress --prompts compared no row");
+    assert!(
+        refused,
+        "lm-progress --alignment was not tried on a checkpoint"
+    );
     // SIGTERM while scoring (the IM-RM's reference scoring; an EX-RM evaluation): exit 5 at
     // once, then resumed to the same outputs.
     for n in [2, 12] {

@@ -1,6 +1,6 @@
 //! `rmflow lm-progress`: the evaluations a long run's newest checkpoint holds, as CSV on stdout,
 //! for reading the run before it ends (`lm-recipe`: `metrics.csv`'s or `alignment.csv`'s rows so
-//! far; `ham-cycle`: `metrics.csv`'s).
+//! far; `ham-cycle`: `metrics.csv`'s or `prompts.csv`'s).
 
 use super::stdout;
 use anyhow::Result;
@@ -15,24 +15,34 @@ pub struct LmProgressArgs {
     run: PathBuf,
     /// lm-recipe runs: the EX-RM's footnote-3 statistics (alignment.csv's columns) instead of
     /// the split metrics.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prompts")]
     alignment: bool,
+    /// ham-cycle runs: the IM-RM's per-prompt generations and masses (prompts.csv's columns)
+    /// instead of the metrics.
+    #[arg(long)]
+    prompts: bool,
 }
 
 pub fn run(a: LmProgressArgs) -> Result<()> {
     let so_far = RunSoFar::read(&a.run)?;
     let recipe = so_far.identity.get("modes").is_some();
-    let csv = match (recipe, a.alignment) {
-        (true, alignment) => rmflow::lm::recipe::output::progress_csv(&so_far, alignment)?,
-        (false, false) => {
-            rmflow::lm::cycle::output::progress_metrics_csv(so_far.observed.as_deref())?
-        }
-        (false, true) => {
-            return Err(InputError(format!(
-                "{}: --alignment reads lm-recipe runs; this is a ham-cycle run",
-                a.run.display()
-            ))
-            .into())
+    let only = |flag: &str, kind: &str| -> anyhow::Error {
+        InputError(format!(
+            "{}: {flag} reads {kind} runs; this is not one",
+            a.run.display()
+        ))
+        .into()
+    };
+    let csv = match (recipe, a.alignment, a.prompts) {
+        (true, _, true) => return Err(only("--prompts", "ham-cycle")),
+        (true, alignment, false) => rmflow::lm::recipe::output::progress_csv(&so_far, alignment)?,
+        (false, true, _) => return Err(only("--alignment", "lm-recipe")),
+        (false, false, prompts) => {
+            let observed = so_far.observed.as_deref();
+            match prompts {
+                true => rmflow::lm::cycle::output::progress_prompts_csv(observed)?,
+                false => rmflow::lm::cycle::output::progress_metrics_csv(observed)?,
+            }
         }
     };
     stdout::write(format_args!("{csv}"));

@@ -3,7 +3,7 @@
 //! `pretrain.csv`, `steps.csv`, `pairs.jsonl`, `summary.json`, and the checkpoints `initial/`
 //! and `reference/` (Hugging Face folders).
 
-use super::run::{CycleEpoch, CycleOutcome};
+use super::run::{CycleEpoch, CycleOutcome, PromptRecord};
 use crate::io::atomic::AtomicDir;
 use crate::problem::hamiltonian::{count_cycle_orders, response};
 use anyhow::{Context, Result};
@@ -28,7 +28,7 @@ pub fn metrics_csv(o: &CycleOutcome) -> String {
 /// its observer recorded so far, from the observer state `observed` (none before the first).
 pub fn progress_metrics_csv(observed: Option<&[u8]>) -> Result<String> {
     let epochs = match observed {
-        Some(bytes) => super::resume::recorded_epochs(bytes)?,
+        Some(bytes) => super::resume::recorded(bytes)?.0,
         None => Vec::new(),
     };
     Ok(metrics_table(&epochs))
@@ -66,8 +66,23 @@ fn metrics_table(epochs: &[CycleEpoch]) -> String {
 
 /// `prompts.csv`.
 fn prompts_csv(o: &CycleOutcome) -> String {
+    prompts_table(&o.prompts)
+}
+
+/// The rows of `prompts.csv` a run's checkpoint holds (`rmflow lm-progress --prompts`): every
+/// IM-RM evaluation's per-prompt generations so far, from the observer state `observed`.
+pub fn progress_prompts_csv(observed: Option<&[u8]>) -> Result<String> {
+    let prompts = match observed {
+        Some(bytes) => super::resume::recorded(bytes)?.1,
+        None => Vec::new(),
+    };
+    Ok(prompts_table(&prompts))
+}
+
+/// `prompts.csv` of the per-prompt records `prompts`.
+fn prompts_table(prompts: &[PromptRecord]) -> String {
     let mut s = String::from("epoch,prompt,sampled_correct,greedy_correct,sampled_stopped,greedy_stopped,cycle_orders,ln_cycle_mass,ln_reference_cycle_mass,ln_order_mass,sampled_text,greedy_text\n");
-    for p in &o.prompts {
+    for p in prompts {
         let _ = writeln!(
             s,
             "{},{},{},{},{},{},{},{},{},{},{},{}",

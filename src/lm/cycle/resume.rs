@@ -44,9 +44,11 @@ impl Observations {
     }
 }
 
-/// The evaluations recorded in a checkpoint's observer state `bytes` (`rmflow lm-progress`).
-pub(super) fn recorded_epochs(bytes: &[u8]) -> Result<Vec<CycleEpoch>> {
-    Ok(Observations::decode(bytes)?.epochs)
+/// The evaluations and the per-prompt records in a checkpoint's observer state `bytes`
+/// (`rmflow lm-progress`).
+pub(super) fn recorded(bytes: &[u8]) -> Result<(Vec<CycleEpoch>, Vec<PromptRecord>)> {
+    let o = Observations::decode(bytes)?;
+    Ok((o.epochs, o.prompts))
 }
 
 /// The pretraining's record kept beside the pretrained weights.
