@@ -36,8 +36,9 @@ fn main() -> anyhow::Result<()> {
                 let text = std::fs::read_to_string(d.join("metrics.csv"))
                     .map_err(|e| anyhow::anyhow!("{}/metrics.csv: {e}", d.display()))?;
                 let name = |p: &std::path::Path| {
-                    p.file_name()
-                        .map_or(p.display().to_string(), |n| n.to_string_lossy().into_owned())
+                    p.file_name().map_or(p.display().to_string(), |n| {
+                        n.to_string_lossy().into_owned()
+                    })
                 };
                 let label = match (d.ends_with("partial"), d.parent()) {
                     (true, Some(run)) => format!("{} so far", name(run)),

@@ -38,11 +38,7 @@ pub fn run(a: LmProgressArgs) -> Result<()> {
         (true, alignment, false) => rmflow::lm::recipe::output::progress_csv(&so_far, alignment)?,
         (false, true, _) => return Err(only("--alignment", "lm-recipe")),
         (false, false, prompts) => {
-            let observed = so_far.observed.as_deref();
-            match prompts {
-                true => rmflow::lm::cycle::output::progress_prompts_csv(observed)?,
-                false => rmflow::lm::cycle::output::progress_metrics_csv(observed)?,
-            }
+            rmflow::lm::cycle::output::progress_csv(so_far.observed.as_deref(), prompts)?
         }
     };
     stdout::write(format_args!("{csv}"));

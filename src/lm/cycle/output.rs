@@ -24,14 +24,18 @@ pub fn metrics_csv(o: &CycleOutcome) -> String {
     metrics_table(&o.epochs)
 }
 
-/// The rows of `metrics.csv` a run's checkpoint holds (`rmflow lm-progress`): every evaluation
-/// its observer recorded so far, from the observer state `observed` (none before the first).
-pub fn progress_metrics_csv(observed: Option<&[u8]>) -> Result<String> {
-    let epochs = match observed {
-        Some(bytes) => super::resume::recorded(bytes)?.0,
-        None => Vec::new(),
+/// The rows a run's checkpoint holds (`rmflow lm-progress`), from the observer state `observed`
+/// (none before the first evaluation): `metrics.csv`'s of every evaluation so far, or with
+/// `prompts` `prompts.csv`'s (every IM-RM evaluation's per-prompt generations).
+pub fn progress_csv(observed: Option<&[u8]>, prompts: bool) -> Result<String> {
+    let (epochs, records) = match observed {
+        Some(bytes) => super::resume::recorded(bytes)?,
+        None => (Vec::new(), Vec::new()),
     };
-    Ok(metrics_table(&epochs))
+    Ok(match prompts {
+        true => prompts_table(&records),
+        false => metrics_table(&epochs),
+    })
 }
 
 /// `metrics.csv` of the evaluations `epochs`.
@@ -67,16 +71,6 @@ fn metrics_table(epochs: &[CycleEpoch]) -> String {
 /// `prompts.csv`.
 fn prompts_csv(o: &CycleOutcome) -> String {
     prompts_table(&o.prompts)
-}
-
-/// The rows of `prompts.csv` a run's checkpoint holds (`rmflow lm-progress --prompts`): every
-/// IM-RM evaluation's per-prompt generations so far, from the observer state `observed`.
-pub fn progress_prompts_csv(observed: Option<&[u8]>) -> Result<String> {
-    let prompts = match observed {
-        Some(bytes) => super::resume::recorded(bytes)?.1,
-        None => Vec::new(),
-    };
-    Ok(prompts_table(&prompts))
 }
 
 /// `prompts.csv` of the per-prompt records `prompts`.
