@@ -49,8 +49,7 @@ impl Decoder<'_> {
         let mut out = Vec::with_capacity(prompts.len());
         for (chunk, g) in prompts.chunks(self.batch).zip(graphs.chunks(self.batch)) {
             let start = self.lm.start_decoding(chunk)?;
-            let (generated, stopped) = self.continue_batch(chunk, start, rng.as_deref_mut())?;
-            out.extend(self.judge(generated, stopped, g)?);
+            out.extend(self.decode_batch(chunk, g, start, rng.as_deref_mut())?);
         }
         Ok(out)
     }
@@ -67,22 +66,22 @@ impl Decoder<'_> {
         let (mut sampled, mut greedy) = (Vec::new(), Vec::new());
         for (chunk, g) in prompts.chunks(self.batch).zip(graphs.chunks(self.batch)) {
             let start = self.lm.start_decoding(chunk)?;
-            let (generated, stopped) =
-                self.continue_batch(chunk, start.clone(), Some(&mut *rng))?;
-            sampled.extend(self.judge(generated, stopped, g)?);
-            let (generated, stopped) = self.continue_batch(chunk, start, None)?;
-            greedy.extend(self.judge(generated, stopped, g)?);
+            sampled.extend(self.decode_batch(chunk, g, start.clone(), Some(&mut *rng))?);
+            greedy.extend(self.decode_batch(chunk, g, start, None)?);
         }
         Ok((sampled, greedy))
     }
 
-    /// The decodings of one batch: each text and whether it is a cycle of its graph.
-    fn judge(
+    /// The decodings of one batch (from its prefill `start`): each text and whether it is a
+    /// cycle of its graph.
+    fn decode_batch(
         &self,
-        generated: Vec<Vec<u32>>,
-        stopped: Vec<bool>,
+        prompts: &[Vec<u32>],
         graphs: &[&Graph],
+        start: Option<(Tensor, crate::lm::nets::KvCache)>,
+        rng: Option<&mut ChaCha8Rng>,
     ) -> Result<Vec<Decoding>> {
+        let (generated, stopped) = self.continue_batch(prompts, start, rng)?;
         let mut out = Vec::with_capacity(generated.len());
         for ((ids, graph), stopped) in generated.iter().zip(graphs).zip(stopped) {
             let text = self.tokens.decode(ids)?;

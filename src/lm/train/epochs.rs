@@ -161,10 +161,7 @@ pub fn train_reward(
     let device = &lm.device;
     let seqs = problem.scored_sequences(reward)?;
     let (frozen, extraction) = match mode {
-        Mode::Head => {
-            let (f, e) = extract_frozen(reward, lm, seqs, t.eval_batch, on_event)?;
-            (Some(f), Some(e))
-        }
+        Mode::Head => extract_frozen(reward, lm, seqs, t.eval_batch, on_event)?,
         Mode::Full => (None, None),
     };
     let scorer = Scorer {
@@ -180,9 +177,7 @@ pub fn train_reward(
         Mode::Head if reward.reads_unembedding() => Some(Var::from_tensor(&u0)?),
         _ => None,
     };
-    let std = t
-        .head_init_std
-        .unwrap_or(lm.initializer_range.unwrap_or(0.02));
+    let std = t.head_init_std.or(lm.initializer_range).unwrap_or(0.02);
     let head = initial_head(settings.seed, std, lm.dim, device)?;
     let (vars, head_trained) = trained_vars(mode, reward, lm, frozen_u.as_ref());
     let tables =
@@ -197,8 +192,6 @@ pub fn train_reward(
         Some((s, r)) => (s.as_slice(), r.as_slice()),
         None => (seqs, reference.as_slice()),
     };
-    let parameters =
-        vars.iter().map(|v| v.elem_count()).sum::<usize>() + if head_trained { lm.dim } else { 0 };
     let params = t.adamw.params();
     let mut optimizers =
         Optimizers::new(vars, head_trained.then_some(&head), params, t.adamw.head_lr)?;
@@ -217,17 +210,15 @@ pub fn train_reward(
         flush,
     };
     let p = session.resume_and_run(&mut optimizers, checkpoints, on_event)?;
-    let (history, evaluations, rewards) = (p.history, p.evaluations, p.rewards);
-    let step_seconds = p.step_seconds;
     Ok(TrainRun {
         mode,
         reward,
-        parameters,
-        history,
-        evaluations,
-        rewards,
+        parameters: optimizers.parameters(),
+        history: p.history,
+        evaluations: p.evaluations,
+        rewards: p.rewards,
         seconds: start.elapsed().as_secs_f64(),
-        step_seconds,
+        step_seconds: p.step_seconds,
         extraction,
     })
 }
@@ -300,7 +291,7 @@ fn extract_frozen(
     seqs: &[ScoredSequence],
     batch: usize,
     on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
-) -> Result<(FrozenFeatures, Extraction)> {
+) -> Result<(Option<FrozenFeatures>, Option<Extraction>)> {
     on_event(TrainEvent::Stage(format!(
         "extracting the frozen features of {} sequences",
         seqs.len()
@@ -311,7 +302,7 @@ fn extract_frozen(
         seconds: t0.elapsed().as_secs_f64(),
         tokens: seqs.iter().map(|s| s.ids.len()).sum(),
     };
-    Ok((f, extraction))
+    Ok((Some(f), Some(extraction)))
 }
 
 /// The EX-RM head `u(0)`: `N(0, std²)` per entry from the head RNG (the run's `seed`, salted),

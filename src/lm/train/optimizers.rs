@@ -71,6 +71,11 @@ impl Optimizers {
         Ok(())
     }
 
+    /// The trained parameters' count (the head's included).
+    pub(crate) fn parameters(&self) -> usize {
+        self.vars.iter().map(|v| v.elem_count()).sum()
+    }
+
     /// How many variables each optimizer updates (the body's, then the head's).
     pub(crate) fn var_counts(&self) -> Vec<usize> {
         let head = usize::from(self.head.is_some());
