@@ -277,6 +277,7 @@ fn ham_cycle_runs_end_to_end_reproducibly() {
         "steps.csv",
         "pretrain.csv",
         "pairs.jsonl",
+        "pair_rewards.csv",
         "config.toml",
         "reference/model.safetensors",
     ] {
@@ -308,6 +309,7 @@ fn ham_cycle_runs_end_to_end_reproducibly() {
         let restricted: f64 = line.split(',').nth(14).unwrap().parse().unwrap();
         assert!(restricted < 1e-6, "{line}");
     }
+    pair_rewards_give_the_accuracies(&a);
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["rmflow_version"], env!("CARGO_PKG_VERSION"));
@@ -315,6 +317,91 @@ fn ham_cycle_runs_end_to_end_reproducibly() {
         a.join("reference/tokenizer.json").is_file() && a.join("initial/config.json").is_file()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `pair_rewards.csv` of the run in `out` holds every pair of `pairs.jsonl` at every evaluation
+/// of `metrics.csv`, and its margins give that evaluation's train and test accuracy (ties ½),
+/// minimum and mean test margin (`{:e}` prints the shortest round-tripping digits, so the
+/// margins are the run's f64s and the sums are equal to the last bit or to 1e-12 relative).
+fn pair_rewards_give_the_accuracies(out: &Path) {
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    let (pairs, rewards, metrics) = (
+        read("pairs.jsonl"),
+        read("pair_rewards.csv"),
+        read("metrics.csv"),
+    );
+    let mut lines = rewards.lines();
+    assert_eq!(
+        lines.next(),
+        Some("reward,epoch,step,split,pair,chosen_reward,rejected_reward")
+    );
+    // (reward, epoch) -> split -> margins in pair order.
+    let mut margins: std::collections::BTreeMap<(String, String), [Vec<f64>; 2]> =
+        Default::default();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        let split = usize::from(f[3] == "test");
+        let m = margins.entry((f[0].into(), f[1].into())).or_default();
+        assert_eq!(f[4].parse::<usize>().unwrap(), m[split].len(), "{line}");
+        let (c, r): (f64, f64) = (f[5].parse().unwrap(), f[6].parse().unwrap());
+        m[split].push(c - r);
+    }
+    let per_split = |name: &str| {
+        pairs
+            .lines()
+            .filter(|l| l.contains(&format!("\"split\":\"{name}\"")))
+            .count()
+    };
+    let rows: Vec<&str> = metrics.lines().skip(1).collect();
+    assert_eq!(
+        margins.len(),
+        rows.len(),
+        "one evaluation per metrics.csv row"
+    );
+    let accuracy = |m: &[f64]| {
+        m.iter()
+            .map(|&x| {
+                if x > 0.0 {
+                    1.0
+                } else if x == 0.0 {
+                    0.5
+                } else {
+                    0.0
+                }
+            })
+            .sum::<f64>()
+            / m.len() as f64
+    };
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1e-300);
+    for row in rows {
+        let f: Vec<&str> = row.split(',').collect();
+        let m = &margins[&(f[0].to_string(), f[1].to_string())];
+        assert_eq!(
+            (m[0].len(), m[1].len()),
+            (per_split("train"), per_split("test")),
+            "{row}"
+        );
+        assert_eq!(
+            accuracy(&m[0]),
+            f[3].parse::<f64>().unwrap(),
+            "train accuracy: {row}"
+        );
+        assert_eq!(
+            accuracy(&m[1]),
+            f[4].parse::<f64>().unwrap(),
+            "test accuracy: {row}"
+        );
+        let min = m[1].iter().copied().fold(f64::INFINITY, f64::min);
+        let mean = m[1].iter().sum::<f64>() / m[1].len() as f64;
+        assert!(
+            close(min, f[5].parse().unwrap()),
+            "min test margin {min}: {row}"
+        );
+        assert!(
+            close(mean, f[6].parse().unwrap()),
+            "mean test margin {mean}: {row}"
+        );
+    }
 }
 
 /// Bad configs: exit 2 naming the field, nothing written.

@@ -320,7 +320,9 @@ fn killed_runs_resume_to_the_same_outputs() {
             &alignment,
             tag,
         );
-        refused |= progress_refuses(&out, "--prompts", "ham-cycle");
+        let checked = progress_refuses(&out, "--prompts", "ham-cycle");
+        assert_eq!(progress_refuses(&out, "--pairs", "ham-cycle"), checked);
+        refused |= checked;
         let o = recipe(&["--resume", out.to_str().unwrap()], None);
         assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
         // The progress display continues from the checkpoint's step count.
@@ -545,7 +547,7 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
     assert!(!checkpoints_of(&reference).exists(), "checkpoints left");
     let expected = contents(&reference);
     // IM-RM then EX-RM, 6 steps each; checkpoints after epochs 1 and 2 and after each model.
-    let (mut resumed, mut progress_rows, mut prompt_rows) = (0, 0, 0);
+    let (mut resumed, mut progress_rows, mut prompt_rows, mut pair_rows) = (0, 0, 0, 0);
     let mut refused = false;
     for (tag, abort) in [
         ("step-1", "step:1"),
@@ -581,6 +583,14 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
             &["--prompts"],
             tag,
         );
+        pair_rows += progress_matches(
+            &out,
+            &reference,
+            "pair_rewards.csv",
+            &["reward", "epoch", "split", "pair"],
+            &["--pairs"],
+            tag,
+        );
         refused |= progress_refuses(&out, "--alignment", "lm-recipe");
         let o = ham_cycle(&["--resume", out.to_str().unwrap()], None);
         assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
@@ -594,6 +604,7 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
     );
     assert!(progress_rows > 0, "lm-progress compared no row");
     assert!(prompt_rows > 0, "lm-progress --prompts compared no row");
+    assert!(pair_rows > 0, "lm-progress --pairs compared no row");
     assert!(
         refused,
         "lm-progress --alignment was not tried on a checkpoint"

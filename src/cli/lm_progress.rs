@@ -1,10 +1,11 @@
 //! `rmflow lm-progress`: the evaluations a long run's newest checkpoint holds, as CSV on stdout,
 //! for reading the run before it ends (`lm-recipe`: `metrics.csv`'s or `alignment.csv`'s rows so
-//! far; `ham-cycle`: `metrics.csv`'s or `prompts.csv`'s).
+//! far; `ham-cycle`: `metrics.csv`'s, `prompts.csv`'s or `pair_rewards.csv`'s).
 
 use super::stdout;
 use anyhow::Result;
 use rmflow::error::InputError;
+use rmflow::lm::cycle::output::ProgressTable;
 use rmflow::lm::train::resume::RunSoFar;
 use std::path::PathBuf;
 
@@ -19,8 +20,12 @@ pub struct LmProgressArgs {
     alignment: bool,
     /// ham-cycle runs: the IM-RM's per-prompt generations and masses (prompts.csv's columns)
     /// instead of the metrics.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pairs")]
     prompts: bool,
+    /// ham-cycle runs: every pair's rewards at every evaluation (pair_rewards.csv's columns)
+    /// instead of the metrics.
+    #[arg(long, conflicts_with = "alignment")]
+    pairs: bool,
 }
 
 pub fn run(a: LmProgressArgs) -> Result<()> {
@@ -33,13 +38,19 @@ pub fn run(a: LmProgressArgs) -> Result<()> {
         ))
         .into()
     };
-    let csv = match (recipe, a.alignment, a.prompts) {
-        (true, _, true) => return Err(only("--prompts", "ham-cycle")),
-        (true, alignment, false) => rmflow::lm::recipe::output::progress_csv(&so_far, alignment)?,
+    let cycle_table = match (a.prompts, a.pairs) {
+        (true, _) => Some(("--prompts", ProgressTable::Prompts)),
+        (_, true) => Some(("--pairs", ProgressTable::Pairs)),
+        _ => None,
+    };
+    let csv = match (recipe, a.alignment, cycle_table) {
+        (true, _, Some((flag, _))) => return Err(only(flag, "ham-cycle")),
+        (true, alignment, None) => rmflow::lm::recipe::output::progress_csv(&so_far, alignment)?,
         (false, true, _) => return Err(only("--alignment", "lm-recipe")),
-        (false, false, prompts) => {
-            rmflow::lm::cycle::output::progress_csv(so_far.observed.as_deref(), prompts)?
-        }
+        (false, false, table) => rmflow::lm::cycle::output::progress_csv(
+            &so_far,
+            table.map_or(ProgressTable::Metrics, |(_, t)| t),
+        )?,
     };
     stdout::write(format_args!("{csv}"));
     eprintln!("rmflow lm-progress: read {}", so_far.state.display());

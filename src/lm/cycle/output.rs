@@ -1,12 +1,18 @@
 //! A run's files (layout in experiments/README.md): `config.toml`, `metrics.csv` (one row per
 //! reward model and evaluation), `prompts.csv` (the IM-RM's per-prompt generations and masses),
-//! `pretrain.csv`, `steps.csv`, `pairs.jsonl`, `summary.json`, and the checkpoints `initial/`
+//! `pair_rewards.csv` (every pair's rewards at every evaluation), `pretrain.csv`, `steps.csv`,
+//! `pairs.jsonl`, `summary.json`, and the checkpoints `initial/`
 //! and `reference/` (Hugging Face folders).
 
+use super::problem::pair_sequences;
 use super::run::{CycleEpoch, CycleOutcome, PromptRecord};
+use crate::error::InputError;
 use crate::io::atomic::AtomicDir;
+use crate::lm::train::evaluate::Evaluation;
+use crate::lm::train::resume::RunSoFar;
+use crate::lm::train::reward::Reward;
 use crate::problem::hamiltonian::{count_cycle_orders, response};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::fmt::Write;
 
@@ -24,18 +30,99 @@ pub fn metrics_csv(o: &CycleOutcome) -> String {
     metrics_table(&o.epochs)
 }
 
-/// The rows a run's checkpoint holds (`rmflow lm-progress`), from the observer state `observed`
-/// (none before the first evaluation): `metrics.csv`'s of every evaluation so far, or with
-/// `prompts` `prompts.csv`'s (every IM-RM evaluation's per-prompt generations).
-pub fn progress_csv(observed: Option<&[u8]>, prompts: bool) -> Result<String> {
-    let (epochs, records) = match observed {
+/// Which of a run's tables `rmflow lm-progress` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressTable {
+    /// `metrics.csv`'s rows: every evaluation so far.
+    Metrics,
+    /// `prompts.csv`'s rows: every IM-RM evaluation's per-prompt generations.
+    Prompts,
+    /// `pair_rewards.csv`'s rows: every pair's rewards at every evaluation so far.
+    Pairs,
+}
+
+/// The rows of `table` that a run's newest checkpoint holds (`rmflow lm-progress`; none before
+/// the first evaluation).
+pub fn progress_csv(so_far: &RunSoFar, table: ProgressTable) -> Result<String> {
+    let (epochs, records) = match so_far.observed.as_deref() {
         Some(bytes) => super::resume::recorded(bytes)?,
         None => (Vec::new(), Vec::new()),
     };
-    Ok(match prompts {
-        true => prompts_table(&records),
-        false => metrics_table(&epochs),
+    Ok(match table {
+        ProgressTable::Metrics => metrics_table(&epochs),
+        ProgressTable::Prompts => prompts_table(&records),
+        ProgressTable::Pairs => {
+            let file: super::CycleFile = serde_json::from_value(so_far.identity["config"].clone())
+                .map_err(|e| {
+                    InputError(format!(
+                        "{}: run.json has no valid `config`: {e}",
+                        so_far.state.display()
+                    ))
+                })?;
+            let mut runs: Vec<(Reward, &[Evaluation])> = so_far
+                .finished
+                .iter()
+                .map(|r| (r.reward, r.evaluations.as_slice()))
+                .collect();
+            if let Some(p) = &so_far.current {
+                // The cycle trains the IM-RM, then the EX-RM ([`super::run::run_cycle`]).
+                let reward = [Reward::Imrm, Reward::Exrm][runs.len().min(1)];
+                runs.push((reward, p.evaluations.as_slice()));
+            }
+            pair_rewards_table(&runs, file.data.train_pairs, file.data.test_pairs)?
+        }
     })
+}
+
+/// `pair_rewards.csv`.
+fn pair_rewards_csv(o: &CycleOutcome) -> Result<String> {
+    let runs: Vec<(Reward, &[Evaluation])> = o
+        .runs
+        .iter()
+        .map(|r| (r.reward, r.evaluations.as_slice()))
+        .collect();
+    pair_rewards_table(&runs, o.train.len(), o.test.len())
+}
+
+/// Every pair's rewards at every evaluation of each reward model in `runs` (its evaluations'
+/// per-sequence rewards, laid out as [`pair_sequences`] says: `train_pairs` training pairs,
+/// then `test_pairs` test pairs); an evaluation that holds another count is an error.
+fn pair_rewards_table(
+    runs: &[(Reward, &[Evaluation])],
+    train_pairs: usize,
+    test_pairs: usize,
+) -> Result<String> {
+    let mut s = String::from("reward,epoch,step,split,pair,chosen_reward,rejected_reward\n");
+    let sequences = 2 * (train_pairs + test_pairs);
+    for (reward, evaluations) in runs {
+        for e in evaluations.iter() {
+            if e.rewards.len() != sequences {
+                bail!(
+                    "the {} evaluation after epoch {} holds {} sequence rewards, not 2 × ({train_pairs} + {test_pairs})",
+                    reward.name(),
+                    e.epoch,
+                    e.rewards.len()
+                );
+            }
+            for k in 0..train_pairs + test_pairs {
+                let (split, pair) = match k < train_pairs {
+                    true => ("train", k),
+                    false => ("test", k - train_pairs),
+                };
+                let (c, r) = pair_sequences(k);
+                let _ = writeln!(
+                    s,
+                    "{},{},{},{split},{pair},{:e},{:e}",
+                    reward.name(),
+                    e.epoch,
+                    e.step,
+                    e.rewards[c],
+                    e.rewards[r]
+                );
+            }
+        }
+    }
+    Ok(s)
 }
 
 /// `metrics.csv` of the evaluations `epochs`.
@@ -210,6 +297,7 @@ pub fn write_outputs(dir: &AtomicDir, o: &CycleOutcome, counted: &mut dyn FnMut(
     put("metrics.csv", &metrics_csv(o))?;
     put("prompts.csv", &prompts_csv(o))?;
     put("steps.csv", &steps_csv(o))?;
+    put("pair_rewards.csv", &pair_rewards_csv(o)?)?;
     let mut pre = String::from("step,loss\n");
     for s in &o.pretrain {
         let _ = writeln!(pre, "{},{}", s.step, s.loss);

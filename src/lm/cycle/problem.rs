@@ -19,8 +19,15 @@ pub fn template_of(dir: &std::path::Path) -> Result<ChatTemplate> {
     })
 }
 
-/// The sequences of the pairs rendered by `template`: `train` then `test`, chosen then rejected per pair; splits
-/// `train` and `test`.
+/// The sequences (chosen, rejected) of pair `pair` counted over both splits (a test pair's
+/// index is the training pairs' count plus its own): [`cycle_problem`]'s layout, by which
+/// `pair_rewards.csv` reads a run's per-sequence rewards.
+pub fn pair_sequences(pair: usize) -> (usize, usize) {
+    (2 * pair, 2 * pair + 1)
+}
+
+/// The sequences of the pairs rendered by `template`: `train` then `test`, chosen then rejected
+/// per pair ([`pair_sequences`]); splits `train` and `test`.
 pub fn cycle_problem(
     lm: &LanguageModel,
     template: &ChatTemplate,
@@ -46,6 +53,8 @@ pub fn cycle_problem(
                 (Side::Rejected, &pair.rejected),
             ] {
                 let s = builder.build(offset + k, &prompt, side, "", &response(order))?;
+                let (c, r) = pair_sequences(offset + k);
+                debug_assert_eq!(sequences.len(), if side == Side::Chosen { c } else { r });
                 match side {
                     Side::Chosen => split.chosen.push(sequences.len()),
                     Side::Rejected => split.rejected.push(sequences.len()),
