@@ -8,7 +8,10 @@ steps, rather than checking them all, errs on the near ones.
 Reads the run's `pairs.jsonl` (the prompt's edge list and the rejected order, in the official
 text format) and its `pair_rewards.csv` (or the rows so far: `rmflow lm-progress RUN --pairs`).
 Standard library only. Writes CSV on stdout:
-`reward,epoch,split,rejected_edges,pairs,accuracy,mean_margin`.
+`reward,epoch,split,rejected_edges,pairs,accuracy,mean_margin,mean_chosen_reward,
+mean_rejected_reward,chosen_above_zero` (the last: the fraction of pairs whose chosen reward is
+positive; for the IM-RM, `r = β ln π/π_ref`, the fraction of correct cycles that the policy makes
+more likely than `π_ref` does). `--bins 0-99` puts every pair of a split in one group.
 
     python3 scripts/ham_cycle_pair_errors.py RUN_DIR [--rewards FILE] [--epoch N] [--bins 0-3,4-5,6-10]
 """
@@ -71,16 +74,21 @@ def main():
             key = (row["split"], int(row["pair"]))
             if key not in hits:
                 raise SystemExit(f"pair_rewards.csv: {key} is not in pairs.jsonl")
-            margin = float(row["chosen_reward"]) - float(row["rejected_reward"])
-            groups[(row["reward"], epoch, row["split"], bin_of(bins, hits[key]))].append(margin)
+            rewards = (float(row["chosen_reward"]), float(row["rejected_reward"]))
+            groups[(row["reward"], epoch, row["split"], bin_of(bins, hits[key]))].append(rewards)
     w = csv.writer(sys.stdout, lineterminator="\n")
-    w.writerow(["reward", "epoch", "split", "rejected_edges", "pairs", "accuracy", "mean_margin"])
+    w.writerow(["reward", "epoch", "split", "rejected_edges", "pairs", "accuracy", "mean_margin",
+                "mean_chosen_reward", "mean_rejected_reward", "chosen_above_zero"])
     order = {"imrm": 0, "exrm": 1}
     lower = lambda s: int(s.split("-")[0])
     for key in sorted(groups, key=lambda k: (order.get(k[0], 2), k[1], k[2] != "train", lower(k[3]))):
-        m = groups[key]
+        pairs = groups[key]
+        m = [c - r for c, r in pairs]
+        mean = lambda v: f"{sum(v) / len(v):.6g}"
         acc = sum(1.0 if x > 0 else 0.5 if x == 0 else 0.0 for x in m) / len(m)
-        w.writerow([*key, len(m), f"{acc:.4f}", f"{sum(m) / len(m):.6g}"])
+        above = sum(c > 0 for c, _ in pairs) / len(pairs)
+        w.writerow([*key, len(m), f"{acc:.4f}", mean(m), mean([c for c, _ in pairs]),
+                    mean([r for _, r in pairs]), f"{above:.4f}"])
 
 
 if __name__ == "__main__":
