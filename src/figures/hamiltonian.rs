@@ -75,8 +75,27 @@ pub fn verification_without_generation_hamiltonian(
     if parsed.iter().all(|r| r.rows.is_empty()) {
         bail!("no rows in the metrics.csv files given");
     }
+    let labels: Vec<&str> = parsed.iter().map(|r| r.label.as_str()).collect();
+    let panels = panels(&parsed);
+    Ok(FigureData {
+        figure: Figure {
+            columns: panels.len(),
+            panels,
+            caption: format!(
+                "rmflow ham-cycle (MATH.md §7): {} · rmflow {}",
+                labels.join(", "),
+                crate::io::layout::RMFLOW_VERSION
+            ),
+            panel_size: (560, 420),
+        },
+        csv: long_csv(&parsed)?,
+    })
+}
+
+/// Every value drawn, one per line: `run,reward,epoch,column,value`.
+fn long_csv(parsed: &[Rows]) -> Result<String> {
     let mut csv = String::from("run,reward,epoch,column,value\n");
-    for r in &parsed {
+    for r in parsed {
         for (reward, epoch, values) in &r.rows {
             for (k, v) in values.iter().enumerate() {
                 if let Some(v) = v {
@@ -85,10 +104,15 @@ pub fn verification_without_generation_hamiltonian(
             }
         }
     }
-    // One colour per run; within a panel the second quantity is dashed (EX-RM, greedy,
-    // `π_ref`), so a run's two curves stay together and every run reads apart. The legend names
-    // each run once (its solid curve); a note says what the dashes are.
-    let series = |r: &Rows, i: usize, (reward, k): (&str, usize), dashed: bool| Series {
+    Ok(csv)
+}
+
+/// Run `i`'s curve of column `k` of `reward`'s rows. One colour per run; within a panel the
+/// second quantity is dashed (EX-RM, greedy, `π_ref`), so a run's two curves stay together and
+/// every run reads apart. The legend names each run once (its solid curve); a note says what
+/// the dashes are.
+fn series(r: &Rows, i: usize, (reward, k): (&str, usize), dashed: bool) -> Series {
+    Series {
         name: if dashed {
             String::new()
         } else {
@@ -99,7 +123,11 @@ pub fn verification_without_generation_hamiltonian(
         dashed,
         markers: true,
         ..Series::default()
-    };
+    }
+}
+
+/// The accuracy and generation panels, and the exact masses' where a run enumerated.
+fn panels(parsed: &[Rows]) -> Vec<Panel> {
     let (mut acc, mut gen, mut mass) = (Vec::new(), Vec::new(), Vec::new());
     for (i, r) in parsed.iter().enumerate() {
         acc.push(series(r, i, ("imrm", 0), false));
@@ -112,62 +140,46 @@ pub fn verification_without_generation_hamiltonian(
             mass.push(series(r, i, ("imrm", 4), true));
         }
     }
-    let mut a = Panel::lines(
+    let panel =
+        |title: &str, y_label: &str, y_log: bool, series: Vec<Series>, legend, notes: &[&str]| {
+            let mut p = Panel::lines(title, "epoch", y_label, false, y_log, series);
+            p.legend = legend;
+            p.notes = notes.iter().map(|n| n.to_string()).collect();
+            p
+        };
+    let mut a = panel(
         "verification: test accuracy",
-        "epoch",
         "accuracy (ties ½)",
         false,
-        false,
         acc,
+        Legend::MiddleRight,
+        &["solid: IM-RM; dashed: EX-RM"],
     );
     a.y_range = Some((0.4, 1.02));
-    a.legend = Legend::MiddleRight;
-    a.notes = vec!["solid: IM-RM; dashed: EX-RM".into()];
-    let mut g = Panel::lines(
+    let mut g = panel(
         "generation by the IM-RM's policy",
-        "epoch",
         "fraction of test prompts with a correct cycle",
         false,
-        false,
         gen,
+        Legend::UpperRight,
+        &[
+            "the official check; solid: one sample at T = 1,",
+            "dashed: greedy decoding",
+        ],
     );
     g.y_range = Some((-0.02, 1.02));
-    g.legend = Legend::UpperRight;
-    g.notes = vec![
-        "the official check; solid: one sample at T = 1,".into(),
-        "dashed: greedy decoding".into(),
-    ];
-    let mut panels = vec![a, g];
+    let mut out = vec![a, g];
     if !mass.is_empty() {
-        let mut m = Panel::lines(
+        out.push(panel(
             "exact mass of correct responses",
-            "epoch",
             "mean over test prompts",
-            false,
             true,
             mass,
-        );
-        m.legend = Legend::LowerRight;
-        m.notes = vec!["every vertex order enumerated; solid: π(C|x), dashed: π_ref(C|x)".into()];
-        panels.push(m);
+            Legend::LowerRight,
+            &["every vertex order enumerated; solid: π(C|x), dashed: π_ref(C|x)"],
+        ));
     }
-    Ok(FigureData {
-        figure: Figure {
-            columns: panels.len(),
-            panels,
-            caption: format!(
-                "rmflow ham-cycle (MATH.md §7): {} · rmflow {}",
-                parsed
-                    .iter()
-                    .map(|r| r.label.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                crate::io::layout::RMFLOW_VERSION
-            ),
-            panel_size: (560, 420),
-        },
-        csv,
-    })
+    out
 }
 
 #[cfg(test)]
