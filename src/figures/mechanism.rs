@@ -40,120 +40,31 @@ fn number(s: &str, name: &str) -> Result<f64> {
 
 /// The figure for `split` from `pairs.csv` and `tokens.csv` of an `lm-dynamics` output.
 pub fn mechanism(pairs: &str, tokens: &str, split: &str, source: &str) -> Result<FigureData> {
-    let cols = [
-        "reward",
-        "split",
-        "velocity",
-        "velocity_identity",
-        "velocity_rest",
-        "whole_velocity",
-        "whole_velocity_half",
-    ];
-    let rows: Vec<Vec<String>> = table(pairs, "pairs.csv", &cols)?
-        .into_iter()
-        .filter(|r| r[1] == split)
-        .collect();
-    if rows.is_empty() {
-        bail!("pairs.csv has no rows of split {split:?}");
-    }
-    // One table: `pairs` rows (each pair's predicted velocity, by rank), `whole` rows (the
-    // IM-RM's whole-model velocity beside its unembedding part's) and `tokens` rows.
+    let v = Velocities::read(pairs, split)?;
+    // One table: `pairs` rows (each pair's predicted velocity, by rank), `tokens` rows and
+    // `whole` rows (the IM-RM's whole-model velocity beside its unembedding part's).
     let mut csv = String::from(
         "panel,reward,rank,velocity,velocity_identity,velocity_rest,whole_velocity,share,token\n",
     );
-    let mut im: Vec<[f64; 3]> = Vec::new();
-    let mut ex: Vec<f64> = Vec::new();
-    // The IM-RM's whole-model velocity (Richardson of the central differences) and its part's.
-    let mut whole: Vec<(f64, f64)> = Vec::new();
-    for r in &rows {
-        match r[0].as_str() {
-            "imrm" | "imrm_no_ref" => {
-                im.push([
-                    number(&r[2], "velocity")?,
-                    number(&r[3], "velocity_identity")?,
-                    number(&r[4], "velocity_rest")?,
-                ]);
-                if !r[5].is_empty() {
-                    let (w, h) = (number(&r[5], "whole_velocity")?, number(&r[6], "whole")?);
-                    whole.push(((4.0 * h - w) / 3.0, im.last().expect("pushed")[0]));
-                }
-            }
-            _ => ex.push(number(&r[2], "velocity")?),
-        }
+    for (k, x) in v.im.iter().enumerate() {
+        writeln!(csv, "pairs,imrm,{k},{},{},{},,,", x[0], x[1], x[2])?;
     }
-    whole.sort_by(|a, b| a.0.total_cmp(&b.0));
-    im.sort_by(|a, b| a[0].total_cmp(&b[0]));
-    ex.sort_by(f64::total_cmp);
-    for (k, v) in im.iter().enumerate() {
-        writeln!(csv, "pairs,imrm,{k},{},{},{},,,", v[0], v[1], v[2])?;
+    for (k, x) in v.ex.iter().enumerate() {
+        writeln!(csv, "pairs,exrm,{k},{x},,,,,")?;
     }
-    for (k, v) in ex.iter().enumerate() {
-        writeln!(csv, "pairs,exrm,{k},{v},,,,,")?;
-    }
-    let points = |f: &dyn Fn(usize) -> f64, n: usize| (0..n).map(|k| (k as f64, f(k))).collect();
-    let series = |name: &str, color: usize, markers: bool, pts: Vec<(f64, f64)>| Series {
-        name: name.into(),
-        points: pts,
-        color,
-        markers,
-        dashed: false,
-        ..Default::default()
-    };
     let mut panels = Vec::new();
-    if !im.is_empty() {
-        let n = im.len();
-        let mut p = Panel::lines(
-            &format!("IM-RM: predicted dm/dt on {split}"),
-            "pair (sorted by dm/dt)",
-            "β² ⟨G(y⁺) − G(y⁻), D⟩",
-            false,
-            false,
-            vec![
-                series("total", 0, false, points(&|k| im[k][0], n)),
-                series("token identity", 4, true, points(&|k| im[k][1], n)),
-                series("rest (softmax terms)", 5, true, points(&|k| im[k][2], n)),
-            ],
-        );
-        p.legend = Legend::UpperLeft;
-        panels.push(p);
+    if !v.im.is_empty() {
+        panels.push(imrm_panel(&v.im, split));
         panels.push(token_panel(tokens, split, &mut csv)?);
     }
-    if !whole.is_empty() {
-        for (k, (w, v)) in whole.iter().enumerate() {
-            writeln!(csv, "whole,imrm,{k},{v},,,{w},,")?;
+    if !v.whole.is_empty() {
+        for (k, (w, x)) in v.whole.iter().enumerate() {
+            writeln!(csv, "whole,imrm,{k},{x},,,{w},,")?;
         }
-        let n = whole.len();
-        let mut p = Panel::lines(
-            &format!("IM-RM: whole model vs unembedding on {split}"),
-            "pair (sorted by the whole model's dm/dt)",
-            "dm/dt along −∇L",
-            false,
-            false,
-            vec![
-                series(
-                    "whole model (central differences)",
-                    0,
-                    false,
-                    points(&|k| whole[k].0, n),
-                ),
-                series("unembedding part", 5, true, points(&|k| whole[k].1, n)),
-            ],
-        );
-        p.legend = Legend::UpperLeft;
-        panels.push(p);
+        panels.push(whole_panel(&v.whole, split));
     }
-    if !ex.is_empty() {
-        let n = ex.len();
-        let mut p = Panel::lines(
-            &format!("EX-RM: predicted dm/dt on {split}"),
-            "pair (sorted by dm/dt)",
-            "⟨h⁺ − h⁻, Σ c_i z_i⟩",
-            false,
-            false,
-            vec![series("head", 1, true, points(&|k| ex[k], n))],
-        );
-        p.legend = Legend::UpperLeft;
-        panels.push(p);
+    if !v.ex.is_empty() {
+        panels.push(exrm_panel(&v.ex, split));
     }
     let columns = if panels.len() == 4 { 2 } else { panels.len() };
     Ok(FigureData {
@@ -165,6 +76,121 @@ pub fn mechanism(pairs: &str, tokens: &str, split: &str, source: &str) -> Result
         },
         csv,
     })
+}
+
+/// One split's predicted margin velocities, each list sorted ascending.
+struct Velocities {
+    /// The IM-RM's (`imrm` or `imrm_no_ref`): total, token-identity part, rest.
+    im: Vec<[f64; 3]>,
+    /// The EX-RM head's.
+    ex: Vec<f64>,
+    /// The IM-RM's whole-model velocity (Richardson of the central differences at ε and ε/2)
+    /// and its unembedding part's, where measured; sorted by the first.
+    whole: Vec<(f64, f64)>,
+}
+
+impl Velocities {
+    /// `split`'s rows of `pairs.csv`; an error where it has none.
+    fn read(pairs: &str, split: &str) -> Result<Velocities> {
+        let cols = [
+            "reward",
+            "split",
+            "velocity",
+            "velocity_identity",
+            "velocity_rest",
+            "whole_velocity",
+            "whole_velocity_half",
+        ];
+        let rows: Vec<Vec<String>> = table(pairs, "pairs.csv", &cols)?
+            .into_iter()
+            .filter(|r| r[1] == split)
+            .collect();
+        if rows.is_empty() {
+            bail!("pairs.csv has no rows of split {split:?}");
+        }
+        let (mut im, mut ex, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+        for r in &rows {
+            if !matches!(r[0].as_str(), "imrm" | "imrm_no_ref") {
+                ex.push(number(&r[2], "velocity")?);
+                continue;
+            }
+            let total = number(&r[2], "velocity")?;
+            im.push([
+                total,
+                number(&r[3], "velocity_identity")?,
+                number(&r[4], "velocity_rest")?,
+            ]);
+            if !r[5].is_empty() {
+                let (w, h) = (number(&r[5], "whole_velocity")?, number(&r[6], "whole")?);
+                whole.push(((4.0 * h - w) / 3.0, total));
+            }
+        }
+        whole.sort_by(|a: &(f64, f64), b| a.0.total_cmp(&b.0));
+        im.sort_by(|a: &[f64; 3], b| a[0].total_cmp(&b[0]));
+        ex.sort_by(f64::total_cmp);
+        Ok(Velocities { im, ex, whole })
+    }
+}
+
+/// A curve over the pairs' ranks.
+fn ranked(name: &str, color: usize, markers: bool, values: impl Iterator<Item = f64>) -> Series {
+    Series {
+        name: name.into(),
+        points: values.enumerate().map(|(k, v)| (k as f64, v)).collect(),
+        color,
+        markers,
+        dashed: false,
+        ..Default::default()
+    }
+}
+
+/// A panel of ranked curves, its legend upper left.
+fn ranked_panel(title: String, x_label: &str, y_label: &str, series: Vec<Series>) -> Panel {
+    let mut p = Panel::lines(&title, x_label, y_label, false, false, series);
+    p.legend = Legend::UpperLeft;
+    p
+}
+
+/// The IM-RM's predicted velocities: total, token-identity part, rest.
+fn imrm_panel(im: &[[f64; 3]], split: &str) -> Panel {
+    ranked_panel(
+        format!("IM-RM: predicted dm/dt on {split}"),
+        "pair (sorted by dm/dt)",
+        "β² ⟨G(y⁺) − G(y⁻), D⟩",
+        vec![
+            ranked("total", 0, false, im.iter().map(|x| x[0])),
+            ranked("token identity", 4, true, im.iter().map(|x| x[1])),
+            ranked("rest (softmax terms)", 5, true, im.iter().map(|x| x[2])),
+        ],
+    )
+}
+
+/// The IM-RM's whole-model velocity beside its unembedding part's.
+fn whole_panel(whole: &[(f64, f64)], split: &str) -> Panel {
+    ranked_panel(
+        format!("IM-RM: whole model vs unembedding on {split}"),
+        "pair (sorted by the whole model's dm/dt)",
+        "dm/dt along −∇L",
+        vec![
+            ranked(
+                "whole model (central differences)",
+                0,
+                false,
+                whole.iter().map(|x| x.0),
+            ),
+            ranked("unembedding part", 5, true, whole.iter().map(|x| x.1)),
+        ],
+    )
+}
+
+/// The EX-RM head's predicted velocities.
+fn exrm_panel(ex: &[f64], split: &str) -> Panel {
+    ranked_panel(
+        format!("EX-RM: predicted dm/dt on {split}"),
+        "pair (sorted by dm/dt)",
+        "⟨h⁺ − h⁻, Σ c_i z_i⟩",
+        vec![ranked("head", 1, true, ex.iter().copied())],
+    )
 }
 
 /// The 6 tokens with the largest |identity part| summed over the split's pairs (chosen
