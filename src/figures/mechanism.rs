@@ -247,3 +247,60 @@ fn token_panel(tokens: &str, split: &str, csv: &mut String) -> Result<Panel> {
         legend: Legend::UpperRight,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAIRS: &str = "reward,split,pair,velocity,velocity_identity,velocity_rest,whole_velocity,whole_velocity_half
+exrm,test,0,3.0,,,,
+exrm,test,1,-1.0,,,,
+exrm,other,0,99.0,,,,
+imrm,test,0,2.0,1.5,0.5,4.0,3.0
+imrm,test,1,-2.0,-1.0,-1.0,,
+";
+    const TOKENS: &str = "reward,split,token_id,velocity_identity,share,token
+imrm,test,5,-4.0,0.6,\"a,b\"
+imrm,test,6,1.0,0.1,Ġx
+exrm,test,7,9.0,0.3,y
+";
+
+    /// The split's velocities sorted, the whole model's by Richardson `(4 h − w) / 3` beside
+    /// the unembedding part's total; other splits and the EX-RM's tokens left out; an unknown
+    /// split refused.
+    #[test]
+    fn panels_hold_the_split_sorted() {
+        let data = mechanism(PAIRS, TOKENS, "test", "source").unwrap();
+        let titles: Vec<&str> = data
+            .figure
+            .panels
+            .iter()
+            .map(|p| p.title.as_str())
+            .collect();
+        assert_eq!(titles.len(), 4, "{titles:?}");
+        assert_eq!(data.figure.columns, 2);
+        let lines = |k: usize| match &data.figure.panels[k].content {
+            PanelContent::Lines(s) => s.clone(),
+            _ => panic!("panel {k} is not lines"),
+        };
+        let ys = |s: &Series| s.points.iter().map(|p| p.1).collect::<Vec<_>>();
+        let im = lines(0);
+        assert_eq!(ys(&im[0]), [-2.0, 2.0]);
+        assert_eq!(ys(&im[1]), [-1.0, 1.5]);
+        assert_eq!(ys(&im[2]), [-1.0, 0.5]);
+        let whole = lines(2);
+        assert_eq!(ys(&whole[0]), [(4.0 * 3.0 - 4.0) / 3.0]);
+        assert_eq!(ys(&whole[1]), [2.0]);
+        assert_eq!(ys(&lines(3)[0]), [-1.0, 3.0]);
+        let PanelContent::Bars { categories, .. } = &data.figure.panels[1].content else {
+            panic!("the token panel is not bars");
+        };
+        assert_eq!(categories, &["a,b 60%", "␣x 10%"]);
+        assert!(
+            data.csv.contains("tokens,imrm,,,-4,,,0.6,\"a,b\"\n"),
+            "{}",
+            data.csv
+        );
+        assert!(mechanism(PAIRS, TOKENS, "missing", "s").is_err());
+    }
+}
