@@ -358,19 +358,10 @@ fn pair_rewards_give_the_accuracies(out: &Path) {
         rows.len(),
         "one evaluation per metrics.csv row"
     );
+    // Wins and ties are counts: (wins + ties / 2) / n is exact in f64.
     let accuracy = |m: &[f64]| {
-        m.iter()
-            .map(|&x| {
-                if x > 0.0 {
-                    1.0
-                } else if x == 0.0 {
-                    0.5
-                } else {
-                    0.0
-                }
-            })
-            .sum::<f64>()
-            / m.len() as f64
+        let count = |f: fn(f64) -> bool| m.iter().filter(|&&x| f(x)).count() as f64;
+        (count(|x| x > 0.0) + 0.5 * count(|x| x == 0.0)) / m.len() as f64
     };
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1e-300);
     for row in rows {
