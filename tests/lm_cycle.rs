@@ -278,6 +278,7 @@ fn ham_cycle_runs_end_to_end_reproducibly() {
         "pretrain.csv",
         "pairs.jsonl",
         "pair_rewards.csv",
+        "token_rewards.csv",
         "config.toml",
         "reference/model.safetensors",
     ] {
@@ -310,6 +311,7 @@ fn ham_cycle_runs_end_to_end_reproducibly() {
         assert!(restricted < 1e-6, "{line}");
     }
     pair_rewards_give_the_accuracies(&a);
+    token_rewards_sum_to_the_margins(&a);
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["rmflow_version"], env!("CARGO_PKG_VERSION"));
@@ -393,6 +395,48 @@ fn pair_rewards_give_the_accuracies(out: &Path) {
             "mean test margin {mean}: {row}"
         );
     }
+}
+
+/// `token_rewards.csv` of the run in `out`: the IM-RM's reward is the sum of its response
+/// tokens' contributions, so over a split `Σ mean × count` of the chosen side less that of the
+/// rejected side, over the pairs, is `metrics.csv`'s mean margin (the test split's; every
+/// sequence distinct here, and 1e-9 relative for the sums' rounding). The EX-RM has no rows.
+fn token_rewards_sum_to_the_margins(out: &Path) {
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+    let (tokens, metrics) = (read("token_rewards.csv"), read("metrics.csv"));
+    let mut lines = tokens.lines();
+    assert_eq!(
+        lines.next(),
+        Some("reward,epoch,step,split,side,token,mean,count")
+    );
+    let mut sums: std::collections::BTreeMap<String, f64> = Default::default();
+    for line in lines {
+        let f = rmflow::io::csv::fields(line);
+        assert_eq!(f[0], "imrm", "{line}");
+        if f[3] == "test" {
+            let sign = if f[4] == "chosen" { 1.0 } else { -1.0 };
+            let (mean, count): (f64, f64) = (f[6].parse().unwrap(), f[7].parse().unwrap());
+            *sums.entry(f[1].clone()).or_default() += sign * mean * count;
+        }
+    }
+    let test_pairs = read("pairs.jsonl").matches("\"split\":\"test\"").count() as f64;
+    let mut checked = 0;
+    for row in metrics.lines().skip(1).filter(|l| l.starts_with("imrm,")) {
+        let f: Vec<&str> = row.split(',').collect();
+        let mean: f64 = f[6].parse().unwrap();
+        match sums.get(f[1]) {
+            Some(sum) => {
+                let got = sum / test_pairs;
+                assert!(
+                    (got - mean).abs() <= 1e-9 * mean.abs().max(1e-12),
+                    "{got} vs {row}"
+                );
+                checked += 1;
+            }
+            None => assert_eq!(mean, 0.0, "no token rows for a trained IM-RM: {row}"),
+        }
+    }
+    assert!(checked >= 2, "token rows of {checked} evaluations");
 }
 
 /// Bad configs: exit 2 naming the field, nothing written.

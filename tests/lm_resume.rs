@@ -322,6 +322,7 @@ fn killed_runs_resume_to_the_same_outputs() {
         );
         let checked = progress_refuses(&out, "--prompts", "ham-cycle");
         assert_eq!(progress_refuses(&out, "--pairs", "ham-cycle"), checked);
+        assert_eq!(progress_refuses(&out, "--tokens", "ham-cycle"), checked);
         refused |= checked;
         let o = recipe(&["--resume", out.to_str().unwrap()], None);
         assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
@@ -547,7 +548,8 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
     assert!(!checkpoints_of(&reference).exists(), "checkpoints left");
     let expected = contents(&reference);
     // IM-RM then EX-RM, 6 steps each; checkpoints after epochs 1 and 2 and after each model.
-    let (mut resumed, mut progress_rows, mut prompt_rows, mut pair_rows) = (0, 0, 0, 0);
+    let (mut resumed, mut progress_rows, mut prompt_rows) = (0, 0, 0);
+    let (mut pair_rows, mut token_rows) = (0, 0);
     let mut refused = false;
     for (tag, abort) in [
         ("step-1", "step:1"),
@@ -591,6 +593,14 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
             &["--pairs"],
             tag,
         );
+        token_rows += progress_matches(
+            &out,
+            &reference,
+            "token_rewards.csv",
+            &["reward", "epoch", "split", "side", "token"],
+            &["--tokens"],
+            tag,
+        );
         refused |= progress_refuses(&out, "--alignment", "lm-recipe");
         let o = ham_cycle(&["--resume", out.to_str().unwrap()], None);
         assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
@@ -605,6 +615,7 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
     assert!(progress_rows > 0, "lm-progress compared no row");
     assert!(prompt_rows > 0, "lm-progress --prompts compared no row");
     assert!(pair_rows > 0, "lm-progress --pairs compared no row");
+    assert!(token_rows > 0, "lm-progress --tokens compared no row");
     assert!(
         refused,
         "lm-progress --alignment was not tried on a checkpoint"

@@ -79,7 +79,8 @@ pub enum Command {
     /// A long run read before it ends (feature `lm`): the evaluations its newest checkpoint
     /// holds, as CSV on stdout (`lm-recipe`: metrics.csv's columns and a `status`, or with
     /// --alignment alignment.csv's; `ham-cycle`: metrics.csv's rows so far, or with --prompts
-    /// prompts.csv's, with --pairs pair_rewards.csv's). Reads no tensors.
+    /// prompts.csv's, --pairs pair_rewards.csv's, --tokens token_rewards.csv's). Reads no
+    /// tensors.
     #[cfg(feature = "lm")]
     #[command(name = "lm-progress", after_help = EXIT_CODES)]
     LmProgress(super::lm_progress::LmProgressArgs),

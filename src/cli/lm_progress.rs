@@ -1,6 +1,7 @@
 //! `rmflow lm-progress`: the evaluations a long run's newest checkpoint holds, as CSV on stdout,
 //! for reading the run before it ends (`lm-recipe`: `metrics.csv`'s or `alignment.csv`'s rows so
-//! far; `ham-cycle`: `metrics.csv`'s, `prompts.csv`'s or `pair_rewards.csv`'s).
+//! far; `ham-cycle`: `metrics.csv`'s, `prompts.csv`'s, `pair_rewards.csv`'s or
+//! `token_rewards.csv`'s).
 
 use super::stdout;
 use anyhow::Result;
@@ -20,12 +21,16 @@ pub struct LmProgressArgs {
     alignment: bool,
     /// ham-cycle runs: the IM-RM's per-prompt generations and masses (prompts.csv's columns)
     /// instead of the metrics.
-    #[arg(long, conflicts_with = "pairs")]
+    #[arg(long)]
     prompts: bool,
     /// ham-cycle runs: every pair's rewards at every evaluation (pair_rewards.csv's columns)
     /// instead of the metrics.
-    #[arg(long, conflicts_with = "alignment")]
+    #[arg(long, conflicts_with_all = ["alignment", "prompts"])]
     pairs: bool,
+    /// ham-cycle runs: the IM-RM's mean reward per response token at every evaluation
+    /// (token_rewards.csv's columns) instead of the metrics.
+    #[arg(long, conflicts_with_all = ["alignment", "prompts", "pairs"])]
+    tokens: bool,
 }
 
 pub fn run(a: LmProgressArgs) -> Result<()> {
@@ -38,11 +43,14 @@ pub fn run(a: LmProgressArgs) -> Result<()> {
         ))
         .into()
     };
-    let cycle_table = match (a.prompts, a.pairs) {
-        (true, _) => Some(("--prompts", ProgressTable::Prompts)),
-        (_, true) => Some(("--pairs", ProgressTable::Pairs)),
-        _ => None,
-    };
+    let cycle_table = [
+        (a.prompts, "--prompts", ProgressTable::Prompts),
+        (a.pairs, "--pairs", ProgressTable::Pairs),
+        (a.tokens, "--tokens", ProgressTable::Tokens),
+    ]
+    .into_iter()
+    .find(|t| t.0)
+    .map(|(_, flag, table)| (flag, table));
     let csv = match (recipe, a.alignment, cycle_table) {
         (true, _, Some((flag, _))) => return Err(only(flag, "ham-cycle")),
         (true, alignment, None) => rmflow::lm::recipe::output::progress_csv(&so_far, alignment)?,

@@ -1,6 +1,7 @@
 //! A run's files (layout in experiments/README.md): `config.toml`, `metrics.csv` (one row per
 //! reward model and evaluation), `prompts.csv` (the IM-RM's per-prompt generations and masses),
-//! `pair_rewards.csv` (every pair's rewards at every evaluation), `pretrain.csv`, `steps.csv`,
+//! `pair_rewards.csv` (every pair's rewards at every evaluation), `token_rewards.csv` (the
+//! IM-RM's reward per response token at every evaluation), `pretrain.csv`, `steps.csv`,
 //! `pairs.jsonl`, `summary.json`, and the checkpoints `initial/`
 //! and `reference/` (Hugging Face folders).
 
@@ -11,6 +12,7 @@ use crate::io::atomic::AtomicDir;
 use crate::lm::train::evaluate::Evaluation;
 use crate::lm::train::resume::RunSoFar;
 use crate::lm::train::reward::Reward;
+use crate::lm::train::sequences::Side;
 use crate::problem::hamiltonian::{count_cycle_orders, response};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -39,6 +41,8 @@ pub enum ProgressTable {
     Prompts,
     /// `pair_rewards.csv`'s rows: every pair's rewards at every evaluation so far.
     Pairs,
+    /// `token_rewards.csv`'s rows: the IM-RM's reward per response token at every evaluation.
+    Tokens,
 }
 
 /// The rows of `table` that a run's newest checkpoint holds (`rmflow lm-progress`; none before
@@ -59,19 +63,68 @@ pub fn progress_csv(so_far: &RunSoFar, table: ProgressTable) -> Result<String> {
                         so_far.state.display()
                     ))
                 })?;
-            let mut runs: Vec<(Reward, &[Evaluation])> = so_far
-                .finished
-                .iter()
-                .map(|r| (r.reward, r.evaluations.as_slice()))
-                .collect();
-            if let Some(p) = &so_far.current {
-                // The cycle trains the IM-RM, then the EX-RM ([`super::run::run_cycle`]).
-                let reward = [Reward::Imrm, Reward::Exrm][runs.len().min(1)];
-                runs.push((reward, p.evaluations.as_slice()));
-            }
+            let runs = evaluations_so_far(so_far);
             pair_rewards_table(&runs, file.data.train_pairs, file.data.test_pairs)?
         }
+        ProgressTable::Tokens => token_rewards_table(&evaluations_so_far(so_far)),
     })
+}
+
+/// Each reward model's evaluations in a run's newest checkpoint: the finished ones', then the
+/// one in training's (the cycle trains the IM-RM, then the EX-RM: [`super::run::run_cycle`]).
+fn evaluations_so_far(so_far: &RunSoFar) -> Vec<(Reward, &[Evaluation])> {
+    let mut runs: Vec<(Reward, &[Evaluation])> = so_far
+        .finished
+        .iter()
+        .map(|r| (r.reward, r.evaluations.as_slice()))
+        .collect();
+    if let Some(p) = &so_far.current {
+        let reward = [Reward::Imrm, Reward::Exrm][runs.len().min(1)];
+        runs.push((reward, p.evaluations.as_slice()));
+    }
+    runs
+}
+
+/// `token_rewards.csv`.
+fn token_rewards_csv(o: &CycleOutcome) -> String {
+    let runs: Vec<(Reward, &[Evaluation])> = o
+        .runs
+        .iter()
+        .map(|r| (r.reward, r.evaluations.as_slice()))
+        .collect();
+    token_rewards_table(&runs)
+}
+
+/// The IM-RM's mean reward contribution `β (ln π − ln π_ref)` per occurrence of each response
+/// token (by evaluation, split and side; `count`: its occurrences over the split's sequences),
+/// from the evaluations' [`implicit_tokens`](crate::lm::train::evaluate::SplitEvaluation):
+/// which tokens the training made more or less likely. The EX-RM has none.
+fn token_rewards_table(runs: &[(Reward, &[Evaluation])]) -> String {
+    let mut s = String::from("reward,epoch,step,split,side,token,mean,count\n");
+    for (reward, evaluations) in runs {
+        for e in evaluations.iter() {
+            for split in &e.splits {
+                for t in split.implicit_tokens.iter().flatten() {
+                    let side = match t.side {
+                        Side::Chosen => "chosen",
+                        Side::Rejected => "rejected",
+                    };
+                    let _ = writeln!(
+                        s,
+                        "{},{},{},{},{side},{},{:e},{}",
+                        reward.name(),
+                        e.epoch,
+                        e.step,
+                        split.accuracy.split,
+                        crate::io::csv::field(&t.token),
+                        t.mean,
+                        t.count
+                    );
+                }
+            }
+        }
+    }
+    s
 }
 
 /// `pair_rewards.csv`.
@@ -298,6 +351,7 @@ pub fn write_outputs(dir: &AtomicDir, o: &CycleOutcome, counted: &mut dyn FnMut(
     put("prompts.csv", &prompts_csv(o))?;
     put("steps.csv", &steps_csv(o))?;
     put("pair_rewards.csv", &pair_rewards_csv(o)?)?;
+    put("token_rewards.csv", &token_rewards_csv(o))?;
     let mut pre = String::from("step,loss\n");
     for s in &o.pretrain {
         let _ = writeln!(pre, "{},{}", s.step, s.loss);
