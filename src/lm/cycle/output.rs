@@ -9,6 +9,7 @@ use super::problem::pair_sequences;
 use super::run::{CycleEpoch, CycleOutcome, PromptRecord};
 use crate::error::InputError;
 use crate::io::atomic::AtomicDir;
+use crate::lm::train::epochs::TrainRun;
 use crate::lm::train::evaluate::Evaluation;
 use crate::lm::train::resume::RunSoFar;
 use crate::lm::train::reward::Reward;
@@ -48,13 +49,14 @@ pub enum ProgressTable {
 /// The rows of `table` that a run's newest checkpoint holds (`rmflow lm-progress`; none before
 /// the first evaluation).
 pub fn progress_csv(so_far: &RunSoFar, table: ProgressTable) -> Result<String> {
-    let (epochs, records) = match so_far.observed.as_deref() {
-        Some(bytes) => super::resume::recorded(bytes)?,
-        None => (Vec::new(), Vec::new()),
+    // The observer's records (metrics and prompts), decoded only for the tables they make.
+    let recorded = || match so_far.observed.as_deref() {
+        Some(bytes) => super::resume::recorded(bytes),
+        None => Ok((Vec::new(), Vec::new())),
     };
     Ok(match table {
-        ProgressTable::Metrics => metrics_table(&epochs),
-        ProgressTable::Prompts => prompts_table(&records),
+        ProgressTable::Metrics => metrics_table(&recorded()?.0),
+        ProgressTable::Prompts => prompts_table(&recorded()?.1),
         ProgressTable::Pairs => {
             let file: super::CycleFile = serde_json::from_value(so_far.identity["config"].clone())
                 .map_err(|e| {
@@ -73,11 +75,7 @@ pub fn progress_csv(so_far: &RunSoFar, table: ProgressTable) -> Result<String> {
 /// Each reward model's evaluations in a run's newest checkpoint: the finished ones', then the
 /// one in training's (the cycle trains the IM-RM, then the EX-RM: [`super::run::run_cycle`]).
 fn evaluations_so_far(so_far: &RunSoFar) -> Vec<(Reward, &[Evaluation])> {
-    let mut runs: Vec<(Reward, &[Evaluation])> = so_far
-        .finished
-        .iter()
-        .map(|r| (r.reward, r.evaluations.as_slice()))
-        .collect();
+    let mut runs = evaluations_of(&so_far.finished);
     if let Some(p) = &so_far.current {
         let reward = [Reward::Imrm, Reward::Exrm][runs.len().min(1)];
         runs.push((reward, p.evaluations.as_slice()));
@@ -85,14 +83,16 @@ fn evaluations_so_far(so_far: &RunSoFar) -> Vec<(Reward, &[Evaluation])> {
     runs
 }
 
+/// Each trained reward model's evaluations.
+fn evaluations_of(runs: &[TrainRun]) -> Vec<(Reward, &[Evaluation])> {
+    runs.iter()
+        .map(|r| (r.reward, r.evaluations.as_slice()))
+        .collect()
+}
+
 /// `token_rewards.csv`.
 fn token_rewards_csv(o: &CycleOutcome) -> String {
-    let runs: Vec<(Reward, &[Evaluation])> = o
-        .runs
-        .iter()
-        .map(|r| (r.reward, r.evaluations.as_slice()))
-        .collect();
-    token_rewards_table(&runs)
+    token_rewards_table(&evaluations_of(&o.runs))
 }
 
 /// The IM-RM's mean reward contribution `β (ln π − ln π_ref)` per occurrence of each response
@@ -129,12 +129,7 @@ fn token_rewards_table(runs: &[(Reward, &[Evaluation])]) -> String {
 
 /// `pair_rewards.csv`.
 fn pair_rewards_csv(o: &CycleOutcome) -> Result<String> {
-    let runs: Vec<(Reward, &[Evaluation])> = o
-        .runs
-        .iter()
-        .map(|r| (r.reward, r.evaluations.as_slice()))
-        .collect();
-    pair_rewards_table(&runs, o.train.len(), o.test.len())
+    pair_rewards_table(&evaluations_of(&o.runs), o.train.len(), o.test.len())
 }
 
 /// Every pair's rewards at every evaluation of each reward model in `runs` (its evaluations'
