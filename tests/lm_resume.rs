@@ -473,6 +473,78 @@ fn sigterm_while_scoring_stops_there_and_resumes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The scoring journals of `out`'s checkpoint folder (`scoring-*.cbor`), by name and size.
+fn journals(out: &Path) -> Vec<(String, u64)> {
+    let mut found: Vec<(String, u64)> = std::fs::read_dir(checkpoints_of(out))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with("scoring-"))
+                .map(|n| {
+                    let len = std::fs::metadata(checkpoints_of(out).join(&n))
+                        .unwrap()
+                        .len();
+                    (n, len)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// A run killed (abort, as SIGKILL) in the middle of a scoring pass (an evaluation, the IM-RM's
+/// reference pass) resumes it where it stopped: the chunks its journal holds are read back, not
+/// scored again, and the outputs equal an uninterrupted run's bit for bit, also when the kill
+/// cut the journal's last record short (the journal cut by hand here). Finished runs and
+/// finished passes leave no journal.
+#[test]
+fn a_killed_scoring_pass_resumes_where_it_stopped() {
+    let dir = temp("journal");
+    let model = model(&dir);
+    let mut f = RecipeFile::from_file(&small_recipe(&dir, 1e-3)).unwrap();
+    f.train.eval_batch = 4;
+    let config = dir.join("recipe-journal.toml");
+    std::fs::write(&config, toml::to_string(&f).unwrap()).unwrap();
+    let uninterrupted = dir.join("uninterrupted");
+    let o = start(&model, &config, &uninterrupted, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expected = contents(&uninterrupted);
+    // Chunk 3: the head EX-RM's first evaluation; later ones fall in the IM-RMs' reference
+    // passes and later evaluations (the names are checked below).
+    let mut passes = Vec::new();
+    for (n, cut) in [(3, false), (40, true), (120, false), (230, true)] {
+        let tag = format!("scored-chunk:{n}");
+        let out = dir.join(format!("chunk-{n}"));
+        let o = start(&model, &config, &out, Some(&tag));
+        assert!(!o.status.success(), "{tag}: the run was not aborted");
+        let found = journals(&out);
+        assert_eq!(found.len(), 1, "{tag}: journals {found:?}");
+        let (name, len) = &found[0];
+        if cut {
+            let path = checkpoints_of(&out).join(name);
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.set_len(len - 5).unwrap();
+        }
+        passes.push(name.clone());
+        let o = recipe(&["--resume", out.to_str().unwrap()], None);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{tag}: resume failed: {err}");
+        assert!(
+            err.contains("sequences read back from the scoring journal"),
+            "{tag}: {err}"
+        );
+        same_outputs(&contents(&out), &expected, &tag);
+        assert!(!checkpoints_of(&out).exists(), "{tag}: checkpoints left");
+    }
+    assert!(
+        passes.iter().any(|p| p.contains("-evaluation-after-step-"))
+            && passes.iter().any(|p| p.contains("-reference")),
+        "the kills hit {passes:?}: not both an evaluation and a reference pass"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_resume_with_another_config_or_model_is_refused_naming_it() {
     let dir = temp("refuse");

@@ -217,6 +217,10 @@ impl CycleBars {
                 s.step as u64,
                 &format!("epoch {} loss {:.4}", s.epoch, s.loss),
             ),
+            CycleEvent::Scored(r, done, of) => self
+                .bars
+                .bar(key(r), reward_bar(r))
+                .detail(&format!("{done} of {of} sequences scored")),
             CycleEvent::Resumed(r, done, msg) => {
                 let bar = self.bars.bar(key(r), reward_bar(r));
                 bar.advance_to(done as u64, &msg);

@@ -359,6 +359,9 @@ impl RecipeBars {
                 bar.advance_to(steps as u64, &msg);
                 bar.stage(&msg);
             }
+            recipe::TrainEvent::Scored { sequences, of } => {
+                bar.detail(&format!("{sequences} of {of} sequences scored"))
+            }
             recipe::TrainEvent::Evaluated { .. } => {}
         }
     }

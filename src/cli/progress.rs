@@ -31,6 +31,8 @@ struct PlainState {
     pos: u64,
     last_print: Instant,
     stage: String,
+    /// How far the stage has come (`1,200 of 3,200 sequences scored`), shown by the heartbeat.
+    detail: String,
     stage_start: Instant,
 }
 
@@ -56,6 +58,7 @@ pub fn progress_bar(label: &str, len: u64, unit: &'static str) -> Progress {
             pos: 0,
             last_print: Instant::now(),
             stage: "starting".into(),
+            detail: String::new(),
             stage_start: Instant::now(),
         }),
         done: AtomicBool::new(false),
@@ -91,9 +94,10 @@ impl Shared {
             {
                 s.last_print = Instant::now();
                 eprintln!(
-                    "rmflow {}: still {} ({:.0} s in this stage, {}/{} {}, {:.0} s elapsed)",
+                    "rmflow {}: still {}{} ({:.0} s in this stage, {}/{} {}, {:.0} s elapsed)",
                     self.label,
                     s.stage,
+                    s.detail,
                     s.stage_start.elapsed().as_secs_f64(),
                     s.pos,
                     self.len,
@@ -110,6 +114,7 @@ impl Progress {
     pub fn stage(&self, msg: &str) {
         let mut s = self.shared.lock();
         s.stage = msg.to_string();
+        s.detail.clear();
         s.stage_start = Instant::now();
         match &self.bar {
             Some(b) => b.set_message(msg.to_string()),
@@ -117,6 +122,17 @@ impl Progress {
                 s.last_print = Instant::now();
                 eprintln!("rmflow {}: {msg}", self.shared.label);
             }
+        }
+    }
+
+    /// How far the current stage has come, shown with it (by the heartbeat, or on the bar)
+    /// without a line of its own (the real-model runs' scoring passes).
+    #[cfg_attr(not(feature = "lm"), allow(dead_code))]
+    pub fn detail(&self, msg: &str) {
+        let mut s = self.shared.lock();
+        s.detail = format!(": {msg}");
+        if let Some(b) = &self.bar {
+            b.set_message(format!("{}{}", s.stage, s.detail));
         }
     }
 

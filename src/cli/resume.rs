@@ -23,7 +23,8 @@ pub struct CheckpointFlags {
     /// RUN_DIR.checkpoint/). The run's config and options default to its own; given, they must
     /// equal them (a difference is refused, naming it). The outputs equal an uninterrupted
     /// run's. SIGTERM stops a run with exit code 5: after its current step or evaluation with a
-    /// checkpoint, or at once while it scores sequences (resumed from its newest checkpoint).
+    /// checkpoint, or at once while it scores sequences (resumed from its newest checkpoint,
+    /// the sequences scored so far read back from the pass's journal).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<std::path::PathBuf>,
 }

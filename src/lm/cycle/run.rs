@@ -39,6 +39,9 @@ pub enum CycleEvent<'a> {
     Step(Reward, &'a TrainStep),
     /// One reward model's training resumed after this many optimizer steps, with its message.
     Resumed(Reward, usize, String),
+    /// A scoring pass of one reward model (an evaluation, the reference log-probabilities) has
+    /// this many of its sequences scored, of so many.
+    Scored(Reward, usize, usize),
 }
 
 /// One evaluation of one reward model.
@@ -351,6 +354,10 @@ impl RewardRun<'_> {
                 }
                 TrainEvent::Step(s) => {
                     on_event(CycleEvent::Step(reward, s));
+                    Ok(())
+                }
+                TrainEvent::Scored { sequences, of } => {
+                    on_event(CycleEvent::Scored(reward, sequences, of));
                     Ok(())
                 }
                 e @ TrainEvent::Resumed { steps, .. } => {

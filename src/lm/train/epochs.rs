@@ -3,6 +3,7 @@
 //! split evaluated before the first epoch, every `eval_every_epochs` epochs and after the last.
 //! The recipe (`lm-recipe`) and the Hamiltonian-cycle experiment are its data sources.
 
+use super::journal::{Journal, Pass};
 use super::resume::{state_tensors, test_hook, Checkpoints, Progress, Saved};
 use crate::lm::model::language_model::LanguageModel;
 use crate::lm::train::alignment;
@@ -59,6 +60,9 @@ pub enum TrainEvent<'a> {
     },
     /// An optimizer step done.
     Step(&'a TrainStep),
+    /// A scoring pass (an evaluation, the reference log-probabilities) has `sequences` of its
+    /// `of` sequences scored.
+    Scored { sequences: usize, of: usize },
     /// An evaluation done (before training and after each evaluated epoch): every sequence's
     /// reward (index as in the problem's sequences) and the model as it stands, for what an
     /// observer measures beyond the splits' accuracies (generation, exact probabilities).
@@ -435,24 +439,30 @@ impl Session<'_> {
             )))?;
             let left = order.chunks(t.pairs_per_step).skip(p.steps_in_epoch);
             self.steps(left, epoch, &mut p, optimizers, checkpoints, on_event)?;
-            if epoch % t.eval_every_epochs == 0 || epoch == t.epochs {
+            let evaluated = epoch % t.eval_every_epochs == 0 || epoch == t.epochs;
+            if evaluated {
                 // An evaluation can take as long as the epoch's steps (large evaluation sets):
                 // a run killed during it resumes at the evaluation, its steps kept (the
                 // epoch's steps all done, so the resumed loop goes straight to evaluating).
                 if checkpoints.due(epoch) {
                     self.save(&p, optimizers, checkpoints)?;
                 }
-                let (c, r) = self.evaluate(epoch, p.history.len(), on_event)?;
+                let (c, r) = self.evaluate(epoch, p.history.len(), checkpoints, on_event)?;
                 p.evaluations.push(c);
                 p.rewards = r;
             }
             (p.epoch, p.steps_in_epoch) = (epoch + 1, 0);
             // After the last epoch the run records the finished reward model (and stops at the
             // next one's first interrupt point).
+            if epoch < t.epochs && (checkpoints.due(epoch) || checkpoints.stop_requested()) {
+                self.save(&p, optimizers, checkpoints)?;
+            }
+            // The evaluation's scoring journal, once the checkpoint holds what it scored (or
+            // where none is written now: a kill then replays the steps and scores again).
+            if evaluated {
+                self.journal(p.history.len(), checkpoints).remove();
+            }
             if epoch < t.epochs {
-                if checkpoints.due(epoch) || checkpoints.stop_requested() {
-                    self.save(&p, optimizers, checkpoints)?;
-                }
                 stop_if_requested(checkpoints, &format!("after epoch {epoch}"))?;
             }
         }
@@ -468,7 +478,7 @@ impl Session<'_> {
         checkpoints: &mut dyn Checkpoints,
         on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Result<Progress> {
-        let (first, rewards) = self.evaluate(0, 0, on_event)?;
+        let (first, rewards) = self.evaluate(0, 0, checkpoints, on_event)?;
         let p = Progress {
             epoch: 1,
             steps_in_epoch: 0,
@@ -481,6 +491,7 @@ impl Session<'_> {
         if checkpoints.due(0) || checkpoints.stop_requested() {
             self.save(&p, optimizers, checkpoints)?;
         }
+        self.journal(0, checkpoints).remove();
         stop_if_requested(checkpoints, "after the first evaluation")?;
         Ok(p)
     }
@@ -541,11 +552,31 @@ impl Session<'_> {
         }
     }
 
-    /// Every split scored after `epoch` (`step` optimizer steps); the rewards of every sequence.
+    /// The scoring pass of the evaluation after `step` optimizer steps, journaled where
+    /// `checkpoints` keeps files.
+    fn pass<'e>(
+        &self,
+        step: usize,
+        checkpoints: &dyn Checkpoints,
+        on_event: &'e mut dyn FnMut(TrainEvent) -> Result<()>,
+    ) -> Pass<'e> {
+        let (reward, mode) = (self.reward.name(), self.mode.name());
+        let name = format!("{reward}-{mode}-evaluation-after-step-{step:06}");
+        Pass::kept(name, checkpoints, on_event)
+    }
+
+    /// The journal of the evaluation after `step` optimizer steps.
+    fn journal(&self, step: usize, checkpoints: &dyn Checkpoints) -> Journal {
+        self.pass(step, checkpoints, &mut |_| Ok(())).journal()
+    }
+
+    /// Every split scored after `epoch` (`step` optimizer steps), its scoring journaled where
+    /// `checkpoints` keeps files; the rewards of every sequence.
     fn evaluate(
         &self,
         epoch: usize,
         step: usize,
+        checkpoints: &dyn Checkpoints,
         on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Result<(Evaluation, Vec<f64>)> {
         on_event(TrainEvent::Stage(format!(
@@ -558,9 +589,9 @@ impl Session<'_> {
         } else {
             self.scorer.score_all(
                 self.eval_seqs,
-                &self.u_now(),
-                self.head.as_tensor(),
+                (&self.u_now(), self.head.as_tensor()),
                 self.eval_reference,
+                &mut self.pass(step, checkpoints, &mut *on_event),
             )?
         };
         let seconds = start.elapsed().as_secs_f64();

@@ -9,7 +9,7 @@ use crate::lm::train::features::{
     by_length, per_sequence_sum, prompt_chunks, shared_prompt_features, token_logprobs, Features,
     FrozenFeatures, Need,
 };
-use crate::lm::train::resume::interrupt_point;
+use crate::lm::train::journal::Pass;
 use crate::lm::train::reward::Reward;
 use crate::lm::train::sequences::PreferenceProblem;
 use crate::lm::train::sequences::ScoredSequence;
@@ -311,16 +311,17 @@ impl Scorer<'_> {
     }
 
     /// `ln π` of every scored token of every sequence, f64 (no gradient), through the
-    /// inference kernels.
+    /// inference kernels, as the scoring pass `pass`.
     pub(crate) fn token_logprob_table(
         &self,
         seqs: &[ScoredSequence],
         u: &Tensor,
+        pass: &mut Pass,
     ) -> Result<Vec<Vec<f64>>> {
         let all: Vec<usize> = (0..seqs.len()).collect();
         let mut table = vec![Vec::new(); seqs.len()];
         let chunks = prompt_chunks(seqs, &by_length(seqs, &all), self.batch);
-        for (i, lp) in self.logprob_table(seqs, &chunks, u, Kernels::Inference)? {
+        for (i, lp) in self.logprob_table(seqs, &chunks, u, Kernels::Inference, pass)? {
             table[i] = lp;
         }
         Ok(table)
@@ -328,23 +329,22 @@ impl Scorer<'_> {
 
     /// `ln π` of every scored token of the sequences of each chunk (one forward per chunk),
     /// f64, by sequence index in chunk order (no gradient kept), through `kernels`
-    /// (differentiable: exactly as the training step scores the same chunks). A sequence's
-    /// values depend on its chunk only through f32 rounding; the same chunks give the same bits.
+    /// (differentiable: exactly as the training step scores the same chunks), as the scoring
+    /// pass `pass`. A sequence's values depend on its chunk only through f32 rounding; the same
+    /// chunks give the same bits.
     pub(crate) fn logprob_table(
         &self,
         seqs: &[ScoredSequence],
         chunks: &[Vec<usize>],
         u: &Tensor,
         kernels: Kernels,
+        pass: &mut Pass,
     ) -> Result<Vec<(usize, Vec<f64>)>> {
-        let mut out = Vec::with_capacity(chunks.iter().map(Vec::len).sum());
-        for chunk in chunks {
-            interrupt_point("scoring sequences")?;
+        pass.run(chunks, |chunk| {
             let f = self.features_through(seqs, chunk, kernels)?;
             let lp = token_logprobs(&f, u)?.detach().to_vec1::<f32>()?;
-            out.extend(chunk.iter().copied().zip(per_sequence(&lp, seqs, chunk)));
-        }
-        Ok(out)
+            Ok(per_sequence(&lp, seqs, chunk))
+        })
     }
 
     /// The IM-RM's scores before any optimizer step: the policy is the reference, so every
@@ -365,16 +365,17 @@ impl Scorer<'_> {
     }
 
     /// Rewards of every sequence (f64) and, for the IM-RMs, each token's contribution
-    /// `β (ln π − ln π_ref)`, for the EX-RM the representations its head reads (no gradient).
+    /// `β (ln π − ln π_ref)`, for the EX-RM the representations its head reads (no gradient),
+    /// as the scoring pass `pass`.
     pub(crate) fn score_all(
         &self,
         seqs: &[ScoredSequence],
-        u: &Tensor,
-        head: &Tensor,
+        (u, head): (&Tensor, &Tensor),
         reference: &[Vec<f64>],
+        pass: &mut Pass,
     ) -> Result<Scores> {
         if self.reward.is_implicit() {
-            let now = self.token_logprob_table(seqs, u)?;
+            let now = self.token_logprob_table(seqs, u, pass)?;
             let parts: Vec<Vec<f64>> = now
                 .iter()
                 .zip(reference)
@@ -387,24 +388,25 @@ impl Scorer<'_> {
             });
         }
         let all: Vec<usize> = (0..seqs.len()).collect();
-        let mut out = vec![0.0; seqs.len()];
         let keep_last = self.reward == Reward::Exrm;
+        let chunks = prompt_chunks(seqs, &by_length(seqs, &all), self.batch);
+        // Each sequence's reward and, for the EX-RM, its last-token representation.
+        let scored = pass.run(&chunks, |idx| {
+            let f = self.features_through(seqs, idx, Kernels::Inference)?;
+            let r = self.rewards(&f, seqs, idx, u, head, reference)?;
+            let r = r.detach().to_vec1::<f32>()?.into_iter().map(f64::from);
+            let last: Vec<Vec<f64>> = match keep_last {
+                true => f.last.to_vec2::<f32>()?.iter().map(|h| to_f64(h)).collect(),
+                false => vec![Vec::new(); idx.len()],
+            };
+            Ok(r.zip(last).collect::<Vec<(f64, Vec<f64>)>>())
+        })?;
+        let mut out = vec![0.0; seqs.len()];
         let mut last = Array2::zeros((if keep_last { seqs.len() } else { 0 }, self.lm.dim));
-        for idx in prompt_chunks(seqs, &by_length(seqs, &all), self.batch) {
-            interrupt_point("scoring sequences")?;
-            let f = self.features_through(seqs, &idx, Kernels::Inference)?;
-            let r = self.rewards(&f, seqs, &idx, u, head, reference)?;
-            for (&i, v) in idx.iter().zip(r.detach().to_vec1::<f32>()?) {
-                out[i] = f64::from(v);
-            }
+        for (i, (r, h)) in scored {
+            out[i] = r;
             if keep_last {
-                for (&i, h) in idx.iter().zip(f.last.to_vec2::<f32>()?) {
-                    last.row_mut(i).assign(
-                        &h.iter()
-                            .map(|&x| f64::from(x))
-                            .collect::<ndarray::Array1<f64>>(),
-                    );
-                }
+                last.row_mut(i).assign(&ndarray::ArrayView1::from(&h));
             }
         }
         Ok(Scores {
@@ -413,6 +415,10 @@ impl Scorer<'_> {
             last: keep_last.then_some(last),
         })
     }
+}
+
+fn to_f64(x: &[f32]) -> Vec<f64> {
+    x.iter().map(|&v| f64::from(v)).collect()
 }
 
 /// The per-token values `lp` of the sequences `idx` (concatenated in `idx` order) cut back into
@@ -465,7 +471,7 @@ mod tests {
         };
         let u0 = lm.unembedding().clone();
         let reference = scorer
-            .token_logprob_table(&problem.sequences, &u0)
+            .token_logprob_table(&problem.sequences, &u0, &mut Pass::plain())
             .expect("reference");
         let dropped = flush::evaluation_drops(&problem.sequences, &problem.eval_batches);
         assert!(
@@ -476,7 +482,7 @@ mod tests {
         let head = Tensor::zeros(lm.dim, candle_core::DType::F32, &lm.device).expect("head");
         for (seqs, reference) in [(&problem.sequences, &reference), (&cut, &cut_reference)] {
             let forward = scorer
-                .score_all(seqs, &u0, &head, reference)
+                .score_all(seqs, (&u0, &head), reference, &mut Pass::plain())
                 .expect("scores");
             let shortcut = scorer.untrained_implicit(seqs);
             assert_eq!(shortcut.rewards.len(), forward.rewards.len());

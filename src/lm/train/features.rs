@@ -5,6 +5,7 @@
 use crate::lm::model::language_model::LanguageModel;
 use crate::lm::nets::kernels::Kernels;
 use crate::lm::train::evaluate::Scorer;
+use crate::lm::train::journal::Pass;
 use crate::lm::train::reward::Reward;
 use crate::lm::train::sequences::ScoredSequence;
 use anyhow::Result;
@@ -399,7 +400,7 @@ pub fn response_token_logprobs(
         batch: batch.max(1),
         yes_no: None,
     };
-    scorer.token_logprob_table(seqs, lm.unembedding())
+    scorer.token_logprob_table(seqs, lm.unembedding(), &mut Pass::plain())
 }
 
 /// The EX-RM's representation of each sequence: `h` at its last response token, f64 `[n, D]`.

@@ -8,7 +8,9 @@
 //! - [`reward`]: the reward models (IM-RM, EX-RM, their variants) and what each reads.
 //! - [`features`]: what a reward reads from the transformer, live or frozen; [`flush`]: the
 //!   official code's last-token drop, off unless asked for.
-//! - [`reference`]: the IM-RM's `ln π_ref` tables, kept beside a run's checkpoints.
+//! - [`reference`]: the IM-RM's `ln π_ref` tables, kept beside a run's checkpoints;
+//!   [`journal`]: a scoring pass's chunks kept as they are scored, so that a kill does not
+//!   restart it.
 //! - [`loss`], [`adamw`], [`optimizers`], [`shuffle`]: the loss, the optimizer, the pairs' order.
 //! - [`epochs`]: the epoch loop; [`evaluate`]: every split scored at an evaluation; [`alignment`]:
 //!   how far the EX-RM's representations carry the preference (footnote 3); [`resume`]: the
@@ -21,6 +23,7 @@ pub mod epochs;
 pub mod evaluate;
 pub mod features;
 pub mod flush;
+pub(crate) mod journal;
 pub mod loss;
 pub mod optimizers;
 pub mod reference;

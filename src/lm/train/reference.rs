@@ -7,6 +7,7 @@
 
 use super::epochs::{Mode, Settings, TrainEvent};
 use super::evaluate::Scorer;
+use super::journal::Pass;
 use super::resume::{replace_file, Checkpoints};
 use super::reward::Reward;
 use super::sequences::{PreferenceProblem, ScoredSequence};
@@ -40,9 +41,9 @@ impl ReferenceTables {
         on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Result<ReferenceTables> {
         let seqs = problem.scored_sequences(scorer.reward)?;
-        let name = format!("reference-{}-{}.cbor", scorer.reward.name(), mode.name());
+        let file = format!("reference-{}-{}.cbor", scorer.reward.name(), mode.name());
         let kept = match scorer.reward {
-            Reward::Imrm => checkpoints.kept_path(&name),
+            Reward::Imrm => checkpoints.kept_path(&file),
             _ => None,
         };
         if let Some(path) = kept.as_deref().filter(|p| p.is_file()) {
@@ -52,11 +53,21 @@ impl ReferenceTables {
             )))?;
             return ReferenceTables::read(path, seqs, mode);
         }
-        let all = all_sequences(scorer, seqs, u0, on_event)?;
+        // Both passes journaled until the tables are kept (a kill during the second resumes
+        // with the first's values read back).
+        let name = |what: &str| format!("{}-{}-{what}", scorer.reward.name(), mode.name());
+        let mut all_pass = Pass::kept(name("reference"), checkpoints, &mut *on_event);
+        let all = all_sequences(scorer, seqs, u0, &mut all_pass)?;
+        let all_journal = all_pass.journal();
+        let mut training_pass = Pass::kept(name("reference-training"), checkpoints, on_event);
         let training = match (scorer.reward, mode) {
-            (Reward::Imrm, Mode::Full) => {
-                Some(training(scorer, settings, problem, seqs, u0, &all)?)
-            }
+            (Reward::Imrm, Mode::Full) => Some(training(
+                scorer,
+                settings,
+                problem,
+                (seqs, u0, &all),
+                &mut training_pass,
+            )?),
             _ => None,
         };
         let tables = ReferenceTables { all, training };
@@ -66,6 +77,8 @@ impl ReferenceTables {
                 .map_err(|e| anyhow::anyhow!("cannot encode the reference tables: {e}"))?;
             replace_file(&path, &bytes)?;
         }
+        all_journal.remove();
+        training_pass.finish();
         Ok(tables)
     }
 
@@ -122,14 +135,14 @@ fn all_sequences(
     scorer: &Scorer,
     seqs: &[ScoredSequence],
     u0: &Tensor,
-    on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
+    pass: &mut Pass,
 ) -> Result<Vec<Vec<f64>>> {
     Ok(match scorer.reward {
         Reward::Imrm => {
-            on_event(TrainEvent::Stage(
+            pass.event(TrainEvent::Stage(
                 "reference log-probabilities of every sequence".into(),
             ))?;
-            scorer.token_logprob_table(seqs, u0)?
+            scorer.token_logprob_table(seqs, u0, pass)?
         }
         Reward::ImrmNoRef => seqs
             .iter()
@@ -148,9 +161,8 @@ fn training(
     scorer: &Scorer,
     settings: Settings,
     problem: &PreferenceProblem,
-    seqs: &[ScoredSequence],
-    u0: &Tensor,
-    reference: &[Vec<f64>],
+    (seqs, u0, reference): (&[ScoredSequence], &Tensor, &[Vec<f64>]),
+    pass: &mut Pass,
 ) -> Result<Vec<Vec<f64>>> {
     let t = settings.train;
     let order = epoch_orders(settings.seed, problem.splits[0].chosen.len())
@@ -164,7 +176,7 @@ fn training(
     let mut table = reference.to_vec();
     let mut done = vec![false; seqs.len()];
     // A sequence in several pairs keeps the values of its first micro-batch (step 1's first).
-    for (i, lp) in scorer.logprob_table(seqs, &chunks, u0, Kernels::Autograd)? {
+    for (i, lp) in scorer.logprob_table(seqs, &chunks, u0, Kernels::Autograd, pass)? {
         if !std::mem::replace(&mut done[i], true) {
             table[i] = lp;
         }
