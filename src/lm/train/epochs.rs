@@ -556,18 +556,19 @@ impl Session<'_> {
     /// `checkpoints` keeps files.
     fn pass<'e>(
         &self,
-        step: usize,
+        (epoch, step): (usize, usize),
         checkpoints: &dyn Checkpoints,
         on_event: &'e mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Pass<'e> {
         let (reward, mode) = (self.reward.name(), self.mode.name());
         let name = format!("{reward}-{mode}-evaluation-after-step-{step:06}");
-        Pass::kept(name, checkpoints, on_event)
+        let stage = format!("evaluating every split after epoch {epoch}");
+        Pass::kept((name, &stage), checkpoints, on_event)
     }
 
     /// The journal of the evaluation after `step` optimizer steps.
     fn journal(&self, step: usize, checkpoints: &dyn Checkpoints) -> Journal {
-        self.pass(step, checkpoints, &mut |_| Ok(())).journal()
+        self.pass((0, step), checkpoints, &mut |_| Ok(())).journal()
     }
 
     /// Every split scored after `epoch` (`step` optimizer steps), its scoring journaled where
@@ -579,9 +580,8 @@ impl Session<'_> {
         checkpoints: &dyn Checkpoints,
         on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Result<(Evaluation, Vec<f64>)> {
-        on_event(TrainEvent::Stage(format!(
-            "evaluating every split after epoch {epoch}"
-        )))?;
+        let mut pass = self.pass((epoch, step), checkpoints, &mut *on_event);
+        pass.begin()?;
         let start = std::time::Instant::now();
         let untrained = step == 0 && self.reward == Reward::Imrm;
         let scores = if untrained {
@@ -591,9 +591,10 @@ impl Session<'_> {
                 self.eval_seqs,
                 (&self.u_now(), self.head.as_tensor()),
                 self.eval_reference,
-                &mut self.pass(step, checkpoints, &mut *on_event),
+                &mut pass,
             )?
         };
+        drop(pass);
         let seconds = start.elapsed().as_secs_f64();
         let rewards = scores.rewards;
         if let Some(i) = rewards.iter().position(|r| !r.is_finite()) {

@@ -46,6 +46,8 @@ type Report<'e> = &'e mut dyn FnMut(TrainEvent) -> Result<()>;
 pub(crate) struct Pass<'e> {
     /// Names the pass in the journal's header and file name (reward model, mode, what is scored).
     name: String,
+    /// The stage the pass is, as progress shows it (`evaluating every split after epoch 2`).
+    stage: String,
     journal: Option<PathBuf>,
     report: Option<Report<'e>>,
 }
@@ -55,17 +57,23 @@ impl<'e> Pass<'e> {
     pub(crate) fn plain() -> Pass<'static> {
         Pass {
             name: String::new(),
+            stage: String::new(),
             journal: None,
             report: None,
         }
     }
 
-    /// The pass `name` (`exrm-full-evaluation-after-step-000014`), journaled where `checkpoints`
-    /// keeps files.
-    pub(crate) fn kept(name: String, checkpoints: &dyn Checkpoints, report: Report<'e>) -> Self {
+    /// The pass `name` (`exrm-full-evaluation-after-step-000014`) of the progress stage `stage`,
+    /// journaled where `checkpoints` keeps files.
+    pub(crate) fn kept(
+        (name, stage): (String, &str),
+        checkpoints: &dyn Checkpoints,
+        report: Report<'e>,
+    ) -> Self {
         let journal = checkpoints.kept_path(&format!("scoring-{name}.cbor"));
         Pass {
             name,
+            stage: stage.to_string(),
             journal,
             report: Some(report),
         }
@@ -87,7 +95,8 @@ impl<'e> Pass<'e> {
         let (mut out, done, mut writer) = self.open(&header, chunks)?;
         if done > 0 {
             self.event(TrainEvent::Stage(format!(
-                "{} of {total} sequences read back from the scoring journal",
+                "{}, resumed: {} of {total} sequences read back from the scoring journal",
+                self.stage,
                 out.len()
             )))?;
         }
@@ -125,8 +134,13 @@ impl<'e> Pass<'e> {
         Journal(self.journal)
     }
 
+    /// Reports the pass's stage as started.
+    pub(crate) fn begin(&mut self) -> Result<()> {
+        self.event(TrainEvent::Stage(self.stage.clone()))
+    }
+
     /// Reports `e` where the pass reports.
-    pub(crate) fn event(&mut self, e: TrainEvent) -> Result<()> {
+    fn event(&mut self, e: TrainEvent) -> Result<()> {
         match self.report.as_mut() {
             Some(report) => report(e),
             None => Ok(()),

@@ -56,10 +56,12 @@ impl ReferenceTables {
         // Both passes journaled until the tables are kept (a kill during the second resumes
         // with the first's values read back).
         let name = |what: &str| format!("{}-{}-{what}", scorer.reward.name(), mode.name());
-        let mut all_pass = Pass::kept(name("reference"), checkpoints, &mut *on_event);
+        let all_stage = (name("reference"), ALL_STAGE);
+        let mut all_pass = Pass::kept(all_stage, checkpoints, &mut *on_event);
         let all = all_sequences(scorer, seqs, u0, &mut all_pass)?;
         let all_journal = all_pass.journal();
-        let mut training_pass = Pass::kept(name("reference-training"), checkpoints, on_event);
+        let training_stage = (name("reference-training"), TRAINING_STAGE);
+        let mut training_pass = Pass::kept(training_stage, checkpoints, on_event);
         let training = match (scorer.reward, mode) {
             (Reward::Imrm, Mode::Full) => Some(training(
                 scorer,
@@ -128,6 +130,11 @@ impl ReferenceTables {
     }
 }
 
+/// The reference passes' progress stages.
+const ALL_STAGE: &str = "reference log-probabilities of every sequence";
+const TRAINING_STAGE: &str =
+    "reference log-probabilities of the training pairs as training scores them";
+
 /// `ln π_ref` of every response token of every sequence (the IM-RM), as evaluation scores them
 /// through `u0`; zeros for the IM-RM without reference (the same sums with `ln π_ref = 0`);
 /// empty rows for the rewards that read none.
@@ -139,9 +146,7 @@ fn all_sequences(
 ) -> Result<Vec<Vec<f64>>> {
     Ok(match scorer.reward {
         Reward::Imrm => {
-            pass.event(TrainEvent::Stage(
-                "reference log-probabilities of every sequence".into(),
-            ))?;
+            pass.begin()?;
             scorer.token_logprob_table(seqs, u0, pass)?
         }
         Reward::ImrmNoRef => seqs
