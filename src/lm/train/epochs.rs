@@ -491,7 +491,9 @@ impl Session<'_> {
         if checkpoints.due(0) || checkpoints.stop_requested() {
             self.save(&p, optimizers, checkpoints)?;
         }
-        self.journal(0, checkpoints).remove();
+        if !self.untrained(0) {
+            self.journal(0, checkpoints).remove();
+        }
         stop_if_requested(checkpoints, "after the first evaluation")?;
         Ok(p)
     }
@@ -560,15 +562,25 @@ impl Session<'_> {
         checkpoints: &dyn Checkpoints,
         on_event: &'e mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Pass<'e> {
-        let (reward, mode) = (self.reward.name(), self.mode.name());
-        let name = format!("{reward}-{mode}-evaluation-after-step-{step:06}");
         let stage = format!("evaluating every split after epoch {epoch}");
-        Pass::kept((name, &stage), checkpoints, on_event)
+        Pass::kept((self.evaluation(step), &stage), checkpoints, on_event)
+    }
+
+    /// The name of the evaluation after `step` optimizer steps, as its journal knows it.
+    fn evaluation(&self, step: usize) -> String {
+        let (reward, mode) = (self.reward.name(), self.mode.name());
+        format!("{reward}-{mode}-evaluation-after-step-{step:06}")
     }
 
     /// The journal of the evaluation after `step` optimizer steps.
     fn journal(&self, step: usize, checkpoints: &dyn Checkpoints) -> Journal {
-        self.pass((0, step), checkpoints, &mut |_| Ok(())).journal()
+        Journal::of(&self.evaluation(step), checkpoints)
+    }
+
+    /// Whether the evaluation after `step` optimizer steps is the IM-RM's before training, whose
+    /// rewards are all 0 without a forward (`π = π_ref`), so that it runs no scoring pass.
+    fn untrained(&self, step: usize) -> bool {
+        step == 0 && self.reward == Reward::Imrm
     }
 
     /// Every split scored after `epoch` (`step` optimizer steps), its scoring journaled where
@@ -583,8 +595,7 @@ impl Session<'_> {
         let mut pass = self.pass((epoch, step), checkpoints, &mut *on_event);
         pass.begin()?;
         let start = std::time::Instant::now();
-        let untrained = step == 0 && self.reward == Reward::Imrm;
-        let scores = if untrained {
+        let scores = if self.untrained(step) {
             self.scorer.untrained_implicit(self.eval_seqs)
         } else {
             self.scorer.score_all(
@@ -625,7 +636,7 @@ impl Session<'_> {
                 representation_alignment,
                 rewards: rewards.clone(),
                 seconds,
-                tokens: if untrained {
+                tokens: if self.untrained(step) {
                     0
                 } else {
                     self.eval_seqs.iter().map(|q| q.ids.len()).sum()

@@ -70,7 +70,7 @@ impl<'e> Pass<'e> {
         checkpoints: &dyn Checkpoints,
         report: Report<'e>,
     ) -> Self {
-        let journal = checkpoints.kept_path(&format!("scoring-{name}.cbor"));
+        let Journal(journal) = Journal::of(&name, checkpoints);
         Pass {
             name,
             stage: stage.to_string(),
@@ -191,6 +191,11 @@ impl<'e> Pass<'e> {
 pub(crate) struct Journal(Option<PathBuf>);
 
 impl Journal {
+    /// The journal of the pass `name`, where `checkpoints` keeps files (none where it keeps none).
+    pub(crate) fn of(name: &str, checkpoints: &dyn Checkpoints) -> Journal {
+        Journal(checkpoints.kept_path(&format!("scoring-{name}.cbor")))
+    }
+
     pub(crate) fn remove(self) {
         if let Some(path) = self.0 {
             let _ = std::fs::remove_file(path);
