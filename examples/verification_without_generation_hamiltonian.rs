@@ -3,8 +3,7 @@
 //! training of `rmflow ham-cycle` runs (default: the committed runs under
 //! `experiments/results/ham_cycle/`: `n6` and `n10` from scratch, `smollm2_n6_lr1e-6`,
 //! `smollm2_n6_lr1e-5` and the official size `smollm2_n10` on a pretrained SmolLM2, where
-//! present; while that run goes on, its rows so far, `smollm2_n10/partial`, drawn as
-//! "smollm2_n10 so far"), into
+//! present), into
 //! figures/verification_without_generation_hamiltonian.
 //! Reads the runs' `metrics.csv` only; the runs' commands are in
 //! experiments/results/ham_cycle/README.md.
@@ -18,32 +17,22 @@ fn main() -> anyhow::Result<()> {
             "smollm2_n6_lr1e-6",
             "smollm2_n6_lr1e-5",
             "smollm2_n10",
-            "smollm2_n10/partial",
         ]
         .iter()
         .map(|d| format!("experiments/results/ham_cycle/{d}"))
         .collect();
     }
     rmflow::figures::run_example("verification_without_generation_hamiltonian", || {
-        let has_metrics = |d: &std::path::Path| d.join("metrics.csv").is_file();
         let runs = dirs
             .iter()
             .map(std::path::Path::new)
-            .filter(|d| has_metrics(d))
-            // A run's rows so far (`partial/`, `rmflow lm-progress`) only until it has finished.
-            .filter(|d| !(d.ends_with("partial") && d.parent().is_some_and(has_metrics)))
+            .filter(|d| d.join("metrics.csv").is_file())
             .map(|d| {
                 let text = std::fs::read_to_string(d.join("metrics.csv"))
                     .map_err(|e| anyhow::anyhow!("{}/metrics.csv: {e}", d.display()))?;
-                let name = |p: &std::path::Path| {
-                    p.file_name().map_or(p.display().to_string(), |n| {
-                        n.to_string_lossy().into_owned()
-                    })
-                };
-                let label = match (d.ends_with("partial"), d.parent()) {
-                    (true, Some(run)) => format!("{} so far", name(run)),
-                    _ => name(d),
-                };
+                let label = d.file_name().map_or(d.display().to_string(), |n| {
+                    n.to_string_lossy().into_owned()
+                });
                 Ok((label, text))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

@@ -329,6 +329,7 @@ fn killed_runs_resume_to_the_same_outputs() {
         // The progress display continues from the checkpoint's step count.
         resumed += stderr(&o).matches(": resumed after step ").count();
         same_outputs(&contents(&out), &expected, tag);
+        wall_time_covers_the_work(&out, tag);
         assert!(!checkpoints_of(&out).exists(), "{tag}: checkpoints left");
     }
     assert!(
@@ -344,6 +345,60 @@ fn killed_runs_resume_to_the_same_outputs() {
         "lm-progress --prompts was not tried on a checkpoint"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every reward model's wall time covers at least the parts of it that a checkpoint carries: its
+/// optimizer steps and its evaluations (`lm-recipe`: their forwards, in `<mode>/<model>/summary.json`;
+/// `ham-cycle`: their generation and enumeration, in `metrics.csv`). A resumed run must count the
+/// processes before the kill too, not only the last.
+fn wall_time_covers_the_work(out: &Path, tag: &str) {
+    let json = |f: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap()
+    };
+    let mut runs = Vec::new(); // (name, wall seconds, carried seconds)
+    if out.join("recipe.json").is_file() {
+        for r in json(&out.join("recipe.json"))["runs"].as_array().unwrap() {
+            let (mode, model) = (r["mode"].as_str().unwrap(), r["model"].as_str().unwrap());
+            let s = json(&out.join(mode).join(model).join("summary.json"));
+            let evaluations: f64 = s["checkpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["seconds"].as_f64().unwrap())
+                .sum();
+            let carried = s["step_seconds"].as_f64().unwrap() + evaluations;
+            runs.push((
+                format!("{mode} {model}"),
+                s["seconds"].as_f64().unwrap(),
+                carried,
+            ));
+        }
+    } else {
+        let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+        let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+        let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        let (gen, enumerate) = (column("generation_seconds"), column("enumeration_seconds"));
+        for r in json(&out.join("summary.json"))["runs"].as_array().unwrap() {
+            let reward = r["reward"].as_str().unwrap();
+            let evaluations: f64 = metrics
+                .lines()
+                .skip(1)
+                .map(|l| l.split(',').collect::<Vec<_>>())
+                .filter(|c| c[0] == reward)
+                .map(|c| c[gen].parse::<f64>().unwrap() + c[enumerate].parse::<f64>().unwrap())
+                .sum();
+            let carried = r["step_seconds"].as_f64().unwrap() + evaluations;
+            runs.push((reward.to_string(), r["seconds"].as_f64().unwrap(), carried));
+        }
+    }
+    assert!(!runs.is_empty(), "{tag}: no run summaries");
+    for (name, wall, carried) in runs {
+        // `metrics.csv` rounds its seconds to 1 ms (0.5 ms per value, two per row, under 50 rows).
+        assert!(
+            wall + 0.05 >= carried,
+            "{tag}: {name}: {wall} s of wall time for {carried} s of steps and evaluations"
+        );
+    }
 }
 
 /// The IM-RM's reference tables are kept beside the checkpoints once computed and read back by a
@@ -678,6 +733,7 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
         assert!(o.status.success(), "{tag}: resume failed: {}", stderr(&o));
         resumed += stderr(&o).matches(": resumed after step ").count();
         same_outputs(&contents(&out), &expected, tag);
+        wall_time_covers_the_work(&out, tag);
         assert!(!checkpoints_of(&out).exists(), "{tag}: checkpoints left");
     }
     assert!(

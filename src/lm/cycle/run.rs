@@ -339,6 +339,7 @@ impl RewardRun<'_> {
         let reward = self.reward;
         let start = std::time::Instant::now();
         let lm = self.reference.load(self.device)?;
+        let loading = start.elapsed().as_secs_f64();
         // The observer's failure (generation, the exact masses) stops the training at once.
         let run = train_reward(
             reward,
@@ -385,8 +386,9 @@ impl RewardRun<'_> {
                 }
             },
         )?;
+        // The trainer's time spans every process of a resumed run; this one's loading is added.
         Ok(TrainRun {
-            seconds: start.elapsed().as_secs_f64(),
+            seconds: run.seconds + loading,
             ..run
         })
     }

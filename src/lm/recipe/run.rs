@@ -31,6 +31,7 @@ pub fn train_recipe(
 ) -> Result<TrainRun> {
     let start = std::time::Instant::now();
     let (lm, _) = load_recipe_model(model_dir, device, Forward::Nets, file)?;
+    let loading = start.elapsed().as_secs_f64();
     let mut run = train_reward(
         reward,
         mode,
@@ -40,7 +41,8 @@ pub fn train_recipe(
         checkpoints,
         on_event,
     )?;
-    run.seconds = start.elapsed().as_secs_f64();
+    // The trainer's time spans every process of a resumed run; this one's loading is added.
+    run.seconds += loading;
     Ok(run)
 }
 

@@ -122,6 +122,8 @@ pub struct TrainRun {
     /// Final reward of every sequence (index as in `sequences.jsonl`).
     #[serde(skip)]
     pub rewards: Vec<f64>,
+    /// Wall time of the training, summed over the processes that ran it (a resumed run's
+    /// earlier ones up to the checkpoint it resumed from).
     pub seconds: f64,
     /// Wall time of the optimizer steps alone (no evaluation), for the per-step cost.
     pub step_seconds: f64,
@@ -212,6 +214,7 @@ pub fn train_reward(
         eval_seqs,
         eval_reference,
         flush,
+        clock: start,
     };
     let p = session.resume_and_run(&mut optimizers, checkpoints, on_event)?;
     Ok(TrainRun {
@@ -221,7 +224,7 @@ pub fn train_reward(
         history: p.history,
         evaluations: p.evaluations,
         rewards: p.rewards,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds: p.seconds + start.elapsed().as_secs_f64(),
         step_seconds: p.step_seconds,
         extraction,
     })
@@ -389,6 +392,9 @@ struct Session<'a> {
     eval_reference: &'a [Vec<f64>],
     /// `train.drop_last_token_of_longest` (never for the EX-GRM, whose batches are not flushed).
     flush: bool,
+    /// When this process began the training: a checkpoint adds the time since to its
+    /// progress's `seconds`.
+    clock: std::time::Instant,
 }
 
 impl Session<'_> {
@@ -486,6 +492,7 @@ impl Session<'_> {
             evaluations: vec![first],
             rewards,
             step_seconds: 0.0,
+            seconds: 0.0,
             adam_steps: Vec::new(),
         };
         if checkpoints.due(0) || checkpoints.stop_requested() {
@@ -536,6 +543,7 @@ impl Session<'_> {
         let adam = optimizers.states()?;
         let progress = Progress {
             adam_steps: adam.iter().map(|a| a.step).collect(),
+            seconds: p.seconds + self.clock.elapsed().as_secs_f64(),
             ..p.clone()
         };
         let vars: Vec<Tensor> = optimizers

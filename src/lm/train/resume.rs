@@ -44,6 +44,11 @@ pub struct Progress {
     /// The last evaluation's reward of every sequence.
     pub rewards: Vec<f64>,
     pub step_seconds: f64,
+    /// Wall time of this training in the processes before this one, up to the checkpoint it
+    /// resumed from (0 from the start); a checkpoint stores it with its own process's time
+    /// added. Checkpoints written before it existed read as 0.
+    #[serde(default)]
+    pub seconds: f64,
     /// Each optimizer's step count (the body's, then the head's).
     pub adam_steps: Vec<i32>,
 }
