@@ -25,7 +25,11 @@ from collections import defaultdict
 def margins(path):
     """(reward, epoch, step) -> split -> the margins of its pairs, in file order."""
     out = defaultdict(lambda: defaultdict(list))
-    with open(path, newline="") as f:
+    try:
+        f = open(path, newline="")
+    except OSError as e:
+        raise SystemExit(f"{path}: cannot read: {e.strerror}")
+    with f:
         for line, row in enumerate(csv.DictReader(f), start=2):
             try:
                 m = float(row["chosen_reward"]) - float(row["rejected_reward"])
