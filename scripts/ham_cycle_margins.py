@@ -46,10 +46,11 @@ def main():
     ap.add_argument("--rewards", help="pair rewards CSV (default: RUN/pair_rewards.csv)")
     a = ap.parse_args()
     path = a.rewards or os.path.join(a.run, "pair_rewards.csv")
+    read = margins(path)
     w = csv.writer(sys.stdout, lineterminator="\n")
     w.writerow(["reward", "epoch", "step", "split", "pairs", "accuracy", "mean_margin",
                 "sd_margin", "mean_over_sd", "transfer"])
-    for (reward, epoch, step), splits in margins(path).items():
+    for (reward, epoch, step), splits in read.items():
         train_mean = statistics.fmean(splits["train"]) if splits.get("train") else 0.0
         for split, ms in splits.items():
             mean, sd = statistics.fmean(ms), statistics.pstdev(ms)
