@@ -1,12 +1,13 @@
 //! `rmflow lm-progress`: the evaluations a long run's newest checkpoint holds, as CSV on stdout,
 //! for reading the run before it ends (`lm-recipe`: `metrics.csv`'s or `alignment.csv`'s rows so
-//! far; `ham-cycle`: `metrics.csv`'s, `prompts.csv`'s, `pair_rewards.csv`'s or
-//! `token_rewards.csv`'s).
+//! far, `alignment.csv`'s or `pair_rewards.csv`'s; `ham-cycle`: `metrics.csv`'s, `prompts.csv`'s,
+//! `pair_rewards.csv`'s or `token_rewards.csv`'s).
 
 use super::stdout;
 use anyhow::Result;
 use rmflow::error::InputError;
 use rmflow::lm::cycle::output::ProgressTable;
+use rmflow::lm::recipe::output::ProgressTable as RecipeTable;
 use rmflow::lm::train::resume::RunSoFar;
 use std::path::PathBuf;
 
@@ -23,8 +24,9 @@ pub struct LmProgressArgs {
     /// instead of the metrics.
     #[arg(long)]
     prompts: bool,
-    /// ham-cycle runs: every pair's rewards at every evaluation (pair_rewards.csv's columns)
-    /// instead of the metrics.
+    /// Every pair's rewards at every evaluation (pair_rewards.csv's columns) instead of the
+    /// metrics. lm-recipe runs: the pairs are built again from the run's model and config (the
+    /// paths in its run.json, relative to where the run was started, as --resume reads them).
     #[arg(long, conflicts_with_all = ["alignment", "prompts"])]
     pairs: bool,
     /// ham-cycle runs: the IM-RM's mean reward per response token at every evaluation
@@ -52,8 +54,17 @@ pub fn run(a: LmProgressArgs) -> Result<()> {
     .find(|t| t.0)
     .map(|(_, flag, table)| (flag, table));
     let csv = match (recipe, a.alignment, cycle_table) {
+        (true, _, Some((_, ProgressTable::Pairs))) => {
+            rmflow::lm::recipe::output::progress_csv(&so_far, RecipeTable::Pairs)?
+        }
         (true, _, Some((flag, _))) => return Err(only(flag, "ham-cycle")),
-        (true, alignment, None) => rmflow::lm::recipe::output::progress_csv(&so_far, alignment)?,
+        (true, alignment, None) => rmflow::lm::recipe::output::progress_csv(
+            &so_far,
+            match alignment {
+                true => RecipeTable::Alignment,
+                false => RecipeTable::Metrics,
+            },
+        )?,
         (false, true, _) => return Err(only("--alignment", "lm-recipe")),
         (false, false, table) => rmflow::lm::cycle::output::progress_csv(
             &so_far,

@@ -1,11 +1,14 @@
 //! What a recipe run writes (`recipe.json`, `metrics.csv`, `rewards.csv`, …) and prints.
 
 use super::run::{RecipeOutcome, PSEUDO_LIKELIHOOD_NOTE};
+use super::{Built, SetReport};
 use crate::error::InputError;
+use crate::lm::data::preference::DataError;
 use crate::lm::train::epochs::Mode;
 use crate::lm::train::evaluate::{Evaluation, SplitEvaluation};
 use crate::lm::train::resume::RunSoFar;
 use crate::lm::train::reward::Reward;
+use crate::lm::train::sequences::PreferenceProblem;
 use anyhow::Result;
 
 /// Writes `recipe.json`, `sequences.jsonl`, `metrics.csv`, `history.csv`, `rewards.csv`,
@@ -184,12 +187,59 @@ fn metrics_row(
     .join(",")
 }
 
+/// Which of a recipe run's tables `rmflow lm-progress` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressTable {
+    /// `metrics.csv`'s rows (`pairs` empty: a checkpoint does not hold the splits).
+    Metrics,
+    /// `alignment.csv`'s rows.
+    Alignment,
+    /// `pair_rewards.csv`'s rows: the run's pairs are built again from its `run.json` (its
+    /// model and config, read as `lm-recipe --resume` reads them).
+    Pairs,
+}
+
 /// The evaluations of the run whose newest checkpoint `so_far` is (`rmflow lm-progress`), as
-/// `metrics.csv`'s rows so far, or with `alignment` `alignment.csv`'s, and a `status` column
-/// (`finished`, or `in training` for the reward model the checkpoint was written in); `pairs` is
-/// empty (a checkpoint does not hold the splits).
-pub fn progress_csv(so_far: &RunSoFar, alignment: bool) -> Result<String> {
-    let mut runs: Vec<(Mode, Reward, &[Evaluation], &str)> = so_far
+/// `table`'s rows so far, with a `status` column (`finished`, or `in training` for the reward
+/// model the checkpoint was written in).
+pub fn progress_csv(so_far: &RunSoFar, table: ProgressTable) -> Result<String> {
+    type Rows = Box<dyn Fn((Mode, Reward), &[Evaluation]) -> Vec<String>>;
+    let (header, rows_of): (&str, Rows) = match table {
+        ProgressTable::Metrics => (
+            METRICS_HEADER,
+            Box::new(|run, evaluations| {
+                evaluations
+                    .iter()
+                    .flat_map(|c| c.splits.iter().map(move |s| metrics_row(run, c, s, None)))
+                    .collect()
+            }),
+        ),
+        ProgressTable::Alignment => (ALIGNMENT_HEADER, Box::new(alignment_rows)),
+        ProgressTable::Pairs => {
+            let b = built_again(so_far)?;
+            (
+                PAIR_REWARDS_HEADER,
+                Box::new(move |run, evaluations| {
+                    pair_rewards_rows(run, evaluations, (&b.problem, &b.sets))
+                }),
+            )
+        }
+    };
+    let mut csv = format!("{header},status\n");
+    for (mode, reward, evaluations, status) in runs_so_far(so_far)? {
+        for row in rows_of((mode, reward), evaluations) {
+            csv.push_str(&format!("{row},{status}\n"));
+        }
+    }
+    Ok(csv)
+}
+
+/// One reward model's evaluations in a checkpoint, and its status (`finished`, `in training`).
+type RunRows<'a> = (Mode, Reward, &'a [Evaluation], &'static str);
+
+/// Each reward model's evaluations in the checkpoint, in training order, with its status.
+fn runs_so_far(so_far: &RunSoFar) -> Result<Vec<RunRows<'_>>> {
+    let mut runs: Vec<RunRows> = so_far
         .finished
         .iter()
         .map(|r| (r.mode, r.reward, r.evaluations.as_slice(), "finished"))
@@ -205,27 +255,30 @@ pub fn progress_csv(so_far: &RunSoFar, alignment: bool) -> Result<String> {
             })?;
         runs.push((mode, reward, p.evaluations.as_slice(), "in training"));
     }
-    let mut csv = match alignment {
-        false => format!("{METRICS_HEADER},status\n"),
-        true => format!("{ALIGNMENT_HEADER},status\n"),
+    Ok(runs)
+}
+
+/// The run's pairs, built again from its `run.json`'s model folder and config on the CPU.
+fn built_again(so_far: &RunSoFar) -> Result<Built> {
+    let input = |m: String| -> anyhow::Error { InputError(m).into() };
+    let field = |name: &str| {
+        so_far.identity.get(name).cloned().ok_or_else(|| {
+            input(format!(
+                "{}: the run's run.json has no `{name}`",
+                so_far.state.display()
+            ))
+        })
     };
-    for (mode, reward, evaluations, status) in runs {
-        let rows = match alignment {
-            false => evaluations
-                .iter()
-                .flat_map(|c| {
-                    c.splits
-                        .iter()
-                        .map(move |s| metrics_row((mode, reward), c, s, None))
-                })
-                .collect(),
-            true => alignment_rows((mode, reward), evaluations),
-        };
-        for row in rows {
-            csv.push_str(&format!("{row},{status}\n"));
-        }
-    }
-    Ok(csv)
+    let model: std::path::PathBuf = serde_json::from_value(field("model")?)
+        .map_err(|e| input(format!("the checkpoint's run.json: `model`: {e}")))?;
+    let file: super::RecipeFile = serde_json::from_value(field("config")?)
+        .map_err(|e| input(format!("the checkpoint's run.json: `config`: {e}")))?;
+    let device = candle_core::Device::Cpu;
+    let (lm, _) = super::load_recipe_model(&model, &device, crate::lm::Forward::Nets, &file)?;
+    super::build(&file, &lm).map_err(|e| match e.downcast::<DataError>() {
+        Ok(d) => d.into(),
+        Err(e) => input(format!("{e:#}")),
+    })
 }
 
 /// The reward models a recipe run trains, in order (`run.json`'s `modes` × `rewards`).
@@ -330,33 +383,51 @@ fn rewards_csv(o: &RecipeOutcome) -> String {
     rewards
 }
 
+/// `pair_rewards.csv`'s columns.
+const PAIR_REWARDS_HEADER: &str = "mode,model,epoch,step,split,pair,row,chosen_sequence,rejected_sequence,chosen_reward,rejected_reward";
+
 /// `pair_rewards.csv`: every pair's rewards at every evaluation, with its sequences (index as in
 /// `sequences.jsonl`) and, for preference data, its row in the dataset.
 fn pair_rewards_csv(o: &RecipeOutcome) -> String {
-    let mut csv = String::from("mode,model,epoch,step,split,pair,row,chosen_sequence,rejected_sequence,chosen_reward,rejected_reward\n");
+    let mut csv = format!("{PAIR_REWARDS_HEADER}\n");
     for r in &o.runs {
-        for e in r.evaluations.iter().filter(|e| !e.rewards.is_empty()) {
-            for (k, split) in o.problem.splits.iter().enumerate() {
-                let rows = o.sets.get(k).map(|s| s.pair_rows.as_slice());
-                for (j, (&c, &x)) in split.chosen.iter().zip(&split.rejected).enumerate() {
-                    let row = rows
-                        .and_then(|v| v.get(j))
-                        .map_or(String::new(), usize::to_string);
-                    csv.push_str(&format!(
-                        "{},{},{},{},{},{j},{row},{c},{x},{:e},{:e}\n",
-                        r.mode.name(),
-                        r.reward.name(),
-                        e.epoch,
-                        e.step,
-                        split.name,
-                        e.rewards[c],
-                        e.rewards[x]
-                    ));
-                }
-            }
+        for row in pair_rewards_rows((r.mode, r.reward), &r.evaluations, (&o.problem, &o.sets)) {
+            csv.push_str(&row);
+            csv.push('\n');
         }
     }
     csv
+}
+
+/// One reward model's rows of `pair_rewards.csv`: each pair of each split of `problem` (its row
+/// in the dataset from `sets`, for preference data) at each evaluation that kept its rewards.
+fn pair_rewards_rows(
+    (mode, reward): (Mode, Reward),
+    evaluations: &[Evaluation],
+    (problem, sets): (&PreferenceProblem, &[SetReport]),
+) -> Vec<String> {
+    let mut rows = Vec::new();
+    for e in evaluations.iter().filter(|e| !e.rewards.is_empty()) {
+        for (k, split) in problem.splits.iter().enumerate() {
+            let dataset_rows = sets.get(k).map(|s| s.pair_rows.as_slice());
+            for (j, (&c, &x)) in split.chosen.iter().zip(&split.rejected).enumerate() {
+                let row = dataset_rows
+                    .and_then(|v| v.get(j))
+                    .map_or(String::new(), usize::to_string);
+                rows.push(format!(
+                    "{},{},{},{},{},{j},{row},{c},{x},{:e},{:e}",
+                    mode.name(),
+                    reward.name(),
+                    e.epoch,
+                    e.step,
+                    split.name,
+                    e.rewards[c],
+                    e.rewards[x]
+                ));
+            }
+        }
+    }
+    rows
 }
 
 /// The final accuracy table: per run, each split's exact-tie and τ-tolerant accuracy and the
