@@ -4,9 +4,8 @@
 use super::measure::{log_prob_table, measure, selected_states, Inputs, Measured, Pair};
 use super::model::{initial_head_of, Checkpoint};
 use crate::error::InputError;
-use crate::lm::data::preference::DataError;
 use crate::lm::model::language_model::LanguageModel;
-use crate::lm::recipe::{build, load_recipe_model, Built, RecipeFile};
+use crate::lm::recipe::{build_input, load_recipe_model, Built, RecipeFile};
 use crate::lm::train::reward::Reward;
 use crate::lm::train::sequences::PreferenceProblem;
 use crate::lm::Forward;
@@ -93,11 +92,7 @@ pub fn run_dynamics(
         model.display()
     ));
     let (lm, _) = load_recipe_model(model, device, Forward::Nets, file)?;
-    let Built { problem, sets } =
-        build(file, &lm).map_err(|e| match e.downcast::<DataError>() {
-            Ok(d) => d.into(),
-            Err(e) => anyhow::Error::from(InputError(format!("{e:#}"))),
-        })?;
+    let Built { problem, sets } = build_input(file, &lm)?;
     let splits = select(&problem, &sets, &options)?;
     let train: Vec<Pair> = pairs_of(&problem, 0);
     let eval: Vec<Pair> = splits

@@ -48,7 +48,7 @@ pub use config::{
 };
 pub use output::{final_table, write_outputs};
 pub use preferences::{PreferenceData, PreferenceSet, SetReport};
-pub use problem::{build, build_problem, Built};
+pub use problem::{build, build_input, build_problem, Built};
 pub use run::{
     problem_summary, run_recipe, steps_per_run, train_recipe, RecipeEvent, RecipeOutcome,
     PSEUDO_LIKELIHOOD_NOTE,

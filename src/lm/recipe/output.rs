@@ -3,7 +3,6 @@
 use super::run::{RecipeOutcome, PSEUDO_LIKELIHOOD_NOTE};
 use super::{Built, SetReport};
 use crate::error::InputError;
-use crate::lm::data::preference::DataError;
 use crate::lm::train::epochs::Mode;
 use crate::lm::train::evaluate::{Evaluation, SplitEvaluation};
 use crate::lm::train::resume::RunSoFar;
@@ -275,10 +274,7 @@ fn built_again(so_far: &RunSoFar) -> Result<Built> {
         .map_err(|e| input(format!("the checkpoint's run.json: `config`: {e}")))?;
     let device = candle_core::Device::Cpu;
     let (lm, _) = super::load_recipe_model(&model, &device, crate::lm::Forward::Nets, &file)?;
-    super::build(&file, &lm).map_err(|e| match e.downcast::<DataError>() {
-        Ok(d) => d.into(),
-        Err(e) => input(format!("{e:#}")),
-    })
+    super::build_input(&file, &lm)
 }
 
 /// The reward models a recipe run trains, in order (`run.json`'s `modes` × `rewards`).

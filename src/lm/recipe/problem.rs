@@ -90,6 +90,18 @@ pub fn build_problem(file: &RecipeFile, lm: &LanguageModel) -> Result<Preference
     Ok(build(file, lm)?.problem)
 }
 
+/// [`build`] for a command's input: a data error stays itself (it names the file, row and
+/// column), any other failure (statements, tokenization, chat template) becomes an input error;
+/// both exit with code 2.
+pub fn build_input(file: &RecipeFile, lm: &LanguageModel) -> Result<Built> {
+    build(file, lm).map_err(
+        |e| match e.downcast::<crate::lm::data::preference::DataError>() {
+            Ok(d) => d.into(),
+            Err(e) => anyhow::Error::from(crate::error::InputError(format!("{e:#}"))),
+        },
+    )
+}
+
 /// The sequences and splits of `file`'s data source through `lm`'s prompt format: the persona's
 /// drawn pairs ([`persona_problem`]) or the preference sets
 /// ([`super::preferences::problem_of_sets`]).

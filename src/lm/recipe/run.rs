@@ -3,9 +3,8 @@
 
 use super::config::RecipeFile;
 use super::preferences::SetReport;
-use super::problem::{build, Built};
+use super::problem::{build_input, Built};
 use super::template::load_recipe_model;
-use crate::lm::data::preference::DataError;
 use crate::lm::train::epochs::Mode;
 use crate::lm::train::epochs::TrainEvent;
 use crate::lm::train::epochs::TrainRun;
@@ -95,13 +94,7 @@ pub fn run_recipe(
 ) -> Result<RecipeOutcome> {
     file.validate()?;
     let (lm, _) = load_recipe_model(model_dir, device, Forward::Nets, file)?;
-    // Statements, preference sets, tokenization and chat template: all input errors (exit
-    // code 2).
-    let Built { problem, sets } =
-        build(file, &lm).map_err(|e| match e.downcast::<DataError>() {
-            Ok(d) => d.into(),
-            Err(e) => anyhow::Error::from(crate::error::InputError(format!("{e:#}"))),
-        })?;
+    let Built { problem, sets } = build_input(file, &lm)?;
     on_event(RecipeEvent::Built {
         problem: &problem,
         steps_per_run: steps_per_run(file, &problem),
