@@ -6,7 +6,7 @@
 //! | 1 | `verify` ran and at least one claim FAILED |
 //! | 2 | usage or input error: bad arguments, invalid config (the field is named), missing input file, output path taken or unusable |
 //! | 3 | refused: the config is valid but the run cannot be done as asked (estimated memory above what is available, a long flow on data certified not separable) |
-//! | 4 | failed while running: numerical breakdown (NaN, step-size underflow), I/O error while writing |
+//! | 4 | failed while running: numerical breakdown (NaN, step-size underflow), I/O error while writing, a `--replay` that departs from its checkpoint's record |
 //! | 5 | interrupted by SIGTERM (e.g. Slurm preemption): after a step or an evaluation with a checkpoint, or while scoring; resume with `--resume` |
 
 use crate::config::ConfigError;

@@ -609,6 +609,126 @@ fn a_killed_scoring_pass_resumes_where_it_stopped() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The newest checkpoint of `out` (`state-NNNNNN/`, named by `LATEST`).
+fn latest_state(out: &Path) -> PathBuf {
+    let dir = checkpoints_of(out);
+    let name = std::fs::read_to_string(dir.join("LATEST")).unwrap();
+    dir.join(name.trim())
+}
+
+/// `progress.cbor` of `state` with `edit` applied to its reward model in training (`current`).
+fn edit_progress(state: &Path, edit: impl FnOnce(&mut ciborium::Value)) {
+    let path = state.join("progress.cbor");
+    let mut v: ciborium::Value =
+        ciborium::from_reader(std::fs::File::open(&path).unwrap()).unwrap();
+    edit(field(&mut v, "current"));
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&v, &mut bytes).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+}
+
+/// The value of `key` in the CBOR map `v`.
+fn field<'a>(v: &'a mut ciborium::Value, key: &str) -> &'a mut ciborium::Value {
+    let ciborium::Value::Map(entries) = v else {
+        panic!("not a map: {v:?}")
+    };
+    &mut entries
+        .iter_mut()
+        .find(|(k, _)| k.as_text() == Some(key))
+        .unwrap_or_else(|| panic!("no key {key}"))
+        .1
+}
+
+/// A checkpoint whose weights are gone (its record kept without `tensors.safetensors`) is
+/// refused by `--resume` (exit 2, naming the file and `--replay`); `--resume --replay` rebuilds
+/// them by re-running the recorded steps and writes the uninterrupted outputs bit for bit (head
+/// and full fine-tuning, EX-RM and IM-RM). A record the replay does not reproduce (one step's
+/// loss moved by one ulp) stops it with exit code 4 naming the step; a damaged weights file is
+/// refused against the record's digest (exit 2).
+#[test]
+fn lost_weights_are_replayed_from_the_record() {
+    let dir = temp("replay");
+    let model = model(&dir);
+    let config = small_recipe(&dir, 1e-3);
+    let uninterrupted = dir.join("uninterrupted");
+    let o = start(&model, &config, &uninterrupted, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expected = contents(&uninterrupted);
+    // Head EX-RM after 2 steps, full EX-RM after 2, full IM-RM after 4 (6 steps each model).
+    let mut replayed = 0;
+    for (tag, abort) in [
+        ("step-3", "step:3"),
+        ("step-15", "step:15"),
+        ("step-24", "step:24"),
+    ] {
+        let out = dir.join(tag);
+        let o = start(&model, &config, &out, Some(abort));
+        assert!(!o.status.success(), "{tag}: the run was not aborted");
+        let state = latest_state(&out);
+        std::fs::remove_file(state.join("tensors.safetensors")).unwrap();
+        // As on a new machine: the model's files written again (same bytes, a new time).
+        for e in std::fs::read_dir(&model).unwrap().flatten() {
+            let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+            let f = std::fs::File::options().write(true).open(e.path()).unwrap();
+            f.set_modified(later).unwrap();
+        }
+        let o = recipe(&["--resume", out.to_str().unwrap()], None);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{tag}: {err}");
+        assert!(
+            err.contains("tensors.safetensors is gone") && err.contains("--replay"),
+            "{tag}: {err}"
+        );
+        let o = recipe(&["--resume", out.to_str().unwrap(), "--replay"], None);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{tag}: replay failed: {err}");
+        replayed += err.matches("replaying step ").count();
+        same_outputs(&contents(&out), &expected, tag);
+        assert!(!checkpoints_of(&out).exists(), "{tag}: checkpoints left");
+    }
+    assert!(
+        replayed >= 8,
+        "{replayed} steps replayed, expected 2 + 2 + 4"
+    );
+
+    // One step's recorded loss moved by one ulp: the replay stops there, naming it.
+    let out = dir.join("moved-loss");
+    assert!(!start(&model, &config, &out, Some("step:15"))
+        .status
+        .success());
+    let state = latest_state(&out);
+    std::fs::remove_file(state.join("tensors.safetensors")).unwrap();
+    edit_progress(&state, |current| {
+        let ciborium::Value::Array(history) = field(current, "history") else {
+            panic!("history is not an array")
+        };
+        let loss = field(&mut history[1], "loss");
+        let x = loss.as_float().expect("a float loss");
+        *loss = ciborium::Value::Float(f64::from_bits(x.to_bits() + 1));
+    });
+    let o = recipe(&["--resume", out.to_str().unwrap(), "--replay"], None);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(4), "{err}");
+    assert!(err.contains("step 2: the loss is"), "{err}");
+    assert!(!out.exists(), "partial output");
+
+    // A damaged weights file: refused against the record's digest, naming it.
+    let out = dir.join("damaged");
+    assert!(!start(&model, &config, &out, Some("step:15"))
+        .status
+        .success());
+    let weights = latest_state(&out).join("tensors.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    let o = recipe(&["--resume", out.to_str().unwrap()], None);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("tensors.safetensors: damaged"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_resume_with_another_config_or_model_is_refused_naming_it() {
     let dir = temp("refuse");
@@ -642,6 +762,14 @@ fn a_resume_with_another_config_or_model_is_refused_naming_it() {
     let o = recipe(&["--resume", out.to_str().unwrap()], None);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("model_files"), "{}", stderr(&o));
+    // Changed in place, same length: refused as well (the files' digests, not their sizes).
+    let mut flipped = bytes.clone();
+    flipped[bytes.len() - 1] ^= 1;
+    std::fs::write(&weights, &flipped).unwrap();
+    let o = recipe(&["--resume", out.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("model_files"), "{}", stderr(&o));
+    std::fs::write(&weights, &bytes).unwrap();
     // A new run on the same --out is refused while the checkpoints wait.
     let o = start(&model, &config, &out, None);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

@@ -8,7 +8,7 @@ use super::resume::{refuse_difference, CheckpointFlags};
 use anyhow::Result;
 use rmflow::error::InputError;
 use rmflow::io::atomic::{check_inputs, check_not_overwriting_input, AtomicDir};
-use rmflow::lm::recipe::{self, Mode, RecipeFile, Reward};
+use rmflow::lm::recipe::{self, Mode, RecipeFile, Reward, RunIdentity};
 use rmflow::lm::train::resume::CheckpointDir;
 use rmflow::lm::{open_device, Architecture};
 use serde_json::{json, Value};
@@ -72,57 +72,74 @@ struct Plan {
 }
 
 impl Plan {
-    /// The run's identity, written as `run.json` and compared on `--resume`.
-    fn identity(&self) -> Result<Value> {
+    /// The run's identity, written as `run.json` and compared on `--resume` (with `recorded`,
+    /// the run's own `model_files`, whose form [`model_files`] follows).
+    fn identity(&self, recorded: Option<&Value>) -> Result<Value> {
         Ok(json!({
             "rmflow_version": env!("CARGO_PKG_VERSION"),
             "model": self.model,
-            "model_files": model_files(&self.model)?,
+            "model_files": model_files(&self.model, recorded)?,
             "config": self.file,
             "modes": self.modes,
             "rewards": self.rewards,
         }))
     }
 
-    /// The run `identity` describes (with its output at `out`).
-    fn of_identity(identity: &Value, out: &Path) -> Result<Plan> {
-        let bad = |what: &str| {
-            InputError(format!(
-                "--resume: the checkpoint's run.json has no valid `{what}`"
-            ))
-        };
-        let field = |name: &str| identity.get(name).cloned().ok_or_else(|| bad(name));
+    /// The run `identity` (read from `run_json`) describes, with its output at `out`.
+    fn of_identity(identity: &Value, run_json: &Path, out: &Path) -> Result<Plan> {
+        let id = RunIdentity::of(identity, run_json)?;
         Ok(Plan {
-            model: serde_json::from_value(field("model")?).map_err(|_| bad("model"))?,
-            file: serde_json::from_value(field("config")?).map_err(|_| bad("config"))?,
+            model: id.model,
+            file: id.config,
             out: out.to_path_buf(),
-            modes: serde_json::from_value(field("modes")?).map_err(|_| bad("modes"))?,
-            rewards: serde_json::from_value(field("rewards")?).map_err(|_| bad("rewards"))?,
+            modes: id.modes,
+            rewards: id.rewards,
         })
     }
 }
 
-/// The size and modification time of every file of the model folder: a model changed since a
-/// run started is refused on `--resume`.
-fn model_files(dir: &Path) -> Result<Value> {
+/// The size and SHA-256 of every file of the model folder (`[bytes, "hex"]`): a model whose
+/// content changed since a run started is refused on `--resume`, while the same files imported
+/// or copied again (a new machine) are not. Runs started before the digest recorded each file's
+/// modification time instead (`[bytes, seconds]`); where `recorded` (the run's own `model_files`)
+/// is of that form, the folder is described in it, so that those runs resume as they did.
+fn model_files(dir: &Path, recorded: Option<&Value>) -> Result<Value> {
     let mut files = serde_json::Map::new();
     let entries = std::fs::read_dir(dir)
         .map_err(|e| InputError(format!("cannot read model folder {}: {e}", dir.display())))?;
     let mut entries: Vec<_> = entries.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
+    let by_time = recorded
+        .and_then(Value::as_object)
+        .and_then(|m| m.values().next())
+        .is_some_and(|v| v[1].is_number());
     for e in entries {
         let meta = e.metadata()?;
         if meta.is_file() {
-            let modified = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs());
             let name = e.file_name().to_string_lossy().to_string();
-            files.insert(name, json!([meta.len(), modified]));
+            let mark = match by_time {
+                true => json!(meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs())),
+                false => json!(file_sha256(&e.path())?),
+            };
+            files.insert(name, json!([meta.len(), mark]));
         }
     }
     Ok(Value::Object(files))
+}
+
+/// SHA-256 (hex) of a file's bytes.
+fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)
+        .map_err(|e| InputError(format!("cannot read {}: {e}", path.display())))?;
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// `--mode`.
@@ -175,7 +192,8 @@ fn plan_of_args(a: &LmRecipeArgs) -> Result<Plan> {
 /// describe the same run.
 fn resumed_plan(a: &LmRecipeArgs, run_dir: &Path) -> Result<(Plan, CheckpointDir)> {
     let (checkpoints, identity) = a.checkpoints.open(run_dir)?;
-    let saved = Plan::of_identity(&identity, run_dir)?;
+    let run_json = checkpoints.path().join("run.json");
+    let saved = Plan::of_identity(&identity, &run_json, run_dir)?;
     let given = LmRecipeArgs {
         model: a.model.clone().or(Some(saved.model.clone())),
         config: a.config.clone(),
@@ -194,9 +212,9 @@ fn resumed_plan(a: &LmRecipeArgs, run_dir: &Path) -> Result<(Plan, CheckpointDir
     }
     let mut now = identity.clone();
     if given.config.is_some() {
-        now = plan_of_args(&given)?.identity()?;
+        now = plan_of_args(&given)?.identity(identity.get("model_files"))?;
     } else {
-        now["model_files"] = model_files(&saved.model)?;
+        now["model_files"] = model_files(&saved.model, identity.get("model_files"))?;
         let (m, r) = (&a.mode, &a.reward);
         if let Some(m) = m {
             now["modes"] = json!(modes_of(m));
@@ -230,7 +248,7 @@ pub fn run_recipe(a: LmRecipeArgs) -> Result<()> {
             inputs.extend(plan.file.data_paths());
             check_inputs(inputs, &plan.out)?;
             let dir = AtomicDir::create(&plan.out, a.output.replace())?;
-            let c = a.checkpoints.create(&plan.out, &plan.identity()?)?;
+            let c = a.checkpoints.create(&plan.out, &plan.identity(None)?)?;
             (plan, dir, c)
         }
     };

@@ -27,6 +27,15 @@ pub struct CheckpointFlags {
     /// the sequences scored so far read back from the pass's journal).
     #[arg(long, value_name = "RUN_DIR")]
     pub resume: Option<std::path::PathBuf>,
+    /// With --resume, where the newest checkpoint's weights (tensors.safetensors) are gone but
+    /// its record (progress.cbor, run.json, LATEST) was kept: rebuild the weights by re-running
+    /// its recorded optimizer steps from the model, each step's pairs, loss and batch accuracy
+    /// checked bit for bit against the record and the rebuilt weights against its SHA-256; the
+    /// recorded evaluations are not scored again. Costs the steps' time (not the
+    /// evaluations'). Another build can round differently: a replay that departs from the
+    /// record stops with exit code 4, naming the step and what differs.
+    #[arg(long, requires = "resume")]
+    pub replay: bool,
 }
 
 impl CheckpointFlags {
@@ -41,7 +50,12 @@ impl CheckpointFlags {
             ))
             .into());
         }
-        CheckpointDir::open(&dir, self.checkpoint_every, self.keep_checkpoints)
+        CheckpointDir::open(
+            &dir,
+            self.checkpoint_every,
+            self.keep_checkpoints,
+            self.replay,
+        )
     }
 
     /// A new run's checkpoints beside `out`, its identity written as `run.json`.

@@ -4,10 +4,10 @@
 
 use crate::error::InputError;
 use crate::lm::model::language_model::LanguageModel;
-use crate::lm::recipe::RecipeFile;
+use crate::lm::recipe::{RecipeFile, RunIdentity};
 use crate::lm::train::epochs::{initial_head, restore, trained_vars, Mode};
 use crate::lm::train::optimizers::Optimizers;
-use crate::lm::train::resume::StateFile;
+use crate::lm::train::resume::{StateFile, Weights};
 use crate::lm::train::reward::Reward;
 use anyhow::Result;
 use candle_core::Var;
@@ -42,29 +42,8 @@ impl Checkpoint {
         })?;
         let identity: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| input(format!("{}: not valid JSON: {e}", run_json.display())))?;
-        let field = |name: &str| {
-            identity.get(name).cloned().ok_or_else(|| {
-                input(format!(
-                    "{}: no `{name}` (not an lm-recipe run?)",
-                    run_json.display()
-                ))
-            })
-        };
-        let bad = |name: &str, e: serde_json::Error| {
-            input(format!("{}: `{name}`: {e}", run_json.display()))
-        };
-        let model: PathBuf =
-            serde_json::from_value(field("model")?).map_err(|e| bad("model", e))?;
-        let file: RecipeFile =
-            serde_json::from_value(field("config")?).map_err(|e| bad("config", e))?;
-        let modes: Vec<Mode> =
-            serde_json::from_value(field("modes")?).map_err(|e| bad("modes", e))?;
-        let rewards: Vec<Reward> =
-            serde_json::from_value(field("rewards")?).map_err(|e| bad("rewards", e))?;
-        let runs: Vec<(Mode, Reward)> = modes
-            .iter()
-            .flat_map(|&m| rewards.iter().map(move |&r| (m, r)))
-            .collect();
+        let id = RunIdentity::of(&identity, &run_json)?;
+        let runs = id.trained_in_order();
         let (mode, reward) = match (runs.get(saved.finished), &saved.saved) {
             (Some(&run), Some(_)) => run,
             _ => {
@@ -85,8 +64,8 @@ impl Checkpoint {
         let p = &saved.saved.as_ref().expect("matched").progress;
         Ok(Checkpoint {
             state: state.to_path_buf(),
-            model,
-            file,
+            model: id.model,
+            file: id.config,
             reward,
             epoch: p.epoch - usize::from(p.steps_in_epoch == 0),
             step: p.history.len(),
@@ -101,7 +80,10 @@ impl Checkpoint {
         let (vars, head_trained) = trained_vars(Mode::Full, self.reward, lm, None);
         let params = self.file.train.adamw.params();
         let mut optimizers = Optimizers::new(vars, head_trained.then_some(head), params, None)?;
-        restore(saved, &mut optimizers).map_err(|e| {
+        let Weights::Kept(tensors) = &saved.weights else {
+            unreachable!("StateFile::read refuses a checkpoint in training without its weights")
+        };
+        restore(&saved.progress, tensors, &mut optimizers).map_err(|e| {
             InputError(format!(
                 "--checkpoint {}: does not fit the model: {e:#}",
                 self.state.display()

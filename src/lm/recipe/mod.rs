@@ -23,9 +23,11 @@
 //!
 //! [`config`] reads the recipe file, [`template`] loads the model with the recipe's prompt format,
 //! [`problem`] builds the sequences, [`run`] trains every reward model with the trainer of
-//! [`crate::lm::train`], [`output`] writes the run.
+//! [`crate::lm::train`], [`output`] writes the run; [`identity`] reads back what a run's
+//! checkpoints say it trains.
 
 pub mod config;
+pub mod identity;
 pub mod output;
 pub mod preferences;
 pub mod problem;
@@ -46,6 +48,7 @@ pub use config::{
     vocabulary_texts, RecipeData, RecipeEval, RecipeFile, ResponseSpec, Source, SplitRule,
     StatementFormat,
 };
+pub use identity::RunIdentity;
 pub use output::{final_table, write_outputs};
 pub use preferences::{PreferenceData, PreferenceSet, SetReport};
 pub use problem::{build, build_input, build_problem, Built};

@@ -1,7 +1,7 @@
 //! What a recipe run writes (`recipe.json`, `metrics.csv`, `rewards.csv`, …) and prints.
 
 use super::run::{RecipeOutcome, PSEUDO_LIKELIHOOD_NOTE};
-use super::{Built, SetReport};
+use super::{Built, RunIdentity, SetReport};
 use crate::error::InputError;
 use crate::lm::train::epochs::Mode;
 use crate::lm::train::evaluate::{Evaluation, SplitEvaluation};
@@ -244,7 +244,8 @@ fn runs_so_far(so_far: &RunSoFar) -> Result<Vec<RunRows<'_>>> {
         .map(|r| (r.mode, r.reward, r.evaluations.as_slice(), "finished"))
         .collect();
     if let Some(p) = &so_far.current {
-        let (mode, reward) = *trained_in_order(&so_far.identity)?
+        let (mode, reward) = *RunIdentity::of(&so_far.identity, &so_far.run_json())?
+            .trained_in_order()
             .get(runs.len())
             .ok_or_else(|| {
                 InputError(format!(
@@ -259,37 +260,11 @@ fn runs_so_far(so_far: &RunSoFar) -> Result<Vec<RunRows<'_>>> {
 
 /// The run's pairs, built again from its `run.json`'s model folder and config on the CPU.
 fn built_again(so_far: &RunSoFar) -> Result<Built> {
-    let input = |m: String| -> anyhow::Error { InputError(m).into() };
-    let field = |name: &str| {
-        so_far.identity.get(name).cloned().ok_or_else(|| {
-            input(format!(
-                "{}: the run's run.json has no `{name}`",
-                so_far.state.display()
-            ))
-        })
-    };
-    let model: std::path::PathBuf = serde_json::from_value(field("model")?)
-        .map_err(|e| input(format!("the checkpoint's run.json: `model`: {e}")))?;
-    let file: super::RecipeFile = serde_json::from_value(field("config")?)
-        .map_err(|e| input(format!("the checkpoint's run.json: `config`: {e}")))?;
+    let id = RunIdentity::of(&so_far.identity, &so_far.run_json())?;
     let device = candle_core::Device::Cpu;
-    let (lm, _) = super::load_recipe_model(&model, &device, crate::lm::Forward::Nets, &file)?;
-    super::build_input(&file, &lm)
-}
-
-/// The reward models a recipe run trains, in order (`run.json`'s `modes` × `rewards`).
-fn trained_in_order(identity: &serde_json::Value) -> Result<Vec<(Mode, Reward)>> {
-    let field = |name: &str| -> Result<serde_json::Value> {
-        identity
-            .get(name)
-            .cloned()
-            .ok_or_else(|| InputError(format!("the checkpoint's run.json has no `{name}`")).into())
-    };
-    let bad = |name: &str| InputError(format!("the checkpoint's run.json: `{name}` is not valid"));
-    let modes: Vec<Mode> = serde_json::from_value(field("modes")?).map_err(|_| bad("modes"))?;
-    let rewards: Vec<Reward> =
-        serde_json::from_value(field("rewards")?).map_err(|_| bad("rewards"))?;
-    Ok(super::run::training_order(&modes, &rewards))
+    let (lm, _) =
+        super::load_recipe_model(&id.model, &device, crate::lm::Forward::Nets, &id.config)?;
+    super::build_input(&id.config, &lm)
 }
 
 /// `history.csv`: one row per optimizer step.

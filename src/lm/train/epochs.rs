@@ -4,7 +4,10 @@
 //! The recipe (`lm-recipe`) and the Hamiltonian-cycle experiment are its data sources.
 
 use super::journal::{Journal, Pass};
-use super::resume::{state_tensors, test_hook, Checkpoints, Progress, Saved};
+use super::resume::{
+    adam_states, state_tensors, tensors_digest, test_hook, Checkpoints, Progress, ReplayMismatch,
+    Saved, Weights,
+};
 use crate::lm::model::language_model::LanguageModel;
 use crate::lm::train::alignment;
 use crate::lm::train::config::TrainConfig;
@@ -27,6 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// What is trained: the whole model (`Full`) or the head / unembedding over frozen features
@@ -265,15 +269,66 @@ fn stop_if_requested(checkpoints: &dyn Checkpoints, at: &str) -> Result<()> {
     Ok(())
 }
 
+/// The tensors a checkpoint saves of `optimizers` (trained variables, moments) and their step
+/// counts.
+fn state_of(optimizers: &Optimizers) -> Result<(Vec<(String, Tensor)>, Vec<i32>)> {
+    let adam = optimizers.states()?;
+    let vars: Vec<Tensor> = optimizers
+        .vars
+        .iter()
+        .map(|v| v.as_tensor().clone())
+        .collect();
+    Ok((
+        state_tensors(&vars, &adam)?,
+        adam.iter().map(|a| a.step).collect(),
+    ))
+}
+
+/// A replayed step against its record ([`ReplayMismatch`] where they differ in a bit).
+fn same_step(recorded: &TrainStep, replayed: &TrainStep) -> Result<()> {
+    let mismatch = |what, a: String, b: String| -> anyhow::Error {
+        ReplayMismatch {
+            step: recorded.step,
+            what,
+            recorded: a,
+            replayed: b,
+        }
+        .into()
+    };
+    if (recorded.step, recorded.epoch, &recorded.pairs)
+        != (replayed.step, replayed.epoch, &replayed.pairs)
+    {
+        let show =
+            |s: &TrainStep| format!("step {} of epoch {}, pairs {:?}", s.step, s.epoch, s.pairs);
+        return Err(mismatch("the position", show(recorded), show(replayed)));
+    }
+    if recorded.loss.to_bits() != replayed.loss.to_bits() {
+        return Err(mismatch(
+            "the loss",
+            format!("{:e}", recorded.loss),
+            format!("{:e}", replayed.loss),
+        ));
+    }
+    if recorded.batch_accuracy.to_bits() != replayed.batch_accuracy.to_bits() {
+        let (a, b) = (recorded.batch_accuracy, replayed.batch_accuracy);
+        return Err(mismatch("the batch accuracy", a.to_string(), b.to_string()));
+    }
+    Ok(())
+}
+
 /// Optimizer steps taken in this process (the tests' kill points, [`test_hook`]).
 static STEPS: AtomicUsize = AtomicUsize::new(0);
 
-/// The trained variables and the optimizers set from `saved`; its progress.
-pub(crate) fn restore(saved: Saved, optimizers: &mut Optimizers) -> Result<Progress> {
+/// The trained variables and the optimizers set from a checkpoint's `tensors` (its `progress`'s
+/// step counts).
+pub(crate) fn restore(
+    progress: &Progress,
+    tensors: &HashMap<String, Tensor>,
+    optimizers: &mut Optimizers,
+) -> Result<()> {
     for (k, var) in optimizers.vars.iter().enumerate() {
         let name = format!("var.{k}");
-        let t = saved
-            .tensors
+        let t = tensors
             .get(&name)
             .with_context(|| format!("the checkpoint has no tensor {name}"))?;
         if t.dims() != var.dims() {
@@ -286,8 +341,7 @@ pub(crate) fn restore(saved: Saved, optimizers: &mut Optimizers) -> Result<Progr
         var.set(&t.to_device(var.device())?.to_dtype(var.dtype())?)?;
     }
     let counts = optimizers.var_counts();
-    optimizers.restore(saved.adam_states(&counts)?)?;
-    Ok(saved.progress)
+    optimizers.restore(adam_states(tensors, &progress.adam_steps, &counts)?)
 }
 
 /// Head-only training's frozen features of `seqs` (what `reward` reads), extracted once, and
@@ -407,8 +461,21 @@ impl Session<'_> {
         on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Result<Progress> {
         let resumed = match checkpoints.resumed()? {
-            Some(saved) => Some(restore(saved, optimizers)?),
             None => None,
+            Some(Saved {
+                progress,
+                weights: Weights::Kept(tensors),
+            }) => {
+                restore(&progress, &tensors, optimizers)?;
+                Some(progress)
+            }
+            Some(Saved {
+                progress,
+                weights: Weights::Lost,
+            }) => {
+                self.replay(&progress, optimizers, on_event)?;
+                Some(progress)
+            }
         };
         self.run_epochs(optimizers, resumed, checkpoints, on_event)
     }
@@ -494,6 +561,7 @@ impl Session<'_> {
             step_seconds: 0.0,
             seconds: 0.0,
             adam_steps: Vec::new(),
+            digest: None,
         };
         if checkpoints.due(0) || checkpoints.stop_requested() {
             self.save(&p, optimizers, checkpoints)?;
@@ -533,25 +601,70 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Saves `p` with the trained variables and the optimizers' moments.
+    /// Saves `p` with the trained variables and the optimizers' moments (and their digest).
     fn save(
         &self,
         p: &Progress,
         optimizers: &Optimizers,
         checkpoints: &mut dyn Checkpoints,
     ) -> Result<()> {
-        let adam = optimizers.states()?;
+        let (tensors, adam_steps) = state_of(optimizers)?;
         let progress = Progress {
-            adam_steps: adam.iter().map(|a| a.step).collect(),
+            adam_steps,
             seconds: p.seconds + self.clock.elapsed().as_secs_f64(),
+            digest: Some(tensors_digest(tensors.iter().map(|(n, t)| (n, t)))?),
             ..p.clone()
         };
-        let vars: Vec<Tensor> = optimizers
-            .vars
-            .iter()
-            .map(|v| v.as_tensor().clone())
-            .collect();
-        checkpoints.save(&progress, state_tensors(&vars, &adam)?)
+        checkpoints.save(&progress, tensors)
+    }
+
+    /// Rebuilds the weights of a checkpoint that lost them (`--replay`): `p`'s recorded
+    /// optimizer steps again from the model as loaded, each one's pairs, loss and batch
+    /// accuracy checked bit for bit against its record, then the optimizers' step counts and the
+    /// weights' digest against the checkpoint's. Its evaluations are the record's, not scored
+    /// again.
+    fn replay(
+        &self,
+        p: &Progress,
+        optimizers: &mut Optimizers,
+        on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
+    ) -> Result<()> {
+        let t = self.settings.train;
+        let n = p.history.len();
+        let orders = epoch_orders(self.settings.seed, self.problem.splits[0].chosen.len());
+        let batches = (1..=t.epochs).zip(orders).flat_map(|(epoch, order)| {
+            let steps: Vec<Vec<usize>> = order
+                .chunks(t.pairs_per_step)
+                .map(<[usize]>::to_vec)
+                .collect();
+            steps.into_iter().map(move |pairs| (epoch, pairs))
+        });
+        for (done, ((epoch, pairs), recorded)) in batches.zip(&p.history).enumerate() {
+            on_event(TrainEvent::Stage(format!(
+                "replaying step {} of the {n} recorded (the checkpoint lost its weights)",
+                done + 1
+            )))?;
+            let replayed = self.optimizer_step(&pairs, optimizers, done, epoch)?;
+            same_step(recorded, &replayed)?;
+        }
+        let (tensors, adam_steps) = state_of(optimizers)?;
+        let mismatch = |what, recorded: String, replayed: String| ReplayMismatch {
+            step: n,
+            what,
+            recorded,
+            replayed,
+        };
+        if adam_steps != p.adam_steps {
+            let (a, b) = (format!("{:?}", p.adam_steps), format!("{adam_steps:?}"));
+            return Err(mismatch("the optimizers' step counts after it", a, b).into());
+        }
+        let found = tensors_digest(tensors.iter().map(|(n, t)| (n, t)))?;
+        match &p.digest {
+            Some(d) if *d != found => {
+                Err(mismatch("the weights' SHA-256 after it", d.clone(), found).into())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The unembedding the rewards read now.

@@ -7,8 +7,11 @@
 //!
 //! A run's checkpoints live in `<OUT>.checkpoint/` beside its output folder:
 //! - `run.json`: what the run is (model, config, reward models, modes), written before training;
-//! - `state-NNNNNN/`: one checkpoint, `progress.cbor` (CBOR: exact f64, NaN included) and
-//!   `tensors.safetensors` (the trained variables and the optimizers' moments, f32);
+//! - `state-NNNNNN/`: one checkpoint, `progress.cbor` (CBOR: exact f64, NaN included; the
+//!   SHA-256 of the tensors among them) and `tensors.safetensors` (the trained variables and the
+//!   optimizers' moments, f32). A checkpoint kept without its tensors (they are most of its
+//!   size) is resumed with `--replay`: the recorded steps are run again from the model, each
+//!   checked against its record, and the rebuilt tensors against the digest;
 //! - `LATEST`: the name of the newest complete checkpoint;
 //! - `reference-imrm-<mode>.cbor`: the IM-RM's `ln π_ref` tables, written once computed
 //!   ([`super::reference`]), read back by a resumed run.
@@ -51,47 +54,107 @@ pub struct Progress {
     pub seconds: f64,
     /// Each optimizer's step count (the body's, then the head's).
     pub adam_steps: Vec<i32>,
+    /// SHA-256 of the checkpoint's tensors ([`tensors_digest`]): a restore checks the file
+    /// against it, and `--replay` the weights it rebuilt. Checkpoints written before it existed
+    /// carry none.
+    #[serde(default)]
+    pub digest: Option<String>,
 }
 
-/// A saved training: its progress and the tensors (trained variables `var.K`, moments
-/// `adam.J.m.K` / `adam.J.v.K`).
+/// A saved training: its progress and what the checkpoint holds of its weights.
 pub struct Saved {
     pub progress: Progress,
-    pub tensors: HashMap<String, Tensor>,
+    pub weights: Weights,
 }
 
-impl Saved {
-    /// The optimizers' states from the tensors (`counts[j]` variables in optimizer `j`).
-    pub fn adam_states(&self, counts: &[usize]) -> Result<Vec<AdamState>> {
-        let vec = |name: String| -> Result<Vec<f32>> {
-            let t = self
-                .tensors
-                .get(&name)
-                .with_context(|| format!("the checkpoint has no tensor {name}"))?;
-            Ok(t.flatten_all()?.to_vec1::<f32>()?)
-        };
-        let steps = &self.progress.adam_steps;
-        if steps.len() != counts.len() {
-            bail!(
-                "the checkpoint has {} optimizers, this run {}",
-                steps.len(),
-                counts.len()
-            );
+/// A checkpoint's weights.
+pub enum Weights {
+    /// `tensors.safetensors`: the trained variables `var.K` and the optimizers' moments
+    /// `adam.J.m.K` / `adam.J.v.K`.
+    Kept(HashMap<String, Tensor>),
+    /// Gone (the record was kept without its largest file, e.g. committed after a session on a
+    /// machine that did not outlive it): `--replay` rebuilds them by re-running the recorded
+    /// optimizer steps from the model, each checked against its record.
+    Lost,
+}
+
+/// `--replay` computed something other than the checkpoint's record, so the weights it rebuilt
+/// are not the run's: exit code 4 (another build or kernel set than the run's can round
+/// differently).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--replay: step {step}: {what} is {replayed}, the record says {recorded}; this binary does not rebuild the run's weights (replay with the build that ran it)"
+)]
+pub struct ReplayMismatch {
+    /// The optimizer step (1-based) whose record differs, or after which the weights do.
+    pub step: usize,
+    /// What differs (`loss`, `pairs`, `weights`, …).
+    pub what: &'static str,
+    pub recorded: String,
+    pub replayed: String,
+}
+
+/// SHA-256 (hex) of named tensors, in name order: each name, shape and f32 values
+/// (little-endian). Equal digests mean bit-identical weights and moments.
+pub fn tensors_digest<'a>(
+    tensors: impl IntoIterator<Item = (&'a String, &'a Tensor)>,
+) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<(&String, &Tensor)> = tensors.into_iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    let mut h = Sha256::new();
+    for (name, t) in sorted {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((t.dims().len() as u64).to_le_bytes());
+        for &d in t.dims() {
+            h.update((d as u64).to_le_bytes());
         }
-        let mut out = Vec::new();
-        for (j, (&step, &n)) in steps.iter().zip(counts).enumerate() {
-            let moments = (0..n)
-                .map(|k| {
-                    Ok((
-                        vec(format!("adam.{j}.m.{k}"))?,
-                        vec(format!("adam.{j}.v.{k}"))?,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            out.push(AdamState { step, moments });
+        let values = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        for chunk in values.chunks(1 << 16) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|x| x.to_le_bytes()).collect();
+            h.update(&bytes);
         }
-        Ok(out)
     }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// The optimizers' states from a checkpoint's `tensors` and step counts `steps` (`counts[j]`
+/// variables in optimizer `j`).
+pub fn adam_states(
+    tensors: &HashMap<String, Tensor>,
+    steps: &[i32],
+    counts: &[usize],
+) -> Result<Vec<AdamState>> {
+    let vec = |name: String| -> Result<Vec<f32>> {
+        let t = tensors
+            .get(&name)
+            .with_context(|| format!("the checkpoint has no tensor {name}"))?;
+        Ok(t.flatten_all()?.to_vec1::<f32>()?)
+    };
+    if steps.len() != counts.len() {
+        bail!(
+            "the checkpoint has {} optimizers, this run {}",
+            steps.len(),
+            counts.len()
+        );
+    }
+    let mut out = Vec::new();
+    for (j, (&step, &n)) in steps.iter().zip(counts).enumerate() {
+        let moments = (0..n)
+            .map(|k| {
+                Ok((
+                    vec(format!("adam.{j}.m.{k}"))?,
+                    vec(format!("adam.{j}.v.{k}"))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push(AdamState { step, moments });
+    }
+    Ok(out)
 }
 
 /// The tensors of a checkpoint: the trained variables and the optimizers' moments.
@@ -344,13 +407,32 @@ fn read_progress(state_dir: &Path) -> Result<RunState> {
         .map_err(|e| anyhow::anyhow!("{}: unreadable progress: {e}", state_dir.display()))
 }
 
-/// One checkpoint's progress and tensors (`state_dir` = `state-NNNNNN/`).
-fn read_state(state_dir: &Path) -> Result<(RunState, HashMap<String, Tensor>)> {
+/// One checkpoint's progress and weights (`state_dir` = `state-NNNNNN/`): [`Weights::Lost`]
+/// where its `tensors.safetensors` is gone; an input error where the file's digest is not the
+/// record's.
+fn read_state(state_dir: &Path) -> Result<(RunState, Weights)> {
     let state = read_progress(state_dir)?;
-    let tensors =
-        candle_core::safetensors::load(state_dir.join("tensors.safetensors"), &Device::Cpu)?;
-    Ok((state, tensors))
+    let path = state_dir.join(TENSORS_FILE);
+    if !path.exists() {
+        return Ok((state, Weights::Lost));
+    }
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    if let Some(recorded) = state.current.as_ref().and_then(|p| p.digest.as_ref()) {
+        let found = tensors_digest(&tensors)?;
+        if found != *recorded {
+            return Err(crate::error::InputError(format!(
+                "{}: damaged (its tensors' SHA-256 is {found}, the checkpoint's record says {recorded})",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    Ok((state, Weights::Kept(tensors)))
 }
+
+/// A checkpoint's weights file (the largest by far: a record kept without it is `--replay`ed).
+pub const TENSORS_FILE: &str = "tensors.safetensors";
 
 /// Why a checkpoint folder's run files could not be read ([`read_run_files`]).
 #[derive(Debug)]
@@ -398,6 +480,14 @@ pub struct RunSoFar {
 }
 
 impl RunSoFar {
+    /// The run's `run.json` (beside its checkpoints).
+    pub fn run_json(&self) -> PathBuf {
+        self.state
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("run.json")
+    }
+
     /// The newest checkpoint of the run whose `--out` is `out`; an input error naming the
     /// folder where it has none.
     pub fn read(out: &Path) -> Result<RunSoFar> {
@@ -448,11 +538,18 @@ impl StateFile {
             ))
             .into());
         }
-        let (state, tensors) = read_state(state_dir)
+        let (state, weights) = read_state(state_dir)
             .map_err(|e| crate::error::InputError(format!("--checkpoint: {e:#}")))?;
+        if matches!(weights, Weights::Lost) && state.current.is_some() {
+            return Err(crate::error::InputError(format!(
+                "--checkpoint {}: its {TENSORS_FILE} is gone, so it holds no weights to read",
+                state_dir.display()
+            ))
+            .into());
+        }
         Ok(StateFile {
             finished: state.finished.len(),
-            saved: state.current.map(|progress| Saved { progress, tensors }),
+            saved: state.current.map(|progress| Saved { progress, weights }),
         })
     }
 }
@@ -481,25 +578,35 @@ impl CheckpointDir {
         Ok(CheckpointDir::new(dir, every, keep_all, Vec::new(), None))
     }
 
-    /// The run in `dir` resumed from its newest checkpoint; also its `run.json`.
+    /// The run in `dir` resumed from its newest checkpoint; also its `run.json`. A checkpoint
+    /// whose weights are gone is refused (an input error naming the file) unless `replay`.
     pub fn open(
         dir: &Path,
         every: usize,
         keep_all: bool,
+        replay: bool,
     ) -> Result<(CheckpointDir, serde_json::Value)> {
         let (identity, latest) =
             read_run_files(dir).map_err(|e| crate::error::InputError(format!("--resume: {e}")))?;
         let (finished, resume, written, observed) = match latest {
             None => (Vec::new(), None, 0, None),
             Some(state_dir) => {
-                let (state, tensors) = read_state(&state_dir)?;
+                let (state, weights) = read_state(&state_dir)?;
+                if let (Weights::Lost, Some(p), false) = (&weights, &state.current, replay) {
+                    return Err(crate::error::InputError(format!(
+                        "--resume: {} is gone, so the checkpoint holds the record of the run without its weights; --replay rebuilds them by re-running its {} recorded optimizer steps from the model, each checked against the record",
+                        state_dir.join(TENSORS_FILE).display(),
+                        p.history.len()
+                    ))
+                    .into());
+                }
                 let written = state_dir
                     .file_name()
                     .and_then(|n| n.to_str())
                     .and_then(|n| n.strip_prefix("state-"))
                     .and_then(|n| n.parse::<usize>().ok())
                     .unwrap_or(0);
-                let resume = state.current.map(|progress| Saved { progress, tensors });
+                let resume = state.current.map(|progress| Saved { progress, weights });
                 (state.finished, resume, written, state.observed)
             }
         };
@@ -600,7 +707,7 @@ impl CheckpointDir {
             .map_err(|e| anyhow::anyhow!("cannot encode the checkpoint: {e}"))?;
         write_synced(&tmp.join("progress.cbor"), &bytes)?;
         let map: HashMap<String, Tensor> = tensors.into_iter().collect();
-        let path = tmp.join("tensors.safetensors");
+        let path = tmp.join(TENSORS_FILE);
         candle_core::safetensors::save(&map, &path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         std::fs::File::open(&path)?.sync_all()?;
