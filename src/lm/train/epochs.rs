@@ -269,9 +269,12 @@ fn stop_if_requested(checkpoints: &dyn Checkpoints, at: &str) -> Result<()> {
     Ok(())
 }
 
+/// A checkpoint's named tensors ([`state_tensors`]).
+type NamedTensors = Vec<(String, Tensor)>;
+
 /// The tensors a checkpoint saves of `optimizers` (trained variables, moments) and their step
 /// counts.
-fn state_of(optimizers: &Optimizers) -> Result<(Vec<(String, Tensor)>, Vec<i32>)> {
+fn state_of(optimizers: &Optimizers) -> Result<(NamedTensors, Vec<i32>)> {
     let adam = optimizers.states()?;
     let vars: Vec<Tensor> = optimizers
         .vars
