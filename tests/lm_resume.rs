@@ -276,19 +276,26 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
+/// The outputs of an uninterrupted run of `config` on `model` (into `dir/uninterrupted`), which
+/// leaves no checkpoints behind.
+fn uninterrupted_outputs(model: &Path, config: &Path, dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let out = dir.join("uninterrupted");
+    let o = start(model, config, &out, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !checkpoints_of(&out).exists(),
+        "checkpoints left after a finished run"
+    );
+    contents(&out)
+}
+
 #[test]
 fn killed_runs_resume_to_the_same_outputs() {
     let dir = temp("kill");
     let model = model(&dir);
     let config = small_recipe(&dir, 1e-3);
+    let expected = uninterrupted_outputs(&model, &config, &dir);
     let reference = dir.join("uninterrupted");
-    let o = start(&model, &config, &reference, None);
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        !checkpoints_of(&reference).exists(),
-        "checkpoints left after a finished run"
-    );
-    let expected = contents(&reference);
     // Head then full, EX-RM then IM-RM: 6 steps each; checkpoints after epochs 1 and 2 and
     // after each reward model (3 writes each).
     let (mut resumed, mut progress_rows, mut refused) = (0, [0, 0, 0], false);
@@ -513,10 +520,7 @@ fn sigterm_while_scoring_stops_there_and_resumes() {
     let dir = temp("term-scoring");
     let model = model(&dir);
     let config = small_recipe(&dir, 1e-3);
-    let uninterrupted = dir.join("uninterrupted");
-    let o = start(&model, &config, &uninterrupted, None);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let expected = contents(&uninterrupted);
+    let expected = uninterrupted_outputs(&model, &config, &dir);
     for n in [1, 9, 40] {
         let tag = format!("interrupt-point:{n}");
         let out = dir.join(format!("term-{n}"));
@@ -570,10 +574,7 @@ fn a_killed_scoring_pass_resumes_where_it_stopped() {
     f.train.eval_batch = 4;
     let config = dir.join("recipe-journal.toml");
     std::fs::write(&config, toml::to_string(&f).unwrap()).unwrap();
-    let uninterrupted = dir.join("uninterrupted");
-    let o = start(&model, &config, &uninterrupted, None);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let expected = contents(&uninterrupted);
+    let expected = uninterrupted_outputs(&model, &config, &dir);
     // Chunk 3: the head EX-RM's first evaluation; later ones fall in the IM-RMs' reference
     // passes and later evaluations (the names are checked below).
     let mut passes = Vec::new();
@@ -650,10 +651,7 @@ fn lost_weights_are_replayed_from_the_record() {
     let dir = temp("replay");
     let model = model(&dir);
     let config = small_recipe(&dir, 1e-3);
-    let uninterrupted = dir.join("uninterrupted");
-    let o = start(&model, &config, &uninterrupted, None);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let expected = contents(&uninterrupted);
+    let expected = uninterrupted_outputs(&model, &config, &dir);
     // Head EX-RM after 2 steps, full EX-RM after 2, full IM-RM after 4 (6 steps each model).
     let mut replayed = 0;
     for (tag, abort) in [
@@ -926,5 +924,37 @@ fn killed_cycle_runs_resume_to_the_same_outputs() {
     let o = start(&out, None);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("unfinished run"), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `ham-cycle` resumed from a record without its weights and without its pretrained reference
+/// (both large; the record as kept where weights cannot go): `--replay` pretrains the reference
+/// again, re-runs the recorded steps against the record and writes the uninterrupted outputs bit
+/// for bit (IM-RM after 4 steps, EX-RM after 2).
+#[test]
+fn cycle_runs_replay_without_weights_or_reference() {
+    let dir = temp("cycle-replay");
+    let cfg = dir.join("tiny.toml");
+    std::fs::write(&cfg, tiny_cycle()).unwrap();
+    let start = |out: &Path, abort: Option<&str>| {
+        let (cfg, out) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+        ham_cycle(&["--config", cfg, "--out", out], abort)
+    };
+    let reference = dir.join("uninterrupted");
+    assert!(start(&reference, None).status.success());
+    let expected = contents(&reference);
+    let mut replayed = 0;
+    for (tag, abort) in [("step-5", "step:5"), ("step-9", "step:9")] {
+        let out = dir.join(tag);
+        assert!(!start(&out, Some(abort)).status.success(), "{tag}");
+        std::fs::remove_file(latest_state(&out).join("tensors.safetensors")).unwrap();
+        std::fs::remove_dir_all(checkpoints_of(&out).join("pretrained")).unwrap();
+        let o = ham_cycle(&["--resume", out.to_str().unwrap(), "--replay"], None);
+        let err = stderr(&o);
+        assert!(o.status.success(), "{tag}: replay failed: {err}");
+        replayed += err.matches("replaying step ").count();
+        same_outputs(&contents(&out), &expected, tag);
+    }
+    assert!(replayed >= 6, "{replayed} steps replayed, expected 4 + 2");
     let _ = std::fs::remove_dir_all(&dir);
 }
