@@ -136,6 +136,30 @@ pub struct TrainRun {
     pub extraction: Option<Extraction>,
 }
 
+impl TrainRun {
+    /// A finished training from its progress `p`, its wall time over every process, and what
+    /// it trained.
+    fn of(
+        p: Progress,
+        (mode, reward): (Mode, Reward),
+        parameters: usize,
+        seconds: f64,
+        extraction: Option<Extraction>,
+    ) -> TrainRun {
+        TrainRun {
+            mode,
+            reward,
+            parameters,
+            history: p.history,
+            evaluations: p.evaluations,
+            rewards: p.rewards,
+            seconds,
+            step_seconds: p.step_seconds,
+            extraction,
+        }
+    }
+}
+
 /// The cost of head mode's feature extraction.
 #[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct Extraction {
@@ -194,10 +218,7 @@ pub fn train_reward(
         ReferenceTables::of_run(&scorer, mode, settings, problem, &u0, checkpoints, on_event)?;
     let reference = tables.all;
     let flush = flushed(reward, mode, problem, t)?;
-    let cut = flush.then(|| {
-        let dropped = flush::evaluation_drops(seqs, &problem.eval_batches);
-        flush::apply(seqs, &reference, &dropped)
-    });
+    let cut = flush.then(|| flush::evaluation_rows(seqs, &reference, &problem.eval_batches));
     let (eval_seqs, eval_reference) = match &cut {
         Some((s, r)) => (s.as_slice(), r.as_slice()),
         None => (seqs, reference.as_slice()),
@@ -221,17 +242,14 @@ pub fn train_reward(
         clock: start,
     };
     let p = session.resume_and_run(&mut optimizers, checkpoints, on_event)?;
-    Ok(TrainRun {
-        mode,
-        reward,
-        parameters: optimizers.parameters(),
-        history: p.history,
-        evaluations: p.evaluations,
-        rewards: p.rewards,
-        seconds: p.seconds + start.elapsed().as_secs_f64(),
-        step_seconds: p.step_seconds,
+    let seconds = p.seconds + start.elapsed().as_secs_f64();
+    Ok(TrainRun::of(
+        p,
+        (mode, reward),
+        optimizers.parameters(),
+        seconds,
         extraction,
-    })
+    ))
 }
 
 /// Whether the run replicates the official flush's last-token drop: asked for, and a reward

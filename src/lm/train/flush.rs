@@ -42,6 +42,16 @@ pub fn without_last_token(s: &ScoredSequence) -> ScoredSequence {
     t
 }
 
+/// The sequences and their reference values as the official evaluator scores them (`batches`):
+/// [`apply`] of [`evaluation_drops`].
+pub fn evaluation_rows(
+    seqs: &[ScoredSequence],
+    reference: &[Vec<f64>],
+    batches: &[EvalBatch],
+) -> (Vec<ScoredSequence>, Vec<Vec<f64>>) {
+    apply(seqs, reference, &evaluation_drops(seqs, batches))
+}
+
 /// Whether each of `n` sequences loses its last token where the official evaluator scores it
 /// (`batches`; a sequence scored in no batch keeps it).
 pub fn evaluation_drops(seqs: &[ScoredSequence], batches: &[EvalBatch]) -> Vec<bool> {
