@@ -88,7 +88,8 @@ pub enum Weights {
 pub struct ReplayMismatch {
     /// The optimizer step (1-based) whose record differs, or after which the weights do.
     pub step: usize,
-    /// What differs (`loss`, `pairs`, `weights`, …).
+    /// What differs: the step's position (epoch, pairs), loss or batch accuracy, or after the
+    /// last step the optimizers' step counts or the weights' SHA-256.
     pub what: &'static str,
     pub recorded: String,
     pub replayed: String,
