@@ -958,3 +958,49 @@ fn cycle_runs_replay_without_weights_or_reference() {
     assert!(replayed >= 6, "{replayed} steps replayed, expected 4 + 2");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A run whose `run.json` predates the model files' digests (`model_files` as `[bytes, mtime]`)
+/// is compared in that form on `--resume`: it resumes while the files' times are the recorded
+/// ones, and is refused, naming `model_files`, once a file's time moved.
+#[test]
+fn runs_started_before_model_digests_resume_by_file_time() {
+    let dir = temp("mtime-form");
+    let model = model(&dir);
+    let config = small_recipe(&dir, 1e-3);
+    let out = dir.join("run");
+    assert!(!start(&model, &config, &out, Some("step:3"))
+        .status
+        .success());
+    let run_json = checkpoints_of(&out).join("run.json");
+    let mut identity: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&run_json).unwrap()).unwrap();
+    let mut files = serde_json::Map::new();
+    for e in std::fs::read_dir(&model).unwrap().flatten() {
+        let meta = e.metadata().unwrap();
+        let time = meta
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH);
+        let entry = serde_json::json!([meta.len(), time.unwrap().as_secs()]);
+        files.insert(e.file_name().to_string_lossy().to_string(), entry);
+    }
+    identity["model_files"] = serde_json::Value::Object(files);
+    std::fs::write(&run_json, identity.to_string()).unwrap();
+    // A file's time moved (same bytes): refused in the old form.
+    let weights = std::fs::File::options()
+        .write(true)
+        .open(model.join("model.safetensors"))
+        .unwrap();
+    let original = weights.metadata().unwrap().modified().unwrap();
+    weights
+        .set_modified(original + std::time::Duration::from_secs(3600))
+        .unwrap();
+    let o = recipe(&["--resume", out.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("model_files"), "{}", stderr(&o));
+    // The recorded times: it resumes.
+    weights.set_modified(original).unwrap();
+    let o = recipe(&["--resume", out.to_str().unwrap()], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
