@@ -644,8 +644,8 @@ fn field<'a>(v: &'a mut ciborium::Value, key: &str) -> &'a mut ciborium::Value {
 /// refused by `--resume` (exit 2, naming the file and `--replay`); `--resume --replay` rebuilds
 /// them by re-running the recorded steps and writes the uninterrupted outputs bit for bit (head
 /// and full fine-tuning, EX-RM and IM-RM). A record the replay does not reproduce (one step's
-/// loss moved by one ulp) stops it with exit code 4 naming the step; a damaged weights file is
-/// refused against the record's digest (exit 2).
+/// loss moved by one ulp) stops it with exit code 4 naming the step and the machines; a damaged
+/// weights file is refused against the record's digest (exit 2).
 #[test]
 fn lost_weights_are_replayed_from_the_record() {
     let dir = temp("replay");
@@ -703,11 +703,26 @@ fn lost_weights_are_replayed_from_the_record() {
         let loss = field(&mut history[1], "loss");
         let x = loss.as_float().expect("a float loss");
         *loss = ciborium::Value::Float(f64::from_bits(x.to_bits() + 1));
+        // The record names the machine its steps ran on: say it was another.
+        let ciborium::Value::Array(machines) = field(current, "machines") else {
+            panic!("machines is not an array")
+        };
+        assert_eq!(machines.len(), 1, "one machine ran the steps");
+        assert_eq!(
+            field(&mut machines[0], "from_step").as_integer(),
+            Some(1.into())
+        );
+        *field(field(&mut machines[0], "machine"), "cpu") = "Another CPU".into();
     });
     let o = recipe(&["--resume", out.to_str().unwrap(), "--replay"], None);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(4), "{err}");
     assert!(err.contains("step 2: the loss is"), "{err}");
+    assert!(
+        err.contains("The record's steps ran on Another CPU (")
+            && err.contains(") from step 1; this machine is "),
+        "{err}"
+    );
     assert!(!out.exists(), "partial output");
 
     // A damaged weights file: refused against the record's digest, naming it.

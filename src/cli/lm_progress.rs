@@ -73,5 +73,9 @@ pub fn run(a: LmProgressArgs) -> Result<()> {
     };
     stdout::write(format_args!("{csv}"));
     eprintln!("rmflow lm-progress: read {}", so_far.state.display());
+    if let Some(p) = &so_far.current {
+        let spans = rmflow::lm::train::machine::Spans(&p.machines);
+        eprintln!("rmflow lm-progress: the reward model in training ran {spans}");
+    }
     Ok(())
 }

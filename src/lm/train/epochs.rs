@@ -4,6 +4,7 @@
 //! The recipe (`lm-recipe`) and the Hamiltonian-cycle experiment are its data sources.
 
 use super::journal::{Journal, Pass};
+use super::machine::{took_over, Machine};
 use super::resume::{
     adam_states, state_tensors, tensors_digest, test_hook, Checkpoints, Progress, ReplayMismatch,
     Saved, Weights,
@@ -305,36 +306,52 @@ fn state_of(optimizers: &Optimizers) -> Result<(NamedTensors, Vec<i32>)> {
     ))
 }
 
-/// A replayed step against its record ([`ReplayMismatch`] where they differ in a bit).
-fn same_step(recorded: &TrainStep, replayed: &TrainStep) -> Result<()> {
-    let mismatch = |what, a: String, b: String| -> anyhow::Error {
-        ReplayMismatch {
-            step: recorded.step,
-            what,
-            recorded: a,
-            replayed: b,
-        }
-        .into()
-    };
+/// What differs between a replayed step and its record: what, recorded, replayed.
+type Difference = (&'static str, String, String);
+
+/// A replayed step against its record (what differs where they differ in a bit).
+fn same_step(recorded: &TrainStep, replayed: &TrainStep) -> Option<Difference> {
     if (recorded.step, recorded.epoch, &recorded.pairs)
         != (replayed.step, replayed.epoch, &replayed.pairs)
     {
         let show =
             |s: &TrainStep| format!("step {} of epoch {}, pairs {:?}", s.step, s.epoch, s.pairs);
-        return Err(mismatch("the position", show(recorded), show(replayed)));
+        return Some(("the position", show(recorded), show(replayed)));
     }
     if recorded.loss.to_bits() != replayed.loss.to_bits() {
-        return Err(mismatch(
-            "the loss",
-            format!("{:e}", recorded.loss),
-            format!("{:e}", replayed.loss),
-        ));
+        let (a, b) = (recorded.loss, replayed.loss);
+        return Some(("the loss", format!("{a:e}"), format!("{b:e}")));
     }
     if recorded.batch_accuracy.to_bits() != replayed.batch_accuracy.to_bits() {
         let (a, b) = (recorded.batch_accuracy, replayed.batch_accuracy);
-        return Err(mismatch("the batch accuracy", a.to_string(), b.to_string()));
+        return Some(("the batch accuracy", a.to_string(), b.to_string()));
     }
-    Ok(())
+    None
+}
+
+/// The weights after replaying `p`'s steps (`adam_steps`, `digest`) against its record.
+fn same_weights(p: &Progress, adam_steps: &[i32], digest: String) -> Option<Difference> {
+    if adam_steps != p.adam_steps {
+        let (a, b) = (format!("{:?}", p.adam_steps), format!("{adam_steps:?}"));
+        return Some(("the optimizers' step counts after it", a, b));
+    }
+    match &p.digest {
+        Some(d) if *d != digest => Some(("the weights' SHA-256 after it", d.clone(), digest)),
+        _ => None,
+    }
+}
+
+/// `p`'s replay departed from it at `step` ([`ReplayMismatch`], naming the machines).
+fn departed(p: &Progress, step: usize, (what, recorded, replayed): Difference) -> anyhow::Error {
+    ReplayMismatch {
+        step,
+        what,
+        recorded,
+        replayed,
+        recorded_on: p.machines.clone(),
+        this: Machine::this(),
+    }
+    .into()
 }
 
 /// Optimizer steps taken in this process (the tests' kill points, [`test_hook`]).
@@ -525,6 +542,7 @@ impl Session<'_> {
             }
             None => self.start(optimizers, checkpoints, on_event)?,
         };
+        took_over(&mut p.machines, Machine::this(), p.history.len() + 1);
         let orders = epoch_orders(settings.seed, problem.splits[0].chosen.len());
         for (epoch, order) in (1..=t.epochs).zip(orders).skip(p.epoch - 1) {
             on_event(TrainEvent::Stage(format!(
@@ -573,7 +591,7 @@ impl Session<'_> {
         on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
     ) -> Result<Progress> {
         let (first, rewards) = self.evaluate(0, 0, checkpoints, on_event)?;
-        let p = Progress {
+        let mut p = Progress {
             epoch: 1,
             steps_in_epoch: 0,
             history: Vec::new(),
@@ -583,7 +601,9 @@ impl Session<'_> {
             seconds: 0.0,
             adam_steps: Vec::new(),
             digest: None,
+            machines: Vec::new(),
         };
+        took_over(&mut p.machines, Machine::this(), 1);
         if checkpoints.due(0) || checkpoints.stop_requested() {
             self.save(&p, optimizers, checkpoints)?;
         }
@@ -666,25 +686,15 @@ impl Session<'_> {
                 done + 1
             )))?;
             let replayed = self.optimizer_step(&pairs, optimizers, done, epoch)?;
-            same_step(recorded, &replayed)?;
+            if let Some(d) = same_step(recorded, &replayed) {
+                return Err(departed(p, recorded.step, d));
+            }
         }
         let (tensors, adam_steps) = state_of(optimizers)?;
-        let mismatch = |what, recorded: String, replayed: String| ReplayMismatch {
-            step: n,
-            what,
-            recorded,
-            replayed,
-        };
-        if adam_steps != p.adam_steps {
-            let (a, b) = (format!("{:?}", p.adam_steps), format!("{adam_steps:?}"));
-            return Err(mismatch("the optimizers' step counts after it", a, b).into());
-        }
-        let found = tensors_digest(tensors.iter().map(|(n, t)| (n, t)))?;
-        match &p.digest {
-            Some(d) if *d != found => {
-                Err(mismatch("the weights' SHA-256 after it", d.clone(), found).into())
-            }
-            _ => Ok(()),
+        let digest = tensors_digest(tensors.iter().map(|(n, t)| (n, t)))?;
+        match same_weights(p, &adam_steps, digest) {
+            Some(d) => Err(departed(p, n, d)),
+            None => Ok(()),
         }
     }
 

@@ -14,7 +14,7 @@
 //! - [`loss`], [`adamw`], [`optimizers`], [`shuffle`]: the loss, the optimizer, the pairs' order.
 //! - [`epochs`]: the epoch loop; [`evaluate`]: every split scored at an evaluation; [`alignment`]:
 //!   how far the EX-RM's representations carry the preference (footnote 3); [`resume`]: the
-//!   checkpoints a run continues from.
+//!   checkpoints a run continues from; [`machine`]: the machines a run's steps ran on.
 
 pub mod adamw;
 pub mod alignment;
@@ -25,6 +25,7 @@ pub mod features;
 pub mod flush;
 pub(crate) mod journal;
 pub mod loss;
+pub mod machine;
 pub mod optimizers;
 pub mod reference;
 pub mod resume;

@@ -24,6 +24,7 @@
 use super::adamw::AdamState;
 use super::epochs::{Extraction, Mode, TrainRun, TrainStep};
 use super::evaluate::Evaluation;
+use super::machine::{Machine, MachineSpan, Spans};
 use super::reward::Reward;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -59,6 +60,10 @@ pub struct Progress {
     /// carry none.
     #[serde(default)]
     pub digest: Option<String>,
+    /// The machines the steps ran on, each from the step where it took over
+    /// ([`super::machine`]); empty in checkpoints written before it existed.
+    #[serde(default)]
+    pub machines: Vec<MachineSpan>,
 }
 
 /// A saved training: its progress and what the checkpoint holds of its weights.
@@ -79,11 +84,12 @@ pub enum Weights {
 }
 
 /// `--replay` computed something other than the checkpoint's record, so the weights it rebuilt
-/// are not the run's: exit code 4 (another build or kernel set than the run's can round
-/// differently).
+/// are not the run's: exit code 4 (another build, or a CPU with other kernels or cache
+/// geometry than the run's, can round differently).
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "--replay: step {step}: {what} is {replayed}, the record says {recorded}; this binary does not rebuild the run's weights (replay with the build that ran it)"
+    "--replay: step {step}: {what} is {replayed}, the record says {recorded}; this binary on this machine does not rebuild the run's weights (replay with the build that ran it, on a CPU with the same kernels and caches). The record's steps ran {}; this machine is {this}",
+    Spans(.recorded_on)
 )]
 pub struct ReplayMismatch {
     /// The optimizer step (1-based) whose record differs, or after which the weights do.
@@ -93,6 +99,9 @@ pub struct ReplayMismatch {
     pub what: &'static str,
     pub recorded: String,
     pub replayed: String,
+    /// The machines the record's steps ran on, and the one that replayed them.
+    pub recorded_on: Vec<MachineSpan>,
+    pub this: Machine,
 }
 
 /// SHA-256 (hex) of named tensors, in name order: each name, shape and f32 values
