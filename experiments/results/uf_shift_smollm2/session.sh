@@ -13,13 +13,11 @@
 #                        --resume --replay (the recorded steps re-run, each checked against the
 #                        record; the recorded evaluations kept);
 #                      - else the run from the start.
-#   session.sh keep    copies RUNS/uf_shift.checkpoint/ into record/ without its weights and
-#                      unfinished writes (after the run was stopped with SIGTERM). The scoring
-#                      journal of a pass cut short is kept where it is under 1 MB (an EX-RM
-#                      evaluation's: one reward per sequence, tens of KB): a replay rebuilds the
-#                      same weights bit for bit, so the chunks it holds are not scored again. A
-#                      larger one (the IM-RM's, with every token's contribution: up to ~9 MB) is
-#                      left out of the repository; a new machine scores that pass again.
+#   session.sh keep    copies RUNS/uf_shift.checkpoint/ into record/ without its weights, scoring
+#                      journals (an evaluation's holds every sequence's last hidden state or every
+#                      token's contribution: about 17 or 10 MB when complete; a new machine scores
+#                      that evaluation again) and unfinished writes (after the run was stopped
+#                      with SIGTERM).
 #
 # DRY_RUN=1 prints what `start` would run instead of running it.
 set -euo pipefail
@@ -51,10 +49,7 @@ keep() {
   pgrep -f "lm-recipe.*uf_shift" >/dev/null && { echo "session.sh: the run is still going: stop it first (kill -TERM)" >&2; exit 2; }
   local tmp=$here/record.tmp
   rm -rf "$tmp" && mkdir -p "$tmp"
-  local big=()
-  while IFS= read -r f; do big+=(--exclude "$(basename "$f")"); done \
-    < <(find "$runs/uf_shift.checkpoint" -name 'scoring-*.cbor' -size +1M)
-  tar -C "$runs" --exclude tensors.safetensors --exclude '*.tmp' ${big[@]+"${big[@]}"} \
+  tar -C "$runs" --exclude tensors.safetensors --exclude 'scoring-*.cbor' --exclude '*.tmp' \
     -cf - uf_shift.checkpoint | tar -C "$tmp" -xf -
   rm -rf "$record" && mv "$tmp" "$record"
   echo "session.sh: kept $(cat "$record/uf_shift.checkpoint/LATEST") ($(du -sh "$record" | cut -f1)) in $record" >&2
@@ -101,5 +96,5 @@ start() {
 case "${1:-}" in
   start) start ;;
   keep) keep ;;
-  *) sed -n '2,24p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,22p' "$0" >&2; exit 2 ;;
 esac
