@@ -59,8 +59,9 @@ fn rows(metrics: &str) -> Result<Vec<Row>> {
         .collect())
 }
 
-/// The figure from a run's `metrics.csv`: bars at the last evaluation both models reached, and
-/// each group's mean accuracy by epoch.
+/// The figure from a run's `metrics.csv`: bars at the last evaluation every model it holds
+/// reached (a run read before it ends, `lm-progress`, may hold the EX-RM only), and each group's
+/// mean accuracy by epoch.
 pub fn preference_shift(metrics: &str, source: &str) -> Result<FigureData> {
     let rows = rows(metrics)?;
     let last = MODELS
@@ -92,8 +93,13 @@ pub fn preference_shift(metrics: &str, source: &str) -> Result<FigureData> {
             .find(|r| r.model == model && r.split == split && r.epoch == epoch)
             .map_or(f64::NAN, f)
     };
+    // The models the run reached (a run read before it ends may hold only the EX-RM).
+    let present: Vec<_> = MODELS
+        .iter()
+        .filter(|(m, ..)| rows.iter().any(|r| r.model == *m))
+        .collect();
     let bars = |f: fn(&Row) -> f64| -> Vec<Bars> {
-        MODELS
+        present
             .iter()
             .map(|(m, label, color)| Bars {
                 name: label.to_string(),
@@ -168,6 +174,9 @@ fn by_epoch(rows: &[Row]) -> Panel {
                 e.0 += r.accuracy;
                 e.1 += 1;
             }
+            if at.is_empty() {
+                continue;
+            }
             series.push(Series {
                 name: format!("{label} {group}"),
                 points: at
@@ -192,4 +201,69 @@ fn by_epoch(rows: &[Row]) -> Panel {
     p.y_range = Some((0.0, 1.05));
     p.notes = vec!["solid EX-RM, dashed IM-RM".into()];
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `metrics.csv` rows (the columns the figure reads, and one it ignores) for `model` at
+    /// `epochs`, accuracy `a + epoch / 100` on every set, margin 1.
+    fn metrics(models: &[(&str, usize, f64)]) -> String {
+        let mut s =
+            String::from("mode,model,epoch,split,exact_tie_accuracy,normalised_abs_margin,loss\n");
+        let sets = ["train", "test", "paraphrase_test", "rewardmath_test"];
+        for (model, epochs, a) in models {
+            for e in 0..=*epochs {
+                for set in sets {
+                    let acc = a + e as f64 / 100.0;
+                    s += &format!("full,{model},{e},{set},{acc},1,0.7\n");
+                }
+                s += &format!("head,{model},{e},test,0.99,1,0.7\n");
+            }
+        }
+        s
+    }
+
+    fn bars(f: &FigureData, panel: usize) -> (&str, Vec<(String, Vec<f64>)>) {
+        let p = &f.figure.panels[panel];
+        let PanelContent::Bars { bars, .. } = &p.content else {
+            panic!("panel {panel} is not bars")
+        };
+        let named = bars.iter().map(|b| (b.name.clone(), b.values.clone()));
+        (p.title.as_str(), named.collect())
+    }
+
+    #[test]
+    fn bars_stand_at_the_last_epoch_both_models_reached() {
+        let f = preference_shift(&metrics(&[("exrm", 5, 0.6), ("imrm", 3, 0.4)]), "t").unwrap();
+        let (title, b) = bars(&f, 0);
+        assert_eq!(title, "Accuracy after epoch 3");
+        assert_eq!(b[0], ("EX-RM".into(), vec![0.6 + 3.0 / 100.0; 4]));
+        assert_eq!(b[1], ("IM-RM".into(), vec![0.4 + 3.0 / 100.0; 4]));
+        // Head-mode rows are left out; the CSV has every full-mode row, grouped.
+        assert_eq!(f.csv.lines().count(), 1 + (6 + 4) * 4);
+        assert!(f
+            .csv
+            .contains("exrm,5,paraphrase_test,token-level shift,0.65,1\n"));
+        assert!(f
+            .csv
+            .contains("imrm,0,rewardmath_test,domain shift,0.4,1\n"));
+    }
+
+    #[test]
+    fn a_run_read_before_the_imrm_shows_the_exrm_alone() {
+        let f = preference_shift(&metrics(&[("exrm", 2, 0.5)]), "t").unwrap();
+        let (title, b) = bars(&f, 1);
+        assert_eq!(title, "Normalised |r⁺ − r⁻| after epoch 2");
+        assert_eq!(b, vec![("EX-RM".to_string(), vec![1.0; 4])]);
+        let PanelContent::Lines(series) = &f.figure.panels[2].content else {
+            panic!("the third panel is not lines")
+        };
+        let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+        let groups = ["in distribution", "token-level shift", "domain shift"];
+        assert_eq!(names, groups.map(|g| format!("EX-RM {g}")));
+        assert_eq!(series[1].points, vec![(0.0, 0.5), (1.0, 0.51), (2.0, 0.52)]);
+        assert!(preference_shift(&metrics(&[("exrm_token_mean", 2, 0.5)]), "t").is_err());
+    }
 }
