@@ -725,6 +725,41 @@ fn lost_weights_are_replayed_from_the_record() {
     );
     assert!(!out.exists(), "partial output");
 
+    // With --allow-drift the same replay goes on and the run says where it departed: the
+    // summary's `replay_drift` names step 2's loss, and the weights (equal: only the record
+    // moved) give the uninterrupted metrics. Other pairs are never tolerated.
+    let o = recipe(
+        &[
+            "--resume",
+            out.to_str().unwrap(),
+            "--replay",
+            "--allow-drift",
+        ],
+        None,
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("replayed with drift (--allow-drift): 1 departures from the record, the first at step 2 (the loss)"), "{err}");
+    let got = contents(&out);
+    let file = |files: &[(String, Vec<u8>)], name: &str| {
+        let f = files.iter().find(|f| f.0 == name);
+        f.unwrap_or_else(|| panic!("no {name}")).1.clone()
+    };
+    assert_eq!(file(&got, "metrics.csv"), file(&expected, "metrics.csv"));
+    let summaries: Vec<serde_json::Value> = got
+        .iter()
+        .filter(|f| f.0.ends_with("summary.json"))
+        .map(|f| serde_json::from_slice(&f.1).unwrap())
+        .collect();
+    let drifts: Vec<&serde_json::Value> = summaries
+        .iter()
+        .filter_map(|s| s.get("replay_drift"))
+        .collect();
+    assert_eq!(drifts.len(), 1, "one reward model replayed: {summaries:?}");
+    assert_eq!(drifts[0][0]["step"], 2, "{}", drifts[0]);
+    assert_eq!(drifts[0][0]["what"], "the loss", "{}", drifts[0]);
+    assert_eq!(drifts[0].as_array().unwrap().len(), 1, "{}", drifts[0]);
+
     // A damaged weights file: refused against the record's digest, naming it.
     let out = dir.join("damaged");
     assert!(!start(&model, &config, &out, Some("step:15"))

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use rmflow::error::InputError;
-use rmflow::lm::train::resume::{checkpoint_dir_of, CheckpointDir};
+use rmflow::lm::train::resume::{checkpoint_dir_of, CheckpointDir, Replay};
 use serde_json::Value;
 use std::path::Path;
 
@@ -32,10 +32,19 @@ pub struct CheckpointFlags {
     /// its recorded optimizer steps from the model, each step's pairs, loss and batch accuracy
     /// checked bit for bit against the record and the rebuilt weights against its SHA-256; the
     /// recorded evaluations are not scored again. Costs the steps' time (not the
-    /// evaluations'). Another build can round differently: a replay that departs from the
-    /// record stops with exit code 4, naming the step and what differs.
+    /// evaluations'). Another build or CPU can round differently: a replay that departs from
+    /// the record stops with exit code 4, naming the step, what differs and the machines.
     #[arg(long, requires = "resume")]
     pub replay: bool,
+    /// With --replay: where a replayed step's loss or batch accuracy, or the rebuilt weights,
+    /// depart from the record (another CPU's kernels round differently), go on with the rebuilt
+    /// weights instead of stopping. Each departure is kept in the run's record and in its
+    /// summary.json (`replay_drift`: step, what, recorded, replayed), so the run says which of
+    /// its steps were computed twice and how far apart; its later evaluations read the rebuilt
+    /// weights. The run is then not bit-identical to any uninterrupted run. Other pairs or step
+    /// counts still stop it (exit 4): that is another run, not rounding.
+    #[arg(long, requires = "replay")]
+    pub allow_drift: bool,
 }
 
 impl CheckpointFlags {
@@ -54,7 +63,11 @@ impl CheckpointFlags {
             &dir,
             self.checkpoint_every,
             self.keep_checkpoints,
-            self.replay,
+            match (self.replay, self.allow_drift) {
+                (false, _) => None,
+                (true, false) => Some(Replay::Exact),
+                (true, true) => Some(Replay::Drifting),
+            },
         )
     }
 

@@ -11,7 +11,8 @@
 #                      - RUNS/uf_shift.checkpoint/ there (the machine was kept): --resume;
 #                      - else record/uf_shift.checkpoint/ here (a new machine): copied to RUNS and
 #                        --resume --replay (the recorded steps re-run, each checked against the
-#                        record; the recorded evaluations kept);
+#                        record; the recorded evaluations kept; ALLOW_DRIFT=1 adds
+#                        --allow-drift, for a machine whose kernels round otherwise);
 #                      - else the run from the start.
 #   session.sh keep    copies RUNS/uf_shift.checkpoint/ into record/ without its weights, scoring
 #                      journals (an evaluation's holds every sequence's last hidden state or every
@@ -80,6 +81,7 @@ start() {
   elif [ -f "$record/uf_shift.checkpoint/LATEST" ]; then
     prepare cp -r "$record/uf_shift.checkpoint" "$runs/"
     flags=(--resume uf_shift --replay)
+    if [ -n "${ALLOW_DRIFT:-}" ]; then flags+=(--allow-drift); fi
   else
     flags=(--model models/SmolLM2-135M-Instruct --config uf_shift.toml --out uf_shift --checkpoint-every 1)
   fi
@@ -96,5 +98,5 @@ start() {
 case "${1:-}" in
   start) start ;;
   keep) keep ;;
-  *) sed -n '2,22p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,23p' "$0" >&2; exit 2 ;;
 esac

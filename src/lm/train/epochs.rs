@@ -6,8 +6,8 @@
 use super::journal::{Journal, Pass};
 use super::machine::{took_over, Machine};
 use super::resume::{
-    adam_states, state_tensors, tensors_digest, test_hook, Checkpoints, Progress, ReplayMismatch,
-    Saved, Weights,
+    adam_states, state_tensors, tensors_digest, test_hook, Checkpoints, Drift, Progress, Replay,
+    ReplayMismatch, Saved, Weights,
 };
 use crate::lm::model::language_model::LanguageModel;
 use crate::lm::train::alignment;
@@ -135,6 +135,10 @@ pub struct TrainRun {
     /// Head mode: the frozen features' extraction, its wall time and the tokens of the
     /// sequences it read (their `ids`), for tokens per second.
     pub extraction: Option<Extraction>,
+    /// The replayed steps that departed from their record (`--replay --allow-drift`): none
+    /// in a run that was not replayed, or was replayed bit for bit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replay_drift: Vec<Drift>,
 }
 
 impl TrainRun {
@@ -157,6 +161,7 @@ impl TrainRun {
             seconds,
             step_seconds: p.step_seconds,
             extraction,
+            replay_drift: p.replay_drift,
         }
     }
 }
@@ -306,8 +311,38 @@ fn state_of(optimizers: &Optimizers) -> Result<(NamedTensors, Vec<i32>)> {
     ))
 }
 
-/// What differs between a replayed step and its record: what, recorded, replayed.
-type Difference = (&'static str, String, String);
+/// What of a replayed step, or of the weights after the last, departs from its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    Position,
+    Loss,
+    BatchAccuracy,
+    StepCounts,
+    Weights,
+}
+
+impl Departure {
+    fn what(self) -> &'static str {
+        match self {
+            Departure::Position => "the position",
+            Departure::Loss => "the loss",
+            Departure::BatchAccuracy => "the batch accuracy",
+            Departure::StepCounts => "the optimizers' step counts after it",
+            Departure::Weights => "the weights' SHA-256 after it",
+        }
+    }
+
+    /// Whether rounding alone (other kernels) can cause it: not other pairs or step counts.
+    fn rounding(self) -> bool {
+        matches!(
+            self,
+            Departure::Loss | Departure::BatchAccuracy | Departure::Weights
+        )
+    }
+}
+
+/// A departure from the record: what, recorded, replayed.
+type Difference = (Departure, String, String);
 
 /// A replayed step against its record (what differs where they differ in a bit).
 fn same_step(recorded: &TrainStep, replayed: &TrainStep) -> Option<Difference> {
@@ -316,15 +351,15 @@ fn same_step(recorded: &TrainStep, replayed: &TrainStep) -> Option<Difference> {
     {
         let show =
             |s: &TrainStep| format!("step {} of epoch {}, pairs {:?}", s.step, s.epoch, s.pairs);
-        return Some(("the position", show(recorded), show(replayed)));
+        return Some((Departure::Position, show(recorded), show(replayed)));
     }
     if recorded.loss.to_bits() != replayed.loss.to_bits() {
         let (a, b) = (recorded.loss, replayed.loss);
-        return Some(("the loss", format!("{a:e}"), format!("{b:e}")));
+        return Some((Departure::Loss, format!("{a:e}"), format!("{b:e}")));
     }
     if recorded.batch_accuracy.to_bits() != replayed.batch_accuracy.to_bits() {
         let (a, b) = (recorded.batch_accuracy, replayed.batch_accuracy);
-        return Some(("the batch accuracy", a.to_string(), b.to_string()));
+        return Some((Departure::BatchAccuracy, a.to_string(), b.to_string()));
     }
     None
 }
@@ -333,10 +368,10 @@ fn same_step(recorded: &TrainStep, replayed: &TrainStep) -> Option<Difference> {
 fn same_weights(p: &Progress, adam_steps: &[i32], digest: String) -> Option<Difference> {
     if adam_steps != p.adam_steps {
         let (a, b) = (format!("{:?}", p.adam_steps), format!("{adam_steps:?}"));
-        return Some(("the optimizers' step counts after it", a, b));
+        return Some((Departure::StepCounts, a, b));
     }
     match &p.digest {
-        Some(d) if *d != digest => Some(("the weights' SHA-256 after it", d.clone(), digest)),
+        Some(d) if *d != digest => Some((Departure::Weights, d.clone(), digest)),
         _ => None,
     }
 }
@@ -345,13 +380,28 @@ fn same_weights(p: &Progress, adam_steps: &[i32], digest: String) -> Option<Diff
 fn departed(p: &Progress, step: usize, (what, recorded, replayed): Difference) -> anyhow::Error {
     ReplayMismatch {
         step,
-        what,
+        what: what.what(),
         recorded,
         replayed,
         recorded_on: p.machines.clone(),
         this: Machine::this(),
     }
     .into()
+}
+
+/// A departure of `p`'s replay at `step`, kept where `policy` lets the replay go on: the
+/// loss, batch accuracy or weights (rounding); never the pairs or the step counts (another run).
+fn tolerated(p: &Progress, step: usize, d: Difference, policy: Replay) -> Result<Drift> {
+    if policy != Replay::Drifting || !d.0.rounding() {
+        return Err(departed(p, step, d));
+    }
+    let (what, recorded, replayed) = d;
+    Ok(Drift {
+        step,
+        what: what.what().to_string(),
+        recorded,
+        replayed,
+    })
 }
 
 /// Optimizer steps taken in this process (the tests' kill points, [`test_hook`]).
@@ -508,10 +558,16 @@ impl Session<'_> {
                 Some(progress)
             }
             Some(Saved {
-                progress,
+                mut progress,
                 weights: Weights::Lost,
             }) => {
-                self.replay(&progress, optimizers, on_event)?;
+                let policy = checkpoints.replay();
+                let drift = self.replay(&progress, policy, optimizers, on_event)?;
+                if !drift.is_empty() {
+                    // A journal of the evaluation under way scored the recorded weights.
+                    self.journal(progress.history.len(), checkpoints).remove();
+                    progress.replay_drift.extend(drift);
+                }
                 Some(progress)
             }
         };
@@ -602,6 +658,7 @@ impl Session<'_> {
             adam_steps: Vec::new(),
             digest: None,
             machines: Vec::new(),
+            replay_drift: Vec::new(),
         };
         took_over(&mut p.machines, Machine::this(), 1);
         if checkpoints.due(0) || checkpoints.stop_requested() {
@@ -663,13 +720,15 @@ impl Session<'_> {
     /// optimizer steps again from the model as loaded, each one's pairs, loss and batch
     /// accuracy checked bit for bit against its record, then the optimizers' step counts and the
     /// weights' digest against the checkpoint's. Its evaluations are the record's, not scored
-    /// again.
+    /// again. A departure stops the replay ([`ReplayMismatch`]), or with [`Replay::Drifting`]
+    /// is returned and the replay goes on (but for the pairs or step counts: another run).
     fn replay(
         &self,
         p: &Progress,
+        policy: Replay,
         optimizers: &mut Optimizers,
         on_event: &mut dyn FnMut(TrainEvent) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<Vec<Drift>> {
         let t = self.settings.train;
         let n = p.history.len();
         let orders = epoch_orders(self.settings.seed, self.problem.splits[0].chosen.len());
@@ -680,6 +739,7 @@ impl Session<'_> {
                 .collect();
             steps.into_iter().map(move |pairs| (epoch, pairs))
         });
+        let mut drift = Vec::new();
         for (done, ((epoch, pairs), recorded)) in batches.zip(&p.history).enumerate() {
             on_event(TrainEvent::Stage(format!(
                 "replaying step {} of the {n} recorded (the checkpoint lost its weights)",
@@ -687,15 +747,23 @@ impl Session<'_> {
             )))?;
             let replayed = self.optimizer_step(&pairs, optimizers, done, epoch)?;
             if let Some(d) = same_step(recorded, &replayed) {
-                return Err(departed(p, recorded.step, d));
+                drift.push(tolerated(p, recorded.step, d, policy)?);
             }
         }
         let (tensors, adam_steps) = state_of(optimizers)?;
         let digest = tensors_digest(tensors.iter().map(|(n, t)| (n, t)))?;
-        match same_weights(p, &adam_steps, digest) {
-            Some(d) => Err(departed(p, n, d)),
-            None => Ok(()),
+        if let Some(d) = same_weights(p, &adam_steps, digest) {
+            drift.push(tolerated(p, n, d, policy)?);
         }
+        if let Some(first) = drift.first() {
+            on_event(TrainEvent::Stage(format!(
+                "replayed with drift (--allow-drift): {} departures from the record, the first at step {} ({}); going on with the rebuilt weights",
+                drift.len(),
+                first.step,
+                first.what
+            )))?;
+        }
+        Ok(drift)
     }
 
     /// The unembedding the rewards read now.

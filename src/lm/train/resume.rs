@@ -64,6 +64,33 @@ pub struct Progress {
     /// ([`super::machine`]); empty in checkpoints written before it existed.
     #[serde(default)]
     pub machines: Vec<MachineSpan>,
+    /// The replayed steps that departed from their record (`--replay --allow-drift`); empty
+    /// in a run replayed bit for bit or not at all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replay_drift: Vec<Drift>,
+}
+
+/// How `--replay` treats a replayed step that departs from its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Stop with [`ReplayMismatch`] (exit code 4): the rebuilt weights are the run's, bit for
+    /// bit, or there are none.
+    Exact,
+    /// Go on with the rebuilt weights, each departure kept as a [`Drift`] in the run's record
+    /// and outputs (`--allow-drift`: another CPU's kernels round differently).
+    Drifting,
+}
+
+/// A replayed step that departed from its record, kept (`--replay --allow-drift`): the run
+/// went on from weights rebuilt on other kernels, which its evaluations after `step` read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drift {
+    /// The optimizer step (1-based), or the last one where the weights after it differ.
+    pub step: usize,
+    /// What differs (`the loss`, `the batch accuracy`, `the weights' SHA-256 after it`).
+    pub what: String,
+    pub recorded: String,
+    pub replayed: String,
 }
 
 /// A saved training: its progress and what the checkpoint holds of its weights.
@@ -202,6 +229,10 @@ pub trait Checkpoints {
     /// Where the run keeps what it computes once under `name` (the IM-RM's reference tables)
     /// for a resumed process to read back; `None` where it keeps nothing.
     fn kept_path(&self, name: &str) -> Option<PathBuf>;
+    /// How a replay of lost weights treats a step that departs from its record.
+    fn replay(&self) -> Replay {
+        Replay::Exact
+    }
 }
 
 /// No checkpoints (tests, and runs that do not ask for them).
@@ -239,6 +270,8 @@ struct Finished {
     seconds: f64,
     step_seconds: f64,
     extraction: Option<Extraction>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    replay_drift: Vec<Drift>,
 }
 
 impl Finished {
@@ -253,6 +286,7 @@ impl Finished {
             seconds: r.seconds,
             step_seconds: r.step_seconds,
             extraction: r.extraction,
+            replay_drift: r.replay_drift.clone(),
         }
     }
 
@@ -267,6 +301,7 @@ impl Finished {
             seconds: self.seconds,
             step_seconds: self.step_seconds,
             extraction: self.extraction,
+            replay_drift: self.replay_drift.clone(),
         }
     }
 }
@@ -388,6 +423,7 @@ pub struct CheckpointDir {
     resume: Option<Saved>,
     written: usize,
     observed: Observed,
+    replay: Replay,
 }
 
 /// Whether `dir` holds what a run resumes from: a checkpoint, or what an experiment kept there
@@ -589,12 +625,13 @@ impl CheckpointDir {
     }
 
     /// The run in `dir` resumed from its newest checkpoint; also its `run.json`. A checkpoint
-    /// whose weights are gone is refused (an input error naming the file) unless `replay`.
+    /// whose weights are gone is refused (an input error naming the file) unless `replay` says
+    /// how to rebuild them.
     pub fn open(
         dir: &Path,
         every: usize,
         keep_all: bool,
-        replay: bool,
+        replay: Option<Replay>,
     ) -> Result<(CheckpointDir, serde_json::Value)> {
         let (identity, latest) =
             read_run_files(dir).map_err(|e| crate::error::InputError(format!("--resume: {e}")))?;
@@ -602,7 +639,7 @@ impl CheckpointDir {
             None => (Vec::new(), None, 0, None),
             Some(state_dir) => {
                 let (state, weights) = read_state(&state_dir)?;
-                if let (Weights::Lost, Some(p), false) = (&weights, &state.current, replay) {
+                if let (Weights::Lost, Some(p), None) = (&weights, &state.current, replay) {
                     return Err(crate::error::InputError(format!(
                         "--resume: {} is gone, so the checkpoint holds the record of the run without its weights; --replay rebuilds them by re-running its {} recorded optimizer steps from the model, each checked against the record",
                         state_dir.join(TENSORS_FILE).display(),
@@ -622,6 +659,7 @@ impl CheckpointDir {
         };
         let mut c = CheckpointDir::new(dir, every, keep_all, finished, resume);
         c.written = written;
+        c.replay = replay.unwrap_or(Replay::Exact);
         *c.observed.borrow_mut() = observed;
         Ok((c, identity))
     }
@@ -643,6 +681,7 @@ impl CheckpointDir {
             resume,
             written: 0,
             observed: Rc::default(),
+            replay: Replay::Exact,
         }
     }
 
@@ -744,6 +783,10 @@ impl CheckpointDir {
 impl Checkpoints for CheckpointDir {
     fn resumed(&mut self) -> Result<Option<Saved>> {
         Ok(self.resume.take())
+    }
+
+    fn replay(&self) -> Replay {
+        self.replay
     }
 
     fn due(&self, epoch: usize) -> bool {
