@@ -46,12 +46,6 @@ impl Machine {
             threads: candle_core::utils::get_num_threads(),
         }
     }
-
-    /// Whether runs on `self` and `other` take the same kernels and blocking (thread counts
-    /// aside: results do not depend on them).
-    pub fn same_kernels(&self, other: &Machine) -> bool {
-        (&self.cpu, &self.simd, &self.caches) == (&other.cpu, &other.simd, &other.caches)
-    }
 }
 
 /// `spans` with `this` taking over from step `from_step`, where it is not the last one.
@@ -160,8 +154,6 @@ mod tests {
         took_over(&mut spans, machine("B", 4), 15);
         let from: Vec<usize> = spans.iter().map(|s| s.from_step).collect();
         assert_eq!(from, [1, 12, 15]);
-        assert!(spans[1].machine.same_kernels(&spans[2].machine));
-        assert!(!spans[0].machine.same_kernels(&spans[1].machine));
         let shown = Spans(&spans).to_string();
         let first = "on A (avx2; L1d 32 KiB 8-way 64 B; 2 threads) from step 1; on B";
         assert!(shown.starts_with(first), "{shown}");
